@@ -1,0 +1,149 @@
+"""Configuration: validated profiles from TOML, overridden by explicit settings.
+
+Precedence, lowest first: field defaults below < `[default]` of the config file < `[PROFILE]` of the config
+file (when a profile other than `default` is chosen) < CLI flags / keyword overrides. The config file is
+`--config FILE`, else `$LLM_DIT_CONFIG`, else the packaged `config.toml`. Every key is checked: an unknown key or
+a bad value is a `ConfigError` naming the key, the profile and the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import UserError
+
+LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]
+MAX_CAPTION_TOKENS = 1504  # the DiT's RoPE table (1536) minus the padding to a multiple of 32
+
+
+class ConfigError(UserError):
+    """An invalid config file, profile or override."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelsConfig(_Section):
+    zimage: str = "Tongyi-MAI/Z-Image-Turbo"
+    vl: str = "Qwen/Qwen3-VL-4B-Instruct"
+    low_memory: bool = False
+    trust_remote_code: bool = False
+
+
+class EncoderConfig(_Section):
+    device: str = "auto"
+    dtype: str = "auto"
+    hidden_layer: int = -2
+    max_length: int = Field(512, ge=1, le=MAX_CAPTION_TOKENS)
+    long_prompt_mode: LongPromptMode = "interpolate"
+    system_prompt: str | None = None
+    think_block: bool = False
+
+
+class GenerationConfig(_Section):
+    device: str = "auto"
+    dtype: str = "auto"
+    width: int = Field(1024, ge=16)
+    height: int = Field(1024, ge=16)
+    steps: int = Field(9, ge=1)
+    guidance: float = Field(0.0, ge=0.0)
+    shift: float = Field(3.0, gt=0.0)
+    seed: int = Field(0, ge=0)
+    strength: float = Field(0.9, gt=0.0, le=1.0)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % 16:
+            raise ValueError(f"must be a multiple of 16 (got {v})")
+        return v
+
+
+class VLConfig(_Section):
+    device: str = "cpu"
+    dtype: str = "auto"
+    hidden_layer: int = -6
+    token_mode: Literal["full", "text_only", "image_only", "image_no_markers"] = "full"
+    normalize: Literal["none", "global", "per_dim", "hybrid"] = "none"
+    outlier_masking: Literal["none", "zero", "clamp", "scale", "reference"] = "none"
+    outlier_threshold: float = Field(10.0, gt=1.0)
+    alpha: float = 0.3
+    blend: str = "adain_per_dim"
+    resample: Literal["area", "linear", "nearest", "truncate"] = "area"
+
+
+class Config(_Section):
+    models: ModelsConfig = ModelsConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    generation: GenerationConfig = GenerationConfig()
+    vl: VLConfig = VLConfig()
+
+    def flat(self) -> dict[str, Any]:
+        """`{"section.key": value}` for every setting: the form recorded in output metadata."""
+        return {f"{s}.{k}": v for s, sec in self.model_dump().items() for k, v in sec.items()}
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("LLM_DIT_CONFIG")
+    return Path(env) if env else Path(str(resources.files("llm_dit") / "config.toml"))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _describe(err: ValidationError) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    return f"bad value for '{key}': {e['msg']}"
+
+
+def load_config(
+    path: str | Path | None = None, profile: str = "default", overrides: dict[str, Any] | None = None
+) -> Config:
+    """Resolve `profile` from the config file and apply `overrides` (`{"generation.steps": 4, ...}`; `None`
+    values are ignored, so unset CLI flags leave the profile's values alone)."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    if profile not in data and profile != "default":
+        raise ConfigError(f"profile '{profile}' not in {path} (profiles: {', '.join(data) or 'none'})")
+
+    layers = [("default", data.get("default", {}))]
+    if profile != "default":
+        layers.append((profile, data[profile]))
+    merged: dict = {}
+    for name, layer in layers:
+        if not isinstance(layer, dict):
+            raise ConfigError(f"profile '{name}' in {path} must be a table")
+        try:
+            Config.model_validate(layer)
+        except ValidationError as e:
+            raise ConfigError(f"{_describe(e)} in profile '{name}' of {path}") from None
+        merged = _merge(merged, layer)
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        merged = _merge(merged, {section: {key: value}})
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(f"{_describe(e)} (profile '{profile}', {path} and command-line settings)") from None

@@ -1,0 +1,184 @@
+"""Files llm-dit reads and writes: atomic writes, images with JSON sidecars, safetensors embedding files.
+
+Every write goes to a temporary file in the target directory, is fsynced and renamed into place, so a crash
+never leaves a half-written output. Tensors are stored only as safetensors (never pickle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from .errors import UserError
+
+Image.MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # decompression-bomb guard: ~8k x 8k is plenty for a reference image
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` via temp file + fsync + rename; a clear `UserError` if the location is unwritable."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def image_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def sidecar_path(image_path: str | Path) -> Path:
+    return Path(image_path).with_suffix(".json")
+
+
+def save_image(image: Image.Image, path: str | Path, record: dict[str, Any]) -> Path:
+    """Write `path` (PNG) and its sidecar `path.json`; the sidecar is written first so an image on disk always
+    has its record."""
+    write_json(sidecar_path(path), record)
+    return atomic_write_bytes(path, image_bytes(image))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that shape an output."""
+    out = {"python": platform.python_version()}
+    for name in ("llm-dit", "torch", "diffusers", "transformers", "safetensors", "tokenizers", "pillow", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_image(path: str | Path, label: str = "image") -> Image.Image:
+    """Open an image file as RGB, fully decoded, with a one-line `UserError` for every kind of bad file.
+
+    Greyscale, palette, CMYK, 16-bit and RGBA (composited on white) images are converted; an animated image uses
+    its first frame.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{label} not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{label} is empty (0 bytes): {path}")
+    try:
+        with Image.open(path) as im:
+            im.seek(0)
+            im.load()
+            if im.width == 0 or im.height == 0:
+                raise UserError(f"{label} has zero size: {path}")
+            return _to_rgb(im)
+    except UnidentifiedImageError:
+        raise UserError(f"{label} is not an image file: {path}") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"{label} is too large ({path}): over {Image.MAX_IMAGE_PIXELS} pixels") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UserError(f"{label} is truncated or corrupt: {path} ({e})") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        im = im.point(lambda v: v / 256).convert("L")
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """safetensors file with `meta` stored as JSON strings in the header metadata."""
+    header = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in meta.items()}
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=header)
+    return atomic_write_bytes(path, data)
+
+
+def load_tensors(path: str | Path, label: str = "embeddings file") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a safetensors file written by `save_tensors` (or any safetensors file): tensors and metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{label} not found: {path}")
+    raw = path.read_bytes()
+    try:
+        tensors = load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {})
+    except (SafetensorError, ValueError, json.JSONDecodeError):
+        raise UserError(f"{label} is not a safetensors file: {path}") from None
+    meta = {}
+    for k, v in header.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return tensors, meta
+
+
+def check_embeddings(rows: torch.Tensor, width: int, label: str) -> torch.Tensor:
+    """Validate caption rows from a file: float, 2-D `[n, width]`, n >= 1, finite."""
+    if not rows.is_floating_point():
+        raise UserError(f"{label}: dtype {rows.dtype} is not a float type")
+    if rows.ndim != 2:
+        raise UserError(f"{label}: expected a 2-D [rows, {width}] tensor, got shape {list(rows.shape)}")
+    if rows.shape[0] == 0:
+        raise UserError(f"{label}: has no rows")
+    if rows.shape[1] != width:
+        raise UserError(f"{label}: width {rows.shape[1]} does not match the DiT caption width {width}")
+    if not torch.isfinite(rows).all():
+        bad = int((~torch.isfinite(rows)).sum())
+        raise UserError(f"{label}: contains {bad} NaN/Inf values")
+    return rows
+
+
+def finite_stats(x: torch.Tensor) -> dict[str, float]:
+    """Mean and population std of `x` in float32, for records."""
+    x = x.float()
+    std = float(x.std(correction=0)) if x.numel() > 1 else 0.0
+    return {"mean": float(x.mean()), "std": std if math.isfinite(std) else float("nan")}

@@ -1,0 +1,122 @@
+"""Model loading: one place that turns a path or hub id plus a device and dtype into a loaded component.
+
+Each component (text encoder, DiT + VAE, Qwen3-VL) loads on its own device and dtype and can be freed after use.
+A path that does not exist locally is treated as a hub id; either way a missing or wrong model is a `UserError`
+naming what was expected.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+
+class ModelError(UserError):
+    """A model path or id that cannot be loaded as the expected family."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` = cuda when available, else cpu; anything else is passed to `torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available")
+    return device
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` = bfloat16 on cuda (the checkpoints' dtype), float32 on cpu (bf16 matmuls are slow there)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype '{name}' (valid: auto, {', '.join(DTYPES)})")
+    return DTYPES[name]
+
+
+def _looks_local(path_or_id: str) -> bool:
+    return path_or_id.startswith(("/", ".", "~")) or Path(path_or_id).exists() or path_or_id.count("/") != 1
+
+
+def read_model_json(path_or_id: str, filename: str, expected: str) -> dict:
+    """Read `filename` from a local folder or the hub (cache first); `expected` names the model family."""
+    if _looks_local(path_or_id):
+        file = Path(path_or_id).expanduser() / filename
+        if not Path(path_or_id).expanduser().is_dir():
+            raise ModelError(f"model not found: {path_or_id} (expected {expected})")
+        if not file.is_file():
+            raise ModelError(f"{path_or_id} is not {expected}: it has no {filename}")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            file = Path(hf_hub_download(path_or_id, filename))
+        except Exception as e:  # offline, unknown repo, gated: all one message
+            raise ModelError(f"cannot fetch {path_or_id} ({expected}): {type(e).__name__}") from None
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path_or_id}: {filename} is not valid JSON ({e})") from None
+
+
+def check_zimage(path_or_id: str) -> None:
+    index = read_model_json(path_or_id, "model_index.json", "a diffusers Z-Image folder")
+    if not index.get("_class_name", "").startswith("ZImage"):
+        raise ModelError(
+            f"{path_or_id} is a {index.get('_class_name', 'unknown')} folder, expected a Z-Image pipeline"
+        )
+
+
+def check_vl(path_or_id: str) -> dict:
+    config = read_model_json(path_or_id, "config.json", "a Qwen3-VL model folder")
+    if config.get("model_type") != "qwen3_vl":
+        raise ModelError(f"{path_or_id} is a '{config.get('model_type')}' model, expected qwen3_vl (Qwen3-VL)")
+    return config
+
+
+def load_pipeline(path_or_id: str, device: str, dtype: str, *, text_encoder: bool = False):
+    """The diffusers `ZImagePipeline` (DiT, VAE, scheduler, tokenizer); the text encoder only if asked, since
+    llm-dit encodes prompts itself and loads the encoder exactly once (`load_text_encoder`)."""
+    from diffusers import ZImagePipeline
+
+    check_zimage(path_or_id)
+    dev = resolve_device(device)
+    kwargs = {} if text_encoder else {"text_encoder": None}
+    try:
+        pipe = ZImagePipeline.from_pretrained(path_or_id, dtype=resolve_dtype(dtype, dev), **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load Z-Image from {path_or_id}: {str(e).splitlines()[0]}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)
+
+
+def load_text_encoder(path_or_id: str, device: str, dtype: str):
+    """`(tokenizer, Qwen3Model)` from the `tokenizer/` and `text_encoder/` subfolders of a Z-Image folder."""
+    from transformers import AutoModel, AutoTokenizer
+
+    check_zimage(path_or_id)
+    dev = resolve_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, subfolder="tokenizer")
+        model = AutoModel.from_pretrained(path_or_id, subfolder="text_encoder", dtype=resolve_dtype(dtype, dev))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the text encoder from {path_or_id}: {str(e).splitlines()[0]}") from None
+    return tokenizer, model.to(dev).eval()
+
+
+def release_memory() -> None:
+    """Return freed tensors' memory to the system (call after dropping the last reference to a component)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,680 @@
+"""Reference statistics, normalisation and outlier analysis for hidden-state rows.
+
+Everything here works on 2-D tensors ``[n, D]`` (rows = tokens, columns = hidden dimensions). All
+statistics are computed in float32, whatever the input dtype, and are *population* statistics
+(divide by ``n``, ``correction=0``).
+
+Standard deviations are computed after dividing each column (or the whole tensor) by its largest absolute
+value, so that squaring never overflows float32 even for activations of order 1e30; mathematically this
+changes nothing.
+
+Notation: ``x`` embeddings ``[n, D]``, ``μ_d``/``σ_d`` the mean/std of column ``d`` over the rows,
+``μ_ref_d``/``σ_ref_d`` the reference per-dimension mean/std, ``ε = 1e-6`` the std floor.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as _st_save
+from torch import Tensor
+
+__all__ = [
+    "NORMALIZATION_MODES",
+    "OUTLIER_MODES",
+    "SHIPPED_STATS_FILE",
+    "STD_EPS",
+    "ReferenceStats",
+    "StatsError",
+    "compute_reference_stats",
+    "get_outlier_dimensions",
+    "mask_outlier_dimensions",
+    "normalize",
+    "normalize_global",
+    "normalize_hybrid",
+    "normalize_none",
+    "normalize_per_dim",
+    "pooled_std",
+    "shipped_stats",
+    "std_ratios",
+]
+
+NORMALIZATION_MODES: tuple[str, ...] = ("none", "global", "per_dim", "hybrid")
+OUTLIER_MODES: tuple[str, ...] = ("none", "zero", "clamp", "scale", "reference")
+STD_EPS = 1e-6
+"""Floor applied to every standard deviation used as a divisor."""
+
+SHIPPED_STATS_FILE = "qwen3-4b_layer-2_stats.safetensors"
+"""Packaged statistics of real Qwen3-4B ``hidden_states[-2]`` (see ``llm_dit/data/README.md``)."""
+
+_TENSOR_KEYS = ("per_dim_mean", "per_dim_std")
+_STRUCTURAL_KEYS = ("format", "model", "layer", "prompt_count", "token_count", "hidden_dim")
+_FORMAT = "llm-dit-reference-stats/1"
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class StatsError(ValueError):
+    """Invalid statistics, inputs or stats files; the message is one line."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Low-level helpers
+# --------------------------------------------------------------------------------------------------------
+
+
+def _scaled_mean_std(x: Tensor, dim: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Population mean/std of float32 ``x`` in scaled units.
+
+    ``s = max|x|`` (over ``dim``, floored at the smallest normal float32), ``m = mean(x/s)``,
+    ``v = sqrt(mean((x/s − m)²))``; then ``μ = m·s`` and ``σ = v·s``. Returns ``(m, v, s)`` with ``dim``
+    kept (or 0-d tensors when ``dim`` is None). A constant column gives ``x/s = ±1`` exactly, so ``v = 0``.
+    """
+    if dim is None:
+        s = x.abs().amax().clamp_min(_TINY)
+        var, m = torch.var_mean(x / s, correction=0)
+    else:
+        s = x.abs().amax(dim=dim, keepdim=True).clamp_min(_TINY)
+        var, m = torch.var_mean(x / s, dim=dim, correction=0, keepdim=True)
+    return m, var.sqrt(), s
+
+
+def _mean_std(x: Tensor, dim: int | None) -> tuple[Tensor, Tensor]:
+    """Population ``(μ, σ)`` of float32 ``x`` over ``dim`` (``dim`` removed), overflow-safe."""
+    m, v, s = _scaled_mean_std(x, dim)
+    if dim is not None:
+        m, v, s = m.squeeze(dim), v.squeeze(dim), s.squeeze(dim)
+    return m * s, v * s
+
+
+def _standardize(x: Tensor, dim: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``z = (x − μ) / max(σ, ε)`` over ``dim``; returns ``(z, μ, σ)`` with ``dim`` kept.
+
+    Computed in scaled units (``(x/s − m) / max(v, ε/s)``) so nothing overflows; ``|z| ≤ sqrt(n)``.
+    """
+    m, v, s = _scaled_mean_std(x, dim)
+    denom = torch.maximum(v, (STD_EPS / s).clamp_min(_TINY))
+    z = (x / s - m) / denom
+    return z, m * s, v * s
+
+
+def _as_float_tensor(value: Any, name: str) -> Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, Tensor):
+        raise StatsError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+    if not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+        raise StatsError(f"{name} must be a real-valued tensor, got dtype {value.dtype}")
+    return value.detach().to(torch.float32).contiguous()
+
+
+def _check_embeddings(emb: Any, *, check_finite: bool = True) -> Tensor:
+    """Validate ``emb`` as a floating ``[n, D]`` tensor with ``n ≥ 1`` and return it as float32."""
+    if not isinstance(emb, Tensor):
+        raise StatsError(f"embeddings must be a torch.Tensor, got {type(emb).__name__}")
+    if not emb.is_floating_point():
+        raise StatsError(f"embeddings must have a floating dtype, got {emb.dtype}")
+    if emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] < 1:
+        raise StatsError(
+            f"embeddings must be 2-D [n_tokens, hidden_dim] with n_tokens >= 1, got {tuple(emb.shape)}"
+        )
+    x = emb.detach().to(torch.float32)
+    if check_finite and not bool(torch.isfinite(x).all()):
+        raise StatsError("embeddings contain NaN or infinite values")
+    return x
+
+
+def _check_width(width: int, ref_width: int) -> None:
+    if width != ref_width:
+        raise StatsError(f"embedding width {width} does not match reference width {ref_width}")
+
+
+def _reference_tensors(reference: Any, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """``(per_dim_mean, per_dim_std)`` as float32 1-D tensors from a ReferenceStats, mapping or object."""
+    if reference is None:
+        reference = shipped_stats()
+    values = []
+    for key in _TENSOR_KEYS:
+        if isinstance(reference, Mapping):
+            if key not in reference:
+                raise StatsError(f"reference mapping has no {key!r} entry")
+            value = reference[key]
+        elif hasattr(reference, key):
+            value = getattr(reference, key)
+        else:
+            raise StatsError(f"reference {type(reference).__name__} has no {key!r} attribute")
+        values.append(_as_float_tensor(value, f"reference {key}"))
+    mean, std = values
+    _check_stats_tensors(mean, std)
+    if device is not None:
+        mean, std = mean.to(device), std.to(device)
+    return mean, std
+
+
+def _check_stats_tensors(mean: Tensor, std: Tensor) -> None:
+    if mean.ndim != 1 or std.ndim != 1 or mean.shape != std.shape or mean.numel() == 0:
+        raise StatsError(
+            f"per_dim_mean and per_dim_std must be non-empty 1-D tensors of equal shape, "
+            f"got {tuple(mean.shape)} and {tuple(std.shape)}"
+        )
+    if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all())):
+        raise StatsError("reference statistics contain NaN or infinite values")
+    if bool((std < 0).any()):
+        raise StatsError("per_dim_std contains negative values")
+
+
+def pooled_std(per_dim_mean: Tensor, per_dim_std: Tensor) -> float:
+    """Population std of all elements pooled over dimensions with equal row counts.
+
+    ``σ_global = sqrt(mean_d(σ_d²) + var_d(μ_d))`` (law of total variance; ``var`` is the population
+    variance over dimensions). Computed in float32, after scaling by the largest magnitude.
+    """
+    mean = per_dim_mean.detach().to(torch.float32)
+    std = per_dim_std.detach().to(torch.float32)
+    scale = torch.maximum(mean.abs().amax(), std.amax()).clamp_min(_TINY)
+    var_means = torch.var(mean / scale, correction=0)
+    mean_sq_std = ((std / scale) ** 2).mean()
+    return float((mean_sq_std + var_means).sqrt() * scale)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reference statistics
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceStats:
+    """Per-dimension statistics of text-encoder hidden states at one layer.
+
+    ``per_dim_mean[d] = μ_ref_d`` and ``per_dim_std[d] = σ_ref_d`` (population std) over ``token_count``
+    rows from ``prompt_count`` prompts of ``model`` at ``hidden_states[layer]``. Tensors are stored as
+    contiguous float32. ``metadata`` holds extra string entries (provenance, recorded measurements).
+    Equality is identity (tensors have no single truth value).
+    """
+
+    per_dim_mean: Tensor
+    per_dim_std: Tensor
+    layer: int
+    model: str
+    prompt_count: int
+    token_count: int
+    metadata: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        mean = _as_float_tensor(self.per_dim_mean, "per_dim_mean")
+        std = _as_float_tensor(self.per_dim_std, "per_dim_std")
+        _check_stats_tensors(mean, std)
+        for name in ("layer", "prompt_count", "token_count"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise StatsError(f"{name} must be an int, got {value!r}")
+        if self.prompt_count < 0 or self.token_count < 0:
+            raise StatsError(
+                f"counts must be >= 0, got prompt_count={self.prompt_count}, token_count={self.token_count}"
+            )
+        if not isinstance(self.model, str) or not self.model:
+            raise StatsError(f"model must be a non-empty string, got {self.model!r}")
+        meta = dict(self.metadata)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise StatsError("metadata keys and values must be strings")
+        object.__setattr__(self, "per_dim_mean", mean)
+        object.__setattr__(self, "per_dim_std", std)
+        object.__setattr__(self, "metadata", MappingProxyType(meta))
+
+    @property
+    def hidden_dim(self) -> int:
+        """``D``, the number of dimensions."""
+        return int(self.per_dim_mean.numel())
+
+    @property
+    def global_mean(self) -> float:
+        """Mean of all elements pooled: ``mean_d(μ_ref_d)``."""
+        return float(self.per_dim_mean.mean())
+
+    @property
+    def global_std(self) -> float:
+        """Population std of all elements pooled: ``sqrt(mean_d(σ_ref_d²) + var_d(μ_ref_d))``."""
+        return pooled_std(self.per_dim_mean, self.per_dim_std)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a safetensors file atomically (temp file in the same folder, fsync, ``os.replace``).
+
+        Tensors ``per_dim_mean``/``per_dim_std``; string metadata ``format``, ``model``, ``layer``,
+        ``prompt_count``, ``token_count``, ``hidden_dim`` (always from the fields), then every entry of
+        ``self.metadata``; ``global_mean``/``global_std`` are the derived values unless ``metadata``
+        records them (e.g. as measured at collection time).
+        """
+        path = Path(path)
+        meta = dict(self.metadata)
+        meta.update(
+            format=_FORMAT,
+            model=self.model,
+            layer=str(self.layer),
+            prompt_count=str(self.prompt_count),
+            token_count=str(self.token_count),
+            hidden_dim=str(self.hidden_dim),
+        )
+        meta.setdefault("global_mean", repr(self.global_mean))
+        meta.setdefault("global_std", repr(self.global_std))
+        data = _st_save(
+            {"per_dim_mean": self.per_dim_mean.cpu(), "per_dim_std": self.per_dim_std.cpu()}, metadata=meta
+        )
+        _atomic_write(path, data)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ReferenceStats:
+        """Read a file written by :meth:`save` (safetensors only; never unpickles anything).
+
+        Raises :class:`StatsError` for a missing or unreadable file, missing tensors or metadata, and
+        tensors that are not 1-D of equal shape.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise StatsError(f"reference stats file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = set(f.keys())
+                missing = [k for k in _TENSOR_KEYS if k not in keys]
+                if missing:
+                    raise StatsError(f"{path}: missing tensor(s) {', '.join(missing)}")
+                mean = f.get_tensor("per_dim_mean")
+                std = f.get_tensor("per_dim_std")
+                meta = dict(f.metadata() or {})
+        except (SafetensorError, OSError) as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StatsError(f"{path}: not a readable safetensors file ({first_line})") from exc
+        if mean.shape != std.shape or mean.ndim != 1:
+            raise StatsError(
+                f"{path}: shape mismatch, per_dim_mean {tuple(mean.shape)} vs per_dim_std {tuple(std.shape)}"
+            )
+        missing_meta = [k for k in ("model", "layer", "prompt_count", "token_count") if k not in meta]
+        if missing_meta:
+            raise StatsError(f"{path}: missing metadata {', '.join(missing_meta)}")
+        try:
+            layer, prompts, tokens = (int(meta[k]) for k in ("layer", "prompt_count", "token_count"))
+        except ValueError as exc:
+            raise StatsError(f"{path}: layer/prompt_count/token_count metadata must be integers") from exc
+        extra = {k: v for k, v in meta.items() if k not in _STRUCTURAL_KEYS}
+        try:
+            return cls(
+                mean,
+                std,
+                layer=layer,
+                model=meta["model"],
+                prompt_count=prompts,
+                token_count=tokens,
+                metadata=extra,
+            )
+        except StatsError as exc:
+            raise StatsError(f"{path}: {exc}") from exc
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates 0600; keep the mode of a file being replaced, else use ordinary 0644
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename durable; not possible on every platform
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def compute_reference_stats(rows: Tensor, layer: int, model: str, prompt_count: int) -> ReferenceStats:
+    """Reference statistics of ``rows`` ``[n, D]`` (any float dtype), computed in float32.
+
+    ``μ_ref_d = mean_i x_id``, ``σ_ref_d = sqrt(mean_i (x_id − μ_ref_d)²)`` (population, correction 0);
+    ``token_count = n``.
+    """
+    x = _check_embeddings(rows)
+    mean, std = _mean_std(x, dim=0)
+    return ReferenceStats(
+        mean.cpu(),
+        std.cpu(),
+        layer=layer,
+        model=model,
+        prompt_count=prompt_count,
+        token_count=int(x.shape[0]),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _load_shipped() -> ReferenceStats:
+    resource = resources.files("llm_dit").joinpath("data", SHIPPED_STATS_FILE)
+    with resources.as_file(resource) as file:
+        return ReferenceStats.load(file)
+
+
+def shipped_stats() -> ReferenceStats:
+    """Statistics of real Qwen3-4B ``hidden_states[-2]`` packaged with llm-dit (10 prompts, 220 tokens).
+
+    Loaded once; each call returns fresh tensor copies so callers cannot corrupt the cache.
+    """
+    s = _load_shipped()
+    return ReferenceStats(
+        s.per_dim_mean.clone(),
+        s.per_dim_std.clone(),
+        layer=s.layer,
+        model=s.model,
+        prompt_count=s.prompt_count,
+        token_count=s.token_count,
+        metadata=s.metadata,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------------------
+
+
+def normalize_none(emb: Tensor) -> Tensor:
+    """``x' = x`` (returned as float32; a copy, never the input object)."""
+    return emb.detach().to(torch.float32, copy=True)
+
+
+def normalize_global(emb: Tensor, ref_global_std: float) -> Tensor:
+    """Scale the spread of all elements to the reference global std, keeping the global mean.
+
+    ``x' = μ + (x − μ) · σ_ref / max(σ, ε)`` with ``μ``/``σ`` the population mean/std of *all* elements
+    of ``x``. Afterwards ``std(x') = σ_ref`` and ``mean(x') = μ`` (the mean is kept, not scaled; for a
+    zero-mean input this is plain ``x · σ_ref / σ``).
+    """
+    x = _check_embeddings(emb)
+    z, mu, _ = _standardize(x, dim=None)
+    return mu + z * float(ref_global_std)
+
+
+def normalize_per_dim(
+    emb: Tensor, ref_mean: Tensor, ref_std: Tensor, *, clip_sigma: float | None = None
+) -> Tensor:
+    """Match each dimension to the reference: z-score over the tokens, optional clip, re-scale.
+
+    ``z_id = (x_id − μ_d) / max(σ_d, ε)``; if ``clip_sigma = k``: ``z_id ← clamp(z_id, −k, k)``;
+    ``x'_id = z_id · σ_ref_d + μ_ref_d``. Without clipping (and with ``σ_d > ε``) every output column has
+    exactly mean ``μ_ref_d`` and std ``σ_ref_d``; a constant column becomes ``μ_ref_d``.
+    """
+    x = _check_embeddings(emb)
+    mean = ref_mean.detach().to(device=x.device, dtype=torch.float32)
+    std = ref_std.detach().to(device=x.device, dtype=torch.float32)
+    _check_width(x.shape[1], mean.numel())
+    z, _, _ = _standardize(x, dim=0)
+    if clip_sigma is not None:
+        k = _check_clip(clip_sigma)
+        z = z.clamp(-k, k)
+    return z * std + mean
+
+
+def normalize_hybrid(
+    emb: Tensor,
+    ref_mean: Tensor,
+    ref_std: Tensor,
+    *,
+    hybrid_weight: float = 0.5,
+    clip_sigma: float | None = None,
+) -> Tensor:
+    """Blend of the two: ``x' = w · per_dim(x) + (1 − w) · global(x)`` with ``w = hybrid_weight ∈ [0, 1]``.
+
+    ``global`` targets the pooled reference std ``sqrt(mean_d(σ_ref_d²) + var_d(μ_ref_d))``;
+    ``clip_sigma`` applies to the per-dimension part only.
+    """
+    w = _check_weight(hybrid_weight)
+    per_dim = normalize_per_dim(emb, ref_mean, ref_std, clip_sigma=clip_sigma)
+    glob = normalize_global(emb, pooled_std(ref_mean, ref_std))
+    return w * per_dim + (1.0 - w) * glob
+
+
+def _check_clip(clip_sigma: float) -> float:
+    k = float(clip_sigma)
+    if not (math.isfinite(k) and k > 0):
+        raise StatsError(f"clip_sigma must be a finite number > 0, got {clip_sigma!r}")
+    return k
+
+
+def _check_weight(weight: float) -> float:
+    w = float(weight)
+    if not (0.0 <= w <= 1.0):
+        raise StatsError(f"hybrid_weight must be in [0, 1], got {weight!r}")
+    return w
+
+
+def normalize(
+    emb: Tensor,
+    mode: str,
+    reference: Any,
+    *,
+    clip_sigma: float | None = None,
+    hybrid_weight: float = 0.5,
+) -> Tensor:
+    """Normalise ``emb`` ``[n, D]`` towards ``reference`` with one of :data:`NORMALIZATION_MODES`.
+
+    ``none`` → :func:`normalize_none`; ``global`` → :func:`normalize_global` (target: the pooled reference
+    std); ``per_dim`` → :func:`normalize_per_dim`; ``hybrid`` → :func:`normalize_hybrid`. ``reference`` is
+    a :class:`ReferenceStats`, a mapping or any object with ``per_dim_mean``/``per_dim_std``.
+    ``clip_sigma`` only affects ``per_dim`` and ``hybrid``. Input of any float dtype; output float32.
+    Raises :class:`StatsError` for an unknown mode, a width mismatch or non-finite input.
+    """
+    if mode not in NORMALIZATION_MODES:
+        raise StatsError(
+            f"unknown normalization mode {mode!r}; valid modes: {', '.join(NORMALIZATION_MODES)}"
+        )
+    x = _check_embeddings(emb, check_finite=mode != "none")
+    ref_mean, ref_std = _reference_tensors(reference, device=x.device)
+    _check_width(x.shape[1], ref_mean.numel())
+    if clip_sigma is not None:
+        _check_clip(clip_sigma)
+    _check_weight(hybrid_weight)
+    if mode == "none":
+        return normalize_none(emb)
+    if mode == "global":
+        return normalize_global(x, pooled_std(ref_mean, ref_std))
+    if mode == "per_dim":
+        return normalize_per_dim(x, ref_mean, ref_std, clip_sigma=clip_sigma)
+    return normalize_hybrid(x, ref_mean, ref_std, hybrid_weight=hybrid_weight, clip_sigma=clip_sigma)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Outlier dimensions
+# --------------------------------------------------------------------------------------------------------
+
+
+def std_ratios(embeddings: Tensor, reference: Any = None) -> Tensor:
+    """Per-dimension spread relative to the reference: ``ratio_d = σ_d / max(σ_ref_d, ε)``.
+
+    ``σ_d`` is the population std of column ``d`` over the given rows (float32). ``ratio_d > 1``: the
+    embeddings vary more than the reference; ``< 1``: less. ``reference`` defaults to :func:`shipped_stats`.
+    Returns a float32 tensor ``[D]``.
+    """
+    x = _check_embeddings(embeddings)
+    ref_mean, ref_std = _reference_tensors(reference, device=x.device)
+    _check_width(x.shape[1], ref_mean.numel())
+    _, std = _mean_std(x, dim=0)
+    return std / ref_std.clamp_min(STD_EPS)
+
+
+def _check_threshold(threshold: float) -> float:
+    t = float(threshold)
+    if not (math.isfinite(t) and t > 1.0):
+        raise StatsError(f"threshold must be a finite number > 1, got {threshold!r}")
+    return t
+
+
+def _severity(ratio: float) -> float:
+    """``max(ratio, 1/ratio)``; ``inf`` for a ratio of 0."""
+    if ratio <= 0.0:
+        return math.inf
+    return max(ratio, 1.0 / ratio)
+
+
+def _outliers_from_ratios(ratios: Tensor, threshold: float) -> list[tuple[int, float]]:
+    flagged = ((ratios > threshold) | (ratios < 1.0 / threshold)).nonzero().flatten().tolist()
+    values = ratios.cpu().tolist()
+    found = [(int(d), float(values[d])) for d in flagged]
+    found.sort(key=lambda item: (-_severity(item[1]), item[0]))
+    return found
+
+
+def get_outlier_dimensions(
+    embeddings: Tensor, threshold: float = 10.0, reference: Any = None
+) -> list[tuple[int, float]]:
+    """Dimensions whose spread is far from the reference, most severe first.
+
+    With ``ratio_d`` from :func:`std_ratios`: ``d`` is an outlier when ``ratio_d > t`` or
+    ``ratio_d < 1/t`` (``t = threshold > 1``). Sorted by severity ``max(ratio_d, 1/ratio_d)`` descending,
+    ties by dimension index. Returns ``[(d, ratio_d), ...]``. With fewer than 2 rows no spread can be
+    measured and the result is empty. ``reference`` defaults to :func:`shipped_stats`.
+    """
+    t = _check_threshold(threshold)
+    ratios = std_ratios(embeddings, reference)
+    if embeddings.shape[0] < 2:
+        return []
+    return _outliers_from_ratios(ratios, t)
+
+
+def _row_mask(rows: Any, n: int, device: torch.device) -> Tensor:
+    """Boolean ``[n]`` mask from ``None`` (all rows), a boolean mask ``[n]`` or integer row indices."""
+    if rows is None:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    r = torch.as_tensor(rows, device=device)
+    if r.dtype == torch.bool:
+        if r.shape != (n,):
+            raise StatsError(f"boolean rows mask must have shape ({n},), got {tuple(r.shape)}")
+        return r
+    if r.is_floating_point() or r.is_complex():
+        raise StatsError(f"rows must be a boolean mask or integer indices, got dtype {r.dtype}")
+    r = r.reshape(-1).long()
+    if r.numel() and (int(r.min()) < -n or int(r.max()) >= n):
+        raise StatsError(f"row index out of range for {n} rows")
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    mask[r] = True
+    return mask
+
+
+def _mask_zero(sel: Tensor, dims: Tensor) -> Tensor:
+    """``x'_id = 0`` for the selected rows ``i`` and outlier dimensions ``d``."""
+    out = sel.clone()
+    out[:, dims] = 0.0
+    return out
+
+
+def _mask_clamp(sel: Tensor, dims: Tensor, ratios: Tensor, ref_std: Tensor, threshold: float) -> Tensor:
+    """Bring each outlier's ratio exactly to the nearest bound, about its mean.
+
+    ``x'_id = μ_d + (x_id − μ_d) · b_d / ratio_d`` with ``b_d = t`` if ``ratio_d > t`` else ``1/t``,
+    so the new ratio is ``b_d``. Computed as ``μ_d + z_id · b_d · max(σ_ref_d, ε)``; a constant column
+    (``ratio_d = 0``) stays constant.
+    """
+    out = sel.clone()
+    cols = sel[:, dims]
+    z, mu, _ = _standardize(cols, dim=0)
+    r = ratios[dims]
+    bound = torch.where(r > threshold, torch.full_like(r, threshold), torch.full_like(r, 1.0 / threshold))
+    out[:, dims] = mu + z * (bound * ref_std[dims].clamp_min(STD_EPS))
+    return out
+
+
+def _mask_scale(sel: Tensor, dims: Tensor, ref_std: Tensor) -> Tensor:
+    """Soft correction: halve the log-ratio, about the mean.
+
+    ``x'_id = μ_d + (x_id − μ_d) · ratio_d^(−1/2)``, so the new ratio is ``sqrt(ratio_d)``. Computed as
+    ``μ_d + z_id · sqrt(σ_d) · sqrt(max(σ_ref_d, ε))``.
+    """
+    out = sel.clone()
+    cols = sel[:, dims]
+    z, mu, sigma = _standardize(cols, dim=0)
+    out[:, dims] = mu + z * (sigma.sqrt() * ref_std[dims].clamp_min(STD_EPS).sqrt())
+    return out
+
+
+def _mask_reference(sel: Tensor, dims: Tensor, ref_mean: Tensor) -> Tensor:
+    """``x'_id = μ_ref_d`` for the selected rows and outlier dimensions."""
+    out = sel.clone()
+    out[:, dims] = ref_mean[dims]
+    return out
+
+
+def mask_outlier_dimensions(
+    embeddings: Tensor,
+    threshold: float = 10.0,
+    mode: str = "zero",
+    reference: Any = None,
+    rows: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """Find outlier dimensions on the selected rows and correct them there, with one of :data:`OUTLIER_MODES`.
+
+    ``rows`` (boolean mask ``[n]`` or integer indices; default all rows) selects the rows that are both
+    analysed (:func:`get_outlier_dimensions`) and modified; other rows are copied unchanged. Per outlier
+    dimension ``d`` with ``μ_d``/``σ_d`` over the selected rows and ``t = threshold``:
+
+    - ``none``: nothing changes, nothing is reported as masked;
+    - ``zero``: ``x' = 0``;
+    - ``clamp``: ``x' = μ_d + (x − μ_d) · b/ratio_d``, ``b = t`` if ``ratio_d > t`` else ``1/t`` (ratio → b);
+    - ``scale``: ``x' = μ_d + (x − μ_d) · ratio_d^(−1/2)`` (ratio → sqrt(ratio));
+    - ``reference``: ``x' = μ_ref_d``.
+
+    Returns ``(masked, info)``: ``masked`` is a new float32 tensor (the input is never modified);
+    ``info`` has ``masked_dimensions`` (severity order), ``ratios`` (their ratios before masking),
+    ``mode``, ``threshold`` and ``row_count`` (rows analysed). Fewer than 2 selected rows: nothing masked.
+    """
+    if mode not in OUTLIER_MODES:
+        raise StatsError(f"unknown outlier mode {mode!r}; valid modes: {', '.join(OUTLIER_MODES)}")
+    t = _check_threshold(threshold)
+    x = _check_embeddings(embeddings, check_finite=mode != "none")
+    ref_mean, ref_std = _reference_tensors(reference, device=x.device)
+    _check_width(x.shape[1], ref_mean.numel())
+    mask = _row_mask(rows, x.shape[0], x.device)
+    out = x.clone()
+    row_count = int(mask.sum())
+    info: dict[str, Any] = {
+        "masked_dimensions": [],
+        "ratios": [],
+        "mode": mode,
+        "threshold": t,
+        "row_count": row_count,
+    }
+    if mode == "none" or row_count < 2:
+        return out, info
+    sel = x[mask]
+    ratios = std_ratios(sel, {"per_dim_mean": ref_mean, "per_dim_std": ref_std})
+    outliers = _outliers_from_ratios(ratios, t)
+    info["masked_dimensions"] = [d for d, _ in outliers]
+    info["ratios"] = [r for _, r in outliers]
+    if not outliers:
+        return out, info
+    dims = torch.tensor(info["masked_dimensions"], dtype=torch.long, device=x.device)
+    if mode == "zero":
+        new = _mask_zero(sel, dims)
+    elif mode == "clamp":
+        new = _mask_clamp(sel, dims, ratios, ref_std, t)
+    elif mode == "scale":
+        new = _mask_scale(sel, dims, ref_std)
+    else:
+        new = _mask_reference(sel, dims, ref_mean)
+    out[mask] = new
+    return out, info

@@ -1,0 +1,55 @@
+"""Shared fixtures: the tiny zoo (built once per test session, offline) and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session gets its own llm-dit cache, so nothing depends on (or pollutes) the user's."""
+    root = tmp_path_factory.mktemp("llm-dit-cache")
+    os.environ["LLM_DIT_CACHE"] = str(root)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return root
+
+
+@pytest.fixture(scope="session")
+def zoo(_isolated_cache: Path) -> Path:
+    """The cached tiny zoo folder with `zimage/` and `qwen3-vl/`."""
+    from llm_dit.zoo import zoo_dir
+
+    return zoo_dir("tiny")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """Run `llm-dit ARGS...` in-process through the real entry point (`llm_dit.cli.main`)."""
+    from llm_dit.cli import main
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["llm-dit", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

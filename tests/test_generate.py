@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from llm_dit.config import load_config
+from llm_dit.generate import Generator, denoise
+
+
+def diffusers_image(zoo, **kwargs):
+    from diffusers import ZImagePipeline
+
+    pipe = ZImagePipeline.from_pretrained(zoo / "zimage")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(**kwargs).images[0]
+
+
+def test_cli_generate_is_pixel_identical_to_diffusers(cli, zoo, tmp_path):
+    out = tmp_path / "a.png"
+    r = cli("generate", "--zimage", zoo / "zimage", "-p", "a red fox", "--steps", 2, "--width", 64,
+            "--height", 64, "--seed", 7, "--guidance", 0, "-o", out)  # fmt: skip
+    assert r.code == 0, r.err
+    ref = diffusers_image(zoo, prompt="a red fox", height=64, width=64, num_inference_steps=2,
+                          guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(7))  # fmt: skip
+    ours = np.asarray(Image.open(out))
+    assert ours.shape == (64, 64, 3)
+    assert np.array_equal(ours, np.asarray(ref))
+    assert ours.std() > 1  # not a blank image
+
+
+def test_sidecar_records_settings_models_versions_and_timings(cli, zoo, tmp_path):
+    out = tmp_path / "b.png"
+    r = cli("generate", "--zimage", zoo / "zimage", "-p", "a cat", "--steps", 2, "--width", 32,
+            "--height", 48, "--seed", 3, "--shift", 2.0, "-o", out)  # fmt: skip
+    assert r.code == 0, r.err
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["prompt"] == "a cat" and rec["seed"] == 3
+    s = rec["settings"]
+    assert (s["generation.steps"], s["generation.width"], s["generation.height"]) == (2, 32, 48)
+    assert s["generation.shift"] == 2.0 and s["encoder.hidden_layer"] == -2
+    assert s["models.zimage"] == str(zoo / "zimage")
+    assert {"torch", "diffusers", "transformers"} <= rec["versions"].keys()
+    assert {"encode", "load", "denoise"} <= rec["timings_s"].keys()
+    assert Image.open(out).size == (32, 48)
+
+
+@pytest.fixture(scope="module")
+def gen(zoo):
+    cfg = load_config(overrides={"models.zimage": str(zoo / "zimage"), "generation.width": 64,
+                                 "generation.height": 64, "generation.steps": 4})  # fmt: skip
+    return Generator(cfg)
+
+
+def run(gen, **changes):
+    g = gen.config.generation.model_copy(update=changes)
+    emb = gen.encode("a house").embeddings
+    neg = [gen.encode("").embeddings] if g.guidance > 0 else None
+    return np.asarray(denoise(gen.pipeline, [emb], g, [g.seed], negative_prompt_embeds=neg,
+                              init_image=changes.get("init"))[0]).astype(int)  # fmt: skip
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"steps": 3}, {"shift": 1.0}, {"guidance": 2.0}])
+def test_each_generation_setting_changes_the_image(gen, change):
+    assert np.abs(run(gen) - run(gen, **change)).max() > 0
+
+
+def test_shift_reaches_the_scheduler(gen):
+    g = gen.config.generation.model_copy(update={"shift": 1.5, "steps": 2})
+    seen = []
+
+    def cb(pipe, i, t, kw):
+        seen.append(pipe.scheduler.config.shift)
+        return {}
+
+    denoise(gen.pipeline, [gen.encode("x").embeddings], g, [0], callback=cb)
+    assert seen == [1.5, 1.5]
+
+
+def test_img2img_strength_semantics(gen):
+    init = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3)))
+    emb = [gen.encode("a house").embeddings]
+    steps_run = {}
+    images = {}
+    for strength in (0.5, 0.75, 0.9, 1.0):
+        g = gen.config.generation.model_copy(update={"strength": strength, "steps": 4})
+        calls = []
+        images[strength] = np.asarray(denoise(gen.pipeline, emb, g, [0], init_image=init,
+                                              callback=lambda p, i, t, kw: calls.append(i) or {})[0])  # fmt: skip
+        steps_run[strength] = len(calls)
+    # diffusers skips the first int(N - N * strength) steps (0.9 of 4 skips int(0.4) = 0)
+    assert steps_run == {0.5: 2, 0.75: 3, 0.9: 4, 1.0: 4}
+    assert not np.array_equal(images[0.5], images[0.9])
+    # below strength 1 the init image shapes the result
+    other = Image.fromarray(np.asarray(init)[:, ::-1].copy())
+    g = gen.config.generation.model_copy(update={"strength": 0.5, "steps": 4})
+    assert not np.array_equal(images[0.5], np.asarray(denoise(gen.pipeline, emb, g, [0], init_image=other)[0]))
+
+
+def test_batch_of_prompts_matches_single_calls(gen):
+    g = gen.config.generation
+    a, b = gen.encode("a house").embeddings, gen.encode("a red fox in the snow").embeddings
+    batched = denoise(gen.pipeline, [a, b], g, [1, 2])
+    single = [denoise(gen.pipeline, [e], g, [s])[0] for e, s in ((a, 1), (b, 2))]
+    for x, y in zip(batched, single, strict=True):
+        assert np.abs(np.asarray(x).astype(int) - np.asarray(y).astype(int)).max() <= 1
+
+
+def test_low_memory_releases_the_text_encoder_before_the_dit_loads(zoo):
+    cfg = load_config(overrides={"models.zimage": str(zoo / "zimage"), "models.low_memory": True})
+    g = Generator(cfg)
+    g.encode("x")
+    assert g._text_encoder is not None
+    _ = g.pipeline
+    assert g._text_encoder is None
