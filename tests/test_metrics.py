@@ -356,3 +356,13 @@ def test_compute_image_metrics_selects_by_inputs() -> None:
         assert isinstance(value, float) and lo <= value <= hi
     with_ref = compute_image_metrics(img, reference=ref)
     assert set(with_ref) == {"color_hist_similarity", "grid_artifact_score", "high_frequency_energy"}
+
+
+def test_histogram_intersection_exact_value() -> None:
+    red, blue = np.array([255, 0, 0], np.uint8), np.array([0, 0, 255], np.uint8)
+    a = np.empty((4, 8, 3), np.uint8)
+    a[:3], a[3:] = red, blue  # 75 % red, 25 % blue
+    b = np.empty((2, 10, 3), np.uint8)
+    b[:1], b[1:] = red, blue  # 50 % red, 50 % blue (different size)
+    # Σ min(p, q) = min(.75, .5) + min(.25, .5) = 0.75
+    assert color_histogram_similarity(a, b) == pytest.approx(0.75, abs=1e-12)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import UserError
+
 RESAMPLE_MODES = ("area", "linear", "nearest", "truncate")
 DIT_MAX_ROWS = 1504  # Z-Image caption length limit
 EPS_STD = 1e-6
@@ -29,7 +31,7 @@ EPS_NORM = 1e-12
 BlendMode: TypeAlias = Callable[..., Tensor]  # (text, vl, alpha, **options) -> Tensor
 
 
-class BlendError(ValueError):
+class BlendError(UserError):
     """Invalid blend argument: bad shape or dtype, alpha out of range, unknown name."""
 
 

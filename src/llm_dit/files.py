@@ -29,7 +29,8 @@ Image.MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # decompression-bomb guard: ~8k x 8k 
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` via temp file + fsync + rename; a clear `UserError` if the location is unwritable."""
+    """Write `data` to `path` via temp file + fsync + rename (+ directory fsync), keeping the mode of a file it
+    replaces (else 0644); a clear `UserError` if the location is unwritable or full."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,19 +38,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror}") from None
     try:
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise UserError(f"cannot write {path}: {e.strerror}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {path}: {e.strerror}") from None
         raise
+    with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 

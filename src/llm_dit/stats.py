@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,6 +28,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
 from torch import Tensor
+
+from .errors import UserError
+from .files import atomic_write_bytes
 
 __all__ = [
     "NORMALIZATION_MODES",
@@ -65,7 +66,7 @@ _FORMAT = "llm-dit-reference-stats/1"
 _TINY = torch.finfo(torch.float32).tiny
 
 
-class StatsError(ValueError):
+class StatsError(UserError):
     """Invalid statistics, inputs or stats files; the message is one line."""
 
 
@@ -270,7 +271,7 @@ class ReferenceStats:
         data = _st_save(
             {"per_dim_mean": self.per_dim_mean.cpu(), "per_dim_std": self.per_dim_std.cpu()}, metadata=meta
         )
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
         return path
 
     @classmethod
@@ -319,32 +320,6 @@ class ReferenceStats:
             )
         except StatsError as exc:
             raise StatsError(f"{path}: {exc}") from exc
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600; keep the mode of a file being replaced, else use ordinary 0644
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename durable; not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def compute_reference_stats(rows: Tensor, layer: int, model: str, prompt_count: int) -> ReferenceStats:
