@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import UserError
+from .stats import describe
 
 RESAMPLE_MODES = ("area", "linear", "nearest", "truncate")
 DIT_MAX_ROWS = 1504  # Z-Image caption length limit
@@ -461,7 +462,7 @@ blend_adain = adain
 blend_adain_per_dim = adain_per_dim
 
 
-def _mode_options(mode: str) -> tuple[str, ...]:
+def mode_options(mode: str) -> tuple[str, ...]:
     """Option names accepted by ``blend(..., mode, ...)``."""
     _choose("blend mode", mode, tuple(BLEND_MODES))
     params = inspect.signature(BLEND_MODES[mode]).parameters.values()
@@ -470,7 +471,7 @@ def _mode_options(mode: str) -> tuple[str, ...]:
 
 def blend(text: Tensor, vl: Tensor, mode: str, alpha: float, **options: object) -> Tensor:
     """Dispatch: BLEND_MODES[mode](text, vl, alpha, **options); unknown mode or option names raise."""
-    valid = _mode_options(mode)
+    valid = mode_options(mode)
     unknown = sorted(set(options) - set(valid))
     if unknown:
         names = ", ".join(valid) or "none"
@@ -484,11 +485,5 @@ def blend_stats(before: Tensor, after: Tensor) -> dict[str, float]:
     for name, x in (("before", before), ("after", after)):
         if not isinstance(x, Tensor) or x.numel() == 0:
             raise BlendError(f"blend_stats: {name} must be a non-empty tensor")
-        x = x.detach().float()
-        out |= {
-            f"{name}_std": x.std(correction=0).item(),
-            f"{name}_mean": x.mean().item(),
-            f"{name}_min": x.min().item(),
-            f"{name}_max": x.max().item(),
-        }
+        out |= {f"{name}_{k}": v for k, v in describe(x).items()}
     return out

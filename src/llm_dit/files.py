@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import io
 import json
-import math
 import os
 import platform
 import tempfile
@@ -167,6 +166,15 @@ def load_tensors(path: str | Path, label: str = "embeddings file") -> tuple[dict
     return tensors, meta
 
 
+def load_embeddings(path: str | Path, label: str = "embeddings file") -> torch.Tensor:
+    """The `embeddings` tensor of a file written by `llm-dit extract` or `llm-dit encode` (checked later against
+    the DiT's caption width by `check_embeddings`)."""
+    tensors, _ = load_tensors(path, label)
+    if "embeddings" not in tensors:
+        raise UserError(f"{label} {path} has no 'embeddings' tensor (has: {', '.join(tensors) or 'none'})")
+    return tensors["embeddings"]
+
+
 def check_embeddings(rows: torch.Tensor, width: int, label: str) -> torch.Tensor:
     """Validate caption rows from a file: float, 2-D `[n, width]`, n >= 1, finite."""
     if not rows.is_floating_point():
@@ -181,10 +189,3 @@ def check_embeddings(rows: torch.Tensor, width: int, label: str) -> torch.Tensor
         bad = int((~torch.isfinite(rows)).sum())
         raise UserError(f"{label}: contains {bad} NaN/Inf values")
     return rows
-
-
-def finite_stats(x: torch.Tensor) -> dict[str, float]:
-    """Mean and population std of `x` in float32, for records."""
-    x = x.float()
-    std = float(x.std(correction=0)) if x.numel() > 1 else 0.0
-    return {"mean": float(x.mean()), "std": std if math.isfinite(std) else float("nan")}

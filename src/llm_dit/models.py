@@ -8,6 +8,7 @@ naming what was expected.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 from pathlib import Path
 
@@ -68,6 +69,29 @@ def read_model_json(path_or_id: str, filename: str, expected: str) -> dict:
         return json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{path_or_id}: {filename} is not valid JSON ({e})") from None
+
+
+def local_folder(path_or_id: str) -> Path:
+    """The folder holding a model's files: the path itself, or the hub snapshot already in the local cache."""
+    if _looks_local(path_or_id):
+        return Path(path_or_id).expanduser().resolve()
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path_or_id, local_files_only=True))
+
+
+def model_identity(path_or_id: str, subfolder: str = "") -> dict[str, str]:
+    """What names a model's weights in cache keys and records: the id as given, the resolved folder and a
+    fingerprint of its JSON files and weight files (names, sizes and their first and last 64 KiB)."""
+    folder = local_folder(path_or_id) / subfolder
+    h = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")):
+        h.update(f"{file.relative_to(folder)}:{file.stat().st_size}".encode())
+        with open(file, "rb") as f:
+            h.update(f.read(1 << 16))
+            f.seek(max(0, file.stat().st_size - (1 << 16)))
+            h.update(f.read())
+    return {"id": path_or_id, "path": str(folder), "fingerprint": h.hexdigest()[:16]}
 
 
 def check_zimage(path_or_id: str) -> None:

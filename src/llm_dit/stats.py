@@ -322,6 +322,17 @@ class ReferenceStats:
             raise StatsError(f"{path}: {exc}") from exc
 
 
+def describe(x: Tensor) -> dict[str, float]:
+    """Summary of a tensor for records, float32: mean, population std, min, max over all elements."""
+    x = x.detach().float()
+    return {
+        "mean": x.mean().item(),
+        "std": x.std(correction=0).item() if x.numel() > 1 else 0.0,
+        "min": x.min().item(),
+        "max": x.max().item(),
+    }
+
+
 def compute_reference_stats(rows: Tensor, layer: int, model: str, prompt_count: int) -> ReferenceStats:
     """Reference statistics of ``rows`` ``[n, D]`` (any float dtype), computed in float32.
 

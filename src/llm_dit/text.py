@@ -14,17 +14,36 @@ the DiT's 1504) are shortened by `long_prompt_mode`:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .blend import align
+from .cache import TensorCache
 from .config import EncoderConfig
-from .hooks import capture_hidden_states
-from .models import load_text_encoder
+from .hooks import capture_hidden_states, layer_position
+from .models import load_text_encoder, model_identity
+from .stats import ReferenceStats, compute_reference_stats
 
 ATTENTION_POOL_TEMPERATURE = 0.1
+
+# The built-in prompt set for reference statistics: varied subjects, styles and lengths, like image prompts.
+STATS_PROMPTS = (
+    "A red fox standing in a snowy forest at dawn, soft golden light",
+    "Homer Simpson eating spaghetti in a cartoon kitchen",
+    "A watercolor painting of a quiet harbour with small fishing boats",
+    "Close-up portrait of an old man with a grey beard, dramatic studio lighting, 85mm photo",
+    "A cyberpunk city street at night, neon signs reflected in rain puddles",
+    "Pixel art castle on a hill under a purple sky",
+    "An art deco poster of a train crossing a bridge, bold geometric shapes",
+    "A bowl of ramen with a soft-boiled egg, overhead food photography",
+    "Ukiyo-e style great wave with Mount Fuji in the background",
+    "A cozy reading room with a fireplace, bookshelves and a sleeping cat",
+    "Macro photo of a dewdrop on a green leaf",
+    "A desert highway at sunset with long shadows and a lone red car",
+)
 
 
 def render_prompt(tokenizer, prompt: str, system_prompt: str | None = None, think_block: bool = False) -> str:
@@ -76,21 +95,49 @@ class EncodedPrompt:
 
 
 class TextEncoder:
-    """Z-Image's tokenizer and Qwen3 text encoder, loaded once."""
+    """Z-Image's tokenizer and Qwen3 text encoder, loaded once, with an optional tensor cache of hidden rows."""
 
-    def __init__(self, tokenizer, model) -> None:
+    def __init__(self, tokenizer, model, identity: dict[str, str], cache: TensorCache | None = None) -> None:
         self.tokenizer = tokenizer
         self.model = model
+        self.identity = identity
+        self.cache = cache
+        self.forward_passes = 0
 
     @classmethod
-    def from_pretrained(cls, zimage: str, device: str = "auto", dtype: str = "auto") -> TextEncoder:
-        return cls(*load_text_encoder(zimage, device, dtype))
+    def from_pretrained(
+        cls, zimage: str, device: str = "auto", dtype: str = "auto", cache: TensorCache | None = None
+    ) -> TextEncoder:
+        tokenizer, model = load_text_encoder(zimage, device, dtype)
+        return cls(tokenizer, model, model_identity(zimage, "text_encoder"), cache)
 
     @property
     def num_layers(self) -> int:
         return self.model.config.num_hidden_layers
 
     @torch.no_grad()
+    def hidden_rows(self, token_ids: list[int], layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """`{layer: [len(token_ids), D]}` in the encoder's dtype on the CPU, from at most one forward pass;
+        layers already in the cache are not recomputed."""
+        for layer in layers:
+            layer_position(layer, self.num_layers)
+        base = {"model": self.identity, "dtype": str(self.model.dtype), "token_ids": token_ids}
+        rows: dict[int, torch.Tensor] = {}
+        for layer in layers:
+            if self.cache and (hit := self.cache.get("text", {**base, "layer": layer})):
+                rows[layer] = hit[0]["rows"]
+        if missing := [layer for layer in layers if layer not in rows]:
+            input_ids = torch.tensor([token_ids], device=self.model.device)
+            captured = capture_hidden_states(
+                self.model, missing, lambda: self.model(input_ids=input_ids, use_cache=False)
+            )
+            self.forward_passes += 1
+            for layer, hidden in captured.items():
+                rows[layer] = hidden[0].cpu()
+                if self.cache:
+                    self.cache.put("text", {**base, "layer": layer}, {"rows": rows[layer]}, {})
+        return rows
+
     def encode(self, prompt: str, config: EncoderConfig | None = None) -> EncodedPrompt:
         """Encode one prompt with the settings of `config` (`hidden_layer`, `max_length`, `long_prompt_mode`,
         `system_prompt`, `think_block`)."""
@@ -98,10 +145,7 @@ class TextEncoder:
         rendered = render_prompt(self.tokenizer, prompt, cfg.system_prompt, cfg.think_block)
         ids = self.tokenizer(rendered, add_special_tokens=False).input_ids
         keep = ids[: cfg.max_length] if cfg.long_prompt_mode == "truncate" else ids
-        input_ids = torch.tensor([keep], device=self.model.device)
-        hidden = capture_hidden_states(
-            self.model, [cfg.hidden_layer], lambda: self.model(input_ids=input_ids, use_cache=False)
-        )[cfg.hidden_layer][0]
+        hidden = self.hidden_rows(keep, [cfg.hidden_layer])[cfg.hidden_layer]
         return EncodedPrompt(
             embeddings=shorten(hidden, cfg.max_length, cfg.long_prompt_mode),
             token_ids=keep,
@@ -110,3 +154,16 @@ class TextEncoder:
             token_count=len(ids),
             shortened=len(ids) > cfg.max_length,
         )
+
+    def reference_stats(
+        self, layers: Sequence[int], prompts: Sequence[str] = STATS_PROMPTS
+    ) -> dict[int, ReferenceStats]:
+        """Per-dimension statistics of the caption rows (default rendering) of `prompts` at each layer."""
+        per_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        for prompt in prompts:
+            ids = self.tokenizer(render_prompt(self.tokenizer, prompt), add_special_tokens=False).input_ids
+            for layer, rows in self.hidden_rows(ids, layers).items():
+                per_layer[layer].append(rows)
+        name = self.identity["id"]
+        return {layer: compute_reference_stats(torch.cat(rows), layer, name, len(prompts))
+                for layer, rows in per_layer.items()}  # fmt: skip

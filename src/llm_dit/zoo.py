@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from .cache import cache_root
 
 ZOO_FORMAT = 2  # bump when the built folders change shape
 
@@ -64,15 +65,7 @@ QWEN3_VL_THINKING_CHAT_TEMPLATE = QWEN3_VL_CHAT_TEMPLATE.replace(
     "'<|im_start|>assistant\\n' }}", "'<|im_start|>assistant\\n<think>\\n' }}"
 )
 
-_CORPUS_WORDS = (
-    "a the of and in on with at by from to an under over near beside behind above painting photo image style "
-    "red orange yellow green blue purple pink black white grey brown golden silver dark bright soft warm cold "
-    "fox cat dog bird horse house castle tree forest river mountain sea wave city street car girl boy man woman "
-    "sunset sunrise night day light shadow cloud sky rain snow desert field flower garden room window door "
-    "watercolor oil pixel art deco noir anime cyberpunk ukiyo hexagon circle square scene portrait landscape "
-    "detailed simple sharp blurry cinematic vintage modern ancient tiny huge small large old young eating "
-    "standing sitting running flying spaghetti homer simpson cartoon realistic texture colour color pattern grid"
-).split()
+_CORPUS_WORDS = ["a", "the", "of", "and", "in", "on", "with", "at", "by", "from", "to", "an", "under", "over", "near", "beside", "behind", "above", "painting", "photo", "image", "style", "red", "orange", "yellow", "green", "blue", "purple", "pink", "black", "white", "grey", "brown", "golden", "silver", "dark", "bright", "soft", "warm", "cold", "fox", "cat", "dog", "bird", "horse", "house", "castle", "tree", "forest", "river", "mountain", "sea", "wave", "city", "street", "car", "girl", "boy", "man", "woman", "sunset", "sunrise", "night", "day", "light", "shadow", "cloud", "sky", "rain", "snow", "desert", "field", "flower", "garden", "room", "window", "door", "watercolor", "oil", "pixel", "art", "deco", "noir", "anime", "cyberpunk", "ukiyo", "hexagon", "circle", "square", "scene", "portrait", "landscape", "detailed", "simple", "sharp", "blurry", "cinematic", "vintage", "modern", "ancient", "tiny", "huge", "small", "large", "old", "young", "eating", "standing", "sitting", "running", "flying", "spaghetti", "homer", "simpson", "cartoon", "realistic", "texture", "colour", "color", "pattern", "grid"]
 
 
 @dataclass(frozen=True)
@@ -128,13 +121,6 @@ def zoo_key(preset: str) -> str:
         "tokenizers": tokenizers.__version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def cache_root() -> Path:
-    """`$LLM_DIT_CACHE`, else `$XDG_CACHE_HOME/llm-dit`, else `~/.cache/llm-dit`."""
-    if env := os.environ.get("LLM_DIT_CACHE"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-dit"
 
 
 def zoo_dir(preset: str = "tiny") -> Path:
@@ -249,7 +235,12 @@ def build_image_processor():
 
 def build_zimage(spec: ZooSpec, tokenizer):
     """A complete diffusers `ZImagePipeline` with random weights at `spec` sizes and the real VAE/scheduler."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
 
     torch.manual_seed(3)
     transformer = ZImageTransformer2DModel(

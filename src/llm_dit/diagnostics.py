@@ -1,0 +1,98 @@
+"""Diagnostics of Qwen3-VL rows against the Qwen3-4B rows the DiT expects (`llm-dit inspect`).
+
+Per layer, from one VL forward pass with the image (plus one without it and one text-encoder pass, all layers at
+once): token counts and mean/std per span; per-dimension std ratios against the text encoder's reference
+statistics of the same layer; and the two measurements the research notes disagree about:
+
+- image influence at the prompt's positions: `‖h_img − h_txt‖ / ‖h_txt‖` (Frobenius norms) over the prompt rows
+  after the image block, `h_txt` the same rows from the VL model run without the image;
+- per-dimension Pearson correlation, over those prompt rows, between the VL rows (with the image) and the
+  Qwen3-4B encoding of the same prompt at the same layer (mean and median over dimensions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .stats import ReferenceStats, describe, std_ratios
+from .text import TextEncoder, render_prompt
+from .vl import VLEmbeddingExtractor, find_spans
+
+
+def ratio_summary(rows: torch.Tensor, reference: ReferenceStats, threshold: float = 10.0) -> dict[str, Any]:
+    """Median, worst five (most severe by max(r, 1/r)) and outlier counts in both directions of
+    `std(rows_d) / ref_std_d`."""
+    if rows.shape[0] < 2:
+        return {"rows": int(rows.shape[0])}
+    r = std_ratios(rows, reference)
+    severity = torch.maximum(r, 1 / r.clamp_min(1e-12))
+    worst = torch.argsort(severity, descending=True)[:5]
+    return {
+        "rows": int(rows.shape[0]),
+        "median": float(r.median()),
+        "worst": [(int(d), float(r[d])) for d in worst],
+        "outliers_above": int((r > threshold).sum()),
+        "outliers_below": int((r < 1 / threshold).sum()),
+    }
+
+
+def dimension_correlation(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Pearson correlation per dimension between aligned rows `a`, `b` `[n, D]` (n >= 2); dimensions with zero
+    variance on either side are left out. Returns mean and median over dimensions."""
+    a, b = a.float() - a.float().mean(0), b.float() - b.float().mean(0)
+    denom = a.norm(dim=0) * b.norm(dim=0)
+    ok = denom > 1e-12
+    r = (a * b).sum(0)[ok] / denom[ok]
+    if r.numel() == 0:
+        return {"mean": float("nan"), "median": float("nan"), "dims": 0}
+    return {"mean": float(r.mean()), "median": float(r.median()), "dims": int(r.numel())}
+
+
+@torch.no_grad()
+def inspect_layers(
+    extractor: VLEmbeddingExtractor,
+    text_encoder: TextEncoder,
+    image: Image.Image,
+    prompt: str,
+    layers: Sequence[int],
+    references: dict[int, ReferenceStats],
+) -> dict[str, Any]:
+    """The per-layer report described in the module docstring."""
+    with_img, ids, vl_prompt, _ = extractor.hidden_rows(image, prompt, layers)
+    without, ids_txt, _, _ = extractor.hidden_rows(None, prompt, layers)
+    spans = find_spans(ids, extractor.ids["start"], extractor.ids["end"], extractor.ids["pad"])
+    te_ids = text_encoder.tokenizer(render_prompt(text_encoder.tokenizer, prompt), add_special_tokens=False)
+    te_rows = text_encoder.hidden_rows(te_ids.input_ids, layers)
+
+    # The prompt rows after the image block end the with-image sequence; align the three sequences on that tail.
+    n = spans.after[1] - spans.after[0]
+    n = min(n, len(ids_txt), len(te_ids.input_ids))
+    aligned_ids = ids[-n:] == ids_txt[-n:] == te_ids.input_ids[-n:]
+
+    report: dict[str, Any] = {
+        "prompt": vl_prompt.replace("<|image_pad|>", "")[:2000],
+        "spans": spans.as_dict(),
+        "prompt_rows": n,
+        "prompt_rows_token_match": aligned_ids,
+        "layers": {},
+    }
+    for layer in layers:
+        h = with_img[layer]
+        span_rows = {"before": h[slice(*spans.before)], "image": h[slice(*spans.image)],
+                     "image_pad": h[slice(*spans.image_pad)], "after": h[slice(*spans.after)]}  # fmt: skip
+        text_rows = torch.cat([span_rows["before"], span_rows["after"]])
+        ref = references[layer]
+        h_img, h_txt = h[-n:], without[layer][-n:]
+        report["layers"][str(layer)] = {
+            "tokens": {k: int(v.shape[0]) for k, v in span_rows.items()},
+            "span_stats": {k: describe(v) for k, v in span_rows.items() if v.numel()},
+            "std_ratio_image_pad": ratio_summary(span_rows["image_pad"], ref),
+            "std_ratio_text": ratio_summary(text_rows, ref),
+            "image_influence": float((h_img - h_txt).norm() / h_txt.norm().clamp_min(1e-12)),
+            "correlation_with_text_encoder": dimension_correlation(h_img, te_rows[layer][-n:].float()),
+        }
+    return report

@@ -1,0 +1,349 @@
+"""Qwen3-VL extraction: the hidden rows of a chosen layer after the model has seen the reference image.
+
+The prompt is the model's own chat template with one image part and the text after it. Token spans come from the
+token ids themselves (`<|vision_start|>`, `<|image_pad|>` x (H/32)(W/32), `<|vision_end|>`), so they stay right
+with a system prompt and with the Thinking variant's template. One forward pass serves any number of layers and
+stops after the deepest one (`hooks.capture_hidden_states`): no layer above it, no LM head, no logits.
+
+Post-processing, in this order, on float32 CPU rows: token-mode selection, outlier masking of the image-pad rows
+against reference statistics, normalisation. Raw rows are cached on disk per (model, image, text, layer), so any
+later extraction with other settings skips the forward pass.
+
+The research notes' names are re-exported here: the blend functions and the outlier analysis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .blend import (
+    blend_adain,
+    blend_adain_per_dim,
+    blend_interpolate,
+    blend_with_style_delta,
+    compute_style_delta,
+)
+from .cache import TensorCache
+from .errors import UserError
+from .files import load_image
+from .hooks import capture_hidden_states, layer_position
+from .models import check_vl, model_identity, resolve_device, resolve_dtype
+from .stats import (
+    ReferenceStats,
+    describe,
+    get_outlier_dimensions,
+    mask_outlier_dimensions,
+    normalize,
+    shipped_stats,
+)
+
+TOKEN_MODES = ("full", "text_only", "image_only", "image_no_markers")
+
+
+@dataclass(frozen=True)
+class Spans:
+    """Half-open row ranges of one prompt: the image block with its two markers, its pad rows only, and the
+    text before and after it."""
+
+    total: int
+    image: tuple[int, int] | None
+    image_pad: tuple[int, int] | None
+
+    @property
+    def before(self) -> tuple[int, int]:
+        return (0, self.image[0] if self.image else self.total)
+
+    @property
+    def after(self) -> tuple[int, int]:
+        return (self.image[1] if self.image else self.total, self.total)
+
+    def rows(self, token_mode: str) -> torch.Tensor:
+        """Row indices kept by `token_mode` (see `TOKEN_MODES`)."""
+        if token_mode not in TOKEN_MODES:
+            raise UserError(f"unknown token mode '{token_mode}' (valid: {', '.join(TOKEN_MODES)})")
+        if token_mode == "full":
+            return torch.arange(self.total)
+        if self.image is None:
+            if token_mode == "text_only":
+                return torch.arange(self.total)
+            raise UserError(f"token mode '{token_mode}' needs an image block, but the prompt has none")
+        if token_mode == "text_only":
+            return torch.cat([torch.arange(*self.before), torch.arange(*self.after)])
+        return torch.arange(*(self.image if token_mode == "image_only" else self.image_pad))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "image": self.image, "image_pad": self.image_pad,
+                "before": self.before, "after": self.after}  # fmt: skip
+
+
+def find_spans(ids: Sequence[int], start_id: int, end_id: int, pad_id: int) -> Spans:
+    """Spans of a token-id sequence with at most one image block."""
+    starts = [i for i, t in enumerate(ids) if t == start_id]
+    ends = [i for i, t in enumerate(ids) if t == end_id]
+    if not starts:
+        return Spans(len(ids), None, None)
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise UserError(f"expected one image block, found {len(starts)} starts and {len(ends)} ends")
+    s, e = starts[0], ends[0]
+    if any(t != pad_id for t in ids[s + 1 : e]):
+        raise UserError("the image block holds tokens other than <|image_pad|>")
+    return Spans(len(ids), (s, e + 1), (s + 1, e))
+
+
+def image_sha256(image: Image.Image) -> str:
+    """Content hash of the decoded RGB pixels (independent of the file format the image came in)."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def pick_reference(reference: Any, layer: int) -> ReferenceStats:
+    """Reference statistics of `layer`: from a `{layer: stats}` mapping or a single `ReferenceStats` (default:
+    the shipped Qwen3-4B layer -2 statistics). Falls back to another layer with a warning, once per pair."""
+    if reference is None:
+        reference = shipped_stats()
+    if isinstance(reference, Mapping) and not {"per_dim_mean", "per_dim_std"} <= reference.keys():
+        if not reference:
+            raise UserError("no reference statistics given")
+        if layer in reference:
+            return reference[layer]
+        reference = reference[min(reference, key=lambda k: abs(k - layer))]
+    ref_layer = getattr(reference, "layer", None)
+    if ref_layer is not None and ref_layer != layer:
+        warnings.warn(
+            f"reference statistics are from layer {ref_layer}, extracting layer {layer}: compute matching "
+            f"ones with `llm-dit stats --layer {layer}`",
+            stacklevel=3,
+        )
+    return reference
+
+
+@dataclass
+class VLEmbeddings:
+    """Rows extracted from one layer, plus everything needed to reproduce and audit them."""
+
+    embeddings: torch.Tensor  # [n, D] float32 CPU
+    hidden_layer: int
+    token_mode: str
+    spans: Spans
+    prompt: str
+    token_ids: list[int]
+    variant: str
+    stats_before: dict[str, float]
+    stats_after: dict[str, float]
+    masked_dimensions: list[tuple[int, float]]
+    settings: dict[str, Any]
+    model: dict[str, str]
+    image_sha256: str | None
+    cache: str
+    image_pad_rows: torch.Tensor = field(repr=False)  # bool [n]: which kept rows are image-pad rows
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-able description for embedding files and output records."""
+        return {
+            "kind": "vl_embeddings", "hidden_layer": self.hidden_layer, "token_mode": self.token_mode,
+            "spans": self.spans.as_dict(), "prompt": self.prompt, "variant": self.variant,
+            "stats_before": self.stats_before, "stats_after": self.stats_after,
+            "masked_dimensions": self.masked_dimensions, "settings": self.settings, "model": self.model,
+            "image_sha256": self.image_sha256, "shape": list(self.embeddings.shape),
+        }  # fmt: skip
+
+
+class VLEmbeddingExtractor:
+    """A loaded Qwen3-VL model, its tokenizer and image processor, and a tensor cache."""
+
+    def __init__(
+        self, model, tokenizer, image_processor, source: str, cache: TensorCache | None = None
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.source = source
+        self.cache = cache
+        self.identity = model_identity(source)
+        c = model.config
+        self.ids = {"start": c.vision_start_token_id, "end": c.vision_end_token_id, "pad": c.image_token_id}
+        self.forward_passes = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str,
+        device: str = "cpu",
+        dtype: str = "auto",
+        cache: TensorCache | None = None,
+        trust_remote_code: bool = False,
+    ) -> VLEmbeddingExtractor:
+        """Load model, tokenizer and image processor (PIL backend: torchvision is not needed)."""
+        from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration
+
+        check_vl(path_or_id)
+        dev = resolve_device(device)
+        try:
+            model = Qwen3VLForConditionalGeneration.from_pretrained(
+                path_or_id, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+            with warnings.catch_warnings():  # "falling back to the PIL backend" without torchvision: expected
+                warnings.simplefilter("ignore")
+                image_processor = AutoImageProcessor.from_pretrained(path_or_id)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load Qwen3-VL from {path_or_id}: {str(e).splitlines()[0]}") from None
+        if not tokenizer.chat_template:
+            raise UserError(f"{path_or_id} has no chat template (expected one in its tokenizer files)")
+        return cls(model.to(dev).eval(), tokenizer, image_processor, path_or_id, cache)
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.text_config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    @property
+    def variant(self) -> str:
+        """`thinking` when the chat template opens a think block in the generation prompt, else `instruct`."""
+        probe = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+        )
+        return "thinking" if probe.endswith("<think>\n") else "instruct"
+
+    def prepare(
+        self, image: Image.Image | None, text: str | None, system_prompt: str | None = None
+    ) -> tuple[dict[str, torch.Tensor], str]:
+        """Model inputs and the rendered prompt: one image part (if any) followed by the text."""
+        content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
+        if text:
+            content.append({"type": "text", "text": text})
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": content})
+        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs: dict[str, torch.Tensor] = {}
+        if image is not None:
+            vision = self.image_processor(images=[image], return_tensors="pt")
+            merge = self.image_processor.merge_size
+            count = int(vision["image_grid_thw"][0].prod()) // (merge * merge)
+            prompt = prompt.replace("<|image_pad|>", "<|image_pad|>" * count, 1)
+            inputs = {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        if image is not None:  # modality of each token (text 0, image 1), which M-RoPE positions need
+            inputs["mm_token_type_ids"] = (ids == self.ids["pad"]).int()
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **inputs}, prompt
+
+    @torch.no_grad()
+    def hidden_rows(
+        self,
+        image: Image.Image | None,
+        text: str | None,
+        layers: Sequence[int],
+        system_prompt: str | None = None,
+    ) -> tuple[dict[int, torch.Tensor], list[int], str, str]:
+        """Raw rows `[N, D]` (float32, CPU) of every layer in `layers` from at most one forward pass:
+        `(rows_by_layer, token_ids, prompt, "hit" | "miss")`. Layers already cached are not recomputed."""
+        for layer in layers:
+            layer_position(layer, self.num_layers)
+        inputs, prompt = self.prepare(image, text, system_prompt)
+        ids = inputs["input_ids"][0].tolist()
+        base = {"model": self.identity, "token_ids_sha256": hashlib.sha256(str(ids).encode()).hexdigest(),
+                "image": image_sha256(image) if image is not None else None}  # fmt: skip
+        rows: dict[int, torch.Tensor] = {}
+        for layer in layers:
+            hit = self.cache.get("vl", {**base, "layer": layer}) if self.cache else None
+            if hit is not None:
+                rows[layer] = hit[0]["rows"]
+        missing = [layer for layer in layers if layer not in rows]
+        if missing:
+            device, dtype = self.model.device, self.model.dtype
+            inputs = {
+                k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in inputs.items()
+            }
+            captured = capture_hidden_states(
+                self.model.model.language_model, missing, lambda: self.model.model(**inputs, use_cache=False)
+            )
+            self.forward_passes += 1
+            for layer, hidden in captured.items():
+                rows[layer] = hidden[0].float().cpu()
+                if self.cache:
+                    self.cache.put("vl", {**base, "layer": layer}, {"rows": rows[layer]}, {"prompt": prompt})
+        return rows, ids, prompt, "miss" if missing else "hit"
+
+    def extract(
+        self,
+        image: Image.Image | str | Path | None,
+        text: str | None = None,
+        hidden_layer: int = -6,
+        **settings: Any,
+    ) -> VLEmbeddings:
+        """Rows of one layer; see `extract_layers` for the settings."""
+        return self.extract_layers(image, text, [hidden_layer], **settings)[hidden_layer]
+
+    def extract_layers(
+        self,
+        image: Image.Image | str | Path | None,
+        text: str | None = None,
+        hidden_layers: Sequence[int] = (-6,),
+        token_mode: str = "full",
+        normalization: str = "none",
+        outlier_masking: str = "none",
+        outlier_threshold: float = 10.0,
+        system_prompt: str | None = None,
+        reference: Any = None,
+        clip_sigma: float | None = None,
+        hybrid_weight: float = 0.5,
+    ) -> dict[int, VLEmbeddings]:
+        """Extract every layer of `hidden_layers` from one forward pass.
+
+        `token_mode` picks rows (`TOKEN_MODES`); `outlier_masking` (`none|zero|clamp|scale|reference`) then
+        rewrites outlier dimensions of the image-pad rows only; `normalization` (`none|global|per_dim|hybrid`)
+        then maps the rows onto the reference statistics of the same layer (`reference`: a `ReferenceStats`
+        or `{layer: ReferenceStats}`; default the shipped Qwen3-4B layer -2 statistics).
+        """
+        if isinstance(image, str | Path):
+            image = load_image(image, "reference image")
+        rows_by_layer, ids, prompt, status = self.hidden_rows(image, text, hidden_layers, system_prompt)
+        spans = find_spans(ids, self.ids["start"], self.ids["end"], self.ids["pad"])
+        keep = spans.rows(token_mode)
+        pad = torch.zeros(spans.total, dtype=torch.bool)
+        if spans.image_pad:
+            pad[slice(*spans.image_pad)] = True
+        pad = pad[keep]
+        settings = {"hidden_layers": list(hidden_layers), "token_mode": token_mode, "normalization": normalization,
+                    "outlier_masking": outlier_masking, "outlier_threshold": outlier_threshold,
+                    "system_prompt": system_prompt, "clip_sigma": clip_sigma, "hybrid_weight": hybrid_weight,
+                    "text": text}  # fmt: skip
+        out = {}
+        for layer, rows in rows_by_layer.items():
+            x = rows[keep]
+            before = describe(x)
+            masked: list[tuple[int, float]] = []
+            ref = None
+            if outlier_masking != "none" or normalization != "none":
+                ref = pick_reference(reference, layer)
+            if outlier_masking != "none":
+                x, info = mask_outlier_dimensions(x, outlier_threshold, outlier_masking, ref, rows=pad)
+                masked = list(zip(info["masked_dimensions"], info["ratios"], strict=True))
+            if normalization != "none":
+                x = normalize(x, normalization, ref, clip_sigma=clip_sigma, hybrid_weight=hybrid_weight)
+            out[layer] = VLEmbeddings(
+                embeddings=x.float(), hidden_layer=layer, token_mode=token_mode, spans=spans, prompt=prompt,
+                token_ids=ids, variant=self.variant, stats_before=before, stats_after=describe(x),
+                masked_dimensions=masked, settings=settings | {"hidden_layer": layer}, model=self.identity,
+                image_sha256=image_sha256(image) if image is not None else None, cache=status,
+                image_pad_rows=pad,
+            )  # fmt: skip
+        return out
+
+
+__all__ = [
+    "TOKEN_MODES", "Spans", "VLEmbeddingExtractor", "VLEmbeddings", "blend_adain", "blend_adain_per_dim",
+    "blend_interpolate", "blend_with_style_delta", "compute_style_delta", "find_spans", "get_outlier_dimensions",
+    "mask_outlier_dimensions", "pick_reference",
+]  # fmt: skip
