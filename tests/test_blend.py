@@ -162,9 +162,7 @@ def test_style_delta_known() -> None:
     t = tt([[1.0, 0.0], [-1.0, 0.0]])  # σ(T) = √0.5
     styled, neutral = tt([[3.0, 1.0], [1.0, 3.0]]), tt([[1.0, 1.0], [1.0, 1.0]])  # Δ = 2I, σ(Δ) = 1
     half = math.sqrt(0.5)
-    torch.testing.assert_close(
-        style_delta(t, styled, 1.5, neutral=neutral), t + 1.5 * tt([[2, 0], [0, 2]]) * half
-    )
+    torch.testing.assert_close(style_delta(t, styled, 1.5, neutral=neutral), t + 1.5 * tt([[2, 0], [0, 2]]) * half)
     torch.testing.assert_close(
         style_delta(t, styled, 0.5, neutral=neutral, scale_to_text=False), t + tt([[1, 0], [0, 1]])
     )
@@ -178,9 +176,7 @@ def test_style_delta_helpers_compose() -> None:
     assert delta.shape == (5, 4) and delta.dtype == torch.float32
     torch.testing.assert_close(delta, align(styled, 5) - align(neutral, 5))
     assert compute_style_delta(styled, neutral).shape == (7, 4)  # default n = len(styled)
-    torch.testing.assert_close(
-        blend_with_style_delta(t, delta, 0.7), style_delta(t, styled, 0.7, neutral=neutral)
-    )
+    torch.testing.assert_close(blend_with_style_delta(t, delta, 0.7), style_delta(t, styled, 0.7, neutral=neutral))
     with pytest.raises(BlendError, match="align it first"):
         blend_with_style_delta(t, compute_style_delta(styled, neutral), 0.5)
 
@@ -245,9 +241,7 @@ def test_gram_first_step_is_sign_descent() -> None:
     expected = tn - 0.05 * r * np.sign(grad)
     out = gram(t, v, 1.0, iterations=1, lr=0.05)
     np.testing.assert_allclose(out.double().numpy(), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(
-        gram(t, v, 0.4, iterations=1, lr=0.05).numpy(), 0.4 * expected + 0.6 * tn, atol=1e-5
-    )
+    np.testing.assert_allclose(gram(t, v, 0.4, iterations=1, lr=0.05).numpy(), 0.4 * expected + 0.6 * tn, atol=1e-5)
 
 
 def test_gram_reduces_gram_distance_and_is_deterministic() -> None:
@@ -315,9 +309,7 @@ def test_concat_copies_text_rows_bit_exactly() -> None:
 def test_interpolate_area_matches_reference(n_t: int, n_v: int) -> None:
     t, v = rand(n_t, 6, n_t), rand(n_v, 6, 100 + n_v, 3.0, 1.0)
     expected = 0.3 * area_ref(v.double().numpy(), n_t) + 0.7 * t.double().numpy()
-    np.testing.assert_allclose(
-        interpolate(t, v, 0.3, resample="area").numpy(), expected, rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(interpolate(t, v, 0.3, resample="area").numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("n_t", "n_v"), [(5, 9), (9, 5), (2, 11), (1, 3)])
@@ -355,9 +347,7 @@ def test_alpha_nonzero_changes_text(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(
-    "fill", [(0.0, 0.0), (3.0, -2.0), (1e4, 1e4)], ids=["zeros", "constants", "huge-constants"]
-)
+@pytest.mark.parametrize("fill", [(0.0, 0.0), (3.0, -2.0), (1e4, 1e4)], ids=["zeros", "constants", "huge-constants"])
 def test_zero_variance_gives_no_nan(mode: str, fill: tuple[float, float]) -> None:
     t, v = torch.full((3, 4), fill[0]), torch.full((5, 4), fill[1])
     opts = {"neutral": torch.full((2, 4), 1.0)} if mode == "style_delta" else {}
@@ -402,18 +392,14 @@ def test_out_of_range_alpha(mode: str, bad: object) -> None:
 
 def test_style_delta_accepts_alpha_up_to_two() -> None:
     t, v, n = rand(3, 4, 0), rand(3, 4, 1), rand(3, 4, 2)
-    torch.testing.assert_close(
-        style_delta(t, v, 2.0, neutral=n) - t, 2 * (style_delta(t, v, 1.0, neutral=n) - t)
-    )
+    torch.testing.assert_close(style_delta(t, v, 2.0, neutral=n) - t, 2 * (style_delta(t, v, 1.0, neutral=n) - t))
 
 
 def test_unknown_names_list_valid_ones() -> None:
     t, v = rand(2, 3, 0), rand(2, 3, 1)
     with pytest.raises(BlendError, match="unknown blend mode 'nope'; valid: interpolate, linear, adain"):
         blend(t, v, "nope", 0.5)
-    with pytest.raises(
-        BlendError, match="unknown resample mode 'cubic'; valid: area, linear, nearest, truncate"
-    ):
+    with pytest.raises(BlendError, match="unknown resample mode 'cubic'; valid: area, linear, nearest, truncate"):
         blend(t, v, "adain", 0.5, resample="cubic")
     with pytest.raises(BlendError, match="unknown resample mode"):
         align(v, 3, "cubic")
@@ -466,19 +452,38 @@ def test_registry_and_aliases() -> None:
     assert BLEND_MODES["linear"] is BLEND_MODES["interpolate"] is interpolate is blend_interpolate
     assert blend_adain is adain and blend_adain_per_dim is adain_per_dim
     assert set(MODES) == {
-        "interpolate", "linear", "adain", "adain_per_dim", "style_delta", "gem_pool",
-        "svd_style", "whiten", "gram", "attention_weighted", "slerp", "concat",
-    }  # fmt: skip
+        "interpolate",
+        "linear",
+        "adain",
+        "adain_per_dim",
+        "style_delta",
+        "gem_pool",
+        "svd_style",
+        "whiten",
+        "gram",
+        "attention_weighted",
+        "slerp",
+        "concat",
+    }
     t, v = rand(3, 4, 0), rand(5, 4, 1)
     assert torch.equal(blend(t, v, "slerp", 0.3, resample="nearest"), slerp(t, v, 0.3, resample="nearest"))
 
 
 def test_blend_stats() -> None:
     stats = blend_stats(tt([[1.0, 3.0]]), torch.tensor([[0.0, -2.0], [2.0, 4.0]], dtype=torch.bfloat16))
-    assert stats == pytest.approx({
-        "before_std": 1.0, "before_mean": 2.0, "before_min": 1.0, "before_max": 3.0,
-        "after_std": math.sqrt(5.0), "after_mean": 1.0, "after_min": -2.0, "after_max": 4.0,
-    }, rel=1e-6)  # fmt: skip
+    assert stats == pytest.approx(
+        {
+            "before_std": 1.0,
+            "before_mean": 2.0,
+            "before_min": 1.0,
+            "before_max": 3.0,
+            "after_std": math.sqrt(5.0),
+            "after_mean": 1.0,
+            "after_min": -2.0,
+            "after_max": 4.0,
+        },
+        rel=1e-6,
+    )
     with pytest.raises(BlendError, match="non-empty"):
         blend_stats(torch.zeros(0), torch.zeros(1))
 

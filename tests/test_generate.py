@@ -19,11 +19,35 @@ def diffusers_image(zoo, **kwargs):
 
 def test_cli_generate_is_pixel_identical_to_diffusers(cli, zoo, tmp_path):
     out = tmp_path / "a.png"
-    r = cli("generate", "--zimage", zoo / "zimage", "-p", "a red fox", "--steps", 2, "--width", 64,
-            "--height", 64, "--seed", 7, "--guidance", 0, "-o", out)  # fmt: skip
+    r = cli(
+        "generate",
+        "--zimage",
+        zoo / "zimage",
+        "-p",
+        "a red fox",
+        "--steps",
+        2,
+        "--width",
+        64,
+        "--height",
+        64,
+        "--seed",
+        7,
+        "--guidance",
+        0,
+        "-o",
+        out,
+    )
     assert r.code == 0, r.err
-    ref = diffusers_image(zoo, prompt="a red fox", height=64, width=64, num_inference_steps=2,
-                          guidance_scale=0.0, generator=torch.Generator("cpu").manual_seed(7))  # fmt: skip
+    ref = diffusers_image(
+        zoo,
+        prompt="a red fox",
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=0.0,
+        generator=torch.Generator("cpu").manual_seed(7),
+    )
     ours = np.asarray(Image.open(out))
     assert ours.shape == (64, 64, 3)
     assert np.array_equal(ours, np.asarray(ref))
@@ -32,8 +56,25 @@ def test_cli_generate_is_pixel_identical_to_diffusers(cli, zoo, tmp_path):
 
 def test_sidecar_records_settings_models_versions_and_timings(cli, zoo, tmp_path):
     out = tmp_path / "b.png"
-    r = cli("generate", "--zimage", zoo / "zimage", "-p", "a cat", "--steps", 2, "--width", 32,
-            "--height", 48, "--seed", 3, "--shift", 2.0, "-o", out)  # fmt: skip
+    r = cli(
+        "generate",
+        "--zimage",
+        zoo / "zimage",
+        "-p",
+        "a cat",
+        "--steps",
+        2,
+        "--width",
+        32,
+        "--height",
+        48,
+        "--seed",
+        3,
+        "--shift",
+        2.0,
+        "-o",
+        out,
+    )
     assert r.code == 0, r.err
     rec = json.loads(out.with_suffix(".json").read_text())
     assert rec["prompt"] == "a cat" and rec["seed"] == 3
@@ -48,8 +89,14 @@ def test_sidecar_records_settings_models_versions_and_timings(cli, zoo, tmp_path
 
 @pytest.fixture(scope="module")
 def gen(zoo):
-    cfg = load_config(overrides={"models.zimage": str(zoo / "zimage"), "generation.width": 64,
-                                 "generation.height": 64, "generation.steps": 4})  # fmt: skip
+    cfg = load_config(
+        overrides={
+            "models.zimage": str(zoo / "zimage"),
+            "generation.width": 64,
+            "generation.height": 64,
+            "generation.steps": 4,
+        }
+    )
     return Generator(cfg)
 
 
@@ -57,8 +104,9 @@ def run(gen, **changes):
     g = gen.config.generation.model_copy(update=changes)
     emb = gen.encode("a house").embeddings
     neg = [gen.encode("").embeddings] if g.guidance > 0 else None
-    return np.asarray(denoise(gen.pipeline, [emb], g, [g.seed], negative_prompt_embeds=neg,
-                              init_image=changes.get("init"))[0]).astype(int)  # fmt: skip
+    return np.asarray(
+        denoise(gen.pipeline, [emb], g, [g.seed], negative_prompt_embeds=neg, init_image=changes.get("init"))[0]
+    ).astype(int)
 
 
 @pytest.mark.parametrize("change", [{"seed": 1}, {"steps": 3}, {"shift": 1.0}, {"guidance": 2.0}])
@@ -86,8 +134,16 @@ def test_img2img_strength_semantics(gen):
     for strength in (0.5, 0.75, 0.9, 1.0):
         g = gen.config.generation.model_copy(update={"strength": strength, "steps": 4})
         calls = []
-        images[strength] = np.asarray(denoise(gen.pipeline, emb, g, [0], init_image=init,
-                                              callback=lambda p, i, t, kw: calls.append(i) or {})[0])  # fmt: skip
+        images[strength] = np.asarray(
+            denoise(
+                gen.pipeline,
+                emb,
+                g,
+                [0],
+                init_image=init,
+                callback=lambda p, i, t, kw, calls=calls: calls.append(i) or {},
+            )[0]
+        )
         steps_run[strength] = len(calls)
     # diffusers skips the first int(N - N * strength) steps (0.9 of 4 skips int(0.4) = 0)
     assert steps_run == {0.5: 2, 0.75: 3, 0.9: 4, 1.0: 4}

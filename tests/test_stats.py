@@ -268,9 +268,7 @@ def test_clamp_and_scale_reach_their_target_ratios():
     scaled, _ = mask_outlier_dimensions(emb, 10.0, mode="scale", reference=ref)
     assert not torch.allclose(clamped, scaled)
     torch.testing.assert_close(std_ratios(clamped, ref), torch.tensor([10.0, 0.1, 1.0]), rtol=1e-4, atol=0)
-    torch.testing.assert_close(
-        std_ratios(scaled, ref), torch.tensor([10.0, math.sqrt(0.001), 1.0]), rtol=1e-4, atol=0
-    )
+    torch.testing.assert_close(std_ratios(scaled, ref), torch.tensor([10.0, math.sqrt(0.001), 1.0]), rtol=1e-4, atol=0)
     # both keep the column means
     torch.testing.assert_close(clamped.mean(0), emb.mean(0), rtol=0, atol=1e-3)
     torch.testing.assert_close(scaled.mean(0), emb.mean(0), rtol=0, atol=1e-3)

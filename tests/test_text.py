@@ -64,8 +64,9 @@ def test_long_prompt_modes_all_shorten_and_differ(zoo, dtype):
     # truncate == encoding the first 32 tokens (causal attention: the tail cannot change them)
     full = enc.encode(LONG, EncoderConfig(max_length=1504, long_prompt_mode="truncate")).embeddings.float()
     torch.testing.assert_close(outs["truncate"], full[:32], rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(outs["pool"], torch.nn.functional.adaptive_avg_pool1d(full.T[None], 32)[0].T,
-                               rtol=2e-2, atol=2e-2)  # fmt: skip
+    torch.testing.assert_close(
+        outs["pool"], torch.nn.functional.adaptive_avg_pool1d(full.T[None], 32)[0].T, rtol=2e-2, atol=2e-2
+    )
 
 
 def test_short_prompt_is_untouched_by_every_mode():

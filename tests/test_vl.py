@@ -12,9 +12,7 @@ from llm_dit.vl import TOKEN_MODES, VLEmbeddingExtractor, find_spans, pick_refer
 
 @pytest.fixture(scope="module")
 def extractor(zoo, tmp_path_factory):
-    return VLEmbeddingExtractor.from_pretrained(
-        str(zoo / "qwen3-vl"), cache=TensorCache(tmp_path_factory.mktemp("c"))
-    )
+    return VLEmbeddingExtractor.from_pretrained(str(zoo / "qwen3-vl"), cache=TensorCache(tmp_path_factory.mktemp("c")))
 
 
 def picture(size: int, seed: int = 0) -> Image.Image:
@@ -26,10 +24,7 @@ def picture(size: int, seed: int = 0) -> Image.Image:
 def test_image_pad_rows_follow_the_32px_token_grid(extractor, size, pads):
     e = extractor.extract(picture(size), "a house", -2, token_mode="image_no_markers")
     assert e.embeddings.shape == (pads, extractor.hidden_size)
-    assert (
-        extractor.extract(picture(size), "a house", -2, token_mode="image_only").embeddings.shape[0]
-        == pads + 2
-    )
+    assert extractor.extract(picture(size), "a house", -2, token_mode="image_only").embeddings.shape[0] == pads + 2
     full = extractor.extract(picture(size), "a house", -2, token_mode="full")
     text = extractor.extract(picture(size), "a house", -2, token_mode="text_only")
     assert full.embeddings.shape[0] == full.spans.total
@@ -84,10 +79,7 @@ def test_spans_with_system_prompt_and_thinking_template(extractor):
     assert sys.spans.image[1] - sys.spans.image[0] == n_img
     assert sys.spans.image[0] > plain.spans.image[0]  # the system turn comes first
     ids = sys.token_ids
-    assert (
-        ids[sys.spans.image[0]] == extractor.ids["start"]
-        and ids[sys.spans.image[1] - 1] == extractor.ids["end"]
-    )
+    assert ids[sys.spans.image[0]] == extractor.ids["start"] and ids[sys.spans.image[1] - 1] == extractor.ids["end"]
     assert plain.variant == "instruct"
 
     from llm_dit.zoo import QWEN3_VL_THINKING_CHAT_TEMPLATE
@@ -120,12 +112,8 @@ def test_masking_touches_only_image_pad_rows(extractor):
     raw = extractor.extract(img, "a fox", -2)
     ref_std = raw.embeddings.std(0, correction=0).clone()
     ref_std[5] *= 600.0  # the VL dimension 5 is 600x smaller than this reference
-    ref = ReferenceStats(
-        raw.embeddings.mean(0), ref_std, layer=-2, model="test", prompt_count=1, token_count=1
-    )
-    masked = extractor.extract(
-        img, "a fox", -2, outlier_masking="zero", reference=ref, outlier_threshold=10.0
-    )
+    ref = ReferenceStats(raw.embeddings.mean(0), ref_std, layer=-2, model="test", prompt_count=1, token_count=1)
+    masked = extractor.extract(img, "a fox", -2, outlier_masking="zero", reference=ref, outlier_threshold=10.0)
     assert [d for d, _ in masked.masked_dimensions] == [5]
     pad = masked.image_pad_rows
     assert (masked.embeddings[pad, 5] == 0).all()

@@ -18,8 +18,14 @@ def test_diffusers_loads_and_runs_the_zimage_folder(zoo):
     assert pipe.vae.config.scaling_factor == 0.3611 and pipe.vae.config.shift_factor == 0.1159
     assert pipe.vae.config.latent_channels == 16 and pipe.vae_scale_factor == 8
     assert pipe.scheduler.config.shift == 3.0 and not pipe.scheduler.config.use_dynamic_shifting
-    image = pipe(prompt="a red fox", height=64, width=64, num_inference_steps=2, guidance_scale=0.0,
-                 generator=torch.Generator("cpu").manual_seed(0)).images[0]  # fmt: skip
+    image = pipe(
+        prompt="a red fox",
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=0.0,
+        generator=torch.Generator("cpu").manual_seed(0),
+    ).images[0]
     assert image.size == (64, 64)
 
 
@@ -65,8 +71,11 @@ def test_chat_templates_render_like_the_real_ones(zoo):
 
 def test_build_is_deterministic(zoo, tmp_path):
     build_zoo(tmp_path, "tiny")
-    for rel in ("zimage/transformer/diffusion_pytorch_model.safetensors", "qwen3-vl/model.safetensors",
-                "zimage/text_encoder/model.safetensors"):  # fmt: skip
+    for rel in (
+        "zimage/transformer/diffusion_pytorch_model.safetensors",
+        "qwen3-vl/model.safetensors",
+        "zimage/text_encoder/model.safetensors",
+    ):
         a, b = load_file(zoo / rel), load_file(tmp_path / rel)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -205,9 +205,7 @@ def adain_per_dim(text: Tensor, vl: Tensor, alpha: float) -> Tensor:
     return _finish(alpha * x + (1 - alpha) * t, text)
 
 
-def compute_style_delta(
-    styled: Tensor, neutral: Tensor, n: int | None = None, resample: str = "area"
-) -> Tensor:
+def compute_style_delta(styled: Tensor, neutral: Tensor, n: int | None = None, resample: str = "area") -> Tensor:
     """Style direction Δ = A(V_styled) − A(V_neutral), both aligned to n rows (default n_styled).
 
     Returns float32 [n, D].
@@ -304,9 +302,7 @@ def svd_style(text: Tensor, vl: Tensor, alpha: float, *, k: int = 8) -> Tensor:
     return _finish(t + alpha * (s - t.mean(0)), text)
 
 
-def whiten(
-    text: Tensor, vl: Tensor, alpha: float, *, shrinkage: float = 0.1, resample: str = "area"
-) -> Tensor:
+def whiten(text: Tensor, vl: Tensor, alpha: float, *, shrinkage: float = 0.1, resample: str = "area") -> Tensor:
     """ZCA re-colouring of V to T's covariance, then a linear blend. alpha ∈ [0, 1], shrinkage λ ∈ [0, 1].
 
     C_X = (X − μ_X)ᵀ(X − μ_X)/n_X (D×D), shrunk C ← (1−λ)·C + λ·(tr C / D)·I;

@@ -66,9 +66,5 @@ class TensorCache:
         self.misses += 1
         return None
 
-    def put(
-        self, kind: str, key: dict[str, Any], tensors: dict[str, torch.Tensor], meta: dict[str, Any]
-    ) -> None:
-        save_tensors(
-            self.path(kind, key), tensors, {**meta, "key": key, "checksum": tensors_checksum(tensors)}
-        )
+    def put(self, kind: str, key: dict[str, Any], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        save_tensors(self.path(kind, key), tensors, {**meta, "key": key, "checksum": tensors_checksum(tensors)})

@@ -82,8 +82,12 @@ def inspect_layers(
     }
     for layer in layers:
         h = with_img[layer]
-        span_rows = {"before": h[slice(*spans.before)], "image": h[slice(*spans.image)],
-                     "image_pad": h[slice(*spans.image_pad)], "after": h[slice(*spans.after)]}  # fmt: skip
+        span_rows = {
+            "before": h[slice(*spans.before)],
+            "image": h[slice(*spans.image)],
+            "image_pad": h[slice(*spans.image_pad)],
+            "after": h[slice(*spans.after)],
+        }
         text_rows = torch.cat([span_rows["before"], span_rows["after"]])
         ref = references[layer]
         h_img, h_txt = h[-n:], without[layer][-n:]

@@ -97,9 +97,7 @@ def model_identity(path_or_id: str, subfolder: str = "") -> dict[str, str]:
 def check_zimage(path_or_id: str) -> None:
     index = read_model_json(path_or_id, "model_index.json", "a diffusers Z-Image folder")
     if not index.get("_class_name", "").startswith("ZImage"):
-        raise ModelError(
-            f"{path_or_id} is a {index.get('_class_name', 'unknown')} folder, expected a Z-Image pipeline"
-        )
+        raise ModelError(f"{path_or_id} is a {index.get('_class_name', 'unknown')} folder, expected a Z-Image pipeline")
 
 
 def check_vl(path_or_id: str) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -127,9 +128,7 @@ def _check_embeddings(emb: Any, *, check_finite: bool = True) -> Tensor:
     if not emb.is_floating_point():
         raise StatsError(f"embeddings must have a floating dtype, got {emb.dtype}")
     if emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] < 1:
-        raise StatsError(
-            f"embeddings must be 2-D [n_tokens, hidden_dim] with n_tokens >= 1, got {tuple(emb.shape)}"
-        )
+        raise StatsError(f"embeddings must be 2-D [n_tokens, hidden_dim] with n_tokens >= 1, got {tuple(emb.shape)}")
     x = emb.detach().to(torch.float32)
     if check_finite and not bool(torch.isfinite(x).all()):
         raise StatsError("embeddings contain NaN or infinite values")
@@ -268,9 +267,7 @@ class ReferenceStats:
         )
         meta.setdefault("global_mean", repr(self.global_mean))
         meta.setdefault("global_std", repr(self.global_std))
-        data = _st_save(
-            {"per_dim_mean": self.per_dim_mean.cpu(), "per_dim_std": self.per_dim_std.cpu()}, metadata=meta
-        )
+        data = _st_save({"per_dim_mean": self.per_dim_mean.cpu(), "per_dim_std": self.per_dim_std.cpu()}, metadata=meta)
         atomic_write_bytes(path, data)
         return path
 
@@ -397,9 +394,7 @@ def normalize_global(emb: Tensor, ref_global_std: float) -> Tensor:
     return mu + z * float(ref_global_std)
 
 
-def normalize_per_dim(
-    emb: Tensor, ref_mean: Tensor, ref_std: Tensor, *, clip_sigma: float | None = None
-) -> Tensor:
+def normalize_per_dim(emb: Tensor, ref_mean: Tensor, ref_std: Tensor, *, clip_sigma: float | None = None) -> Tensor:
     """Match each dimension to the reference: z-score over the tokens, optional clip, re-scale.
 
     ``z_id = (x_id − μ_d) / max(σ_d, ε)``; if ``clip_sigma = k``: ``z_id ← clamp(z_id, −k, k)``;
@@ -467,9 +462,7 @@ def normalize(
     Raises :class:`StatsError` for an unknown mode, a width mismatch or non-finite input.
     """
     if mode not in NORMALIZATION_MODES:
-        raise StatsError(
-            f"unknown normalization mode {mode!r}; valid modes: {', '.join(NORMALIZATION_MODES)}"
-        )
+        raise StatsError(f"unknown normalization mode {mode!r}; valid modes: {', '.join(NORMALIZATION_MODES)}")
     x = _check_embeddings(emb, check_finite=mode != "none")
     ref_mean, ref_std = _reference_tensors(reference, device=x.device)
     _check_width(x.shape[1], ref_mean.numel())

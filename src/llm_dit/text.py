@@ -65,8 +65,9 @@ def attention_pool(rows: torch.Tensor, n: int) -> torch.Tensor:
     for i in range(n):
         start, end = (i * length) // n, math.ceil((i + 1) * length / n)
         window = x[start:end]
-        weights = torch.softmax(F.cosine_similarity(window, window.mean(0, keepdim=True), dim=-1)
-                                / ATTENTION_POOL_TEMPERATURE, dim=0)  # fmt: skip
+        weights = torch.softmax(
+            F.cosine_similarity(window, window.mean(0, keepdim=True), dim=-1) / ATTENTION_POOL_TEMPERATURE, dim=0
+        )
         out.append(weights @ window)
     return torch.stack(out).to(rows.dtype)
 
@@ -165,5 +166,7 @@ class TextEncoder:
             for layer, rows in self.hidden_rows(ids, layers).items():
                 per_layer[layer].append(rows)
         name = self.identity["id"]
-        return {layer: compute_reference_stats(torch.cat(rows), layer, name, len(prompts))
-                for layer, rows in per_layer.items()}  # fmt: skip
+        return {
+            layer: compute_reference_stats(torch.cat(rows), layer, name, len(prompts))
+            for layer, rows in per_layer.items()
+        }

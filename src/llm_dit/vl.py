@@ -80,8 +80,13 @@ class Spans:
         return torch.arange(*(self.image if token_mode == "image_only" else self.image_pad))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "image": self.image, "image_pad": self.image_pad,
-                "before": self.before, "after": self.after}  # fmt: skip
+        return {
+            "total": self.total,
+            "image": self.image,
+            "image_pad": self.image_pad,
+            "before": self.before,
+            "after": self.after,
+        }
 
 
 def find_spans(ids: Sequence[int], start_id: int, end_id: int, pad_id: int) -> Spans:
@@ -148,20 +153,26 @@ class VLEmbeddings:
     def metadata(self) -> dict[str, Any]:
         """JSON-able description for embedding files and output records."""
         return {
-            "kind": "vl_embeddings", "hidden_layer": self.hidden_layer, "token_mode": self.token_mode,
-            "spans": self.spans.as_dict(), "prompt": self.prompt, "variant": self.variant,
-            "stats_before": self.stats_before, "stats_after": self.stats_after,
-            "masked_dimensions": self.masked_dimensions, "settings": self.settings, "model": self.model,
-            "image_sha256": self.image_sha256, "shape": list(self.embeddings.shape),
-        }  # fmt: skip
+            "kind": "vl_embeddings",
+            "hidden_layer": self.hidden_layer,
+            "token_mode": self.token_mode,
+            "spans": self.spans.as_dict(),
+            "prompt": self.prompt,
+            "variant": self.variant,
+            "stats_before": self.stats_before,
+            "stats_after": self.stats_after,
+            "masked_dimensions": self.masked_dimensions,
+            "settings": self.settings,
+            "model": self.model,
+            "image_sha256": self.image_sha256,
+            "shape": list(self.embeddings.shape),
+        }
 
 
 class VLEmbeddingExtractor:
     """A loaded Qwen3-VL model, its tokenizer and image processor, and a tensor cache."""
 
-    def __init__(
-        self, model, tokenizer, image_processor, source: str, cache: TensorCache | None = None
-    ) -> None:
+    def __init__(self, model, tokenizer, image_processor, source: str, cache: TensorCache | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -252,8 +263,11 @@ class VLEmbeddingExtractor:
             layer_position(layer, self.num_layers)
         inputs, prompt = self.prepare(image, text, system_prompt)
         ids = inputs["input_ids"][0].tolist()
-        base = {"model": self.identity, "token_ids_sha256": hashlib.sha256(str(ids).encode()).hexdigest(),
-                "image": image_sha256(image) if image is not None else None}  # fmt: skip
+        base = {
+            "model": self.identity,
+            "token_ids_sha256": hashlib.sha256(str(ids).encode()).hexdigest(),
+            "image": image_sha256(image) if image is not None else None,
+        }
         rows: dict[int, torch.Tensor] = {}
         for layer in layers:
             hit = self.cache.get("vl", {**base, "layer": layer}) if self.cache else None
@@ -262,9 +276,7 @@ class VLEmbeddingExtractor:
         missing = [layer for layer in layers if layer not in rows]
         if missing:
             device, dtype = self.model.device, self.model.dtype
-            inputs = {
-                k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in inputs.items()
-            }
+            inputs = {k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in inputs.items()}
             captured = capture_hidden_states(
                 self.model.model.language_model, missing, lambda: self.model.model(**inputs, use_cache=False)
             )
@@ -315,10 +327,17 @@ class VLEmbeddingExtractor:
         if spans.image_pad:
             pad[slice(*spans.image_pad)] = True
         pad = pad[keep]
-        settings = {"hidden_layers": list(hidden_layers), "token_mode": token_mode, "normalization": normalization,
-                    "outlier_masking": outlier_masking, "outlier_threshold": outlier_threshold,
-                    "system_prompt": system_prompt, "clip_sigma": clip_sigma, "hybrid_weight": hybrid_weight,
-                    "text": text}  # fmt: skip
+        settings = {
+            "hidden_layers": list(hidden_layers),
+            "token_mode": token_mode,
+            "normalization": normalization,
+            "outlier_masking": outlier_masking,
+            "outlier_threshold": outlier_threshold,
+            "system_prompt": system_prompt,
+            "clip_sigma": clip_sigma,
+            "hybrid_weight": hybrid_weight,
+            "text": text,
+        }
         out = {}
         for layer, rows in rows_by_layer.items():
             x = rows[keep]
@@ -333,17 +352,37 @@ class VLEmbeddingExtractor:
             if normalization != "none":
                 x = normalize(x, normalization, ref, clip_sigma=clip_sigma, hybrid_weight=hybrid_weight)
             out[layer] = VLEmbeddings(
-                embeddings=x.float(), hidden_layer=layer, token_mode=token_mode, spans=spans, prompt=prompt,
-                token_ids=ids, variant=self.variant, stats_before=before, stats_after=describe(x),
-                masked_dimensions=masked, settings=settings | {"hidden_layer": layer}, model=self.identity,
-                image_sha256=image_sha256(image) if image is not None else None, cache=status,
+                embeddings=x.float(),
+                hidden_layer=layer,
+                token_mode=token_mode,
+                spans=spans,
+                prompt=prompt,
+                token_ids=ids,
+                variant=self.variant,
+                stats_before=before,
+                stats_after=describe(x),
+                masked_dimensions=masked,
+                settings=settings | {"hidden_layer": layer},
+                model=self.identity,
+                image_sha256=image_sha256(image) if image is not None else None,
+                cache=status,
                 image_pad_rows=pad,
-            )  # fmt: skip
+            )
         return out
 
 
 __all__ = [
-    "TOKEN_MODES", "Spans", "VLEmbeddingExtractor", "VLEmbeddings", "blend_adain", "blend_adain_per_dim",
-    "blend_interpolate", "blend_with_style_delta", "compute_style_delta", "find_spans", "get_outlier_dimensions",
-    "mask_outlier_dimensions", "pick_reference",
-]  # fmt: skip
+    "TOKEN_MODES",
+    "Spans",
+    "VLEmbeddingExtractor",
+    "VLEmbeddings",
+    "blend_adain",
+    "blend_adain_per_dim",
+    "blend_interpolate",
+    "blend_with_style_delta",
+    "compute_style_delta",
+    "find_spans",
+    "get_outlier_dimensions",
+    "mask_outlier_dimensions",
+    "pick_reference",
+]

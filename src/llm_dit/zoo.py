@@ -28,10 +28,21 @@ from .cache import cache_root
 ZOO_FORMAT = 2  # bump when the built folders change shape
 
 SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-)  # fmt: skip
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 TEXT_TOKENS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
 
 # The Qwen3 chat template, reduced to what text encoding needs (system, user, assistant, generation prompt,
@@ -65,7 +76,129 @@ QWEN3_VL_THINKING_CHAT_TEMPLATE = QWEN3_VL_CHAT_TEMPLATE.replace(
     "'<|im_start|>assistant\\n' }}", "'<|im_start|>assistant\\n<think>\\n' }}"
 )
 
-_CORPUS_WORDS = ["a", "the", "of", "and", "in", "on", "with", "at", "by", "from", "to", "an", "under", "over", "near", "beside", "behind", "above", "painting", "photo", "image", "style", "red", "orange", "yellow", "green", "blue", "purple", "pink", "black", "white", "grey", "brown", "golden", "silver", "dark", "bright", "soft", "warm", "cold", "fox", "cat", "dog", "bird", "horse", "house", "castle", "tree", "forest", "river", "mountain", "sea", "wave", "city", "street", "car", "girl", "boy", "man", "woman", "sunset", "sunrise", "night", "day", "light", "shadow", "cloud", "sky", "rain", "snow", "desert", "field", "flower", "garden", "room", "window", "door", "watercolor", "oil", "pixel", "art", "deco", "noir", "anime", "cyberpunk", "ukiyo", "hexagon", "circle", "square", "scene", "portrait", "landscape", "detailed", "simple", "sharp", "blurry", "cinematic", "vintage", "modern", "ancient", "tiny", "huge", "small", "large", "old", "young", "eating", "standing", "sitting", "running", "flying", "spaghetti", "homer", "simpson", "cartoon", "realistic", "texture", "colour", "color", "pattern", "grid"]
+_CORPUS_WORDS = [
+    "a",
+    "the",
+    "of",
+    "and",
+    "in",
+    "on",
+    "with",
+    "at",
+    "by",
+    "from",
+    "to",
+    "an",
+    "under",
+    "over",
+    "near",
+    "beside",
+    "behind",
+    "above",
+    "painting",
+    "photo",
+    "image",
+    "style",
+    "red",
+    "orange",
+    "yellow",
+    "green",
+    "blue",
+    "purple",
+    "pink",
+    "black",
+    "white",
+    "grey",
+    "brown",
+    "golden",
+    "silver",
+    "dark",
+    "bright",
+    "soft",
+    "warm",
+    "cold",
+    "fox",
+    "cat",
+    "dog",
+    "bird",
+    "horse",
+    "house",
+    "castle",
+    "tree",
+    "forest",
+    "river",
+    "mountain",
+    "sea",
+    "wave",
+    "city",
+    "street",
+    "car",
+    "girl",
+    "boy",
+    "man",
+    "woman",
+    "sunset",
+    "sunrise",
+    "night",
+    "day",
+    "light",
+    "shadow",
+    "cloud",
+    "sky",
+    "rain",
+    "snow",
+    "desert",
+    "field",
+    "flower",
+    "garden",
+    "room",
+    "window",
+    "door",
+    "watercolor",
+    "oil",
+    "pixel",
+    "art",
+    "deco",
+    "noir",
+    "anime",
+    "cyberpunk",
+    "ukiyo",
+    "hexagon",
+    "circle",
+    "square",
+    "scene",
+    "portrait",
+    "landscape",
+    "detailed",
+    "simple",
+    "sharp",
+    "blurry",
+    "cinematic",
+    "vintage",
+    "modern",
+    "ancient",
+    "tiny",
+    "huge",
+    "small",
+    "large",
+    "old",
+    "young",
+    "eating",
+    "standing",
+    "sitting",
+    "running",
+    "flying",
+    "spaghetti",
+    "homer",
+    "simpson",
+    "cartoon",
+    "realistic",
+    "texture",
+    "colour",
+    "color",
+    "pattern",
+    "grid",
+]
 
 
 @dataclass(frozen=True)
@@ -94,16 +227,46 @@ class ZooSpec:
 
 PRESETS: dict[str, ZooSpec] = {
     "tiny": ZooSpec(
-        vocab_target=1024, hidden=64, layers=8, heads=4, kv_heads=2, head_dim=16, intermediate=128,
-        mrope_section=(4, 2, 2), vision_depth=4, vision_hidden=32, vision_heads=2, deepstack=(1, 2, 3),
-        dit_dim=64, dit_layers=2, dit_refiner_layers=1, dit_heads=2, dit_axes_dims=(8, 12, 12), vae_channels=16,
+        vocab_target=1024,
+        hidden=64,
+        layers=8,
+        heads=4,
+        kv_heads=2,
+        head_dim=16,
+        intermediate=128,
+        mrope_section=(4, 2, 2),
+        vision_depth=4,
+        vision_hidden=32,
+        vision_heads=2,
+        deepstack=(1, 2, 3),
+        dit_dim=64,
+        dit_layers=2,
+        dit_refiner_layers=1,
+        dit_heads=2,
+        dit_axes_dims=(8, 12, 12),
+        vae_channels=16,
     ),
     "small": ZooSpec(
-        vocab_target=2048, hidden=256, layers=12, heads=8, kv_heads=2, head_dim=32, intermediate=768,
-        mrope_section=(6, 5, 5), vision_depth=6, vision_hidden=128, vision_heads=4, deepstack=(1, 3, 4),
-        dit_dim=384, dit_layers=6, dit_refiner_layers=2, dit_heads=6, dit_axes_dims=(16, 24, 24), vae_channels=32,
+        vocab_target=2048,
+        hidden=256,
+        layers=12,
+        heads=8,
+        kv_heads=2,
+        head_dim=32,
+        intermediate=768,
+        mrope_section=(6, 5, 5),
+        vision_depth=6,
+        vision_hidden=128,
+        vision_heads=4,
+        deepstack=(1, 3, 4),
+        dit_dim=384,
+        dit_layers=6,
+        dit_refiner_layers=2,
+        dit_heads=6,
+        dit_axes_dims=(16, 24, 24),
+        vae_channels=32,
     ),
-}  # fmt: skip
+}
 
 
 def zoo_key(preset: str) -> str:
@@ -184,12 +347,19 @@ def build_text_encoder(spec: ZooSpec, tokenizer):
     from transformers import Qwen3Config, Qwen3Model
 
     config = Qwen3Config(
-        vocab_size=_vocab_size(tokenizer), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-        head_dim=spec.head_dim, max_position_embeddings=4096, rope_theta=1e6, tie_word_embeddings=True,
+        vocab_size=_vocab_size(tokenizer),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=4096,
+        rope_theta=1e6,
+        tie_word_embeddings=True,
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-    )  # fmt: skip
+    )
     torch.manual_seed(1)
     return Qwen3Model(config).eval()
 
@@ -201,24 +371,41 @@ def build_vl_model(spec: ZooSpec, tokenizer):
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen3VLConfig(
         text_config={
-            "vocab_size": _vocab_size(tokenizer), "hidden_size": spec.hidden,
-            "intermediate_size": spec.intermediate, "num_hidden_layers": spec.layers,
-            "num_attention_heads": spec.heads, "num_key_value_heads": spec.kv_heads, "head_dim": spec.head_dim,
+            "vocab_size": _vocab_size(tokenizer),
+            "hidden_size": spec.hidden,
+            "intermediate_size": spec.intermediate,
+            "num_hidden_layers": spec.layers,
+            "num_attention_heads": spec.heads,
+            "num_key_value_heads": spec.kv_heads,
+            "head_dim": spec.head_dim,
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 5e6,
-                                "mrope_section": list(spec.mrope_section), "mrope_interleaved": True},
-            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": list(spec.mrope_section),
+                "mrope_interleaved": True,
+            },
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
         },
         vision_config={
-            "depth": spec.vision_depth, "hidden_size": spec.vision_hidden,
-            "intermediate_size": 4 * spec.vision_hidden, "num_heads": spec.vision_heads, "patch_size": 16,
-            "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": spec.hidden,
-            "num_position_embeddings": 2304, "deepstack_visual_indexes": list(spec.deepstack),
+            "depth": spec.vision_depth,
+            "hidden_size": spec.vision_hidden,
+            "intermediate_size": 4 * spec.vision_hidden,
+            "num_heads": spec.vision_heads,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": spec.hidden,
+            "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": list(spec.deepstack),
         },
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
-    )  # fmt: skip
+    )
     torch.manual_seed(2)
     return Qwen3VLForConditionalGeneration(config).eval()
 
@@ -228,9 +415,13 @@ def build_image_processor():
     from transformers import Qwen2VLImageProcessorPil
 
     return Qwen2VLImageProcessorPil(
-        patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
         size={"shortest_edge": 64 * 32 * 32, "longest_edge": 16384 * 32 * 32},
-    )  # fmt: skip
+    )
 
 
 def build_zimage(spec: ZooSpec, tokenizer):
@@ -244,24 +435,45 @@ def build_zimage(spec: ZooSpec, tokenizer):
 
     torch.manual_seed(3)
     transformer = ZImageTransformer2DModel(
-        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=spec.dit_dim, n_layers=spec.dit_layers,
-        n_refiner_layers=spec.dit_refiner_layers, n_heads=spec.dit_heads, n_kv_heads=spec.dit_heads,
-        qk_norm=True, cap_feat_dim=spec.hidden, rope_theta=256.0, t_scale=1000.0,
-        axes_dims=list(spec.dit_axes_dims), axes_lens=[1536, 512, 512],
-    )  # fmt: skip
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=spec.dit_dim,
+        n_layers=spec.dit_layers,
+        n_refiner_layers=spec.dit_refiner_layers,
+        n_heads=spec.dit_heads,
+        n_kv_heads=spec.dit_heads,
+        qk_norm=True,
+        cap_feat_dim=spec.hidden,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=list(spec.dit_axes_dims),
+        axes_lens=[1536, 512, 512],
+    )
     torch.manual_seed(4)
     c = spec.vae_channels
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(c, c, c, c),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=8, scaling_factor=0.3611, shift_factor=0.1159,
-        use_quant_conv=False, use_post_quant_conv=False,
-    )  # fmt: skip
+        in_channels=3,
+        out_channels=3,
+        latent_channels=16,
+        block_out_channels=(c, c, c, c),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
     return ZImagePipeline(
-        scheduler=scheduler, vae=vae, text_encoder=build_text_encoder(spec, tokenizer), tokenizer=tokenizer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=build_text_encoder(spec, tokenizer),
+        tokenizer=tokenizer,
         transformer=transformer,
-    )  # fmt: skip
+    )
 
 
 def build_zoo(out: str | Path, preset: str = "tiny") -> Path:
