@@ -109,7 +109,7 @@ def check_vl(path_or_id: str) -> dict:
 
 def load_pipeline(path_or_id: str, device: str, dtype: str, *, text_encoder: bool = False):
     """The diffusers `ZImagePipeline` (DiT, VAE, scheduler, tokenizer); the text encoder only if asked, since
-    llm-dit encodes prompts itself and loads the encoder exactly once (`load_text_encoder`)."""
+    llm-dit encodes prompts itself and loads the encoder exactly once (`text.TextEncoder`)."""
     from diffusers import ZImagePipeline
 
     check_zimage(path_or_id)
@@ -123,18 +123,13 @@ def load_pipeline(path_or_id: str, device: str, dtype: str, *, text_encoder: boo
     return pipe.to(dev)
 
 
-def load_text_encoder(path_or_id: str, device: str, dtype: str):
-    """`(tokenizer, Qwen3Model)` from the `tokenizer/` and `text_encoder/` subfolders of a Z-Image folder."""
-    from transformers import AutoModel, AutoTokenizer
-
-    check_zimage(path_or_id)
-    dev = resolve_device(device)
+def load_model(model_class, path_or_id: str, device: torch.device, dtype: torch.dtype, **kwargs):
+    """`model_class.from_pretrained(...)` on `device` in eval mode; loading failures become one-line errors."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id, subfolder="tokenizer")
-        model = AutoModel.from_pretrained(path_or_id, subfolder="text_encoder", dtype=resolve_dtype(dtype, dev))
+        model = model_class.from_pretrained(path_or_id, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load the text encoder from {path_or_id}: {str(e).splitlines()[0]}") from None
-    return tokenizer, model.to(dev).eval()
+        raise ModelError(f"cannot load {model_class.__name__} from {path_or_id}: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval()
 
 
 def release_memory() -> None:

@@ -14,8 +14,9 @@ the DiT's 1504) are shortened by `long_prompt_mode`:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,9 @@ import torch.nn.functional as F
 from .blend import align
 from .cache import TensorCache
 from .config import EncoderConfig
+from .errors import UserError
 from .hooks import capture_hidden_states, layer_position
-from .models import load_text_encoder, model_identity
+from .models import check_zimage, load_model, model_identity, resolve_device, resolve_dtype
 from .stats import ReferenceStats, compute_reference_stats
 
 ATTENTION_POOL_TEMPERATURE = 0.1
@@ -96,25 +98,53 @@ class EncodedPrompt:
 
 
 class TextEncoder:
-    """Z-Image's tokenizer and Qwen3 text encoder, loaded once, with an optional tensor cache of hidden rows."""
+    """Z-Image's tokenizer and Qwen3 text encoder with an optional tensor cache of hidden rows. The model loads on
+    the first cache miss, so a fully cached run never loads it."""
 
-    def __init__(self, tokenizer, model, identity: dict[str, str], cache: TensorCache | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        config,
+        load: Callable[[], torch.nn.Module],
+        identity: dict[str, str],
+        dtype: torch.dtype,
+        cache: TensorCache | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
-        self.model = model
+        self.config = config
         self.identity = identity
+        self.dtype = dtype
         self.cache = cache
         self.forward_passes = 0
+        self._load = load
+        self._model: torch.nn.Module | None = None
 
     @classmethod
     def from_pretrained(
         cls, zimage: str, device: str = "auto", dtype: str = "auto", cache: TensorCache | None = None
     ) -> TextEncoder:
-        tokenizer, model = load_text_encoder(zimage, device, dtype)
-        return cls(tokenizer, model, model_identity(zimage, "text_encoder"), cache)
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        check_zimage(zimage)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(zimage, subfolder="tokenizer")
+            config = AutoConfig.from_pretrained(zimage, subfolder="text_encoder")
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load the text encoder of {zimage}: {str(e).splitlines()[0]}") from None
+        load = partial(load_model, AutoModel, zimage, dev, dt, subfolder="text_encoder")
+        return cls(tokenizer, config, load, model_identity(zimage, "text_encoder"), dt, cache)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = self._load()
+        return self._model
 
     @property
     def num_layers(self) -> int:
-        return self.model.config.num_hidden_layers
+        return self.config.num_hidden_layers
 
     @torch.no_grad()
     def hidden_rows(self, token_ids: list[int], layers: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -122,7 +152,7 @@ class TextEncoder:
         layers already in the cache are not recomputed."""
         for layer in layers:
             layer_position(layer, self.num_layers)
-        base = {"model": self.identity, "dtype": str(self.model.dtype), "token_ids": token_ids}
+        base = {"model": self.identity, "dtype": str(self.dtype), "token_ids": token_ids}
         rows: dict[int, torch.Tensor] = {}
         for layer in layers:
             if self.cache and (hit := self.cache.get("text", {**base, "layer": layer})):

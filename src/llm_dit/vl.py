@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from .cache import TensorCache
 from .errors import UserError
 from .files import load_image
 from .hooks import capture_hidden_states, layer_position
-from .models import check_vl, model_identity, resolve_device, resolve_dtype
+from .models import check_vl, load_model, model_identity, resolve_device, resolve_dtype
 from .stats import (
     ReferenceStats,
     describe,
@@ -172,16 +173,28 @@ class VLEmbeddings:
 class VLEmbeddingExtractor:
     """A loaded Qwen3-VL model, its tokenizer and image processor, and a tensor cache."""
 
-    def __init__(self, model, tokenizer, image_processor, source: str, cache: TensorCache | None = None) -> None:
-        self.model = model
+    def __init__(
+        self,
+        config,
+        tokenizer,
+        image_processor,
+        load: Callable[[], torch.nn.Module],
+        identity: dict[str, str],
+        cache: TensorCache | None = None,
+    ) -> None:
+        self.config = config
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.source = source
+        self.identity = identity
         self.cache = cache
-        self.identity = model_identity(source)
-        c = model.config
-        self.ids = {"start": c.vision_start_token_id, "end": c.vision_end_token_id, "pad": c.image_token_id}
+        self.ids = {
+            "start": config.vision_start_token_id,
+            "end": config.vision_end_token_id,
+            "pad": config.image_token_id,
+        }
         self.forward_passes = 0
+        self._load = load
+        self._model: torch.nn.Module | None = None
 
     @classmethod
     def from_pretrained(
@@ -192,15 +205,14 @@ class VLEmbeddingExtractor:
         cache: TensorCache | None = None,
         trust_remote_code: bool = False,
     ) -> VLEmbeddingExtractor:
-        """Load model, tokenizer and image processor (PIL backend: torchvision is not needed)."""
-        from transformers import AutoImageProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration
+        """Load config, tokenizer and image processor (PIL backend: torchvision is not needed); the model itself
+        loads on the first cache miss."""
+        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration
 
         check_vl(path_or_id)
         dev = resolve_device(device)
         try:
-            model = Qwen3VLForConditionalGeneration.from_pretrained(
-                path_or_id, dtype=resolve_dtype(dtype, dev), trust_remote_code=trust_remote_code
-            )
+            config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
             with warnings.catch_warnings():  # "falling back to the PIL backend" without torchvision: expected
                 warnings.simplefilter("ignore")
@@ -209,15 +221,29 @@ class VLEmbeddingExtractor:
             raise UserError(f"cannot load Qwen3-VL from {path_or_id}: {str(e).splitlines()[0]}") from None
         if not tokenizer.chat_template:
             raise UserError(f"{path_or_id} has no chat template (expected one in its tokenizer files)")
-        return cls(model.to(dev).eval(), tokenizer, image_processor, path_or_id, cache)
+        load = partial(
+            load_model,
+            Qwen3VLForConditionalGeneration,
+            path_or_id,
+            dev,
+            resolve_dtype(dtype, dev),
+            trust_remote_code=trust_remote_code,
+        )
+        return cls(config, tokenizer, image_processor, load, model_identity(path_or_id), cache)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self._model is None:
+            self._model = self._load()
+        return self._model
 
     @property
     def num_layers(self) -> int:
-        return self.model.config.text_config.num_hidden_layers
+        return self.config.text_config.num_hidden_layers
 
     @property
     def hidden_size(self) -> int:
-        return self.model.config.text_config.hidden_size
+        return self.config.text_config.hidden_size
 
     @property
     def variant(self) -> str:
