@@ -83,7 +83,7 @@ def test_sidecar_records_settings_models_versions_and_timings(cli, zoo, tmp_path
     assert s["generation.shift"] == 2.0 and s["encoder.hidden_layer"] == -2
     assert s["models.zimage"] == str(zoo / "zimage")
     assert {"torch", "diffusers", "transformers"} <= rec["versions"].keys()
-    assert {"encode", "load", "denoise"} <= rec["timings_s"].keys()
+    assert {"condition", "load", "denoise"} <= rec["timings_s"].keys()
     assert Image.open(out).size == (32, 48)
 
 

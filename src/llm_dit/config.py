@@ -70,13 +70,21 @@ class VLConfig(_Section):
     device: str = "cpu"
     dtype: str = "auto"
     hidden_layer: int = -6
+    layers: str | None = None  # weighted layers "-6:0.7,-16:0.3"; replaces hidden_layer when set
     token_mode: Literal["full", "text_only", "image_only", "image_no_markers"] = "full"
+    system_prompt: str | None = None
     normalize: Literal["none", "global", "per_dim", "hybrid"] = "none"
+    clip_sigma: float | None = Field(None, gt=0.0)
+    hybrid_weight: float = Field(0.5, ge=0.0, le=1.0)
+    reference_stats: str | None = None  # safetensors file; default: computed with the text encoder, same layer
     outlier_masking: Literal["none", "zero", "clamp", "scale", "reference"] = "none"
     outlier_threshold: float = Field(10.0, gt=1.0)
     alpha: float = 0.3
     blend: str = "adain_per_dim"
     resample: Literal["area", "linear", "nearest", "truncate"] = "area"
+    blend_options: dict[str, float | int | bool] = {}
+    alpha_schedule: str = "constant"
+    inject_layers: list[int] = []
 
 
 class Config(_Section):

@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from llm_dit.condition import combine_layers, parse_layer_weights
+from llm_dit.config import load_config
+from llm_dit.errors import UserError
+from llm_dit.files import load_tensors
+from llm_dit.generate import Generator
+
+from .conftest import REPO
+
+REF = REPO / "examples" / "reference-images" / "purple_hexagon.png"
+SMALL = ["--steps", "2", "--width", "64", "--height", "64", "--seed", "5"]
+
+
+def pixels(path):
+    return np.asarray(Image.open(path)).astype(int)
+
+
+def test_alpha_zero_is_pixel_identical_to_text_only_and_alpha_changes_it(cli, zoo, tmp_path):
+    base = ["--models", "tiny", "-p", "a house", *SMALL]
+    assert cli("generate", *base, "-o", tmp_path / "t.png").code == 0
+    assert cli("generate", *base, "-i", REF, "--alpha", "0", "-o", tmp_path / "a0.png").code == 0
+    r = cli("generate", *base, "-i", REF, "--alpha", "0.3", "-o", tmp_path / "a3.png")
+    assert r.code == 0, r.err
+    assert np.array_equal(pixels(tmp_path / "t.png"), pixels(tmp_path / "a0.png"))
+    assert not np.array_equal(pixels(tmp_path / "t.png"), pixels(tmp_path / "a3.png"))
+    rec = json.loads((tmp_path / "a3.json").read_text())
+    c = rec["conditioning"]
+    assert c["source"] == "reference" and c["blend"] == "adain_per_dim" and c["alpha"] == 0.3
+    assert c["blend_stats"]["before_std"] != c["blend_stats"]["after_std"]
+    assert c["vl"]["-6"]["spans"]["image_pad"] is not None and c["vl"]["-6"]["token_mode"] == "full"
+    assert rec["settings"]["vl.hidden_layer"] == -6 and "vl" in rec["models"]
+
+
+def test_img2img_with_reference_and_strength(cli, zoo, tmp_path):
+    base = ["--models", "tiny", "-p", "a house", "-i", REF, "--init-image", REF, *SMALL, "--steps", "4"]
+    assert cli("generate", *base, "--strength", "0.9", "-o", tmp_path / "a.png").code == 0
+    assert cli("generate", *base, "--strength", "0.5", "-o", tmp_path / "b.png").code == 0
+    assert not np.array_equal(pixels(tmp_path / "a.png"), pixels(tmp_path / "b.png"))
+    assert json.loads((tmp_path / "a.json").read_text())["settings"]["generation.strength"] == 0.9
+
+
+@pytest.fixture(scope="module")
+def gen(zoo):
+    cfg = load_config(
+        overrides={
+            "models.zimage": str(zoo / "zimage"),
+            "models.vl": str(zoo / "qwen3-vl"),
+            "generation.width": 64,
+            "generation.height": 64,
+            "generation.steps": 3,
+        }
+    )
+    return Generator(cfg)
+
+
+def with_vl(gen, **changes):
+    return Generator(gen.config.model_copy(update={"vl": gen.config.vl.model_copy(update=changes)}), gen.cache)
+
+
+def test_every_vl_setting_reaches_the_conditioning(gen):
+    ref = Image.open(REF).convert("RGB")
+    base, _ = gen.condition("a fox", reference=ref)
+    c0 = base.at(0.3)
+    for change in (
+        {"hidden_layer": -2},
+        {"token_mode": "image_only"},
+        {"normalize": "global"},
+        {"blend": "interpolate"},
+        {"blend": "interpolate", "resample": "nearest"},
+        {"layers": "-6:0.5,-2:0.5"},
+        {"outlier_masking": "zero", "outlier_threshold": 1.05},
+    ):
+        other, _ = with_vl(gen, **change).condition("a fox", reference=ref)
+        assert not torch.equal(other.at(0.3), c0), change
+
+
+def test_multi_layer_weights_from_one_forward_pass(gen):
+    ref = Image.open(REF).convert("RGB")
+    g = with_vl(gen, layers="-6:0.7,-2:0.3")
+    rows, meta = g.extract(ref, "a wave")
+    single = {layer: gen.vl.extract(ref, "a wave", layer).embeddings for layer in (-6, -2)}
+    torch.testing.assert_close(rows, 0.7 * single[-6] + 0.3 * single[-2])
+    assert set(meta) == {"-6", "-2"}
+    assert parse_layer_weights("-6") == {-6: 1.0}
+    with pytest.raises(UserError, match="LAYER"):
+        parse_layer_weights("-6:x")
+    torch.testing.assert_close(
+        combine_layers({1: torch.ones(2, 2), 2: torch.ones(2, 2)}, {1: 0.25, 2: 0.5}), torch.full((2, 2), 0.75)
+    )
+
+
+def test_style_delta_needs_a_neutral_extraction(gen):
+    ref = Image.open(REF).convert("RGB")
+    with pytest.raises(UserError, match="neutral"):
+        with_vl(gen, blend="style_delta").condition("a fox", reference=ref)
+    neutral = Image.new("RGB", (64, 64), (128, 128, 128))
+    cond, _ = with_vl(gen, blend="style_delta").condition("a fox", reference=ref, neutral=neutral)
+    assert cond.at(0.3).shape == cond.text.shape and not torch.equal(cond.at(0.3), cond.text)
+
+
+def test_embedding_files_round_trip_into_generation(cli, zoo, tmp_path):
+    assert cli("extract", "--models", "tiny", "-i", REF, "-t", "a house", "-o", tmp_path / "v.safetensors").code == 0
+    assert cli("encode", "--models", "tiny", "-p", "a house", "-o", tmp_path / "t.safetensors").code == 0
+    base = ["--models", "tiny", "-p", "a house", *SMALL]
+    assert cli("generate", *base, "-i", REF, "-o", tmp_path / "img.png").code == 0
+    r = cli("generate", *base, "--vl-embeddings", tmp_path / "v.safetensors", "-o", tmp_path / "file.png")
+    assert r.code == 0, r.err
+    # extract with the same settings as generate -> the same image from the file
+    assert np.array_equal(pixels(tmp_path / "img.png"), pixels(tmp_path / "file.png"))
+    # precomputed caption rows are used as they are: text rows -> the text-only image
+    assert cli("generate", *base, "-o", tmp_path / "text.png").code == 0
+    r = cli("generate", *base, "--embeddings", tmp_path / "t.safetensors", "-o", tmp_path / "emb.png")
+    assert r.code == 0, r.err
+    assert np.array_equal(pixels(tmp_path / "text.png"), pixels(tmp_path / "emb.png"))
+    _, meta = load_tensors(tmp_path / "v.safetensors")
+    assert meta["kind"] == "vl_embeddings" and meta["hidden_layer"] == -6 and len(meta["image_sha256"]) == 64
+
+
+def test_low_memory_releases_encoders_before_the_dit(gen):
+    g = Generator(gen.config.model_copy(update={"models": gen.config.models.model_copy(update={"low_memory": True})}))
+    g.condition("a fox", reference=Image.open(REF).convert("RGB"))
+    assert g._text_encoder is not None and g._vl is not None
+    _ = g.pipeline
+    assert g._text_encoder is None and g._vl is None
