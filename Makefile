@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup browser demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/llm-dit demo --out out/demo
 
-test: setup
+# The report test renders report.html in headless Chromium (Debian's chromium package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		{ echo "the report test needs Debian's chromium: sudo apt-get install chromium"; exit 1; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 lint: setup

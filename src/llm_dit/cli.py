@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,9 +19,11 @@ from .config import Config, load_config
 from .errors import UserError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Condition Z-Image on a reference image through Qwen3-VL hidden states.",
-)  # fmt: skip
+)
 models_app = typer.Typer(no_args_is_help=True, help="Build or inspect models.")
 config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configuration.")
 app.add_typer(models_app, name="models")
@@ -59,8 +62,10 @@ def resolve(
             raise UserError(f"unknown --models preset '{models}' (valid: {', '.join(PRESETS)})")
         root = zoo_dir(models)
         overrides |= {"models.zimage": str(root / "zimage"), "models.vl": str(root / "qwen3-vl")}
-    overrides |= {"models.zimage": zimage or overrides.get("models.zimage"),
-                  "models.vl": vl or overrides.get("models.vl")}  # fmt: skip
+    overrides |= {
+        "models.zimage": zimage or overrides.get("models.zimage"),
+        "models.vl": vl or overrides.get("models.vl"),
+    }
     return load_config(config, profile, overrides)
 
 
@@ -94,10 +99,59 @@ def config_show(config: ConfigOpt = None, profile: ProfileOpt = "default") -> No
         print()
 
 
+# Conditioning options of `generate` (and, later, fixed values of sweeps): each names its config key.
+AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="Blend strength (vl.alpha).")]
+BlendOpt = Annotated[str | None, typer.Option("--blend", help="Blend mode (vl.blend); see docs/methods.md.")]
+ResampleOpt = Annotated[str | None, typer.Option("--resample", help="Length alignment (vl.resample).")]
+TokenModeOpt = Annotated[str | None, typer.Option("--token-mode", help="VL rows to keep (vl.token_mode).")]
+VLLayerOpt = Annotated[int | None, typer.Option("--vl-layer", help="VL hidden layer (vl.hidden_layer).")]
+VLLayersOpt = Annotated[str | None, typer.Option("--vl-layers", help="Weighted VL layers, e.g. -6:0.7,-16:0.3.")]
+NormalizeOpt = Annotated[str | None, typer.Option("--normalize", help="none|global|per_dim|hybrid (vl.normalize).")]
+MaskingOpt = Annotated[
+    str | None, typer.Option("--outlier-masking", help="none|zero|clamp|scale|reference (vl.outlier_masking).")
+]
+ThresholdOpt = Annotated[float | None, typer.Option("--outlier-threshold", help="vl.outlier_threshold.")]
+ScheduleOpt = Annotated[str | None, typer.Option("--alpha-schedule", help="e.g. linear:0,0.6 (vl.alpha_schedule).")]
+InjectOpt = Annotated[str | None, typer.Option("--inject-layers", help="DiT blocks, e.g. 0,1 (vl.inject_layers).")]
+BlendOptionOpt = Annotated[
+    list[str] | None, typer.Option("--blend-option", help="Mode option KEY=VALUE, repeatable (vl.blend_options).")
+]
+StatsOpt = Annotated[Path | None, typer.Option("--reference-stats", help="Statistics file (vl.reference_stats).")]
+
+
+def parse_blend_options(items: list[str] | None) -> dict[str, float | int | bool] | None:
+    """`["p=3", "k=8"]` -> `{"p": 3.0, "k": 8}`; values are numbers or true/false."""
+    if not items:
+        return None
+    out: dict[str, float | int | bool] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"bad --blend-option '{item}': expected KEY=VALUE")
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+            continue
+        try:
+            out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise UserError(f"bad --blend-option '{item}': value must be a number or true/false") from None
+    return out
+
+
+def parse_int_list(spec: str | None, label: str) -> list[int] | None:
+    if spec is None:
+        return None
+    try:
+        return [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"bad {label} '{spec}': expected integers separated by commas") from None
+
+
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to draw.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write (a .json sidecar goes next to it).")],
+    image: Annotated[Path | None, typer.Option("--image", "-i", help="Reference image (VL conditioning).")] = None,
     init_image: Annotated[Path | None, typer.Option("--init-image", help="Image-to-image from this image.")] = None,
     strength: Annotated[float | None, typer.Option(help="Img2img strength (generation.strength).")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (generation.steps).")] = None,
@@ -106,6 +160,24 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Seed of the CPU generator (generation.seed).")] = None,
     guidance: Annotated[float | None, typer.Option(help="CFG scale, 0 = off (generation.guidance).")] = None,
     shift: Annotated[float | None, typer.Option(help="Scheduler shift (generation.shift).")] = None,
+    alpha: AlphaOpt = None,
+    blend: BlendOpt = None,
+    resample: ResampleOpt = None,
+    token_mode: TokenModeOpt = None,
+    vl_layer: VLLayerOpt = None,
+    vl_layers: VLLayersOpt = None,
+    normalize: NormalizeOpt = None,
+    outlier_masking: MaskingOpt = None,
+    outlier_threshold: ThresholdOpt = None,
+    alpha_schedule: ScheduleOpt = None,
+    inject_layers: InjectOpt = None,
+    blend_option: BlendOptionOpt = None,
+    reference_stats: StatsOpt = None,
+    steer: Annotated[Path | None, typer.Option("--steer", help="Steering direction file (llm-dit steer).")] = None,
+    vl_embeddings: Annotated[Path | None, typer.Option(help="VL rows from `llm-dit extract` instead of -i.")] = None,
+    neutral_embeddings: Annotated[Path | None, typer.Option(help="Neutral VL rows for style_delta.")] = None,
+    neutral_image: Annotated[Path | None, typer.Option(help="Neutral image for style_delta.")] = None,
+    embeddings: Annotated[Path | None, typer.Option(help="Use these caption rows as they are.")] = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = "default",
     models: ModelsOpt = None,
@@ -114,20 +186,443 @@ def generate(
     low_memory: LowMemOpt = None,
 ) -> None:
     """Generate one image; writes OUTPUT and OUTPUT.json with every setting that made it."""
-    from .files import load_image, save_image
+    from .files import load_embeddings, load_image, save_image
     from .generate import Generator
+    from .steer import load_direction
 
     if output.suffix.lower() != ".png":
         raise UserError(f"output must be a .png file: {output}")
     cfg = resolve(
-        config, profile, models, zimage, vl, generation__strength=strength, generation__steps=steps,
-        generation__width=width, generation__height=height, generation__seed=seed,
-        generation__guidance=guidance, generation__shift=shift, models__low_memory=low_memory,
-    )  # fmt: skip
+        config,
+        profile,
+        models,
+        zimage,
+        vl,
+        generation__strength=strength,
+        generation__steps=steps,
+        generation__width=width,
+        generation__height=height,
+        generation__seed=seed,
+        generation__guidance=guidance,
+        generation__shift=shift,
+        models__low_memory=low_memory,
+        vl__alpha=alpha,
+        vl__blend=blend,
+        vl__resample=resample,
+        vl__token_mode=token_mode,
+        vl__hidden_layer=vl_layer,
+        vl__layers=vl_layers,
+        vl__normalize=normalize,
+        vl__outlier_masking=outlier_masking,
+        vl__outlier_threshold=outlier_threshold,
+        vl__alpha_schedule=alpha_schedule,
+        vl__inject_layers=parse_int_list(inject_layers, "--inject-layers"),
+        vl__blend_options=parse_blend_options(blend_option),
+        vl__reference_stats=str(reference_stats) if reference_stats else None,
+    )
+    inputs = {
+        "reference": load_image(image, "reference image") if image else None,
+        "vl_embeddings": load_embeddings(vl_embeddings, "VL embeddings") if vl_embeddings else None,
+        "embeddings": load_embeddings(embeddings, "embeddings") if embeddings else None,
+        "steer": load_direction(steer)[0] if steer else None,
+    }
+    if neutral_image or neutral_embeddings:
+        inputs["neutral"] = (
+            load_image(neutral_image, "neutral image")
+            if neutral_image
+            else load_embeddings(neutral_embeddings, "neutral embeddings")
+        )
     init = load_image(init_image, "init image") if init_image else None
-    result = Generator(cfg).generate(prompt, init_image=init)
+    result = Generator(cfg).generate(prompt, init_image=init, **{k: v for k, v in inputs.items() if v is not None})
     save_image(result.image, output, result.record | {"output": str(output)})
     print(output)
+
+
+LayerOpt = Annotated[int | None, typer.Option("--layer", help="Hidden layer (transformers' hidden_states index).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+
+
+@app.command()
+def extract(
+    image: Annotated[Path, typer.Option("--image", "-i", help="Reference image.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="safetensors file to write.")],
+    text: Annotated[str | None, typer.Option("--text", "-t", help="Text after the image.")] = None,
+    layer: LayerOpt = None,
+    token_mode: TokenModeOpt = None,
+    normalize: NormalizeOpt = None,
+    outlier_masking: MaskingOpt = None,
+    outlier_threshold: ThresholdOpt = None,
+    reference_stats: StatsOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = "default",
+    models: ModelsOpt = None,
+    zimage: ZImageOpt = None,
+    vl: VLOpt = None,
+) -> None:
+    """Extract Qwen3-VL rows of one layer for an image (+ text) into a safetensors file."""
+    from .files import library_versions, load_image, save_tensors
+    from .generate import Generator
+
+    cfg = resolve(
+        config,
+        profile,
+        models,
+        zimage,
+        vl,
+        vl__hidden_layer=layer,
+        vl__token_mode=token_mode,
+        vl__normalize=normalize,
+        vl__outlier_masking=outlier_masking,
+        vl__outlier_threshold=outlier_threshold,
+        vl__reference_stats=str(reference_stats) if reference_stats else None,
+    )
+    picture = load_image(image, "image")
+    gen = Generator(cfg)
+    v = cfg.vl
+    needs_ref = v.normalize != "none" or v.outlier_masking != "none"
+    e = gen.vl.extract(
+        picture,
+        text,
+        v.hidden_layer,
+        token_mode=v.token_mode,
+        normalization=v.normalize,
+        outlier_masking=v.outlier_masking,
+        outlier_threshold=v.outlier_threshold,
+        system_prompt=v.system_prompt,
+        reference=gen.reference_stats([v.hidden_layer]) if needs_ref else None,
+        clip_sigma=v.clip_sigma,
+        hybrid_weight=v.hybrid_weight,
+    )
+    meta = e.metadata() | {"image": str(image), "versions": library_versions()}
+    save_tensors(output, {"embeddings": e.embeddings}, meta)
+    summary = {
+        "output": str(output),
+        "cache": e.cache,
+        "shape": list(e.embeddings.shape),
+        "hidden_layer": e.hidden_layer,
+        "token_mode": e.token_mode,
+        "spans": e.spans.as_dict(),
+        "variant": e.variant,
+        "masked_dimensions": e.masked_dimensions,
+    }
+    print(json.dumps(summary) if as_json else output)
+
+
+@app.command()
+def encode(
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt to encode.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="safetensors file to write.")],
+    layer: LayerOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = "default",
+    models: ModelsOpt = None,
+    zimage: ZImageOpt = None,
+) -> None:
+    """Encode a prompt with Z-Image's text encoder (caption rows as the DiT sees them) into a safetensors file."""
+    from .files import library_versions, save_tensors
+    from .generate import Generator
+
+    cfg = resolve(config, profile, models, zimage, None, encoder__hidden_layer=layer)
+    gen = Generator(cfg)
+    te = gen.text_encoder
+    before = te.forward_passes
+    encoded = gen.encode(prompt)
+    meta = {
+        "kind": "text_embeddings",
+        "prompt": prompt,
+        "rendered": encoded.rendered,
+        "hidden_layer": encoded.hidden_layer,
+        "settings": cfg.encoder.model_dump(),
+        "model": te.identity,
+        "versions": library_versions(),
+    }
+    save_tensors(output, {"embeddings": encoded.embeddings}, meta)
+    summary = {
+        "output": str(output),
+        "cache": "miss" if te.forward_passes > before else "hit",
+        "shape": list(encoded.embeddings.shape),
+        "hidden_layer": encoded.hidden_layer,
+    }
+    print(json.dumps(summary) if as_json else output)
+
+
+@app.command()
+def stats(
+    output: Annotated[Path, typer.Option("--output", "-o", help="safetensors file to write.")],
+    layer: Annotated[int, typer.Option("--layer", help="Hidden layer.")] = -2,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Text file, one prompt a line.")] = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = "default",
+    models: ModelsOpt = None,
+    zimage: ZImageOpt = None,
+) -> None:
+    """Per-dimension reference statistics of the text encoder at one layer (default: built-in prompt set)."""
+    from .generate import Generator
+    from .text import STATS_PROMPTS
+
+    cfg = resolve(config, profile, models, zimage, None)
+    lines = STATS_PROMPTS
+    if prompts is not None:
+        if not prompts.is_file():
+            raise UserError(f"prompts file not found: {prompts}")
+        lines = tuple(line.strip() for line in prompts.read_text().splitlines() if line.strip())
+        if not lines:
+            raise UserError(f"prompts file has no prompts: {prompts}")
+    result = Generator(cfg).text_encoder.reference_stats([layer], lines)[layer]
+    result.save(output)
+    print(output)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    image: Annotated[Path, typer.Option("--image", "-i", help="Reference image.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt after the image.")],
+    layers: Annotated[list[int] | None, typer.Option("--layers", help="Hidden layers (repeatable).")] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = "default",
+    models: ModelsOpt = None,
+    zimage: ZImageOpt = None,
+    vl: VLOpt = None,
+) -> None:
+    """Compare VL rows with the text encoder's, per layer: spans, statistics, outliers, image influence."""
+    from rich.table import Table
+
+    from .diagnostics import inspect_layers
+    from .files import load_image
+    from .generate import Generator
+
+    cfg = resolve(config, profile, models, zimage, vl)
+    wanted = layers or [-2, -6, -8]
+    gen = Generator(cfg)
+    report = inspect_layers(
+        gen.vl, gen.text_encoder, load_image(image, "image"), prompt, wanted, gen.text_encoder.reference_stats(wanted)
+    )
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    out = Console()
+    for layer, r in report["layers"].items():
+        table = Table(title=f"layer {layer}", show_header=True)
+        for col in ("span", "tokens", "mean", "std"):
+            table.add_column(col)
+        for span, n in r["tokens"].items():
+            st = r["span_stats"].get(span, {})
+            table.add_row(span, str(n), f"{st.get('mean', float('nan')):.4g}", f"{st.get('std', float('nan')):.4g}")
+        out.print(table)
+        for key in ("std_ratio_image_pad", "std_ratio_text"):
+            ratio = r[key]
+            if "median" in ratio:
+                out.print(
+                    f"  {key}: median {ratio['median']:.3g}, outliers above {ratio['outliers_above']}, "
+                    f"below {ratio['outliers_below']}, worst {[(d, round(x, 3)) for d, x in ratio['worst']]}"
+                )
+        corr = r["correlation_with_text_encoder"]
+        out.print(
+            f"  image influence at prompt rows: {r['image_influence']:.4g}; "
+            f"per-dim correlation with the text encoder: mean {corr['mean']:.3g}, median {corr['median']:.3g}"
+        )
+
+
+@app.command()
+def sweep(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Sweep directory.")],
+    preset: Annotated[str | None, typer.Option("--preset", help="A built-in sweep (see --list-presets).")] = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="Sweep spec TOML (fixed, axes, prompts...).")] = None,
+    list_presets: Annotated[bool, typer.Option("--list-presets", help="List presets with run counts.")] = False,
+    image: Annotated[list[Path] | None, typer.Option("--image", "-i", help="Reference image (repeatable).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
+    prompts_file: Annotated[Path | None, typer.Option(help="Text file, one prompt a line.")] = None,
+    init_image: Annotated[Path | None, typer.Option(help="Init image for every run (image-to-image).")] = None,
+    img2img: Annotated[bool, typer.Option("--img2img", help="Start each run from its reference image.")] = False,
+    steer: Annotated[Path | None, typer.Option("--steer", help="Steering direction for the runs.")] = None,
+    alphas: Annotated[str | None, typer.Option(help="Axis vl.alpha, comma-separated.")] = None,
+    layers: Annotated[str | None, typer.Option(help="Axis vl.hidden_layer.")] = None,
+    token_modes: Annotated[str | None, typer.Option(help="Axis vl.token_mode.")] = None,
+    blend_modes: Annotated[str | None, typer.Option(help="Axis vl.blend.")] = None,
+    normalize: Annotated[str | None, typer.Option(help="Axis vl.normalize.")] = None,
+    outlier_masking: Annotated[str | None, typer.Option(help="Axis vl.outlier_masking.")] = None,
+    strengths: Annotated[str | None, typer.Option(help="Axis generation.strength.")] = None,
+    steps: Annotated[str | None, typer.Option(help="Axis generation.steps.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds (each run is repeated per seed).")] = None,
+    schedules: Annotated[str | None, typer.Option(help="Axis vl.alpha_schedule (';'-separated).")] = None,
+    width: Annotated[int | None, typer.Option(help="Fixed generation.width.")] = None,
+    height: Annotated[int | None, typer.Option(help="Fixed generation.height.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Fixed seed (same as --seeds N).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Fixed generation.guidance.")] = None,
+    shift: Annotated[float | None, typer.Option(help="Fixed generation.shift.")] = None,
+    strength: Annotated[float | None, typer.Option(help="Fixed generation.strength.")] = None,
+    alpha: AlphaOpt = None,
+    blend: BlendOpt = None,
+    resample: ResampleOpt = None,
+    token_mode: TokenModeOpt = None,
+    vl_layer: VLLayerOpt = None,
+    vl_layers: VLLayersOpt = None,
+    alpha_schedule: ScheduleOpt = None,
+    inject_layers: InjectOpt = None,
+    blend_option: BlendOptionOpt = None,
+    no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Leave out the pure-text baselines.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted sweep in OUTPUT.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and stop.")] = False,
+    as_json: JsonOpt = False,
+    batch_size: Annotated[int, typer.Option(help="Runs per diffusers call when they can share one.", min=1)] = 1,
+    executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    config: ConfigOpt = None,
+    profile: ProfileOpt = "default",
+    models: ModelsOpt = None,
+    zimage: ZImageOpt = None,
+    vl: VLOpt = None,
+    low_memory: LowMemOpt = None,
+) -> None:
+    """Run a sweep: every combination of the axes (plus the pure-text baseline) with metrics, grid and report."""
+    from .sweep import PRESETS, SweepSpec, expand, plan, resolve_spec
+
+    if list_presets:
+        for name in PRESETS:
+            probe = resolve_spec(SweepSpec(prompts=["p"], images=["i"], steer="s"), name, {}, {})
+            print(f"{name:18} {len(expand(probe)):3d} runs per prompt x image x seed (baseline included)")
+        return
+    if executor not in ("local", "ray"):
+        raise UserError(f"unknown executor '{executor}' (valid: local, ray)")
+    base_spec = SweepSpec.from_toml(spec) if spec else SweepSpec()
+    prompts = list(prompt or [])
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise UserError(f"prompts file not found: {prompts_file}")
+        prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+    updates: dict[str, Any] = {
+        "baseline": base_spec.baseline and not no_baseline,
+        "img2img": base_spec.img2img or img2img,
+    }
+    if prompts:
+        updates["prompts"] = prompts
+    if image:
+        updates["images"] = [str(p) for p in image]
+    if init_image:
+        updates["init_image"] = str(init_image)
+    if steer:
+        updates["steer"] = str(steer)
+    if seeds or seed is not None:
+        updates["seeds"] = [int(x) for x in parse_list(seeds, int, "--seeds")] if seeds else [seed]
+    axes = {
+        "vl.alpha": parse_list(alphas, float, "--alphas"),
+        "vl.hidden_layer": parse_list(layers, int, "--layers"),
+        "vl.token_mode": parse_list(token_modes, str, "--token-modes"),
+        "vl.blend": parse_list(blend_modes, str, "--blend-modes"),
+        "vl.normalize": parse_list(normalize, str, "--normalize"),
+        "vl.outlier_masking": parse_list(outlier_masking, str, "--outlier-masking"),
+        "generation.strength": parse_list(strengths, float, "--strengths"),
+        "generation.steps": parse_list(steps, int, "--steps"),
+        "vl.alpha_schedule": schedules.split(";") if schedules else None,
+    }
+    fixed = {
+        "generation.width": width,
+        "generation.height": height,
+        "generation.guidance": guidance,
+        "generation.shift": shift,
+        "generation.strength": strength,
+        "vl.alpha": alpha,
+        "vl.blend": blend,
+        "vl.resample": resample,
+        "vl.token_mode": token_mode,
+        "vl.hidden_layer": vl_layer,
+        "vl.layers": vl_layers,
+        "vl.alpha_schedule": alpha_schedule,
+        "vl.inject_layers": parse_int_list(inject_layers, "--inject-layers"),
+        "vl.blend_options": parse_blend_options(blend_option),
+    }
+    resolved = resolve_spec(base_spec.model_copy(update=updates), preset, axes, fixed)
+    cfg = resolve(config, profile, models, zimage, vl, models__low_memory=low_memory)
+    if dry_run:
+        from .sweep import expand as expand_runs
+
+        runs = expand_runs(resolved)
+        work = plan(cfg, runs)
+        if as_json:
+            print(json.dumps({**work, "runs": len(runs), "run_list": runs}, indent=2, default=str))
+        else:
+            print(
+                f"{len(runs)} runs, {len(work['unique_extractions'])} unique VL extractions "
+                f"({sum(len(e['layers']) for e in work['unique_extractions'])} layers), "
+                f"{len(work['unique_encodes'])} unique text encodes"
+            )
+        return
+    from .report import build_report
+    from .runner import run_sweep, write_metrics
+
+    summary = run_sweep(cfg, resolved, output, resume=resume, batch_size=batch_size, executor=executor)
+    write_metrics(output)
+    grid, html = build_report(output)
+    if as_json:
+        print(json.dumps(summary | {"grid": str(grid), "report": str(html)}, indent=2))
+    else:
+        console.print(
+            f"{summary['completed']}/{summary['runs']} runs done ({summary['failed']} failed), "
+            f"{summary['vl_forward_passes']} VL and {summary['text_forward_passes']} text forward passes"
+        )
+        print(html)
+
+
+def parse_list(spec: str | None, kind: type, label: str) -> list[Any] | None:
+    """`"0.1,0.3"` -> `[0.1, 0.3]`."""
+    if spec is None:
+        return None
+    try:
+        return [kind(x.strip()) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"bad {label} '{spec}': expected {kind.__name__} values separated by commas") from None
+
+
+@app.command()
+def metrics(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) -> None:
+    """Recompute metrics.json for a sweep directory."""
+    from .runner import write_metrics
+
+    if not (sweep_dir / "results.jsonl").is_file():
+        raise UserError(f"not a sweep directory (no results.jsonl): {sweep_dir}")
+    print(json.dumps(write_metrics(sweep_dir), indent=2))
+
+
+@app.command()
+def report(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) -> None:
+    """Rebuild grid.png and report.html for a sweep directory."""
+    from .report import build_report
+
+    if not (sweep_dir / "results.jsonl").is_file():
+        raise UserError(f"not a sweep directory (no results.jsonl): {sweep_dir}")
+    for path in build_report(sweep_dir):
+        print(path)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the demo outputs.")] = Path("out/demo"),
+    image: Annotated[Path | None, typer.Option("--image", "-i", help="Reference image.")] = None,
+) -> None:
+    """The whole pipeline on the tiny offline models: a reference-conditioned image with its sidecar, then the
+    `vl_only_vs_qwen3` sweep with metrics, grid and report. Rerunning it finishes or reuses earlier work."""
+    from .files import load_image, save_image
+    from .generate import Generator
+    from .report import build_report
+    from .runner import run_sweep, write_metrics
+    from .sweep import SweepSpec, resolve_spec
+
+    ref = image or Path(str(resources.files("llm_dit") / "data" / "demo_reference.png"))
+    prompt = "a house by the sea at sunset"
+    small = {"generation.width": 128, "generation.height": 128, "generation.steps": 4}
+    cfg = resolve(None, "default", "tiny", None, None, **{k.replace(".", "__"): v for k, v in small.items()})
+    result = Generator(cfg).generate(prompt, reference=load_image(ref, "reference image"))
+    single = save_image(result.image, out / "reference_conditioned.png", result.record)
+    print(f"reference-conditioned image: {single} (settings in {single.with_suffix('.json')})")
+
+    spec = resolve_spec(SweepSpec(prompts=[prompt], images=[str(ref)]), "vl_only_vs_qwen3", {}, small)
+    summary = run_sweep(cfg, spec, out / "sweep", resume=True)
+    write_metrics(out / "sweep")
+    _, html = build_report(out / "sweep")
+    print(f"sweep: {summary['completed']} runs, {summary['vl_forward_passes']} VL forward passes")
+    print(f"report: {html}")
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,5 @@
+"""`python -m llm_dit` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,245 @@
+"""Running a sweep: prime the caches with the plan's unique forward passes, then generate every run not yet done,
+writing each result atomically (its image, then one line of `results.jsonl`), so a sweep killed at any point
+resumes without losing or duplicating work. A lock file refuses a second sweep into the same directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .config import Config
+from .errors import UserError
+from .files import atomic_write_bytes, image_bytes, library_versions, load_image, write_json
+from .generate import Generator, Prepared, Result
+from .steer import load_direction
+from .sweep import SweepSpec, expand, iter_jsonl, plan, run_config
+
+
+@contextmanager
+def sweep_lock(out_dir: Path) -> Iterator[None]:
+    """Exclusive lock on `out_dir/.lock` for the life of a sweep; a second sweep into the same directory fails."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another sweep is writing to {out_dir}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line with a single write and fsync it."""
+    data = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def repair_tail(path: Path) -> None:
+    """Cut a torn last line (a crash mid-write) so appends start on a fresh line."""
+    if path.exists() and (data := path.read_bytes()) and not data.endswith(b"\n"):
+        atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
+
+
+class Inputs:
+    """Images and directions a sweep reads, each loaded once."""
+
+    def __init__(self) -> None:
+        self._images: dict[str, Image.Image] = {}
+        self._directions: dict[str, Any] = {}
+
+    def image(self, path: str | None, label: str) -> Image.Image | None:
+        if path is None:
+            return None
+        if path not in self._images:
+            self._images[path] = load_image(path, label)
+        return self._images[path]
+
+    def direction(self, path: str):
+        if path not in self._directions:
+            self._directions[path] = load_direction(path)[0]
+        return self._directions[path]
+
+
+def prepare_run(gen: Generator, base: Config, run: dict[str, Any], inputs: Inputs) -> Prepared:
+    """Point the generator at the run's config and prepare its conditioning."""
+    gen.config = run_config(base, run)
+    kwargs: dict[str, Any] = {}
+    if run["kind"] == "variant":
+        if run.get("steer"):
+            kwargs["steer"] = inputs.direction(run["steer"])
+        elif run["image"] is not None:
+            kwargs["reference"] = inputs.image(run["image"], "reference image")
+    return gen.prepare(run["prompt"], init_image=inputs.image(run["init_image"], "init image"), **kwargs)
+
+
+def prime(gen: Generator, base: Config, work: dict[str, Any], inputs: Inputs) -> None:
+    """Run the plan's unique forward passes once; every run then reads them from the cache."""
+    for e in work["unique_extractions"]:
+        with contextlib.suppress(UserError):  # a bad input fails its own runs later, with its message
+            gen.vl.hidden_rows(inputs.image(e["image"], "reference image"), e["text"], e["layers"], e["system_prompt"])
+    for e in work["unique_encodes"]:
+        gen.config = base.model_copy(update={"encoder": base.encoder.model_copy(update=e["encoder"])})
+        with contextlib.suppress(UserError):
+            gen.encode(e["prompt"])
+
+
+def batches(runs: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for i in range(0, len(runs), size):
+        yield runs[i : i + size]
+
+
+def render_batch(gen: Generator, prepared: list[Prepared]) -> list[Result]:
+    """One diffusers call for runs that can share it, else one call each."""
+    if all(p.batchable_with(prepared[0]) for p in prepared):
+        return gen.render(prepared)
+    return [gen.render([p])[0] for p in prepared]
+
+
+def run_sweep(
+    base: Config,
+    spec: SweepSpec,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    batch_size: int = 1,
+    executor: str = "local",
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run `spec` into `out_dir`; returns the `sweep.json` summary."""
+    out = Path(out_dir)
+    runs = expand(spec)
+    t0 = time.perf_counter()
+    with sweep_lock(out):
+        results = out / "results.jsonl"
+        if results.exists() and not resume:
+            raise UserError(f"{out} already holds a sweep: pass --resume to finish it, or use a new directory")
+        repair_tail(results)
+        done = {r["id"] for r in iter_jsonl(results)}
+        todo = [r for r in runs if r["id"] not in done]
+        write_json(out / "spec.json", {"spec": spec.model_dump(), "config": base.model_dump(), "runs": runs})
+        work = plan(base, todo)
+        gen = Generator(base)
+        if executor == "ray":
+            from .distributed import run_on_ray
+
+            records = run_on_ray(base, todo, work, out, batch_size)
+        else:
+            records = run_local(gen, base, todo, work, out, batch_size, on_result)
+        counts = gen.forward_passes() if executor == "local" else records["forward_passes"]
+        finished = list(iter_jsonl(results))
+        summary = {
+            "name": spec.name,
+            "runs": len(runs),
+            "completed": sum(r["status"] == "ok" for r in finished),
+            "failed": sum(r["status"] == "failed" for r in finished),
+            "ran_now": len(todo),
+            "vl_forward_passes": counts["vl"],
+            "text_forward_passes": counts["text"],
+            "cache_hits": gen.cache.hits,
+            "cache_misses": gen.cache.misses,
+            "plan": {
+                "unique_extractions": len(work["unique_extractions"]),
+                "unique_encodes": len(work["unique_encodes"]),
+            },
+            "executor": executor,
+            "batch_size": batch_size,
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+            "versions": library_versions(),
+        }
+        write_json(out / "sweep.json", summary)
+    return summary
+
+
+def run_local(
+    gen: Generator,
+    base: Config,
+    todo: list[dict[str, Any]],
+    work: dict[str, Any],
+    out: Path,
+    batch_size: int,
+    on_result: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Generate `todo` in this process with a progress bar; a failing run is recorded and the sweep goes on."""
+    inputs = Inputs()
+    prime(gen, base, work, inputs)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("sweep", total=len(todo))
+        for batch in batches(todo, batch_size):
+            ready: list[tuple[dict[str, Any], Prepared]] = []
+            for run in batch:
+                try:
+                    ready.append((run, prepare_run(gen, base, run, inputs)))
+                except Exception as e:
+                    finish(out, run, None, e, on_result)
+            if ready:
+                try:
+                    results = render_batch(gen, [p for _, p in ready])
+                    for (run, _), result in zip(ready, results, strict=True):
+                        finish(out, run, result, None, on_result)
+                except Exception as e:
+                    for run, _ in ready:
+                        finish(out, run, None, e, on_result)
+            progress.advance(task, len(batch))
+
+
+def finish(
+    out: Path,
+    run: dict[str, Any],
+    result: Result | None,
+    error: BaseException | None,
+    on_result: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Write a run's image (atomically), then its line in results.jsonl: a line on disk means a complete run."""
+    line = {k: run[k] for k in ("id", "kind", "label", "prompt", "image", "init_image", "steer", "settings")}
+    if result is not None:
+        output = f"images/{run['id']}.png"
+        atomic_write_bytes(out / output, image_bytes(result.image))
+        line |= {"status": "ok", "output": output, "record": result.record}
+    else:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        line |= {"status": "failed", "error": f"{type(error).__name__}: {message}"}
+    append_line(out / "results.jsonl", line)
+    if on_result is not None:
+        on_result(line)
+
+
+def write_metrics(out_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Model-free metrics of every finished run into `metrics.json`: colour-histogram similarity to its reference
+    image, SSIM to its group's same-seed pure-text baseline, grid-artifact score and high-frequency energy."""
+    from .metrics import compute_image_metrics
+
+    out = Path(out_dir)
+    latest = {r["id"]: r for r in iter_jsonl(out / "results.jsonl") if r["status"] == "ok"}
+    group = lambda r: (r["prompt"], r["image"], r["settings"].get("generation.seed"))  # noqa: E731
+    baselines = {group(r): r for r in latest.values() if r["kind"] == "baseline"}
+    inputs = Inputs()
+    metrics: dict[str, dict[str, float]] = {}
+    for rid, r in latest.items():
+        image = Image.open(out / r["output"]).convert("RGB")
+        base = baselines.get(group(r))
+        metrics[rid] = compute_image_metrics(
+            image,
+            reference=inputs.image(r["image"], "reference image"),
+            baseline=Image.open(out / base["output"]).convert("RGB") if base and base["id"] != rid else None,
+        )
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,263 @@
+"""Sweeps: a spec of fixed settings and axes, expanded into runs, planned so no forward pass is wasted, and run
+resumably into a directory of images, `results.jsonl` and `sweep.json`.
+
+A run is a set of config overrides (`{"vl.alpha": 0.3, ...}`) plus a prompt, a reference image and a seed. The
+pure-text baseline of each (prompt, image, seed) is one more run (`kind: baseline`) unless disabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .condition import parse_layer_weights
+from .config import Config
+from .errors import UserError
+
+# CLI axis flags -> config keys (a sweep axis is any config key; these are the named shortcuts).
+AXIS_FLAGS = {
+    "alphas": "vl.alpha",
+    "layers": "vl.hidden_layer",
+    "token_modes": "vl.token_mode",
+    "blend_modes": "vl.blend",
+    "normalize": "vl.normalize",
+    "outlier_masking": "vl.outlier_masking",
+    "strengths": "generation.strength",
+    "steps": "generation.steps",
+    "seeds": "generation.seed",
+    "schedules": "vl.alpha_schedule",
+}
+
+
+class SweepSpec(BaseModel):
+    """What to run. `axes` are crossed; `variants` are listed runs (each a set of overrides) crossed with the axes;
+    every run is repeated for each prompt x image x seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "sweep"
+    fixed: dict[str, Any] = {}
+    axes: dict[str, list[Any]] = {}
+    variants: list[dict[str, Any]] = []
+    prompts: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)
+    init_image: str | None = None
+    img2img: bool = False  # each run starts from its reference image unless init_image is set
+    steer: str | None = None  # a steering direction file: runs are conditioned by it instead of the image
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    baseline: bool = True
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> SweepSpec:
+        path = Path(path)
+        try:
+            return cls.model_validate(tomllib.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UserError(f"sweep spec not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"sweep spec {path} is not valid TOML: {e}") from None
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise UserError(f"sweep spec {path}: '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "alpha": {"axes": {"vl.alpha": [0.1, 0.3, 0.5, 0.7, 1.0]}},
+    "layer": {"axes": {"vl.hidden_layer": [-2, -4, -6, -8]}},
+    "token": {"axes": {"vl.token_mode": ["full", "text_only", "image_only", "image_no_markers"]}},
+    "normalization": {"axes": {"vl.normalize": ["none", "global", "per_dim", "hybrid"]}},
+    "outlier": {
+        "fixed": {"vl.hidden_layer": -2, "vl.token_mode": "full", "vl.alpha": 1.0, "vl.blend": "interpolate"},
+        "axes": {"vl.outlier_masking": ["none", "zero", "clamp", "scale", "reference"]},
+    },
+    "full": {
+        "axes": {
+            "vl.hidden_layer": [-2, -6],
+            "vl.token_mode": ["full", "image_only"],
+            "vl.alpha": [0.3, 0.6],
+            "vl.blend": ["interpolate", "adain_per_dim"],
+        }
+    },
+    "vl_only_vs_qwen3": {
+        "baseline": True,
+        "variants": [
+            {"label": "vl_text_tokens", "vl.token_mode": "text_only", "vl.alpha": 1.0, "vl.blend": "interpolate"},
+            {"label": "vl_full_sequence", "vl.token_mode": "full", "vl.alpha": 1.0, "vl.blend": "interpolate"},
+            {"label": "blend_0.3", "vl.alpha": 0.3},
+        ],
+    },
+    "style_transfer": {
+        "fixed": {"generation.steps": 4, "vl.blend": "adain_per_dim", "vl.token_mode": "full"},
+        "axes": {"vl.alpha": [0.3, 0.4, 0.5]},
+    },
+    "blend_comparison": {
+        "axes": {"vl.blend": ["interpolate", "adain", "adain_per_dim", "slerp"], "vl.alpha": [0.3, 0.5]},
+    },
+    "strength_sweep": {"img2img": True, "axes": {"generation.strength": [0.5, 0.7, 0.9, 1.0]}},
+    "think_comparison": {"axes": {"encoder.think_block": [False, True]}},
+    "blend_all": {
+        "axes": {
+            "vl.blend": [
+                "interpolate",
+                "adain",
+                "adain_per_dim",
+                "gem_pool",
+                "svd_style",
+                "whiten",
+                "gram",
+                "attention_weighted",
+                "slerp",
+                "concat",
+            ]
+        }
+    },
+    "pooling": {"axes": {"vl.blend": ["gem_pool", "svd_style", "whiten"], "vl.alpha": [0.3, 0.6]}},
+    "schedule": {
+        "axes": {
+            "vl.alpha_schedule": ["constant", "linear:0.0,0.6", "linear:0.6,0.0", "cosine:0.6,0.0", "step:0.5,0.6,0.0"]
+        }
+    },
+    "steering": {"needs": "steer", "axes": {"vl.alpha": [0.5, 1.0, 2.0]}},
+}
+
+
+def preset_spec(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset '{name}' (valid: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def run_id(run: dict[str, Any]) -> str:
+    """Stable id of a run: a hash of everything that determines its image."""
+    keep = {k: v for k, v in run.items() if k not in ("id", "label")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """All runs of `spec`, baselines first within each (prompt, image, seed) group; duplicates removed."""
+    # a one-valued axis is a fixed setting: it applies to the baselines too and stays out of the labels
+    fixed = {**spec.fixed, **{k: v[0] for k, v in spec.axes.items() if len(v) == 1}}
+    axes = {k: v for k, v in spec.axes.items() if len(v) > 1}
+    combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())] or [{}]
+    variants = spec.variants or [{}]
+    images: list[str | None] = list(spec.images) or [None]
+    runs: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def add(run: dict[str, Any]) -> None:
+        run["id"] = run_id(run)
+        if run["id"] not in seen:
+            seen.add(run["id"])
+            runs.append(run)
+
+    for prompt, image, seed in itertools.product(spec.prompts, images, spec.seeds):
+        init = spec.init_image or (image if spec.img2img else None)
+        group = {"prompt": prompt, "image": image, "init_image": init, "steer": spec.steer}
+        settings_base = {**fixed, "generation.seed": seed}
+        if spec.baseline and (image is not None or spec.steer):
+            add({**group, "kind": "baseline", "label": "text only", "settings": settings_base})
+        for variant, combo in itertools.product(variants, combos):
+            settings = {**settings_base, **{k: v for k, v in variant.items() if k != "label"}, **combo}
+            label = " ".join(
+                filter(None, [variant.get("label"), *(f"{k.split('.')[-1]}={v}" for k, v in combo.items())])
+            )
+            add({**group, "kind": "variant", "label": label or "run", "settings": settings})
+    return runs
+
+
+def varying_keys(runs: list[dict[str, Any]]) -> list[str]:
+    """Settings keys whose value differs between variant runs (the grid's axes), in first-seen order."""
+    variants = [r for r in runs if r["kind"] == "variant"]
+    keys: list[str] = []
+    for r in variants:
+        keys += [k for k in r["settings"] if k not in keys]
+    return [k for k in keys if len({json.dumps(r["settings"].get(k), default=str) for r in variants}) > 1]
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a JSON-lines file; a torn last line (a crash mid-write) is skipped."""
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue
+
+
+def run_config(base: Config, run: dict[str, Any]) -> Config:
+    """The resolved config of one run: `base` with the run's overrides (validated)."""
+    from .config import ConfigError
+
+    data = base.model_dump()
+    for dotted, value in run["settings"].items():
+        section, _, key = dotted.partition(".")
+        if section not in data or key not in data[section]:
+            raise UserError(f"unknown setting '{dotted}' in sweep")
+        data[section][key] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(
+            f"bad value for '{'.'.join(map(str, err['loc']))}' in run {run['id']}: {err['msg']}"
+        ) from None
+
+
+def resolve_spec(
+    spec: SweepSpec, preset: str | None, cli_axes: dict[str, list[Any]], cli_fixed: dict[str, Any]
+) -> SweepSpec:
+    """Preset (if any) < spec file < CLI axes and fixed values; checks what a sweep may not vary."""
+    data = spec.model_dump()
+    if preset:
+        p = dict(preset_spec(preset))
+        needs = p.pop("needs", None)
+        data["fixed"] = {**p.pop("fixed", {}), **data["fixed"]}
+        data["axes"] = {**p.pop("axes", {}), **data["axes"]}
+        data["variants"] = data["variants"] or p.pop("variants", [])
+        data |= {k: v for k, v in p.items() if k not in data or data[k] in (None, False, "sweep")}
+        data["name"] = preset if spec.name == "sweep" else spec.name
+        if needs == "steer" and not data["steer"]:
+            raise UserError(f"preset '{preset}' needs a steering direction: give --steer FILE")
+    data["axes"] |= {k: v for k, v in cli_axes.items() if v}
+    data["fixed"] |= {k: v for k, v in cli_fixed.items() if v is not None}
+    for key in (*data["axes"], *data["fixed"]):
+        if key.startswith("models.") or key.split(".")[-1] in ("device", "dtype"):
+            raise UserError(f"'{key}' cannot vary within a sweep: models and devices are fixed per sweep")
+    if data["img2img"] and not (data["init_image"] or data["images"]):
+        raise UserError("an image-to-image sweep needs --image (used as the init image) or --init-image")
+    if not data["prompts"]:
+        raise UserError("a sweep needs at least one prompt (--prompt or --prompts-file)")
+    return SweepSpec.model_validate(data)
+
+
+def plan(base: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The work `runs` need, deduplicated: each unique (image, text, VL system prompt) is extracted once with all
+    its layers in one forward pass; each unique (prompt, encoder settings) is encoded once."""
+    extractions: dict[str, dict[str, Any]] = {}
+    encodes: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        cfg = run_config(base, run)
+        enc = cfg.encoder.model_dump(exclude={"device", "dtype"})
+        encodes.setdefault(json.dumps([run["prompt"], enc], sort_keys=True), {"prompt": run["prompt"], "encoder": enc})
+        if run["kind"] == "baseline" or run["image"] is None or run.get("steer"):
+            continue
+        v = cfg.vl
+        layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
+        key = json.dumps([run["image"], run["prompt"], v.system_prompt])
+        entry = extractions.setdefault(
+            key, {"image": run["image"], "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
+        )
+        entry["layers"] = sorted(set(entry["layers"]) | set(layers))
+    return {
+        "runs": len(runs),
+        "unique_extractions": list(extractions.values()),
+        "unique_encodes": list(encodes.values()),
+    }

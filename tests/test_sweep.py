@@ -1,0 +1,183 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+from llm_dit.report import grid_layout
+from llm_dit.sweep import PRESETS, SweepSpec, expand, iter_jsonl, resolve_spec
+
+from .conftest import REPO
+
+REF = REPO / "examples" / "reference-images" / "test_scene.png"
+TINY = ["--models", "tiny", "--width", "32", "--height", "32", "--steps", "2"]
+
+
+def results(d):
+    return list(iter_jsonl(d / "results.jsonl"))
+
+
+def test_list_presets_names_every_preset_with_counts(cli):
+    r = cli("sweep", "-o", "unused", "--list-presets")
+    assert r.code == 0
+    lines = r.out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(PRESETS)
+    assert all("runs" in line and line.split()[1].isdigit() for line in lines)
+    counts = {line.split()[0]: int(line.split()[1]) for line in lines}
+    assert counts["vl_only_vs_qwen3"] == 4 and counts["outlier"] == 6 and counts["blend_all"] == 11
+
+
+def test_baseline_appears_once_per_prompt_and_image():
+    spec = resolve_spec(SweepSpec(prompts=["a", "b"], images=["x.png", "y.png"]), "alpha", {}, {})
+    runs = expand(spec)
+    baselines = [r for r in runs if r["kind"] == "baseline"]
+    assert len(baselines) == 4 and len({(r["prompt"], r["image"]) for r in baselines}) == 4
+    assert len(runs) == 4 * (1 + len(PRESETS["alpha"]["axes"]["vl.alpha"]))
+    no_base = resolve_spec(SweepSpec(prompts=["a"], images=["x.png"], baseline=False), "alpha", {}, {})
+    assert all(r["kind"] == "variant" for r in expand(no_base))
+    think = expand(resolve_spec(SweepSpec(prompts=["a"], images=["x.png"]), "think_comparison", {}, {}))
+    assert sorted(r["settings"].get("encoder.think_block") for r in think if r["kind"] == "variant") == [False, True]
+
+
+def test_vl_only_vs_qwen3_writes_results_grid_report_and_summary(cli, zoo, tmp_path):
+    out = tmp_path / "s"
+    r = cli("sweep", "--preset", "vl_only_vs_qwen3", "-i", REF, "-p", "a house", *TINY, "-o", out)
+    assert r.code == 0, r.err
+    rows = results(out)
+    assert len(rows) == 4 and all(x["status"] == "ok" for x in rows)
+    assert [x["kind"] for x in rows].count("baseline") == 1
+    for x in rows:
+        assert (out / x["output"]).is_file()
+        assert x["record"]["settings"]["generation.width"] == 32
+    html = (out / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html
+    assert (out / "grid.png").is_file()
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["runs"] == summary["completed"] == 4 and summary["failed"] == 0
+    by_label = {x["label"]: x for x in rows}
+    assert by_label["vl_text_tokens"]["record"]["conditioning"]["vl"]["-6"]["token_mode"] == "text_only"
+    assert by_label["vl_full_sequence"]["record"]["settings"]["vl.alpha"] == 1.0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {x["id"] for x in rows}
+    assert all("ssim_to_baseline" in metrics[x["id"]] for x in rows if x["kind"] == "variant")
+
+
+def test_three_layers_two_alphas_cost_one_forward_pass_each_and_zero_on_rerun(cli, zoo, tmp_path):
+    args = ["--layers", "-2,-4,-6", "--alphas", "0.3,0.6", "-i", REF, "-p", "a lighthouse", *TINY]
+    plan = cli("sweep", *args, "-o", tmp_path / "x", "--dry-run", "--json")
+    assert plan.code == 0, plan.err
+    work = json.loads(plan.out)
+    assert work["runs"] == 7 and len(work["unique_extractions"]) == 1 and len(work["unique_encodes"]) == 1
+    assert work["unique_extractions"][0]["layers"] == [-6, -4, -2]
+    assert cli("sweep", *args, "-o", tmp_path / "a").code == 0
+    first = json.loads((tmp_path / "a" / "sweep.json").read_text())
+    assert (first["vl_forward_passes"], first["text_forward_passes"], first["completed"]) == (1, 1, 7)
+    assert cli("sweep", *args, "-o", tmp_path / "b").code == 0
+    again = json.loads((tmp_path / "b" / "sweep.json").read_text())
+    assert (again["vl_forward_passes"], again["text_forward_passes"], again["completed"]) == (0, 0, 7)
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(cli, zoo, tmp_path):
+    out = tmp_path / "f"
+    r = cli(
+        "sweep",
+        "--blend-modes",
+        "interpolate,slerp",
+        "--alpha",
+        "0.3",
+        "--blend-option",
+        "k=3",
+        "-i",
+        REF,
+        "-p",
+        "a boat",
+        *TINY,
+        "-o",
+        out,
+    )
+    assert r.code == 0, r.err
+    rows = results(out)
+    assert [x["status"] for x in rows].count("failed") == 2  # neither mode takes option k
+    assert all("k" in x["error"] for x in rows if x["status"] == "failed")
+    assert json.loads((out / "sweep.json").read_text())["failed"] == 2
+    assert cli("report", out).code == 0
+
+
+def test_existing_directory_needs_resume_and_a_second_sweep_is_locked_out(cli, zoo, tmp_path):
+    out = tmp_path / "r"
+    args = ["--alphas", "0.5", "-i", REF, "-p", "a tree", *TINY, "-o", out]
+    assert cli("sweep", *args).code == 0
+    r = cli("sweep", *args)
+    assert r.code == 2 and "--resume" in r.err
+    r = cli("sweep", *args, "--resume")
+    assert r.code == 0 and len(results(out)) == 2
+    import fcntl
+
+    fd = os.open(out / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = cli("sweep", *args, "--resume")
+        assert r.code == 2 and "another sweep" in r.err
+    finally:
+        os.close(fd)
+
+
+def test_sigkill_then_resume_runs_everything_exactly_once(zoo, tmp_path):
+    out = tmp_path / "k"
+    cmd = [
+        sys.executable,
+        "-m",
+        "llm_dit",
+        "sweep",
+        "--alphas",
+        "0.1,0.2,0.3,0.4,0.5",
+        "-i",
+        str(REF),
+        "-p",
+        "a mill",
+        *TINY,
+        "-o",
+        str(out),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and len(results(out)) < 1:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(results(out))
+    assert 1 <= killed_at < 6
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    rows = results(out)
+    ids = [x["id"] for x in rows]
+    assert len(ids) == len(set(ids)) == 6
+    assert all((out / x["output"]).is_file() for x in rows)
+
+
+def test_outlier_preset_grid_has_every_masking_mode_in_its_own_cell(cli, zoo, tmp_path):
+    out = tmp_path / "o"
+    assert cli("sweep", "--preset", "outlier", "-i", REF, "-p", "a house", *TINY, "-o", out).code == 0
+    rows = results(out)
+    modes = {x["settings"]["vl.outlier_masking"] for x in rows if x["kind"] == "variant"}
+    assert modes == {"none", "zero", "clamp", "scale", "reference"}
+    layout = grid_layout(rows)
+    cells = [c.run_id for block in layout.blocks for row in block.cells for c in row if c and c.kind == "variant"]
+    assert sorted(cells) == sorted(x["id"] for x in rows if x["kind"] == "variant")  # 5 runs, 5 distinct cells
+
+
+def test_batched_generation_matches_one_at_a_time(cli, zoo, tmp_path):
+    args = ["--alphas", "0.2,0.4,0.6", "-i", REF, "-p", "a bridge", *TINY]
+    assert cli("sweep", *args, "-o", tmp_path / "one").code == 0
+    assert cli("sweep", *args, "--batch-size", "4", "-o", tmp_path / "four").code == 0
+    one, four = results(tmp_path / "one"), results(tmp_path / "four")
+    assert max(x["record"]["conditioning"]["batch_size"] for x in four) == 4
+    for a in one:
+        b = next(x for x in four if x["id"] == a["id"])
+        pa = np.asarray(Image.open(tmp_path / "one" / a["output"])).astype(int)
+        pb = np.asarray(Image.open(tmp_path / "four" / b["output"])).astype(int)
+        assert np.abs(pa - pb).max() <= 2
