@@ -128,3 +128,19 @@ def test_low_memory_releases_encoders_before_the_dit(gen):
     assert g._text_encoder is not None and g._vl is not None
     _ = g.pipeline
     assert g._text_encoder is None and g._vl is None
+
+
+def test_schedule_and_injection_reach_generation(cli, zoo, tmp_path):
+    base = ["--models", "tiny", "-p", "a house", "-i", REF, *SMALL, "--steps", "4"]
+    assert cli("generate", *base, "-o", tmp_path / "const.png").code == 0
+    r = cli("generate", *base, "--alpha-schedule", "linear:0.0,0.6", "-o", tmp_path / "ramp.png")
+    assert r.code == 0, r.err
+    c = json.loads((tmp_path / "ramp.json").read_text())["conditioning"]
+    assert c["alphas"] == pytest.approx([0.0, 0.2, 0.4, 0.6]) and c["alphas_used"] == pytest.approx(c["alphas"])
+    r = cli("generate", *base, "--inject-layers", "1", "-o", tmp_path / "inject.png")
+    assert r.code == 0, r.err
+    assert json.loads((tmp_path / "inject.json").read_text())["settings"]["vl.inject_layers"] == [1]
+    images = [pixels(tmp_path / f"{n}.png") for n in ("const", "ramp", "inject")]
+    assert not np.array_equal(images[0], images[1]) and not np.array_equal(images[0], images[2])
+    r = cli("generate", *base, "--inject-layers", "7", "-o", tmp_path / "bad.png")
+    assert r.code == 2 and "blocks" in r.err and not (tmp_path / "bad.png").exists()

@@ -125,3 +125,35 @@ def test_bad_directions_are_not_saved_and_non_files_are_refused(tmp_path):
     junk.write_bytes(b"not a tensor file")
     with pytest.raises(UserError, match="not a safetensors file"):
         load_direction(junk)
+
+
+def test_cli_steer_builds_a_direction_that_generate_applies(cli, zoo, tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from .conftest import REPO
+
+    refs = REPO / "examples" / "reference-images"
+    pairs = tmp_path / "pairs.toml"
+    pairs.write_text(
+        "[[pairs]]\n"
+        f'prompt = "a house"\npositive = "{refs / "style_pixel_art.png"}"\nnegative = "{refs / "house2.png"}"\n'
+        "[[pairs]]\n"
+        f'prompt = "a wave"\npositive = "{refs / "style_ukiyo_wave.png"}"\nnegative = "{refs / "sunset.png"}"\n'
+    )
+    for method in ("mean_difference", "pca"):
+        r = cli("steer", "--models", "tiny", "--pairs", pairs, "--method", method, "-o", tmp_path / f"{method}.st")
+        assert r.code == 0, r.err
+        d, meta = load_direction(tmp_path / f"{method}.st")
+        assert d.shape == (64,) and abs(float(d.norm()) - 1) < 1e-5 and meta["method"] == method
+    small = ["--models", "tiny", "-p", "a tower", "--steps", "2", "--width", "32", "--height", "32"]
+    assert cli("generate", *small, "-o", tmp_path / "plain.png").code == 0
+    r = cli("generate", *small, "--steer", tmp_path / "pca.st", "--alpha", "1.0", "-o", tmp_path / "steered.png")
+    assert r.code == 0, r.err
+    assert json.loads((tmp_path / "steered.json").read_text())["conditioning"]["source"] == "steer"
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("plain", "steered"))
+    assert np.abs(a - b).max() > 0
+    r = cli("steer", "--models", "tiny", "--pairs", pairs, "--method", "nosuch", "-o", tmp_path / "x.st")
+    assert r.code == 2 and "valid: mean_difference, pca" in r.err

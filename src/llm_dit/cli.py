@@ -427,6 +427,69 @@ def inspect_cmd(
 
 
 @app.command()
+def steer(
+    pairs: Annotated[Path, typer.Option("--pairs", help="TOML: [[pairs]] prompt/positive/negative, or two sets.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Direction file (safetensors).")],
+    method: Annotated[str, typer.Option("--method", help="mean_difference or pca.")] = "mean_difference",
+    layer: VLLayerOpt = None,
+    token_mode: TokenModeOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = "default",
+    models: ModelsOpt = None,
+    zimage: ZImageOpt = None,
+    vl: VLOpt = None,
+) -> None:
+    """Build a steering direction from contrastive VL extractions (styled vs neutral images, same prompt)."""
+    import tomllib
+
+    from .files import library_versions, load_image
+    from .generate import Generator
+    from .steer import direction_mean_difference, direction_pca, save_direction
+
+    methods = {"mean_difference": direction_mean_difference, "pca": direction_pca}
+    if method not in methods:
+        raise UserError(f"unknown method '{method}' (valid: {', '.join(methods)})")
+    try:
+        data = tomllib.loads(pairs.read_text())
+    except FileNotFoundError:
+        raise UserError(f"pairs file not found: {pairs}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"pairs file {pairs} is not valid TOML: {e}") from None
+    if "pairs" in data:
+        items = [(p.get("prompt", ""), p["positive"], p["negative"]) for p in data["pairs"]]
+        examples = {"positive": [(t, pos) for t, pos, _ in items], "negative": [(t, neg) for t, _, neg in items]}
+    elif {"positive", "negative"} <= data.keys():
+        examples = {side: [(data.get("prompt", ""), path) for path in data[side]] for side in ("positive", "negative")}
+    else:
+        raise UserError(f"pairs file {pairs} needs [[pairs]] tables or 'positive' and 'negative' lists")
+    cfg = resolve(config, profile, models, zimage, vl, vl__hidden_layer=layer, vl__token_mode=token_mode)
+    extractor = Generator(cfg).vl
+    rows = {
+        side: [
+            extractor.extract(
+                load_image(pairs.parent / path, f"{side} image"),
+                text or None,
+                cfg.vl.hidden_layer,
+                token_mode=cfg.vl.token_mode,
+            ).embeddings
+            for text, path in entries
+        ]
+        for side, entries in examples.items()
+    }
+    direction = methods[method](rows["positive"], rows["negative"])
+    meta = {
+        "method": method,
+        "hidden_layer": cfg.vl.hidden_layer,
+        "token_mode": cfg.vl.token_mode,
+        "model": extractor.identity,
+        "examples": {k: [p for _, p in v] for k, v in examples.items()},
+        "versions": library_versions(),
+    }
+    save_direction(output, direction, meta)
+    print(output)
+
+
+@app.command()
 def sweep(
     output: Annotated[Path, typer.Option("--output", "-o", help="Sweep directory.")],
     preset: Annotated[str | None, typer.Option("--preset", help="A built-in sweep (see --list-presets).")] = None,

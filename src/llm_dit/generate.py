@@ -313,6 +313,7 @@ class Generator:
         seeds = [p.config.generation.seed for p in batch]
         negative = [p.negative for p in batch] if g.guidance > 0 else None
         t0 = time.perf_counter()
+        callback = None
         if len(head.alphas) > 1:
             callback = schedule_callback(lambda a: [head.conditioning.at(a)], head.alphas)
             images = denoise(
@@ -350,6 +351,8 @@ class Generator:
                 "blend_stats": blend_stats(p.conditioning.text, p.first),
                 "batch_size": len(batch),
             }
+            if callback is not None:
+                conditioning["alphas_used"] = list(callback.used)
             record = self.record(p, conditioning=conditioning, init_image=p.init_image is not None)
             results.append(Result(image, record))
         return results
