@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 import torch
 import torch.nn.functional as F
@@ -117,7 +117,6 @@ class TextEncoder:
         self.cache = cache
         self.forward_passes = 0
         self._load = load
-        self._model: torch.nn.Module | None = None
 
     @classmethod
     def from_pretrained(
@@ -136,11 +135,10 @@ class TextEncoder:
         load = partial(load_model, AutoModel, zimage, dev, dt, subfolder="text_encoder")
         return cls(tokenizer, config, load, model_identity(zimage, "text_encoder"), dt, cache)
 
-    @property
+    @cached_property
     def model(self) -> torch.nn.Module:
-        if self._model is None:
-            self._model = self._load()
-        return self._model
+        """The weights, loaded on first use."""
+        return self._load()
 
     @property
     def num_layers(self) -> int:

@@ -18,7 +18,7 @@ import hashlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,6 @@ class VLEmbeddingExtractor:
         }
         self.forward_passes = 0
         self._load = load
-        self._model: torch.nn.Module | None = None
 
     @classmethod
     def from_pretrained(
@@ -231,11 +230,10 @@ class VLEmbeddingExtractor:
         )
         return cls(config, tokenizer, image_processor, load, model_identity(path_or_id), cache)
 
-    @property
+    @cached_property
     def model(self) -> torch.nn.Module:
-        if self._model is None:
-            self._model = self._load()
-        return self._model
+        """The weights, loaded on first use."""
+        return self._load()
 
     @property
     def num_layers(self) -> int:
