@@ -31,5 +31,8 @@ lint: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
+bench: setup
+	$(BIN)/llm-dit bench --preset small --json out/bench.json
+
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -122,10 +122,13 @@ def test_embedding_files_round_trip_into_generation(cli, zoo, tmp_path):
     assert meta["kind"] == "vl_embeddings" and meta["hidden_layer"] == -6 and len(meta["image_sha256"]) == 64
 
 
-def test_low_memory_releases_encoders_before_the_dit(gen):
-    g = Generator(gen.config.model_copy(update={"models": gen.config.models.model_copy(update={"low_memory": True})}))
-    g.condition("a fox", reference=Image.open(REF).convert("RGB"))
-    assert g._text_encoder is not None and g._vl is not None
+def test_low_memory_stages_text_encoder_then_vl_then_dit(gen):
+    models = gen.config.models.model_copy(update={"low_memory": True})
+    vl = gen.config.vl.model_copy(update={"normalize": "per_dim"})
+    g = Generator(gen.config.model_copy(update={"models": models, "vl": vl}))
+    cond, _ = g.condition("a fox", reference=Image.open(REF).convert("RGB"))
+    assert g._text_encoder is None and g._vl is not None  # text encoder gone before the VL model ran
+    assert cond.record["vl"]["-6"]["settings"]["normalization"] == "per_dim"
     _ = g.pipeline
     assert g._text_encoder is None and g._vl is None
 

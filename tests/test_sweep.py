@@ -181,3 +181,18 @@ def test_batched_generation_matches_one_at_a_time(cli, zoo, tmp_path):
         pa = np.asarray(Image.open(tmp_path / "one" / a["output"])).astype(int)
         pb = np.asarray(Image.open(tmp_path / "four" / b["output"])).astype(int)
         assert np.abs(pa - pb).max() <= 2
+
+
+def test_clip_metrics_join_the_sweep_metrics(cli, zoo, tmp_path):
+    from llm_dit.clip import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path / "clip")
+    out = tmp_path / "c"
+    args = ["--alphas", "0.3", "-i", REF, "-p", "a barn", *TINY, "--clip-model", clip, "-o", out]
+    assert cli("sweep", *args).code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for values in metrics.values():
+        assert -1 <= values["clip_image_similarity"] <= 1 and -1 <= values["clip_text_similarity"] <= 1
+    assert "clip_text_similarity" in (out / "report.html").read_text()
+    r = cli("metrics", out, "--clip-model", tmp_path / "missing")
+    assert r.code == 2 and "missing" in r.err

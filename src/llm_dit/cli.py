@@ -116,6 +116,11 @@ InjectOpt = Annotated[str | None, typer.Option("--inject-layers", help="DiT bloc
 BlendOptionOpt = Annotated[
     list[str] | None, typer.Option("--blend-option", help="Mode option KEY=VALUE, repeatable (vl.blend_options).")
 ]
+ClipOpt = Annotated[
+    str | None, typer.Option("--clip-model", help="CLIP/SigLIP id or path for model-based metrics (optional).")
+]
+
+
 StatsOpt = Annotated[Path | None, typer.Option("--reference-stats", help="Statistics file (vl.reference_stats).")]
 
 
@@ -532,6 +537,7 @@ def sweep(
     as_json: JsonOpt = False,
     batch_size: Annotated[int, typer.Option(help="Runs per diffusers call when they can share one.", min=1)] = 1,
     executor: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    clip_model: ClipOpt = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = "default",
     models: ModelsOpt = None,
@@ -616,7 +622,7 @@ def sweep(
     from .runner import run_sweep, write_metrics
 
     summary = run_sweep(cfg, resolved, output, resume=resume, batch_size=batch_size, executor=executor)
-    write_metrics(output)
+    write_metrics(output, clip_model)
     grid, html = build_report(output)
     if as_json:
         print(json.dumps(summary | {"grid": str(grid), "report": str(html)}, indent=2))
@@ -639,13 +645,13 @@ def parse_list(spec: str | None, kind: type, label: str) -> list[Any] | None:
 
 
 @app.command()
-def metrics(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) -> None:
+def metrics(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory.")], clip_model: ClipOpt = None) -> None:
     """Recompute metrics.json for a sweep directory."""
     from .runner import write_metrics
 
     if not (sweep_dir / "results.jsonl").is_file():
         raise UserError(f"not a sweep directory (no results.jsonl): {sweep_dir}")
-    print(json.dumps(write_metrics(sweep_dir), indent=2))
+    print(json.dumps(write_metrics(sweep_dir, clip_model), indent=2))
 
 
 @app.command()
@@ -686,6 +692,29 @@ def demo(
     _, html = build_report(out / "sweep")
     print(f"sweep: {summary['completed']} runs, {summary['vl_forward_passes']} VL forward passes")
     print(f"report: {html}")
+
+
+@app.command()
+def bench(
+    preset: Annotated[str, typer.Option("--preset", help="Model zoo preset: tiny or small.")] = "small",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed repetitions per figure (after one warm-up).", min=1)] = 5,
+) -> None:
+    """Benchmark against diffusers and the naive workflow; every figure is a ratio measured side by side."""
+    from .bench import SIZES, run_bench
+    from .files import write_json
+
+    if preset not in SIZES:
+        raise UserError(f"unknown preset '{preset}' (valid: {', '.join(SIZES)})")
+    result = run_bench(preset, repeats, progress=lambda step: console.print(f"[dim]bench: {step}[/]"))
+    if json_out is not None:
+        write_json(json_out, result)
+    for name, fig in result.items():
+        if isinstance(fig, dict) and "ratio" in fig:
+            met = "" if "met" not in fig else ("  ok" if fig["met"] else "  MISSED")
+            print(f"{name:34} ratio {fig['ratio']:<8} target {fig.get('target', '-'):<7}{met}")
+    rerun = result["cache_rerun_forward_passes"]
+    print(f"{'cache_rerun_forward_passes':34} vl {rerun['vl']} text {rerun['text']}")
 
 
 def _quiet_libraries() -> None:

@@ -7,6 +7,7 @@ never leaves a half-written output. Tensors are stored only as safetensors (neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -83,8 +84,9 @@ def save_image(image: Image.Image, path: str | Path, record: dict[str, Any]) -> 
     return atomic_write_bytes(path, image_bytes(image))
 
 
+@functools.cache
 def library_versions() -> dict[str, str]:
-    """Versions of Python and of the libraries that shape an output."""
+    """Versions of Python and of the libraries that shape an output (read once per process)."""
     out = {"python": platform.python_version()}
     for name in ("llm-dit", "torch", "diffusers", "transformers", "safetensors", "tokenizers", "pillow", "numpy"):
         try:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -142,13 +142,15 @@ class Generator:
     memory is the largest component's, not the sum.
     """
 
-    def __init__(self, config: Config, cache: TensorCache | None = None) -> None:
+    def __init__(self, config: Config, cache: TensorCache | Literal[False] | None = None) -> None:
+        """`cache`: a `TensorCache`, `None` for the default one under `$LLM_DIT_CACHE`, `False` for none."""
         self.config = config
-        self.cache = cache if cache is not None else TensorCache()
+        self.cache = TensorCache() if cache is None else (cache or None)
         self._text_encoder: TextEncoder | None = None
         self._vl: VLEmbeddingExtractor | None = None
         self._pipeline = None
         self._released_passes = {"text_encoder": 0, "vl": 0}
+        self._stats: dict[int, ReferenceStats] = {}
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -205,10 +207,18 @@ class Generator:
         return parse_layer_weights(v.layers) if v.layers else {v.hidden_layer: 1.0}
 
     def reference_stats(self, layers: list[int]) -> dict[int, ReferenceStats] | ReferenceStats:
-        """`vl.reference_stats` when set, else the text encoder's statistics at exactly these layers."""
+        """`vl.reference_stats` when set, else the text encoder's statistics at exactly these layers (computed
+        once per generator)."""
         if self.config.vl.reference_stats:
             return ReferenceStats.load(self.config.vl.reference_stats)
-        return self.text_encoder.reference_stats(layers)
+        missing = [layer for layer in layers if layer not in self._stats]
+        if missing:
+            self._stats |= self.text_encoder.reference_stats(missing)
+        return {layer: self._stats[layer] for layer in layers}
+
+    def needs_reference_stats(self) -> bool:
+        v = self.config.vl
+        return (v.normalize != "none" or v.outlier_masking != "none") and not v.reference_stats
 
     def extract(self, image: Image.Image, prompt: str) -> tuple[torch.Tensor, dict[str, Any]]:
         """VL rows of `image` + `prompt` with the `vl` settings, layers combined by their weights."""
@@ -251,6 +261,10 @@ class Generator:
         if sum(x is not None for x in (reference, vl_embeddings, embeddings, steer)) > 1:
             raise UserError("give one of: a reference image, VL embeddings, embeddings, a steering direction")
         encoded = self.encode(prompt)
+        if self.config.models.low_memory and (reference is not None or isinstance(neutral, Image.Image)):
+            if self.needs_reference_stats():  # the text encoder's last job, before the VL model loads
+                self.reference_stats(list(self.vl_layers()))
+            self.release("text_encoder")
         text = encoded.embeddings
         v = self.config.vl
         if embeddings is not None:

@@ -307,7 +307,7 @@ def high_frequency_energy(image: ImageLike, cutoff: float = 0.25) -> float:
 
 # --------------------------------------------------------------------------------------------- registry
 
-Needs = Literal["image", "reference", "baseline"]
+Needs = Literal["image", "reference", "baseline", "prompt"]
 
 
 class MetricInfo(NamedTuple):

@@ -7,6 +7,7 @@ naming what was expected.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -82,16 +83,25 @@ def local_folder(path_or_id: str) -> Path:
 
 def model_identity(path_or_id: str, subfolder: str = "") -> dict[str, str]:
     """What names a model's weights in cache keys and records: the id as given, the resolved folder and a
-    fingerprint of its JSON files and weight files (names, sizes and their first and last 64 KiB)."""
+    fingerprint of its JSON files and weight files (names, sizes and their first and last 64 KiB). Computed once
+    per folder state (the folder's files and modification times) in a process."""
     folder = local_folder(path_or_id) / subfolder
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors"))
+    state = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return dict(_fingerprint(path_or_id, folder, state))
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(path_or_id: str, folder: Path, state: tuple) -> tuple[tuple[str, str], ...]:
     h = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")):
-        h.update(f"{file.relative_to(folder)}:{file.stat().st_size}".encode())
+    for name, size, _ in state:
+        file = Path(name)
+        h.update(f"{file.relative_to(folder)}:{size}".encode())
         with open(file, "rb") as f:
             h.update(f.read(1 << 16))
-            f.seek(max(0, file.stat().st_size - (1 << 16)))
+            f.seek(max(0, size - (1 << 16)))
             h.update(f.read())
-    return {"id": path_or_id, "path": str(folder), "fingerprint": h.hexdigest()[:16]}
+    return (("id", path_or_id), ("path", str(folder)), ("fingerprint", h.hexdigest()[:16]))
 
 
 def check_zimage(path_or_id: str) -> None:

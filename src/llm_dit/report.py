@@ -32,10 +32,13 @@ from urllib.parse import quote
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .clip import MODEL_METRICS
 from .errors import UserError
 from .files import atomic_write_bytes, atomic_write_text, image_bytes, load_image
-from .metrics import METRICS
+from .metrics import METRICS as IMAGE_METRICS
 from .sweep import iter_jsonl, varying_keys
+
+METRICS = {**IMAGE_METRICS, **MODEL_METRICS}  # every metric a sweep can hold, with range and direction
 
 __all__ = [
     "Block",

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .cache import TensorCache
 from .config import Config
 from .errors import UserError
 from .files import atomic_write_bytes, image_bytes, library_versions, load_image, write_json
@@ -122,8 +123,10 @@ def run_sweep(
     batch_size: int = 1,
     executor: str = "local",
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    cache: TensorCache | None = None,
 ) -> dict[str, Any]:
-    """Run `spec` into `out_dir`; returns the `sweep.json` summary."""
+    """Run `spec` into `out_dir`; returns the `sweep.json` summary. `cache`: the tensor cache (default: the one
+    under `$LLM_DIT_CACHE`)."""
     out = Path(out_dir)
     runs = expand(spec)
     t0 = time.perf_counter()
@@ -136,11 +139,13 @@ def run_sweep(
         todo = [r for r in runs if r["id"] not in done]
         write_json(out / "spec.json", {"spec": spec.model_dump(), "config": base.model_dump(), "runs": runs})
         work = plan(base, todo)
-        gen = Generator(base)
+        gen = Generator(base, cache)
         if executor == "ray":
             from .distributed import run_on_ray
 
-            records = run_on_ray(base, todo, work, out, batch_size)
+            records = run_on_ray(base, todo, work, out, batch_size, on_result)
+            if gen.cache:  # the actors' cache counts, summed
+                gen.cache.hits, gen.cache.misses = records["cache_hits"], records["cache_misses"]
         else:
             records = run_local(gen, base, todo, work, out, batch_size, on_result)
         counts = gen.forward_passes() if executor == "local" else records["forward_passes"]
@@ -153,8 +158,8 @@ def run_sweep(
             "ran_now": len(todo),
             "vl_forward_passes": counts["vl"],
             "text_forward_passes": counts["text"],
-            "cache_hits": gen.cache.hits,
-            "cache_misses": gen.cache.misses,
+            "cache_hits": gen.cache.hits if gen.cache else 0,
+            "cache_misses": gen.cache.misses if gen.cache else 0,
             "plan": {
                 "unique_extractions": len(work["unique_extractions"]),
                 "unique_encodes": len(work["unique_encodes"]),
@@ -222,10 +227,14 @@ def finish(
         on_result(line)
 
 
-def write_metrics(out_dir: str | Path) -> dict[str, dict[str, float]]:
-    """Model-free metrics of every finished run into `metrics.json`: colour-histogram similarity to its reference
-    image, SSIM to its group's same-seed pure-text baseline, grid-artifact score and high-frequency energy."""
+def write_metrics(out_dir: str | Path, clip_model: str | None = None) -> dict[str, dict[str, float]]:
+    """Metrics of every finished run into `metrics.json`: colour-histogram similarity to its reference image, SSIM
+    to its group's same-seed pure-text baseline, grid-artifact score and high-frequency energy; with `clip_model`
+    (a CLIP or SigLIP id or path) also image-to-reference and image-to-prompt similarity in that model."""
+    from .clip import ClipScorer, compute_model_metrics
     from .metrics import compute_image_metrics
+
+    scorer = ClipScorer.from_pretrained(clip_model) if clip_model else None
 
     out = Path(out_dir)
     latest = {r["id"]: r for r in iter_jsonl(out / "results.jsonl") if r["status"] == "ok"}
@@ -236,10 +245,13 @@ def write_metrics(out_dir: str | Path) -> dict[str, dict[str, float]]:
     for rid, r in latest.items():
         image = Image.open(out / r["output"]).convert("RGB")
         base = baselines.get(group(r))
+        reference = inputs.image(r["image"], "reference image")
         metrics[rid] = compute_image_metrics(
             image,
-            reference=inputs.image(r["image"], "reference image"),
+            reference=reference,
             baseline=Image.open(out / base["output"]).convert("RGB") if base and base["id"] != rid else None,
         )
+        if scorer is not None:
+            metrics[rid] |= compute_model_metrics(scorer, image, reference=reference, prompt=r["prompt"])
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -1,0 +1,588 @@
+"""A small trained bridge from Qwen3-VL rows to the DiT's caption space.
+
+Rows are row vectors: an adapter maps `x [n, D]` to `y = x W + b` (`D` is both the Qwen3-VL hidden size and the
+DiT's caption width). Three kinds:
+
+- `linear`: a full `W [D, D]` and `b [D]`;
+- `low_rank`: `W = I + U Vᵀ` with `U, V [D, r]`, plus `b` — a residual on the identity (initialised to it:
+  `U = 0`, `V` small and random, so gradients reach both);
+- `affine`: `y = x ⊙ s + t`, a scale and a shift per dimension.
+
+Two ways to fit one: `ridge_fit` in closed form on paired rows (`paired_rows`: Qwen3-VL rows of image + caption
+against the text encoder's rows of the same caption), and `finetune` through the frozen DiT with the
+flow-matching loss.
+
+Flow matching as diffusers runs Z-Image (`ZImagePipeline.__call__` + `FlowMatchEulerDiscreteScheduler.step`):
+the noisy latents at noise level σ ∈ [0, 1] are `x_σ = σ·ε + (1 − σ)·x₀`; the transformer gets the timestep
+`(1000 − 1000σ)/1000 = 1 − σ` (0 = pure noise, 1 = clean); the pipeline negates the model output,
+`noise_pred = −out`, and the scheduler steps `x_σ' = x_σ + (σ' − σ)·noise_pred`. The exact ODE velocity of the
+straight path is `dx_σ/dσ = ε − x₀`, so `noise_pred` must be `ε − x₀`, and the model output `out = x₀ − ε`.
+That is the training target (`velocity_target`): with it, one Euler step from σ to 0 gives
+`x_σ + σ·(x₀ − ε) = x₀` exactly.
+
+Checkpoints and adapter files are safetensors with JSON metadata (`files.save_tensors`); never pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from .errors import UserError
+from .files import load_image, load_tensors, save_tensors
+from .text import TextEncoder, render_prompt
+from .vl import VLEmbeddingExtractor, find_spans
+
+__all__ = [
+    "ADAPTER_KINDS",
+    "CHECKPOINT_NAME",
+    "DEFAULT_CAPTION_PROMPT",
+    "Adapter",
+    "TrainingSample",
+    "caption_image",
+    "finetune",
+    "flow_matching_loss",
+    "image_latents",
+    "model_timestep",
+    "noisy_latents",
+    "paired_rows",
+    "predict_velocity",
+    "ridge_fit",
+    "samples_sha256",
+    "shared_tail",
+    "shift_sigmas",
+    "velocity_target",
+]
+
+ADAPTER_KINDS = ("linear", "low_rank", "affine")
+DEFAULT_RANK = 32
+FILE_KIND = "adapter"
+CHECKPOINT_KIND = "adapter_checkpoint"
+CHECKPOINT_NAME = "adapter.ckpt.safetensors"
+DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
+
+
+# ---------------------------------------------------------------------------------------------------- the module
+
+
+def check_kind(kind: str, dim: int, rank: int | None) -> int:
+    """Validate `kind`, `dim` and `rank`; the effective rank (`low_rank`: `rank` or min(32, D); else 0)."""
+    if kind not in ADAPTER_KINDS:
+        raise UserError(f"unknown adapter kind '{kind}' (valid: {', '.join(ADAPTER_KINDS)})")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise UserError(f"adapter width must be a positive integer, got {dim!r}")
+    if kind != "low_rank":
+        return 0
+    r = min(DEFAULT_RANK, dim) if rank is None else rank
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= dim:
+        raise UserError(f"low-rank adapter rank must be an integer in [1, {dim}], got {rank!r}")
+    return r
+
+
+def tensor_shapes(kind: str, dim: int, rank: int) -> dict[str, tuple[int, ...]]:
+    """The parameters of an adapter kind and their shapes."""
+    if kind == "linear":
+        return {"weight": (dim, dim), "bias": (dim,)}
+    if kind == "low_rank":
+        return {"u": (dim, rank), "v": (dim, rank), "bias": (dim,)}
+    return {"scale": (dim,), "shift": (dim,)}
+
+
+class Adapter(nn.Module):
+    """`y = x W + b` on rows `[n, D]` (see the module docstring for the kinds); float32 parameters and maths,
+    output in the input's dtype and device. A new adapter is the identity map."""
+
+    def __init__(self, dim: int, kind: str = "linear", rank: int | None = None) -> None:
+        super().__init__()
+        self.rank = check_kind(kind, dim, rank)
+        self.kind = kind
+        self.dim = dim
+        if kind == "linear":
+            self.weight = nn.Parameter(torch.eye(dim))
+            self.bias = nn.Parameter(torch.zeros(dim))
+        elif kind == "low_rank":
+            g = torch.Generator().manual_seed(0)
+            self.u = nn.Parameter(torch.zeros(dim, self.rank))
+            self.v = nn.Parameter(torch.randn(dim, self.rank, generator=g) / math.sqrt(dim))
+            self.bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.scale = nn.Parameter(torch.ones(dim))
+            self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, rows: Tensor) -> Tensor:
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise UserError(f"adapter expects rows [n, {self.dim}], got shape {list(rows.shape)}")
+        device = next(self.parameters()).device
+        x = rows.to(device=device, dtype=torch.float32)
+        if self.kind == "linear":
+            y = x @ self.weight + self.bias
+        elif self.kind == "low_rank":
+            y = x + (x @ self.u) @ self.v.T + self.bias
+        else:
+            y = x * self.scale + self.shift
+        return y.to(device=rows.device, dtype=rows.dtype)
+
+    def matrix(self) -> Tensor:
+        """The effective `W [D, D]` (detached float32): `weight`, `I + U Vᵀ`, or `diag(scale)`."""
+        with torch.no_grad():
+            if self.kind == "linear":
+                return self.weight.detach().clone()
+            if self.kind == "low_rank":
+                return torch.eye(self.dim, device=self.u.device) + self.u @ self.v.T
+            return torch.diag(self.scale.detach())
+
+    def offset(self) -> Tensor:
+        """The effective `b [D]` (detached float32)."""
+        return (self.shift if self.kind == "affine" else self.bias).detach().clone()
+
+    def describe(self) -> dict[str, Any]:
+        return {"adapter_kind": self.kind, "rank": self.rank, "dim": self.dim}
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {name: p.detach().float().cpu() for name, p in self.named_parameters()}
+
+    def set_tensors(self, tensors: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.copy_(tensors[name])
+
+    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """Write the parameters and `meta` (the caller's: VL model, layer, token mode, training settings, data
+        hash, ...) plus `kind: "adapter"`, `adapter_kind`, `rank`, `dim` (these four win over the caller's)."""
+        return save_tensors(path, self.tensors(), {**(meta or {}), "kind": FILE_KIND, **self.describe()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> tuple[Adapter, dict[str, Any]]:
+        """Read a file written by `save`, validated: its kind, the tensor names, shapes and values."""
+        tensors, meta = load_tensors(path, "adapter file")
+        if meta.get("kind") != FILE_KIND:
+            raise UserError(f"{path} is not an adapter file (kind: {meta.get('kind', 'none')})")
+        return cls.from_tensors(tensors, meta, f"adapter file {path}"), meta
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any], label: str) -> Adapter:
+        """An adapter from its parameters and the `adapter_kind`/`dim`/`rank` of `meta`, with one-line errors for
+        anything missing, misshapen or not finite."""
+        try:
+            adapter = cls(meta.get("dim"), meta.get("adapter_kind"), meta.get("rank") or None)
+        except UserError as e:
+            raise UserError(f"{label}: {e}") from None
+        expected = tensor_shapes(adapter.kind, adapter.dim, adapter.rank)
+        if missing := sorted(set(expected) - set(tensors)):
+            raise UserError(f"{label}: missing tensors {', '.join(missing)} (has: {', '.join(tensors) or 'none'})")
+        if extra := sorted(set(tensors) - set(expected)):
+            raise UserError(f"{label}: unexpected tensors {', '.join(extra)} for a {adapter.kind} adapter")
+        for name, shape in expected.items():
+            t = tensors[name]
+            if tuple(t.shape) != shape:
+                raise UserError(f"{label}: tensor '{name}' has shape {list(t.shape)}, expected {list(shape)}")
+            if not t.is_floating_point():
+                raise UserError(f"{label}: tensor '{name}' has dtype {t.dtype}, expected a float type")
+            if not torch.isfinite(t).all():
+                raise UserError(f"{label}: tensor '{name}' contains {int((~torch.isfinite(t)).sum())} NaN/Inf values")
+        adapter.set_tensors(tensors)
+        return adapter
+
+
+# ------------------------------------------------------------------------------------------ closed-form fitting
+
+
+def check_pairs(x: Tensor, y: Tensor) -> None:
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.ndim != 2 or y.ndim != 2:
+        raise UserError("ridge_fit needs 2-D tensors x [n, D] and y [n, D]")
+    if x.shape != y.shape:
+        raise UserError(f"ridge_fit needs x and y of the same shape, got {list(x.shape)} and {list(y.shape)}")
+    if x.shape[0] < 2:
+        raise UserError(f"ridge_fit needs at least 2 row pairs, got {x.shape[0]}")
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise UserError("ridge_fit: the rows contain NaN/Inf values")
+
+
+def ridge_fit(x: Tensor, y: Tensor, lam: float, kind: str = "linear", rank: int | None = None) -> Adapter:
+    """The ridge regression of `y` on `x` with a bias, as an adapter of `kind` (float64 solve).
+
+    With `X = x − x̄`, `Y = y − ȳ` (column means over the n rows) and the bias `b = ȳ − x̄ W`:
+
+    - `linear`: `W = (XᵀX + λI)⁻¹ XᵀY`;
+    - `low_rank`: the ridge fit of the residual `Y − X` (so λ shrinks toward the identity, the kind's
+      initialisation; at λ = 0 it equals `linear`), `Δ = (XᵀX + λI)⁻¹ Xᵀ(Y − X)`, truncated to rank r by SVD:
+      `Δ = P S Qᵀ`, `U = P_r √S_r`, `V = Q_r √S_r`, `W = I + U Vᵀ` (b from the truncated W);
+    - `affine`: per dimension d, `s_d = Σᵢ X_id Y_id / (Σᵢ X_id² + λ)`, `t_d = ȳ_d − s_d x̄_d`.
+
+    λ ≥ 0 is in the units of the sums (it does not scale with n).
+    """
+    check_pairs(x, y)
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
+        raise UserError(f"ridge lambda must be a finite number >= 0, got {lam!r}")
+    adapter = Adapter(x.shape[1], kind, rank)
+    xd, yd = x.double().cpu(), y.double().cpu()
+    x_mean, y_mean = xd.mean(0), yd.mean(0)
+    xc, yc = xd - x_mean, yd - y_mean
+    dim = adapter.dim
+    if kind == "affine":
+        scale = (xc * yc).sum(0) / ((xc * xc).sum(0) + lam)
+        scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale))  # constant input, λ = 0
+        adapter.set_tensors({"scale": scale.float(), "shift": (y_mean - scale * x_mean).float()})
+        return adapter
+    gram = xc.T @ xc + lam * torch.eye(dim, dtype=torch.float64)
+    target = yc if kind == "linear" else yc - xc
+    if lam == 0 and int(torch.linalg.matrix_rank(gram)) < dim:
+        raise UserError("ridge_fit: XᵀX is singular (fewer independent rows than dimensions); use lambda > 0")
+    w = torch.linalg.solve(gram, xc.T @ target)
+    if kind == "linear":
+        adapter.set_tensors({"weight": w.float(), "bias": (y_mean - x_mean @ w).float()})
+        return adapter
+    p, s, qh = torch.linalg.svd(w)
+    r = adapter.rank
+    root = s[:r].sqrt()
+    u, v = p[:, :r] * root, qh[:r].T * root
+    full = torch.eye(dim, dtype=torch.float64) + u @ v.T
+    adapter.set_tensors({"u": u.float(), "v": v.float(), "bias": (y_mean - x_mean @ full).float()})
+    return adapter
+
+
+# ------------------------------------------------------------------------------------------------- paired rows
+
+
+def shared_tail(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common suffix of two token-id sequences."""
+    n = 0
+    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+        n += 1
+    return n
+
+
+def paired_rows(
+    extractor: VLEmbeddingExtractor,
+    text_encoder: TextEncoder,
+    image: Image.Image | str | Path,
+    caption: str,
+    hidden_layer: int = -6,
+    text_layer: int = -2,
+) -> tuple[Tensor, Tensor]:
+    """Training pairs `(x, y)`, each `[n + 1, D]` float32: Qwen3-VL rows in, text-encoder rows out.
+
+    Rows 0..n−1: the Qwen3-VL rows (layer `hidden_layer`, raw: no masking or normalisation) of image + caption at
+    the caption's positions — the text after the image block (`spans.after`) — against the text encoder's rows
+    (layer `text_layer`, default rendering) of the same caption; the two token sequences are aligned on their
+    shared tail (the caption and the chat template's closing tokens), n its length. Row n, the pooled pair: the
+    mean of the image-pad rows against the mean of those n text-encoder rows (not of the whole encoding: the
+    template's opening rows are the same for every caption).
+    """
+    if isinstance(image, str | Path):
+        image = load_image(image, "training image")
+    if not caption or not caption.strip():
+        raise UserError("paired_rows needs a non-empty caption")
+    vl_rows, ids, _, _ = extractor.hidden_rows(image, caption, [hidden_layer])
+    spans = find_spans(ids, extractor.ids["start"], extractor.ids["end"], extractor.ids["pad"])
+    if spans.image_pad is None or spans.image_pad[0] == spans.image_pad[1]:
+        raise UserError("paired_rows: the Qwen3-VL prompt has no image-pad rows")
+    tok = text_encoder.tokenizer
+    te_ids = tok(render_prompt(tok, caption), add_special_tokens=False).input_ids
+    n = shared_tail(ids[spans.after[0] :], te_ids)
+    if n == 0:
+        raise UserError("paired_rows: the Qwen3-VL and text-encoder token sequences share no tail to align")
+    te_rows = text_encoder.hidden_rows(te_ids, [text_layer])[text_layer].float()
+    v = vl_rows[hidden_layer].float()
+    if v.shape[1] != te_rows.shape[1]:
+        raise UserError(f"Qwen3-VL width {v.shape[1]} does not match the text encoder width {te_rows.shape[1]}")
+    caption_rows = te_rows[-n:]
+    x = torch.cat([v[-n:], v[slice(*spans.image_pad)].mean(0, keepdim=True)])
+    y = torch.cat([caption_rows, caption_rows.mean(0, keepdim=True)])
+    return x, y
+
+
+# ----------------------------------------------------------------------------------------------- flow matching
+
+
+def shift_sigmas(u: Tensor, shift: float) -> Tensor:
+    """The scheduler's static shift of noise levels: `σ = s·u / (1 + (s − 1)·u)` (s = 1: unchanged)."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def noisy_latents(x0: Tensor, noise: Tensor, sigma: Tensor | float) -> Tensor:
+    """`x_σ = σ·ε + (1 − σ)·x₀` (`FlowMatchEulerDiscreteScheduler.scale_noise`)."""
+    return sigma * noise + (1 - sigma) * x0
+
+
+def velocity_target(x0: Tensor, noise: Tensor) -> Tensor:
+    """What the Z-Image transformer should output at any σ: `x₀ − ε`. The pipeline steps with `−out` as
+    `x_σ' = x_σ + (σ' − σ)·(−out)`, and the path's velocity is `dx_σ/dσ = ε − x₀`, so `−out = ε − x₀`."""
+    return x0 - noise
+
+
+def model_timestep(sigma: Tensor) -> Tensor:
+    """The transformer's timestep for noise level σ, computed as the pipeline does from the scheduler's
+    `t = 1000σ`: `(1000 − t)/1000 = 1 − σ`."""
+    return (1000 - sigma * 1000) / 1000
+
+
+def predict_velocity(transformer, latents: list[Tensor], sigmas: Tensor, rows: list[Tensor]) -> list[Tensor]:
+    """The transformer's output (float32, `[C, H, W]` each) for latents `[C, H, W]` at noise levels `sigmas [B]`
+    with caption rows `[n, D]` each, called exactly as `ZImagePipeline` calls it (gradients flow when enabled)."""
+    dtype, device = transformer.dtype, transformer.device
+    x = [lat.to(device, dtype).unsqueeze(1) for lat in latents]
+    t = model_timestep(sigmas.to(device, torch.float32))
+    out = transformer(x, t, [r.to(device, dtype) for r in rows], return_dict=False)[0]
+    return [o.float().squeeze(1) for o in out]
+
+
+@dataclass
+class TrainingSample:
+    """One training image: its clean latents `[C, H, W]` (`image_latents`) and the Qwen3-VL rows `[n, D]` the
+    adapter maps to its caption embeddings."""
+
+    latents: Tensor
+    rows: Tensor
+
+
+@torch.no_grad()
+def image_latents(pipe, image: Image.Image | str | Path, height: int, width: int) -> Tensor:
+    """Clean latents `[C, h, w]` (float32, CPU) of `image` at the generation size, as Z-Image's img2img encodes an
+    init image but with the posterior mean: `x ∈ [−1, 1]`, `(E(x).mean − shift_factor)·scaling_factor`."""
+    if isinstance(image, str | Path):
+        image = load_image(image, "training image")
+    multiple = pipe.vae_scale_factor * 2
+    if height % multiple or width % multiple or height < multiple or width < multiple:
+        raise UserError(f"training size {width}x{height} must be a positive multiple of {multiple}")
+    vae = pipe.vae
+    x = pipe.image_processor.preprocess(image, height=height, width=width).to(vae.device, vae.dtype)
+    mean = vae.encode(x).latent_dist.mean
+    return ((mean - vae.config.shift_factor) * vae.config.scaling_factor)[0].float().cpu()
+
+
+def flow_matching_loss(
+    adapter: Adapter, transformer, samples: Sequence[TrainingSample], sigmas: Tensor, noises: Sequence[Tensor]
+) -> Tensor:
+    """Mean over samples i of `mean((out_i − (x₀ᵢ − εᵢ))²)`, `out_i` the transformer's output at `x_σᵢ` with the
+    caption embeddings `adapter(rows_i)` alone."""
+    latents = [noisy_latents(s.latents, e, sig) for s, e, sig in zip(samples, noises, sigmas, strict=True)]
+    rows = [adapter(s.rows.float()) for s in samples]
+    out = predict_velocity(transformer, latents, sigmas, rows)
+    losses = [
+        F.mse_loss(o, velocity_target(s.latents, e).to(o.device)) for o, s, e in zip(out, samples, noises, strict=True)
+    ]
+    return torch.stack(losses).mean()
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator for one training step, a function of `(seed, step)` only: a resumed run draws exactly the
+    noise an uninterrupted one would."""
+    digest = hashlib.sha256(f"llm-dit-adapter:{seed}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def draw_step(
+    samples: Sequence[TrainingSample], seed: int, step: int, shift: float, batch_size: int
+) -> tuple[list[int], Tensor, list[Tensor]]:
+    """The samples of one step (all, or `batch_size` drawn without replacement), their noise levels
+    `σ = shift_sigmas(u, shift)`, `u ~ U(0, 1)`, and their noise `ε ~ N(0, I)`."""
+    g = step_generator(seed, step)
+    n = len(samples)
+    chosen = list(range(n)) if batch_size >= n else torch.randperm(n, generator=g)[:batch_size].tolist()
+    sigmas = shift_sigmas(torch.rand(len(chosen), generator=g), shift)
+    noises = [torch.randn(samples[i].latents.shape, generator=g) for i in chosen]
+    return chosen, sigmas, noises
+
+
+def samples_sha256(samples: Sequence[TrainingSample]) -> str:
+    """Content hash of the training data (every sample's latents and rows, float32)."""
+    h = hashlib.sha256()
+    for s in samples:
+        for t in (s.latents, s.rows):
+            t = t.detach().float().contiguous().cpu()
+            h.update(str(list(t.shape)).encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_samples(samples: Sequence[TrainingSample], dim: int) -> None:
+    if not samples:
+        raise UserError("fine-tuning needs at least one training sample")
+    for i, s in enumerate(samples):
+        if s.latents.ndim != 3 or not torch.isfinite(s.latents).all():
+            raise UserError(f"training sample {i}: latents must be a finite [C, H, W] tensor")
+        if s.rows.ndim != 2 or s.rows.shape[0] == 0 or s.rows.shape[1] != dim or not torch.isfinite(s.rows).all():
+            raise UserError(f"training sample {i}: rows must be a finite [n, {dim}] tensor, n >= 1")
+
+
+def save_checkpoint(
+    path: Path, adapter: Adapter, optimizer: torch.optim.Optimizer, step: int, losses: list[float], run: dict
+) -> Path:
+    """Adapter parameters (`adapter.*`), Adam state (`optimizer.<param>.<key>`), and in the metadata the step
+    counter, the loss history and the run settings."""
+    tensors = {f"adapter.{k}": v for k, v in adapter.tensors().items()}
+    names = {id(p): name for name, p in adapter.named_parameters()}
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            tensors[f"optimizer.{names[id(p)]}.{key}"] = torch.as_tensor(value).float().reshape(-1)
+    meta = {"kind": CHECKPOINT_KIND, **adapter.describe(), "step": step, "losses": losses, "run": run}
+    return save_tensors(path, tensors, meta)
+
+
+def load_checkpoint(
+    path: Path, adapter: Adapter, optimizer: torch.optim.Optimizer, run: dict
+) -> tuple[int, list[float]]:
+    """Restore `adapter` and `optimizer` from `path`; `(step, losses)`. The checkpoint must come from the same
+    adapter shape, data and settings (`run`), else the trajectory would not be the one being resumed."""
+    tensors, meta = load_tensors(path, "adapter checkpoint")
+    label = f"adapter checkpoint {path}"
+    if meta.get("kind") != CHECKPOINT_KIND:
+        raise UserError(f"{path} is not an adapter checkpoint (kind: {meta.get('kind', 'none')})")
+    if (got := {k: meta.get(k) for k in adapter.describe()}) != adapter.describe():
+        raise UserError(f"{label} is for a {got} adapter, this run trains {adapter.describe()}")
+    saved = meta.get("run", {})
+    if diff := sorted(k for k in set(saved) | set(run) if saved.get(k) != run.get(k)):
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {run.get(k)!r}" for k in diff)
+        raise UserError(f"{label} was made with other settings ({changes}); use resume=False or a new directory")
+    params = {k.removeprefix("adapter."): v for k, v in tensors.items() if k.startswith("adapter.")}
+    trained = Adapter.from_tensors(params, meta, label)
+    adapter.set_tensors(trained.tensors())
+    state = optimizer.state_dict()
+    index = {name: i for i, (name, _) in enumerate(adapter.named_parameters())}
+    restored: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            name, field = key.removeprefix("optimizer.").rsplit(".", 1)
+            if name not in index:
+                raise UserError(f"{label}: optimizer state for unknown parameter '{name}'")
+            shape = tensor_shapes(adapter.kind, adapter.dim, adapter.rank)[name]
+            restored.setdefault(index[name], {})[field] = value.reshape(() if field == "step" else shape)
+    step = meta.get("step")
+    if not isinstance(step, int) or step < 0 or (step > 0 and len(restored) != len(index)):
+        raise UserError(f"{label}: incomplete (step {step!r}, optimizer state for {len(restored)} parameters)")
+    state["state"] = restored
+    optimizer.load_state_dict(state)
+    losses = meta.get("losses")
+    if not isinstance(losses, list) or len(losses) != step:
+        raise UserError(f"{label}: the loss history does not match step {step}")
+    return step, [float(v) for v in losses]
+
+
+def finetune(
+    adapter: Adapter,
+    pipe,
+    samples: Sequence[TrainingSample],
+    steps: int,
+    lr: float,
+    checkpoint_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    *,
+    seed: int = 0,
+    batch_size: int | None = None,
+    shift: float | None = None,
+    checkpoint_every: int = 50,
+) -> list[float]:
+    """Train `adapter` (in place) through the frozen DiT with the flow-matching loss; the loss of every step
+    from step 0 (a resumed run includes the steps before the checkpoint).
+
+    Step k (a function of `seed` and k only): draw `batch_size` samples (default all), `u ~ U(0, 1)` and
+    `σ = shift·u / (1 + (shift − 1)·u)` (default: the scheduler's `shift`), `ε ~ N(0, I)`; minimise
+    `flow_matching_loss` — the transformer at `x_σ = σε + (1−σ)x₀`, timestep `1 − σ`, caption embeddings
+    `adapter(rows)` alone, regressed on `x₀ − ε` — with Adam (`lr`). Only the adapter's parameters train: the
+    transformer and the VAE are set to `requires_grad_(False)`.
+
+    Every `checkpoint_every` steps and at the end, `checkpoint_dir/adapter.ckpt.safetensors` holds the adapter,
+    Adam's state, the step and the loss history; with `resume` an existing checkpoint (same adapter shape, data,
+    lr, seed, batch size, shift) is continued, giving the same trajectory as an uninterrupted run.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise UserError(f"steps must be an integer >= 0, got {steps!r}")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+        raise UserError(f"learning rate must be a finite number > 0, got {lr!r}")
+    if checkpoint_every < 1:
+        raise UserError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    check_samples(samples, adapter.dim)
+    n_batch = len(samples) if batch_size is None else batch_size
+    if n_batch < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    shift = float(pipe.scheduler.config.get("shift", 1.0) if shift is None else shift)
+    if not math.isfinite(shift) or shift <= 0:
+        raise UserError(f"shift must be a finite number > 0, got {shift}")
+
+    transformer = pipe.transformer
+    transformer.requires_grad_(False)
+    if getattr(pipe, "vae", None) is not None:
+        pipe.vae.requires_grad_(False)
+    adapter.to(transformer.device)
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=lr)
+    run = {
+        "lr": float(lr),
+        "seed": seed,
+        "batch_size": min(n_batch, len(samples)),
+        "shift": shift,
+        "samples": len(samples),
+        "data_sha256": samples_sha256(samples),
+    }
+    path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    start, losses = load_checkpoint(path, adapter, optimizer, run) if resume and path.is_file() else (0, [])
+
+    columns = (
+        TextColumn("adapter"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+    )
+    last = f"{losses[-1]:.4f}" if losses else "-"
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task("train", total=steps, completed=min(start, steps), loss=last)
+        for step in range(start, steps):
+            chosen, sigmas, noises = draw_step(samples, seed, step, shift, n_batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss = flow_matching_loss(adapter, transformer, [samples[i] for i in chosen], sigmas, noises)
+            if not torch.isfinite(loss):
+                raise UserError(f"the fine-tuning loss is {float(loss)} at step {step}; lower the learning rate")
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            done = step + 1
+            if done % checkpoint_every == 0 or done == steps:
+                save_checkpoint(path, adapter, optimizer, done, losses, run)
+            bar.update(task, advance=1, loss=f"{losses[-1]:.4f}")
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------------- captions
+
+
+@torch.no_grad()
+def caption_image(
+    extractor: VLEmbeddingExtractor,
+    image: Image.Image | str | Path,
+    prompt: str = DEFAULT_CAPTION_PROMPT,
+    max_new_tokens: int = 40,
+) -> str:
+    """The Qwen3-VL model's own greedy caption of `image` (chat template, image then `prompt`), at most
+    `max_new_tokens` tokens, special tokens dropped, a Thinking model's think block removed, whitespace
+    collapsed."""
+    if isinstance(image, str | Path):
+        image = load_image(image, "image")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    model = extractor.model
+    inputs, _ = extractor.prepare(image, prompt)
+    inputs = {
+        k: v.to(model.device, model.dtype) if k == "pixel_values" else v.to(model.device) for k, v in inputs.items()
+    }
+    config = copy.deepcopy(model.generation_config)
+    config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
+    config.max_new_tokens = max_new_tokens
+    out = model.generate(**inputs, generation_config=config)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    text = extractor.tokenizer.decode(new, skip_special_tokens=True)
+    return " ".join(text.rsplit("</think>", 1)[-1].split())

@@ -1,0 +1,337 @@
+"""`llm-dit bench`: speed and memory as ratios of two measurements taken side by side in the same run.
+
+Every timing is the median of `repeats` runs after one warm-up, so a ratio holds on a noisy machine even when the
+absolute numbers do not. Memory figures come from fresh subprocesses (peak RSS over the RSS after imports), so one
+measurement cannot inherit another's allocations. Each figure states its ratio as `numerator / denominator`:
+
+- `pipeline_overhead_vs_diffusers`: our text-to-image (no cache) / diffusers' `ZImagePipeline(prompt=...)` on the
+  same loaded modules; target <= 1.02.
+- `extraction_early_exit_speedup`: full VL forward with all hidden states and logits / our layer -6 extraction;
+  reported with the fraction of decoder layers that still run.
+- `sweep_speedup_vs_naive`: the naive workflow (per run: load every model, full forwards, generate) / a 12-run
+  sweep; target >= 3.
+- `sweep_vs_floor`: the sweep / its floor (load each model once, the unique forward passes, the generations, each
+  timed alone); target <= 1.10.
+- `cache_rerun_forward_passes` (must be 0) and `cache_rerun_time_ratio`: a rerun into a new directory / the first.
+- `batched_vs_sequential`: N images in one diffusers call / N calls.
+- `peak_memory_ratio`: peak of a low-memory reference-conditioned generation / the largest single component;
+  target <= 1.15 (all-resident and staged peaks reported too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .cache import TensorCache
+from .config import Config, load_config
+from .files import library_versions
+from .generate import Generator, denoise
+from .hooks import layer_position
+from .models import load_model, resolve_device, resolve_dtype
+from .sweep import SweepSpec, resolve_spec
+from .zoo import zoo_dir
+
+SIZES = {"tiny": 64, "small": 128}
+PROMPT = "a lighthouse on a cliff at sunset, watercolor"
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of `fn` over `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def figure(numerator: float, denominator: float, ratio_is: str, target: str | None = None, **extra: Any) -> dict:
+    """One figure: both measurements, their ratio `numerator / denominator`, and whether the target holds."""
+    ratio = numerator / denominator if denominator else float("inf")
+    out = {
+        "numerator": round(numerator, 5),
+        "denominator": round(denominator, 5),
+        "ratio": round(ratio, 4),
+        "ratio_is": ratio_is,
+        **extra,
+    }
+    if target:
+        op, value = target[:2], float(target[2:])
+        out |= {"target": target, "met": ratio <= value if op == "<=" else ratio >= value}
+    return out
+
+
+def bench_config(preset: str, **overrides: Any) -> Config:
+    root = zoo_dir(preset)
+    size = SIZES[preset]
+    return load_config(
+        overrides={
+            "models.zimage": str(root / "zimage"),
+            "models.vl": str(root / "qwen3-vl"),
+            "generation.width": size,
+            "generation.height": size,
+            "generation.steps": 4,
+            **overrides,
+        }
+    )
+
+
+def reference_image(preset: str) -> Image.Image:
+    """A deterministic 512x512 reference (256 image tokens, like the notes' downscaled references)."""
+    g = torch.Generator().manual_seed(0)
+    low = torch.rand(3, 8, 8, generator=g)
+    big = torch.nn.functional.interpolate(low[None], size=(512, 512), mode="bilinear")[0]
+    return Image.fromarray((big.permute(1, 2, 0) * 255).to(torch.uint8).numpy())
+
+
+def pipeline_overhead(preset: str, repeats: int) -> dict[str, Any]:
+    """Our text-to-image against diffusers' own `ZImagePipeline(prompt=...)` on the same loaded modules."""
+    from diffusers import ZImagePipeline
+
+    gen = Generator(bench_config(preset), cache=False)
+    pipe = gen.pipeline
+    te = gen.text_encoder
+    reference = ZImagePipeline(pipe.scheduler, pipe.vae, te.model, te.tokenizer, pipe.transformer)
+    reference.set_progress_bar_config(disable=True)
+    g = gen.config.generation
+
+    def theirs() -> None:
+        reference(
+            prompt=PROMPT,
+            height=g.height,
+            width=g.width,
+            num_inference_steps=g.steps,
+            guidance_scale=0.0,
+            generator=torch.Generator("cpu").manual_seed(g.seed),
+        )
+
+    ours = median_time(lambda: gen.generate(PROMPT), repeats)
+    return figure(ours, median_time(theirs, repeats), "ours / diffusers", "<=1.02", unit="s per image")
+
+
+def early_exit(preset: str, repeats: int) -> dict[str, Any]:
+    """Extracting layer -6 with early exit against a full forward with every hidden state and the logits."""
+    gen = Generator(bench_config(preset), cache=False)
+    x = gen.vl
+    image = reference_image(preset)
+    inputs, _ = x.prepare(image, PROMPT)
+
+    def full() -> None:
+        with torch.no_grad():
+            x.model(**inputs, output_hidden_states=True)
+
+    n = x.num_layers
+    fraction = layer_position(-6, n) / n
+    ours = median_time(lambda: x.hidden_rows(image, PROMPT, [-6]), repeats)
+    return figure(
+        median_time(full, repeats),
+        ours,
+        "full forward / early exit",
+        ">=1.0",
+        unit="s per extraction",
+        decoder_layers_run_fraction=round(fraction, 3),
+    )
+
+
+def sweep_spec(image_path: str) -> SweepSpec:
+    """12 runs: 3 VL layers x 4 alphas, one image, one prompt, no baseline."""
+    spec = SweepSpec(prompts=[PROMPT], images=[image_path], baseline=False)
+    return resolve_spec(spec, None, {"vl.hidden_layer": [-2, -4, -6], "vl.alpha": [0.2, 0.4, 0.6, 0.8]}, {})
+
+
+def naive_run(cfg: Config, image: Image.Image, layer: int, alpha: float) -> None:
+    """The research scripts' workflow for one run: load every model, full forwards, blend, generate."""
+    from diffusers import ZImagePipeline
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from .blend import blend
+
+    vl_dev = resolve_device(cfg.vl.device)
+    vl_model = load_model(Qwen3VLForConditionalGeneration, cfg.models.vl, vl_dev, resolve_dtype(cfg.vl.dtype, vl_dev))
+    extractor = Generator(cfg, cache=False).vl
+    inputs, _ = extractor.prepare(image, PROMPT)
+    with torch.no_grad():
+        vl_rows = vl_model(**inputs, output_hidden_states=True).hidden_states[layer][0].float()
+    pipe = ZImagePipeline.from_pretrained(cfg.models.zimage)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        text = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False)[0][0]
+    g = cfg.generation
+    denoise(pipe, [blend(text, vl_rows, cfg.vl.blend, alpha)], g, [g.seed])
+
+
+def sweep_figures(preset: str, work: Path) -> dict[str, Any]:
+    """Sweep against the naive workflow, against its floor, and a cached rerun."""
+    from .runner import run_sweep
+
+    image_path = work / "reference.png"
+    reference_image(preset).save(image_path)
+    spec = sweep_spec(str(image_path))
+    cfg = bench_config(preset)
+    cache_dir = work / "cache"
+
+    t0 = time.perf_counter()
+    first = run_sweep(cfg, spec, work / "first", executor="local", cache=TensorCache(cache_dir))
+    sweep_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rerun = run_sweep(cfg, spec, work / "rerun", executor="local", cache=TensorCache(cache_dir))
+    rerun_s = time.perf_counter() - t0
+
+    image = Image.open(image_path).convert("RGB")
+    t0 = time.perf_counter()
+    for run in spec_runs(spec):
+        naive_run(cfg, image, run["settings"]["vl.hidden_layer"], run["settings"]["vl.alpha"])
+    naive_s = time.perf_counter() - t0
+
+    floor_s = floor_time(cfg, spec, image)
+    return {
+        "sweep_speedup_vs_naive": figure(naive_s, sweep_s, "naive / sweep", ">=3", unit="s for 12 runs"),
+        "sweep_vs_floor": figure(sweep_s, floor_s, "sweep / floor", "<=1.10", unit="s for 12 runs"),
+        "cache_rerun_forward_passes": {
+            "vl": rerun["vl_forward_passes"],
+            "text": rerun["text_forward_passes"],
+            "met": rerun["vl_forward_passes"] == rerun["text_forward_passes"] == 0,
+            "first_run": {"vl": first["vl_forward_passes"], "text": first["text_forward_passes"]},
+        },
+        "cache_rerun_time_ratio": figure(rerun_s, sweep_s, "rerun / first run", unit="s"),
+    }
+
+
+def spec_runs(spec: SweepSpec) -> list[dict[str, Any]]:
+    from .sweep import expand
+
+    return expand(spec)
+
+
+def floor_time(cfg: Config, spec: SweepSpec, image: Image.Image) -> float:
+    """The irreducible work of the sweep, each piece timed alone: load each model once, one VL forward pass with
+    all layers, one text encode, and the generations from precomputed conditioning."""
+    from .blend import blend
+
+    gen = Generator(cfg, cache=False)
+    runs = spec_runs(spec)
+    layers = sorted({r["settings"]["vl.hidden_layer"] for r in runs})
+    total = 0.0
+    t0 = time.perf_counter()
+    _ = gen.vl.model, gen.text_encoder.model, gen.pipeline
+    total += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows, _, _, _ = gen.vl.hidden_rows(image, PROMPT, layers)
+    total += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    text = gen.encode(PROMPT).embeddings
+    total += time.perf_counter() - t0
+    g = cfg.generation
+    conds = [blend(text, rows[r["settings"]["vl.hidden_layer"]], cfg.vl.blend, r["settings"]["vl.alpha"]) for r in runs]
+    for c in conds:
+        t0 = time.perf_counter()
+        denoise(gen.pipeline, [c], g, [g.seed])
+        total += time.perf_counter() - t0
+    return total
+
+
+def batched(preset: str, repeats: int, n: int = 4) -> dict[str, Any]:
+    """N images in one diffusers call against N calls."""
+    gen = Generator(bench_config(preset), cache=False)
+    emb = gen.encode(PROMPT).embeddings
+    g = gen.config.generation
+    seeds = list(range(n))
+    sequential = median_time(lambda: [denoise(gen.pipeline, [emb], g, [s]) for s in seeds], repeats)
+    together = median_time(lambda: denoise(gen.pipeline, [emb] * n, g, seeds), repeats)
+    return figure(together, sequential, "one call / N calls", unit=f"s for {n} images", batch=n)
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+import torch
+from PIL import Image
+from llm_dit.bench import bench_config, reference_image
+from llm_dit.generate import Generator
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+preset, what = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)
+gen = Generator(bench_config(preset, **{"models.low_memory": what == "staged"}), cache=False)
+base = rss_mb()
+if what == "text_encoder":
+    gen.text_encoder.model
+elif what == "vl":
+    gen.vl.model
+elif what == "pipeline":
+    gen.pipeline
+else:
+    gen.generate("a house", reference=reference_image(preset))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"base_mb": base, "peak_mb": peak, "rss_mb": rss_mb()}))
+"""
+
+
+def memory_probe(preset: str, what: str) -> dict[str, float]:
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, preset, what], capture_output=True, text=True, env=env, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_memory(preset: str) -> dict[str, Any]:
+    """Peak RSS above the post-import baseline: low-memory generation against the largest single component."""
+    comps = {name: memory_probe(preset, name) for name in ("text_encoder", "vl", "pipeline")}
+    sizes = {name: m["rss_mb"] - m["base_mb"] for name, m in comps.items()}
+    largest = max(sizes, key=sizes.get)
+    staged = memory_probe(preset, "staged")
+    resident = memory_probe(preset, "resident")
+    staged_peak = staged["peak_mb"] - staged["base_mb"]
+    resident_peak = resident["peak_mb"] - resident["base_mb"]
+    return figure(
+        staged_peak,
+        sizes[largest],
+        "<=1.15",
+        unit="MB above baseline",
+        largest_component=largest,
+        component_mb={k: round(v, 1) for k, v in sizes.items()},
+        all_resident_peak_mb=round(resident_peak, 1),
+        staged_peak_mb=round(staged_peak, 1),
+    )
+
+
+def run_bench(preset: str = "small", repeats: int = 5, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every figure for `preset`; see the module docstring."""
+    say = progress or (lambda _: None)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {
+        "preset": preset,
+        "repeats": repeats,
+        "date": date.today().isoformat(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "versions": library_versions(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        say("pipeline overhead vs diffusers")
+        out["pipeline_overhead_vs_diffusers"] = pipeline_overhead(preset, repeats)
+        say("extraction early exit")
+        out["extraction_early_exit_speedup"] = early_exit(preset, repeats)
+        say("sweep vs naive, floor and cached rerun")
+        out |= sweep_figures(preset, Path(tmp))
+        say("batched vs sequential")
+        out["batched_vs_sequential"] = batched(preset, repeats)
+        say("peak memory")
+        out["peak_memory_ratio"] = peak_memory(preset)
+    out["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    return out

@@ -1,0 +1,117 @@
+"""The ray executor: same runs, same images, same results.jsonl as the local one, on a local Ray instance."""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llm_dit.distributed import remote_error, worker_count, worker_env
+from llm_dit.errors import UserError
+from llm_dit.sweep import iter_jsonl
+
+from .conftest import REPO
+
+ray = pytest.importorskip("ray")
+
+REF = REPO / "examples" / "reference-images" / "test_scene.png"
+TINY = ["--models", "tiny", "--width", "32", "--height", "32", "--steps", "2"]
+
+
+def results(d: Path) -> list[dict]:
+    return list(iter_jsonl(d / "results.jsonl"))
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance for the module, its processes started without llm-dit's environment: the executor
+    must pass `LLM_DIT_CACHE` (and `HF_HUB_OFFLINE`) to its actors itself."""
+    assert not ray.is_initialized()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("LLM_DIT_CACHE")
+        mp.delenv("HF_HUB_OFFLINE")
+        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+def test_worker_env_carries_the_cache_and_offline_settings(monkeypatch):
+    monkeypatch.setenv("LLM_DIT_CACHE", "rel/cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+    env = worker_env()
+    assert env["LLM_DIT_CACHE"] == str(Path.cwd() / "rel" / "cache")
+    assert env["HF_HUB_OFFLINE"] == "1" and "UNRELATED_SECRET" not in env
+    monkeypatch.setenv("LLM_DIT_RAY_WORKERS", "3")
+    assert worker_count(None) == 3 and worker_count(2) == 2
+    for bad in ("two", "0"):
+        monkeypatch.setenv("LLM_DIT_RAY_WORKERS", bad)
+        with pytest.raises(UserError, match="LLM_DIT_RAY_WORKERS|at least one"):
+            worker_count(None)
+    e = remote_error("BlendError", "unknown option(s) p\nmore")
+    assert type(e).__name__ == "BlendError" and str(e) == "unknown option(s) p\nmore"
+
+
+def test_ray_resume_reruns_lost_lines_with_identical_images_and_errors(cli, zoo, tmp_path):
+    """A local sweep with an ok and a failing variant loses its last two lines; `--executor ray --resume` redoes
+    exactly those (on a Ray instance it starts and shuts down), writing the same images and error lines."""
+    assert not ray.is_initialized()
+    out = tmp_path / "r"
+    args = ["--blend-modes", "interpolate,gem_pool", "--blend-option", "p=3", "-i", REF, "-p", "a barn", *TINY]
+    assert cli("sweep", *args, "-o", out).code == 0
+    before = results(out)
+    assert [x["status"] for x in before] == ["ok", "failed", "ok"]  # interpolate takes no option p
+    kept, lost = before[:1], before[1:]
+    old = pixels(out / lost[1]["output"])
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text(lines[0])
+    (out / lost[1]["output"]).unlink()
+
+    r = cli("sweep", *args, "-o", out, "--resume", "--executor", "ray")
+    assert r.code == 0, r.err
+    assert not ray.is_initialized()  # the instance the executor started is gone
+    after = results(out)
+    assert [x["id"] for x in after] == [x["id"] for x in before]
+    assert after[0] == kept[0]
+    assert after[1]["error"] == lost[0]["error"] and "p" in after[1]["error"]
+    assert after[2]["status"] == "ok" and after[2]["record"]["settings"] == lost[1]["record"]["settings"]
+    assert np.abs(pixels(out / after[2]["output"]) - old).max() <= 1
+    summary = json.loads((out / "sweep.json").read_text())
+    assert (summary["executor"], summary["ran_now"], summary["completed"], summary["failed"]) == ("ray", 2, 2, 1)
+    assert summary["vl_forward_passes"] == summary["text_forward_passes"] == 0  # the local sweep cached them
+
+
+def test_two_ray_workers_match_the_local_executor_and_share_one_cache(cli, zoo, tmp_path, monkeypatch, ray_instance):
+    """Two actors on a running Ray instance: each unique forward pass runs once (the second actor reads the cache
+    the first filled, through `LLM_DIT_CACHE`), and a local sweep afterwards finds everything cached and renders
+    the same images."""
+    monkeypatch.setenv("LLM_DIT_RAY_WORKERS", "2")
+    args = ["--alphas", "0.2,0.5", "-i", REF, "-p", "a ray-traced house", *TINY]
+    r = cli("sweep", *args, "-o", tmp_path / "ray", "--executor", "ray")
+    assert r.code == 0, r.err
+    assert ray.is_initialized()  # a Ray the executor did not start is left running
+    monkeypatch.delenv("LLM_DIT_RAY_WORKERS")
+    assert cli("sweep", *args, "-o", tmp_path / "local").code == 0
+
+    remote, local = results(tmp_path / "ray"), results(tmp_path / "local")
+    ids = [x["id"] for x in remote]
+    assert len(ids) == len(set(ids)) == 3 and set(ids) == {x["id"] for x in local}
+    assert all(x["status"] == "ok" for x in remote)
+    by_id = {x["id"]: x for x in local}
+    for x in remote:
+        assert x["record"]["settings"] == by_id[x["id"]]["record"]["settings"]
+        diff = pixels(tmp_path / "ray" / x["output"]) - pixels(tmp_path / "local" / by_id[x["id"]]["output"])
+        assert np.abs(diff).max() <= 1
+    on_ray = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    on_local = json.loads((tmp_path / "local" / "sweep.json").read_text())
+    assert (on_ray["executor"], on_ray["completed"], on_ray["failed"]) == ("ray", 3, 0)
+    assert (on_ray["vl_forward_passes"], on_ray["text_forward_passes"]) == (1, 1)
+    assert on_ray["cache_hits"] + on_ray["cache_misses"] > 0
+    assert (on_local["vl_forward_passes"], on_local["text_forward_passes"], on_local["cache_misses"]) == (0, 0, 0)
