@@ -54,7 +54,9 @@ def pipe(zoo):
 def samples(pipe):
     """4 random 32x32 images (latents [16, 4, 4]) with random VL-like rows [8, D]."""
     g = torch.Generator().manual_seed(0)
-    return [TrainingSample(image_latents(pipe, picture(32, i), 32, 32), torch.randn(8, D, generator=g)) for i in range(4)]
+    return [
+        TrainingSample(image_latents(pipe, picture(32, i), 32, 32), torch.randn(8, D, generator=g)) for i in range(4)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +223,12 @@ def test_predict_velocity_calls_the_transformer_as_the_pipeline_does(pipe):
     g = torch.Generator().manual_seed(1)
     noise, rows = torch.randn(1, 16, 4, 4, generator=g), torch.randn(7, D, generator=g)
     ref = pipe(
-        prompt_embeds=[rows], latents=noise, height=32, width=32, num_inference_steps=2, guidance_scale=0.0,
+        prompt_embeds=[rows],
+        latents=noise,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        guidance_scale=0.0,
         output_type="latent",
     ).images[0]
     sigmas = [*shift_sigmas(torch.tensor([1.0, 0.5]), pipe.scheduler.config.shift).tolist(), 0.0]
@@ -260,8 +267,12 @@ def test_finetune_lowers_the_loss_and_trains_only_the_adapter(pipe, samples, tmp
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     # the same draws with the untrained (identity) adapter: the trained one does better on them
     with torch.no_grad():
-        control = [flow_matching_loss(Adapter(D, "affine"), pipe.transformer, samples, *draw_step(
-            samples, 0, k, 3.0, 4)[1:]).item() for k in range(15, 20)]
+        control = [
+            flow_matching_loss(
+                Adapter(D, "affine"), pipe.transformer, samples, *draw_step(samples, 0, k, 3.0, 4)[1:]
+            ).item()
+            for k in range(15, 20)
+        ]
     assert sum(losses[-5:]) < sum(control)
     assert held_out(adapter) < before
     assert not torch.equal(adapter.scale.detach(), torch.ones(D))
@@ -292,8 +303,9 @@ def test_resume_continues_the_uninterrupted_trajectory(pipe, samples, tmp_path):
         finetune(Adapter(D, "low_rank", rank=4), pipe, samples, 8, checkpoint_dir=tmp_path / "b", **{**kw, "lr": 0.1})
     with pytest.raises(UserError, match="adapter"):
         finetune(Adapter(D, "linear"), pipe, samples, 8, checkpoint_dir=tmp_path / "b", **kw)
-    restarted = finetune(Adapter(D, "low_rank", rank=4), pipe, samples, 2, checkpoint_dir=tmp_path / "b", **kw,
-                         resume=False)
+    restarted = finetune(
+        Adapter(D, "low_rank", rank=4), pipe, samples, 2, checkpoint_dir=tmp_path / "b", **kw, resume=False
+    )
     assert restarted == full[:2]
 
 

@@ -76,6 +76,14 @@ def _number(value: object, integer: bool = False) -> float | None:
     return x if math.isfinite(x) else None
 
 
+ALPHA_MAX = {"style_delta": 2.0}  # every other mode: alpha in [0, 1]
+
+
+def check_alpha(mode: str, alpha: object) -> float:
+    """`alpha` as a float if it lies in the mode's range `[0, ALPHA_MAX.get(mode, 1)]`, else `BlendError`."""
+    return _check_alpha(mode, alpha, ALPHA_MAX.get(mode, 1.0))
+
+
 def _check_alpha(mode: str, alpha: object, hi: float = 1.0) -> float:
     x = _number(alpha)
     if x is None or not 0.0 <= x <= hi:
@@ -227,7 +235,7 @@ def blend_with_style_delta(text: Tensor, delta: Tensor, alpha: float, scale_to_t
     if delta.shape[0] != text.shape[0]:
         n_d, n_t = delta.shape[0], text.shape[0]
         raise BlendError(f"style_delta: delta has {n_d} rows, text {n_t}; align it first (n={n_t})")
-    alpha = _check_alpha("style_delta", alpha, 2.0)
+    alpha = check_alpha("style_delta", alpha)
     if alpha == 0:
         return text.clone()
     t, d = text.float(), _f32(delta, text)
@@ -252,7 +260,7 @@ def style_delta(
     ``neutral`` [n_n, D] (required) is the VL encoding of an unstyled reference; Δ is rescaled to T's std
     when ``scale_to_text`` (see blend_with_style_delta).
     """
-    alpha = _prepare("style_delta", text, vl, alpha, hi=2.0)
+    alpha = _prepare("style_delta", text, vl, alpha, hi=ALPHA_MAX["style_delta"])
     if neutral is None:
         raise BlendError("style_delta: option 'neutral' (tensor [n_n, D]) is required")
     _check_rows("style_delta", "neutral", neutral, text.shape[1])

@@ -86,6 +86,26 @@ class VLConfig(_Section):
     alpha_schedule: str = "constant"
     inject_layers: list[int] = []
 
+    @field_validator("blend")
+    @classmethod
+    def _known_blend(cls, v: str) -> str:
+        from .blend import BLEND_MODES
+
+        if v not in BLEND_MODES:
+            raise ValueError(f"unknown blend mode '{v}' (valid: {', '.join(BLEND_MODES)})")
+        return v
+
+    @field_validator("alpha_schedule")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        from .schedule import parse_schedule
+
+        try:
+            parse_schedule(v)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return v
+
 
 class Config(_Section):
     models: ModelsConfig = ModelsConfig()
@@ -115,7 +135,7 @@ def _describe(err: ValidationError) -> str:
     key = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
-    return f"bad value for '{key}': {e['msg']}"
+    return f"bad value for '{key}': {e['msg'].removeprefix('Value error, ')}"
 
 
 def load_config(

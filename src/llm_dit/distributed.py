@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .cache import TensorCache
 from .config import Config
 from .errors import UserError
 from .files import image_bytes
@@ -73,7 +74,7 @@ def _outcome_error(run: dict[str, Any], e: BaseException) -> Outcome:
 class Worker:
     """One generator on a Ray worker: primes the cache, then renders batches of runs."""
 
-    def __init__(self, base: Config, cwd: str, threads: int | None) -> None:
+    def __init__(self, base: Config, cwd: str, threads: int | None, cache_root: str | None) -> None:
         import torch
 
         if Path(cwd).is_dir():
@@ -81,7 +82,7 @@ class Worker:
         if threads:
             torch.set_num_threads(threads)
         self.base = base
-        self.gen = Generator(base)
+        self.gen = Generator(base, TensorCache(cache_root) if cache_root else None)
         self.inputs = Inputs()
 
     def prime(self, work: dict[str, Any]) -> None:
@@ -145,7 +146,7 @@ def _connect(ray, env: dict[str, str]) -> bool:
     return True
 
 
-def _start_workers(ray, base: Config, workers: int | None, env: dict[str, str]) -> list[Any]:
+def _start_workers(ray, base: Config, workers: int | None, env: dict[str, str], cache_root: str | None) -> list[Any]:
     """One actor per GPU of the cluster (or `workers`), else `workers` CPU actors sharing the CPUs (default 1)."""
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
@@ -160,7 +161,7 @@ def _start_workers(ray, base: Config, workers: int | None, env: dict[str, str]) 
         options = {"num_cpus": math.floor(share) if share >= 1 else share}
         threads = max(1, math.floor(share))
     actor = ray.remote(Worker).options(runtime_env={"env_vars": env}, **options)
-    return [actor.remote(base, os.getcwd(), threads) for _ in range(n)]
+    return [actor.remote(base, os.getcwd(), threads, cache_root) for _ in range(n)]
 
 
 def _unwrap(ray, e: BaseException) -> BaseException:
@@ -219,8 +220,10 @@ def run_on_ray(
     on_result: Callable[[dict[str, Any]], None] | None = None,
     *,
     workers: int | None = None,
+    cache_root: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run `todo` (planned as `work`) on Ray, writing into `out` as the local runner does.
+    """Run `todo` (planned as `work`) on Ray, writing into `out` as the local runner does. `cache_root`: the
+    actors' tensor cache (default: the one under `$LLM_DIT_CACHE`); it must be one path every actor can reach.
 
     Returns `{"forward_passes": {"vl": n, "text": n}, "cache_hits": n, "cache_misses": n}` summed over the actors.
     """
@@ -229,11 +232,12 @@ def run_on_ray(
         return stats
     workers = worker_count(workers)
     ray = _import_ray()
-    env = worker_env()
+    env = {}
     started = _connect(ray, env)
     actors: list[Any] = []
     try:
-        actors = _start_workers(ray, base, workers, env)
+        root = str(Path(cache_root).absolute()) if cache_root is not None else None
+        actors = _start_workers(ray, base, workers, env, root)
         ray.get(actors[0].prime.remote(work))  # once: every other actor reads it from the shared cache
         _dispatch(ray, actors, batches(todo, batch_size), Path(out), len(todo), on_result)
         for s in ray.get([a.stats.remote() for a in actors]):

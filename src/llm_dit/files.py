@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -116,15 +117,19 @@ def load_image(path: str | Path, label: str = "image") -> Image.Image:
     if path.stat().st_size == 0:
         raise UserError(f"{label} is empty (0 bytes): {path}")
     try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im.load()
-            if im.width == 0 or im.height == 0:
-                raise UserError(f"{label} has zero size: {path}")
-            return _to_rgb(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width == 0 or im.height == 0:
+                    raise UserError(f"{label} has zero size: {path}")
+                im.seek(0)
+                im.load()
+                return _to_rgb(im)
+    except UserError:
+        raise
     except UnidentifiedImageError:
         raise UserError(f"{label} is not an image file: {path}") from None
-    except Image.DecompressionBombError:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"{label} is too large ({path}): over {Image.MAX_IMAGE_PIXELS} pixels") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"{label} is truncated or corrupt: {path} ({e})") from None

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .blend import blend_stats, mode_options
+from .blend import blend_stats, check_alpha, mode_options
 from .cache import TensorCache
 from .condition import Conditioning, blend_conditioning, combine_layers, parse_layer_weights
 from .config import Config, GenerationConfig
@@ -305,9 +305,12 @@ class Generator:
         schedule = parse_schedule(v.alpha_schedule)
         if v.inject_layers and schedule.kind != "constant":
             raise UserError("an alpha schedule and DiT block injection cannot be combined; choose one")
+        alphas = schedule.alphas(denoising_steps(g, init_image is not None), v.alpha)
+        if inputs.get("reference") is not None or inputs.get("vl_embeddings") is not None:
+            for a in set(alphas):  # before any model runs
+                check_alpha(v.blend, a)
         with timed(times, "condition"):
             cond, encoded = self.condition(prompt, **inputs)
-            alphas = schedule.alphas(denoising_steps(g, init_image is not None), v.alpha)
             first = cond.at(alphas[0])
             negative = self.encode("").embeddings if g.guidance > 0 else None
         varies = cond.combine is not None and len(set(alphas)) > 1

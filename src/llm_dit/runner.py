@@ -143,7 +143,7 @@ def run_sweep(
         if executor == "ray":
             from .distributed import run_on_ray
 
-            records = run_on_ray(base, todo, work, out, batch_size, on_result)
+            records = run_on_ray(base, todo, work, out, batch_size, on_result, cache_root=cache.root if cache else None)
             if gen.cache:  # the actors' cache counts, summed
                 gen.cache.hits, gen.cache.misses = records["cache_hits"], records["cache_misses"]
         else:
