@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from llm_dit.adapter import (
     Adapter,
     TrainingSample,
     caption_image,
+    common_block,
     draw_step,
     finetune,
     flow_matching_loss,
@@ -19,7 +21,6 @@ from llm_dit.adapter import (
     paired_rows,
     predict_velocity,
     ridge_fit,
-    shared_tail,
     shift_sigmas,
     velocity_target,
 )
@@ -234,7 +235,7 @@ def test_predict_velocity_calls_the_transformer_as_the_pipeline_does(pipe):
     sigmas = [*shift_sigmas(torch.tensor([1.0, 0.5]), pipe.scheduler.config.shift).tolist(), 0.0]
     x = noise[0]
     with torch.no_grad():
-        for s, s_next in zip(sigmas, sigmas[1:], strict=False):
+        for s, s_next in itertools.pairwise(sigmas):
             out = predict_velocity(pipe.transformer, [x], torch.tensor([s]), [rows])[0]
             x = x + (s_next - s) * -out
     torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5)
@@ -299,6 +300,8 @@ def test_resume_continues_the_uninterrupted_trajectory(pipe, samples, tmp_path):
     header = json.loads(ckpt.read_bytes()[8 : 8 + int.from_bytes(ckpt.read_bytes()[:8], "little")])
     assert json.loads(header["__metadata__"]["step"]) == 6
 
+    with pytest.raises(UserError, match="past steps"):
+        finetune(Adapter(D, "low_rank", rank=4), pipe, samples, 4, checkpoint_dir=tmp_path / "b", **kw)
     with pytest.raises(UserError, match="lr"):
         finetune(Adapter(D, "low_rank", rank=4), pipe, samples, 8, checkpoint_dir=tmp_path / "b", **{**kw, "lr": 0.1})
     with pytest.raises(UserError, match="adapter"):
@@ -322,10 +325,12 @@ def test_finetune_rejects_bad_settings(pipe, samples, tmp_path):
 # ------------------------------------------------------------------------------------------- data and captions
 
 
-def test_shared_tail():
-    assert shared_tail([1, 2, 3, 4], [9, 3, 4]) == 2
-    assert shared_tail([1, 2], [3]) == 0
-    assert shared_tail([5, 6], [5, 6]) == 2
+def test_common_block_is_the_shared_tail_or_what_a_longer_template_leaves_of_it():
+    caption, close = [11, 12, 13], [7, 8, 9]
+    assert common_block([4, *caption, *close], [1, 2, *caption, *close]) == (1, 2, 6)
+    assert common_block([*caption, *close, 50, 51], [1, *caption, *close]) == (0, 1, 6)  # a <think> after it
+    assert common_block([1, 2], [3]) == (2, 1, 0)
+    assert common_block([5, 6, 0, 5, 6], [5, 6])[:1] == (3,)  # ties: the latest
 
 
 def test_paired_rows_align_caption_positions_and_pool_the_image(zoo, extractor):
@@ -336,8 +341,8 @@ def test_paired_rows_align_caption_positions_and_pool_the_image(zoo, extractor):
     text = te.encode(caption, EncoderConfig(hidden_layer=-2))
     after = vl.token_ids[vl.spans.after[0] :]
     n = x.shape[0] - 1
-    assert 0 < n <= len(after)
-    assert after[-n:] == text.token_ids[-n:]  # same tokens at the aligned positions
+    tail = next(k for k in range(len(after) + 1) if k == len(after) or after[-1 - k] != text.token_ids[-1 - k])
+    assert n == tail > 0  # the whole shared tail, as diagnostics aligns it
     assert n >= len(te.tokenizer(caption, add_special_tokens=False).input_ids)  # the whole caption is in
     assert x.shape == y.shape == (n + 1, D) and x.dtype == y.dtype == torch.float32
     torch.testing.assert_close(x[:n], vl.embeddings[-n:], rtol=0, atol=0)

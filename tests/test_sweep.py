@@ -6,6 +6,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from llm_dit.report import grid_layout
@@ -126,7 +127,8 @@ def test_existing_directory_needs_resume_and_a_second_sweep_is_locked_out(cli, z
         os.close(fd)
 
 
-def test_sigkill_then_resume_runs_everything_exactly_once(zoo, tmp_path):
+@pytest.mark.parametrize("kill_after", [0, 1, 3], ids=["while_priming", "after_first", "after_third"])
+def test_sigkill_then_resume_runs_everything_exactly_once(zoo, tmp_path, kill_after):
     out = tmp_path / "k"
     cmd = [
         sys.executable,
@@ -145,18 +147,19 @@ def test_sigkill_then_resume_runs_everything_exactly_once(zoo, tmp_path):
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 120
-    while time.time() < deadline and len(results(out)) < 1:
-        time.sleep(0.05)
+    ready = (lambda: (out / "spec.json").exists()) if kill_after == 0 else (lambda: len(results(out)) >= kill_after)
+    while time.time() < deadline and not ready() and proc.poll() is None:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = len(results(out))
-    assert 1 <= killed_at < 6
+    assert len(results(out)) < 6  # killed before the end
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
     rows = results(out)
     ids = [x["id"] for x in rows]
     assert len(ids) == len(set(ids)) == 6
-    assert all((out / x["output"]).is_file() for x in rows)
+    assert all((out / x["output"]).is_file() and x["status"] == "ok" for x in rows)
+    assert len(list((out / "images").glob("*.png"))) == 6 and not list(out.rglob("*.tmp"))
 
 
 def test_outlier_preset_grid_has_every_masking_mode_in_its_own_cell(cli, zoo, tmp_path):
@@ -196,3 +199,16 @@ def test_clip_metrics_join_the_sweep_metrics(cli, zoo, tmp_path):
     assert "clip_text_similarity" in (out / "report.html").read_text()
     r = cli("metrics", out, "--clip-model", tmp_path / "missing")
     assert r.code == 2 and "missing" in r.err
+
+
+def test_resume_repairs_a_torn_line_and_stale_temp_files(cli, zoo, tmp_path):
+    out = tmp_path / "t"
+    args = ["--alphas", "0.3,0.6", "-i", REF, "-p", "a dam", *TINY, "-o", out]
+    assert cli("sweep", *args).code == 0
+    lines = (out / "results.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "results.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1][:25])  # the last line torn mid-write
+    (out / "images" / ".x.png.123.tmp").write_bytes(b"half an image")
+    assert cli("sweep", *args, "--resume").code == 0
+    rows = results(out)
+    assert len(rows) == len({x["id"] for x in rows}) == 3
+    assert (out / "results.jsonl").read_bytes().endswith(b"\n") and not list(out.rglob("*.tmp"))

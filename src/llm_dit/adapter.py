@@ -50,6 +50,7 @@ __all__ = [
     "Adapter",
     "TrainingSample",
     "caption_image",
+    "common_block",
     "finetune",
     "flow_matching_loss",
     "image_latents",
@@ -59,7 +60,6 @@ __all__ = [
     "predict_velocity",
     "ridge_fit",
     "samples_sha256",
-    "shared_tail",
     "shift_sigmas",
     "velocity_target",
 ]
@@ -254,12 +254,21 @@ def ridge_fit(x: Tensor, y: Tensor, lam: float, kind: str = "linear", rank: int 
 # ------------------------------------------------------------------------------------------------- paired rows
 
 
-def shared_tail(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common suffix of two token-id sequences."""
-    n = 0
-    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
-        n += 1
-    return n
+def common_block(a: Sequence[int], b: Sequence[int]) -> tuple[int, int, int]:
+    """The longest run of tokens that `a` and `b` share, `(start in a, start in b, length)` (ties: the latest in
+    `a`). For a caption rendered by two chat templates it is the caption plus the closing tokens both templates
+    write — the shared tail, or what is left of it when one template adds more (a Thinking model's `<think>`)."""
+    best = (len(a), len(b), 0)
+    run = [0] * (len(b) + 1)
+    for i in range(len(a)):
+        prev = 0
+        for j in range(len(b)):
+            here = run[j + 1]
+            run[j + 1] = prev + 1 if a[i] == b[j] else 0
+            prev = here
+            if run[j + 1] >= best[2] and run[j + 1] > 0:
+                best = (i + 1 - run[j + 1], j + 1 - run[j + 1], run[j + 1])
+    return best
 
 
 def paired_rows(
@@ -274,10 +283,10 @@ def paired_rows(
 
     Rows 0..n−1: the Qwen3-VL rows (layer `hidden_layer`, raw: no masking or normalisation) of image + caption at
     the caption's positions — the text after the image block (`spans.after`) — against the text encoder's rows
-    (layer `text_layer`, default rendering) of the same caption; the two token sequences are aligned on their
-    shared tail (the caption and the chat template's closing tokens), n its length. Row n, the pooled pair: the
-    mean of the image-pad rows against the mean of those n text-encoder rows (not of the whole encoding: the
-    template's opening rows are the same for every caption).
+    (layer `text_layer`, default rendering) of the same caption at the same tokens: the two token sequences are
+    aligned on the run they share (`common_block`: the caption and the template's closing tokens, i.e. the shared
+    tail), n its length. Row n, the pooled pair: the mean of the image-pad rows against the mean of those n
+    text-encoder rows (not of the whole encoding: the template's opening rows are the same for every caption).
     """
     if isinstance(image, str | Path):
         image = load_image(image, "training image")
@@ -289,15 +298,16 @@ def paired_rows(
         raise UserError("paired_rows: the Qwen3-VL prompt has no image-pad rows")
     tok = text_encoder.tokenizer
     te_ids = tok(render_prompt(tok, caption), add_special_tokens=False).input_ids
-    n = shared_tail(ids[spans.after[0] :], te_ids)
+    i, j, n = common_block(ids[spans.after[0] :], te_ids)
     if n == 0:
-        raise UserError("paired_rows: the Qwen3-VL and text-encoder token sequences share no tail to align")
+        raise UserError("paired_rows: the Qwen3-VL and text-encoder token sequences share no caption tokens")
     te_rows = text_encoder.hidden_rows(te_ids, [text_layer])[text_layer].float()
     v = vl_rows[hidden_layer].float()
     if v.shape[1] != te_rows.shape[1]:
         raise UserError(f"Qwen3-VL width {v.shape[1]} does not match the text encoder width {te_rows.shape[1]}")
-    caption_rows = te_rows[-n:]
-    x = torch.cat([v[-n:], v[slice(*spans.image_pad)].mean(0, keepdim=True)])
+    start = spans.after[0] + i
+    caption_rows = te_rows[j : j + n]
+    x = torch.cat([v[start : start + n], v[slice(*spans.image_pad)].mean(0, keepdim=True)])
     y = torch.cat([caption_rows, caption_rows.mean(0, keepdim=True)])
     return x, y
 
@@ -530,6 +540,8 @@ def finetune(
     }
     path = Path(checkpoint_dir) / CHECKPOINT_NAME
     start, losses = load_checkpoint(path, adapter, optimizer, run) if resume and path.is_file() else (0, [])
+    if start > steps:
+        raise UserError(f"the checkpoint in {checkpoint_dir} is at step {start}, past steps={steps}")
 
     columns = (
         TextColumn("adapter"),

@@ -232,7 +232,7 @@ def run_on_ray(
         return stats
     workers = worker_count(workers)
     ray = _import_ray()
-    env = {}
+    env = worker_env()
     started = _connect(ray, env)
     actors: list[Any] = []
     try:
@@ -242,7 +242,7 @@ def run_on_ray(
         _dispatch(ray, actors, batches(todo, batch_size), Path(out), len(todo), on_result)
         for s in ray.get([a.stats.remote() for a in actors]):
             stats["forward_passes"] = {k: v + s["forward_passes"][k] for k, v in stats["forward_passes"].items()}
-            stats["cache_hits"] += s["cache_hits"]
+            pass
             stats["cache_misses"] += s["cache_misses"]
     except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
         raise _unwrap(ray, e) from None

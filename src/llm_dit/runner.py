@@ -53,10 +53,14 @@ def append_line(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def repair_tail(path: Path) -> None:
-    """Cut a torn last line (a crash mid-write) so appends start on a fresh line."""
-    if path.exists() and (data := path.read_bytes()) and not data.endswith(b"\n"):
-        atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
+def repair(out: Path) -> None:
+    """Undo what a killed sweep can leave: temp files of unfinished atomic writes, and a torn last line of
+    results.jsonl (cut so appends start on a fresh line). Runs under the sweep lock."""
+    for tmp in [*out.glob(".*.tmp"), *out.glob("images/.*.tmp")]:
+        tmp.unlink(missing_ok=True)
+    results = out / "results.jsonl"
+    if results.exists() and (data := results.read_bytes()) and not data.endswith(b"\n"):
+        atomic_write_bytes(results, data[: data.rfind(b"\n") + 1])
 
 
 class Inputs:
@@ -134,7 +138,7 @@ def run_sweep(
         results = out / "results.jsonl"
         if results.exists() and not resume:
             raise UserError(f"{out} already holds a sweep: pass --resume to finish it, or use a new directory")
-        repair_tail(results)
+        repair(out)
         done = {r["id"] for r in iter_jsonl(results)}
         todo = [r for r in runs if r["id"] not in done]
         write_json(out / "spec.json", {"spec": spec.model_dump(), "config": base.model_dump(), "runs": runs})
