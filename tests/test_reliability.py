@@ -249,3 +249,15 @@ def _ids(out: Path) -> set[str]:
     from llm_dit.sweep import iter_jsonl
 
     return {r["id"] for r in iter_jsonl(out / "results.jsonl")}
+
+
+def test_every_row_of_the_reliability_doc_names_an_existing_test():
+    doc = (REPO / "docs" / "reliability.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    body = [r for r in rows if not r.startswith(("| input class", "| rule"))]
+    assert len(body) >= 35
+    for row in body:
+        refs = re.findall(r"`(test_\w+\.py)::(test_\w+)", row)
+        assert refs, f"row without a test: {row}"
+        for file, name in refs:
+            assert f"def {name}(" in (REPO / "tests" / file).read_text(), (file, name)

@@ -242,7 +242,7 @@ def run_on_ray(
         _dispatch(ray, actors, batches(todo, batch_size), Path(out), len(todo), on_result)
         for s in ray.get([a.stats.remote() for a in actors]):
             stats["forward_passes"] = {k: v + s["forward_passes"][k] for k, v in stats["forward_passes"].items()}
-            pass
+            stats["cache_hits"] += s["cache_hits"]
             stats["cache_misses"] += s["cache_misses"]
     except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
         raise _unwrap(ray, e) from None
