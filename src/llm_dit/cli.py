@@ -99,6 +99,14 @@ def config_show(config: ConfigOpt = None, profile: ProfileOpt = "default") -> No
         print()
 
 
+# Generation settings, the same flags on `generate` and (as fixed values for every run) on `sweep`.
+StrengthOpt = Annotated[float | None, typer.Option("--strength", help="Img2img strength (generation.strength).")]
+WidthOpt = Annotated[int | None, typer.Option("--width", help="Width, multiple of 16 (generation.width).")]
+HeightOpt = Annotated[int | None, typer.Option("--height", help="Height, multiple of 16 (generation.height).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the CPU generator (generation.seed).")]
+GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="CFG scale, 0 = off (generation.guidance).")]
+ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Scheduler shift (generation.shift).")]
+
 # Conditioning options of `generate` (and, later, fixed values of sweeps): each names its config key.
 AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="Blend strength (vl.alpha).")]
 BlendOpt = Annotated[str | None, typer.Option("--blend", help="Blend mode (vl.blend); see docs/methods.md.")]
@@ -158,13 +166,13 @@ def generate(
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write (a .json sidecar goes next to it).")],
     image: Annotated[Path | None, typer.Option("--image", "-i", help="Reference image (VL conditioning).")] = None,
     init_image: Annotated[Path | None, typer.Option("--init-image", help="Image-to-image from this image.")] = None,
-    strength: Annotated[float | None, typer.Option(help="Img2img strength (generation.strength).")] = None,
+    strength: StrengthOpt = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (generation.steps).")] = None,
-    width: Annotated[int | None, typer.Option(help="Width, multiple of 16 (generation.width).")] = None,
-    height: Annotated[int | None, typer.Option(help="Height, multiple of 16 (generation.height).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the CPU generator (generation.seed).")] = None,
-    guidance: Annotated[float | None, typer.Option(help="CFG scale, 0 = off (generation.guidance).")] = None,
-    shift: Annotated[float | None, typer.Option(help="Scheduler shift (generation.shift).")] = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    seed: SeedOpt = None,
+    guidance: GuidanceOpt = None,
+    shift: ShiftOpt = None,
     alpha: AlphaOpt = None,
     blend: BlendOpt = None,
     resample: ResampleOpt = None,
@@ -516,12 +524,12 @@ def sweep(
     steps: Annotated[str | None, typer.Option(help="Axis generation.steps.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Seeds (each run is repeated per seed).")] = None,
     schedules: Annotated[str | None, typer.Option(help="Axis vl.alpha_schedule (';'-separated).")] = None,
-    width: Annotated[int | None, typer.Option(help="Fixed generation.width.")] = None,
-    height: Annotated[int | None, typer.Option(help="Fixed generation.height.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Fixed seed (same as --seeds N).")] = None,
-    guidance: Annotated[float | None, typer.Option(help="Fixed generation.guidance.")] = None,
-    shift: Annotated[float | None, typer.Option(help="Fixed generation.shift.")] = None,
-    strength: Annotated[float | None, typer.Option(help="Fixed generation.strength.")] = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    seed: SeedOpt = None,
+    guidance: GuidanceOpt = None,
+    shift: ShiftOpt = None,
+    strength: StrengthOpt = None,
     alpha: AlphaOpt = None,
     blend: BlendOpt = None,
     resample: ResampleOpt = None,
