@@ -365,3 +365,104 @@ def test_caption_image_is_greedy_and_deterministic(extractor):
     assert a == " ".join(extractor.tokenizer.decode(new, skip_special_tokens=True).split())
     with pytest.raises(UserError, match="max_new_tokens"):
         caption_image(extractor, img, max_new_tokens=0)
+
+
+def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from llm_dit.sweep import iter_jsonl
+
+    from .conftest import REPO
+
+    refs = REPO / "examples" / "reference-images"
+    data = tmp_path / "images"
+    data.mkdir()
+    for name in ("house2.png", "sunset.png", "purple_hexagon.png"):
+        Image.open(refs / name).resize((64, 64)).save(data / name)
+    (tmp_path / "captions.txt").write_text("house2.png\ta cartoon house\nsunset.png\ta desert at sunset\n")
+    out = tmp_path / "a.safetensors"
+    r = cli(
+        "train-adapter",
+        "--models",
+        "tiny",
+        "--images",
+        data,
+        "--captions",
+        tmp_path / "captions.txt",
+        "--kind",
+        "affine",
+        "--finetune-steps",
+        "3",
+        "--lr",
+        "0.01",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "-o",
+        out,
+    )
+    assert r.code == 0, r.err
+    adapter, meta = Adapter.load(out)
+    assert meta["adapter_kind"] == "affine" and meta["hidden_layer"] == -6 and meta["finetune_steps"] == 3
+    assert meta["captions"]["house2.png"] == "a cartoon house" and isinstance(
+        meta["captions"]["purple_hexagon.png"], str
+    )
+    assert (tmp_path / "a.ckpt" / "adapter.ckpt.safetensors").is_file()
+
+    small = [
+        "--models",
+        "tiny",
+        "-p",
+        "a barn",
+        "-i",
+        refs / "house2.png",
+        "--steps",
+        "2",
+        "--width",
+        "32",
+        "--height",
+        "32",
+    ]
+    assert cli("generate", *small, "-o", tmp_path / "plain.png").code == 0
+    r = cli("generate", *small, "--adapter", out, "-o", tmp_path / "adapted.png")
+    assert r.code == 0, r.err
+    rec = json.loads((tmp_path / "adapted.json").read_text())
+    assert (
+        rec["conditioning"]["adapter"]["adapter_kind"] == "affine"
+        and len(rec["conditioning"]["adapter"]["sha256"]) == 64
+    )
+    a, b = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("plain", "adapted"))
+    assert np.abs(a - b).max() > 0
+    r = cli("generate", *small, "--adapter", out, "--vl-layer", "-2", "-o", tmp_path / "bad.png")
+    assert r.code == 2 and "trained on layer -6" in r.err
+
+    sweep = tmp_path / "s"
+    r = cli(
+        "sweep",
+        "--models",
+        "tiny",
+        "-p",
+        "a barn",
+        "-i",
+        refs / "house2.png",
+        "--steps",
+        "2",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--adapters",
+        f"none,{out}",
+        "--alpha",
+        "0.5",
+        "-o",
+        sweep,
+    )
+    assert r.code == 0, r.err
+    rows = [x for x in iter_jsonl(sweep / "results.jsonl") if x["kind"] == "variant"]
+    assert sorted(str(x["settings"]["vl.adapter"]) for x in rows) == sorted(["None", str(out)])
+    assert sum("adapter" in x["record"]["conditioning"] for x in rows) == 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -598,3 +599,91 @@ def caption_image(
     new = out[0, inputs["input_ids"].shape[1] :]
     text = extractor.tokenizer.decode(new, skip_special_tokens=True)
     return " ".join(text.rsplit("</think>", 1)[-1].split())
+
+
+def read_captions(path: str | Path | None) -> dict[str, str]:
+    """Captions by image file name: a JSON object, or lines `NAME<TAB>CAPTION`; none when `path` is None."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"captions file not found: {path}")
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"captions file {path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise UserError(f"captions file {path} must map image file names to caption strings")
+        return data
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            name, sep, caption = line.partition("\t")
+            if not sep:
+                raise UserError(f"captions file {path}, line {n}: expected NAME<TAB>CAPTION")
+            out[name.strip()] = caption.strip()
+    return out
+
+
+def train_adapter(
+    gen: Any,
+    images: Sequence[Path],
+    captions: dict[str, str],
+    *,
+    kind: str = "linear",
+    rank: int | None = None,
+    lam: float = 1e-2,
+    steps: int = 0,
+    lr: float = 1e-3,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> tuple[Adapter, dict[str, Any]]:
+    """Ridge-initialise an adapter on (image + caption) pairs, then optionally fine-tune it for `steps` through
+    the frozen DiT. `gen` is a `Generator` (its `vl`, `text_encoder`, `pipeline` and `config` are used); captions
+    missing from `captions` are written by the Qwen3-VL model. Returns the adapter and its metadata."""
+    cfg = gen.config
+    layer = cfg.vl.hidden_layer
+    pictures = {p.name: load_image(p, "training image") for p in images}
+    written = {name: captions.get(name) or caption_image(gen.vl, img) for name, img in pictures.items()}
+    pairs = [
+        paired_rows(gen.vl, gen.text_encoder, img, written[name], layer, cfg.encoder.hidden_layer)
+        for name, img in pictures.items()
+    ]
+    adapter = ridge_fit(torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]), lam, kind, rank)
+    vl_rows = {
+        name: gen.vl.extract(img, written[name], layer, token_mode=cfg.vl.token_mode).embeddings
+        for name, img in pictures.items()
+    }
+    meta: dict[str, Any] = {
+        "vl_model": gen.vl.identity,
+        "hidden_layer": layer,
+        "text_layer": cfg.encoder.hidden_layer,
+        "token_mode": cfg.vl.token_mode,
+        "adapter_kind": kind,
+        "rank": rank,
+        "lam": lam,
+        "captions": written,
+        "images": sorted(pictures),
+        "finetune_steps": steps,
+        "lr": lr,
+    }
+    if steps > 0:
+        if checkpoint_dir is None:
+            raise UserError("fine-tuning needs a checkpoint directory")
+        gen.release("text_encoder", "vl")
+        g = cfg.generation
+        samples = [
+            TrainingSample(image_latents(gen.pipeline, img, g.height, g.width), vl_rows[name])
+            for name, img in pictures.items()
+        ]
+        losses = finetune(adapter, gen.pipeline, samples, steps, lr, checkpoint_dir, resume, progress)
+        meta |= {
+            "samples_sha256": samples_sha256(samples),
+            "loss_first": losses[0],
+            "loss_last": losses[-1],
+            "size": [g.width, g.height],
+        }
+    return adapter, meta

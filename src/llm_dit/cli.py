@@ -129,6 +129,7 @@ ClipOpt = Annotated[
 ]
 
 
+AdapterOpt = Annotated[Path | None, typer.Option("--adapter", help="Trained adapter file (vl.adapter).")]
 StatsOpt = Annotated[Path | None, typer.Option("--reference-stats", help="Statistics file (vl.reference_stats).")]
 
 
@@ -186,6 +187,7 @@ def generate(
     inject_layers: InjectOpt = None,
     blend_option: BlendOptionOpt = None,
     reference_stats: StatsOpt = None,
+    adapter: AdapterOpt = None,
     steer: Annotated[Path | None, typer.Option("--steer", help="Steering direction file (llm-dit steer).")] = None,
     vl_embeddings: Annotated[Path | None, typer.Option(help="VL rows from `llm-dit extract` instead of -i.")] = None,
     neutral_embeddings: Annotated[Path | None, typer.Option(help="Neutral VL rows for style_delta.")] = None,
@@ -232,6 +234,7 @@ def generate(
         vl__inject_layers=parse_int_list(inject_layers, "--inject-layers"),
         vl__blend_options=parse_blend_options(blend_option),
         vl__reference_stats=str(reference_stats) if reference_stats else None,
+        vl__adapter=str(adapter) if adapter else None,
     )
     inputs = {
         "reference": load_image(image, "reference image") if image else None,
@@ -502,6 +505,66 @@ def steer(
     print(output)
 
 
+@app.command("train-adapter")
+def train_adapter_cmd(
+    images: Annotated[Path, typer.Option("--images", help="Folder of training images (png, jpg, webp).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Adapter file (safetensors).")],
+    captions: Annotated[
+        Path | None, typer.Option("--captions", help="JSON {name: caption} or NAME<TAB>CAPTION.")
+    ] = None,
+    kind: Annotated[str, typer.Option("--kind", help="linear, low_rank or affine.")] = "linear",
+    rank: Annotated[int | None, typer.Option("--rank", help="Rank of a low_rank adapter.")] = None,
+    lam: Annotated[float, typer.Option("--lam", help="Ridge penalty of the closed-form initialisation.")] = 1e-2,
+    finetune_steps: Annotated[int, typer.Option(help="Flow-matching steps through the frozen DiT (0 = none).")] = 0,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-3,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoints (default: OUTPUT.ckpt/).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the checkpoint.")] = True,
+    vl_layer: VLLayerOpt = None,
+    token_mode: TokenModeOpt = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    config: ConfigOpt = None,
+    profile: ProfileOpt = "default",
+    models: ModelsOpt = None,
+    zimage: ZImageOpt = None,
+    vl: VLOpt = None,
+) -> None:
+    """Train a small adapter from Qwen3-VL rows to the DiT's caption space (ridge init, optional fine-tuning)."""
+    from .adapter import read_captions, train_adapter
+    from .generate import Generator
+
+    if not images.is_dir():
+        raise UserError(f"images folder not found: {images}")
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if not files:
+        raise UserError(f"no images (png, jpg, webp) in {images}")
+    cfg = resolve(
+        config,
+        profile,
+        models,
+        zimage,
+        vl,
+        vl__hidden_layer=vl_layer,
+        vl__token_mode=token_mode,
+        generation__width=width,
+        generation__height=height,
+    )
+    adapter, meta = train_adapter(
+        Generator(cfg),
+        files,
+        read_captions(captions),
+        kind=kind,
+        rank=rank,
+        lam=lam,
+        steps=finetune_steps,
+        lr=lr,
+        checkpoint_dir=checkpoint_dir or output.with_suffix(".ckpt"),
+        resume=resume,
+    )
+    adapter.save(output, meta)
+    print(output)
+
+
 @app.command()
 def sweep(
     output: Annotated[Path, typer.Option("--output", "-o", help="Sweep directory.")],
@@ -524,6 +587,7 @@ def sweep(
     steps: Annotated[str | None, typer.Option(help="Axis generation.steps.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Seeds (each run is repeated per seed).")] = None,
     schedules: Annotated[str | None, typer.Option(help="Axis vl.alpha_schedule (';'-separated).")] = None,
+    adapters: Annotated[str | None, typer.Option(help="Axis vl.adapter: adapter files or 'none'.")] = None,
     width: WidthOpt = None,
     height: HeightOpt = None,
     seed: SeedOpt = None,
@@ -593,6 +657,7 @@ def sweep(
         "generation.strength": parse_list(strengths, float, "--strengths"),
         "generation.steps": parse_list(steps, int, "--steps"),
         "vl.alpha_schedule": schedules.split(";") if schedules else None,
+        "vl.adapter": [None if a.strip() == "none" else a.strip() for a in adapters.split(",")] if adapters else None,
     }
     fixed = {
         "generation.width": width,

@@ -85,6 +85,7 @@ class VLConfig(_Section):
     blend_options: dict[str, float | int | bool] = {}
     alpha_schedule: str = "constant"
     inject_layers: list[int] = []
+    adapter: str | None = None  # a trained adapter (llm-dit train-adapter) applied to the VL rows before blending
 
     @field_validator("blend")
     @classmethod

@@ -16,12 +16,13 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
+from .adapter import Adapter
 from .blend import blend_stats, check_alpha, mode_options
 from .cache import TensorCache
 from .condition import Conditioning, blend_conditioning, combine_layers, parse_layer_weights
 from .config import Config, GenerationConfig
 from .errors import UserError
-from .files import check_embeddings, library_versions
+from .files import check_embeddings, library_versions, sha256_file
 from .inject import inject_conditioning
 from .models import load_pipeline, model_identity, read_model_json, release_memory
 from .schedule import parse_schedule, schedule_callback
@@ -151,6 +152,7 @@ class Generator:
         self._pipeline = None
         self._released_passes = {"text_encoder": 0, "vl": 0}
         self._stats: dict[int, ReferenceStats] = {}
+        self._adapters: dict[str, tuple[Adapter, dict[str, Any]]] = {}
 
     @property
     def text_encoder(self) -> TextEncoder:
@@ -215,6 +217,26 @@ class Generator:
         if missing:
             self._stats |= self.text_encoder.reference_stats(missing)
         return {layer: self._stats[layer] for layer in layers}
+
+    def adapter(self, path: str) -> tuple[Adapter, dict[str, Any]]:
+        """A trained adapter (loaded once), checked against the VL settings it was trained with."""
+        if path not in self._adapters:
+            adapter, meta = Adapter.load(path)
+            v = self.config.vl
+            if adapter.dim != self.caption_width:
+                raise UserError(
+                    f"adapter {path} has width {adapter.dim}, the DiT caption width is {self.caption_width}"
+                )
+            trained = (meta.get("hidden_layer"), meta.get("token_mode"))
+            if (None not in trained and trained != (v.hidden_layer, v.token_mode)) or v.layers:
+                raise UserError(
+                    f"adapter {path} was trained on layer {trained[0]} with token mode {trained[1]}; "
+                    f"use --vl-layer {trained[0]} --token-mode {trained[1]} (and no --vl-layers)"
+                )
+            if v.normalize != "none" or v.outlier_masking != "none":
+                raise UserError(f"adapter {path} maps raw VL rows: use --normalize none --outlier-masking none")
+            self._adapters[path] = adapter, {"path": path, "sha256": sha256_file(path), **meta}
+        return self._adapters[path]
 
     def needs_reference_stats(self) -> bool:
         v = self.config.vl
@@ -281,6 +303,10 @@ class Generator:
         else:
             vl, record["vl"] = self.extract(reference, prompt)
             source = "reference"
+        if v.adapter:
+            adapter, record["adapter"] = self.adapter(v.adapter)
+            with torch.no_grad():
+                vl = adapter(vl)
         options = dict(v.blend_options)
         if "resample" in mode_options(v.blend):
             options.setdefault("resample", v.resample)
