@@ -407,6 +407,7 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
     )
     assert r.code == 0, r.err
     adapter, meta = Adapter.load(out)
+    assert adapter.dim == 64
     assert meta["adapter_kind"] == "affine" and meta["hidden_layer"] == -6 and meta["finetune_steps"] == 3
     assert meta["captions"]["house2.png"] == "a cartoon house" and isinstance(
         meta["captions"]["purple_hexagon.png"], str
