@@ -39,10 +39,24 @@ def test_alpha_zero_is_pixel_identical_to_text_only_and_alpha_changes_it(cli, zo
 
 def test_img2img_with_reference_and_strength(cli, zoo, tmp_path):
     base = ["--models", "tiny", "-p", "a house", "-i", REF, "--init-image", REF, *SMALL, "--steps", "4"]
-    assert cli("generate", *base, "--strength", "0.9", "-o", tmp_path / "a.png").code == 0
+    assert cli("generate", *base, "--strength", "0.75", "-o", tmp_path / "a.png").code == 0
     assert cli("generate", *base, "--strength", "0.5", "-o", tmp_path / "b.png").code == 0
     assert not np.array_equal(pixels(tmp_path / "a.png"), pixels(tmp_path / "b.png"))
-    assert json.loads((tmp_path / "a.json").read_text())["settings"]["generation.strength"] == 0.9
+    rec = json.loads((tmp_path / "a.json").read_text())
+    assert rec["settings"]["generation.strength"] == 0.75 and rec["img2img"] == {"strength": 0.75, "skipped_steps": 1}
+    assert rec["inputs"]["init_image"]["sha256"] == rec["inputs"]["reference_image"]["sha256"]
+
+
+def test_strength_that_skips_no_step_is_warned_about(gen):
+    ref = Image.open(REF).convert("RGB")
+    g = Generator(
+        gen.config.model_copy(
+            update={"generation": gen.config.generation.model_copy(update={"steps": 4, "strength": 0.9})}
+        ),
+        gen.cache,
+    )
+    with pytest.warns(UserWarning, match="init image has no effect"):
+        g.prepare("a house", init_image=ref, reference=ref)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from numbers import Integral, Real
 from typing import TypeAlias
 
@@ -473,13 +473,19 @@ def mode_options(mode: str) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
+def check_options(mode: str, names: Iterable[str]) -> None:
+    """`BlendError` naming the mode's valid options if any of `names` is not one of them."""
+    valid = mode_options(mode)
+    unknown = sorted(set(names) - set(valid))
+    if unknown:
+        raise BlendError(
+            f"unknown option(s) {', '.join(unknown)} for blend mode {mode!r}; valid: {', '.join(valid) or 'none'}"
+        )
+
+
 def blend(text: Tensor, vl: Tensor, mode: str, alpha: float, **options: object) -> Tensor:
     """Dispatch: BLEND_MODES[mode](text, vl, alpha, **options); unknown mode or option names raise."""
-    valid = mode_options(mode)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        names = ", ".join(valid) or "none"
-        raise BlendError(f"unknown option(s) {', '.join(unknown)} for blend mode {mode!r}; valid: {names}")
+    check_options(mode, options)
     return BLEND_MODES[mode](text, vl, alpha, **options)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -201,7 +202,7 @@ def generate(
     low_memory: LowMemOpt = None,
 ) -> None:
     """Generate one image; writes OUTPUT and OUTPUT.json with every setting that made it."""
-    from .files import load_embeddings, load_image, save_image
+    from .files import load_embeddings, load_image, save_image, sha256_file
     from .generate import Generator
     from .steer import load_direction
 
@@ -250,7 +251,17 @@ def generate(
         )
     init = load_image(init_image, "init image") if init_image else None
     result = Generator(cfg).generate(prompt, init_image=init, **{k: v for k, v in inputs.items() if v is not None})
-    save_image(result.image, output, result.record | {"output": str(output)})
+    files = {
+        "reference_image": image,
+        "init_image": init_image,
+        "vl_embeddings": vl_embeddings,
+        "neutral_image": neutral_image,
+        "neutral_embeddings": neutral_embeddings,
+        "embeddings": embeddings,
+        "steer": steer,
+    }
+    sources = {k: {"path": str(p.resolve()), "sha256": sha256_file(p)} for k, p in files.items() if p is not None}
+    save_image(result.image, output, result.record | {"inputs": sources, "output": str(output)})
     print(output)
 
 
@@ -444,7 +455,7 @@ def inspect_cmd(
 
 @app.command()
 def steer(
-    pairs: Annotated[Path, typer.Option("--pairs", help="TOML: [[pairs]] prompt/positive/negative, or two sets.")],
+    pairs: Annotated[Path, typer.Option("--pairs", help="TOML: \\[\\[pairs]] prompt/positive/negative, or two sets.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Direction file (safetensors).")],
     method: Annotated[str, typer.Option("--method", help="mean_difference or pca.")] = "mean_difference",
     layer: VLLayerOpt = None,
@@ -567,7 +578,7 @@ def train_adapter_cmd(
 
 @app.command()
 def sweep(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Sweep directory.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Sweep directory.")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="A built-in sweep (see --list-presets).")] = None,
     spec: Annotated[Path | None, typer.Option("--spec", help="Sweep spec TOML (fixed, axes, prompts...).")] = None,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List presets with run counts.")] = False,
@@ -627,6 +638,8 @@ def sweep(
         return
     if executor not in ("local", "ray"):
         raise UserError(f"unknown executor '{executor}' (valid: local, ray)")
+    if output is None and not dry_run:
+        raise UserError("give the sweep directory with --output/-o")
     base_spec = SweepSpec.from_toml(spec) if spec else SweepSpec()
     prompts = list(prompt or [])
     if prompts_file is not None:
@@ -803,6 +816,7 @@ def _quiet_libraries() -> None:
 def main() -> None:
     """Console entry point: runs the app and turns `UserError` into one line and exit code 2."""
     _quiet_libraries()
+    warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
     try:
         app()
     except UserError as e:

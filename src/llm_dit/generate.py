@@ -8,6 +8,7 @@ turns a prompt into an image plus the record that says exactly how it was made.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 
 from .adapter import Adapter
-from .blend import blend_stats, check_alpha, mode_options
+from .blend import blend_stats, check_alpha, check_options, mode_options
 from .cache import TensorCache
 from .condition import Conditioning, blend_conditioning, combine_layers, parse_layer_weights
 from .config import Config, GenerationConfig
@@ -331,10 +332,18 @@ class Generator:
         schedule = parse_schedule(v.alpha_schedule)
         if v.inject_layers and schedule.kind != "constant":
             raise UserError("an alpha schedule and DiT block injection cannot be combined; choose one")
-        alphas = schedule.alphas(denoising_steps(g, init_image is not None), v.alpha)
+        steps = denoising_steps(g, init_image is not None)
+        alphas = schedule.alphas(steps, v.alpha)
         if inputs.get("reference") is not None or inputs.get("vl_embeddings") is not None:
+            check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
             for a in set(alphas):  # before any model runs
                 check_alpha(v.blend, a)
+        if init_image is not None and steps == g.steps and g.strength < 1:
+            warnings.warn(
+                f"strength {g.strength} at {g.steps} steps skips no denoising step in diffusers (it skips "
+                f"int(N - N*strength)), so the init image has no effect; lower the strength or raise the steps",
+                stacklevel=2,
+            )
         with timed(times, "condition"):
             cond, encoded = self.condition(prompt, **inputs)
             first = cond.at(alphas[0])
@@ -386,17 +395,22 @@ class Generator:
         results = []
         for p, image in zip(batch, images, strict=True):
             p.times["denoise"] = share
+            blended = p.conditioning.combine is not None
             conditioning = p.conditioning.record | {
                 "source": p.conditioning.source,
-                "alpha": p.config.vl.alpha,
-                "alphas": p.alphas,
+                "alpha": p.config.vl.alpha if blended else None,
+                "alphas": p.alphas if blended else [],
                 "caption_rows": int(p.first.shape[0]),
                 "blend_stats": blend_stats(p.conditioning.text, p.first),
                 "batch_size": len(batch),
             }
             if callback is not None:
                 conditioning["alphas_used"] = list(callback.used)
-            record = self.record(p, conditioning=conditioning, init_image=p.init_image is not None)
+            g = p.config.generation
+            img2img = None
+            if p.init_image is not None:
+                img2img = {"strength": g.strength, "skipped_steps": g.steps - denoising_steps(g, True)}
+            record = self.record(p, conditioning=conditioning, img2img=img2img)
             results.append(Result(image, record))
         return results
 

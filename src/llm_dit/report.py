@@ -61,8 +61,8 @@ SEED_KEY = "generation.seed"
 
 
 def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """The runs of `results.jsonl`, one per id: the last record of an id wins (a retried run replaces its failure)
-    but keeps the position of the id's first record, so the order stays the sweep's order."""
+    """The runs of `results.jsonl`, one per id: the last record of an id wins (the runner writes each id once;
+    a hand-edited or merged file may repeat one) but keeps the position of the id's first record."""
     runs: dict[str, dict[str, Any]] = {}
     for rec in iter_jsonl(Path(sweep_dir) / "results.jsonl"):
         if isinstance(rec, dict) and "id" in rec:

@@ -86,7 +86,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         }
     },
     "vl_only_vs_qwen3": {
-        "baseline": True,
         "variants": [
             {"label": "vl_text_tokens", "vl.token_mode": "text_only", "vl.alpha": 1.0, "vl.blend": "interpolate"},
             {"label": "vl_full_sequence", "vl.token_mode": "full", "vl.alpha": 1.0, "vl.blend": "interpolate"},
@@ -222,7 +221,7 @@ def resolve_spec(
         data["fixed"] = {**p.pop("fixed", {}), **data["fixed"]}
         data["axes"] = {**p.pop("axes", {}), **data["axes"]}
         data["variants"] = data["variants"] or p.pop("variants", [])
-        data |= {k: v for k, v in p.items() if k not in data or data[k] in (None, False, "sweep")}
+        data["img2img"] = data["img2img"] or p.pop("img2img", False)
         data["name"] = preset if spec.name == "sweep" else spec.name
         if needs == "steer" and not data["steer"]:
             raise UserError(f"preset '{preset}' needs a steering direction: give --steer FILE")

@@ -109,7 +109,9 @@ class TextEncoder:
         identity: dict[str, str],
         dtype: torch.dtype,
         cache: TensorCache | None = None,
+        device: torch.device | None = None,
     ) -> None:
+        self.device = device or torch.device("cpu")  # where and in which dtype the model runs: in every cache key
         self.tokenizer = tokenizer
         self.config = config
         self.identity = identity
@@ -133,7 +135,7 @@ class TextEncoder:
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load the text encoder of {zimage}: {str(e).splitlines()[0]}") from None
         load = partial(load_model, AutoModel, zimage, dev, dt, subfolder="text_encoder")
-        return cls(tokenizer, config, load, model_identity(zimage, "text_encoder"), dt, cache)
+        return cls(tokenizer, config, load, model_identity(zimage, "text_encoder"), dt, cache, dev)
 
     @cached_property
     def model(self) -> torch.nn.Module:
@@ -150,7 +152,7 @@ class TextEncoder:
         layers already in the cache are not recomputed."""
         for layer in layers:
             layer_position(layer, self.num_layers)
-        base = {"model": self.identity, "dtype": str(self.dtype), "token_ids": token_ids}
+        base = {"model": self.identity, "dtype": str(self.dtype), "device": self.device.type, "token_ids": token_ids}
         rows: dict[int, torch.Tensor] = {}
         for layer in layers:
             if self.cache and (hit := self.cache.get("text", {**base, "layer": layer})):

@@ -181,8 +181,12 @@ class VLEmbeddingExtractor:
         load: Callable[[], torch.nn.Module],
         identity: dict[str, str],
         cache: TensorCache | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.config = config
+        self.device = device or torch.device("cpu")  # where and in which dtype the model runs: in every cache key
+        self.dtype = dtype
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.identity = identity
@@ -220,15 +224,11 @@ class VLEmbeddingExtractor:
             raise UserError(f"cannot load Qwen3-VL from {path_or_id}: {str(e).splitlines()[0]}") from None
         if not tokenizer.chat_template:
             raise UserError(f"{path_or_id} has no chat template (expected one in its tokenizer files)")
+        dt = resolve_dtype(dtype, dev)
         load = partial(
-            load_model,
-            Qwen3VLForConditionalGeneration,
-            path_or_id,
-            dev,
-            resolve_dtype(dtype, dev),
-            trust_remote_code=trust_remote_code,
+            load_model, Qwen3VLForConditionalGeneration, path_or_id, dev, dt, trust_remote_code=trust_remote_code
         )
-        return cls(config, tokenizer, image_processor, load, model_identity(path_or_id), cache)
+        return cls(config, tokenizer, image_processor, load, model_identity(path_or_id), cache, dev, dt)
 
     @cached_property
     def model(self) -> torch.nn.Module:
@@ -289,6 +289,8 @@ class VLEmbeddingExtractor:
         ids = inputs["input_ids"][0].tolist()
         base = {
             "model": self.identity,
+            "dtype": str(self.dtype),
+            "device": self.device.type,
             "token_ids_sha256": hashlib.sha256(str(ids).encode()).hexdigest(),
             "image": image_sha256(image) if image is not None else None,
         }
