@@ -3,7 +3,7 @@
 Each `Worker` actor holds one `Generator` (one per GPU, or one on a CPU-only cluster). One actor first runs the
 plan's unique forward passes, which land in the shared on-disk tensor cache (`$LLM_DIT_CACHE`, passed on to the
 workers), so every other actor reads them from there instead of running them again. Actors then render the batches
-they are sent with the runner's own `prepare_run` and `render_batch`, and send back each run's PNG bytes and
+they are sent with the runner's own `run_batch`, and send back each run's PNG bytes and
 record, or its error. Only the driver writes results, through the runner's `finish`, as they come in: the same
 `results.jsonl`, written the same atomic way, so a sweep resumes identically whichever executor ran it.
 
@@ -30,8 +30,8 @@ from .cache import TensorCache
 from .config import Config
 from .errors import UserError
 from .files import image_bytes
-from .generate import Generator, Prepared, Result
-from .runner import Inputs, batches, finish, prepare_run, prime, render_batch
+from .generate import Generator, Result
+from .runner import Inputs, batches, finish, prime, run_batch
 
 IN_FLIGHT = 2  # batches queued per actor, so an actor never waits for the driver between batches
 FORWARD_PREFIXES = ("LLM_DIT_", "HF_", "TRANSFORMERS_", "DIFFUSERS_", "TORCH_")
@@ -67,10 +67,6 @@ def remote_error(kind: str, message: str) -> Exception:
     return type(kind, (Exception,), {})(message)
 
 
-def _outcome_error(run: dict[str, Any], e: BaseException) -> Outcome:
-    return run["id"], None, None, (type(e).__name__, str(e))
-
-
 class Worker:
     """One generator on a Ray worker: primes the cache, then renders batches of runs."""
 
@@ -89,24 +85,13 @@ class Worker:
         prime(self.gen, self.base, work, self.inputs)
 
     def render(self, batch: list[dict[str, Any]]) -> list[Outcome]:
-        """The runner's batch step, returning what `finish` needs instead of writing it, in the same order."""
-        outcomes: list[Outcome] = []
-        ready: list[tuple[dict[str, Any], Prepared]] = []
-        for run in batch:
-            try:
-                ready.append((run, prepare_run(self.gen, self.base, run, self.inputs)))
-            except Exception as e:
-                outcomes.append(_outcome_error(run, e))
-        if ready:
-            try:
-                results = render_batch(self.gen, [p for _, p in ready])
-                outcomes += [
-                    (run["id"], image_bytes(r.image), r.record, None)
-                    for (run, _), r in zip(ready, results, strict=True)
-                ]
-            except Exception as e:
-                outcomes += [_outcome_error(run, e) for run, _ in ready]
-        return outcomes
+        """The runner's batch step, returning what `finish` needs instead of writing it."""
+        return [
+            (run["id"], image_bytes(result.image), result.record, None)
+            if result is not None
+            else (run["id"], None, None, (type(error).__name__, str(error)))
+            for run, result, error in run_batch(self.gen, self.base, batch, self.inputs)
+        ]
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -193,21 +193,31 @@ def run_local(
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task("sweep", total=len(todo))
         for batch in batches(todo, batch_size):
-            ready: list[tuple[dict[str, Any], Prepared]] = []
-            for run in batch:
-                try:
-                    ready.append((run, prepare_run(gen, base, run, inputs)))
-                except Exception as e:
-                    finish(out, run, None, e, on_result)
-            if ready:
-                try:
-                    results = render_batch(gen, [p for _, p in ready])
-                    for (run, _), result in zip(ready, results, strict=True):
-                        finish(out, run, result, None, on_result)
-                except Exception as e:
-                    for run, _ in ready:
-                        finish(out, run, None, e, on_result)
+            for run, result, error in run_batch(gen, base, batch, inputs):
+                finish(out, run, result, error, on_result)
             progress.advance(task, len(batch))
+
+
+Outcome = tuple[dict[str, Any], Result | None, Exception | None]
+
+
+def run_batch(gen: Generator, base: Config, batch: list[dict[str, Any]], inputs: Inputs) -> list[Outcome]:
+    """Prepare and render one batch of runs: `(run, result, None)` or `(run, None, error)` for each, in order of
+    completion; a failing run (or a failing shared diffusers call) fails only its own runs."""
+    outcomes: list[Outcome] = []
+    ready: list[tuple[dict[str, Any], Prepared]] = []
+    for run in batch:
+        try:
+            ready.append((run, prepare_run(gen, base, run, inputs)))
+        except Exception as e:
+            outcomes.append((run, None, e))
+    if ready:
+        try:
+            results = render_batch(gen, [p for _, p in ready])
+            outcomes += [(run, result, None) for (run, _), result in zip(ready, results, strict=True)]
+        except Exception as e:
+            outcomes += [(run, None, e) for run, _ in ready]
+    return outcomes
 
 
 def finish(
