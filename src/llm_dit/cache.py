@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +42,44 @@ def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
 
 
 class TensorCache:
-    """`get(kind, key)` / `put(kind, key, tensors, meta)` under `root/kind/`, with hit/miss counters."""
+    """`get(kind, key)` / `put(kind, key, tensors, meta)` under `root/kind/`, with hit/miss counters.
 
-    def __init__(self, root: str | Path | None = None) -> None:
+    Entries read (and verified) or written in this process are also kept in memory, up to `memory_mb`, so a sweep
+    that reads the same rows for every run touches the disk once."""
+
+    def __init__(self, root: str | Path | None = None, memory_mb: float = 1024) -> None:
         self.root = Path(root) if root is not None else cache_root() / "tensors"
         self.hits = 0
         self.misses = 0
+        self._memory: OrderedDict[Path, tuple[dict[str, torch.Tensor], dict]] = OrderedDict()
+        self._memory_bytes = 0
+        self._memory_limit = int(memory_mb * 2**20)
+
+    def _remember(self, path: Path, entry: tuple[dict[str, torch.Tensor], dict]) -> None:
+        size = sum(t.numel() * t.element_size() for t in entry[0].values())
+        if size > self._memory_limit:
+            return
+        self._memory[path] = entry
+        self._memory_bytes += size
+        while self._memory_bytes > self._memory_limit:
+            _, (old, _) = self._memory.popitem(last=False)
+            self._memory_bytes -= sum(t.numel() * t.element_size() for t in old.values())
 
     def path(self, kind: str, key: dict[str, Any]) -> Path:
         return self.root / kind / f"{key_digest(key)}.safetensors"
 
     def get(self, kind: str, key: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict] | None:
         path = self.path(kind, key)
+        if path in self._memory and path.exists():
+            self._memory.move_to_end(path)
+            self.hits += 1
+            return self._memory[path]
         if path.exists():
             try:
                 tensors, meta = load_tensors(path)
                 if meta.get("checksum") == tensors_checksum(tensors):
                     self.hits += 1
+                    self._remember(path, (tensors, meta))
                     return tensors, meta
             except UserError:
                 pass
@@ -67,4 +89,6 @@ class TensorCache:
         return None
 
     def put(self, kind: str, key: dict[str, Any], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        save_tensors(self.path(kind, key), tensors, {**meta, "key": key, "checksum": tensors_checksum(tensors)})
+        meta = {**meta, "key": key, "checksum": tensors_checksum(tensors)}
+        path = save_tensors(self.path(kind, key), tensors, meta)
+        self._remember(path, ({k: v.detach().cpu() for k, v in tensors.items()}, meta))

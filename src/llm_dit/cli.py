@@ -304,29 +304,16 @@ def extract(
         vl__outlier_threshold=outlier_threshold,
         vl__reference_stats=str(reference_stats) if reference_stats else None,
     )
-    picture = load_image(image, "image")
     gen = Generator(cfg)
-    v = cfg.vl
-    needs_ref = v.normalize != "none" or v.outlier_masking != "none"
-    e = gen.vl.extract(
-        picture,
-        text,
-        v.hidden_layer,
-        token_mode=v.token_mode,
-        normalization=v.normalize,
-        outlier_masking=v.outlier_masking,
-        outlier_threshold=v.outlier_threshold,
-        system_prompt=v.system_prompt,
-        reference=gen.reference_stats([v.hidden_layer]) if needs_ref else None,
-        clip_sigma=v.clip_sigma,
-        hybrid_weight=v.hybrid_weight,
-    )
-    meta = e.metadata() | {"image": str(image), "versions": library_versions()}
-    save_tensors(output, {"embeddings": e.embeddings}, meta)
+    rows, extracted = gen.extract(load_image(image, "image"), text)
+    e = next(iter(extracted.values()))
+    weights = {str(layer): w for layer, w in gen.vl_layers().items()}
+    meta = e.metadata() | {"layer_weights": weights, "image": str(image), "versions": library_versions()}
+    save_tensors(output, {"embeddings": rows}, meta)
     summary = {
         "output": str(output),
         "cache": e.cache,
-        "shape": list(e.embeddings.shape),
+        "shape": list(rows.shape),
         "hidden_layer": e.hidden_layer,
         "token_mode": e.token_mode,
         "spans": e.spans.as_dict(),

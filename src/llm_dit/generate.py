@@ -30,7 +30,7 @@ from .schedule import parse_schedule, schedule_callback
 from .stats import ReferenceStats
 from .steer import apply_direction
 from .text import EncodedPrompt, TextEncoder
-from .vl import VLEmbeddingExtractor
+from .vl import VLEmbeddingExtractor, VLEmbeddings
 
 
 def set_shift(pipe, shift: float) -> None:
@@ -239,20 +239,16 @@ class Generator:
             self._adapters[path] = adapter, {"path": path, "sha256": sha256_file(path), **meta}
         return self._adapters[path]
 
-    def needs_reference_stats(self) -> bool:
+    def extraction_reference(self, layers: list[int]) -> dict[int, ReferenceStats] | ReferenceStats | None:
+        """Reference statistics the `vl` settings need (normalisation or outlier masking), else None."""
         v = self.config.vl
-        return (v.normalize != "none" or v.outlier_masking != "none") and not v.reference_stats
+        return self.reference_stats(layers) if v.normalize != "none" or v.outlier_masking != "none" else None
 
-    def extract(self, image: Image.Image, prompt: str) -> tuple[torch.Tensor, dict[str, Any]]:
-        """VL rows of `image` + `prompt` with the `vl` settings, layers combined by their weights."""
+    def extract(self, image: Image.Image, prompt: str | None) -> tuple[torch.Tensor, dict[int, VLEmbeddings]]:
+        """VL rows of `image` + `prompt` with the `vl` settings, layers combined by their weights; also each
+        layer's extraction (spans, statistics, settings) for records."""
         v = self.config.vl
-        if self.vl.hidden_size != self.caption_width:
-            raise UserError(
-                f"the Qwen3-VL hidden size {self.vl.hidden_size} does not match the DiT caption width "
-                f"{self.caption_width}: these models cannot be combined"
-            )
         weights = self.vl_layers()
-        needs_ref = v.normalize != "none" or v.outlier_masking != "none"
         extracted = self.vl.extract_layers(
             image,
             prompt,
@@ -262,12 +258,11 @@ class Generator:
             outlier_masking=v.outlier_masking,
             outlier_threshold=v.outlier_threshold,
             system_prompt=v.system_prompt,
-            reference=self.reference_stats(list(weights)) if needs_ref else None,
+            reference=self.extraction_reference(list(weights)),
             clip_sigma=v.clip_sigma,
             hybrid_weight=v.hybrid_weight,
         )
-        rows = combine_layers({layer: e.embeddings for layer, e in extracted.items()}, weights)
-        return rows, {str(layer): e.metadata() for layer, e in extracted.items()}
+        return combine_layers({layer: e.embeddings for layer, e in extracted.items()}, weights), extracted
 
     def condition(
         self,
@@ -285,8 +280,7 @@ class Generator:
             raise UserError("give one of: a reference image, VL embeddings, embeddings, a steering direction")
         encoded = self.encode(prompt)
         if self.config.models.low_memory and (reference is not None or isinstance(neutral, Image.Image)):
-            if self.needs_reference_stats():  # the text encoder's last job, before the VL model loads
-                self.reference_stats(list(self.vl_layers()))
+            self.extraction_reference(list(self.vl_layers()))  # the text encoder's last job, before the VL model loads
             self.release("text_encoder")
         text = encoded.embeddings
         v = self.config.vl
@@ -302,7 +296,13 @@ class Generator:
             vl = check_embeddings(vl_embeddings, self.caption_width, "VL embeddings").float()
             source = "vl_embeddings"
         else:
-            vl, record["vl"] = self.extract(reference, prompt)
+            if self.vl.hidden_size != self.caption_width:
+                raise UserError(
+                    f"the Qwen3-VL hidden size {self.vl.hidden_size} does not match the DiT caption width "
+                    f"{self.caption_width}: these models cannot be combined"
+                )
+            vl, extracted = self.extract(reference, prompt)
+            record["vl"] = {str(layer): e.metadata() for layer, e in extracted.items()}
             source = "reference"
         if v.adapter:
             adapter, record["adapter"] = self.adapter(v.adapter)
