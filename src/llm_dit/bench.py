@@ -20,6 +20,7 @@ measurement cannot inherit another's allocations. Each figure states its ratio a
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -175,30 +176,32 @@ def naive_run(cfg: Config, image: Image.Image, layer: int, alpha: float) -> None
     denoise(pipe, [blend(text, vl_rows, cfg.vl.blend, alpha)], g, [g.seed])
 
 
-def sweep_figures(preset: str, work: Path) -> dict[str, Any]:
-    """Sweep against the naive workflow, against its floor, and a cached rerun."""
+def sweep_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
+    """Sweep against the naive workflow, against its floor, and a cached rerun (each a median after a warm-up)."""
     from .runner import run_sweep
 
     image_path = work / "reference.png"
     reference_image(preset).save(image_path)
     spec = sweep_spec(str(image_path))
     cfg = bench_config(preset)
-    cache_dir = work / "cache"
-
-    t0 = time.perf_counter()
-    first = run_sweep(cfg, spec, work / "first", executor="local", cache=TensorCache(cache_dir))
-    sweep_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rerun = run_sweep(cfg, spec, work / "rerun", executor="local", cache=TensorCache(cache_dir))
-    rerun_s = time.perf_counter() - t0
-
     image = Image.open(image_path).convert("RGB")
-    t0 = time.perf_counter()
-    for run in spec_runs(spec):
-        naive_run(cfg, image, run["settings"]["vl.hidden_layer"], run["settings"]["vl.alpha"])
-    naive_s = time.perf_counter() - t0
+    count = itertools.count()
+    last: dict[str, Any] = {}
 
-    floor_s = floor_time(cfg, spec, image)
+    def sweep(cache_dir: Path | None = None) -> None:
+        i = next(count)
+        last["summary"] = run_sweep(cfg, spec, work / f"sweep{i}", cache=TensorCache(cache_dir or work / f"cache{i}"))
+
+    def naive() -> None:
+        for run in spec_runs(spec):
+            naive_run(cfg, image, run["settings"]["vl.hidden_layer"], run["settings"]["vl.alpha"])
+
+    sweep_s = median_time(sweep, repeats)
+    first = last["summary"]
+    rerun_s = median_time(lambda: sweep(work / "cache0"), repeats)
+    rerun = last["summary"]
+    naive_s = median_time(naive, max(1, repeats // 2))
+    floor_s = statistics.median(floor_time(cfg, spec, image) for _ in range(repeats))
     return {
         "sweep_speedup_vs_naive": figure(naive_s, sweep_s, "naive / sweep", ">=3", unit="s for 12 runs"),
         "sweep_vs_floor": figure(sweep_s, floor_s, "sweep / floor", "<=1.10", unit="s for 12 runs"),
@@ -332,7 +335,7 @@ def run_bench(preset: str = "small", repeats: int = 5, progress: Callable[[str],
         say("extraction early exit")
         out["extraction_early_exit_speedup"] = early_exit(preset, repeats)
         say("sweep vs naive, floor and cached rerun")
-        out |= sweep_figures(preset, Path(tmp))
+        out |= sweep_figures(preset, Path(tmp), repeats)
         say("batched vs sequential")
         out["batched_vs_sequential"] = batched(preset, repeats)
         say("peak memory")

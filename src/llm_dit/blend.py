@@ -10,6 +10,7 @@ A(·) below is ``align(·, n_t, resample)``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -469,7 +470,12 @@ blend_adain_per_dim = adain_per_dim
 def mode_options(mode: str) -> tuple[str, ...]:
     """Option names accepted by ``blend(..., mode, ...)``."""
     _choose("blend mode", mode, tuple(BLEND_MODES))
-    params = inspect.signature(BLEND_MODES[mode]).parameters.values()
+    return _keyword_options(BLEND_MODES[mode])
+
+
+@functools.cache
+def _keyword_options(fn: BlendMode) -> tuple[str, ...]:
+    params = inspect.signature(fn).parameters.values()
     return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 

@@ -90,5 +90,5 @@ class TensorCache:
 
     def put(self, kind: str, key: dict[str, Any], tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         meta = {**meta, "key": key, "checksum": tensors_checksum(tensors)}
-        path = save_tensors(self.path(kind, key), tensors, meta)
+        path = save_tensors(self.path(kind, key), tensors, meta, durable=False)  # checked on read, recomputable
         self._remember(path, ({k: v.detach().cpu() for k, v in tensors.items()}, meta))

@@ -29,9 +29,10 @@ from .errors import UserError
 Image.MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # decompression-bomb guard: ~8k x 8k is plenty for a reference image
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> Path:
     """Write `data` to `path` via temp file + fsync + rename (+ directory fsync), keeping the mode of a file it
-    replaces (else 0644); a clear `UserError` if the location is unwritable or full."""
+    replaces (else 0644); a clear `UserError` if the location is unwritable or full. `durable=False` skips the
+    fsyncs (still atomic; for data that is checked on read and can be recomputed, like cache entries)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -51,6 +53,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         if isinstance(e, OSError):
             raise UserError(f"cannot write {path}: {e.strerror}") from None
         raise
+    if not durable:
+        return path
     with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -145,11 +149,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any], durable: bool = True
+) -> Path:
     """safetensors file with `meta` stored as JSON strings in the header metadata."""
     header = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in meta.items()}
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=header)
-    return atomic_write_bytes(path, data)
+    return atomic_write_bytes(path, data, durable)
 
 
 def load_tensors(path: str | Path, label: str = "embeddings file") -> tuple[dict[str, torch.Tensor], dict]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -198,6 +199,7 @@ class VLEmbeddingExtractor:
         }
         self.forward_passes = 0
         self._load = load
+        self._prepared: OrderedDict[tuple, tuple[dict[str, torch.Tensor], str]] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -254,7 +256,18 @@ class VLEmbeddingExtractor:
     def prepare(
         self, image: Image.Image | None, text: str | None, system_prompt: str | None = None
     ) -> tuple[dict[str, torch.Tensor], str]:
-        """Model inputs and the rendered prompt: one image part (if any) followed by the text."""
+        """Model inputs and the rendered prompt: one image part (if any) followed by the text. The last few are
+        kept, keyed by the image's content hash, so a sweep preprocesses each reference once."""
+        key = (image_sha256(image) if image is not None else None, text, system_prompt, self.tokenizer.chat_template)
+        if key not in self._prepared:
+            self._prepared[key] = self._prepare(image, text, system_prompt)
+            while len(self._prepared) > 8:
+                self._prepared.popitem(last=False)
+        return self._prepared[key]
+
+    def _prepare(
+        self, image: Image.Image | None, text: str | None, system_prompt: str | None
+    ) -> tuple[dict[str, torch.Tensor], str]:
         content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
         if text:
             content.append({"type": "text", "text": text})
