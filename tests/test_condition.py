@@ -100,7 +100,7 @@ def test_multi_layer_weights_from_one_forward_pass(gen):
     rows, meta = g.extract(ref, "a wave")
     single = {layer: gen.vl.extract(ref, "a wave", layer).embeddings for layer in (-6, -2)}
     torch.testing.assert_close(rows, 0.7 * single[-6] + 0.3 * single[-2])
-    assert set(meta) == {"-6", "-2"}
+    assert set(meta) == {-6, -2} and meta[-6].hidden_layer == -6
     assert parse_layer_weights("-6") == {-6: 1.0}
     with pytest.raises(UserError, match="LAYER"):
         parse_layer_weights("-6:x")
