@@ -53,12 +53,13 @@ PROMPT = "a lighthouse on a cliff at sunset, watercolor"
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
     """Median wall time of `fn` over `repeats` calls after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed_call(fn) for _ in range(repeats))
+
+
+def timed_call(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def figure(numerator: float, denominator: float, ratio_is: str, target: str | None = None, **extra: Any) -> dict:
@@ -196,12 +197,18 @@ def sweep_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
         for run in spec_runs(spec):
             naive_run(cfg, image, run["settings"]["vl.hidden_layer"], run["settings"]["vl.alpha"])
 
-    sweep_s = median_time(sweep, repeats)
-    first = last["summary"]
+    # interleaved, so a change in machine load between blocks cannot favour one side
+    sweep(), floor_time(cfg, spec, image), naive()  # warm-up
+    sweep_t, floor_t, naive_t = [], [], []
+    for i in range(repeats):
+        sweep_t.append(timed_call(sweep))
+        first = last["summary"]
+        floor_t.append(floor_time(cfg, spec, image))
+        if i < max(1, repeats // 2):
+            naive_t.append(timed_call(naive))
+    sweep_s, floor_s, naive_s = (statistics.median(t) for t in (sweep_t, floor_t, naive_t))
     rerun_s = median_time(lambda: sweep(work / "cache0"), repeats)
     rerun = last["summary"]
-    naive_s = median_time(naive, max(1, repeats // 2))
-    floor_s = statistics.median(floor_time(cfg, spec, image) for _ in range(repeats))
     return {
         "sweep_speedup_vs_naive": figure(naive_s, sweep_s, "naive / sweep", ">=3", unit="s for 12 runs"),
         "sweep_vs_floor": figure(sweep_s, floor_s, "sweep / floor", "<=1.10", unit="s for 12 runs"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,10 +106,20 @@ def find_spans(ids: Sequence[int], start_id: int, end_id: int, pad_id: int) -> S
     return Spans(len(ids), (s, e + 1), (s + 1, e))
 
 
+_HASHED: dict[int, tuple[weakref.ref, str]] = {}
+
+
 def image_sha256(image: Image.Image) -> str:
-    """Content hash of the decoded RGB pixels (independent of the file format the image came in)."""
+    """Content hash of the decoded RGB pixels (independent of the file format the image came in). Remembered per
+    live image object, so a sweep reusing one reference hashes it once (images are not modified in place here)."""
+    seen = _HASHED.get(id(image))
+    if seen is not None and seen[0]() is image:
+        return seen[1]
     rgb = image.convert("RGB")
-    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+    digest = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+    key = id(image)
+    _HASHED[key] = (weakref.ref(image, lambda _: _HASHED.pop(key, None)), digest)
+    return digest
 
 
 def pick_reference(reference: Any, layer: int) -> ReferenceStats:
