@@ -267,21 +267,21 @@ def batched(preset: str, repeats: int, n: int = 4) -> dict[str, Any]:
 
 
 MEMORY_PROBE = """
-import json, resource, sys
+import json, sys
 import torch
 import diffusers.pipelines.z_image.pipeline_z_image
 import transformers.models.qwen3.modeling_qwen3, transformers.models.qwen3_vl.modeling_qwen3_vl
 from llm_dit.bench import PROMPT, bench_config, reference_image
 from llm_dit.generate import Generator, denoise
-def rss_mb():
+def status_mb(field):  # VmRSS now, VmHWM peak (per address space: unlike ru_maxrss, not inherited via fork)
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 preset, what = sys.argv[1], sys.argv[2]
 torch.set_num_threads(1)
 gen = Generator(bench_config(preset, **{"models.low_memory": what == "staged"}), cache=False)
 gen.text_encoder, gen.vl  # tokenizers and image processor: not part of any component's weights
 image = reference_image(preset)
-base = rss_mb()
+base = status_mb("VmRSS")
 if what == "text_encoder":
     gen.encode(PROMPT)
 elif what == "vl":
@@ -291,8 +291,7 @@ elif what == "pipeline":
     denoise(gen.pipeline, [torch.zeros(32, gen.caption_width)], g, [g.seed])
 else:
     gen.generate(PROMPT, reference=image)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"base_mb": base, "peak_mb": peak}))
+print(json.dumps({"base_mb": base, "peak_mb": status_mb("VmHWM")}))
 """
 
 
