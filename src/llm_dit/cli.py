@@ -108,7 +108,7 @@ SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the CPU gen
 GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="CFG scale, 0 = off (generation.guidance).")]
 ShiftOpt = Annotated[float | None, typer.Option("--shift", help="Scheduler shift (generation.shift).")]
 
-# Conditioning options of `generate` (and, later, fixed values of sweeps): each names its config key.
+# Conditioning options of `generate` (and fixed values of sweeps): each names its config key.
 AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="Blend strength (vl.alpha).")]
 BlendOpt = Annotated[str | None, typer.Option("--blend", help="Blend mode (vl.blend); see docs/methods.md.")]
 ResampleOpt = Annotated[str | None, typer.Option("--resample", help="Length alignment (vl.resample).")]

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .blend import BLEND_MODES
 from .condition import parse_layer_weights
 from .config import Config
 from .errors import UserError
@@ -101,22 +102,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "strength_sweep": {"img2img": True, "axes": {"generation.strength": [0.5, 0.7, 0.9, 1.0]}},
     "think_comparison": {"axes": {"encoder.think_block": [False, True]}},
-    "blend_all": {
-        "axes": {
-            "vl.blend": [
-                "interpolate",
-                "adain",
-                "adain_per_dim",
-                "gem_pool",
-                "svd_style",
-                "whiten",
-                "gram",
-                "attention_weighted",
-                "slerp",
-                "concat",
-            ]
-        }
-    },
+    # every blend mode but the `linear` alias and `style_delta` (it needs a neutral extraction per run)
+    "blend_all": {"axes": {"vl.blend": [m for m in BLEND_MODES if m not in ("linear", "style_delta")]}},
     "pooling": {"axes": {"vl.blend": ["gem_pool", "svd_style", "whiten"], "vl.alpha": [0.3, 0.6]}},
     "schedule": {
         "axes": {
