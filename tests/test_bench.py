@@ -1,0 +1,37 @@
+"""The benchmark runs end to end on the tiny zoo and reports every figure; no timing is asserted (timings belong
+in BENCHMARKS.md, not in tests)."""
+
+import json
+
+FIGURES = (
+    "pipeline_overhead_vs_diffusers",
+    "extraction_early_exit_speedup",
+    "sweep_speedup_vs_naive",
+    "sweep_vs_floor",
+    "cache_rerun_time_ratio",
+    "batched_vs_sequential",
+    "peak_memory_ratio",
+)
+
+
+def test_bench_reports_every_figure(cli, zoo, tmp_path):
+    out = tmp_path / "bench.json"
+    r = cli("bench", "--preset", "tiny", "--repeats", "1", "--json", out)
+    assert r.code == 0, r.err
+    result = json.loads(out.read_text())
+    for name in FIGURES:
+        fig = result[name]
+        assert fig["numerator"] > 0 and fig["denominator"] > 0 and "ratio_is" in fig
+        assert abs(fig["ratio"] - fig["numerator"] / fig["denominator"]) < 1e-3 * max(1.0, fig["ratio"])
+        assert name in r.out
+    rerun = result["cache_rerun_forward_passes"]
+    assert (rerun["vl"], rerun["text"]) == (0, 0) and rerun["first_run"] == {"vl": 1, "text": 1}
+    memory = result["peak_memory_ratio"]
+    assert set(memory["component_mb"]) == {"text_encoder", "vl", "pipeline"}
+    assert memory["largest_component"] == max(memory["component_mb"], key=memory["component_mb"].get)
+    assert result["extraction_early_exit_speedup"]["decoder_layers_run_fraction"] == 3 / 8  # layer -6 of 8
+
+
+def test_bench_rejects_an_unknown_preset(cli):
+    r = cli("bench", "--preset", "huge")
+    assert r.code == 2 and "valid: tiny, small" in r.err
