@@ -1,1 +1,35 @@
-"""llm-dit."""
+"""llm-dit: training-free reference-image conditioning for Z-Image through Qwen3-VL hidden states.
+
+The Python API a notebook uses is the one the CLI calls; the main names are importable from here (loaded on first
+use, so `import llm_dit` stays light):
+
+    from llm_dit import Generator, load_config
+    gen = Generator(load_config(profile="rtx4090"))
+    result = gen.generate("a lighthouse", reference=PIL.Image.open("style.png"))
+"""
+
+from importlib import import_module, metadata
+
+__version__ = metadata.version("llm-dit")
+
+_EXPORTS = {
+    "load_config": "config",
+    "Config": "config",
+    "Generator": "generate",
+    "denoise": "generate",
+    "TextEncoder": "text",
+    "VLEmbeddingExtractor": "vl",
+    "blend": "blend",
+    "BLEND_MODES": "blend",
+    "ReferenceStats": "stats",
+    "SweepSpec": "sweep",
+    "run_sweep": "runner",
+    "UserError": "errors",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'llm_dit' has no attribute '{name}'")
