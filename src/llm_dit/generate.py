@@ -160,7 +160,7 @@ class Generator:
         if self._text_encoder is None:
             c = self.config
             self._text_encoder = TextEncoder.from_pretrained(
-                c.models.zimage, c.encoder.device, c.encoder.dtype, cache=self.cache
+                c.models.zimage, c.encoder.device, c.encoder.dtype, self.cache, c.models.trust_remote_code
             )
         return self._text_encoder
 

@@ -122,19 +122,26 @@ class TextEncoder:
 
     @classmethod
     def from_pretrained(
-        cls, zimage: str, device: str = "auto", dtype: str = "auto", cache: TensorCache | None = None
+        cls,
+        zimage: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        cache: TensorCache | None = None,
+        trust_remote_code: bool = False,
     ) -> TextEncoder:
+        """Tokenizer and config now; the weights on the first cache miss."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         check_zimage(zimage)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
+        remote = {"trust_remote_code": trust_remote_code}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(zimage, subfolder="tokenizer")
-            config = AutoConfig.from_pretrained(zimage, subfolder="text_encoder")
+            tokenizer = AutoTokenizer.from_pretrained(zimage, subfolder="tokenizer", **remote)
+            config = AutoConfig.from_pretrained(zimage, subfolder="text_encoder", **remote)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load the text encoder of {zimage}: {str(e).splitlines()[0]}") from None
-        load = partial(load_model, AutoModel, zimage, dev, dt, subfolder="text_encoder")
+        load = partial(load_model, AutoModel, zimage, dev, dt, subfolder="text_encoder", **remote)
         return cls(tokenizer, config, load, model_identity(zimage, "text_encoder"), dt, cache, dev)
 
     @cached_property
