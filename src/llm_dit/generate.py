@@ -179,7 +179,9 @@ class Generator:
             if self.config.models.low_memory:
                 self.release("text_encoder", "vl")
             g = self.config.generation
-            self._pipeline = load_pipeline(self.config.models.zimage, g.device, g.dtype)
+            self._pipeline = load_pipeline(
+                self.config.models.zimage, g.device, g.dtype, self.config.models.trust_remote_code
+            )
         return self._pipeline
 
     def release(self, *components: str) -> None:

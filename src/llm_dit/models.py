@@ -119,16 +119,17 @@ def check_vl(path_or_id: str) -> dict:
     return config
 
 
-def load_pipeline(path_or_id: str, device: str, dtype: str, *, text_encoder: bool = False):
-    """The diffusers `ZImagePipeline` (DiT, VAE, scheduler, tokenizer); the text encoder only if asked, since
-    llm-dit encodes prompts itself and loads the encoder exactly once (`text.TextEncoder`)."""
+def load_pipeline(path_or_id: str, device: str, dtype: str, trust_remote_code: bool = False):
+    """The diffusers `ZImagePipeline` (DiT, VAE, scheduler, tokenizer) without its text encoder: llm-dit encodes
+    prompts itself and loads the encoder exactly once (`text.TextEncoder`)."""
     from diffusers import ZImagePipeline
 
     check_zimage(path_or_id)
     dev = resolve_device(device)
-    kwargs = {} if text_encoder else {"text_encoder": None}
     try:
-        pipe = ZImagePipeline.from_pretrained(path_or_id, dtype=resolve_dtype(dtype, dev), **kwargs)
+        pipe = ZImagePipeline.from_pretrained(
+            path_or_id, dtype=resolve_dtype(dtype, dev), text_encoder=None, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load Z-Image from {path_or_id}: {str(e).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
