@@ -293,7 +293,7 @@ class Generator:
             return Conditioning(text, "steer", lambda t, a: apply_direction(t, steer, a)), encoded
         if reference is None and vl_embeddings is None:
             return Conditioning(text, "text"), encoded
-        record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options, "resample": v.resample}
+        record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options}
         if vl_embeddings is not None:
             vl = check_embeddings(vl_embeddings, self.caption_width, "VL embeddings").float()
             source = "vl_embeddings"
@@ -323,6 +323,7 @@ class Generator:
                 if isinstance(neutral, Image.Image)
                 else check_embeddings(neutral, self.caption_width, "neutral embeddings").float()
             )
+        record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
         return Conditioning(text, source, blend_conditioning(text, vl, v.blend, options), record), encoded
 
     def prepare(self, prompt: str, *, init_image: Image.Image | None = None, **inputs: Any) -> Prepared:
