@@ -414,20 +414,8 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
     )
     assert (tmp_path / "a.ckpt" / "adapter.ckpt.safetensors").is_file()
 
-    small = [
-        "--models",
-        "tiny",
-        "-p",
-        "a barn",
-        "-i",
-        refs / "house2.png",
-        "--steps",
-        "2",
-        "--width",
-        "32",
-        "--height",
-        "32",
-    ]
+    house = refs / "house2.png"
+    small = ["--models", "tiny", "-p", "a barn", "-i", house, "--steps", "2", "--width", "32", "--height", "32"]
     assert cli("generate", *small, "-o", tmp_path / "plain.png").code == 0
     r = cli("generate", *small, "--adapter", out, "-o", tmp_path / "adapted.png")
     assert r.code == 0, r.err
@@ -444,18 +432,7 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
     sweep = tmp_path / "s"
     r = cli(
         "sweep",
-        "--models",
-        "tiny",
-        "-p",
-        "a barn",
-        "-i",
-        refs / "house2.png",
-        "--steps",
-        "2",
-        "--width",
-        "32",
-        "--height",
-        "32",
+        *small,
         "--adapters",
         f"none,{out}",
         "--alpha",

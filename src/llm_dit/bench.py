@@ -43,7 +43,7 @@ from .files import library_versions
 from .generate import Generator, denoise
 from .hooks import layer_position
 from .models import load_model, resolve_device, resolve_dtype
-from .sweep import SweepSpec, resolve_spec
+from .sweep import SweepSpec, expand, resolve_spec
 from .zoo import zoo_dir
 
 SIZES = {"tiny": 64, "small": 128}
@@ -194,7 +194,7 @@ def sweep_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
         last["summary"] = run_sweep(cfg, spec, work / f"sweep{i}", cache=TensorCache(cache_dir or work / f"cache{i}"))
 
     def naive() -> None:
-        for run in spec_runs(spec):
+        for run in expand(spec):
             naive_run(cfg, image, run["settings"]["vl.hidden_layer"], run["settings"]["vl.alpha"])
 
     # interleaved, so a change in machine load between blocks cannot favour one side
@@ -222,19 +222,13 @@ def sweep_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     }
 
 
-def spec_runs(spec: SweepSpec) -> list[dict[str, Any]]:
-    from .sweep import expand
-
-    return expand(spec)
-
-
 def floor_time(cfg: Config, spec: SweepSpec, image: Image.Image) -> float:
     """The irreducible work of the sweep, each piece timed alone: load each model once, one VL forward pass with
     all layers, one text encode, and the generations from precomputed conditioning."""
     from .blend import blend
 
     gen = Generator(cfg, cache=False)
-    runs = spec_runs(spec)
+    runs = expand(spec)
     layers = sorted({r["settings"]["vl.hidden_layer"] for r in runs})
     total = 0.0
     t0 = time.perf_counter()

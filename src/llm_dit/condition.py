@@ -57,7 +57,7 @@ class Conditioning:
 
 
 def blend_conditioning(text: torch.Tensor, vl: torch.Tensor, mode: str, options: dict[str, Any]) -> Callable:
-    """`alpha -> blend(T, V, mode, alpha, **options)`, checked once up front at alpha 0 so a bad mode or option
-    fails before any model runs."""
+    """`alpha -> blend(T, V, mode, alpha, **options)`, checked once at alpha 0 so bad shapes or options fail here,
+    not midway through denoising (`Generator.prepare` checks names and alphas earlier, before any model runs)."""
     blend(text, vl, mode, 0.0, **options)
     return lambda t, alpha: blend(t, vl, mode, alpha, **options)

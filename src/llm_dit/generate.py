@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import torch
@@ -199,7 +200,7 @@ class Generator:
         n = {k: v + (live[k].forward_passes if live[k] is not None else 0) for k, v in self._released_passes.items()}
         return {"vl": n["vl"], "text": n["text_encoder"]}
 
-    @property
+    @cached_property
     def caption_width(self) -> int:
         """The DiT's caption width (`cap_feat_dim`), read from its config without loading it."""
         return read_model_json(self.config.models.zimage, "transformer/config.json", "a Z-Image folder")["cap_feat_dim"]

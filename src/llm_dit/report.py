@@ -32,13 +32,17 @@ from urllib.parse import quote
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .clip import MODEL_METRICS
+from .clip import IMAGE_REWARD_METRIC, MODEL_METRICS
 from .errors import UserError
 from .files import atomic_write_bytes, atomic_write_text, image_bytes, load_image
 from .metrics import METRICS as IMAGE_METRICS
 from .sweep import iter_jsonl, varying_keys
 
-METRICS = {**IMAGE_METRICS, **MODEL_METRICS}  # every metric a sweep can hold, with range and direction
+METRICS = {
+    **IMAGE_METRICS,
+    **MODEL_METRICS,
+    IMAGE_REWARD_METRIC.name: IMAGE_REWARD_METRIC,
+}  # every metric a sweep can hold, with range and direction
 
 __all__ = [
     "Block",

@@ -244,28 +244,32 @@ def finish(
 def write_metrics(out_dir: str | Path, clip_model: str | None = None) -> dict[str, dict[str, float]]:
     """Metrics of every finished run into `metrics.json`: colour-histogram similarity to its reference image, SSIM
     to its group's same-seed pure-text baseline, grid-artifact score and high-frequency energy; with `clip_model`
-    (a CLIP or SigLIP id or path) also image-to-reference and image-to-prompt similarity in that model."""
-    from .clip import ClipScorer, compute_model_metrics
+    (a CLIP or SigLIP id or path) also image-to-reference and image-to-prompt similarity in that model; and the
+    ImageReward score when the `image-reward` package is installed."""
+    from .clip import ClipScorer, compute_model_metrics, image_reward, image_reward_available
     from .metrics import compute_image_metrics
-
-    scorer = ClipScorer.from_pretrained(clip_model) if clip_model else None
+    from .report import load_runs
 
     out = Path(out_dir)
-    latest = {r["id"]: r for r in iter_jsonl(out / "results.jsonl") if r["status"] == "ok"}
+    scorer = ClipScorer.from_pretrained(clip_model) if clip_model else None
+    reward = image_reward_available()
+    done = [r for r in load_runs(out) if r["status"] == "ok"]
     group = lambda r: (r["prompt"], r["image"], r["settings"].get("generation.seed"))  # noqa: E731
-    baselines = {group(r): r for r in latest.values() if r["kind"] == "baseline"}
+    baselines = {group(r): r for r in done if r["kind"] == "baseline"}
     inputs = Inputs()
     metrics: dict[str, dict[str, float]] = {}
-    for rid, r in latest.items():
+    for r in done:
         image = Image.open(out / r["output"]).convert("RGB")
         base = baselines.get(group(r))
         reference = inputs.image(r["image"], "reference image")
-        metrics[rid] = compute_image_metrics(
+        metrics[r["id"]] = compute_image_metrics(
             image,
             reference=reference,
-            baseline=Image.open(out / base["output"]).convert("RGB") if base and base["id"] != rid else None,
+            baseline=Image.open(out / base["output"]).convert("RGB") if base and base is not r else None,
         )
         if scorer is not None:
-            metrics[rid] |= compute_model_metrics(scorer, image, reference=reference, prompt=r["prompt"])
+            metrics[r["id"]] |= compute_model_metrics(scorer, image, reference=reference, prompt=r["prompt"])
+        if reward:
+            metrics[r["id"]]["image_reward"] = image_reward(image, r["prompt"])
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -22,20 +22,6 @@ from .condition import parse_layer_weights
 from .config import Config
 from .errors import UserError
 
-# CLI axis flags -> config keys (a sweep axis is any config key; these are the named shortcuts).
-AXIS_FLAGS = {
-    "alphas": "vl.alpha",
-    "layers": "vl.hidden_layer",
-    "token_modes": "vl.token_mode",
-    "blend_modes": "vl.blend",
-    "normalize": "vl.normalize",
-    "outlier_masking": "vl.outlier_masking",
-    "strengths": "generation.strength",
-    "steps": "generation.steps",
-    "seeds": "generation.seed",
-    "schedules": "vl.alpha_schedule",
-}
-
 
 class SweepSpec(BaseModel):
     """What to run. `axes` are crossed; `variants` are listed runs (each a set of overrides) crossed with the axes;
