@@ -427,7 +427,7 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
     a, b = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in ("plain", "adapted"))
     assert np.abs(a - b).max() > 0
     r = cli("generate", *small, "--adapter", out, "--vl-layer", "-2", "-o", tmp_path / "bad.png")
-    assert r.code == 2 and "trained on layer -6" in r.err
+    assert r.code == 2 and "trained with vl.hidden_layer = -6" in r.err
 
     sweep = tmp_path / "s"
     r = cli(

@@ -48,9 +48,12 @@ __all__ = [
     "ADAPTER_KINDS",
     "CHECKPOINT_NAME",
     "DEFAULT_CAPTION_PROMPT",
+    "SPACE_KEYS",
     "Adapter",
     "TrainingSample",
     "caption_image",
+    "check_raw_rows",
+    "check_use",
     "common_block",
     "finetune",
     "flow_matching_loss",
@@ -62,6 +65,7 @@ __all__ = [
     "ridge_fit",
     "samples_sha256",
     "shift_sigmas",
+    "trained_settings",
     "velocity_target",
 ]
 
@@ -195,6 +199,50 @@ class Adapter(nn.Module):
         return adapter
 
 
+# ------------------------------------------------------------------------------------ settings it was trained for
+
+# The settings that define the rows an adapter maps from (Qwen3-VL side) and to (text-encoder side): used with other
+# values it would map rows it was never fitted on. `train_adapter` records the ones that acted in `settings`.
+SPACE_KEYS = (
+    "vl.hidden_layer",
+    "vl.token_mode",
+    "vl.system_prompt",
+    "encoder.hidden_layer",
+    "encoder.system_prompt",
+    "encoder.think_block",
+)
+_LEGACY_KEYS = {"hidden_layer": "vl.hidden_layer", "token_mode": "vl.token_mode", "text_layer": "encoder.hidden_layer"}
+
+
+def trained_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The `SPACE_KEYS` an adapter file records (`settings`; files without it: the legacy `hidden_layer`,
+    `token_mode`, `text_layer` fields, when present)."""
+    if isinstance(meta.get("settings"), dict):
+        return {k: v for k, v in meta["settings"].items() if k in SPACE_KEYS}
+    return {key: meta[old] for old, key in _LEGACY_KEYS.items() if meta.get(old) is not None}
+
+
+def check_raw_rows(vl: Any, what: str) -> None:
+    """An adapter maps raw VL rows of one layer: refuse weighted layers, outlier masking and normalisation."""
+    if vl.layers:
+        raise UserError(f"{what} maps the rows of one VL layer (vl.hidden_layer): unset vl.layers ('{vl.layers}')")
+    if vl.normalize != "none" or vl.outlier_masking != "none":
+        raise UserError(f"{what} maps raw VL rows: set vl.normalize = 'none' and vl.outlier_masking = 'none'")
+
+
+def check_use(path: str | Path, meta: dict[str, Any], config: Any) -> None:
+    """Refuse to apply the adapter at `path` (metadata `meta`) under `config` (a `Config`) unless every setting it
+    was trained with (`trained_settings`) has the same value now and the rows are raw (`check_raw_rows`). Cheap:
+    run on every use, so a sweep that changes the layer or token mode between runs cannot reuse it unchecked."""
+    check_raw_rows(config.vl, f"adapter {path}")
+    now = config.flat()
+    differ = {k: v for k, v in trained_settings(meta).items() if now.get(k) != v}
+    if differ:
+        trained = ", ".join(f"{k} = {v!r}" for k, v in differ.items())
+        current = ", ".join(f"{k} = {now.get(k)!r}" for k in differ)
+        raise UserError(f"adapter {path} was trained with {trained}; this run has {current}: use the trained values")
+
+
 # ------------------------------------------------------------------------------------------ closed-form fitting
 
 
@@ -279,12 +327,17 @@ def paired_rows(
     caption: str,
     hidden_layer: int = -6,
     text_layer: int = -2,
+    *,
+    system_prompt: str | None = None,
+    text_system_prompt: str | None = None,
+    think_block: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Training pairs `(x, y)`, each `[n + 1, D]` float32: Qwen3-VL rows in, text-encoder rows out.
 
-    Rows 0..n−1: the Qwen3-VL rows (layer `hidden_layer`, raw: no masking or normalisation) of image + caption at
-    the caption's positions — the text after the image block (`spans.after`) — against the text encoder's rows
-    (layer `text_layer`, default rendering) of the same caption at the same tokens: the two token sequences are
+    Rows 0..n−1: the Qwen3-VL rows (layer `hidden_layer`, raw: no masking or normalisation; the VL template with
+    `system_prompt`) of image + caption at the caption's positions — the text after the image block
+    (`spans.after`) — against the text encoder's rows (layer `text_layer`, rendered with `text_system_prompt` and
+    `think_block` as `text.render_prompt` does) of the same caption at the same tokens: the two token sequences are
     aligned on the run they share (`common_block`: the caption and the template's closing tokens, i.e. the shared
     tail), n its length. Row n, the pooled pair: the mean of the image-pad rows against the mean of those n
     text-encoder rows (not of the whole encoding: the template's opening rows are the same for every caption).
@@ -293,12 +346,12 @@ def paired_rows(
         image = load_image(image, "training image")
     if not caption or not caption.strip():
         raise UserError("paired_rows needs a non-empty caption")
-    vl_rows, ids, _, _ = extractor.hidden_rows(image, caption, [hidden_layer])
+    vl_rows, ids, _, _ = extractor.hidden_rows(image, caption, [hidden_layer], system_prompt)
     spans = find_spans(ids, extractor.ids["start"], extractor.ids["end"], extractor.ids["pad"])
     if spans.image_pad is None or spans.image_pad[0] == spans.image_pad[1]:
         raise UserError("paired_rows: the Qwen3-VL prompt has no image-pad rows")
     tok = text_encoder.tokenizer
-    te_ids = tok(render_prompt(tok, caption), add_special_tokens=False).input_ids
+    te_ids = tok(render_prompt(tok, caption, text_system_prompt, think_block), add_special_tokens=False).input_ids
     i, j, n = common_block(ids[spans.after[0] :], te_ids)
     if n == 0:
         raise UserError("paired_rows: the Qwen3-VL and text-encoder token sequences share no caption tokens")
@@ -643,25 +696,46 @@ def train_adapter(
 ) -> tuple[Adapter, dict[str, Any]]:
     """Ridge-initialise an adapter on (image + caption) pairs, then optionally fine-tune it for `steps` through
     the frozen DiT. `gen` is a `Generator` (its `vl`, `text_encoder`, `pipeline` and `config` are used); captions
-    missing from `captions` are written by the Qwen3-VL model. Returns the adapter and its metadata."""
+    missing from `captions` are written by the Qwen3-VL model. Returns the adapter and its metadata.
+
+    The config acts as generation would use the adapter: `vl.hidden_layer` and `vl.system_prompt` on the VL rows,
+    `encoder.hidden_layer`, `encoder.system_prompt` and `encoder.think_block` on the text rows, and for fine-tuning
+    `vl.token_mode` (the rows it trains on), `generation.width`/`height` (latent size), `generation.shift` (noise
+    levels) and `generation.seed` (noise and sample draws). Weighted layers, masking and normalisation are refused
+    (`check_raw_rows`) before any model loads. `settings` in the metadata holds exactly the config keys that acted.
+    """
     cfg = gen.config
-    layer = cfg.vl.hidden_layer
+    v, enc, g = cfg.vl, cfg.encoder, cfg.generation
+    check_raw_rows(v, "an adapter")
+    layer = v.hidden_layer
     pictures = {p.name: load_image(p, "training image") for p in images}
     written = {name: captions.get(name) or caption_image(gen.vl, img) for name, img in pictures.items()}
     pairs = [
-        paired_rows(gen.vl, gen.text_encoder, img, written[name], layer, cfg.encoder.hidden_layer)
+        paired_rows(
+            gen.vl,
+            gen.text_encoder,
+            img,
+            written[name],
+            layer,
+            enc.hidden_layer,
+            system_prompt=v.system_prompt,
+            text_system_prompt=enc.system_prompt,
+            think_block=enc.think_block,
+        )
         for name, img in pictures.items()
     ]
     adapter = ridge_fit(torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]), lam, kind, rank)
-    vl_rows = {
-        name: gen.vl.extract(img, written[name], layer, token_mode=cfg.vl.token_mode).embeddings
-        for name, img in pictures.items()
+    settings: dict[str, Any] = {
+        "vl.hidden_layer": layer,
+        "vl.system_prompt": v.system_prompt,
+        "encoder.hidden_layer": enc.hidden_layer,
+        "encoder.system_prompt": enc.system_prompt,
+        "encoder.think_block": enc.think_block,
     }
     meta: dict[str, Any] = {
         "vl_model": gen.vl.identity,
         "hidden_layer": layer,
-        "text_layer": cfg.encoder.hidden_layer,
-        "token_mode": cfg.vl.token_mode,
+        "text_layer": enc.hidden_layer,
         "adapter_kind": kind,
         "rank": rank,
         "lam": lam,
@@ -673,17 +747,35 @@ def train_adapter(
     if steps > 0:
         if checkpoint_dir is None:
             raise UserError("fine-tuning needs a checkpoint directory")
+        # only fine-tuning sees whole extractions, so only it depends on the token mode
+        vl_rows = {
+            name: gen.vl.extract(
+                img, written[name], layer, token_mode=v.token_mode, system_prompt=v.system_prompt
+            ).embeddings
+            for name, img in pictures.items()
+        }
         gen.release("text_encoder", "vl")
-        g = cfg.generation
         samples = [
             TrainingSample(image_latents(gen.pipeline, img, g.height, g.width), vl_rows[name])
             for name, img in pictures.items()
         ]
-        losses = finetune(adapter, gen.pipeline, samples, steps, lr, checkpoint_dir, resume, progress)
+        losses = finetune(
+            adapter, gen.pipeline, samples, steps, lr, checkpoint_dir, resume, progress, seed=g.seed, shift=g.shift
+        )
+        settings |= {
+            "vl.token_mode": v.token_mode,
+            "generation.width": g.width,
+            "generation.height": g.height,
+            "generation.shift": g.shift,
+            "generation.seed": g.seed,
+        }
         meta |= {
+            "token_mode": v.token_mode,
             "samples_sha256": samples_sha256(samples),
             "loss_first": losses[0],
             "loss_last": losses[-1],
             "size": [g.width, g.height],
+            "seed": g.seed,
+            "shift": g.shift,
         }
-    return adapter, meta
+    return adapter, meta | {"settings": settings}

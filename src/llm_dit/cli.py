@@ -243,6 +243,8 @@ def generate(
         "embeddings": load_embeddings(embeddings, "embeddings") if embeddings else None,
         "steer": load_direction(steer)[0] if steer else None,
     }
+    if neutral_image and neutral_embeddings:
+        raise UserError("give one of --neutral-image, --neutral-embeddings")
     if neutral_image or neutral_embeddings:
         inputs["neutral"] = (
             load_image(neutral_image, "neutral image")
@@ -287,9 +289,11 @@ def extract(
     zimage: ZImageOpt = None,
     vl: VLOpt = None,
 ) -> None:
-    """Extract Qwen3-VL rows of one layer for an image (+ text) into a safetensors file."""
+    """Extract Qwen3-VL rows of one layer (or the weighted layers of vl.layers) for an image (+ text) into a
+    safetensors file."""
     from .files import library_versions, load_image, save_tensors
     from .generate import Generator
+    from .stats import describe
 
     cfg = resolve(
         config,
@@ -307,18 +311,31 @@ def extract(
     gen = Generator(cfg)
     rows, extracted = gen.extract(load_image(image, "image"), text)
     e = next(iter(extracted.values()))
-    weights = {str(layer): w for layer, w in gen.vl_layers().items()}
-    meta = e.metadata() | {"layer_weights": weights, "image": str(image), "versions": library_versions()}
+    weights = gen.vl_layers()
+    meta = e.metadata() | {
+        "layer_weights": {str(layer): w for layer, w in weights.items()},
+        "image": str(image),
+        "versions": library_versions(),
+    }
+    if weights != {e.hidden_layer: 1.0}:  # vl.layers acted: the rows are Σ w_l V_l, not one layer's rows
+        per_layer = ("hidden_layer", "stats_before", "stats_after", "masked_dimensions")
+        meta |= {
+            "hidden_layer": None,
+            "stats_before": None,
+            "stats_after": describe(rows),
+            "masked_dimensions": None,
+            "layers": {str(layer): {k: x.metadata()[k] for k in per_layer} for layer, x in extracted.items()},
+        }
     save_tensors(output, {"embeddings": rows}, meta)
     summary = {
         "output": str(output),
         "cache": e.cache,
         "shape": list(rows.shape),
-        "hidden_layer": e.hidden_layer,
+        "hidden_layer": meta["hidden_layer"],
         "token_mode": e.token_mode,
         "spans": e.spans.as_dict(),
         "variant": e.variant,
-        "masked_dimensions": e.masked_dimensions,
+        "masked_dimensions": meta["masked_dimensions"],
     }
     print(json.dumps(summary) if as_json else output)
 
@@ -393,7 +410,10 @@ def stats(
 def inspect_cmd(
     image: Annotated[Path, typer.Option("--image", "-i", help="Reference image.")],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt after the image.")],
-    layers: Annotated[list[int] | None, typer.Option("--layers", help="Hidden layers (repeatable).")] = None,
+    layers: Annotated[
+        list[int] | None,
+        typer.Option("--layers", help="Hidden layers (repeatable; default -2, -6, -8 and the configured VL layers)."),
+    ] = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
     profile: ProfileOpt = "default",
@@ -404,16 +424,41 @@ def inspect_cmd(
     """Compare VL rows with the text encoder's, per layer: spans, statistics, outliers, image influence."""
     from rich.table import Table
 
-    from .diagnostics import inspect_layers
+    from .diagnostics import INSPECT_LAYERS, inspect_layers
     from .files import load_image
     from .generate import Generator
+    from .vl import pick_reference
 
     cfg = resolve(config, profile, models, zimage, vl)
-    wanted = layers or [-2, -6, -8]
     gen = Generator(cfg)
+    v, enc = cfg.vl, cfg.encoder
+    # acted: the prompt templates, the statistics the ratios use and, without --layers, the configured VL layers
+    acted: dict[str, Any] = {}
+    if layers:
+        wanted = list(dict.fromkeys(layers))
+    else:
+        acted = {"vl.layers": v.layers} if v.layers else {"vl.hidden_layer": v.hidden_layer}
+        wanted = sorted({*INSPECT_LAYERS, *gen.vl_layers()}, reverse=True)
+    refs = gen.reference_stats(wanted)
+    if not isinstance(refs, dict):  # one statistics file (vl.reference_stats) for every layer; warns on a mismatch
+        refs = {layer: pick_reference(refs, layer) for layer in wanted}
     report = inspect_layers(
-        gen.vl, gen.text_encoder, load_image(image, "image"), prompt, wanted, gen.text_encoder.reference_stats(wanted)
+        gen.vl,
+        gen.text_encoder,
+        load_image(image, "image"),
+        prompt,
+        wanted,
+        refs,
+        system_prompt=v.system_prompt,
+        text_system_prompt=enc.system_prompt,
+        think_block=enc.think_block,
     )
+    report["settings"] = acted | {
+        "vl.system_prompt": v.system_prompt,
+        "encoder.system_prompt": enc.system_prompt,
+        "encoder.think_block": enc.think_block,
+        "vl.reference_stats": v.reference_stats,  # None: the text encoder's statistics of each layer
+    }
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -457,7 +502,7 @@ def steer(
     import tomllib
 
     from .files import library_versions, load_image
-    from .generate import Generator
+    from .generate import Generator, extraction_settings
     from .steer import direction_mean_difference, direction_pca, save_direction
 
     methods = {"mean_difference": direction_mean_difference, "pca": direction_pca}
@@ -477,25 +522,21 @@ def steer(
     else:
         raise UserError(f"pairs file {pairs} needs [[pairs]] tables or 'positive' and 'negative' lists")
     cfg = resolve(config, profile, models, zimage, vl, vl__hidden_layer=layer, vl__token_mode=token_mode)
-    extractor = Generator(cfg).vl
+    gen = Generator(cfg)
+    # the same rows generation would blend: every vl extraction setting acts (layers, system prompt, masking...)
     rows = {
-        side: [
-            extractor.extract(
-                load_image(pairs.parent / path, f"{side} image"),
-                text or None,
-                cfg.vl.hidden_layer,
-                token_mode=cfg.vl.token_mode,
-            ).embeddings
-            for text, path in entries
-        ]
+        side: [gen.extract(load_image(pairs.parent / path, f"{side} image"), text or None)[0] for text, path in entries]
         for side, entries in examples.items()
     }
     direction = methods[method](rows["positive"], rows["negative"])
+    weights = gen.vl_layers()
     meta = {
         "method": method,
-        "hidden_layer": cfg.vl.hidden_layer,
+        "hidden_layer": None if cfg.vl.layers else cfg.vl.hidden_layer,
+        "layer_weights": {str(k): w for k, w in weights.items()},
         "token_mode": cfg.vl.token_mode,
-        "model": extractor.identity,
+        "settings": extraction_settings(cfg.vl),
+        "model": gen.vl.identity,
         "examples": {k: [p for _, p in v] for k, v in examples.items()},
         "versions": library_versions(),
     }
@@ -521,6 +562,8 @@ def train_adapter_cmd(
     token_mode: TokenModeOpt = None,
     width: WidthOpt = None,
     height: HeightOpt = None,
+    seed: SeedOpt = None,
+    shift: ShiftOpt = None,
     config: ConfigOpt = None,
     profile: ProfileOpt = "default",
     models: ModelsOpt = None,
@@ -546,6 +589,8 @@ def train_adapter_cmd(
         vl__token_mode=token_mode,
         generation__width=width,
         generation__height=height,
+        generation__seed=seed,
+        generation__shift=shift,
     )
     adapter, meta = train_adapter(
         Generator(cfg),

@@ -4,6 +4,9 @@ Precedence, lowest first: field defaults below < `[default]` of the config file 
 file (when a profile other than `default` is chosen) < CLI flags / keyword overrides. The config file is
 `--config FILE`, else `$LLM_DIT_CONFIG`, else the packaged `config.toml`. Every key is checked: an unknown key or
 a bad value is a `ConfigError` naming the key, the profile and the file.
+
+`vl.hidden_layer` and `vl.layers` are two ways to choose the VL layer(s), so they follow precedence as one setting
+(`layer_choice`): the level that sets either wins, and one level setting both is an error.
 """
 
 from __future__ import annotations
@@ -20,6 +23,20 @@ from .errors import UserError
 
 LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]
 MAX_CAPTION_TOKENS = 1504  # the DiT's RoPE table (1536) minus the padding to a multiple of 32
+
+# Settings that change only where and when things run, never the numbers a run produces (up to dtype rounding): the
+# only keys a packaged hardware profile (e.g. `rtx4090`) may set.
+PLACEMENT_KEYS = frozenset(
+    {
+        "models.low_memory",
+        "encoder.device",
+        "encoder.dtype",
+        "generation.device",
+        "generation.dtype",
+        "vl.device",
+        "vl.dtype",
+    }
+)
 
 
 class ConfigError(UserError):
@@ -139,6 +156,30 @@ def _describe(err: ValidationError) -> str:
     return f"bad value for '{key}': {e['msg'].removeprefix('Value error, ')}"
 
 
+def layer_choice(level: dict[str, Any], where: str) -> dict[str, Any]:
+    """The flat `vl.*` layer settings one precedence level contributes: `{}` when it sets neither
+    `vl.hidden_layer` nor `vl.layers` (`None` = unset); `{"vl.hidden_layer": L, "vl.layers": None}` when it sets
+    the single layer, so an explicit layer clears weighted layers set at a lower level; `{"vl.layers": S}` when it
+    sets the weighted layers (they replace `vl.hidden_layer` anyway). Both at one level: `ConfigError`."""
+    hidden, layers = level.get("vl.hidden_layer"), level.get("vl.layers")
+    if hidden is not None and layers is not None:
+        raise ConfigError(
+            f"vl.hidden_layer ({hidden}) and vl.layers ('{layers}') are both set in {where}: set one "
+            f"(vl.layers replaces vl.hidden_layer)"
+        )
+    if hidden is not None:
+        return {"vl.hidden_layer": hidden, "vl.layers": None}
+    return {"vl.layers": layers} if layers is not None else {}
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for dotted, value in flat.items():
+        section, _, key = dotted.partition(".")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
 def load_config(
     path: str | Path | None = None, profile: str = "default", overrides: dict[str, Any] | None = None
 ) -> Config:
@@ -165,13 +206,12 @@ def load_config(
             Config.model_validate(layer)
         except ValidationError as e:
             raise ConfigError(f"{_describe(e)} in profile '{name}' of {path}") from None
-        merged = _merge(merged, layer)
+        vl = layer.get("vl", {})
+        choice = layer_choice({f"vl.{k}": v for k, v in vl.items()}, f"profile '{name}' of {path}")
+        merged = _merge(_merge(merged, layer), _nest(choice))
 
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        section, _, key = dotted.partition(".")
-        merged = _merge(merged, {section: {key: value}})
+    given = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
+    merged = _merge(merged, _nest(given | layer_choice(given, "the overrides (command-line settings)")))
     try:
         return Config.model_validate(merged)
     except ValidationError as e:

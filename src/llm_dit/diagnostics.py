@@ -22,6 +22,8 @@ from .stats import ReferenceStats, describe, std_ratios
 from .text import TextEncoder, render_prompt
 from .vl import VLEmbeddingExtractor, find_spans
 
+INSPECT_LAYERS = (-2, -6, -8)  # `llm-dit inspect`'s survey, to which it adds the configured VL layers
+
 
 def ratio_summary(rows: torch.Tensor, reference: ReferenceStats, threshold: float = 10.0) -> dict[str, Any]:
     """Median, worst five (most severe by max(r, 1/r)) and outlier counts in both directions of
@@ -60,12 +62,18 @@ def inspect_layers(
     prompt: str,
     layers: Sequence[int],
     references: dict[int, ReferenceStats],
+    *,
+    system_prompt: str | None = None,
+    text_system_prompt: str | None = None,
+    think_block: bool = False,
 ) -> dict[str, Any]:
-    """The per-layer report described in the module docstring."""
-    with_img, ids, vl_prompt, _ = extractor.hidden_rows(image, prompt, layers)
-    without, ids_txt, _, _ = extractor.hidden_rows(None, prompt, layers)
+    """The per-layer report described in the module docstring. `system_prompt` goes into both VL templates;
+    the text encoder renders the prompt with `text_system_prompt` and `think_block` (`text.render_prompt`)."""
+    with_img, ids, vl_prompt, _ = extractor.hidden_rows(image, prompt, layers, system_prompt)
+    without, ids_txt, _, _ = extractor.hidden_rows(None, prompt, layers, system_prompt)
     spans = find_spans(ids, extractor.ids["start"], extractor.ids["end"], extractor.ids["pad"])
-    te_ids = text_encoder.tokenizer(render_prompt(text_encoder.tokenizer, prompt), add_special_tokens=False)
+    rendered = render_prompt(text_encoder.tokenizer, prompt, text_system_prompt, think_block)
+    te_ids = text_encoder.tokenizer(rendered, add_special_tokens=False)
     te_rows = text_encoder.hidden_rows(te_ids.input_ids, layers)
 
     # The prompt rows after the image block end the with-image sequence; align the three sequences on that tail.

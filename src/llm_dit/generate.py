@@ -18,11 +18,11 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from .adapter import Adapter
+from .adapter import Adapter, check_use
 from .blend import blend_stats, check_alpha, check_options, mode_options
 from .cache import TensorCache
 from .condition import Conditioning, blend_conditioning, combine_layers, parse_layer_weights
-from .config import Config, GenerationConfig
+from .config import Config, GenerationConfig, VLConfig
 from .errors import UserError
 from .files import check_embeddings, library_versions, sha256_file
 from .inject import inject_conditioning
@@ -91,6 +91,49 @@ def denoising_steps(gen: GenerationConfig, img2img: bool) -> int:
     """Steps diffusers actually runs: all of them, or for img2img `N - int(N - N*strength)` (it skips the first
     `int(N - N*strength)`)."""
     return gen.steps - int(gen.steps - gen.steps * gen.strength) if img2img else gen.steps
+
+
+def check_neutral(blend: str, blended: bool, neutral: bool) -> None:
+    """A neutral extraction acts only in `style_delta` on VL rows (a reference image or VL embeddings), and that
+    mode needs one: refuse any other combination, before a model loads, rather than ignore the input."""
+    if neutral and not blended:
+        raise UserError(
+            "a neutral extraction only acts on a reference image or VL embeddings (with vl.blend 'style_delta'); "
+            "this conditioning has neither: remove it"
+        )
+    if neutral and blend != "style_delta":
+        raise UserError(
+            f"a neutral extraction only acts with vl.blend 'style_delta' (vl.blend is '{blend}'): remove it or "
+            f"set vl.blend = 'style_delta'"
+        )
+    if blended and blend == "style_delta" and not neutral:
+        raise UserError(
+            "vl.blend 'style_delta' needs a neutral extraction (the `neutral` input: a neutral image or neutral "
+            "embeddings)"
+        )
+
+
+def extraction_settings(v: VLConfig) -> dict[str, Any]:
+    """The `vl.*` settings that act on the rows `Generator.extract` returns, as flat config keys: the layer choice
+    (`vl.layers` when set, else `vl.hidden_layer`), token mode, system prompt, outlier masking and normalisation,
+    and the parameters of a step only when that step runs (its threshold, the statistics it reads, the clip and
+    hybrid weight of the normalisations that use them). What a steering direction file records."""
+    out: dict[str, Any] = {"vl.layers": v.layers} if v.layers else {"vl.hidden_layer": v.hidden_layer}
+    out |= {
+        "vl.token_mode": v.token_mode,
+        "vl.system_prompt": v.system_prompt,
+        "vl.outlier_masking": v.outlier_masking,
+        "vl.normalize": v.normalize,
+    }
+    if v.outlier_masking != "none":
+        out["vl.outlier_threshold"] = v.outlier_threshold
+    if v.normalize in ("per_dim", "hybrid"):
+        out["vl.clip_sigma"] = v.clip_sigma
+    if v.normalize == "hybrid":
+        out["vl.hybrid_weight"] = v.hybrid_weight
+    if v.outlier_masking != "none" or v.normalize != "none":
+        out["vl.reference_stats"] = v.reference_stats  # None: the text encoder's statistics of the same layer
+    return out
 
 
 @dataclass
@@ -223,23 +266,16 @@ class Generator:
         return {layer: self._stats[layer] for layer in layers}
 
     def adapter(self, path: str) -> tuple[Adapter, dict[str, Any]]:
-        """A trained adapter (loaded once), checked against the VL settings it was trained with."""
+        """A trained adapter, loaded once per path, and checked against the current config on every use (a sweep
+        changes the config between runs): the settings it was trained with must match (`adapter.check_use`)."""
         if path not in self._adapters:
             adapter, meta = Adapter.load(path)
-            v = self.config.vl
             if adapter.dim != self.caption_width:
                 raise UserError(
                     f"adapter {path} has width {adapter.dim}, the DiT caption width is {self.caption_width}"
                 )
-            trained = (meta.get("hidden_layer"), meta.get("token_mode"))
-            if (None not in trained and trained != (v.hidden_layer, v.token_mode)) or v.layers:
-                raise UserError(
-                    f"adapter {path} was trained on layer {trained[0]} with token mode {trained[1]}; "
-                    f"use --vl-layer {trained[0]} --token-mode {trained[1]} (and no --vl-layers)"
-                )
-            if v.normalize != "none" or v.outlier_masking != "none":
-                raise UserError(f"adapter {path} maps raw VL rows: use --normalize none --outlier-masking none")
             self._adapters[path] = adapter, {"path": path, "sha256": sha256_file(path), **meta}
+        check_use(path, self._adapters[path][1], self.config)
         return self._adapters[path]
 
     def extraction_reference(self, layers: list[int]) -> dict[int, ReferenceStats] | ReferenceStats | None:
@@ -281,6 +317,7 @@ class Generator:
         `vl_embeddings`), or steered along `steer`, or exactly `embeddings`."""
         if sum(x is not None for x in (reference, vl_embeddings, embeddings, steer)) > 1:
             raise UserError("give one of: a reference image, VL embeddings, embeddings, a steering direction")
+        check_neutral(self.config.vl.blend, reference is not None or vl_embeddings is not None, neutral is not None)
         encoded = self.encode(prompt)
         if self.config.models.low_memory and (reference is not None or isinstance(neutral, Image.Image)):
             self.extraction_reference(list(self.vl_layers()))  # the text encoder's last job, before the VL model loads
@@ -315,10 +352,6 @@ class Generator:
         if "resample" in mode_options(v.blend):
             options.setdefault("resample", v.resample)
         if v.blend == "style_delta":
-            if neutral is None:
-                raise UserError(
-                    "blend 'style_delta' needs a neutral extraction (--neutral-image or --neutral-embeddings)"
-                )
             options["neutral"] = (
                 self.extract(neutral, prompt)[0]
                 if isinstance(neutral, Image.Image)

@@ -165,11 +165,14 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def run_config(base: Config, run: dict[str, Any]) -> Config:
-    """The resolved config of one run: `base` with the run's overrides (validated)."""
-    from .config import ConfigError
+    """The resolved config of one run: `base` with the run's overrides (validated). The run's settings are one
+    precedence level above `base` (`config.layer_choice`): a run's `vl.hidden_layer` clears the profile's
+    `vl.layers`, and a run setting both is an error."""
+    from .config import ConfigError, layer_choice
 
     data = base.model_dump()
-    for dotted, value in run["settings"].items():
+    settings = run["settings"] | layer_choice(run["settings"], f"the settings of sweep run {run.get('id')}")
+    for dotted, value in settings.items():
         section, _, key = dotted.partition(".")
         if section not in data or key not in data[section]:
             raise UserError(f"unknown setting '{dotted}' in sweep")

@@ -1,11 +1,13 @@
 """Text encoding with Z-Image's Qwen3 text encoder, as diffusers does it, with every knob exposed.
 
-Default behaviour equals `ZImagePipeline.encode_prompt`: the chat template with no think block, hidden state
-`[-2]`, rows of the prompt's real tokens only, at most 512 rows. Captions longer than `max_length` rows (at most
-the DiT's 1504) are shortened by `long_prompt_mode`:
+With the default settings, a prompt whose rendered template has at most `max_length` (512) tokens is encoded
+exactly as `ZImagePipeline.encode_prompt` encodes it: the chat template with no think block, hidden state `[-2]`,
+rows of the prompt's real tokens only. Longer prompts differ from diffusers on purpose: diffusers cuts the
+tokens at 512, while the default `long_prompt_mode = "interpolate"` encodes every token and resamples the rows to
+`max_length` (at most the DiT's 1504). Captions longer than `max_length` rows are shortened by `long_prompt_mode`:
 
 - `truncate`: keep the first `max_length` tokens (diffusers' behaviour; the tail is never encoded);
-- `interpolate`: encode everything, resample the rows linearly to `max_length`;
+- `interpolate` (default): encode everything, resample the rows linearly to `max_length`;
 - `pool`: encode everything, average-pool the rows to `max_length` (`adaptive_avg_pool1d`, every row counts);
 - `attention_pool`: like `pool`, but within each window row j has weight `softmax_j(cos(x_j, m) / 0.1)` with
   `m` the mean of the window, so rows that agree with their neighbourhood dominate.

@@ -232,7 +232,7 @@ class VLEmbeddingExtractor:
             tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
             with warnings.catch_warnings():  # "falling back to the PIL backend" without torchvision: expected
                 warnings.simplefilter("ignore")
-                image_processor = AutoImageProcessor.from_pretrained(path_or_id)
+                image_processor = AutoImageProcessor.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load Qwen3-VL from {path_or_id}: {str(e).splitlines()[0]}") from None
         if not tokenizer.chat_template:
