@@ -513,8 +513,8 @@ def blend_case(draw: st.DrawFn, mode: str) -> tuple[torch.Tensor, torch.Tensor, 
         options["p"] = draw(st.floats(0.5, 8.0))
     elif mode == "svd_style":
         options["k"] = draw(st.integers(1, 8))
-    elif mode == "whiten":
-        options["shrinkage"] = draw(st.floats(0.0, 1.0))
+    elif mode == "whiten":  # shrinkage 0 needs n_v > D (a singular covariance is refused)
+        options["shrinkage"] = draw(st.floats(0.0, 1.0, exclude_min=n_v <= d))
     elif mode == "attention_weighted" and draw(st.booleans()):
         options["weights"] = torch.tensor(draw(st.lists(st.floats(0.0, 1.0), min_size=n_t, max_size=n_t)))
     elif mode == "concat":

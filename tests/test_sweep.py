@@ -74,9 +74,11 @@ def test_three_layers_two_alphas_cost_one_forward_pass_each_and_zero_on_rerun(cl
     work = json.loads(plan.out)
     assert work["runs"] == 7 and len(work["unique_extractions"]) == 1 and len(work["unique_encodes"]) == 1
     assert work["unique_extractions"][0]["layers"] == [-6, -4, -2]
+    assert len(work["probe_extractions"]) == 1 and work["probe_extractions"][0]["layers"] == [-6, -4, -2]
     assert cli("sweep", *args, "-o", tmp_path / "a").code == 0
     first = json.loads((tmp_path / "a" / "sweep.json").read_text())
-    assert (first["vl_forward_passes"], first["text_forward_passes"], first["completed"]) == (1, 1, 7)
+    # one VL pass for the reference and one for the image-check probe, all three layers each
+    assert (first["vl_forward_passes"], first["text_forward_passes"], first["completed"]) == (2, 1, 7)
     assert cli("sweep", *args, "-o", tmp_path / "b").code == 0
     again = json.loads((tmp_path / "b" / "sweep.json").read_text())
     assert (again["vl_forward_passes"], again["text_forward_passes"], again["completed"]) == (0, 0, 7)

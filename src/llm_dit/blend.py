@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import UserError
+from .numerics import require_finite
 from .stats import describe
 
 RESAMPLE_MODES = ("area", "linear", "nearest", "truncate")
@@ -104,8 +105,10 @@ def _f32(x: Tensor, like: Tensor) -> Tensor:
     return x.to(device=like.device, dtype=torch.float32)
 
 
-def _finish(x: Tensor, like: Tensor) -> Tensor:
-    """Cast float32 ``x`` to ``like``'s dtype, saturating at the dtype's finite range."""
+def _finish(x: Tensor, like: Tensor, mode: str) -> Tensor:
+    """Cast float32 ``x`` to ``like``'s dtype, saturating at the dtype's finite range; NaN/Inf in ``x`` (from
+    non-finite T or V, or an overflow in the mode's float32 maths) is an error naming the mode."""
+    require_finite(x, f"blend mode {mode}", "T and V must be finite", BlendError)
     info = torch.finfo(like.dtype)
     return x.clamp(info.min, info.max).to(like.dtype)
 
@@ -180,7 +183,7 @@ def interpolate(text: Tensor, vl: Tensor, alpha: float, *, resample: str = "area
     _check_resample("interpolate", resample, vl.shape[0], text.shape[0])
     if alpha == 0:
         return text.clone()
-    return _finish(alpha * _aligned(vl, text, resample) + (1 - alpha) * text.float(), text)
+    return _finish(alpha * _aligned(vl, text, resample) + (1 - alpha) * text.float(), text, "interpolate")
 
 
 def adain(text: Tensor, vl: Tensor, alpha: float, *, resample: str = "area") -> Tensor:
@@ -196,7 +199,7 @@ def adain(text: Tensor, vl: Tensor, alpha: float, *, resample: str = "area") -> 
     t, a = text.float(), _aligned(vl, text, resample)
     z = (t - t.mean(1, keepdim=True)) / _std(t, 1)
     x = z * a.std(1, correction=0, keepdim=True) + a.mean(1, keepdim=True)
-    return _finish(alpha * x + (1 - alpha) * t, text)
+    return _finish(alpha * x + (1 - alpha) * t, text, "adain")
 
 
 def adain_per_dim(text: Tensor, vl: Tensor, alpha: float) -> Tensor:
@@ -211,7 +214,7 @@ def adain_per_dim(text: Tensor, vl: Tensor, alpha: float) -> Tensor:
         return text.clone()
     t, v = text.float(), _f32(vl, text)
     x = (t - t.mean(0)) / _std(t, 0) * v.std(0, correction=0) + v.mean(0)
-    return _finish(alpha * x + (1 - alpha) * t, text)
+    return _finish(alpha * x + (1 - alpha) * t, text, "adain_per_dim")
 
 
 def compute_style_delta(styled: Tensor, neutral: Tensor, n: int | None = None, resample: str = "area") -> Tensor:
@@ -244,7 +247,7 @@ def blend_with_style_delta(text: Tensor, delta: Tensor, alpha: float, scale_to_t
         sd = d.std(correction=0)
         if sd >= EPS_STD:
             d = d * (t.std(correction=0) / sd)
-    return _finish(t + alpha * d, text)
+    return _finish(t + alpha * d, text, "style_delta")
 
 
 def style_delta(
@@ -290,7 +293,7 @@ def gem_pool(text: Tensor, vl: Tensor, alpha: float, *, p: float = 3.0) -> Tenso
     m = mag.amax(0)
     m = torch.where(m > 0, m, 1.0)
     s = m * (mag / m).pow(p).mean(0).pow(1 / p) * v.mean(0).sign()
-    return _finish(t + alpha * (s - t.mean(0)), text)
+    return _finish(t + alpha * (s - t.mean(0)), text, "gem_pool")
 
 
 def svd_style(text: Tensor, vl: Tensor, alpha: float, *, k: int = 8) -> Tensor:
@@ -308,7 +311,7 @@ def svd_style(text: Tensor, vl: Tensor, alpha: float, *, k: int = 8) -> Tensor:
     k = min(k, *v.shape)
     u, sv, wt = torch.linalg.svd(v, full_matrices=False)
     s = (u[:, :k].mean(0) * sv[:k]) @ wt[:k]
-    return _finish(t + alpha * (s - t.mean(0)), text)
+    return _finish(t + alpha * (s - t.mean(0)), text, "svd_style")
 
 
 def whiten(text: Tensor, vl: Tensor, alpha: float, *, shrinkage: float = 0.1, resample: str = "area") -> Tensor:
@@ -318,17 +321,28 @@ def whiten(text: Tensor, vl: Tensor, alpha: float, *, shrinkage: float = 0.1, re
     W = C_V^(−1/2), M = C_T^(1/2) (eigh, eigenvalues clamped ≥ 1e-8);
         V' = (V − μ_V)·W·M + μ_T,   out = α·A(V') + (1−α)·T.
     With λ = 0 and a full-rank C_V (n_v > D), cov(V') = C_T.
+
+    Null space: centred V has rank ≤ n_v − 1, so with n_v ≤ D C_V is singular. With λ = 0 its null eigenvalues
+    are clamped to 1e-8 and W multiplies rounding noise along them by (1e-8)^(−1/2) = 1e4: refused (an error
+    before any alpha is applied). With λ > 0 the smallest eigenvalue of the shrunk C_V is λ·tr C_V/D and the mean
+    one tr C_V/D, so a null direction is amplified at most 1/√λ times more than an average one (3.2 at λ = 0.1).
     """
     alpha = _prepare("whiten", text, vl, alpha)
     _check_option("whiten", "shrinkage", shrinkage, lambda x: 0 <= x <= 1, "a number in [0, 1]")
     _check_resample("whiten", resample, vl.shape[0], text.shape[0])
+    n_v, d = vl.shape
+    if float(shrinkage) == 0 and n_v <= d:
+        raise BlendError(
+            f"whiten: shrinkage 0 needs more VL rows than dimensions (n_v = {n_v} <= D = {d}): the VL covariance is "
+            f"singular and its inverse square root amplifies null-space noise up to 1e4; use shrinkage > 0 (e.g. 0.1)"
+        )
     if alpha == 0:
         return text.clone()
     t, v = text.float(), _f32(vl, text)
     lam = float(shrinkage)
     w, m = _sym_pow(_shrunk_cov(v, lam), -0.5), _sym_pow(_shrunk_cov(t, lam), 0.5)
     recoloured = (v - v.mean(0)) @ w @ m + t.mean(0)
-    return _finish(alpha * align(recoloured, t.shape[0], resample) + (1 - alpha) * t, text)
+    return _finish(alpha * align(recoloured, t.shape[0], resample) + (1 - alpha) * t, text, "whiten")
 
 
 def _gram_loss(x: Tensor, a: Tensor, t: Tensor) -> Tensor:
@@ -372,7 +386,7 @@ def gram(
             _gram_loss(x, a_hat, t_hat).backward()
             opt.step()
         x = x.detach() * r
-    return _finish(alpha * x + (1 - alpha) * t, text)
+    return _finish(alpha * x + (1 - alpha) * t, text, "gram")
 
 
 def attention_weighted(
@@ -401,7 +415,7 @@ def attention_weighted(
     if weights is None:
         w = ((_unit(t)[0] * _unit(a)[0]).sum(1).clamp(-1, 1) + 1) / 2
     aw = alpha * w[:, None]
-    return _finish(aw * a + (1 - aw) * t, text)
+    return _finish(aw * a + (1 - aw) * t, text, "attention_weighted")
 
 
 def slerp(text: Tensor, vl: Tensor, alpha: float, *, resample: str = "area") -> Tensor:
@@ -424,7 +438,7 @@ def slerp(text: Tensor, vl: Tensor, alpha: float, *, resample: str = "area") -> 
     far = sin >= 1e-4
     arc = (torch.sin((1 - alpha) * theta) * u + torch.sin(alpha * theta) * w) / torch.where(far, sin, 1.0)
     direction = torch.where(far, arc, _unit((1 - alpha) * u + alpha * w)[0])
-    return _finish(direction * ((1 - alpha) * nt + alpha * na), text)
+    return _finish(direction * ((1 - alpha) * nt + alpha * na), text, "slerp")
 
 
 def concat(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_ROWS) -> Tensor:
@@ -443,7 +457,7 @@ def concat(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_RO
     v = _f32(vl, text)
     if n_t + n_v > max_rows:
         v = align(v, max_rows - n_t, "area")
-    return torch.cat([text, _finish(alpha * v, text)])
+    return torch.cat([text, _finish(alpha * v, text, "concat")])
 
 
 BLEND_MODES: dict[str, BlendMode] = {

@@ -732,7 +732,8 @@ def sweep(
         else:
             print(
                 f"{len(runs)} runs, {len(work['unique_extractions'])} unique VL extractions "
-                f"({sum(len(e['layers']) for e in work['unique_extractions'])} layers), "
+                f"({sum(len(e['layers']) for e in work['unique_extractions'])} layers) "
+                f"+ {len(work['probe_extractions'])} image-check probe extractions, "
                 f"{len(work['unique_encodes'])} unique text encodes"
             )
         return

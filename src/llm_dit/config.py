@@ -103,6 +103,7 @@ class VLConfig(_Section):
     alpha_schedule: str = "constant"
     inject_layers: list[int] = []
     adapter: str | None = None  # a trained adapter (llm-dit train-adapter) applied to the VL rows before blending
+    image_check: bool = True  # measure whether the caption rows depend on the reference (llm_dit.imagedep)
 
     @field_validator("blend")
     @classmethod

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
@@ -25,13 +25,16 @@ from .condition import Conditioning, blend_conditioning, combine_layers, parse_l
 from .config import Config, GenerationConfig, VLConfig
 from .errors import UserError
 from .files import check_embeddings, library_versions, sha256_file
-from .inject import inject_conditioning
+from .imagedep import PROBE_SEED, describe_probe, image_free_by_construction, measure, not_checked, probe_image
+from .inject import Injector, inject_conditioning, injected_rows
 from .models import load_pipeline, model_identity, read_model_json, release_memory
+from .numerics import require_finite
+from .provenance import Facts, split_settings
 from .schedule import parse_schedule, schedule_callback
 from .stats import ReferenceStats
 from .steer import apply_direction
 from .text import EncodedPrompt, TextEncoder
-from .vl import VLEmbeddingExtractor, VLEmbeddings
+from .vl import VLEmbeddingExtractor, VLEmbeddings, image_sha256
 
 
 def set_shift(pipe, shift: float) -> None:
@@ -149,6 +152,7 @@ class Prepared:
     negative: torch.Tensor | None
     init_image: Image.Image | None
     times: dict[str, float]
+    image_dependence: dict[str, Any] = field(default_factory=dict)  # see llm_dit.imagedep
 
     def batchable_with(self, other: Prepared) -> bool:
         """Can share one diffusers call with `other`: same generation settings except the seed, same init image,
@@ -322,15 +326,38 @@ class Generator:
         if self.config.models.low_memory and (reference is not None or isinstance(neutral, Image.Image)):
             self.extraction_reference(list(self.vl_layers()))  # the text encoder's last job, before the VL model loads
             self.release("text_encoder")
+        cond = self.condition_encoded(
+            prompt,
+            encoded,
+            reference=reference,
+            vl_embeddings=vl_embeddings,
+            neutral=neutral,
+            embeddings=embeddings,
+            steer=steer,
+        )
+        return cond, encoded
+
+    def condition_encoded(
+        self,
+        prompt: str,
+        encoded: EncodedPrompt,
+        *,
+        reference: Image.Image | None = None,
+        vl_embeddings: torch.Tensor | None = None,
+        neutral: Image.Image | torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
+        steer: torch.Tensor | None = None,
+    ) -> Conditioning:
+        """`condition` for a prompt already encoded (the image-dependence probe reuses the text rows)."""
         text = encoded.embeddings
         v = self.config.vl
         if embeddings is not None:
             rows = check_embeddings(embeddings, self.caption_width, "embeddings")
-            return Conditioning(rows, "embeddings"), encoded
+            return Conditioning(rows, "embeddings")
         if steer is not None:
-            return Conditioning(text, "steer", lambda t, a: apply_direction(t, steer, a)), encoded
+            return Conditioning(text, "steer", lambda t, a: apply_direction(t, steer, a))
         if reference is None and vl_embeddings is None:
-            return Conditioning(text, "text"), encoded
+            return Conditioning(text, "text")
         record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options}
         if vl_embeddings is not None:
             vl = check_embeddings(vl_embeddings, self.caption_width, "VL embeddings").float()
@@ -347,7 +374,7 @@ class Generator:
         if v.adapter:
             adapter, record["adapter"] = self.adapter(v.adapter)
             with torch.no_grad():
-                vl = adapter(vl)
+                vl = require_finite(adapter(vl), f"adapter {v.adapter}")
         options = dict(v.blend_options)
         if "resample" in mode_options(v.blend):
             options.setdefault("resample", v.resample)
@@ -357,8 +384,27 @@ class Generator:
                 if isinstance(neutral, Image.Image)
                 else check_embeddings(neutral, self.caption_width, "neutral embeddings").float()
             )
+            record["neutral"] = "image" if isinstance(neutral, Image.Image) else "embeddings"
         record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
-        return Conditioning(text, source, blend_conditioning(text, vl, v.blend, options), record), encoded
+        return Conditioning(text, source, blend_conditioning(text, vl, v.blend, options), record)
+
+    def image_dependence(
+        self, prompt: str, encoded: EncodedPrompt, cond: Conditioning, alphas: list[float], inputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The `image_dependence` record (`llm_dit.imagedep`): the same conditioning rebuilt with the probe image
+        in place of the reference (same size, so the same token counts), compared at every alpha used."""
+        if cond.source != "reference":
+            return not_checked("not conditioned on a reference image")
+        if not self.config.vl.image_check:
+            return not_checked("vl.image_check is off")
+        reference = inputs["reference"]
+        seed = PROBE_SEED
+        if image_sha256(probe_image(reference.size, seed)) == image_sha256(reference):
+            seed += 1  # the reference is the probe itself: use another noise image
+        probe = self.condition_encoded(
+            prompt, encoded, reference=probe_image(reference.size, seed), neutral=inputs.get("neutral")
+        )
+        return measure(cond.at, probe.at, cond.text, alphas, describe_probe(reference.size, seed))
 
     def prepare(self, prompt: str, *, init_image: Image.Image | None = None, **inputs: Any) -> Prepared:
         """Everything one image needs before the DiT runs: conditioning (as `condition(**inputs)` describes), the
@@ -369,6 +415,8 @@ class Generator:
         schedule = parse_schedule(v.alpha_schedule)
         if v.inject_layers and schedule.kind != "constant":
             raise UserError("an alpha schedule and DiT block injection cannot be combined; choose one")
+        if inputs.get("reference") is not None and (reason := image_free_by_construction(v)):
+            raise UserError(reason)
         steps = denoising_steps(g, init_image is not None)
         alphas = schedule.alphas(steps, v.alpha)
         if inputs.get("reference") is not None or inputs.get("vl_embeddings") is not None:
@@ -385,9 +433,13 @@ class Generator:
             cond, encoded = self.condition(prompt, **inputs)
             first = cond.at(alphas[0])
             negative = self.encode("").embeddings if g.guidance > 0 else None
+        with timed(times, "image_check"):
+            dependence = self.image_dependence(prompt, encoded, cond, alphas, inputs)
+        if dependence["image_free"]:
+            warnings.warn(f"the image has no effect on this run: {dependence['reason']}", stacklevel=2)
         varies = cond.combine is not None and len(set(alphas)) > 1
         return Prepared(
-            prompt, cfg, cond, encoded, alphas if varies else alphas[:1], first, negative, init_image, times
+            prompt, cfg, cond, encoded, alphas if varies else alphas[:1], first, negative, init_image, times, dependence
         )
 
     def render(self, batch: list[Prepared]) -> list[Result]:
@@ -402,7 +454,7 @@ class Generator:
         seeds = [p.config.generation.seed for p in batch]
         negative = [p.negative for p in batch] if g.guidance > 0 else None
         t0 = time.perf_counter()
-        callback = None
+        callback = injector = None
         if len(head.alphas) > 1:
             callback = schedule_callback(lambda a: [head.conditioning.at(a)], head.alphas)
             images = denoise(
@@ -415,7 +467,7 @@ class Generator:
                 callback=callback,
             )
         elif v.inject_layers and head.conditioning.combine is not None:
-            with inject_conditioning(pipe.transformer, v.inject_layers, [head.first]):
+            with inject_conditioning(pipe.transformer, v.inject_layers, [head.first]) as injector:
                 images = denoise(
                     pipe,
                     [head.conditioning.text],
@@ -432,15 +484,7 @@ class Generator:
         results = []
         for p, image in zip(batch, images, strict=True):
             p.times["denoise"] = share
-            blended = p.conditioning.combine is not None
-            conditioning = p.conditioning.record | {
-                "source": p.conditioning.source,
-                "alpha": p.config.vl.alpha if blended else None,
-                "alphas": p.alphas if blended else [],
-                "caption_rows": int(p.first.shape[0]),
-                "blend_stats": blend_stats(p.conditioning.text, p.first),
-                "batch_size": len(batch),
-            }
+            conditioning = self.conditioning_record(p, injector) | {"batch_size": len(batch)}
             if callback is not None:
                 conditioning["alphas_used"] = list(callback.used)
             g = p.config.generation
@@ -451,20 +495,63 @@ class Generator:
             results.append(Result(image, record))
         return results
 
+    @staticmethod
+    def conditioning_record(p: Prepared, injector: Injector | None = None) -> dict[str, Any]:
+        """What conditioned the DiT: the source, the alphas per step, and the caption rows it received (with DiT
+        injection: `T` for the pipeline and the blocks not chosen, `C` aligned to `T`'s rows in the chosen ones)."""
+        cond = p.conditioning
+        record = cond.record | {"source": cond.source, "alpha": None, "alphas": []}
+        received = p.first
+        if cond.combine is not None:
+            g = p.config.generation
+            per_step = p.alphas * denoising_steps(g, p.init_image is not None) if len(p.alphas) == 1 else p.alphas
+            rows = [int(cond.at(a).shape[0]) for a in per_step]
+            record |= {
+                "alpha": per_step[0] if len(set(per_step)) == 1 else None,  # one alpha acted, else see `alphas`
+                "alpha_schedule": p.config.vl.alpha_schedule,
+                "alphas": per_step,
+                "caption_rows": rows[0] if len(set(rows)) == 1 else rows,
+            }
+            if injector is not None and injector.blocks:
+                received = injected_rows(p.first, cond.text.shape[0])
+                record["caption_rows"] = int(cond.text.shape[0])  # the pipeline's prompt_embeds: T
+                record["injection"] = {
+                    "blocks": list(injector.blocks),
+                    "caption_rows": int(received.shape[0]),  # C in the chosen blocks, aligned to T's rows
+                    "resampled_from": int(p.first.shape[0]) if p.first.shape[0] != received.shape[0] else None,
+                }
+        else:
+            record["caption_rows"] = int(p.first.shape[0])
+        record["blend_stats"] = blend_stats(cond.text, received)
+        return record
+
     def generate(self, prompt: str, *, init_image: Image.Image | None = None, **inputs: Any) -> Result:
         """Text-to-image (image-to-image with `init_image`) for `prompt` with this generator's config: conditioned
         as `condition(**inputs)` describes, with alpha schedules and DiT injection when configured."""
         return self.render([self.prepare(prompt, init_image=init_image, **inputs)])[0]
 
     def record(self, p: Prepared, **extra: Any) -> dict[str, Any]:
-        """The sidecar record: resolved settings, models, library versions, seed, tokens and timings."""
+        """The sidecar record: the settings that acted (`settings`) and why the others did not (`inactive_settings`,
+        `llm_dit.provenance`), the image-dependence check, models, library versions, seed, tokens and timings."""
+        cond = p.conditioning
+        facts = Facts(
+            source=cond.source,
+            extracted=cond.source == "reference" or cond.record.get("neutral") == "image",
+            img2img=p.init_image is not None,
+            token_count=p.encoded.token_count,
+            shortened=p.encoded.shortened,
+            resampled=cond.record.get("resample") is not None,
+        )
+        settings, inactive = split_settings(p.config, facts)
         models = {"zimage": model_identity(p.config.models.zimage)}
-        if p.conditioning.source == "reference":
+        if facts.extracted:
             models["vl"] = model_identity(p.config.models.vl)
         return {
             "prompt": p.prompt,
             "seed": p.config.generation.seed,
-            "settings": p.config.flat(),
+            "settings": settings,
+            "inactive_settings": inactive,
+            "image_dependence": p.image_dependence,
             "models": models,
             "text": {
                 "rendered": p.encoded.rendered,

@@ -91,6 +91,12 @@ class _Call:
     text: Tensor | None = None  # output of the T stream of the current block
 
 
+def injected_rows(c: Tensor, n: int) -> Tensor:
+    """C as the chosen blocks receive it: its own rows when it has `n` (= len(T)) rows, else area-resampled to `n`
+    (`blend.align`): the unified layout needs len(C) = len(T)."""
+    return c if c.shape[0] == n else align(c, n, "area")
+
+
 class Injector:
     """Hooks that put `conditioning` (one C per image) into the chosen main blocks of a ZImageTransformer2DModel;
     installed by `with`, removed on exit. `calls` counts denoiser calls, `resampled` maps item → (rows of C,
@@ -173,8 +179,7 @@ class Injector:
         if key not in self._aligned:
             if c.shape[0] != text.shape[0]:
                 self.resampled[i] = (c.shape[0], text.shape[0])
-                c = align(c, text.shape[0], "area")
-            self._aligned[key] = c.to(text.device, text.dtype)
+            self._aligned[key] = injected_rows(c, text.shape[0]).to(text.device, text.dtype)
         return self._aligned[key]
 
     def _refine_c(self, module: nn.Module, args: tuple, kwargs: dict) -> None:

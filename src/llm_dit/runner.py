@@ -23,8 +23,9 @@ from .config import Config
 from .errors import UserError
 from .files import atomic_write_bytes, image_bytes, library_versions, load_image, write_json
 from .generate import Generator, Prepared, Result
+from .imagedep import probe_image
 from .steer import load_direction
-from .sweep import SweepSpec, expand, iter_jsonl, plan, run_config
+from .sweep import SweepSpec, expand, iter_jsonl, plan, refuse_image_free, run_config
 
 
 @contextmanager
@@ -100,6 +101,9 @@ def prime(gen: Generator, base: Config, work: dict[str, Any], inputs: Inputs) ->
     for e in work["unique_extractions"]:
         with contextlib.suppress(UserError):  # a bad input fails its own runs later, with its message
             gen.vl.hidden_rows(inputs.image(e["image"], "reference image"), e["text"], e["layers"], e["system_prompt"])
+    for e in work.get("probe_extractions", []):
+        with contextlib.suppress(UserError):
+            gen.vl.hidden_rows(probe_image(tuple(e["probe"])), e["text"], e["layers"], e["system_prompt"])
     for e in work["unique_encodes"]:
         gen.config = base.model_copy(update={"encoder": base.encoder.model_copy(update=e["encoder"])})
         with contextlib.suppress(UserError):
@@ -133,6 +137,7 @@ def run_sweep(
     under `$LLM_DIT_CACHE`)."""
     out = Path(out_dir)
     runs = expand(spec)
+    refuse_image_free(base, runs)  # before anything is written
     t0 = time.perf_counter()
     with sweep_lock(out):
         results = out / "results.jsonl"
@@ -166,6 +171,7 @@ def run_sweep(
             "cache_misses": gen.cache.misses if gen.cache else 0,
             "plan": {
                 "unique_extractions": len(work["unique_extractions"]),
+                "probe_extractions": len(work["probe_extractions"]),
                 "unique_encodes": len(work["unique_encodes"]),
             },
             "executor": executor,

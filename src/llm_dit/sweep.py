@@ -21,6 +21,8 @@ from .blend import BLEND_MODES
 from .condition import parse_layer_weights
 from .config import Config
 from .errors import UserError
+from .files import load_image
+from .imagedep import image_free_by_construction
 
 
 class SweepSpec(BaseModel):
@@ -213,16 +215,49 @@ def resolve_spec(
     return SweepSpec.model_validate(data)
 
 
+def reference_conditioned(run: dict[str, Any]) -> bool:
+    """A run whose caption rows are made from its reference image."""
+    return run["kind"] == "variant" and run["image"] is not None and not run.get("steer")
+
+
+def refuse_image_free(base: Config, runs: list[dict[str, Any]]) -> None:
+    """`UserError` naming the first reference-conditioned run whose settings are image-free by construction
+    (`imagedep.image_free_by_construction`): a sweep must not render a run the image cannot change."""
+    for run in filter(reference_conditioned, runs):
+        try:
+            cfg = run_config(base, run)
+        except UserError:
+            continue  # a bad value fails its own run, with its message
+        if reason := image_free_by_construction(cfg.vl):
+            own = ", ".join(f"{k}={v}" for k, v in run["settings"].items() if k != "generation.seed")
+            raise UserError(f"sweep run '{run['label']}' ({own or 'profile settings'}): {reason}")
+
+
+def _image_size(path: str, sizes: dict[str, tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The decoded size of an image file (None if it cannot be read: its runs fail later with the reason)."""
+    if path not in sizes:
+        try:
+            sizes[path] = load_image(path, "reference image").size
+        except UserError:
+            sizes[path] = None
+    return sizes[path]
+
+
 def plan(base: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The work `runs` need, deduplicated: each unique (image, text, VL system prompt) is extracted once with all
-    its layers in one forward pass; each unique (prompt, encoder settings) is encoded once."""
+    its layers in one forward pass; so is each unique (probe size, text, VL system prompt) of the image-dependence
+    check (`vl.image_check`: the probe is a noise image of the reference's size); each unique (prompt, encoder
+    settings) is encoded once. Refuses runs that are image-free by construction."""
+    refuse_image_free(base, runs)
     extractions: dict[str, dict[str, Any]] = {}
+    probes: dict[str, dict[str, Any]] = {}
     encodes: dict[str, dict[str, Any]] = {}
+    sizes: dict[str, tuple[int, int] | None] = {}
     for run in runs:
         cfg = run_config(base, run)
         enc = cfg.encoder.model_dump(exclude={"device", "dtype"})
         encodes.setdefault(json.dumps([run["prompt"], enc], sort_keys=True), {"prompt": run["prompt"], "encoder": enc})
-        if run["kind"] == "baseline" or run["image"] is None or run.get("steer"):
+        if not reference_conditioned(run):
             continue
         v = cfg.vl
         layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
@@ -231,8 +266,15 @@ def plan(base: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
             key, {"image": run["image"], "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
         )
         entry["layers"] = sorted(set(entry["layers"]) | set(layers))
+        if v.image_check and (size := _image_size(run["image"], sizes)) is not None:
+            key = json.dumps([size, run["prompt"], v.system_prompt])
+            entry = probes.setdefault(
+                key, {"probe": list(size), "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
+            )
+            entry["layers"] = sorted(set(entry["layers"]) | set(layers))
     return {
         "runs": len(runs),
         "unique_extractions": list(extractions.values()),
+        "probe_extractions": list(probes.values()),
         "unique_encodes": list(encodes.values()),
     }

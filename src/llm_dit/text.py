@@ -29,9 +29,11 @@ from .config import EncoderConfig
 from .errors import UserError
 from .hooks import capture_hidden_states, layer_position
 from .models import check_zimage, load_model, model_identity, resolve_device, resolve_dtype
+from .numerics import require_finite
 from .stats import ReferenceStats, compute_reference_stats
 
 ATTENTION_POOL_TEMPERATURE = 0.1
+_BROKEN = "a broken checkpoint, or fp16 overflow (try encoder.dtype float32)"
 
 # The built-in prompt set for reference statistics: varied subjects, styles and lengths, like image prompts.
 STATS_PROMPTS = (
@@ -165,7 +167,7 @@ class TextEncoder:
         rows: dict[int, torch.Tensor] = {}
         for layer in layers:
             if self.cache and (hit := self.cache.get("text", {**base, "layer": layer})):
-                rows[layer] = hit[0]["rows"]
+                rows[layer] = require_finite(hit[0]["rows"], f"text encoder layer {layer}", _BROKEN)
         if missing := [layer for layer in layers if layer not in rows]:
             input_ids = torch.tensor([token_ids], device=self.model.device)
             captured = capture_hidden_states(
@@ -173,7 +175,7 @@ class TextEncoder:
             )
             self.forward_passes += 1
             for layer, hidden in captured.items():
-                rows[layer] = hidden[0].cpu()
+                rows[layer] = require_finite(hidden[0].cpu(), f"text encoder layer {layer}", _BROKEN)
                 if self.cache:
                     self.cache.put("text", {**base, "layer": layer}, {"rows": rows[layer]}, {})
         return rows

@@ -39,6 +39,7 @@ from .errors import UserError
 from .files import load_image
 from .hooks import capture_hidden_states, layer_position
 from .models import check_vl, load_model, model_identity, resolve_device, resolve_dtype
+from .numerics import require_finite
 from .stats import (
     ReferenceStats,
     describe,
@@ -49,6 +50,7 @@ from .stats import (
 )
 
 TOKEN_MODES = ("full", "text_only", "image_only", "image_no_markers")
+_BROKEN = "a broken checkpoint, or fp16 overflow (try vl.dtype float32)"
 
 
 @dataclass(frozen=True)
@@ -322,7 +324,7 @@ class VLEmbeddingExtractor:
         for layer in layers:
             hit = self.cache.get("vl", {**base, "layer": layer}) if self.cache else None
             if hit is not None:
-                rows[layer] = hit[0]["rows"]
+                rows[layer] = require_finite(hit[0]["rows"], f"VL extraction layer {layer}", _BROKEN)
         missing = [layer for layer in layers if layer not in rows]
         if missing:
             device, dtype = self.model.device, self.model.dtype
@@ -332,7 +334,7 @@ class VLEmbeddingExtractor:
             )
             self.forward_passes += 1
             for layer, hidden in captured.items():
-                rows[layer] = hidden[0].float().cpu()
+                rows[layer] = require_finite(hidden[0].float().cpu(), f"VL extraction layer {layer}", _BROKEN)
                 if self.cache:
                     self.cache.put("vl", {**base, "layer": layer}, {"rows": rows[layer]}, {"prompt": prompt})
         return rows, ids, prompt, "miss" if missing else "hit"
