@@ -645,6 +645,7 @@ def train_adapter(
     the frozen DiT. `gen` is a `Generator` (its `vl`, `text_encoder`, `pipeline` and `config` are used); captions
     missing from `captions` are written by the Qwen3-VL model. Returns the adapter and its metadata."""
     cfg = gen.config
+    v = cfg.vl
     layer = cfg.vl.hidden_layer
     pictures = {p.name: load_image(p, "training image") for p in images}
     written = {name: captions.get(name) or caption_image(gen.vl, img) for name, img in pictures.items()}
@@ -654,7 +655,9 @@ def train_adapter(
     ]
     adapter = ridge_fit(torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]), lam, kind, rank)
     vl_rows = {
-        name: gen.vl.extract(img, written[name], layer, token_mode=cfg.vl.token_mode).embeddings
+        name: gen.vl.extract(
+            img, written[name], layer, token_mode=v.token_mode, sink_ratio=v.sink_ratio, sink_rows=v.sink_rows
+        ).embeddings
         for name, img in pictures.items()
     }
     meta: dict[str, Any] = {
