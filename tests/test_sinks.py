@@ -226,11 +226,12 @@ def planted(monkeypatch):
     return {"text": text_rows, "vl": vl_rows}
 
 
-def generator(zoo, **vl) -> Generator:
+def generator(zoo, low_memory: bool = False, **vl) -> Generator:
     cfg = load_config(
         overrides={
             "models.zimage": str(zoo / "zimage"),
             "models.vl": str(zoo / "qwen3-vl"),
+            "models.low_memory": low_memory,
             "generation.width": 64,
             "generation.height": 64,
             "generation.steps": 2,
@@ -330,6 +331,13 @@ def test_generation_keeps_text_sinks_drops_vl_sinks_and_records_both(zoo, plante
     s = steered.at(1.0)
     assert torch.equal(s[t_sinks], text[t_sinks])
     torch.testing.assert_close(s[~t_sinks], text[~t_sinks] + text[~t_sinks].std(correction=0) * d)
+
+
+def test_low_memory_names_text_sinks_before_the_encoder_is_released(zoo, planted):
+    gen = generator(zoo, low_memory=True)
+    cond, _ = gen.condition("a fox", reference=Image.open(REF).convert("RGB"))
+    assert [r["token"] for r in cond.record["sinks"]["text"]["rows"]] == ["<|im_start|>", IM_END]
+    assert gen._text_encoder is None  # not reloaded to name the tokens
 
 
 def test_generator_normalises_with_same_layer_content_statistics(zoo, planted):

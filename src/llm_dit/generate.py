@@ -300,6 +300,8 @@ class Generator:
         if sum(x is not None for x in (reference, vl_embeddings, embeddings, steer)) > 1:
             raise UserError("give one of: a reference image, VL embeddings, embeddings, a steering direction")
         encoded = self.encode(prompt)
+        conditioned = steer is not None or reference is not None or vl_embeddings is not None
+        t_sinks, sinks = self.text_sinks(encoded) if conditioned else (None, {})  # needs the tokenizer: before release
         if self.config.models.low_memory and (reference is not None or isinstance(neutral, Image.Image)):
             self.extraction_reference(list(self.vl_layers()))  # the text encoder's last job, before the VL model loads
             self.release("text_encoder")
@@ -308,9 +310,8 @@ class Generator:
         if embeddings is not None:
             rows = check_embeddings(embeddings, self.caption_width, "embeddings")
             return Conditioning(rows, "embeddings"), encoded
-        if steer is None and reference is None and vl_embeddings is None:
+        if not conditioned:
             return Conditioning(text, "text"), encoded
-        t_sinks, sinks = self.text_sinks(encoded)
         if steer is not None:
             combine = steer_conditioning(text, steer, t_sinks, v.sink_rows)
             return Conditioning(text, "steer", combine, {"sinks": sinks}), encoded
