@@ -177,6 +177,7 @@ def test_inspect_honours_the_system_prompts_and_the_configured_layers(cli, zoo, 
         "encoder.system_prompt": "Be vivid.",
         "encoder.think_block": False,
         "vl.reference_stats": None,
+        "vl.sink_ratio": 20.0,
     }
     plain = json.loads(cli("inspect", "--models", "tiny", "-i", REF, "-p", "a house", "--json", "--layers", "-3").out)
     assert SYSTEM not in plain["prompt"] and list(plain["layers"]) == ["-3"]

@@ -171,7 +171,9 @@ def test_outliers_against_shipped_stats_in_both_directions():
     target[8] /= 5
     emb = with_moments(64, ref.per_dim_mean, target, seed=3)
 
-    found = get_outlier_dimensions(emb, threshold=10.0)  # default reference: shipped stats
+    found = get_outlier_dimensions(emb, threshold=10.0, reference=ref)
+    with pytest.raises(StatsError, match="reference statistics are required"):
+        get_outlier_dimensions(emb, threshold=10.0)  # never a packaged default
 
     assert [d for d, _ in found] == [396, 4, 100]
     ratios = dict(found)
@@ -235,8 +237,8 @@ MASK_EMB = torch.tensor([[-20.0, 4.96, 1.0, -5.0], [20.0, 5.04, 3.0, 5.0]])
 MASK_EXPECTED = {
     "none": [[-20.0, 4.96], [20.0, 5.04]],
     "zero": [[0.0, 0.0], [0.0, 0.0]],
-    # ratio 20 -> 10: 0 + x * 10/20; ratio 0.04 -> 0.1: 5 + (x - 5) * 0.1/0.04
-    "clamp": [[-10.0, 4.9], [10.0, 5.1]],
+    # ratio 20 -> 10: 0 + x * 10/20; ratio 0.04 < 1/10 is left unchanged (clamp only compresses)
+    "clamp": [[-10.0, 4.96], [10.0, 5.04]],
     # x * 20^-1/2 = ±sqrt(20); 5 + (x - 5) * 0.04^-1/2 = 5 ± 0.2
     "scale": [[-math.sqrt(20), 4.8], [math.sqrt(20), 5.2]],
     "reference": [[7.0, 5.0], [7.0, 5.0]],
@@ -256,6 +258,10 @@ def test_mask_modes_on_hand_computed_example(mode):
     if mode == "none":
         assert info["masked_dimensions"] == []
         assert info["ratios"] == []
+    elif mode == "clamp":
+        assert info["masked_dimensions"] == [0]
+        assert info["ratios"] == pytest.approx([20.0], rel=1e-4)
+        assert [d for d, _ in info["unchanged_dimensions"]] == [1]
     else:
         assert info["masked_dimensions"] == [1, 0]
         assert info["ratios"] == pytest.approx([0.04, 20.0], rel=1e-4)
@@ -267,7 +273,8 @@ def test_clamp_and_scale_reach_their_target_ratios():
     clamped, _ = mask_outlier_dimensions(emb, 10.0, mode="clamp", reference=ref)
     scaled, _ = mask_outlier_dimensions(emb, 10.0, mode="scale", reference=ref)
     assert not torch.allclose(clamped, scaled)
-    torch.testing.assert_close(std_ratios(clamped, ref), torch.tensor([10.0, 0.1, 1.0]), rtol=1e-4, atol=0)
+    # clamp compresses the wide column to t and leaves the near-constant one alone (see test_sinks.py)
+    torch.testing.assert_close(std_ratios(clamped, ref), torch.tensor([10.0, 0.001, 1.0]), rtol=1e-4, atol=0)
     torch.testing.assert_close(std_ratios(scaled, ref), torch.tensor([10.0, math.sqrt(0.001), 1.0]), rtol=1e-4, atol=0)
     # both keep the column means
     torch.testing.assert_close(clamped.mean(0), emb.mean(0), rtol=0, atol=1e-3)
@@ -281,7 +288,7 @@ def test_rows_restrict_analysis_and_modification(rows):
     before = emb.clone()
     out, info = mask_outlier_dimensions(emb, 10.0, mode="clamp", reference=MASK_REF, rows=rows)
     assert torch.equal(emb, before)
-    assert info["masked_dimensions"] == [1, 0]
+    assert info["masked_dimensions"] == [0] and [d for d, _ in info["unchanged_dimensions"]] == [1]
     assert info["row_count"] == 2
     torch.testing.assert_close(out[:2, :2], torch.tensor(MASK_EXPECTED["clamp"]), rtol=1e-5, atol=1e-5)
     assert torch.equal(out[2], emb[2])

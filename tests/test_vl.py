@@ -120,7 +120,7 @@ def test_masking_touches_only_image_pad_rows(extractor):
     torch.testing.assert_close(masked.embeddings[~pad], raw.embeddings[~pad])
 
 
-def test_normalization_uses_same_layer_reference_and_warns_on_fallback(extractor):
+def test_normalization_uses_same_layer_reference_and_refuses_another_layer(extractor):
     img = picture(128, 4)
     rows = torch.randn(50, extractor.hidden_size) * 3 + 1
     refs = {-2: compute_reference_stats(rows, -2, "t", 1), -8: compute_reference_stats(rows * 5, -8, "t", 1)}
@@ -128,8 +128,10 @@ def test_normalization_uses_same_layer_reference_and_warns_on_fallback(extractor
         warnings.simplefilter("error")
         e = extractor.extract(img, "x", -2, normalization="per_dim", reference=refs)
     torch.testing.assert_close(e.embeddings.std(0, correction=0), refs[-2].per_dim_std, rtol=1e-3, atol=1e-3)
-    with pytest.warns(UserWarning, match="from layer -8, extracting layer -6"):
-        assert pick_reference({-8: refs[-8]}, -6) is refs[-8]
+    with pytest.raises(UserError, match=r"no reference statistics for layer -6 .*llm-dit stats --layer -6"):
+        pick_reference({-8: refs[-8]}, -6)
+    with pytest.raises(UserError, match=r"from layer -8, extracting layer -6.*llm-dit stats --layer -6"):
+        pick_reference(refs[-8], -6)
     assert e.stats_before != e.stats_after
 
 

@@ -750,7 +750,13 @@ def train_adapter(
         # only fine-tuning sees whole extractions, so only it depends on the token mode
         vl_rows = {
             name: gen.vl.extract(
-                img, written[name], layer, token_mode=v.token_mode, system_prompt=v.system_prompt
+                img,
+                written[name],
+                layer,
+                token_mode=v.token_mode,
+                system_prompt=v.system_prompt,
+                sink_ratio=v.sink_ratio,
+                sink_rows=v.sink_rows,
             ).embeddings
             for name, img in pictures.items()
         }
@@ -764,6 +770,8 @@ def train_adapter(
         )
         settings |= {
             "vl.token_mode": v.token_mode,
+            "vl.sink_ratio": v.sink_ratio,
+            "vl.sink_rows": v.sink_rows,
             "generation.width": g.width,
             "generation.height": g.height,
             "generation.shift": g.shift,

@@ -336,6 +336,7 @@ def extract(
         "spans": e.spans.as_dict(),
         "variant": e.variant,
         "masked_dimensions": meta["masked_dimensions"],
+        "sinks": e.sinks,
     }
     print(json.dumps(summary) if as_json else output)
 
@@ -401,9 +402,34 @@ def stats(
         lines = tuple(line.strip() for line in prompts.read_text().splitlines() if line.strip())
         if not lines:
             raise UserError(f"prompts file has no prompts: {prompts}")
-    result = Generator(cfg).text_encoder.reference_stats([layer], lines)[layer]
+    result = Generator(cfg).text_encoder.reference_stats([layer], lines, cfg.vl.sink_ratio)[layer]
     result.save(output)
+    sinks = json.loads(result.metadata["sinks"])
+    rows = result.token_count + len(sinks)
+    print(
+        f"layer {layer}: {len(sinks)} attention-sink row(s) of {rows} left out (vl.sink_ratio "
+        f"{cfg.vl.sink_ratio:g}; all listed in the file's 'sinks' metadata)",
+        file=sys.stderr,
+    )
+    for line in sink_lines(sinks)[:STATS_SINK_LINES]:
+        print(f"  {line}", file=sys.stderr)
+    if len(sinks) > STATS_SINK_LINES:
+        print(f"  ... {len(sinks) - STATS_SINK_LINES} more", file=sys.stderr)
     print(output)
+
+
+STATS_SINK_LINES = 12
+
+
+def sink_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per sink row of a `stats.describe_sinks` record: where it is, its token, the dims that carry it."""
+    out = []
+    for r in rows:
+        where = (f"prompt {r['prompt']} " if "prompt" in r else "") + f"position {r['position']}"
+        token = f" {r['token']!r}" if r.get("token") is not None else ""
+        dims = ", ".join(f"dim {d} = {v:.4g}" for d, v in r["dims"])
+        out.append(f"{where}{token}: {dims} ({r['ratio_to_median']:.3g}x the median row's max)")
+    return out
 
 
 @app.command("inspect")
@@ -452,8 +478,10 @@ def inspect_cmd(
         system_prompt=v.system_prompt,
         text_system_prompt=enc.system_prompt,
         think_block=enc.think_block,
+        sink_ratio=v.sink_ratio,
     )
     report["settings"] = acted | {
+        "vl.sink_ratio": v.sink_ratio,
         "vl.system_prompt": v.system_prompt,
         "encoder.system_prompt": enc.system_prompt,
         "encoder.think_block": enc.think_block,
@@ -483,6 +511,12 @@ def inspect_cmd(
             f"  image influence at prompt rows: {r['image_influence']:.4g}; "
             f"per-dim correlation with the text encoder: mean {corr['mean']:.3g}, median {corr['median']:.3g}"
         )
+        for who, found in r["sinks"].items():
+            label = "VL" if who == "vl" else "text encoder"
+            count = found["count"] or "none"
+            out.print(f"  attention sinks ({label}, ratio {found['ratio']:g}): {count}", markup=False)
+            for line in sink_lines(found["rows"]):
+                out.print(f"    {line}", markup=False, highlight=False)
 
 
 @app.command()

@@ -2,6 +2,11 @@
 
 `Conditioning.at(alpha)` is the one function of alpha that generation, alpha schedules and DiT injection all
 evaluate, so every path blends with exactly the same mode, options and inputs.
+
+Attention sinks are handled here, in one place, so no blend mode has to know about them: with `vl.sink_rows =
+"exclude"` a blend (or a steering step) sees only T's content rows and T's sink rows are put back bit for bit
+(`keep_sink_rows`); modes that do not write into T's rows (`WHOLE_TEXT_MODES`) get T whole. V's sink rows are
+dropped before the blend (`drop_sinks`, or at extraction).
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ import torch
 
 from .blend import blend
 from .errors import UserError
+from .stats import describe_sinks, find_sinks
+from .steer import apply_direction
+
+WHOLE_TEXT_MODES = ("concat", "replace")
+"""Blend modes that write nothing into T's rows (`concat` copies T and appends V; `replace` gives the DiT V
+itself): they get T whole, sink rows included, and only V's content rows."""
 
 
 def parse_layer_weights(spec: str) -> dict[int, float]:
@@ -56,8 +67,67 @@ class Conditioning:
         return self._memo[alpha]
 
 
-def blend_conditioning(text: torch.Tensor, vl: torch.Tensor, mode: str, options: dict[str, Any]) -> Callable:
+Combine = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+def find_sink_rows(
+    rows: torch.Tensor, ratio: float, sink_rows: str, role: str, token: Callable[[int], str] | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Sink mask of one tensor (`stats.find_sinks`, once) and its record: `stats.describe_sinks` plus `action`,
+    what is done with them: `unchanged` (T, exclude), `dropped` (V, exclude) or `blended` (include)."""
+    mask = find_sinks(rows, ratio)
+    action = "blended" if sink_rows == "include" else ("unchanged" if role == "text" else "dropped")
+    return mask, describe_sinks(rows, mask, ratio, token=token) | {"action": action}
+
+
+def drop_sinks(rows: torch.Tensor, ratio: float, sink_rows: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Given VL rows (`vl_embeddings`, neutral embeddings) treated like extracted ones: sink rows found once and,
+    with `exclude`, dropped. Returns the rows the blend gets and the record."""
+    mask, record = find_sink_rows(rows, ratio, sink_rows, "vl")
+    return (rows[~mask] if sink_rows == "exclude" else rows), record
+
+
+def keep_sink_rows(combine: Combine, sinks: torch.Tensor | None) -> Combine:
+    """`combine` restricted to T's content rows, T's sink rows put back bit for bit:
+    `C = T; C[content] = combine(T[content], α)`. Every statistic `combine` takes over T's rows (AdaIN moments,
+    σ(T), covariances) is then a content-row statistic. No sinks: `combine` itself."""
+    if sinks is None or not bool(sinks.any()):
+        return combine
+
+    def kept(t: torch.Tensor, alpha: float) -> torch.Tensor:
+        content = ~sinks.to(t.device)
+        out = t.clone()
+        out[content] = combine(t[content], alpha)
+        return out
+
+    return kept
+
+
+def blend_conditioning(
+    text: torch.Tensor,
+    vl: torch.Tensor,
+    mode: str,
+    options: dict[str, Any],
+    text_sinks: torch.Tensor | None = None,
+    sink_rows: str = "exclude",
+) -> Combine:
     """`alpha -> blend(T, V, mode, alpha, **options)`, checked once at alpha 0 so bad shapes or options fail here,
-    not midway through denoising (`Generator.prepare` checks names and alphas earlier, before any model runs)."""
-    blend(text, vl, mode, 0.0, **options)
-    return lambda t, alpha: blend(t, vl, mode, alpha, **options)
+    not midway through denoising (`Generator.prepare` checks names and alphas earlier, before any model runs).
+    With `sink_rows = "exclude"` and T's sink mask, the blend sees T's content rows only (`keep_sink_rows`; modes of
+    `WHOLE_TEXT_MODES` get T whole); `include` blends every row, as before."""
+    combine: Combine = lambda t, alpha: blend(t, vl, mode, alpha, **options)  # noqa: E731
+    if sink_rows == "exclude" and mode not in WHOLE_TEXT_MODES:
+        combine = keep_sink_rows(combine, text_sinks)
+    combine(text, 0.0)
+    return combine
+
+
+def steer_conditioning(
+    text: torch.Tensor, direction: torch.Tensor, text_sinks: torch.Tensor | None, sink_rows: str = "exclude"
+) -> Combine:
+    """`alpha -> T + α·σ·d̂` (`steer.apply_direction`) with σ over T's content rows: `exclude` steers only the
+    content rows (sink rows unchanged); `include` steers every row."""
+    if sink_rows == "exclude":
+        return keep_sink_rows(lambda t, alpha: apply_direction(t, direction, alpha), text_sinks)
+    content = None if text_sinks is None else ~text_sinks
+    return lambda t, alpha: apply_direction(t, direction, alpha, content=content)

@@ -96,6 +96,8 @@ class VLConfig(_Section):
     reference_stats: str | None = None  # safetensors file; default: computed with the text encoder, same layer
     outlier_masking: Literal["none", "zero", "clamp", "scale", "reference"] = "none"
     outlier_threshold: float = Field(10.0, gt=1.0)
+    sink_ratio: float = Field(20.0, gt=1.0, allow_inf_nan=False)  # sink: max|row| > sink_ratio x the median row's
+    sink_rows: Literal["exclude", "include"] = "exclude"  # exclude: T's sink rows unchanged, V's dropped
     alpha: float = 0.3
     blend: str = "adain_per_dim"
     resample: Literal["area", "linear", "nearest", "truncate"] = "area"

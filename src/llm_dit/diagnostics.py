@@ -8,6 +8,10 @@ statistics of the same layer; and the two measurements the research notes disagr
   after the image block, `h_txt` the same rows from the VL model run without the image;
 - per-dimension Pearson correlation, over those prompt rows, between the VL rows (with the image) and the
   Qwen3-4B encoding of the same prompt at the same layer (mean and median over dimensions).
+
+Attention sinks are found once per sequence and layer (`stats.find_sinks`) in the VL rows with the image, the VL
+rows without it and the text encoder's rows; they are reported (position, token, dims, values) and left out of
+every statistic above (span statistics, std ratios, influence and correlation use content rows only).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .stats import ReferenceStats, describe, std_ratios
+from .stats import SINK_RATIO, ReferenceStats, describe, describe_sinks, find_sinks, std_ratios
 from .text import TextEncoder, render_prompt
 from .vl import VLEmbeddingExtractor, find_spans
 
@@ -66,6 +70,7 @@ def inspect_layers(
     system_prompt: str | None = None,
     text_system_prompt: str | None = None,
     think_block: bool = False,
+    sink_ratio: float = SINK_RATIO,
 ) -> dict[str, Any]:
     """The per-layer report described in the module docstring. `system_prompt` goes into both VL templates;
     the text encoder renders the prompt with `text_system_prompt` and `think_block` (`text.render_prompt`)."""
@@ -88,23 +93,37 @@ def inspect_layers(
         "prompt_rows_token_match": aligned_ids,
         "layers": {},
     }
+
+    def vl_token(position: int) -> str:
+        return extractor.tokenizer.decode([ids[position]])
+
+    def te_token(position: int) -> str:
+        return text_encoder.tokenizer.decode([te_ids.input_ids[position]])
+
     for layer in layers:
-        h = with_img[layer]
-        span_rows = {
-            "before": h[slice(*spans.before)],
-            "image": h[slice(*spans.image)],
-            "image_pad": h[slice(*spans.image_pad)],
-            "after": h[slice(*spans.after)],
-        }
+        h, te = with_img[layer], te_rows[layer].float()
+        sinks = {"vl": find_sinks(h, sink_ratio), "text_encoder": find_sinks(te, sink_ratio)}
+        content = ~sinks["vl"]
+        span_rows = {}
+        for name in ("before", "image", "image_pad", "after"):
+            part = slice(*getattr(spans, name))
+            span_rows[name] = h[part][content[part]]
         text_rows = torch.cat([span_rows["before"], span_rows["after"]])
         ref = references[layer]
-        h_img, h_txt = h[-n:], without[layer][-n:]
+        # the prompt rows compared below: content rows in all three sequences
+        tail = ~(sinks["vl"][-n:] | find_sinks(without[layer], sink_ratio)[-n:] | sinks["text_encoder"][-n:])
+        h_img, h_txt = h[-n:][tail], without[layer][-n:][tail]
         report["layers"][str(layer)] = {
-            "tokens": {k: int(v.shape[0]) for k, v in span_rows.items()},
+            "tokens": {name: len(range(*getattr(spans, name))) for name in span_rows},
+            "sinks": {
+                "vl": describe_sinks(h, sinks["vl"], sink_ratio, token=vl_token),
+                "text_encoder": describe_sinks(te, sinks["text_encoder"], sink_ratio, token=te_token),
+            },
             "span_stats": {k: describe(v) for k, v in span_rows.items() if v.numel()},
             "std_ratio_image_pad": ratio_summary(span_rows["image_pad"], ref),
             "std_ratio_text": ratio_summary(text_rows, ref),
+            "prompt_content_rows": int(tail.sum()),
             "image_influence": float((h_img - h_txt).norm() / h_txt.norm().clamp_min(1e-12)),
-            "correlation_with_text_encoder": dimension_correlation(h_img, te_rows[layer][-n:].float()),
+            "correlation_with_text_encoder": dimension_correlation(h_img, te[-n:][tail]),
         }
     return report

@@ -21,7 +21,15 @@ from PIL import Image
 from .adapter import Adapter, check_use
 from .blend import blend_stats, check_alpha, check_options, mode_options
 from .cache import TensorCache
-from .condition import Conditioning, blend_conditioning, combine_layers, parse_layer_weights
+from .condition import (
+    Conditioning,
+    blend_conditioning,
+    combine_layers,
+    drop_sinks,
+    find_sink_rows,
+    parse_layer_weights,
+    steer_conditioning,
+)
 from .config import Config, GenerationConfig, VLConfig
 from .errors import UserError
 from .files import check_embeddings, library_versions, sha256_file
@@ -32,7 +40,6 @@ from .numerics import require_finite
 from .provenance import Facts, split_settings
 from .schedule import parse_schedule, schedule_callback
 from .stats import ReferenceStats
-from .steer import apply_direction
 from .text import EncodedPrompt, TextEncoder
 from .vl import VLEmbeddingExtractor, VLEmbeddings, image_sha256
 
@@ -260,13 +267,22 @@ class Generator:
         return parse_layer_weights(v.layers) if v.layers else {v.hidden_layer: 1.0}
 
     def reference_stats(self, layers: list[int]) -> dict[int, ReferenceStats] | ReferenceStats:
-        """`vl.reference_stats` when set, else the text encoder's statistics at exactly these layers (computed
-        once per generator)."""
-        if self.config.vl.reference_stats:
-            return ReferenceStats.load(self.config.vl.reference_stats)
+        """`vl.reference_stats` when set, else the text encoder's statistics at exactly these layers, over content
+        rows (attention sinks at `vl.sink_ratio` left out; computed once per generator)."""
+        v = self.config.vl
+        if v.reference_stats:
+            stats = ReferenceStats.load(v.reference_stats)
+            if "sink_ratio" not in stats.metadata:
+                warnings.warn(
+                    f"vl.reference_stats {v.reference_stats} were computed without leaving out attention-sink rows "
+                    f"(sink-contaminated: a few rows set the spread of some dimensions); recompute them with "
+                    f"`llm-dit stats --layer {stats.layer}`",
+                    stacklevel=2,
+                )
+            return stats
         missing = [layer for layer in layers if layer not in self._stats]
         if missing:
-            self._stats |= self.text_encoder.reference_stats(missing)
+            self._stats |= self.text_encoder.reference_stats(missing, sink_ratio=v.sink_ratio)
         return {layer: self._stats[layer] for layer in layers}
 
     def adapter(self, path: str) -> tuple[Adapter, dict[str, Any]]:
@@ -304,6 +320,8 @@ class Generator:
             reference=self.extraction_reference(list(weights)),
             clip_sigma=v.clip_sigma,
             hybrid_weight=v.hybrid_weight,
+            sink_ratio=v.sink_ratio,
+            sink_rows=v.sink_rows,
         )
         return combine_layers({layer: e.embeddings for layer, e in extracted.items()}, weights), extracted
 
@@ -323,12 +341,15 @@ class Generator:
             raise UserError("give one of: a reference image, VL embeddings, embeddings, a steering direction")
         check_neutral(self.config.vl.blend, reference is not None or vl_embeddings is not None, neutral is not None)
         encoded = self.encode(prompt)
+        conditioned = steer is not None or reference is not None or vl_embeddings is not None
+        sinks = self.text_sinks(encoded) if conditioned else None  # names tokens: before the encoder is released
         if self.config.models.low_memory and (reference is not None or isinstance(neutral, Image.Image)):
             self.extraction_reference(list(self.vl_layers()))  # the text encoder's last job, before the VL model loads
             self.release("text_encoder")
         cond = self.condition_encoded(
             prompt,
             encoded,
+            sinks,
             reference=reference,
             vl_embeddings=vl_embeddings,
             neutral=neutral,
@@ -341,6 +362,7 @@ class Generator:
         self,
         prompt: str,
         encoded: EncodedPrompt,
+        text_sinks: tuple[torch.Tensor | None, dict[str, Any]] | None = None,
         *,
         reference: Image.Image | None = None,
         vl_embeddings: torch.Tensor | None = None,
@@ -348,19 +370,23 @@ class Generator:
         embeddings: torch.Tensor | None = None,
         steer: torch.Tensor | None = None,
     ) -> Conditioning:
-        """`condition` for a prompt already encoded (the image-dependence probe reuses the text rows)."""
+        """`condition` for a prompt already encoded (the image-dependence probe reuses the text rows); `text_sinks`
+        from `text_sinks(encoded)` (found here, without token names, when not given)."""
         text = encoded.embeddings
         v = self.config.vl
         if embeddings is not None:
             rows = check_embeddings(embeddings, self.caption_width, "embeddings")
             return Conditioning(rows, "embeddings")
-        if steer is not None:
-            return Conditioning(text, "steer", lambda t, a: apply_direction(t, steer, a))
-        if reference is None and vl_embeddings is None:
+        if steer is None and reference is None and vl_embeddings is None:
             return Conditioning(text, "text")
-        record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options}
+        t_sinks, found = text_sinks or self.text_sinks(encoded, named=False)
+        sinks = dict(found)
+        if steer is not None:
+            return Conditioning(text, "steer", steer_conditioning(text, steer, t_sinks, v.sink_rows), {"sinks": sinks})
+        record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options, "sinks": sinks}
         if vl_embeddings is not None:
             vl = check_embeddings(vl_embeddings, self.caption_width, "VL embeddings").float()
+            vl, sinks["vl"] = drop_sinks(vl, v.sink_ratio, v.sink_rows)
             source = "vl_embeddings"
         else:
             if self.vl.hidden_size != self.caption_width:
@@ -379,14 +405,28 @@ class Generator:
         if "resample" in mode_options(v.blend):
             options.setdefault("resample", v.resample)
         if v.blend == "style_delta":
-            options["neutral"] = (
-                self.extract(neutral, prompt)[0]
-                if isinstance(neutral, Image.Image)
-                else check_embeddings(neutral, self.caption_width, "neutral embeddings").float()
-            )
+            if isinstance(neutral, Image.Image):
+                options["neutral"], neutral_layers = self.extract(neutral, prompt)
+                record["neutral_vl"] = {str(layer): e.metadata() for layer, e in neutral_layers.items()}
+            else:
+                rows = check_embeddings(neutral, self.caption_width, "neutral embeddings").float()
+                options["neutral"], sinks["neutral"] = drop_sinks(rows, v.sink_ratio, v.sink_rows)
             record["neutral"] = "image" if isinstance(neutral, Image.Image) else "embeddings"
         record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
-        return Conditioning(text, source, blend_conditioning(text, vl, v.blend, options), record)
+        return Conditioning(text, source, blend_conditioning(text, vl, v.blend, options, t_sinks, v.sink_rows), record)
+
+    def text_sinks(self, encoded: EncodedPrompt, named: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
+        """T's attention-sink rows (found once) and the `sinks` record: `ratio`, `rows` (the `vl.sink_rows`
+        setting) and `text` (positions, tokens when `named` and rows are tokens, dims and values)."""
+        v, rows, ids = self.config.vl, encoded.embeddings, encoded.token_ids
+        token = None
+        if named and len(ids) == rows.shape[0]:  # rows are tokens (not resampled by a long-prompt mode)
+
+            def token(position: int) -> str:
+                return self.text_encoder.tokenizer.decode([ids[position]])
+
+        mask, text = find_sink_rows(rows, v.sink_ratio, v.sink_rows, "text", token)
+        return mask, {"ratio": v.sink_ratio, "rows": v.sink_rows, "text": text}
 
     def image_dependence(
         self, prompt: str, encoded: EncodedPrompt, cond: Conditioning, alphas: list[float], inputs: dict[str, Any]

@@ -172,8 +172,8 @@ RULES: dict[str, Rule] = {
     "vl.outlier_masking": _both(_extracted, _masking),
     "vl.outlier_threshold": _both(_extracted, _threshold),
     # sink settings (vl.sink_*): they decide which rows of T and V the statistics and the blend use
-    "vl.sink_ratio": _blended,
-    "vl.sink_rows": _blended,
+    "vl.sink_ratio": _conditioned,  # blends and steering: which rows of T (and V) are content
+    "vl.sink_rows": _conditioned,
     "vl.image_check": _image_check,
     "vl.alpha": _both(_conditioned, _alpha),
     "vl.alpha_schedule": _conditioned,

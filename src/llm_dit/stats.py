@@ -10,14 +10,21 @@ changes nothing.
 
 Notation: ``x`` embeddings ``[n, D]``, ``μ_d``/``σ_d`` the mean/std of column ``d`` over the rows,
 ``μ_ref_d``/``σ_ref_d`` the reference per-dimension mean/std, ``ε = 1e-6`` the std floor.
+
+Attention sinks (massive activations): a few fixed positions of an LLM's sequence (the first token, some
+delimiters) carry values hundreds of times larger than any other row in a few fixed dimensions. They are not
+content, and statistics that include them describe them, not the content. :func:`find_sinks` finds them; every
+statistic here can be fitted on the content rows only (``content=``), and :func:`compute_reference_stats` leaves
+them out of reference statistics.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,10 +44,16 @@ __all__ = [
     "NORMALIZATION_MODES",
     "OUTLIER_MODES",
     "SHIPPED_STATS_FILE",
+    "SINK_RATIO",
+    "SINK_ROW_MODES",
+    "SINK_TOP_DIMS",
     "STD_EPS",
     "ReferenceStats",
     "StatsError",
+    "check_sink_rows",
     "compute_reference_stats",
+    "describe_sinks",
+    "find_sinks",
     "get_outlier_dimensions",
     "mask_outlier_dimensions",
     "normalize",
@@ -59,12 +72,21 @@ STD_EPS = 1e-6
 """Floor applied to every standard deviation used as a divisor."""
 
 SHIPPED_STATS_FILE = "qwen3-4b_layer-2_stats.safetensors"
-"""Packaged statistics of real Qwen3-4B ``hidden_states[-2]`` (see ``llm_dit/data/README.md``)."""
+"""Packaged example statistics of real Qwen3-4B ``hidden_states[-2]``, sink-contaminated (``llm_dit/data/README.md``);
+never used unless loaded explicitly with :func:`shipped_stats`."""
+SINK_RATIO = 20.0
+"""Default ``r`` of :func:`find_sinks` (config ``vl.sink_ratio``)."""
+SINK_TOP_DIMS = 3
+"""Dimensions listed per sink row by :func:`describe_sinks`."""
+SINK_ROW_MODES: tuple[str, ...] = ("exclude", "include")
+"""What happens to sink rows (config ``vl.sink_rows``): ``exclude`` keeps T's sink rows out of every blend
+(unchanged) and drops V's; ``include`` blends them as content. Statistics use content rows either way."""
 
 _TENSOR_KEYS = ("per_dim_mean", "per_dim_std")
 _STRUCTURAL_KEYS = ("format", "model", "layer", "prompt_count", "token_count", "hidden_dim")
 _FORMAT = "llm-dit-reference-stats/1"
 _TINY = torch.finfo(torch.float32).tiny
+_F32_MAX = torch.finfo(torch.float32).max
 
 
 class StatsError(UserError):
@@ -100,14 +122,21 @@ def _mean_std(x: Tensor, dim: int | None) -> tuple[Tensor, Tensor]:
     return m * s, v * s
 
 
-def _standardize(x: Tensor, dim: int | None) -> tuple[Tensor, Tensor, Tensor]:
+def _standardize(x: Tensor, dim: int | None, fit: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``z = (x − μ) / max(σ, ε)`` over ``dim``; returns ``(z, μ, σ)`` with ``dim`` kept.
 
-    Computed in scaled units (``(x/s − m) / max(v, ε/s)``) so nothing overflows; ``|z| ≤ sqrt(n)``.
+    ``μ``, ``σ`` come from the rows selected by ``fit`` (boolean ``[n]``; default all rows) and ``z`` is computed
+    for every row. Computed in scaled units (``(x/s − m) / max(v, ε/s)``, ``s = max|x|`` over all rows) so nothing
+    overflows; ``|z| ≤ sqrt(n)`` on the fitted rows, and z is saturated to the finite float32 range elsewhere.
     """
-    m, v, s = _scaled_mean_std(x, dim)
+    if fit is None:
+        m, v, s = _scaled_mean_std(x, dim)
+    else:
+        s = (x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)).clamp_min(_TINY)
+        var, m = torch.var_mean(x[fit] / s, dim=dim, correction=0, keepdim=dim is not None)
+        v = var.sqrt()
     denom = torch.maximum(v, (STD_EPS / s).clamp_min(_TINY))
-    z = (x / s - m) / denom
+    z = ((x / s - m) / denom).clamp(-_F32_MAX, _F32_MAX)
     return z, m * s, v * s
 
 
@@ -141,9 +170,16 @@ def _check_width(width: int, ref_width: int) -> None:
 
 
 def _reference_tensors(reference: Any, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """``(per_dim_mean, per_dim_std)`` as float32 1-D tensors from a ReferenceStats, mapping or object."""
+    """``(per_dim_mean, per_dim_std)`` as float32 1-D tensors from a ReferenceStats, mapping or object.
+
+    There is no default: statistics of the wrong layer or model silently mis-scale every row, so the caller names
+    them (``TextEncoder.reference_stats`` or ``llm-dit stats --layer L``).
+    """
     if reference is None:
-        reference = shipped_stats()
+        raise StatsError(
+            "reference statistics are required: pass the text encoder's statistics of the same layer "
+            "(TextEncoder.reference_stats, or a file from `llm-dit stats --layer L`)"
+        )
     values = []
     for key in _TENSOR_KEYS:
         if isinstance(reference, Mapping):
@@ -330,13 +366,116 @@ def describe(x: Tensor) -> dict[str, float]:
     }
 
 
-def compute_reference_stats(rows: Tensor, layer: int, model: str, prompt_count: int) -> ReferenceStats:
-    """Reference statistics of ``rows`` ``[n, D]`` (any float dtype), computed in float32.
+# --------------------------------------------------------------------------------------------------------
+# Attention sinks
+# --------------------------------------------------------------------------------------------------------
 
-    ``μ_ref_d = mean_i x_id``, ``σ_ref_d = sqrt(mean_i (x_id − μ_ref_d)²)`` (population, correction 0);
-    ``token_count = n``.
+
+def _check_sink_ratio(ratio: float) -> float:
+    r = float(ratio)
+    if not (math.isfinite(r) and r > 1.0):
+        raise StatsError(f"sink ratio (vl.sink_ratio) must be a finite number > 1, got {ratio!r}")
+    return r
+
+
+def check_sink_rows(mode: str) -> str:
+    """``mode`` if it is one of :data:`SINK_ROW_MODES`, else a :class:`StatsError` naming ``vl.sink_rows``."""
+    if mode not in SINK_ROW_MODES:
+        raise StatsError(f"unknown vl.sink_rows {mode!r}; valid: {', '.join(SINK_ROW_MODES)}")
+    return mode
+
+
+def _row_peaks(rows: Tensor) -> tuple[Tensor, float]:
+    """``m_i = max_d |x_id|`` (float32 ``[n]``) and their median ``M`` (lower median; NaN rows ignored)."""
+    if not isinstance(rows, Tensor) or rows.ndim != 2 or 0 in rows.shape or not rows.is_floating_point():
+        shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
+        raise StatsError(f"sink detection needs a non-empty 2-D float tensor [rows, D], got {shape}")
+    peaks = rows.detach().to(torch.float32).abs().amax(dim=1)
+    return peaks, float(peaks.nanmedian())
+
+
+def find_sinks(rows: Tensor, ratio: float = SINK_RATIO) -> Tensor:
+    """Attention-sink (massive-activation) rows of one sequence ``rows`` ``[n, D]``: a boolean mask ``[n]``.
+
+    With ``m_i = max_d |x_id|`` (float32) and ``M`` the median of the ``m_j`` (the lower one for even ``n``),
+    row ``i`` is a sink when ``m_i > r · M``, ``r = ratio > 1`` (config ``vl.sink_ratio``, default 20).
+
+    The median row is never a sink (``M ≤ r·M``), so at most ``⌊n/2⌋`` rows are flagged and a single row never
+    is: the rule cannot call a whole sequence a sink. A NaN row is not flagged (NaN compares false).
+    Apply it once per sequence (one prompt's rows), before any row is removed: the median is that sequence's.
     """
-    x = _check_embeddings(rows)
+    r = _check_sink_ratio(ratio)
+    peaks, median = _row_peaks(rows)
+    return peaks > r * median
+
+
+def describe_sinks(
+    rows: Tensor,
+    sinks: Tensor,
+    ratio: float,
+    *,
+    positions: Sequence[int] | None = None,
+    token: Callable[[int], str] | None = None,
+    top_dims: int = SINK_TOP_DIMS,
+) -> dict[str, Any]:
+    """A JSON-able account of the sink rows of ``rows`` ``[n, D]`` (``sinks`` from :func:`find_sinks`).
+
+    ``{"ratio": r, "median_max_abs": M, "count": k, "rows": [...]}`` with one entry per sink row, in row order:
+    ``position`` (``positions[i]``, e.g. the token position in the prompt; default ``i``), ``token``
+    (``token(position)`` or None), ``max_abs`` ``m_i``, ``ratio_to_median`` ``m_i / M`` and ``dims``: the
+    ``top_dims`` dimensions of largest ``|x_id|`` as ``[d, x_id]`` pairs, largest first.
+    """
+    peaks, median = _row_peaks(rows)
+    mask = torch.as_tensor(sinks, dtype=torch.bool)
+    if mask.shape != peaks.shape:
+        raise StatsError(f"sink mask must have shape ({peaks.numel()},), got {tuple(mask.shape)}")
+    x = rows.detach().to(torch.float32)
+    k = min(int(top_dims), x.shape[1])
+    described = []
+    for i in mask.nonzero().flatten().tolist():
+        position = int(positions[i]) if positions is not None else i
+        dims = x[i].abs().topk(k).indices.tolist()
+        described.append(
+            {
+                "position": position,
+                "token": token(position) if token is not None else None,
+                "max_abs": float(peaks[i]),
+                "ratio_to_median": float(peaks[i]) / median if median > 0 else math.inf,
+                "dims": [[int(d), float(x[i, d])] for d in dims],
+            }
+        )
+    return {"ratio": float(ratio), "median_max_abs": median, "count": len(described), "rows": described}
+
+
+def compute_reference_stats(
+    rows: Tensor | Sequence[Tensor],
+    layer: int,
+    model: str,
+    prompt_count: int,
+    *,
+    sink_ratio: float = SINK_RATIO,
+    token: Callable[[int, int], str] | None = None,
+) -> ReferenceStats:
+    """Reference statistics of the content rows of ``rows`` (any float dtype), computed in float32.
+
+    ``rows`` is one ``[n_p, D]`` tensor per prompt (a single tensor counts as one sequence). The sink rows of
+    each (:func:`find_sinks` with ``r = sink_ratio``, per sequence) are left out; over the remaining content rows
+    ``μ_ref_d = mean_i x_id``, ``σ_ref_d = sqrt(mean_i (x_id − μ_ref_d)²)`` (population, correction 0);
+    ``token_count`` = content rows. ``metadata`` records ``sink_ratio``, ``sink_count`` and ``sinks`` (JSON: one
+    :func:`describe_sinks` row per sink, plus its ``prompt`` index; ``token(p, position)`` names its token).
+    """
+    r = _check_sink_ratio(sink_ratio)
+    seqs = [rows] if isinstance(rows, Tensor) else list(rows)
+    if not seqs:
+        raise StatsError("no rows to compute reference statistics from")
+    content, found = [], []
+    for p, seq in enumerate(seqs):
+        x = _check_embeddings(seq)
+        sinks = find_sinks(x, r)
+        name = (lambda pos, p=p: token(p, pos)) if token is not None else None
+        found += [{"prompt": p, **row} for row in describe_sinks(x, sinks, r, token=name)["rows"]]
+        content.append(x[~sinks])
+    x = torch.cat(content)
     mean, std = _mean_std(x, dim=0)
     return ReferenceStats(
         mean.cpu(),
@@ -345,6 +484,7 @@ def compute_reference_stats(rows: Tensor, layer: int, model: str, prompt_count: 
         model=model,
         prompt_count=prompt_count,
         token_count=int(x.shape[0]),
+        metadata={"sink_ratio": repr(r), "sink_count": str(len(found)), "sinks": json.dumps(found)},
     )
 
 
@@ -356,9 +496,12 @@ def _load_shipped() -> ReferenceStats:
 
 
 def shipped_stats() -> ReferenceStats:
-    """Statistics of real Qwen3-4B ``hidden_states[-2]`` packaged with llm-dit (10 prompts, 220 tokens).
+    """The packaged example: statistics of real Qwen3-4B ``hidden_states[-2]`` (10 prompts, 220 tokens).
 
-    Loaded once; each call returns fresh tensor copies so callers cannot corrupt the cache.
+    **Sink-contaminated** (metadata ``sink_contaminated = "true"``): computed over every row, attention sinks
+    included (the spread of dims 4 and 396 is mostly a few sink rows per prompt), and not repairable without the
+    real model. Kept as a documented measurement; nothing in llm-dit loads it implicitly. Compute statistics to
+    use with ``llm-dit stats --layer L``. Loaded once; each call returns fresh tensor copies.
     """
     s = _load_shipped()
     return ReferenceStats(
@@ -382,34 +525,44 @@ def normalize_none(emb: Tensor) -> Tensor:
     return emb.detach().to(torch.float32, copy=True)
 
 
-def normalize_global(emb: Tensor, ref_global_std: float) -> Tensor:
+def normalize_global(emb: Tensor, ref_global_std: float, *, content: Tensor | None = None) -> Tensor:
     """Scale the spread of all elements to the reference global std, keeping the global mean.
 
     ``x' = μ + (x − μ) · σ_ref / max(σ, ε)`` with ``μ``/``σ`` the population mean/std of *all* elements
     of ``x``. Afterwards ``std(x') = σ_ref`` and ``mean(x') = μ`` (the mean is kept, not scaled; for a
-    zero-mean input this is plain ``x · σ_ref / σ``).
+    zero-mean input this is plain ``x · σ_ref / σ``). ``content`` (boolean ``[n]``): ``μ``, ``σ`` over those
+    rows only (e.g. without attention sinks); the map is applied to every row.
     """
     x = _check_embeddings(emb)
-    z, mu, _ = _standardize(x, dim=None)
-    return mu + z * float(ref_global_std)
+    z, mu, _ = _standardize(x, dim=None, fit=_fit_rows(content, x))
+    return (mu + z * float(ref_global_std)).clamp(-_F32_MAX, _F32_MAX)
 
 
-def normalize_per_dim(emb: Tensor, ref_mean: Tensor, ref_std: Tensor, *, clip_sigma: float | None = None) -> Tensor:
+def normalize_per_dim(
+    emb: Tensor,
+    ref_mean: Tensor,
+    ref_std: Tensor,
+    *,
+    clip_sigma: float | None = None,
+    content: Tensor | None = None,
+) -> Tensor:
     """Match each dimension to the reference: z-score over the tokens, optional clip, re-scale.
 
     ``z_id = (x_id − μ_d) / max(σ_d, ε)``; if ``clip_sigma = k``: ``z_id ← clamp(z_id, −k, k)``;
     ``x'_id = z_id · σ_ref_d + μ_ref_d``. Without clipping (and with ``σ_d > ε``) every output column has
-    exactly mean ``μ_ref_d`` and std ``σ_ref_d``; a constant column becomes ``μ_ref_d``.
+    exactly mean ``μ_ref_d`` and std ``σ_ref_d``; a constant column becomes ``μ_ref_d``. ``content`` (boolean
+    ``[n]``): ``μ_d``, ``σ_d`` over those rows only; the map is applied to every row (then the content rows
+    have the reference moments).
     """
     x = _check_embeddings(emb)
     mean = ref_mean.detach().to(device=x.device, dtype=torch.float32)
     std = ref_std.detach().to(device=x.device, dtype=torch.float32)
     _check_width(x.shape[1], mean.numel())
-    z, _, _ = _standardize(x, dim=0)
+    z, _, _ = _standardize(x, dim=0, fit=_fit_rows(content, x))
     if clip_sigma is not None:
         k = _check_clip(clip_sigma)
         z = z.clamp(-k, k)
-    return z * std + mean
+    return (z * std + mean).clamp(-_F32_MAX, _F32_MAX)
 
 
 def normalize_hybrid(
@@ -419,16 +572,36 @@ def normalize_hybrid(
     *,
     hybrid_weight: float = 0.5,
     clip_sigma: float | None = None,
+    content: Tensor | None = None,
 ) -> Tensor:
     """Blend of the two: ``x' = w · per_dim(x) + (1 − w) · global(x)`` with ``w = hybrid_weight ∈ [0, 1]``.
 
     ``global`` targets the pooled reference std ``sqrt(mean_d(σ_ref_d²) + var_d(μ_ref_d))``;
-    ``clip_sigma`` applies to the per-dimension part only.
+    ``clip_sigma`` applies to the per-dimension part only; ``content`` to both.
     """
     w = _check_weight(hybrid_weight)
-    per_dim = normalize_per_dim(emb, ref_mean, ref_std, clip_sigma=clip_sigma)
-    glob = normalize_global(emb, pooled_std(ref_mean, ref_std))
+    per_dim = normalize_per_dim(emb, ref_mean, ref_std, clip_sigma=clip_sigma, content=content)
+    glob = normalize_global(emb, pooled_std(ref_mean, ref_std), content=content)
     return w * per_dim + (1.0 - w) * glob
+
+
+def _content_mask(content: Tensor, x: Tensor) -> Tensor:
+    """``content`` checked as a boolean mask over the rows of ``x``."""
+    mask = torch.as_tensor(content, device=x.device)
+    if mask.dtype != torch.bool or mask.shape != (x.shape[0],):
+        shape = tuple(mask.shape)
+        raise StatsError(f"content must be a boolean mask of shape ({x.shape[0]},), got {mask.dtype} {shape}")
+    return mask
+
+
+def _fit_rows(content: Tensor | None, x: Tensor) -> Tensor | None:
+    """The boolean ``[n]`` mask of rows statistics are fitted on (None: all rows); at least one row."""
+    if content is None:
+        return None
+    mask = _content_mask(content, x)
+    if not bool(mask.any()):
+        raise StatsError("content selects no rows: statistics need at least one content row")
+    return mask
 
 
 def _check_clip(clip_sigma: float) -> float:
@@ -452,13 +625,16 @@ def normalize(
     *,
     clip_sigma: float | None = None,
     hybrid_weight: float = 0.5,
+    content: Tensor | None = None,
 ) -> Tensor:
     """Normalise ``emb`` ``[n, D]`` towards ``reference`` with one of :data:`NORMALIZATION_MODES`.
 
     ``none`` → :func:`normalize_none`; ``global`` → :func:`normalize_global` (target: the pooled reference
     std); ``per_dim`` → :func:`normalize_per_dim`; ``hybrid`` → :func:`normalize_hybrid`. ``reference`` is
-    a :class:`ReferenceStats`, a mapping or any object with ``per_dim_mean``/``per_dim_std``.
-    ``clip_sigma`` only affects ``per_dim`` and ``hybrid``. Input of any float dtype; output float32.
+    a :class:`ReferenceStats`, a mapping or any object with ``per_dim_mean``/``per_dim_std`` (required).
+    ``clip_sigma`` only affects ``per_dim`` and ``hybrid``. ``content`` (boolean ``[n]``, e.g. the rows that are
+    not attention sinks): the moments of ``emb`` come from those rows only; every row is mapped.
+    Input of any float dtype; output float32.
     Raises :class:`StatsError` for an unknown mode, a width mismatch or non-finite input.
     """
     if mode not in NORMALIZATION_MODES:
@@ -472,10 +648,10 @@ def normalize(
     if mode == "none":
         return normalize_none(emb)
     if mode == "global":
-        return normalize_global(x, pooled_std(ref_mean, ref_std))
+        return normalize_global(x, pooled_std(ref_mean, ref_std), content=content)
     if mode == "per_dim":
-        return normalize_per_dim(x, ref_mean, ref_std, clip_sigma=clip_sigma)
-    return normalize_hybrid(x, ref_mean, ref_std, hybrid_weight=hybrid_weight, clip_sigma=clip_sigma)
+        return normalize_per_dim(x, ref_mean, ref_std, clip_sigma=clip_sigma, content=content)
+    return normalize_hybrid(x, ref_mean, ref_std, hybrid_weight=hybrid_weight, clip_sigma=clip_sigma, content=content)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -483,11 +659,11 @@ def normalize(
 # --------------------------------------------------------------------------------------------------------
 
 
-def std_ratios(embeddings: Tensor, reference: Any = None) -> Tensor:
+def std_ratios(embeddings: Tensor, reference: Any) -> Tensor:
     """Per-dimension spread relative to the reference: ``ratio_d = σ_d / max(σ_ref_d, ε)``.
 
-    ``σ_d`` is the population std of column ``d`` over the given rows (float32). ``ratio_d > 1``: the
-    embeddings vary more than the reference; ``< 1``: less. ``reference`` defaults to :func:`shipped_stats`.
+    ``σ_d`` is the population std of column ``d`` over the given rows (float32; pass content rows: an attention
+    sink row alone can set ``σ_d``). ``ratio_d > 1``: the embeddings vary more than the reference; ``< 1``: less.
     Returns a float32 tensor ``[D]``.
     """
     x = _check_embeddings(embeddings)
@@ -527,7 +703,7 @@ def get_outlier_dimensions(
     With ``ratio_d`` from :func:`std_ratios`: ``d`` is an outlier when ``ratio_d > t`` or
     ``ratio_d < 1/t`` (``t = threshold > 1``). Sorted by severity ``max(ratio_d, 1/ratio_d)`` descending,
     ties by dimension index. Returns ``[(d, ratio_d), ...]``. With fewer than 2 rows no spread can be
-    measured and the result is empty. ``reference`` defaults to :func:`shipped_stats`.
+    measured and the result is empty. ``reference`` is required (a :class:`StatsError` says so when missing).
     """
     t = _check_threshold(threshold)
     ratios = std_ratios(embeddings, reference)
@@ -562,31 +738,26 @@ def _mask_zero(sel: Tensor, dims: Tensor) -> Tensor:
     return out
 
 
-def _mask_clamp(sel: Tensor, dims: Tensor, ratios: Tensor, ref_std: Tensor, threshold: float) -> Tensor:
-    """Bring each outlier's ratio exactly to the nearest bound, about its mean.
+def _mask_clamp(sel: Tensor, dims: Tensor, ref_std: Tensor, threshold: float, fit: Tensor | None) -> Tensor:
+    """Compress each too-wide outlier column to ratio exactly ``t``, about its mean.
 
-    ``x'_id = μ_d + (x_id − μ_d) · b_d / ratio_d`` with ``b_d = t`` if ``ratio_d > t`` else ``1/t``,
-    so the new ratio is ``b_d``. Computed as ``μ_d + z_id · b_d · max(σ_ref_d, ε)``; a constant column
-    (``ratio_d = 0``) stays constant.
+    ``x'_id = μ_d + (x_id − μ_d) · t / ratio_d`` (only columns with ``ratio_d > t`` get here), computed as
+    ``μ_d + z_id · t · max(σ_ref_d, ε)``; ``μ_d``, ``z`` from the ``fit`` rows.
     """
     out = sel.clone()
-    cols = sel[:, dims]
-    z, mu, _ = _standardize(cols, dim=0)
-    r = ratios[dims]
-    bound = torch.where(r > threshold, torch.full_like(r, threshold), torch.full_like(r, 1.0 / threshold))
-    out[:, dims] = mu + z * (bound * ref_std[dims].clamp_min(STD_EPS))
+    z, mu, _ = _standardize(sel[:, dims], dim=0, fit=fit)
+    out[:, dims] = mu + z * (threshold * ref_std[dims].clamp_min(STD_EPS))
     return out
 
 
-def _mask_scale(sel: Tensor, dims: Tensor, ref_std: Tensor) -> Tensor:
+def _mask_scale(sel: Tensor, dims: Tensor, ref_std: Tensor, fit: Tensor | None) -> Tensor:
     """Soft correction: halve the log-ratio, about the mean.
 
     ``x'_id = μ_d + (x_id − μ_d) · ratio_d^(−1/2)``, so the new ratio is ``sqrt(ratio_d)``. Computed as
-    ``μ_d + z_id · sqrt(σ_d) · sqrt(max(σ_ref_d, ε))``.
+    ``μ_d + z_id · sqrt(σ_d) · sqrt(max(σ_ref_d, ε))``; ``μ_d``, ``σ_d``, ``z`` from the ``fit`` rows.
     """
     out = sel.clone()
-    cols = sel[:, dims]
-    z, mu, sigma = _standardize(cols, dim=0)
+    z, mu, sigma = _standardize(sel[:, dims], dim=0, fit=fit)
     out[:, dims] = mu + z * (sigma.sqrt() * ref_std[dims].clamp_min(STD_EPS).sqrt())
     return out
 
@@ -604,22 +775,29 @@ def mask_outlier_dimensions(
     mode: str = "zero",
     reference: Any = None,
     rows: Tensor | None = None,
+    content: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Find outlier dimensions on the selected rows and correct them there, with one of :data:`OUTLIER_MODES`.
 
-    ``rows`` (boolean mask ``[n]`` or integer indices; default all rows) selects the rows that are both
-    analysed (:func:`get_outlier_dimensions`) and modified; other rows are copied unchanged. Per outlier
-    dimension ``d`` with ``μ_d``/``σ_d`` over the selected rows and ``t = threshold``:
+    ``rows`` (boolean mask ``[n]`` or integer indices; default all rows) selects the rows that are analysed
+    (:func:`get_outlier_dimensions`) and modified; other rows are copied unchanged. ``content`` (boolean
+    ``[n]``, e.g. the rows that are not attention sinks) narrows the *analysis* to ``rows ∧ content``; the
+    correction still applies to every selected row. ``reference`` is required. Per outlier dimension ``d``
+    with ``μ_d``/``σ_d`` over the analysed rows and ``t = threshold``:
 
     - ``none``: nothing changes, nothing is reported as masked;
     - ``zero``: ``x' = 0``;
-    - ``clamp``: ``x' = μ_d + (x − μ_d) · b/ratio_d``, ``b = t`` if ``ratio_d > t`` else ``1/t`` (ratio → b);
+    - ``clamp``: only columns that vary too much (``ratio_d > t``) are compressed,
+      ``x' = μ_d + (x − μ_d) · t/ratio_d`` (ratio → t). Columns with ``ratio_d < 1/t`` are left unchanged and
+      listed in ``unchanged_dimensions``: bringing them up to ``1/t`` would multiply a near-constant column
+      (e.g. against sink-inflated reference stds) by ``1/(t·ratio_d)``, without bound as ``ratio_d → 0``;
     - ``scale``: ``x' = μ_d + (x − μ_d) · ratio_d^(−1/2)`` (ratio → sqrt(ratio));
     - ``reference``: ``x' = μ_ref_d``.
 
     Returns ``(masked, info)``: ``masked`` is a new float32 tensor (the input is never modified);
-    ``info`` has ``masked_dimensions`` (severity order), ``ratios`` (their ratios before masking),
-    ``mode``, ``threshold`` and ``row_count`` (rows analysed). Fewer than 2 selected rows: nothing masked.
+    ``info`` has ``masked_dimensions`` (the dimensions changed, severity order), ``ratios`` (their ratios
+    before masking), ``unchanged_dimensions`` (``[(d, ratio_d)]`` flagged but left alone), ``mode``,
+    ``threshold`` and ``row_count`` (rows analysed). Fewer than 2 analysed rows: nothing masked.
     """
     if mode not in OUTLIER_MODES:
         raise StatsError(f"unknown outlier mode {mode!r}; valid modes: {', '.join(OUTLIER_MODES)}")
@@ -628,11 +806,13 @@ def mask_outlier_dimensions(
     ref_mean, ref_std = _reference_tensors(reference, device=x.device)
     _check_width(x.shape[1], ref_mean.numel())
     mask = _row_mask(rows, x.shape[0], x.device)
+    analysed = mask if content is None else mask & _content_mask(content, x)
     out = x.clone()
-    row_count = int(mask.sum())
+    row_count = int(analysed.sum())
     info: dict[str, Any] = {
         "masked_dimensions": [],
         "ratios": [],
+        "unchanged_dimensions": [],
         "mode": mode,
         "threshold": t,
         "row_count": row_count,
@@ -640,8 +820,12 @@ def mask_outlier_dimensions(
     if mode == "none" or row_count < 2:
         return out, info
     sel = x[mask]
-    ratios = std_ratios(sel, {"per_dim_mean": ref_mean, "per_dim_std": ref_std})
+    fit = None if content is None else analysed[mask]
+    ratios = std_ratios(x[analysed], {"per_dim_mean": ref_mean, "per_dim_std": ref_std})
     outliers = _outliers_from_ratios(ratios, t)
+    if mode == "clamp":
+        info["unchanged_dimensions"] = [(d, r) for d, r in outliers if r < 1.0 / t]
+        outliers = [(d, r) for d, r in outliers if r > t]
     info["masked_dimensions"] = [d for d, _ in outliers]
     info["ratios"] = [r for _, r in outliers]
     if not outliers:
@@ -650,9 +834,9 @@ def mask_outlier_dimensions(
     if mode == "zero":
         new = _mask_zero(sel, dims)
     elif mode == "clamp":
-        new = _mask_clamp(sel, dims, ratios, ref_std, t)
+        new = _mask_clamp(sel, dims, ref_std, t, fit)
     elif mode == "scale":
-        new = _mask_scale(sel, dims, ref_std)
+        new = _mask_scale(sel, dims, ref_std, fit)
     else:
         new = _mask_reference(sel, dims, ref_mean)
     out[mask] = new

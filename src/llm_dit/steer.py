@@ -92,10 +92,14 @@ def _check_direction(d: object, label: str) -> Tensor:
     return d
 
 
-def apply_direction(text: Tensor, direction: Tensor, alpha: float, scale: str = "text_std") -> Tensor:
+def apply_direction(
+    text: Tensor, direction: Tensor, alpha: float, scale: str = "text_std", content: Tensor | None = None
+) -> Tensor:
     """T + α·s·d̂ for every row of T `[n, D]`, with d̂ = d/‖d‖; returns T's dtype (saturated to its range).
 
-    s = σ(T), the population std of all elements of T (scale "text_std"), or 1 (scale "none"). Why σ(T): d̂ is
+    s = σ(T), the population std of all elements of T (scale "text_std"), or 1 (scale "none"); with `content`
+    (boolean `[n]`, the rows that are not attention sinks) σ is taken over those rows only, since one sink row can
+    set σ(T) by itself (`condition.steer_conditioning` passes it, or hands over T's content rows). Why σ(T): d̂ is
     unit-norm, so its entries are ~1/√D while T's are ~σ(T) (about 60 on the real model); for roughly isotropic
     rows the projection of a row on d̂ also spreads by about σ(T), so α counts standard deviations along d̂ and
     one α suits any encoder layer. α = 0 returns a bitwise copy of T.
@@ -112,7 +116,10 @@ def apply_direction(text: Tensor, direction: Tensor, alpha: float, scale: str = 
     if alpha == 0:
         return text.clone()
     t = text.float()
-    s = t.std(correction=0) if scale == "text_std" else 1.0
+    rows = t if content is None else t[torch.as_tensor(content, dtype=torch.bool, device=t.device)]
+    if rows.shape[0] == 0:
+        raise UserError("apply_direction: content selects no rows of the text")
+    s = rows.std(correction=0) if scale == "text_std" else 1.0
     unit = d.to(t.device, torch.float32) / d.float().norm()
     info = torch.finfo(text.dtype)
     return (t + alpha * s * unit).clamp(info.min, info.max).to(text.dtype)

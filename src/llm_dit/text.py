@@ -30,7 +30,7 @@ from .errors import UserError
 from .hooks import capture_hidden_states, layer_position
 from .models import check_zimage, load_model, model_identity, resolve_device, resolve_dtype
 from .numerics import require_finite
-from .stats import ReferenceStats, compute_reference_stats
+from .stats import SINK_RATIO, ReferenceStats, compute_reference_stats
 
 ATTENTION_POOL_TEMPERATURE = 0.1
 _BROKEN = "a broken checkpoint, or fp16 overflow (try encoder.dtype float32)"
@@ -198,16 +198,24 @@ class TextEncoder:
         )
 
     def reference_stats(
-        self, layers: Sequence[int], prompts: Sequence[str] = STATS_PROMPTS
+        self, layers: Sequence[int], prompts: Sequence[str] = STATS_PROMPTS, sink_ratio: float = SINK_RATIO
     ) -> dict[int, ReferenceStats]:
-        """Per-dimension statistics of the caption rows (default rendering) of `prompts` at each layer."""
+        """Per-dimension statistics of the caption rows (default rendering) of `prompts` at each layer, over content
+        rows only: each prompt's attention-sink rows (`stats.find_sinks`, ratio `sink_ratio`) are left out, and the
+        metadata lists them (`sink_ratio`, `sink_count`, `sinks` with prompt, position, token and dims)."""
         per_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        prompt_ids = []
         for prompt in prompts:
             ids = self.tokenizer(render_prompt(self.tokenizer, prompt), add_special_tokens=False).input_ids
+            prompt_ids.append(ids)
             for layer, rows in self.hidden_rows(ids, layers).items():
                 per_layer[layer].append(rows)
         name = self.identity["id"]
+
+        def token(prompt: int, position: int) -> str:
+            return self.tokenizer.decode([prompt_ids[prompt][position]])
+
         return {
-            layer: compute_reference_stats(torch.cat(rows), layer, name, len(prompts))
+            layer: compute_reference_stats(rows, layer, name, len(prompts), sink_ratio=sink_ratio, token=token)
             for layer, rows in per_layer.items()
         }

@@ -5,8 +5,9 @@ token ids themselves (`<|vision_start|>`, `<|image_pad|>` x (H/32)(W/32), `<|vis
 with a system prompt and with the Thinking variant's template. One forward pass serves any number of layers and
 stops after the deepest one (`hooks.capture_hidden_states`): no layer above it, no LM head, no logits.
 
-Post-processing, in this order, on float32 CPU rows: token-mode selection, outlier masking of the image-pad rows
-against reference statistics, normalisation. Raw rows are cached on disk per (model, image, text, layer), so any
+Post-processing, in this order, on float32 CPU rows: token-mode selection, attention-sink detection (sink rows
+dropped, or kept out of the statistics), outlier masking of the image-pad rows against reference statistics of the
+same layer, normalisation. Raw rows are cached on disk per (model, image, text, layer), so any
 later extraction with other settings skips the forward pass.
 
 The research notes' names are re-exported here: the blend functions and the outlier analysis.
@@ -41,12 +42,14 @@ from .hooks import capture_hidden_states, layer_position
 from .models import check_vl, load_model, model_identity, resolve_device, resolve_dtype
 from .numerics import require_finite
 from .stats import (
-    ReferenceStats,
+    SINK_RATIO,
+    check_sink_rows,
     describe,
+    describe_sinks,
+    find_sinks,
     get_outlier_dimensions,
     mask_outlier_dimensions,
     normalize,
-    shipped_stats,
 )
 
 TOKEN_MODES = ("full", "text_only", "image_only", "image_no_markers")
@@ -124,23 +127,22 @@ def image_sha256(image: Image.Image) -> str:
     return digest
 
 
-def pick_reference(reference: Any, layer: int) -> ReferenceStats:
-    """Reference statistics of `layer`: from a `{layer: stats}` mapping or a single `ReferenceStats` (default:
-    the shipped Qwen3-4B layer -2 statistics). Falls back to another layer with a warning, once per pair."""
+def pick_reference(reference: Any, layer: int) -> Any:
+    """Reference statistics of `layer` from a `{layer: stats}` mapping or a single `ReferenceStats` (or any object
+    with `per_dim_mean`/`per_dim_std`). No default and no fallback: missing statistics, or statistics of another
+    layer, are a `UserError` saying how to compute matching ones (statistics of one layer mis-scale another)."""
+    how = f"compute matching ones with `llm-dit stats --layer {layer}` (Python: TextEncoder.reference_stats)"
     if reference is None:
-        reference = shipped_stats()
+        raise UserError(f"normalisation and outlier masking need reference statistics of layer {layer}: {how}")
     if isinstance(reference, Mapping) and not {"per_dim_mean", "per_dim_std"} <= reference.keys():
-        if not reference:
-            raise UserError("no reference statistics given")
-        if layer in reference:
-            return reference[layer]
-        reference = reference[min(reference, key=lambda k: abs(k - layer))]
+        if layer not in reference:
+            have = ", ".join(map(str, reference)) or "none"
+            raise UserError(f"no reference statistics for layer {layer} (given: layers {have}); {how}")
+        reference = reference[layer]
     ref_layer = getattr(reference, "layer", None)
     if ref_layer is not None and ref_layer != layer:
-        warnings.warn(
-            f"reference statistics are from layer {ref_layer}, extracting layer {layer}: compute matching "
-            f"ones with `llm-dit stats --layer {layer}`",
-            stacklevel=3,
+        raise UserError(
+            f"reference statistics (vl.reference_stats) are from layer {ref_layer}, extracting layer {layer}; {how}"
         )
     return reference
 
@@ -164,6 +166,9 @@ class VLEmbeddings:
     image_sha256: str | None
     cache: str
     image_pad_rows: torch.Tensor = field(repr=False)  # bool [n]: which kept rows are image-pad rows
+    sinks: dict[str, Any] = field(default_factory=dict)  # stats.describe_sinks of this layer + "action"
+    sink_rows: torch.Tensor | None = field(default=None, repr=False)  # bool [n]: sink rows still in `embeddings`
+    outliers_unchanged: list[tuple[int, float]] = field(default_factory=list)  # flagged, left alone (clamp)
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able description for embedding files and output records."""
@@ -177,6 +182,8 @@ class VLEmbeddings:
             "stats_before": self.stats_before,
             "stats_after": self.stats_after,
             "masked_dimensions": self.masked_dimensions,
+            "outliers_unchanged": self.outliers_unchanged,
+            "sinks": self.sinks,
             "settings": self.settings,
             "model": self.model,
             "image_sha256": self.image_sha256,
@@ -362,14 +369,21 @@ class VLEmbeddingExtractor:
         reference: Any = None,
         clip_sigma: float | None = None,
         hybrid_weight: float = 0.5,
+        sink_ratio: float = SINK_RATIO,
+        sink_rows: str = "exclude",
     ) -> dict[int, VLEmbeddings]:
         """Extract every layer of `hidden_layers` from one forward pass.
 
-        `token_mode` picks rows (`TOKEN_MODES`); `outlier_masking` (`none|zero|clamp|scale|reference`) then
-        rewrites outlier dimensions of the image-pad rows only; `normalization` (`none|global|per_dim|hybrid`)
-        then maps the rows onto the reference statistics of the same layer (`reference`: a `ReferenceStats`
-        or `{layer: ReferenceStats}`; default the shipped Qwen3-4B layer -2 statistics).
+        `token_mode` picks rows (`TOKEN_MODES`). Attention sinks are then found once per layer on those rows
+        (`stats.find_sinks`, ratio `sink_ratio`); a row that is a sink at any of the layers counts as one at all of
+        them, so every layer keeps the same rows. `sink_rows="exclude"` drops them; `"include"` keeps them, and
+        masking and normalisation fit their statistics on the content rows only and apply to every row.
+        `outlier_masking` (`none|zero|clamp|scale|reference`) then rewrites outlier dimensions of the image-pad rows
+        only; `normalization` (`none|global|per_dim|hybrid`) then maps the rows onto `reference`, the text
+        encoder's statistics of the same layer (a `ReferenceStats` or `{layer: ReferenceStats}`). Masking or
+        normalisation without reference statistics, or with another layer's, is a `UserError`.
         """
+        check_sink_rows(sink_rows)
         if isinstance(image, str | Path):
             image = load_image(image, "reference image")
         rows_by_layer, ids, prompt, status = self.hidden_rows(image, text, hidden_layers, system_prompt)
@@ -378,7 +392,15 @@ class VLEmbeddingExtractor:
         pad = torch.zeros(spans.total, dtype=torch.bool)
         if spans.image_pad:
             pad[slice(*spans.image_pad)] = True
-        pad = pad[keep]
+        kept = {layer: rows[keep] for layer, rows in rows_by_layer.items()}
+        sinks = torch.stack([find_sinks(x, sink_ratio) for x in kept.values()]).any(0)
+        if bool(sinks.all()):
+            raise UserError("every kept VL row is an attention sink at one of the layers; raise vl.sink_ratio")
+        exclude = sink_rows == "exclude"
+        out_rows = ~sinks if exclude else torch.ones_like(sinks)
+        fit = None if exclude or not bool(sinks.any()) else ~sinks  # the rows statistics are fitted on
+        pad = pad[keep][out_rows]
+        positions = keep.tolist()
         settings = {
             "hidden_layers": list(hidden_layers),
             "token_mode": token_mode,
@@ -388,21 +410,28 @@ class VLEmbeddingExtractor:
             "system_prompt": system_prompt,
             "clip_sigma": clip_sigma,
             "hybrid_weight": hybrid_weight,
+            "sink_ratio": sink_ratio,
+            "sink_rows": sink_rows,
             "text": text,
         }
         out = {}
-        for layer, rows in rows_by_layer.items():
-            x = rows[keep]
-            before = describe(x)
+        for layer, rows in kept.items():
+            found = describe_sinks(
+                rows, sinks, sink_ratio, positions=positions, token=lambda p: self.tokenizer.decode([ids[p]])
+            )
+            x = rows[out_rows]
+            before = describe(x if fit is None else x[fit])
             masked: list[tuple[int, float]] = []
+            unchanged: list[tuple[int, float]] = []
             ref = None
             if outlier_masking != "none" or normalization != "none":
                 ref = pick_reference(reference, layer)
             if outlier_masking != "none":
-                x, info = mask_outlier_dimensions(x, outlier_threshold, outlier_masking, ref, rows=pad)
+                x, info = mask_outlier_dimensions(x, outlier_threshold, outlier_masking, ref, rows=pad, content=fit)
                 masked = list(zip(info["masked_dimensions"], info["ratios"], strict=True))
+                unchanged = info["unchanged_dimensions"]
             if normalization != "none":
-                x = normalize(x, normalization, ref, clip_sigma=clip_sigma, hybrid_weight=hybrid_weight)
+                x = normalize(x, normalization, ref, clip_sigma=clip_sigma, hybrid_weight=hybrid_weight, content=fit)
             out[layer] = VLEmbeddings(
                 embeddings=x.float(),
                 hidden_layer=layer,
@@ -412,13 +441,16 @@ class VLEmbeddingExtractor:
                 token_ids=ids,
                 variant=self.variant,
                 stats_before=before,
-                stats_after=describe(x),
+                stats_after=describe(x if fit is None else x[fit]),
                 masked_dimensions=masked,
                 settings=settings | {"hidden_layer": layer},
                 model=self.identity,
                 image_sha256=image_sha256(image) if image is not None else None,
                 cache=status,
                 image_pad_rows=pad,
+                sinks=found | {"action": "dropped" if exclude else "blended"},
+                sink_rows=sinks[out_rows],
+                outliers_unchanged=unchanged,
             )
         return out
 
