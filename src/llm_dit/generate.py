@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .adapter import Adapter
-from .blend import blend_stats, check_alpha, check_options, mode_options
+from .blend import DIT_MAX_ROWS, blend_stats, check_alpha, check_options, mode_options, replace_rows
 from .cache import TensorCache
 from .condition import Conditioning, blend_conditioning, combine_layers, parse_layer_weights
 from .config import Config, GenerationConfig
@@ -325,6 +325,8 @@ class Generator:
                 else check_embeddings(neutral, self.caption_width, "neutral embeddings").float()
             )
         record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
+        if v.blend == "replace":  # the rows the DiT receives, and whether they had to be pooled
+            record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", DIT_MAX_ROWS)))
         return Conditioning(text, source, blend_conditioning(text, vl, v.blend, options), record), encoded
 
     def prepare(self, prompt: str, *, init_image: Image.Image | None = None, **inputs: Any) -> Prepared:
