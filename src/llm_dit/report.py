@@ -613,11 +613,12 @@ def _draw_cell(
             draw.rectangle(box, fill=_MISSING_BG)
             draw.text((x + g.pad, y + g.pad), "image missing", fill=_MUTED, font=font)
         else:
-            canvas.paste(im, (x + (g.thumb - im.width) // 2, y + (g.thumb - im.height) // 2))
-            if cell.badge:  # on top of the image, so it cannot be cropped away from it
-                w = min(g.thumb, _text_w(font, cell.badge) + 2 * g.pad)
-                draw.rectangle((x, y, x + w - 1, y + g.line + 2), fill=_BADGE_BG)
-                draw.text((x + g.pad, y + 1), _fit(font, cell.badge, g.thumb - 2 * g.pad), fill=_BADGE_INK, font=font)
+            ix, iy = x + (g.thumb - im.width) // 2, y + (g.thumb - im.height) // 2
+            canvas.paste(im, (ix, iy))
+            if cell.badge:  # on the image's top-left corner, so it goes wherever the image goes
+                w = min(im.width, _text_w(font, cell.badge) + 2 * g.pad)
+                draw.rectangle((ix, iy, ix + w - 1, iy + min(im.height, g.line + 2) - 1), fill=_BADGE_BG)
+                draw.text((ix + g.pad, iy + 1), _fit(font, cell.badge, w - 2 * g.pad), fill=_BADGE_INK, font=font)
     caption = cell.caption if cell.kind == "variant" else f"{cell.kind}: {cell.caption}"
     draw.text((x, y + g.thumb + 2), _fit(font, caption, g.thumb), fill=_MUTED, font=font)
 
