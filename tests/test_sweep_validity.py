@@ -253,8 +253,14 @@ def test_multilayer_and_injection_presets_run_on_the_tiny_zoo(cli, zoo, tmp_path
     rows = results(out)
     assert all(x["status"] == "ok" for x in rows) and [x["kind"] for x in rows].count("baseline") == 1
     key = {"multilayer": "vl.layers", "inject": "vl.inject_layers"}[preset]
-    values = [x["record"]["settings"][key] for x in rows if x["kind"] == "variant"]
-    assert values == PRESETS[preset]["axes"][key]  # each value reached its run
+    vs = [x for x in rows if x["kind"] == "variant"]
+    assert [x["settings"][key] for x in vs] == PRESETS[preset]["axes"][key]
+    images = [pixels(out / x["output"]).astype(int) for x in rows]
+    assert all(np.abs(a - b).max() > 0 for i, a in enumerate(images) for b in images[i + 1 :])  # each value acted
+    if preset == "multilayer":  # every weighted layer was extracted
+        for x in vs:
+            layers = {part.split(":")[0] for part in x["settings"][key].split(",")}
+            assert set(x["record"]["conditioning"]["vl"]) == layers
 
 
 def test_steps_preset_varies_steps_with_and_without_the_reference():
