@@ -37,6 +37,7 @@ from llm_dit.blend import (
 
 MODES = tuple(BLEND_MODES)
 ALPHA_MAX = {m: 2.0 if m == "style_delta" else 1.0 for m in MODES}
+ON = {m: 1.0 if m == "replace" else 0.5 for m in MODES}  # a non-zero alpha every mode takes (replace: 0 or 1 only)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 
@@ -342,7 +343,7 @@ def test_alpha_zero_is_bitwise_identity(mode: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_alpha_nonzero_changes_text(mode: str) -> None:
     t, v = rand(4, 5, 0), rand(6, 5, 1, 3.0, 2.0)
-    out = blend(t, v, mode, 0.5, **required(mode, 5))
+    out = blend(t, v, mode, ON[mode], **required(mode, 5))
     assert out.shape != t.shape or not torch.allclose(out, t)
 
 
@@ -351,7 +352,7 @@ def test_alpha_nonzero_changes_text(mode: str) -> None:
 def test_zero_variance_gives_no_nan(mode: str, fill: tuple[float, float]) -> None:
     t, v = torch.full((3, 4), fill[0]), torch.full((5, 4), fill[1])
     opts = {"neutral": torch.full((2, 4), 1.0)} if mode == "style_delta" else {}
-    for alpha in (0.5, ALPHA_MAX[mode]):
+    for alpha in (ON[mode], ALPHA_MAX[mode]):
         assert torch.isfinite(blend(t, v, mode, alpha, **opts)).all()
 
 
@@ -367,9 +368,9 @@ def test_zero_variance_values() -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_low_precision_in_low_precision_out(mode: str, dtype: torch.dtype) -> None:
     t, v = rand(4, 5, 0).to(dtype), rand(6, 5, 1, 3.0)  # V stays float32: T decides the dtype
-    out = blend(t, v, mode, 0.5, **required(mode, 5, dtype))
+    out = blend(t, v, mode, ON[mode], **required(mode, 5, dtype))
     assert out.dtype == dtype
-    ref = blend(t.float(), v, mode, 0.5, **required(mode, 5))
+    ref = blend(t.float(), v, mode, ON[mode], **required(mode, 5))
     torch.testing.assert_close(out.float(), ref, rtol=0.05, atol=0.05)
 
 
@@ -386,7 +387,8 @@ def test_out_of_range_alpha(mode: str, bad: object) -> None:
     if isinstance(bad, float) and bad <= hi:
         bad = hi + 0.01
     name = "interpolate" if mode == "linear" else mode
-    with pytest.raises(BlendError, match=rf"^{name}: alpha must be in \[0, {hi:g}\]"):
+    rule = "be 0 or 1" if mode == "replace" else rf"be in \[0, {hi:g}\]"
+    with pytest.raises(BlendError, match=rf"^{name}: alpha must {rule}"):
         blend(rand(2, 3, 0), rand(2, 3, 1), mode, bad, **required(mode, 3))  # type: ignore[arg-type]
 
 
@@ -464,6 +466,7 @@ def test_registry_and_aliases() -> None:
         "attention_weighted",
         "slerp",
         "concat",
+        "replace",
     }
     t, v = rand(3, 4, 0), rand(5, 4, 1)
     assert torch.equal(blend(t, v, "slerp", 0.3, resample="nearest"), slerp(t, v, 0.3, resample="nearest"))
@@ -501,7 +504,7 @@ def blend_case(draw: st.DrawFn, mode: str) -> tuple[torch.Tensor, torch.Tensor, 
         return torch.from_numpy(draw(hnp.arrays(np.float32, (n, d), elements=elements))).to(dtype)
 
     text, vl = tensor(n_t), tensor(n_v)
-    alpha = draw(st.floats(0.0, ALPHA_MAX[mode]))
+    alpha = draw(st.sampled_from((0.0, 1.0)) if mode == "replace" else st.floats(0.0, ALPHA_MAX[mode]))
     options: dict[str, object] = {}
     if "resample" in inspect.signature(BLEND_MODES[mode]).parameters:
         usable = RESAMPLE_MODES if n_v >= n_t else RESAMPLE_MODES[:3]  # truncate needs n_v >= n_t
@@ -532,6 +535,8 @@ def test_finite_in_finite_out(mode: str, data: st.DataObject) -> None:
     rows = n_t
     if mode == "concat" and alpha > 0:
         rows = min(n_t + vl.shape[0], int(options["max_rows"]))  # type: ignore[call-overload]
+    if mode == "replace" and alpha > 0:
+        rows = vl.shape[0]  # every VL row (far below the 1504-row limit here)
     assert out.shape == (rows, d)
     assert out.dtype == text.dtype
     assert torch.isfinite(out).all(), (text, vl, alpha, options, out)

@@ -263,8 +263,16 @@ def test_blocks_per_prompt_image_seed_and_seed_is_not_an_axis(tmp_path: Path) ->
     for block in grid.blocks:
         assert block.layout == "columns" and len(block.cells) == 1 and len(block.cells[0]) == 7
         assert f"seed={block.seed}" in block.subtitle and block.title == block.prompt
-    ids = [c.run_id for c in grid.run_cells()]
-    assert sorted(ids) == sorted(r["id"] for r in runs) and len(ids) == len(set(ids))
+    # every variant exactly once; a text-only baseline does not depend on the reference image, so the two image
+    # blocks of one prompt and seed show the same baseline, the one their variants name
+    ids = [c.run_id for c in grid.run_cells() if c.kind == "variant"]
+    assert sorted(ids) == sorted(r["id"] for r in variants(runs)) and len(ids) == len(set(ids))
+    shown = [c.run_id for c in grid.run_cells() if c.kind == "baseline"]
+    assert len(shown) == 8 and len(set(shown)) == 4 and all(shown.count(b) == 2 for b in shown)
+    by_id = {r["id"]: r for r in runs}
+    for block in grid.blocks:
+        base, *rest = [c.run_id for c in block.cells[0][1:]]
+        assert all(by_id[v]["baseline"] == base for v in rest)
 
 
 def test_failed_run_cell_carries_its_error(tmp_path: Path) -> None:
@@ -409,11 +417,11 @@ def test_report_runs_table_is_sortable_with_all_columns(tmp_path: Path) -> None:
     table = re.search(r'<table class="sortable" id="runs">(.*?)</table>', text, re.S)
     assert table, "no sortable runs table"
     heads = re.findall(r"<th data-key=\"([^\"]*)\"", table.group(1))
-    assert heads[:5] == ["image", "label", "id", "kind", "status"]
+    assert heads[:7] == ["image", "label", "id", "kind", "status", "baseline", "image-free"]
     assert "alpha" in heads
-    assert {"ssim_to_baseline ↑", "grid_artifact_score ↓", "color_hist_similarity ↑", "high_frequency_energy"} <= set(
-        heads
-    )
+    # arrows only on ranked metrics; style and content say what they measure, not that higher is better
+    marks = {"ssim_to_baseline (content)", "grid_artifact_score ↓", "color_hist_similarity (style)"}
+    assert marks | {"high_frequency_energy"} <= set(heads)
     assert len(re.findall(r"<tr data-run=", table.group(1))) == len(runs)
     assert 'addEventListener("click"' in text and "table.sortable" in text
 
@@ -423,12 +431,11 @@ def test_report_best_run_per_metric_excludes_baselines_and_undirected(tmp_path: 
     text = (build_report(sweep)[1]).read_text()
     best = dict(re.findall(r'<tr class="best" data-metric="([^"]+)" data-run="([^"]+)"', text))
     v = info["v"]
-    assert best == {
-        "color_hist_similarity": v[3]["id"],  # 0.6 beats 0.4; the baseline's 0.99 does not count
-        "ssim_to_baseline": v[1]["id"],  # 0.9; baseline 1.0 and the failed run's 0.95 excluded
-        "grid_artifact_score": v[2]["id"],  # lower is better: 0.15 (baseline -5.0 excluded)
-    }
+    # only the ranked kind (a defect): style and content trade off, so neither is ranked
+    assert best == {"grid_artifact_score": v[2]["id"]}  # lower is better: 0.15 (baseline -5.0 excluded)
     assert re.search(r'data-metric="high_frequency_energy">[^<]*not ranked', text)
+    assert re.search(r'data-metric="ssim_to_baseline">[^<]*not ranked \(content kept: doing nothing scores best', text)
+    assert re.search(r'data-metric="color_hist_similarity">[^<]*not ranked \(style', text)
 
 
 def test_report_last_record_per_id_wins(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from llm_dit.blend import BLEND_MODES, blend
+from llm_dit.blend import ALPHA_VALUES, BLEND_MODES, blend
 from llm_dit.condition import WHOLE_TEXT_MODES, blend_conditioning, drop_sinks, steer_conditioning
 from llm_dit.config import ConfigError, load_config
 from llm_dit.errors import UserError
@@ -171,13 +171,15 @@ def test_every_blend_mode_ignores_planted_sinks_and_keeps_text_sinks_bitwise():
     assert torch.equal(kept, v_content) and record["count"] == 3 and record["action"] == "dropped"
     for mode in BLEND_MODES:
         options = {"neutral": neutral} if mode == "style_delta" else {}
+        alpha = 1.0 if mode in ALPHA_VALUES else 0.6  # a switch (replace) takes 0 or 1
         combine = blend_conditioning(text, kept, mode, options, t_sinks, "exclude")
-        out = combine(text, 0.6)
-        if mode in WHOLE_TEXT_MODES:  # T whole, V's content rows appended
-            torch.testing.assert_close(out, blend(text, v_content, mode, 0.6, **options))
-            assert torch.equal(out[: len(text)], text)
+        out = combine(text, alpha)
+        if mode in WHOLE_TEXT_MODES:  # T whole (concat), or V's content rows alone (replace)
+            torch.testing.assert_close(out, blend(text, v_content, mode, alpha, **options))
+            if mode == "concat":
+                assert torch.equal(out[: len(text)], text)
             continue
-        expected = blend(t_content, v_content, mode, 0.6, **options)
+        expected = blend(t_content, v_content, mode, alpha, **options)
         torch.testing.assert_close(out[~t_sinks], expected, rtol=1e-5, atol=1e-5, msg=mode)
         assert torch.equal(out[t_sinks], text[t_sinks]), mode
         assert torch.equal(combine(text, 0.0), text), mode

@@ -32,12 +32,15 @@ def test_list_presets_names_every_preset_with_counts(cli):
     assert counts["vl_only_vs_qwen3"] == 4 and counts["outlier"] == 6 and counts["blend_all"] == 11
 
 
-def test_baseline_appears_once_per_prompt_and_image():
+def test_baseline_appears_once_per_prompt_and_is_shared_by_its_images():
     spec = resolve_spec(SweepSpec(prompts=["a", "b"], images=["x.png", "y.png"]), "alpha", {}, {})
     runs = expand(spec)
     baselines = [r for r in runs if r["kind"] == "baseline"]
-    assert len(baselines) == 4 and len({(r["prompt"], r["image"]) for r in baselines}) == 4
-    assert len(runs) == 4 * (1 + len(PRESETS["alpha"]["axes"]["vl.alpha"]))
+    # text-only: the reference image plays no part, so both images' variants share one baseline per prompt
+    assert len(baselines) == 2 and {(r["prompt"], r["image"]) for r in baselines} == {("a", None), ("b", None)}
+    assert len(runs) == 2 + 4 * len(PRESETS["alpha"]["axes"]["vl.alpha"])
+    by_id = {r["id"]: r for r in runs}
+    assert all(by_id[r["baseline"]]["prompt"] == r["prompt"] for r in runs if r["kind"] == "variant")
     no_base = resolve_spec(SweepSpec(prompts=["a"], images=["x.png"], baseline=False), "alpha", {}, {})
     assert all(r["kind"] == "variant" for r in expand(no_base))
     think = expand(resolve_spec(SweepSpec(prompts=["a"], images=["x.png"]), "think_comparison", {}, {}))
@@ -196,8 +199,11 @@ def test_clip_metrics_join_the_sweep_metrics(cli, zoo, tmp_path):
     args = ["--alphas", "0.3", "-i", REF, "-p", "a barn", *TINY, "--clip-model", clip, "-o", out]
     assert cli("sweep", *args).code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for values in metrics.values():
-        assert -1 <= values["clip_image_similarity"] <= 1 and -1 <= values["clip_text_similarity"] <= 1
+    for row in results(out):  # the text-only baseline has no reference image to compare with
+        values = metrics[row["id"]]
+        assert -1 <= values["clip_text_similarity"] <= 1
+        assert ("clip_image_similarity" in values) == (row["kind"] == "variant")
+        assert row["kind"] == "baseline" or -1 <= values["clip_image_similarity"] <= 1
     assert "clip_text_similarity" in (out / "report.html").read_text()
     r = cli("metrics", out, "--clip-model", tmp_path / "missing")
     assert r.code == 2 and "missing" in r.err

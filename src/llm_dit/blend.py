@@ -79,11 +79,23 @@ def _number(value: object, integer: bool = False) -> float | None:
 
 
 ALPHA_MAX = {"style_delta": 2.0}  # every other mode: alpha in [0, 1]
+ALPHA_VALUES = {"replace": (0.0, 1.0)}  # modes whose alpha is a switch, not a strength
 
 
 def check_alpha(mode: str, alpha: object) -> float:
-    """`alpha` as a float if it lies in the mode's range `[0, ALPHA_MAX.get(mode, 1)]`, else `BlendError`."""
+    """`alpha` as a float if it lies in the mode's range `[0, ALPHA_MAX.get(mode, 1)]` (or is one of the mode's
+    `ALPHA_VALUES`), else `BlendError`."""
+    if mode in ALPHA_VALUES:
+        return _check_switch(mode, alpha)
     return _check_alpha(mode, alpha, ALPHA_MAX.get(mode, 1.0))
+
+
+def _check_switch(mode: str, alpha: object) -> float:
+    x = _number(alpha)
+    if x not in ALPHA_VALUES[mode]:
+        valid = " or ".join(f"{v:g}" for v in ALPHA_VALUES[mode])
+        raise BlendError(f"{mode}: alpha must be {valid} (it switches the VL rows on or off), got {alpha!r}")
+    return x
 
 
 def _check_alpha(mode: str, alpha: object, hi: float = 1.0) -> float:
@@ -460,6 +472,32 @@ def concat(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_RO
     return torch.cat([text, _finish(alpha * v, text, "concat")])
 
 
+def replace_rows(n_v: int, max_rows: int = DIT_MAX_ROWS) -> dict[str, int | bool]:
+    """What `replace` gives the DiT for `n_v` VL rows: `{"vl_rows", "caption_rows", "pooled"}` (for records)."""
+    return {"vl_rows": n_v, "caption_rows": min(n_v, max_rows), "pooled": n_v > max_rows}
+
+
+def replace(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_ROWS) -> Tensor:
+    """VL rows instead of the text rows: C = V' of shape [n_v', D], or T when alpha = 0. alpha ∈ {0, 1}.
+
+    V' = V (every kept VL row, bit-exact in T's dtype) when n_v <= max_rows, else V area-pooled to max_rows rows
+    (1504 = Z-Image caption limit). alpha is a switch, not a strength: 1 gives the DiT the VL rows themselves
+    ("VL replaces the text encoder"), 0 gives T (so schedules can switch between the two); anything else is
+    refused, because a partial replacement has no meaning here (use `interpolate` for a blend). See
+    `replace_rows` for what a record should say.
+    """
+    _check_rows("replace", "text", text)
+    _check_rows("replace", "vl", vl, text.shape[1])
+    alpha = _check_switch("replace", alpha)
+    _check_option("replace", "max_rows", max_rows, lambda x: x >= 1, "an int >= 1", integer=True)
+    if alpha == 0:
+        return text.clone()
+    v = _f32(vl, text)
+    if v.shape[0] > max_rows:
+        v = align(v, max_rows, "area")
+    return _finish(v, text, "replace")
+
+
 BLEND_MODES: dict[str, BlendMode] = {
     "interpolate": interpolate,
     "linear": interpolate,
@@ -473,6 +511,7 @@ BLEND_MODES: dict[str, BlendMode] = {
     "attention_weighted": attention_weighted,
     "slerp": slerp,
     "concat": concat,
+    "replace": replace,
 }
 
 # Research-note names, argument order (text, vl, alpha).

@@ -654,6 +654,9 @@ def sweep(
     init_image: Annotated[Path | None, typer.Option(help="Init image for every run (image-to-image).")] = None,
     img2img: Annotated[bool, typer.Option("--img2img", help="Start each run from its reference image.")] = False,
     steer: Annotated[Path | None, typer.Option("--steer", help="Steering direction for the runs.")] = None,
+    neutral_image: Annotated[
+        Path | None, typer.Option(help="Neutral image of the runs with blend style_delta (their unstyled reference).")
+    ] = None,
     alphas: Annotated[str | None, typer.Option(help="Axis vl.alpha, comma-separated.")] = None,
     layers: Annotated[str | None, typer.Option(help="Axis vl.hidden_layer.")] = None,
     token_modes: Annotated[str | None, typer.Option(help="Axis vl.token_mode.")] = None,
@@ -680,6 +683,8 @@ def sweep(
     alpha_schedule: ScheduleOpt = None,
     inject_layers: InjectOpt = None,
     blend_option: BlendOptionOpt = None,
+    outlier_threshold: ThresholdOpt = None,
+    reference_stats: StatsOpt = None,
     no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Leave out the pure-text baselines.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted sweep in OUTPUT.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and stop.")] = False,
@@ -695,12 +700,17 @@ def sweep(
     low_memory: LowMemOpt = None,
 ) -> None:
     """Run a sweep: every combination of the axes (plus the pure-text baseline) with metrics, grid and report."""
-    from .sweep import PRESETS, SweepSpec, expand, plan, resolve_spec
+    from .sweep import PRESETS, SweepSpec, check_runs, expand, plan, preset_needs, resolve_spec
 
     if list_presets:
         for name in PRESETS:
-            probe = resolve_spec(SweepSpec(prompts=["p"], images=["i"], steer="s"), name, {}, {})
-            print(f"{name:18} {len(expand(probe)):3d} runs per prompt x image x seed (baseline included)")
+            needs = preset_needs(name)
+            inputs = {"steer": "s"} if "--steer" in needs else {"images": ["i"], "neutral_image": "n"}
+            probe = resolve_spec(SweepSpec(prompts=["p"], **inputs), name, {}, {})
+            needs = ", ".join(preset_needs(name)) or "nothing"
+            print(
+                f"{name:18} {len(expand(probe)):3d} runs per prompt x image x seed (baselines included); needs {needs}"
+            )
         return
     if executor not in ("local", "ray"):
         raise UserError(f"unknown executor '{executor}' (valid: local, ray)")
@@ -724,6 +734,8 @@ def sweep(
         updates["init_image"] = str(init_image)
     if steer:
         updates["steer"] = str(steer)
+    if neutral_image:
+        updates["neutral_image"] = str(neutral_image)
     if seeds or seed is not None:
         updates["seeds"] = [int(x) for x in parse_list(seeds, int, "--seeds")] if seeds else [seed]
     axes = {
@@ -753,6 +765,8 @@ def sweep(
         "vl.alpha_schedule": alpha_schedule,
         "vl.inject_layers": parse_int_list(inject_layers, "--inject-layers"),
         "vl.blend_options": parse_blend_options(blend_option),
+        "vl.outlier_threshold": outlier_threshold,
+        "vl.reference_stats": str(reference_stats) if reference_stats else None,
     }
     resolved = resolve_spec(base_spec.model_copy(update=updates), preset, axes, fixed)
     cfg = resolve(config, profile, models, zimage, vl, models__low_memory=low_memory)
@@ -760,6 +774,7 @@ def sweep(
         from .sweep import expand as expand_runs
 
         runs = expand_runs(resolved)
+        check_runs(cfg, resolved, runs)
         work = plan(cfg, runs)
         if as_json:
             print(json.dumps({**work, "runs": len(runs), "run_list": runs}, indent=2, default=str))

@@ -45,11 +45,27 @@ __all__ = [
 MODEL_METRICS: dict[str, MetricInfo] = {
     info.name: info
     for info in (
-        MetricInfo("clip_image_similarity", (-1.0, 1.0), True, "reference"),
-        MetricInfo("clip_text_similarity", (-1.0, 1.0), True, "prompt"),
+        MetricInfo(
+            "clip_image_similarity",
+            (-1.0, 1.0),
+            True,
+            "reference",
+            "style",
+            "closeness to the reference image in the scoring model (rises with conditioning strength)",
+        ),
+        MetricInfo(
+            "clip_text_similarity",
+            (-1.0, 1.0),
+            True,
+            "prompt",
+            "content",
+            "match to the prompt in the scoring model (the text-only baseline is the reference point)",
+        ),
     )
 }
-IMAGE_REWARD_METRIC = MetricInfo("image_reward", (-math.inf, math.inf), True, "prompt")
+IMAGE_REWARD_METRIC = MetricInfo(
+    "image_reward", (-math.inf, math.inf), True, "prompt", "quality", "ImageReward human-preference score"
+)
 
 # Model types whose text tower was trained on fixed-length, max-padded input (pooling is not at an EOS token).
 _MAX_LENGTH_PADDING = {"siglip": 64, "siglip2": 64}

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .adapter import Adapter, check_use
-from .blend import blend_stats, check_alpha, check_options, mode_options
+from .blend import DIT_MAX_ROWS, blend_stats, check_alpha, check_options, mode_options, replace_rows
 from .cache import TensorCache
 from .condition import (
     Conditioning,
@@ -413,6 +413,8 @@ class Generator:
                 options["neutral"], sinks["neutral"] = drop_sinks(rows, v.sink_ratio, v.sink_rows)
             record["neutral"] = "image" if isinstance(neutral, Image.Image) else "embeddings"
         record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
+        if v.blend == "replace":  # the rows the DiT receives, and whether they had to be pooled
+            record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", DIT_MAX_ROWS)))
         return Conditioning(text, source, blend_conditioning(text, vl, v.blend, options, t_sinks, v.sink_rows), record)
 
     def text_sinks(self, encoded: EncodedPrompt, named: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Model-free image metrics for comparing generation settings in sweeps.
 
 Every metric is a small pure function taking a ``PIL.Image.Image`` (any mode) or a numpy array
-(``uint8``/``uint16``/``bool``/float, HxW or HxWxC with C in {1, 3, 4}) and returning a Python ``float``.
+(``uint8``/``uint16``/``bool``/float, HxW or HxWxC with C in {1, 3, 4}) and returning a Python ``float`` (or None
+where it cannot be measured). ``METRICS`` says what each one measures (``kind``) and whether a report may rank by
+it; ``pareto_optimal`` marks the non-dominated runs of a two-metric trade-off.
 Computation is done in float32/float64 numpy; no model, no extra dependencies.
 
 Luminance everywhere is ITU-R BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` on values in [0, 1]
@@ -11,7 +13,8 @@ Metrics
 -------
 ``color_histogram_similarity``  histogram intersection of 3-D joint RGB histograms, [0, 1], higher better.
 ``ssim``                        structural similarity on luma (Wang et al. 2004), [-1, 1], higher better.
-``grid_artifact_score``         spectral peakiness at the 32-px token period, ~0 clean, lower better.
+``grid_artifact_score``         spectral peakiness at the 32-px token period, ~0 clean, lower better; None
+                                (not measured) below 4 periods (128 px).
 ``high_frequency_energy``       energy fraction above a radial frequency cutoff, [0, 1], higher = more detail.
 """
 
@@ -25,12 +28,14 @@ from PIL import Image
 
 __all__ = [
     "METRICS",
+    "RANKED_KINDS",
     "MetricInfo",
     "color_histogram_similarity",
     "compute_image_metrics",
     "grid_artifact_score",
     "high_frequency_energy",
     "luminance",
+    "pareto_optimal",
     "ssim",
     "to_array",
 ]
@@ -208,24 +213,33 @@ def _windowed_power(y: np.ndarray) -> np.ndarray:
 
 
 _GRID_RING = (2, 6)  # neighbour ring: bins at offsets ±2..±6 from the harmonic's nearest bin
-_GRID_MIN_NEIGHBOURS = 3
+_GRID_CLEAR = 2.0  # a neighbour bin lies at least this many bins from every harmonic frequency
+_GRID_MIN_NEIGHBOURS = 2
+_GRID_MIN_PERIODS = 4  # an axis is measured only when it holds >= 4 periods (harmonics >= 4 bins apart)
 _GRID_EPS_REL = 1e-12  # regulariser relative to the mean spectral energy; caps the score at ~12
 
 
-def grid_artifact_score(image: ImageLike, period: int = 32) -> float:
-    """Spectral peakiness at the token-grid period (default 32 px) and its harmonics.
+def grid_artifact_score(image: ImageLike, period: int = 32) -> float | None:
+    """Spectral peakiness at the token-grid period (default 32 px) and its harmonics; None where not measurable.
 
     Each VL image token covers 32x32 px; misaligned conditioning shows up as a grid with that period,
     i.e. a comb of spectral peaks at frequencies k/period cycles/px. Procedure:
 
     1. ``Y`` = BT.601 luma, mean subtracted, multiplied by a 2-D Hann window; ``P = |FFT2|²``.
     2. 1-D spectra: ``Px[u] = Σ_v P[v, u]`` (along x, length W) and ``Py[v] = Σ_u P[v, u]`` (along y).
-    3. For each axis of length N >= 2·period and each harmonic ``f_k = k·N/period`` (k = 1, 2, … while
+    3. For each axis of length N >= 4·period and each harmonic ``f_k = k·N/period`` (k = 1, 2, … while
        f_k < N/2), with c = round(f_k) and only bins 1..N//2 considered (DC excluded):
-       ``peak = max P[c-1 .. c+1]``, ``neigh = median P[c±2 .. c±6]`` (needs >= 3 neighbour bins), and
+       ``peak = max P[c-1 .. c+1]``; ``neigh = median P[b]`` over the ring bins b = c±2 .. c±6 that lie at
+       least 2 bins from every harmonic frequency f_j (so a neighbour is never another harmonic's peak or its
+       Hann leakage; needs >= 2 such bins, else the harmonic is skipped); and
        ``r_k = (peak + ε) / (neigh + ε)`` with ε = 1e-12 · mean(P) (so the score is bounded, ~12 at most).
     4. ``score = mean over all harmonics of both axes of log10(r_k)``, i.e. log10 of the *geometric* mean
        of the peak/neighbour ratios.
+
+    Why N >= 4·period: the harmonics are N/period bins apart. At 2 periods (64 px for 32) every bin is a
+    harmonic or its neighbour, so there is no noise floor to compare with (a real grid would score ≈ 0); from
+    4 periods on each harmonic has a clean bin on either side. A shorter axis is skipped; if both are, the
+    score is None ("not measured"), never a number that reads as "no grid".
 
     The geometric mean (rather than the arithmetic mean of r_k) is deliberate: one strong isolated peak
     (a natural periodic texture, or a grid of another period that shares a harmonic, e.g. 24 px shares
@@ -233,17 +247,15 @@ def grid_artifact_score(image: ImageLike, period: int = 32) -> float:
     whereas a real period-32 grid raises all of them. A pure period-32 sinusoid (fundamental only) is
     correspondingly diluted by 1/#harmonics (15 per axis for period 32, independent of image size).
 
-    Range: real, ~0 (|score| ≲ 0.1) for natural/noise images, large positive (≳ 1) when a period-``period``
-    grid is present. An axis shorter than 2·period is skipped; if both are (image smaller than 2·period
-    in both dimensions) or the image is constant, 0.0 is returned. Non-square images are fine (each axis
-    uses its own N). Lower is better (fewer grid artifacts).
+    Range: real, ~0 (|score| ≲ 0.15) for natural/noise images, large positive (≳ 1) when a period-``period``
+    grid is present; 0.0 for a constant image that is large enough. Non-square images are fine (each axis uses
+    its own N). Lower is better (fewer grid artifacts).
     """
     if period < 2:
         raise ValueError(f"period must be >= 2, got {period}")
     y = luminance(image)
-    h, w = y.shape
-    if h < 2 * period and w < 2 * period:
-        return 0.0
+    if max(y.shape) < _GRID_MIN_PERIODS * period:
+        return None
     power = _windowed_power(y)
     total = float(power.mean())
     if not total > 0.0:
@@ -252,11 +264,11 @@ def grid_artifact_score(image: ImageLike, period: int = 32) -> float:
     logs: list[float] = []
     for spectrum in (power.sum(axis=0), power.sum(axis=1)):  # along x, along y
         n = spectrum.shape[0]
-        if n < 2 * period:
+        if n < _GRID_MIN_PERIODS * period:
             continue
         logs.extend(_harmonic_log_ratios(spectrum[: n // 2 + 1], n, period, eps))
     if not logs:
-        return 0.0
+        return None
     return float(np.mean(logs))
 
 
@@ -264,17 +276,21 @@ def _harmonic_log_ratios(half: np.ndarray, n: int, period: int, eps: float) -> l
     """log10(peak/neighbour) for each harmonic of ``period`` in a one-sided 1-D spectrum (bins 0..n//2)."""
     nyq = n // 2
     lo_ring, hi_ring = _GRID_RING
+    harmonics = [k * n / period for k in range(1, period + 1) if k * n / period <= nyq + _GRID_CLEAR]
     out: list[float] = []
-    k = 1
-    while k * n / period < n / 2:
-        c = round(k * n / period)
+    for f in (h for h in harmonics if h < n / 2):
+        c = round(f)
         peak_bins = [b for b in range(c - 1, c + 2) if 1 <= b <= nyq]
-        ring_bins = [b for off in range(lo_ring, hi_ring + 1) for b in (c - off, c + off) if 1 <= b <= nyq]
+        ring_bins = [
+            b
+            for off in range(lo_ring, hi_ring + 1)
+            for b in (c - off, c + off)
+            if 1 <= b <= nyq and all(abs(b - h) >= _GRID_CLEAR for h in harmonics)
+        ]
         if peak_bins and len(ring_bins) >= _GRID_MIN_NEIGHBOURS:
             peak = float(half[peak_bins].max())
             neigh = float(np.median(half[ring_bins]))
             out.append(math.log10((peak + eps) / (neigh + eps)))
-        k += 1
     return out
 
 
@@ -308,25 +324,64 @@ def high_frequency_energy(image: ImageLike, cutoff: float = 0.25) -> float:
 # --------------------------------------------------------------------------------------------- registry
 
 Needs = Literal["image", "reference", "baseline", "prompt"]
+MetricKind = Literal["style", "content", "defect", "quality", "descriptive"]
+
+# What a metric's direction means for the question a reference-conditioning sweep asks ("what does the reference
+# add, and at what cost?"). style: closeness to the reference; it rises with conditioning strength. content: what
+# is kept of the text-only baseline or the prompt; doing nothing scores best. Style and content trade off against
+# each other, so neither is ever ranked: the report shows them as a trade-off (Pareto front). defect / quality: the
+# direction means better whatever the conditioning does, so these are the only ranked kinds. descriptive: no
+# better direction.
+RANKED_KINDS: tuple[MetricKind, ...] = ("defect", "quality")
 
 
 class MetricInfo(NamedTuple):
-    """Description of a registered metric: key, value range, direction and required inputs."""
+    """Description of a registered metric: key, value range, direction, required inputs, what it measures (`kind`,
+    see RANKED_KINDS) and a one-line description for reports."""
 
     name: str
     range: tuple[float, float]
     higher_is_better: bool | None  # None: no preferred direction (descriptive metric)
     needs: Needs
+    kind: MetricKind
+    measures: str
+
+    @property
+    def ranked(self) -> bool:
+        """Whether a report may rank runs by this metric: only kinds whose direction means better for the
+        question whatever the conditioning strength, and only with a direction."""
+        return self.kind in RANKED_KINDS and self.higher_is_better is not None
 
 
 METRICS: dict[str, MetricInfo] = {
     info.name: info
     for info in (
-        MetricInfo("color_hist_similarity", (0.0, 1.0), True, "reference"),
-        MetricInfo("ssim_to_baseline", (-1.0, 1.0), True, "baseline"),
-        MetricInfo("grid_artifact_score", (-math.inf, math.inf), False, "image"),
+        MetricInfo(
+            "color_hist_similarity",
+            (0.0, 1.0),
+            True,
+            "reference",
+            "style",
+            "colours shared with the reference image (rises with conditioning strength)",
+        ),
+        MetricInfo(
+            "ssim_to_baseline",
+            (-1.0, 1.0),
+            True,
+            "baseline",
+            "content",
+            "structure kept from the run's own text-only baseline (1 = unchanged: doing nothing scores best)",
+        ),
+        MetricInfo(
+            "grid_artifact_score",
+            (-math.inf, math.inf),
+            False,
+            "image",
+            "defect",
+            "32-px token-grid artefacts (≈ 0 clean; not measured below 128 px)",
+        ),
         # More fine detail is not intrinsically better or worse: higher = more detail/noise.
-        MetricInfo("high_frequency_energy", (0.0, 1.0), None, "image"),
+        MetricInfo("high_frequency_energy", (0.0, 1.0), None, "image", "descriptive", "share of fine detail and noise"),
     )
 }
 
@@ -335,17 +390,18 @@ def compute_image_metrics(
     image: ImageLike,
     reference: ImageLike | None = None,
     baseline: ImageLike | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Compute every metric in ``METRICS`` whose inputs are present.
 
     Always: ``grid_artifact_score``, ``high_frequency_energy``; with ``reference``:
     ``color_hist_similarity`` (image vs reference); with ``baseline``: ``ssim_to_baseline``.
-    Keys appear in ``METRICS`` order.
+    Keys appear in ``METRICS`` order; a value is None where the metric is not measurable (``grid_artifact_score``
+    of an image under 128 px).
     """
     img = to_array(image)
     ref = to_array(reference) if reference is not None else None
     base = to_array(baseline) if baseline is not None else None
-    results: dict[str, float] = {}
+    results: dict[str, float | None] = {}
     for name, info in METRICS.items():
         if info.needs == "reference" and ref is None:
             continue
@@ -362,3 +418,12 @@ def compute_image_metrics(
         elif name == "high_frequency_energy":
             results[name] = high_frequency_energy(img)
     return results
+
+
+def pareto_optimal(points: list[tuple[float, float]]) -> list[bool]:
+    """Which points of a two-metric trade-off are Pareto-optimal, both coordinates better when higher.
+
+    Point i is optimal iff no point j dominates it: x_j >= x_i and y_j >= y_i with at least one strict
+    inequality. Equal points are all optimal (neither dominates the other). O(n²), fine for a sweep.
+    """
+    return [not any(xj >= xi and yj >= yi and (xj > xi or yj > yi) for xj, yj in points) for xi, yi in points]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import math
 import textwrap
@@ -36,7 +37,8 @@ from .clip import IMAGE_REWARD_METRIC, MODEL_METRICS
 from .errors import UserError
 from .files import atomic_write_bytes, atomic_write_text, image_bytes, load_image
 from .metrics import METRICS as IMAGE_METRICS
-from .sweep import iter_jsonl, varying_keys
+from .metrics import MetricInfo, pareto_optimal
+from .sweep import baseline_pairs, is_conditioning, iter_jsonl, varying_keys
 
 METRICS = {
     **IMAGE_METRICS,
@@ -48,6 +50,7 @@ __all__ = [
     "Block",
     "Cell",
     "Grid",
+    "TradeOff",
     "best_runs",
     "build_report",
     "grid_layout",
@@ -55,6 +58,7 @@ __all__ = [
     "load_runs",
     "render_grid",
     "render_report",
+    "tradeoffs",
     "write_grid",
     "write_report",
 ]
@@ -102,22 +106,27 @@ class Cell:
     """One grid cell: the reference image of a block, or one run (baseline or variant).
 
     `image` is the reference path as recorded, or the run's output path relative to the sweep directory (None for
-    a failed run); `error` is set for failed runs, whose cell shows it instead of an image."""
+    a failed run); `error` is set for failed runs, whose cell shows it instead of an image; `badge` is a warning
+    drawn on the image (IMAGE_FREE_BADGE for a run whose output does not depend on its reference image)."""
 
     kind: str  # "reference" | "baseline" | "variant"
     caption: str
     image: str | None = None
     run_id: str | None = None
     error: str | None = None
+    badge: str | None = None
 
 
 @dataclass
 class Block:
     """The runs of one (prompt, reference image, seed) group as a table of cells.
 
-    `layout` says how the variants were arranged: "row" (no axis, or the 1-D fallback: one row in run order),
-    "columns" (one axis: one column per value) or "table" (rows = combinations of all but the last axis, columns =
-    values of the last). `cells[r][c]` is None where a position is empty; every row has `len(col_headers)` cells.
+    `layout` says how the variants were arranged: "row" (no axis, or the fallback: one row per baseline group in
+    run order), "columns" (one conditioning axis: one column per value), "rows" (only non-conditioning axes: one row
+    per value combination, one variant each) or "table" (rows = combinations of the non-conditioning axes, then of
+    all but the last conditioning axis; columns = values of the last). `cells[r][c]` is None where a position is
+    empty; every row has `len(col_headers)` cells. `row_groups[r]` numbers the baseline group of row r: rows of one
+    group share every non-conditioning setting, hence one baseline, shown in the group's first row.
     """
 
     prompt: str
@@ -129,6 +138,7 @@ class Block:
     col_headers: list[str]
     row_headers: list[str]
     cells: list[list[Cell | None]]
+    row_groups: list[int] = field(default_factory=list)
 
     def positions(self) -> dict[str, tuple[int, int]]:
         """`{run_id: (row, col)}` of every run cell of the block."""
@@ -142,8 +152,8 @@ class Block:
 
 @dataclass
 class Grid:
-    """The whole arrangement: the varying keys used as axes (seed and other keys that only vary between blocks are
-    left out) and one `Block` per (prompt, image, seed), in first-seen order."""
+    """The whole arrangement: the varying keys used as axes (non-conditioning keys first; seed and other keys that
+    only vary between blocks are left out) and one `Block` per (prompt, image, seed), in first-seen order."""
 
     keys: list[str]
     blocks: list[Block] = field(default_factory=list)
@@ -187,6 +197,15 @@ def _block_key(run: dict[str, Any]) -> str:
     return _jkey([run.get("prompt"), run.get("image"), _seed(run)])
 
 
+def image_free(run: dict[str, Any]) -> bool:
+    """Whether the run's record says its output does not depend on its reference image (`image_dependence`)."""
+    dependence = (run.get("record") or {}).get("image_dependence")
+    return isinstance(dependence, dict) and dependence.get("image_free") is True
+
+
+IMAGE_FREE_BADGE = "IMAGE-FREE"
+
+
 def _ordered_values(values: list[Any]) -> list[Any]:
     """Distinct values of one axis: numbers ascending (unset last), anything else in first-seen order."""
     distinct: dict[str, Any] = {}
@@ -199,58 +218,82 @@ def _ordered_values(values: list[Any]) -> list[Any]:
     return vals
 
 
-def _cell(run: dict[str, Any]) -> Cell:
+def _cell(run: dict[str, Any], caption: str | None = None) -> Cell:
     failed = run.get("status") != "ok"
     error = str(run.get("error") or "failed (no error message)") if failed else None
     return Cell(
         kind=str(run.get("kind") or "variant"),
-        caption=str(run.get("label") or run.get("id")),
+        caption=caption or str(run.get("label") or run.get("id")),
         image=None if failed else run.get("output"),
         run_id=str(run.get("id")),
         error=error,
+        badge=IMAGE_FREE_BADGE if image_free(run) else None,
     )
 
 
+Rows = list[list[dict[str, Any] | None]]
+
+
 def _arrange(
-    variants: list[dict[str, Any]], keys: list[str], values: dict[str, list[Any]], names: dict[str, str]
-) -> tuple[str, list[str], list[str], list[list[dict[str, Any] | None]]]:
-    """Place a block's variants by `keys`: (layout, row headers, column headers, rows of runs or None).
+    variants: list[dict[str, Any]],
+    base_keys: list[str],
+    cond_keys: list[str],
+    values: dict[str, list[Any]],
+    names: dict[str, str],
+) -> tuple[str, list[str], list[str], Rows, list[int]]:
+    """Place a block's variants: (layout, row headers, column headers, rows of runs or None, baseline group of
+    each row).
 
-    Falls back to one row in run order ("row") when two distinct runs would share a position, or, with 2+ keys,
-    when more than half of the rows would have an empty position (a sparse product, e.g. a list of variants)."""
+    Rows are grouped by the non-conditioning keys `base_keys` first (a group shares every non-conditioning
+    setting, hence one baseline), then by all but the last conditioning key; columns are the values of the last
+    conditioning key. Falls back to one row per group in run order ("row") when two distinct runs would share a
+    position, or when more than half of the rows would have an empty position (a sparse product, e.g. a list of
+    variants)."""
+    setting = [{k: (r.get("settings") or {}).get(k) for k in base_keys + cond_keys} for r in variants]
+    groups = {_jkey(c): i for i, c in enumerate(_row_combos(setting, base_keys, values))}
+    group_of = [groups[_jkey([s[k] for k in base_keys])] for s in setting]
 
-    def one_row() -> tuple[str, list[str], list[str], list[list[dict[str, Any] | None]]]:
-        return "row", [""], ["" for _ in variants], [list(variants)]
+    def header(keys: list[str], combo: list[Any]) -> str:
+        return "\n".join(f"{names[k]}={fmt_value(v)}" for k, v in zip(keys, combo, strict=True))
 
-    if not keys or not variants:
-        return one_row()
-    setting = [{k: (r.get("settings") or {}).get(k) for k in keys} for r in variants]
-    col_key = keys[-1]
+    def by_group(layout: str) -> tuple[str, list[str], list[str], Rows, list[int]]:
+        rows: Rows = [[run for run, g in zip(variants, group_of, strict=True) if g == i] for i in range(len(groups))]
+        width = max((len(row) for row in rows), default=0)
+        rows = [row + [None] * (width - len(row)) for row in rows]
+        headers = [header(base_keys, json.loads(key)) for key in groups] if base_keys else [""]
+        return layout, headers, ["" for _ in range(width)], rows or [[]], list(range(len(rows))) or [0]
+
+    if not variants or not cond_keys:
+        return by_group(
+            "rows" if variants and base_keys and max(group_of.count(g) for g in groups.values()) == 1 else "row"
+        )
+    col_key, row_keys = cond_keys[-1], base_keys + cond_keys[:-1]
     cols = [v for v in values[col_key] if any(_jkey(s[col_key]) == _jkey(v) for s in setting)]
     col_index = {_jkey(v): i for i, v in enumerate(cols)}
-    row_keys = keys[:-1]
-    row_ids: dict[str, list[Any]] = {}
-    for combo in _row_combos(setting, row_keys, values):
-        row_ids[_jkey(combo)] = combo
+    row_index = {_jkey(c): i for i, c in enumerate(_row_combos(setting, row_keys, values))}
     placed: dict[tuple[int, int], dict[str, Any]] = {}
-    row_index = {k: i for i, k in enumerate(row_ids)}
-    for run, s in zip(variants, setting, strict=True):
+    row_group: dict[int, int] = {}
+    for run, s, g in zip(variants, setting, group_of, strict=True):
         pos = (row_index[_jkey([s[k] for k in row_keys])], col_index[_jkey(s[col_key])])
         if pos in placed:  # never two runs in one cell
-            return one_row()
+            return by_group("row")
         placed[pos] = run
-    n_rows, n_cols = len(row_ids), len(cols)
+        row_group[pos[0]] = g
+    n_rows, n_cols = len(row_index), len(cols)
     if row_keys:
         holey = sum(any((r, c) not in placed for c in range(n_cols)) for r in range(n_rows))
         if holey * 2 > n_rows:
-            return one_row()
+            return by_group("row")
     col_headers = [f"{names[col_key]}={fmt_value(v)}" for v in cols]
-    row_headers = [
-        "\n".join(f"{names[k]}={fmt_value(v)}" for k, v in zip(row_keys, combo, strict=True))
-        for combo in row_ids.values()
-    ]
-    grid = [[placed.get((r, c)) for c in range(n_cols)] for r in range(n_rows)]
-    return ("table" if row_keys else "columns"), row_headers, col_headers, grid
+    row_headers = [header(row_keys, json.loads(key)) for key in row_index]
+    rows: Rows = [[placed.get((r, c)) for c in range(n_cols)] for r in range(n_rows)]
+    return (
+        ("table" if row_keys else "columns"),
+        row_headers or [""],
+        col_headers,
+        rows,
+        [row_group[r] for r in range(n_rows)],
+    )
 
 
 def _row_combos(setting: list[dict[str, Any]], row_keys: list[str], values: dict[str, list[Any]]) -> list[list[Any]]:
@@ -264,23 +307,35 @@ def _row_combos(setting: list[dict[str, Any]], row_keys: list[str], values: dict
 
 
 def grid_layout(runs: list[dict[str, Any]]) -> Grid:
-    """Arrange sweep runs into blocks of cells (see `Block`), so a grid shows what changed along which axis.
+    """Arrange sweep runs into blocks of cells (see `Block`), so a grid shows what changed along which axis, each
+    variant beside the baseline it is compared with.
 
-    * Blocks: runs grouped by (prompt, image, seed = `settings["generation.seed"]`), in first-seen order.
-    * Columns of a block: the reference image (if the block has one), its baseline run(s) (if any), then the
-      variants; the reference and baseline sit in the first row only, so every run appears exactly once.
+    * Blocks: variants grouped by (prompt, image, seed = `settings["generation.seed"]`), in first-seen order. A
+      baseline is shown in every block whose variants name it (`sweep.baseline_pairs`); a baseline no variant
+      names forms or joins the block of its own (prompt, image, seed).
+    * Columns of a block: the reference image (if the block has one, first row only), the baseline column (if any
+      variant has a baseline), then the variants.
     * Axes: `varying_keys(runs)` minus the keys that never vary within a block (the seed, which only varies
-      between blocks; such keys are named in the block subtitle instead). 0 axes: one row in run order; 1 axis:
-      one row, a column per value; 2+ axes: rows = combinations of all but the last axis, columns = values of
-      the last axis. Numeric axis values are sorted, others kept in first-seen order.
-    * Fallback to one row in run order when two runs would share a cell (they differ only in a way that is not
-      an axis, e.g. a preset variant's label) or when a 2+-axis table would be sparse (more than half of its
+      between blocks; such keys are named in the block subtitle instead), non-conditioning keys first
+      (`sweep.is_conditioning`). The non-conditioning axes are row keys, so the rows of one baseline group are
+      together and the group's first row starts with its own baseline (its caption repeats the group's values).
+      Within a group, rows are combinations of all but the last conditioning axis, columns the values of the last;
+      numeric values are sorted, others kept in first-seen order. No conditioning axis: one row per group.
+    * Fallback to one row per group in run order when two runs would share a cell (they differ only in a way that
+      is not an axis, e.g. a preset variant's label) or when the table would be sparse (more than half of its
       rows with an empty cell).
-    * Failed runs are cells with their error; headers read `key=value` with the short key (last dotted part).
+    * Failed runs are cells with their error; image-free runs carry IMAGE_FREE_BADGE; headers read `key=value`
+      with the short key (last dotted part).
     """
+    pairs = baseline_pairs(runs)
+    by_id = {str(r.get("id")): r for r in runs}
+    named = {b for b in pairs.values() if b}
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault(_block_key(run), []).append(run)
+        if run.get("kind") != "baseline":
+            groups.setdefault(_block_key(run), []).append(run)
+        elif str(run.get("id")) not in named:  # a baseline no variant names: a block of baselines of its own
+            groups.setdefault("baseline " + _block_key(run), []).append(run)
 
     def variants_of(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [r for r in group if r.get("kind") != "baseline"]
@@ -291,35 +346,43 @@ def grid_layout(runs: list[dict[str, Any]]) -> Grid:
         for k in all_keys
         if any(len({_jkey((r.get("settings") or {}).get(k)) for r in variants_of(g)}) > 1 for g in groups.values())
     ]
+    base_keys = [k for k in within if not is_conditioning(k)]
+    cond_keys = [k for k in within if is_conditioning(k)]
     between = [k for k in all_keys if k not in within and k != SEED_KEY]
     values = {
         k: _ordered_values([(r.get("settings") or {}).get(k) for g in groups.values() for r in variants_of(g)])
         for k in within
     }
     names = short_keys(all_keys)
-    grid = Grid(keys=within)
+    grid = Grid(keys=base_keys + cond_keys)
     for group in groups.values():
         first = group[0]
-        lead: list[Cell] = []
-        lead_headers: list[str] = []
-        if first.get("image"):
-            lead.append(Cell(kind="reference", caption=Path(str(first["image"])).name, image=str(first["image"])))
-            lead_headers.append("reference")
-        for run in group:
-            if run.get("kind") == "baseline":
-                lead.append(_cell(run))
-                lead_headers.append("baseline")
-        layout, row_headers, col_headers, rows = _arrange(variants_of(group), within, values, names)
+        vs = variants_of(group)
+        layout, row_headers, col_headers, rows, row_groups = _arrange(vs, base_keys, cond_keys, values, names)
+        lead_headers = ["reference"] if first.get("image") else []
+        if any(pairs.get(str(r.get("id"))) for r in vs):
+            lead_headers.append("baseline")
+        if not vs:  # baselines only
+            col_headers, rows = ["baseline"] * len(group), [list(group)]
         cells: list[list[Cell | None]] = []
-        for r, row in enumerate(rows or [[]]):
-            lead_part: list[Cell | None] = list(lead) if r == 0 else [None] * len(lead)
-            cells.append(lead_part + [None if run is None else _cell(run) for run in row])
+        for r, row in enumerate(rows):
+            lead: list[Cell | None] = []
+            if first.get("image"):
+                lead.append(
+                    Cell(kind="reference", caption=Path(str(first["image"])).name, image=str(first["image"]))
+                    if r == 0
+                    else None
+                )
+            starts_group = r == 0 or row_groups[r] != row_groups[r - 1]
+            if "baseline" in lead_headers:
+                lead.append(_baseline_cell(row, pairs, by_id, base_keys, names) if starts_group else None)
+            cells.append(lead + [None if run is None else _cell(run) for run in row])
         seed = _seed(first)
         meta = [f"image: {Path(str(first['image'])).name}" if first.get("image") else "no reference image"]
         if first.get("init_image"):
             meta.append(f"init: {Path(str(first['init_image'])).name}")
         meta.append(f"seed={fmt_value(seed)}")
-        example = variants_of(group)[0] if variants_of(group) else first
+        example = vs[0] if vs else first
         meta += [f"{names[k]}={fmt_value((example.get('settings') or {}).get(k))}" for k in between]
         grid.blocks.append(
             Block(
@@ -332,9 +395,30 @@ def grid_layout(runs: list[dict[str, Any]]) -> Grid:
                 col_headers=lead_headers + col_headers,
                 row_headers=row_headers or [""],
                 cells=cells,
+                row_groups=row_groups,
             )
         )
     return grid
+
+
+def _baseline_cell(
+    row: list[dict[str, Any] | None],
+    pairs: dict[str, str | None],
+    by_id: dict[str, dict[str, Any]],
+    base_keys: list[str],
+    names: dict[str, str],
+) -> Cell | None:
+    """The baseline cell of a row: the baseline its variants name, captioned with the row group's
+    non-conditioning values; a named baseline without a result is a "missing" cell, never another run."""
+    run = next((r for r in row if r is not None), None)
+    bid = pairs.get(str(run.get("id"))) if run is not None else None
+    if bid is None:
+        return None
+    values = [f"{names[k]}={fmt_value((run.get('settings') or {}).get(k))}" for k in base_keys]
+    caption = " · ".join(["text only", *values])
+    if bid not in by_id:
+        return Cell(kind="baseline", caption=f"{caption} (no result yet)")
+    return _cell(by_id[bid], caption)
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -346,6 +430,9 @@ _FAIL_BG = (253, 226, 226)
 _FAIL_INK = (170, 20, 20)
 _MISSING_BG = (232, 232, 232)
 _RULE = (200, 200, 200)
+_GROUP_RULE = (120, 120, 120)  # between rows of different baseline groups
+_BADGE_BG = (235, 110, 0)
+_BADGE_INK = (255, 255, 255)
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -456,7 +543,9 @@ def _block_size(block: Block, font: Any, g: _Metrics) -> tuple[int, int]:
 def render_grid(sweep_dir: str | Path, runs: list[dict[str, Any]], thumb: int = 256) -> Image.Image:
     """Draw `grid_layout(runs)` as one RGB image: per block a title (prompt; image, seed), column headers on top,
     row headers on the left, then thumbnails (longer side `thumb`, aspect kept) with a short caption each. Failed
-    runs show their error on a red cell, missing images a grey one. Text is ~14 px at thumb 256."""
+    runs show their error on a red cell, missing images a grey one; an image-free run carries an orange
+    IMAGE-FREE badge on its image; a dark rule separates rows of different baseline groups. Text is ~14 px at
+    thumb 256."""
     sweep_dir = Path(sweep_dir)
     grid = grid_layout(runs)
     g = _geometry(thumb)
@@ -485,6 +574,9 @@ def render_grid(sweep_dir: str | Path, runs: list[dict[str, Any]], thumb: int = 
         y0 += g.header_h
         for r, row in enumerate(block.cells):
             ry = y0 + r * (g.thumb + g.caption_h + g.pad)
+            if 0 < r < len(block.row_groups) and block.row_groups[r] != block.row_groups[r - 1]:
+                rule_y = ry - g.pad // 2 - 1  # a new baseline group starts here
+                draw.line([(g.margin, rule_y), (width - g.margin, rule_y)], fill=_GROUP_RULE, width=2)
             header_lines = block.row_headers[r].split("\n") if r < len(block.row_headers) else []
             max_lines = max(1, g.thumb // g.line)
             for j, line in enumerate(header_lines[:max_lines]):
@@ -521,7 +613,12 @@ def _draw_cell(
             draw.rectangle(box, fill=_MISSING_BG)
             draw.text((x + g.pad, y + g.pad), "image missing", fill=_MUTED, font=font)
         else:
-            canvas.paste(im, (x + (g.thumb - im.width) // 2, y + (g.thumb - im.height) // 2))
+            ix, iy = x + (g.thumb - im.width) // 2, y + (g.thumb - im.height) // 2
+            canvas.paste(im, (ix, iy))
+            if cell.badge:  # on the image's top-left corner, so it goes wherever the image goes
+                w = min(im.width, _text_w(font, cell.badge) + 2 * g.pad)
+                draw.rectangle((ix, iy, ix + w - 1, iy + min(im.height, g.line + 2) - 1), fill=_BADGE_BG)
+                draw.text((ix + g.pad, iy + 1), _fit(font, cell.badge, w - 2 * g.pad), fill=_BADGE_INK, font=font)
     caption = cell.caption if cell.kind == "variant" else f"{cell.kind}: {cell.caption}"
     draw.text((x, y + g.thumb + 2), _fit(font, caption, g.thumb), fill=_MUTED, font=font)
 
@@ -536,36 +633,88 @@ def write_grid(sweep_dir: str | Path, thumb: int = 256) -> Path:
 # ------------------------------------------------------------------------------------------------ HTML
 
 
+def _rankable(run: dict[str, Any]) -> bool:
+    """A run a report may rank or put on a trade-off front: a successful variant whose output depends on its
+    reference (baselines are the comparison, not a candidate; an image-free run shows no effect of the image)."""
+    return run.get("kind") != "baseline" and run.get("status") == "ok" and not image_free(run)
+
+
+def _value(metrics: dict[str, dict[str, Any]], run: dict[str, Any], name: str) -> float | None:
+    v = metrics.get(str(run.get("id")), {}).get(name)
+    return float(v) if _is_number(v) and math.isfinite(v) else None
+
+
 def best_runs(
     runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]
 ) -> tuple[dict[str, tuple[str, float]], dict[str, str]]:
-    """The best run per metric among successful non-baseline runs: `({metric: (run_id, value)}, {metric: why
-    skipped})`. Direction from `METRICS[...].higher_is_better`; metrics without a direction (None) or unknown to
-    the registry are not ranked. Non-finite values are ignored; ties go to the earlier run."""
+    """The best run per rankable metric: `({metric: (run_id, value)}, {metric: why not ranked})`.
+
+    Only metrics whose registry entry says `ranked` (a direction that means better whatever the conditioning
+    strength: defects, quality) are ranked; style and content metrics trade off against each other (see
+    `tradeoffs`), and ranking either would reward the strongest or the weakest conditioning. Candidates: successful
+    variant runs that are not image-free (never baselines). Non-finite or unmeasured (None) values are ignored;
+    ties go to the earlier run."""
     best: dict[str, tuple[str, float]] = {}
     skipped: dict[str, str] = {}
     for name in _metric_names(runs, metrics):
         info = METRICS.get(name)
         if info is None:
-            skipped[name] = "not a registered metric; direction unknown"
+            skipped[name] = "not a registered metric; what it measures is unknown"
             continue
-        if info.higher_is_better is None:
-            skipped[name] = "descriptive metric with no better direction"
+        if not info.ranked:
+            skipped[name] = _NOT_RANKED[info.kind]
             continue
-        candidates = [
-            (str(r["id"]), float(metrics[str(r["id"])][name]))
-            for r in runs
-            if r.get("kind") != "baseline"
-            and r.get("status") == "ok"
-            and _is_number(metrics.get(str(r["id"]), {}).get(name))
-            and math.isfinite(float(metrics[str(r["id"])][name]))
-        ]
+        candidates = [(str(r["id"]), v) for r in runs if _rankable(r) and (v := _value(metrics, r, name)) is not None]
         if not candidates:
-            skipped[name] = "no successful variant run has it"
+            skipped[name] = "no successful, image-dependent variant run has a measured value"
             continue
         sign = 1.0 if info.higher_is_better else -1.0
         best[name] = max(candidates, key=lambda item: sign * item[1])
     return best, skipped
+
+
+_NOT_RANKED = {
+    "style": "style: rises with conditioning strength, shown against content as a trade-off",
+    "content": "content kept: doing nothing scores best, shown against style as a trade-off",
+    "descriptive": "descriptive metric with no better direction",
+}
+
+
+@dataclass
+class TradeOff:
+    """Runs of one block on a style-against-content plane: `points` are (run_id, content, style, pareto)."""
+
+    style: str
+    content: str
+    block: Block
+    points: list[tuple[str, float, float, bool]]
+
+
+def tradeoffs(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) -> list[TradeOff]:
+    """For every (style metric, content metric) pair present and every block with two or more rankable runs
+    (`_rankable`) measured on both: the runs' (content, style) values and which are Pareto-optimal within the
+    block (`metrics.pareto_optimal`: no other run keeps at least as much content with at least as much style).
+    A trade-off has no winner: the front is the set of settings worth choosing between."""
+    present = _metric_names(runs, metrics)
+    kinds = {k: [n for n in present if n in METRICS and METRICS[n].kind == k] for k in ("style", "content")}
+    by_id = {str(r.get("id")): r for r in runs}
+    out: list[TradeOff] = []
+    blocks = grid_layout(runs).blocks
+    for style, content in itertools.product(kinds["style"], kinds["content"]):
+        for block in blocks:
+            ids = [c.run_id for row in block.cells for c in row if c is not None and c.kind == "variant"]
+            values = [
+                (rid, _value(metrics, by_id[rid], content), _value(metrics, by_id[rid], style))
+                for rid in ids
+                if rid in by_id and _rankable(by_id[rid])
+            ]
+            measured = [(rid, c, s) for rid, c, s in values if c is not None and s is not None]
+            if len(measured) < 2:
+                continue
+            front = pareto_optimal([(c, s) for _, c, s in measured])
+            points = [(rid, c, s, opt) for (rid, c, s), opt in zip(measured, front, strict=True)]
+            out.append(TradeOff(style, content, block, points))
+    return out
 
 
 def _is_number(v: Any) -> bool:
@@ -621,6 +770,8 @@ img.grid { max-width: 100%; border: 1px solid #ddd; }
 .muted { color: #666; } details { margin: 4px 0; } summary { cursor: pointer; }
 pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 12px; }
 tr.override td { font-weight: 600; } .refs figure { display: inline-block; margin: 0 12px 8px 0; }
+.badge { background: #eb6e00; color: #fff; font-size: 11px; font-weight: 700; padding: 1px 5px; border-radius: 3px; }
+.tradeoff h3 { font-size: 15px; margin: 16px 0 4px; } svg.scatter { display: block; margin: 4px 0; }
 .refs img { max-height: 120px; display: block; }
 """
 
@@ -680,6 +831,7 @@ def render_report(sweep_dir: str | Path) -> str:
         if (sweep_dir / "grid.png").is_file()
         else '<p class="muted">grid.png has not been written yet.</p>',
         _best_html(runs, metrics),
+        _tradeoff_html(runs, metrics),
         _table_html(sweep_dir, runs, metrics),
         _details_html(runs, metrics),
         f"<script>{_JS}</script>",
@@ -716,17 +868,21 @@ def _best_html(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]])
     best, skipped = best_runs(runs, metrics)
     by_id = {str(r.get("id")): r for r in runs}
     out = [
-        '<h2 id="best">Best run per metric</h2>',
-        '<p class="muted">Among successful variant runs; baselines are',
-        " excluded.</p>",
+        '<h2 id="best">Best run per ranked metric</h2>',
+        '<p class="muted">Only metrics whose direction means better whatever the conditioning strength (defects,',
+        " quality) are ranked, among successful variant runs that depend on their reference image; baselines and",
+        " image-free runs are never ranked. Style and content are a trade-off, shown below.</p>",
     ]
     if best:
-        out.append("<table><thead><tr><th>metric</th><th>better</th><th>run</th><th>value</th></tr></thead><tbody>")
+        out.append(
+            "<table><thead><tr><th>metric</th><th>measures</th><th>better</th><th>run</th><th>value</th></tr>"
+            "</thead><tbody>"
+        )
         for name, (rid, value) in best.items():
             direction = "higher" if METRICS[name].higher_is_better else "lower"
             out.append(
                 f'<tr class="best" data-metric="{_e(name)}" data-run="{_e(rid)}"><td>{_e(name)}</td>'
-                f"<td>{direction}</td><td>{_run_link(by_id[rid])}</td>"
+                f"<td>{_e(METRICS[name].measures)}</td><td>{direction}</td><td>{_run_link(by_id[rid])}</td>"
                 f'<td class="num">{_e(_fmt_metric(value))}</td></tr>'
             )
         out.append("</tbody></table>")
@@ -736,6 +892,71 @@ def _best_html(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]])
         items = "".join(f'<li data-metric="{_e(n)}">{_e(n)}: not ranked ({_e(why)})</li>' for n, why in skipped.items())
         out.append(f'<ul class="skipped">{items}</ul>')
     return "".join(out)
+
+
+def _tradeoff_html(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) -> str:
+    found = tradeoffs(runs, metrics)
+    if not found:
+        return ""
+    by_id = {str(r.get("id")): r for r in runs}
+    out = [
+        '<h2 id="tradeoff">Style against content (a trade-off, not a ranking)</h2>',
+        '<p class="muted">Per block, each successful variant that depends on its reference: content kept (x) against',
+        " style taken from the reference (y). Filled points (&#9733; in the table) are Pareto-optimal: no other run",
+        " keeps at least as much content with at least as much style. Choose along that front; no point is best.</p>",
+    ]
+    for t in found:
+        out.append(
+            f'<div class="tradeoff" data-style="{_e(t.style)}" data-content="{_e(t.content)}">'
+            f'<h3>{_e(t.style)} against {_e(t.content)} · {_e(t.block.title)} <span class="muted">'
+            f"{_e(t.block.subtitle)}</span></h3>{_scatter_svg(t, by_id)}<table><thead><tr><th>run</th>"
+            f"<th>{_e(t.content)} (content)</th><th>{_e(t.style)} (style)</th><th>Pareto-optimal</th></tr>"
+            "</thead><tbody>"
+        )
+        for rid, content, style, optimal in sorted(t.points, key=lambda p: -p[1]):
+            out.append(
+                f'<tr data-run="{_e(rid)}" data-pareto="{str(optimal).lower()}"><td>{_run_link(by_id[rid])}</td>'
+                f'<td class="num">{_e(_fmt_metric(content))}</td><td class="num">{_e(_fmt_metric(style))}</td>'
+                f"<td>{'&#9733;' if optimal else ''}</td></tr>"
+            )
+        out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _scatter_svg(t: TradeOff, by_id: dict[str, dict[str, Any]], w: int = 360, h: int = 240, m: int = 36) -> str:
+    """An inline SVG scatter of a trade-off: Pareto-optimal points filled and joined, the others hollow."""
+    xs, ys = [p[1] for p in t.points], [p[2] for p in t.points]
+
+    def scale(v: float, lo: float, hi: float, a: float, b: float) -> float:
+        return (a + b) / 2 if hi == lo else a + (v - lo) / (hi - lo) * (b - a)
+
+    def xy(c: float, s: float) -> tuple[float, float]:
+        return scale(c, min(xs), max(xs), m, w - m / 2), scale(s, min(ys), max(ys), h - m, m / 2)
+
+    front = sorted((xy(c, s) for _, c, s, opt in t.points if opt), key=lambda p: p[0])
+    parts = [
+        f'<svg class="scatter" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+        f'aria-label="{_e(t.style)} against {_e(t.content)}">',
+        f'<line x1="{m}" y1="{h - m}" x2="{w - m / 2}" y2="{h - m}" stroke="#888"/>',
+        f'<line x1="{m}" y1="{h - m}" x2="{m}" y2="{m / 2}" stroke="#888"/>',
+        f'<text x="{w / 2}" y="{h - 8}" text-anchor="middle" font-size="11">{_e(t.content)} (content kept) &#8594;'
+        "</text>",
+        f'<text x="12" y="{h / 2}" text-anchor="middle" font-size="11" transform="rotate(-90 12 {h / 2})">'
+        f"{_e(t.style)} (style) &#8594;</text>",
+        '<polyline fill="none" stroke="#1f5fa8" stroke-width="1.5" points="'
+        + " ".join(f"{x:.1f},{y:.1f}" for x, y in front)
+        + '"/>',
+    ]
+    for rid, c, s, optimal in t.points:
+        x, y = xy(c, s)
+        fill = "#1f5fa8" if optimal else "#fff"
+        label = by_id[rid].get("label") or rid
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{fill}" stroke="#1f5fa8">'
+            f"<title>{_e(label)}: {_e(t.content)} {_e(_fmt_metric(c))}, {_e(t.style)} {_e(_fmt_metric(s))}</title>"
+            "</circle>"
+        )
+    return "".join(parts) + "</svg>"
 
 
 def _table_columns(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -757,14 +978,14 @@ def _table_html(sweep_dir: Path, runs: list[dict[str, Any]], metrics: dict[str, 
         return '<h2>Runs</h2><p class="muted">No finished runs yet.</p>'
     cols = _table_columns(runs)
     metric_names = _metric_names(runs, metrics)
-    heads = ["image", "label", "id", "kind", "status", *(h for h, _ in cols)]
-    for m in metric_names:
-        info = METRICS.get(m)
-        arrow = "" if info is None or info.higher_is_better is None else (" ↑" if info.higher_is_better else " ↓")
-        heads.append(m + arrow)
+    heads = ["image", "label", "id", "kind", "status", "baseline", "image-free", *(h for h, _ in cols)]
+    heads += [m + _metric_mark(METRICS.get(m)) for m in metric_names]
+    pairs = baseline_pairs(runs)
     out = [
         "<h2>Runs</h2>",
-        '<p class="muted">Click a column header to sort. ↑ higher is better, ↓ lower is better.</p>',
+        '<p class="muted">Click a column header to sort. ↑ higher is better, ↓ lower is better (ranked metrics);',
+        " (style) and (content) trade off against each other. <i>baseline</i>: the text-only run this run is",
+        " compared with (every non-conditioning setting equal).</p>",
         '<table class="sortable" id="runs"><thead><tr>',
         *(f'<th data-key="{_e(h)}">{_e(h)}</th>' for h in heads),
         "</tr></thead><tbody>",
@@ -777,8 +998,9 @@ def _table_html(sweep_dir: Path, runs: list[dict[str, Any]], metrics: dict[str, 
             out.append(f'<td data-v="{i}"><img class="thumb" src="{_url(str(output))}" alt="{_e(rid)}"></td>')
         else:
             out.append(f'<td data-v="{i}" class="muted">no image</td>')
+        badge = f' <span class="badge">{IMAGE_FREE_BADGE}</span>' if image_free(run) else ""
         out.append(
-            f'<td><a href="#run-{_e(rid)}">{_e(run.get("label") or rid)}</a></td><td><code>{_e(rid)}</code></td>'
+            f'<td><a href="#run-{_e(rid)}">{_e(run.get("label") or rid)}</a>{badge}</td><td><code>{_e(rid)}</code></td>'
         )
         out.append(f"<td>{_e(run.get('kind') or '')}</td>")
         if run.get("status") == "ok":
@@ -789,6 +1011,9 @@ def _table_html(sweep_dir: Path, runs: list[dict[str, Any]], metrics: dict[str, 
                 f'<td data-v="failed"><span class="failed">{_e(run.get("status") or "failed")}</span>'
                 f'<div class="err">{err}</div></td>'
             )
+        bid = pairs.get(rid)
+        out.append(f'<td><a href="#run-{_e(bid)}"><code>{_e(bid)}</code></a></td>' if bid else "<td></td>")
+        out.append(f"<td>{_image_dependence_text(run)}</td>")
         for _, what in cols:
             kind, _, key = what.partition(":")
             if kind == "field":
@@ -801,11 +1026,34 @@ def _table_html(sweep_dir: Path, runs: list[dict[str, Any]], metrics: dict[str, 
             out.append(f"<td{num}>{_e(text)}</td>")
         for m in metric_names:
             v = metrics.get(rid, {}).get(m)
-            num = f' data-v="{_e(repr(float(v)))}" class="num"' if _is_number(v) and math.isfinite(v) else ""
-            out.append(f"<td{num}>{_e(_fmt_metric(v))}</td>")
+            finite = _is_number(v) and math.isfinite(v)
+            num = f' data-v="{_e(repr(float(v)))}" class="num"' if finite else ' data-v=""'  # sorts last
+            text = "not measured" if v is None and m in metrics.get(rid, {}) else _fmt_metric(v)
+            out.append(f"<td{num}>{_e(text)}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def _metric_mark(info: MetricInfo | None) -> str:
+    """The header mark of a metric column: its better direction if ranked, else what it measures."""
+    if info is None or info.kind == "descriptive":
+        return ""
+    if info.ranked:
+        return " ↑" if info.higher_is_better else " ↓"
+    return f" ({info.kind})"
+
+
+def _image_dependence_text(run: dict[str, Any]) -> str:
+    """The image-free cell of a run: a badge if image-free, "no" if checked and image-dependent, else empty."""
+    dependence = (run.get("record") or {}).get("image_dependence")
+    if not isinstance(dependence, dict) or not dependence.get("checked"):
+        return ""
+    change = dependence.get("relative_change")
+    change = f" (relative change {_fmt_metric(change)})" if _is_number(change) else ""
+    if image_free(run):
+        return f'<span class="badge">{IMAGE_FREE_BADGE}</span>{_e(change)}'
+    return f"no{_e(change)}"
 
 
 def _details_html(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) -> str:
@@ -813,19 +1061,23 @@ def _details_html(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float
     if not runs:
         return ""
     out = ["<h2>Run details</h2>"]
+    pairs = baseline_pairs(runs)
     for run in runs:
         rid = str(run.get("id"))
         record = run.get("record") or {}
         own = run.get("settings") or {}
         resolved = record.get("settings") or own
+        badge = f' <span class="badge">{IMAGE_FREE_BADGE}</span>' if image_free(run) else ""
         out.append(
             f'<details id="run-{_e(rid)}"><summary>{_e(run.get("label") or rid)} <code>{_e(rid)}</code> '
-            f"({_e(run.get('kind') or '')}, {_e(run.get('status') or '')})</summary>"
+            f"({_e(run.get('kind') or '')}, {_e(run.get('status') or '')}){badge}</summary>"
         )
         facts = [
             ("prompt", run.get("prompt")),
             ("reference image", run.get("image")),
+            ("neutral image", run.get("neutral_image")),
             ("init image", run.get("init_image")),
+            ("compared with baseline", pairs.get(rid)),
             ("output", run.get("output")),
         ]
         if run.get("status") != "ok":
@@ -842,6 +1094,7 @@ def _details_html(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float
         out.append("</table>")
         for title, value in (
             ("Conditioning", record.get("conditioning")),
+            ("Image dependence", record.get("image_dependence")),
             ("Timings (s)", record.get("timings_s")),
             ("Metrics", metrics.get(rid)),
         ):

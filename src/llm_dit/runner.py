@@ -25,7 +25,7 @@ from .files import atomic_write_bytes, image_bytes, library_versions, load_image
 from .generate import Generator, Prepared, Result
 from .imagedep import probe_image
 from .steer import load_direction
-from .sweep import SweepSpec, expand, iter_jsonl, plan, refuse_image_free, run_config
+from .sweep import SweepSpec, baseline_pairs, check_runs, expand, iter_jsonl, plan, refuse_image_free, run_config
 
 
 @contextmanager
@@ -93,6 +93,8 @@ def prepare_run(gen: Generator, base: Config, run: dict[str, Any], inputs: Input
             kwargs["steer"] = inputs.direction(run["steer"])
         elif run["image"] is not None:
             kwargs["reference"] = inputs.image(run["image"], "reference image")
+            if run.get("neutral_image"):
+                kwargs["neutral"] = inputs.image(run["neutral_image"], "neutral image")
     return gen.prepare(run["prompt"], init_image=inputs.image(run["init_image"], "init image"), **kwargs)
 
 
@@ -138,6 +140,7 @@ def run_sweep(
     out = Path(out_dir)
     runs = expand(spec)
     refuse_image_free(base, runs)  # before anything is written
+    check_runs(base, spec, runs)
     t0 = time.perf_counter()
     with sweep_lock(out):
         results = out / "results.jsonl"
@@ -234,7 +237,8 @@ def finish(
     on_result: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     """Write a run's image (atomically), then its line in results.jsonl: a line on disk means a complete run."""
-    line = {k: run[k] for k in ("id", "kind", "label", "prompt", "image", "init_image", "steer", "settings")}
+    fields = ("id", "kind", "label", "prompt", "image", "init_image", "steer", "neutral_image", "baseline", "settings")
+    line = {k: run[k] for k in fields if k in run}
     if result is not None:
         output = f"images/{run['id']}.png"
         atomic_write_bytes(out / output, image_bytes(result.image))
@@ -247,9 +251,10 @@ def finish(
         on_result(line)
 
 
-def write_metrics(out_dir: str | Path, clip_model: str | None = None) -> dict[str, dict[str, float]]:
+def write_metrics(out_dir: str | Path, clip_model: str | None = None) -> dict[str, dict[str, float | None]]:
     """Metrics of every finished run into `metrics.json`: colour-histogram similarity to its reference image, SSIM
-    to its group's same-seed pure-text baseline, grid-artifact score and high-frequency energy; with `clip_model`
+    to its own text-only baseline (the one its record names: every non-conditioning setting equal), grid-artifact
+    score (None where the image is too small to measure it) and high-frequency energy; with `clip_model`
     (a CLIP or SigLIP id or path) also image-to-reference and image-to-prompt similarity in that model; and the
     ImageReward score when the `image-reward` package is installed."""
     from .clip import ClipScorer, compute_model_metrics, image_reward, image_reward_available
@@ -259,19 +264,19 @@ def write_metrics(out_dir: str | Path, clip_model: str | None = None) -> dict[st
     out = Path(out_dir)
     scorer = ClipScorer.from_pretrained(clip_model) if clip_model else None
     reward = image_reward_available()
-    done = [r for r in load_runs(out) if r["status"] == "ok"]
-    group = lambda r: (r["prompt"], r["image"], r["settings"].get("generation.seed"))  # noqa: E731
-    baselines = {group(r): r for r in done if r["kind"] == "baseline"}
+    runs = load_runs(out)
+    pairs = baseline_pairs(runs)
+    done = {r["id"]: r for r in runs if r["status"] == "ok"}
     inputs = Inputs()
-    metrics: dict[str, dict[str, float]] = {}
-    for r in done:
+    metrics: dict[str, dict[str, float | None]] = {}
+    for r in done.values():
         image = Image.open(out / r["output"]).convert("RGB")
-        base = baselines.get(group(r))
+        base = done.get(pairs.get(r["id"]) or "")
         reference = inputs.image(r["image"], "reference image")
         metrics[r["id"]] = compute_image_metrics(
             image,
             reference=reference,
-            baseline=Image.open(out / base["output"]).convert("RGB") if base and base is not r else None,
+            baseline=Image.open(out / base["output"]).convert("RGB") if base else None,
         )
         if scorer is not None:
             metrics[r["id"]] |= compute_model_metrics(scorer, image, reference=reference, prompt=r["prompt"])

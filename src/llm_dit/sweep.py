@@ -1,12 +1,15 @@
 """Sweeps: a spec of fixed settings and axes, expanded into runs, planned so no forward pass is wasted, and run
 resumably into a directory of images, `results.jsonl` and `sweep.json`.
 
-A run is a set of config overrides (`{"vl.alpha": 0.3, ...}`) plus a prompt, a reference image and a seed. The
-pure-text baseline of each (prompt, image, seed) is one more run (`kind: baseline`) unless disabled.
+A run is a set of config overrides (`{"vl.alpha": 0.3, ...}`) plus a prompt, a reference image and a seed. Each
+conditioned run is compared with its own text-only baseline (`baseline_of`: the run minus its conditioning, see
+`is_conditioning`), one more run (`kind: baseline`) shared by every variant that differs from it only in
+conditioning, unless disabled; the variant names it (`baseline`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -22,7 +25,21 @@ from .condition import parse_layer_weights
 from .config import Config
 from .errors import UserError
 from .files import load_image
+from .hooks import layer_position
 from .imagedep import image_free_by_construction
+from .inject import block_indices
+from .models import check_vl, read_model_json
+
+# A conditioning setting shapes only what the reference image (or steering direction) adds to the caption: every
+# `vl.*` key. The run fields below are the conditioning's sources. Everything else (generation.*, encoder.*, the
+# prompt, the init image) is shared by a run and its text-only baseline. The one definition of "conditioning".
+CONDITIONING_SECTION = "vl"
+CONDITIONING_FIELDS = ("image", "steer", "neutral_image")
+
+
+def is_conditioning(key: str) -> bool:
+    """Whether the dotted setting `key` is a conditioning setting (a `vl.*` key; see CONDITIONING_SECTION)."""
+    return key.partition(".")[0] == CONDITIONING_SECTION
 
 
 class SweepSpec(BaseModel):
@@ -40,6 +57,7 @@ class SweepSpec(BaseModel):
     init_image: str | None = None
     img2img: bool = False  # each run starts from its reference image unless init_image is set
     steer: str | None = None  # a steering direction file: runs are conditioned by it instead of the image
+    neutral_image: str | None = None  # the unstyled reference of runs with blend style_delta (used by no other run)
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
 
@@ -59,9 +77,14 @@ class SweepSpec(BaseModel):
 
 PRESETS: dict[str, dict[str, Any]] = {
     "alpha": {"axes": {"vl.alpha": [0.1, 0.3, 0.5, 0.7, 1.0]}},
-    "layer": {"axes": {"vl.hidden_layer": [-2, -4, -6, -8]}},
+    # the depth of the real 36-layer Qwen3-VL; a layer beyond the model's depth is refused before any work
+    "layer": {"axes": {"vl.hidden_layer": [-2, -4, -6, -8, -10, -15, -20, -25, -30]}},
     "token": {"axes": {"vl.token_mode": ["full", "text_only", "image_only", "image_no_markers"]}},
-    "normalization": {"axes": {"vl.normalize": ["none", "global", "per_dim", "hybrid"]}},
+    # interpolate, not the default adain_per_dim: per_dim + adain_per_dim reads only moments per_dim fixes (image-free)
+    "normalization": {
+        "fixed": {"vl.blend": "interpolate"},
+        "axes": {"vl.normalize": ["none", "global", "per_dim", "hybrid"]},
+    },
     "outlier": {
         "fixed": {"vl.hidden_layer": -2, "vl.token_mode": "full", "vl.alpha": 1.0, "vl.blend": "interpolate"},
         "axes": {"vl.outlier_masking": ["none", "zero", "clamp", "scale", "reference"]},
@@ -74,10 +97,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             "vl.blend": ["interpolate", "adain_per_dim"],
         }
     },
+    # `replace`: the DiT receives the VL rows themselves; the comparison is with the text-only baseline, so it stays
     "vl_only_vs_qwen3": {
+        "baseline_required": True,
         "variants": [
-            {"label": "vl_text_tokens", "vl.token_mode": "text_only", "vl.alpha": 1.0, "vl.blend": "interpolate"},
-            {"label": "vl_full_sequence", "vl.token_mode": "full", "vl.alpha": 1.0, "vl.blend": "interpolate"},
+            {"label": "vl_text_tokens", "vl.token_mode": "text_only", "vl.alpha": 1.0, "vl.blend": "replace"},
+            {"label": "vl_full_sequence", "vl.token_mode": "full", "vl.alpha": 1.0, "vl.blend": "replace"},
             {"label": "blend_0.3", "vl.alpha": 0.3},
         ],
     },
@@ -90,8 +115,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "strength_sweep": {"img2img": True, "axes": {"generation.strength": [0.5, 0.7, 0.9, 1.0]}},
     "think_comparison": {"axes": {"encoder.think_block": [False, True]}},
-    # every blend mode but the `linear` alias and `style_delta` (it needs a neutral extraction per run)
-    "blend_all": {"axes": {"vl.blend": [m for m in BLEND_MODES if m not in ("linear", "style_delta")]}},
+    # every blend mode but the `linear` alias, `style_delta` (needs a neutral image: see its own preset) and
+    # `replace` (alpha is a 0/1 switch, not a strength: see vl_only_vs_qwen3)
+    "blend_all": {"axes": {"vl.blend": [m for m in BLEND_MODES if m not in ("linear", "style_delta", "replace")]}},
     "pooling": {"axes": {"vl.blend": ["gem_pool", "svd_style", "whiten"], "vl.alpha": [0.3, 0.6]}},
     "schedule": {
         "axes": {
@@ -99,7 +125,27 @@ PRESETS: dict[str, dict[str, Any]] = {
         }
     },
     "steering": {"needs": "steer", "axes": {"vl.alpha": [0.5, 1.0, 2.0]}},
+    # with and without the reference (each steps value has its own baseline): why 4 steps beat 9 for style transfer
+    "steps": {
+        "fixed": {"vl.blend": "adain_per_dim", "vl.token_mode": "full", "vl.alpha": 0.4},
+        "axes": {"generation.steps": [2, 4, 9]},
+    },
+    "style_delta": {"needs": "neutral", "fixed": {"vl.blend": "style_delta"}, "axes": {"vl.alpha": [0.5, 1.0, 1.5]}},
+    # weighted layer sets valid on the tiny zoo's 8 layers and on the real model's 36
+    "multilayer": {"axes": {"vl.layers": ["-6", "-2:0.5,-6:0.5", "-6:0.5,-8:0.5", "-2:0.25,-4:0.25,-6:0.25,-8:0.25"]}},
+    # C in every block (no injection), only the first block, only the last (valid for any depth)
+    "inject": {"axes": {"vl.inject_layers": [[], [0], [-1]]}},
 }
+
+
+def preset_needs(name: str) -> list[str]:
+    """The inputs preset `name` cannot run without, as command-line flags (for `--list-presets`)."""
+    p = preset_spec(name)
+    keys = [*p.get("fixed", {}), *p.get("axes", {}), *(k for v in p.get("variants", []) for k in v)]
+    flags = {"steer": "--steer", "neutral": "--neutral-image"}
+    needs = ["-i"] if p.get("needs") != "steer" and any(is_conditioning(k) for k in keys) else []
+    needs += ["-i or --init-image"] if p.get("img2img") and not needs else []
+    return needs + ([flags[p["needs"]]] if "needs" in p else [])
 
 
 def preset_spec(name: str) -> dict[str, Any]:
@@ -109,13 +155,30 @@ def preset_spec(name: str) -> dict[str, Any]:
 
 
 def run_id(run: dict[str, Any]) -> str:
-    """Stable id of a run: a hash of everything that determines its image."""
-    keep = {k: v for k, v in run.items() if k not in ("id", "label")}
+    """Stable id of a run: a hash of everything that determines its image (not its label, nor the id of the
+    baseline it is compared with, which follows from the rest)."""
+    keep = {k: v for k, v in run.items() if k not in ("id", "label", "baseline")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def baseline_of(run: dict[str, Any]) -> dict[str, Any]:
+    """The text-only baseline of a conditioned run: the run minus its conditioning. Same prompt, init image and
+    every non-conditioning setting (seed, steps, size, shift, guidance, strength, encoder.*: text layer, think
+    block, long-prompt mode, ...); no conditioning source (CONDITIONING_FIELDS) and no `vl.*` setting."""
+    base = {k: v for k, v in run.items() if k not in ("id", "baseline")}
+    base |= {field: None for field in CONDITIONING_FIELDS}
+    base |= {"kind": "baseline", "label": "text only"}
+    base["settings"] = {k: v for k, v in run["settings"].items() if not is_conditioning(k)}
+    base["id"] = run_id(base)
+    return base
+
+
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
-    """All runs of `spec`, baselines first within each (prompt, image, seed) group; duplicates removed."""
+    """All runs of `spec`, per prompt x image x seed; with baselines on, each conditioned variant names its
+    baseline (`baseline_of`) in `baseline`, and that baseline precedes the first variant paired with it. Duplicates
+    (e.g. a baseline shared by several variants) appear once. A variant with a reference image gets the spec's
+    `neutral_image` when its settings choose `vl.blend = style_delta` or leave the blend to the profile
+    (`check_runs` refuses a neutral image given to a run whose resolved blend is not style_delta)."""
     # a one-valued axis is a fixed setting: it applies to the baselines too and stays out of the labels
     fixed = {**spec.fixed, **{k: v[0] for k, v in spec.axes.items() if len(v) == 1}}
     axes = {k: v for k, v in spec.axes.items() if len(v) > 1}
@@ -135,15 +198,42 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
         init = spec.init_image or (image if spec.img2img else None)
         group = {"prompt": prompt, "image": image, "init_image": init, "steer": spec.steer}
         settings_base = {**fixed, "generation.seed": seed}
-        if spec.baseline and (image is not None or spec.steer):
-            add({**group, "kind": "baseline", "label": "text only", "settings": settings_base})
         for variant, combo in itertools.product(variants, combos):
             settings = {**settings_base, **{k: v for k, v in variant.items() if k != "label"}, **combo}
             label = " ".join(
                 filter(None, [variant.get("label"), *(f"{k.split('.')[-1]}={v}" for k, v in combo.items())])
             )
-            add({**group, "kind": "variant", "label": label or "run", "settings": settings})
+            uses_neutral = (
+                image is not None and not spec.steer and settings.get("vl.blend", "style_delta") == "style_delta"
+            )
+            neutral = spec.neutral_image if uses_neutral else None
+            run = {**group, "neutral_image": neutral, "kind": "variant", "label": label or "run", "settings": settings}
+            run["baseline"] = None
+            if spec.baseline and (image is not None or spec.steer):
+                base = baseline_of(run)
+                add(base)
+                run["baseline"] = base["id"]
+            add(run)
     return runs
+
+
+def baseline_pairs(runs: list[dict[str, Any]]) -> dict[str, str | None]:
+    """`{variant id: id of the baseline it is compared with, or None}`: the one its record names. A record written
+    before baselines were matched names none; it is paired with its (prompt, image, seed) group's baseline, as
+    it was then."""
+
+    def group(r: dict[str, Any]) -> str:
+        return json.dumps([r.get("prompt"), r.get("image"), (r.get("settings") or {}).get("generation.seed")])
+
+    legacy: dict[str, str] = {}
+    for r in runs:
+        if r.get("kind") == "baseline":
+            legacy.setdefault(group(r), str(r["id"]))
+    return {
+        str(r["id"]): r["baseline"] if "baseline" in r else legacy.get(group(r))
+        for r in runs
+        if r.get("kind") != "baseline"
+    }
 
 
 def varying_keys(runs: list[dict[str, Any]]) -> list[str]:
@@ -193,6 +283,8 @@ def resolve_spec(
 ) -> SweepSpec:
     """Preset (if any) < spec file < CLI axes and fixed values; checks what a sweep may not vary."""
     data = spec.model_dump()
+    needs = None
+    who = "this sweep"
     if preset:
         p = dict(preset_spec(preset))
         needs = p.pop("needs", None)
@@ -201,13 +293,28 @@ def resolve_spec(
         data["variants"] = data["variants"] or p.pop("variants", [])
         data["img2img"] = data["img2img"] or p.pop("img2img", False)
         data["name"] = preset if spec.name == "sweep" else spec.name
+        who = f"preset '{preset}'"
         if needs == "steer" and not data["steer"]:
             raise UserError(f"preset '{preset}' needs a steering direction: give --steer FILE")
+        if p.pop("baseline_required", False) and not data["baseline"]:
+            raise UserError(
+                f"preset '{preset}' compares every run with its text-only baseline: it cannot run without baselines"
+                " (--no-baseline, baseline = false)"
+            )
     data["axes"] |= {k: v for k, v in cli_axes.items() if v}
     data["fixed"] |= {k: v for k, v in cli_fixed.items() if v is not None}
     for key in (*data["axes"], *data["fixed"]):
         if key.startswith("models.") or key.split(".")[-1] in ("device", "dtype"):
             raise UserError(f"'{key}' cannot vary within a sweep: models and devices are fixed per sweep")
+    keys = [*data["fixed"], *data["axes"], *(k for v in data["variants"] for k in v if k != "label")]
+    conditioning = sorted({k for k in keys if is_conditioning(k)})
+    if conditioning and not (data["images"] or data["steer"]):
+        raise UserError(
+            f"{who} sets {', '.join(conditioning)}: conditioning settings act only on a reference image; "
+            "give one with -i/--image"
+        )
+    if needs == "neutral" and not data["neutral_image"]:
+        raise UserError(f"{who} needs a neutral image (the unstyled reference of style_delta): give --neutral-image")
     if data["img2img"] and not (data["init_image"] or data["images"]):
         raise UserError("an image-to-image sweep needs --image (used as the init image) or --init-image")
     if not data["prompts"]:
@@ -243,11 +350,63 @@ def _image_size(path: str, sizes: dict[str, tuple[int, int] | None]) -> tuple[in
     return sizes[path]
 
 
+def check_runs(base: Config, spec: SweepSpec, runs: list[dict[str, Any]]) -> None:
+    """Refuse, before any work, runs that could not do what they say (`UserError`, one line): a VL layer beyond
+    the Qwen3-VL model's depth, a DiT block beyond the transformer's, a `style_delta` run without a neutral image,
+    a neutral image given to a run that does not use style_delta or to no run at all. Depths are read from the
+    models' config files (no weights load)."""
+    vl_depth = functools.cache(lambda: int(check_vl(base.models.vl)["text_config"]["num_hidden_layers"]))
+    dit_blocks = functools.cache(
+        lambda: int(read_model_json(base.models.zimage, "transformer/config.json", "a Z-Image folder")["n_layers"])
+    )
+    beyond: dict[str, set[int]] = {}
+    for run in runs:
+        if run["kind"] != "variant" or (run["image"] is None and not run["steer"]):
+            continue
+        v = run_config(base, run).vl
+        if v.inject_layers:
+            try:
+                block_indices(v.inject_layers, dit_blocks())
+            except UserError as e:
+                raise UserError(f"run '{run['label']}': vl.inject_layers: {e}") from None
+        if run["steer"]:
+            continue
+        key, layers = (
+            ("vl.layers", parse_layer_weights(v.layers)) if v.layers else ("vl.hidden_layer", [v.hidden_layer])
+        )
+        for layer in layers:
+            try:
+                layer_position(layer, vl_depth())
+            except UserError:
+                beyond.setdefault(key, set()).add(layer)
+        neutral, style_delta = run.get("neutral_image"), v.blend == "style_delta"
+        if style_delta and not neutral:
+            raise UserError(
+                f"run '{run['label']}' uses blend style_delta, which needs a neutral image: give --neutral-image"
+            )
+        if neutral and not style_delta:
+            raise UserError(
+                f"run '{run['label']}' uses blend {v.blend}: the neutral image acts only with style_delta "
+                "(set vl.blend = style_delta, or leave out --neutral-image)"
+            )
+    if beyond:
+        depth = vl_depth()
+        what = "; ".join(f"{k} {', '.join(map(str, sorted(b, reverse=True)))}" for k, b in beyond.items())
+        raise UserError(
+            f"{what}: beyond the depth of the Qwen3-VL model {base.models.vl} ({depth} layers, valid layers "
+            f"{-(depth + 1)}..{depth}); choose layers within it (e.g. --layers)"
+        )
+    if spec.neutral_image and not any(run.get("neutral_image") for run in runs):
+        raise UserError(
+            "--neutral-image is used only by runs with a reference image and blend style_delta: no run has one"
+        )
+
+
 def plan(base: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The work `runs` need, deduplicated: each unique (image, text, VL system prompt) is extracted once with all
-    its layers in one forward pass; so is each unique (probe size, text, VL system prompt) of the image-dependence
-    check (`vl.image_check`: the probe is a noise image of the reference's size); each unique (prompt, encoder
-    settings) is encoded once. Refuses runs that are image-free by construction."""
+    its layers in one forward pass (a style_delta run's neutral image too); so is each unique (probe size, text, VL
+    system prompt) of the image-dependence check (`vl.image_check`: the probe is a noise image of the reference's
+    size); each unique (prompt, encoder settings) is encoded once. Refuses runs that are image-free by construction."""
     refuse_image_free(base, runs)
     extractions: dict[str, dict[str, Any]] = {}
     probes: dict[str, dict[str, Any]] = {}
@@ -261,11 +420,12 @@ def plan(base: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         v = cfg.vl
         layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
-        key = json.dumps([run["image"], run["prompt"], v.system_prompt])
-        entry = extractions.setdefault(
-            key, {"image": run["image"], "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
-        )
-        entry["layers"] = sorted(set(entry["layers"]) | set(layers))
+        for image in filter(None, (run["image"], run.get("neutral_image"))):
+            key = json.dumps([image, run["prompt"], v.system_prompt])
+            entry = extractions.setdefault(
+                key, {"image": image, "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
+            )
+            entry["layers"] = sorted(set(entry["layers"]) | set(layers))
         if v.image_check and (size := _image_size(run["image"], sizes)) is not None:
             key = json.dumps([size, run["prompt"], v.system_prompt])
             entry = probes.setdefault(
