@@ -25,7 +25,6 @@ from llm_dit.adapter import (
     velocity_target,
 )
 from llm_dit.cache import TensorCache
-from llm_dit.config import EncoderConfig
 from llm_dit.errors import UserError
 from llm_dit.text import TextEncoder
 from llm_dit.vl import VLEmbeddingExtractor
@@ -338,7 +337,7 @@ def test_paired_rows_align_caption_positions_and_pool_the_image(zoo, extractor):
     img, caption = picture(64, 7), "a red fox in the snow"
     x, y = paired_rows(extractor, te, img, caption, hidden_layer=-3, text_layer=-2)
     vl = extractor.extract(img, caption, -3, token_mode="full")
-    text = te.encode(caption, EncoderConfig(hidden_layer=-2))
+    text = te.encode(caption, hidden_layer=-2)
     after = vl.token_ids[vl.spans.after[0] :]
     n = x.shape[0] - 1
     tail = next(k for k in range(len(after) + 1) if k == len(after) or after[-1 - k] != text.token_ids[-1 - k])

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.blend import DIT_MAX_ROWS, BlendError, align, blend, replace
+from llm_dit.blend import CAPTION_LIMIT, BlendError, align, blend, replace
 from llm_dit.clip import IMAGE_REWARD_METRIC, MODEL_METRICS
 from llm_dit.config import Config
 from llm_dit.metrics import METRICS, grid_artifact_score, pareto_optimal, ssim
@@ -187,8 +187,8 @@ def test_replace_gives_the_dit_the_vl_rows_themselves():
     t, v = torch.randn(5, 8), torch.randn(300, 8)
     assert torch.equal(replace(t, v, 1.0), v)  # every row, bit-exact: not pooled to the 5 text rows
     assert torch.equal(blend(t, v, "replace", 0.0), t)
-    long = torch.randn(DIT_MAX_ROWS + 37, 8)
-    assert torch.equal(replace(t, long, 1.0), align(long, DIT_MAX_ROWS, "area"))  # area-pooled only beyond the limit
+    long = torch.randn(CAPTION_LIMIT + 37, 8)
+    assert torch.equal(replace(t, long, 1.0), align(long, CAPTION_LIMIT, "area"))  # area-pooled only beyond the limit
     assert replace(t, v, 1.0, max_rows=100).shape == (100, 8)
     for alpha in (0.5, 0.99, 2.0):
         with pytest.raises(BlendError, match="replace: alpha must be 0 or 1"):

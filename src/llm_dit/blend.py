@@ -26,7 +26,9 @@ from .numerics import require_finite
 from .stats import describe
 
 RESAMPLE_MODES = ("area", "linear", "nearest", "truncate")
-DIT_MAX_ROWS = 1504  # Z-Image caption length limit
+# The most caption rows Z-Image's DiT takes: it pads a caption to a multiple of 32 and starts the image's RoPE
+# positions after it (caption positions from 1) on an axis of 1536 entries, so a caption has at most 1504 rows.
+CAPTION_LIMIT = 1504
 EPS_STD = 1e-6
 EPS_EIG = 1e-8
 EPS_NORM = 1e-12
@@ -453,7 +455,7 @@ def slerp(text: Tensor, vl: Tensor, alpha: float, *, resample: str = "area") -> 
     return _finish(direction * ((1 - alpha) * nt + alpha * na), text, "slerp")
 
 
-def concat(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_ROWS) -> Tensor:
+def concat(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = CAPTION_LIMIT) -> Tensor:
     """Sequence concatenation: out = cat([T, α·V']) of shape [n_t + n_v', D]. alpha ∈ [0, 1].
 
     V' = V, or V area-resampled to max_rows − n_t rows when n_t + n_v > max_rows (1504 = Z-Image caption
@@ -472,12 +474,12 @@ def concat(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_RO
     return torch.cat([text, _finish(alpha * v, text, "concat")])
 
 
-def replace_rows(n_v: int, max_rows: int = DIT_MAX_ROWS) -> dict[str, int | bool]:
+def replace_rows(n_v: int, max_rows: int = CAPTION_LIMIT) -> dict[str, int | bool]:
     """What `replace` gives the DiT for `n_v` VL rows: `{"vl_rows", "caption_rows", "pooled"}` (for records)."""
     return {"vl_rows": n_v, "caption_rows": min(n_v, max_rows), "pooled": n_v > max_rows}
 
 
-def replace(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_ROWS) -> Tensor:
+def replace(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = CAPTION_LIMIT) -> Tensor:
     """VL rows instead of the text rows: C = V' of shape [n_v', D], or T when alpha = 0. alpha ∈ {0, 1}.
 
     V' = V (every kept VL row, bit-exact in T's dtype) when n_v <= max_rows, else V area-pooled to max_rows rows

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .adapter import Adapter, check_use
-from .blend import DIT_MAX_ROWS, blend_stats, check_alpha, check_options, mode_options, replace_rows
+from .blend import CAPTION_LIMIT, blend_stats, check_alpha, check_options, mode_options, replace_rows
 from .cache import TensorCache
 from .condition import (
     Conditioning,
@@ -260,7 +260,7 @@ class Generator:
         return read_model_json(self.config.models.zimage, "transformer/config.json", "a Z-Image folder")["cap_feat_dim"]
 
     def encode(self, prompt: str) -> EncodedPrompt:
-        return self.text_encoder.encode(prompt, self.config.encoder)
+        return self.text_encoder.encode(prompt, **self.config.encoder.model_dump(exclude={"device", "dtype"}))
 
     def vl_layers(self) -> dict[int, float]:
         v = self.config.vl
@@ -414,7 +414,7 @@ class Generator:
             record["neutral"] = "image" if isinstance(neutral, Image.Image) else "embeddings"
         record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
         if v.blend == "replace":  # the rows the DiT receives, and whether they had to be pooled
-            record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", DIT_MAX_ROWS)))
+            record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", CAPTION_LIMIT)))
         return Conditioning(text, source, blend_conditioning(text, vl, v.blend, options, t_sinks, v.sink_rows), record)
 
     def text_sinks(self, encoded: EncodedPrompt, named: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -22,13 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .blend import BLEND_MODES
 from .condition import parse_layer_weights
-from .config import Config
+from .config import Config, with_overrides
 from .errors import UserError
 from .files import load_image
 from .hooks import layer_position
 from .imagedep import image_free_by_construction
 from .inject import block_indices
 from .models import check_vl, read_model_json
+from .stats import NORMALIZATION_MODES, OUTLIER_MODES
+from .vl import TOKEN_MODES
 
 # A conditioning setting shapes only what the reference image (or steering direction) adds to the caption: every
 # `vl.*` key. The run fields below are the conditioning's sources. Everything else (generation.*, encoder.*, the
@@ -79,15 +81,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "alpha": {"axes": {"vl.alpha": [0.1, 0.3, 0.5, 0.7, 1.0]}},
     # the depth of the real 36-layer Qwen3-VL; a layer beyond the model's depth is refused before any work
     "layer": {"axes": {"vl.hidden_layer": [-2, -4, -6, -8, -10, -15, -20, -25, -30]}},
-    "token": {"axes": {"vl.token_mode": ["full", "text_only", "image_only", "image_no_markers"]}},
+    "token": {"axes": {"vl.token_mode": list(TOKEN_MODES)}},
     # interpolate, not the default adain_per_dim: per_dim + adain_per_dim reads only moments per_dim fixes (image-free)
     "normalization": {
         "fixed": {"vl.blend": "interpolate"},
-        "axes": {"vl.normalize": ["none", "global", "per_dim", "hybrid"]},
+        "axes": {"vl.normalize": list(NORMALIZATION_MODES)},
     },
     "outlier": {
         "fixed": {"vl.hidden_layer": -2, "vl.token_mode": "full", "vl.alpha": 1.0, "vl.blend": "interpolate"},
-        "axes": {"vl.outlier_masking": ["none", "zero", "clamp", "scale", "reference"]},
+        "axes": {"vl.outlier_masking": list(OUTLIER_MODES)},
     },
     "full": {
         "axes": {
@@ -257,25 +259,10 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def run_config(base: Config, run: dict[str, Any]) -> Config:
-    """The resolved config of one run: `base` with the run's overrides (validated). The run's settings are one
-    precedence level above `base` (`config.layer_choice`): a run's `vl.hidden_layer` clears the profile's
-    `vl.layers`, and a run setting both is an error."""
-    from .config import ConfigError, layer_choice
-
-    data = base.model_dump()
-    settings = run["settings"] | layer_choice(run["settings"], f"the settings of sweep run {run.get('id')}")
-    for dotted, value in settings.items():
-        section, _, key = dotted.partition(".")
-        if section not in data or key not in data[section]:
-            raise UserError(f"unknown setting '{dotted}' in sweep")
-        data[section][key] = value
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(
-            f"bad value for '{'.'.join(map(str, err['loc']))}' in run {run['id']}: {err['msg']}"
-        ) from None
+    """The resolved config of one run: `base` with the run's settings applied by `config.with_overrides`, one
+    precedence level above `base`: a run's `vl.hidden_layer` clears the profile's `vl.layers`, and a run setting
+    both is an error."""
+    return with_overrides(base, run["settings"], f"the settings of sweep run {run.get('id')}")
 
 
 def resolve_spec(

@@ -23,15 +23,15 @@ from functools import cached_property, partial
 import torch
 import torch.nn.functional as F
 
-from .blend import align
+from .blend import CAPTION_LIMIT, align
 from .cache import TensorCache
-from .config import EncoderConfig
 from .errors import UserError
 from .hooks import capture_hidden_states, layer_position
 from .models import check_zimage, load_model, model_identity, resolve_device, resolve_dtype
 from .numerics import require_finite
 from .stats import SINK_RATIO, ReferenceStats, compute_reference_stats
 
+LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 ATTENTION_POOL_TEMPERATURE = 0.1
 _BROKEN = "a broken checkpoint, or fp16 overflow (try encoder.dtype float32)"
 
@@ -78,8 +78,16 @@ def attention_pool(rows: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack(out).to(rows.dtype)
 
 
+def check_long_prompt_mode(mode: str) -> str:
+    """`mode` if it is one of `LONG_PROMPT_MODES`, else a `UserError` naming `encoder.long_prompt_mode`."""
+    if mode not in LONG_PROMPT_MODES:
+        raise UserError(f"unknown encoder.long_prompt_mode {mode!r}; valid: {', '.join(LONG_PROMPT_MODES)}")
+    return mode
+
+
 def shorten(rows: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     """Apply `long_prompt_mode` to caption rows longer than `n` (see the module docstring)."""
+    check_long_prompt_mode(mode)
     if rows.shape[0] <= n:
         return rows
     if mode == "truncate":
@@ -180,21 +188,33 @@ class TextEncoder:
                     self.cache.put("text", {**base, "layer": layer}, {"rows": rows[layer]}, {})
         return rows
 
-    def encode(self, prompt: str, config: EncoderConfig | None = None) -> EncodedPrompt:
-        """Encode one prompt with the settings of `config` (`hidden_layer`, `max_length`, `long_prompt_mode`,
-        `system_prompt`, `think_block`)."""
-        cfg = config or EncoderConfig()
-        rendered = render_prompt(self.tokenizer, prompt, cfg.system_prompt, cfg.think_block)
+    def encode(
+        self,
+        prompt: str,
+        *,
+        hidden_layer: int = -2,
+        max_length: int = 512,
+        long_prompt_mode: str = "interpolate",
+        system_prompt: str | None = None,
+        think_block: bool = False,
+    ) -> EncodedPrompt:
+        """Encode one prompt: rows of `hidden_layer` for the rendered template (`system_prompt`, `think_block`),
+        shortened to `max_length` (1..CAPTION_LIMIT) rows by `long_prompt_mode`. The arguments are the settings of
+        config section `encoder` (less its device and dtype), with the same defaults."""
+        check_long_prompt_mode(long_prompt_mode)
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= CAPTION_LIMIT:
+            raise UserError(f"encoder.max_length must be an int in 1..{CAPTION_LIMIT}, got {max_length!r}")
+        rendered = render_prompt(self.tokenizer, prompt, system_prompt, think_block)
         ids = self.tokenizer(rendered, add_special_tokens=False).input_ids
-        keep = ids[: cfg.max_length] if cfg.long_prompt_mode == "truncate" else ids
-        hidden = self.hidden_rows(keep, [cfg.hidden_layer])[cfg.hidden_layer]
+        keep = ids[:max_length] if long_prompt_mode == "truncate" else ids
+        hidden = self.hidden_rows(keep, [hidden_layer])[hidden_layer]
         return EncodedPrompt(
-            embeddings=shorten(hidden, cfg.max_length, cfg.long_prompt_mode),
+            embeddings=shorten(hidden, max_length, long_prompt_mode),
             token_ids=keep,
             rendered=rendered,
-            hidden_layer=cfg.hidden_layer,
+            hidden_layer=hidden_layer,
             token_count=len(ids),
-            shortened=len(ids) > cfg.max_length,
+            shortened=len(ids) > max_length,
         )
 
     def reference_stats(
