@@ -146,7 +146,7 @@ def test_new_adapter_is_the_identity_keeps_dtype_and_trains(kind):
     a(x).pow(2).sum().backward()
     first = {"linear": "weight", "low_rank": "u", "affine": "scale"}[kind]
     assert getattr(a, first).grad.abs().sum() > 0
-    with pytest.raises(UserError, match="rows"):
+    with pytest.raises(UserError, match=rf"adapter input has width {D + 1}, expected {D}"):
         a(torch.randn(5, D + 1))
 
 

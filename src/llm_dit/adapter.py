@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .files import load_image, load_tensors, save_tensors
+from .numerics import check_rows
 from .text import TextEncoder, render_prompt
 from .vl import VLEmbeddingExtractor, find_spans
 
@@ -125,8 +126,7 @@ class Adapter(nn.Module):
             self.shift = nn.Parameter(torch.zeros(dim))
 
     def forward(self, rows: Tensor) -> Tensor:
-        if rows.ndim != 2 or rows.shape[1] != self.dim:
-            raise UserError(f"adapter expects rows [n, {self.dim}], got shape {list(rows.shape)}")
+        check_rows(rows, "adapter input", width=self.dim, width_of="the adapter's width", finite=False)
         device = next(self.parameters()).device
         x = rows.to(device=device, dtype=torch.float32)
         if self.kind == "linear":
@@ -247,14 +247,13 @@ def check_use(path: str | Path, meta: dict[str, Any], config: Any) -> None:
 
 
 def check_pairs(x: Tensor, y: Tensor) -> None:
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.ndim != 2 or y.ndim != 2:
-        raise UserError("ridge_fit needs 2-D tensors x [n, D] and y [n, D]")
+    """`x` and `y` as `ridge_fit` needs them: finite rows `[n, D]` (`numerics.check_rows`) of one shape, n >= 2."""
+    check_rows(x, "ridge_fit: x")
+    check_rows(y, "ridge_fit: y", width=x.shape[1], width_of="the width of x")
     if x.shape != y.shape:
         raise UserError(f"ridge_fit needs x and y of the same shape, got {list(x.shape)} and {list(y.shape)}")
     if x.shape[0] < 2:
         raise UserError(f"ridge_fit needs at least 2 row pairs, got {x.shape[0]}")
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-        raise UserError("ridge_fit: the rows contain NaN/Inf values")
 
 
 def ridge_fit(x: Tensor, y: Tensor, lam: float, kind: str = "linear", rank: int | None = None) -> Adapter:
@@ -476,8 +475,7 @@ def check_samples(samples: Sequence[TrainingSample], dim: int) -> None:
     for i, s in enumerate(samples):
         if s.latents.ndim != 3 or not torch.isfinite(s.latents).all():
             raise UserError(f"training sample {i}: latents must be a finite [C, H, W] tensor")
-        if s.rows.ndim != 2 or s.rows.shape[0] == 0 or s.rows.shape[1] != dim or not torch.isfinite(s.rows).all():
-            raise UserError(f"training sample {i}: rows must be a finite [n, {dim}] tensor, n >= 1")
+        check_rows(s.rows, f"training sample {i}: rows", width=dim, width_of="the adapter's width")
 
 
 def save_checkpoint(

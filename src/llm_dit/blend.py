@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import UserError
-from .numerics import require_finite
+from .numerics import check_rows, require_finite
 from .stats import describe
 
 RESAMPLE_MODES = ("area", "linear", "nearest", "truncate")
@@ -48,15 +48,10 @@ def _choose(kind: str, name: object, valid: Sequence[str], where: str = "") -> N
         raise BlendError(f"{where}unknown {kind} {name!r}; valid: {', '.join(valid)}")
 
 
-def _check_rows(mode: str, label: str, x: object, d: int | None = None) -> None:
-    if not isinstance(x, Tensor):
-        raise BlendError(f"{mode}: {label} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise BlendError(f"{mode}: {label} must be 2-D [tokens, D] and non-empty, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise BlendError(f"{mode}: {label} must be a floating-point tensor, got {x.dtype}")
-    if d is not None and x.shape[1] != d:
-        raise BlendError(f"{mode}: {label} has hidden size {x.shape[1]}, text has {d}")
+def _check_rows(mode: str, label: str, x: object, d: int | None = None, of: str = "text") -> None:
+    """`numerics.check_rows` for argument `label` of `mode`, of width `d` (that of `of`) when given; finiteness is
+    checked on the result (`_finish`)."""
+    check_rows(x, f"{mode}: {label}", width=d, width_of=f"the width of {of}", finite=False, error=BlendError)
 
 
 def _check_resample(mode: str, resample: object, n_v: int, n: int) -> None:
@@ -237,7 +232,7 @@ def compute_style_delta(styled: Tensor, neutral: Tensor, n: int | None = None, r
     Returns float32 [n, D].
     """
     _check_rows("style_delta", "styled", styled)
-    _check_rows("style_delta", "neutral", neutral, styled.shape[1])
+    _check_rows("style_delta", "neutral", neutral, styled.shape[1], "styled")
     n = styled.shape[0] if n is None else n
     return align(styled, n, resample) - align(neutral.to(styled.device), n, resample)
 

@@ -155,6 +155,8 @@ def _describe(err: ValidationError, where: str) -> str:
     key = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
         return f"unknown key '{key}' in {where}"
+    if e["type"] == "literal_error":  # a mode field: say what was given and what is valid
+        return f"bad value for '{key}' in {where}: {e['input']!r} is not one of {e['ctx']['expected']}"
     return f"bad value for '{key}' in {where}: {e['msg'].removeprefix('Value error, ')}"
 
 

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .errors import UserError
 from .files import atomic_write_bytes
+from .numerics import check_rows, require_finite
 
 __all__ = [
     "NORMALIZATION_MODES",
@@ -151,17 +152,10 @@ def _as_float_tensor(value: Any, name: str) -> Tensor:
 
 
 def _check_embeddings(emb: Any, *, check_finite: bool = True) -> Tensor:
-    """Validate ``emb`` as a floating ``[n, D]`` tensor with ``n ≥ 1`` and return it as float32."""
-    if not isinstance(emb, Tensor):
-        raise StatsError(f"embeddings must be a torch.Tensor, got {type(emb).__name__}")
-    if not emb.is_floating_point():
-        raise StatsError(f"embeddings must have a floating dtype, got {emb.dtype}")
-    if emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] < 1:
-        raise StatsError(f"embeddings must be 2-D [n_tokens, hidden_dim] with n_tokens >= 1, got {tuple(emb.shape)}")
-    x = emb.detach().to(torch.float32)
-    if check_finite and not bool(torch.isfinite(x).all()):
-        raise StatsError("embeddings contain NaN or infinite values")
-    return x
+    """``emb`` checked as rows ``[n, D]`` (:func:`numerics.check_rows`), returned as float32 (finite if
+    ``check_finite``: checked after the cast, which can overflow)."""
+    x = check_rows(emb, "embeddings", finite=False, error=StatsError).detach().to(torch.float32)
+    return require_finite(x, "embeddings", error=StatsError) if check_finite else x
 
 
 def _check_width(width: int, ref_width: int) -> None:
@@ -387,9 +381,7 @@ def check_sink_rows(mode: str) -> str:
 
 def _row_peaks(rows: Tensor) -> tuple[Tensor, float]:
     """``m_i = max_d |x_id|`` (float32 ``[n]``) and their median ``M`` (lower median; NaN rows ignored)."""
-    if not isinstance(rows, Tensor) or rows.ndim != 2 or 0 in rows.shape or not rows.is_floating_point():
-        shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
-        raise StatsError(f"sink detection needs a non-empty 2-D float tensor [rows, D], got {shape}")
+    check_rows(rows, "sink detection rows", finite=False, error=StatsError)
     peaks = rows.detach().to(torch.float32).abs().amax(dim=1)
     return peaks, float(peaks.nanmedian())
 

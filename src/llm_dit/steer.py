@@ -17,27 +17,23 @@ from torch import Tensor
 
 from .errors import UserError
 from .files import load_tensors, save_tensors
+from .numerics import check_rows
 
 SCALES = ("text_std", "none")
 EPS_NORM = 1e-12
 
 
 def _pooled(examples: Sequence[Tensor], label: str) -> Tensor:
-    """Stack of row means p_i = mean_r X_i[r], float32 `[n, D]`; every X_i 2-D, non-empty, finite, same D."""
+    """Stack of row means p_i = mean_r X_i[r], float32 `[n, D]`; every X_i rows `[n_i, D]` (`numerics.check_rows`:
+    2-D, non-empty, float, finite), all of example 0's width."""
     if not examples:
         raise UserError(f"steering: no {label} examples")
-    rows = []
+    rows: list[Tensor] = []
     for i, x in enumerate(examples):
-        if not isinstance(x, Tensor) or x.ndim != 2 or 0 in x.shape or not x.is_floating_point():
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise UserError(f"steering: {label} example {i} must be a non-empty 2-D float [rows, D], got {shape}")
-        if x.shape[1] != examples[0].shape[1]:
-            raise UserError(f"steering: {label} example {i} has width {x.shape[1]}, expected {examples[0].shape[1]}")
+        width = rows[0].shape[0] if rows else None
+        check_rows(x, f"steering: {label} example {i}", width=width, width_of=f"{label} example 0")
         rows.append(x.float().mean(0))
-    pooled = torch.stack(rows)
-    if not torch.isfinite(pooled).all():
-        raise UserError(f"steering: {label} examples contain NaN/Inf")
-    return pooled
+    return torch.stack(rows)
 
 
 def _unit(v: Tensor, what: str) -> Tensor:
@@ -104,8 +100,7 @@ def apply_direction(
     rows the projection of a row on d̂ also spreads by about σ(T), so α counts standard deviations along d̂ and
     one α suits any encoder layer. α = 0 returns a bitwise copy of T.
     """
-    if not isinstance(text, Tensor) or text.ndim != 2 or 0 in text.shape or not text.is_floating_point():
-        raise UserError("apply_direction: text must be a non-empty 2-D float tensor [rows, D]")
+    check_rows(text, "apply_direction: text", finite=False)
     d = _check_direction(direction, "steering direction")
     if d.shape[0] != text.shape[1]:
         raise UserError(f"steering direction has width {d.shape[0]}, the caption rows have {text.shape[1]}")
