@@ -559,8 +559,7 @@ def finetune(
     Adam's state, the step and the loss history; with `resume` an existing checkpoint (same adapter shape, data,
     lr, seed, batch size, shift) is continued, giving the same trajectory as an uninterrupted run.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from .progress import progress_bar
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise UserError(f"steps must be an integer >= 0, got {steps!r}")
@@ -595,16 +594,9 @@ def finetune(
     if start > steps:
         raise UserError(f"the checkpoint in {checkpoint_dir} is at step {start}, past steps={steps}")
 
-    columns = (
-        TextColumn("adapter"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-    )
     last = f"{losses[-1]:.4f}" if losses else "-"
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task("train", total=steps, completed=min(start, steps), loss=last)
+    with progress_bar("loss {task.fields[loss]}", transient=False, disable=not progress) as bar:
+        task = bar.add_task("adapter", total=steps, completed=min(start, steps), loss=last)
         for step in range(start, steps):
             chosen, sigmas, noises = draw_step(samples, seed, step, shift, n_batch)
             optimizer.zero_grad(set_to_none=True)
