@@ -11,8 +11,9 @@ A schedule maps step i of N to an alpha. With t_i = i/(N−1) (t = 0 when N = 1)
 Values must be finite and ≥ 0 (the blend mode checks its own upper bound), F ∈ [0, 1]. Endpoints are exact:
 linear and cosine give exactly A at the first step and exactly B at the last.
 
-`schedule_callback` applies the alphas without a custom loop: diffusers calls it after every step and uses the
-`prompt_embeds` it returns from the next step on (FACTS §2).
+`schedule_callback` applies the alphas without a custom loop: diffusers' Z-Image pipelines call
+`callback_on_step_end` after every step and take the `prompt_embeds` it returns as the conditioning of the steps
+that follow (`prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)` in the denoising loop).
 """
 
 from __future__ import annotations
