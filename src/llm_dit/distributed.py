@@ -154,7 +154,7 @@ def _unwrap(ray, e: BaseException) -> BaseException:
     if isinstance(e, ray.exceptions.RayTaskError) and isinstance(e.cause, BaseException):
         return e.cause
     if isinstance(e, ray.exceptions.RayActorError):
-        return UserError(f"a ray worker died ({e}); finished runs are saved: rerun with --resume")
+        return UserError(f"a ray worker died ({e}); finished runs are saved: run the sweep again with 'resume'")
     return e
 
 

@@ -145,7 +145,7 @@ def run_sweep(
     with sweep_lock(out):
         results = out / "results.jsonl"
         if results.exists() and not resume:
-            raise UserError(f"{out} already holds a sweep: pass --resume to finish it, or use a new directory")
+            raise UserError(f"{out} already holds a sweep: finish it with 'resume', or use a new directory")
         repair(out)
         done = {r["id"] for r in iter_jsonl(results)}
         todo = [r for r in runs if r["id"] not in done]

@@ -282,11 +282,11 @@ def resolve_spec(
         data["name"] = preset if spec.name == "sweep" else spec.name
         who = f"preset '{preset}'"
         if needs == "steer" and not data["steer"]:
-            raise UserError(f"preset '{preset}' needs a steering direction: give --steer FILE")
+            raise UserError(f"preset '{preset}' needs a steering direction: set 'steer' (a direction file)")
         if p.pop("baseline_required", False) and not data["baseline"]:
             raise UserError(
                 f"preset '{preset}' compares every run with its text-only baseline: it cannot run without baselines"
-                " (--no-baseline, baseline = false)"
+                " (baseline = false)"
             )
     data["axes"] |= {k: v for k, v in cli_axes.items() if v}
     data["fixed"] |= {k: v for k, v in cli_fixed.items() if v is not None}
@@ -298,14 +298,14 @@ def resolve_spec(
     if conditioning and not (data["images"] or data["steer"]):
         raise UserError(
             f"{who} sets {', '.join(conditioning)}: conditioning settings act only on a reference image; "
-            "give one with -i/--image"
+            "give one in 'images'"
         )
     if needs == "neutral" and not data["neutral_image"]:
-        raise UserError(f"{who} needs a neutral image (the unstyled reference of style_delta): give --neutral-image")
+        raise UserError(f"{who} needs a neutral image (the unstyled reference of style_delta): set 'neutral_image'")
     if data["img2img"] and not (data["init_image"] or data["images"]):
-        raise UserError("an image-to-image sweep needs --image (used as the init image) or --init-image")
+        raise UserError("an image-to-image sweep needs 'images' (used as the init image) or 'init_image'")
     if not data["prompts"]:
-        raise UserError("a sweep needs at least one prompt (--prompt or --prompts-file)")
+        raise UserError("a sweep needs at least one prompt in 'prompts'")
     return SweepSpec.model_validate(data)
 
 
@@ -369,23 +369,23 @@ def check_runs(base: Config, spec: SweepSpec, runs: list[dict[str, Any]]) -> Non
         neutral, style_delta = run.get("neutral_image"), v.blend == "style_delta"
         if style_delta and not neutral:
             raise UserError(
-                f"run '{run['label']}' uses blend style_delta, which needs a neutral image: give --neutral-image"
+                f"run '{run['label']}' uses blend style_delta, which needs a neutral image: set 'neutral_image'"
             )
         if neutral and not style_delta:
             raise UserError(
                 f"run '{run['label']}' uses blend {v.blend}: the neutral image acts only with style_delta "
-                "(set vl.blend = style_delta, or leave out --neutral-image)"
+                "(set vl.blend = style_delta, or leave out 'neutral_image')"
             )
     if beyond:
         depth = vl_depth()
         what = "; ".join(f"{k} {', '.join(map(str, sorted(b, reverse=True)))}" for k, b in beyond.items())
         raise UserError(
             f"{what}: beyond the depth of the Qwen3-VL model {base.models.vl} ({depth} layers, valid layers "
-            f"{-(depth + 1)}..{depth}); choose layers within it (e.g. --layers)"
+            f"{-(depth + 1)}..{depth}); choose layers within it"
         )
     if spec.neutral_image and not any(run.get("neutral_image") for run in runs):
         raise UserError(
-            "--neutral-image is used only by runs with a reference image and blend style_delta: no run has one"
+            "'neutral_image' is used only by runs with a reference image and blend style_delta: no run has one"
         )
 
 
