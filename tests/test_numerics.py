@@ -2,6 +2,7 @@
 `whiten` refuses a singular VL covariance (llm_dit.numerics, blend.whiten)."""
 
 import math
+import re
 import shutil
 
 import pytest
@@ -12,9 +13,9 @@ from safetensors.torch import load_file, save_file
 from llm_dit.adapter import Adapter
 from llm_dit.blend import BlendError, _shrunk_cov, _sym_pow, blend, whiten
 from llm_dit.config import load_config
-from llm_dit.errors import UserError
+from llm_dit.errors import UserError, check_choice
 from llm_dit.generate import Generator
-from llm_dit.numerics import NonFiniteError, check_rows, require_finite
+from llm_dit.numerics import NonFiniteError, check_number, check_rows, require_finite
 
 from .conftest import REPO
 
@@ -52,6 +53,24 @@ def test_check_rows_names_the_label_and_what_is_wrong():
     assert check_rows(torch.full((1, 2), float("nan")), "x", finite=False).isnan().all()  # the caller's choice
     with pytest.raises(BlendError, match=r"^x: 1 NaN"):  # the caller's error type, for shape and NaN alike
         check_rows(torch.tensor([[float("nan")]]), "x", error=BlendError)
+
+
+
+def test_check_number_accepts_finite_reals_in_range_and_names_the_rule():
+    assert check_number(3, "k", lambda x: x >= 1, "an int >= 1", integer=True) == 3.0
+    assert check_number(0.5, "w", lambda x: 0 <= x <= 1, "in [0, 1]") == 0.5
+    for bad in (True, "0.5", float("nan"), float("inf"), None, 1.5):
+        with pytest.raises(BlendError, match=rf"^k must be an int >= 1, got {re.escape(repr(bad))}$"):
+            check_number(bad, "k", lambda x: x >= 1, "an int >= 1", integer=True, error=BlendError)
+    with pytest.raises(UserError, match=r"^w must be in \[0, 1\], got 2$"):
+        check_number(2, "w", lambda x: 0 <= x <= 1, "in [0, 1]")
+
+
+def test_check_choice_names_the_value_and_the_valid_names():
+    assert check_choice("b", ("a", "b"), "mode") == "b"
+    for bad in ("c", None, 1):
+        with pytest.raises(BlendError, match=rf"^unknown mode {re.escape(repr(bad))}; valid: a, b$"):
+            check_choice(bad, ("a", "b"), "mode", BlendError)
 
 
 def test_every_row_taking_api_refuses_bad_rows_with_the_one_validator(zoo):

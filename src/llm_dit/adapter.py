@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .errors import UserError
+from .errors import UserError, check_choice
 from .files import load_image, load_tensors, save_tensors
-from .numerics import check_rows
+from .numerics import check_number, check_rows
 from .text import TextEncoder, render_prompt
 from .vl import VLEmbeddingExtractor, find_spans
 
@@ -83,16 +83,14 @@ DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 
 def check_kind(kind: str, dim: int, rank: int | None) -> int:
     """Validate `kind`, `dim` and `rank`; the effective rank (`low_rank`: `rank` or min(32, D); else 0)."""
-    if kind not in ADAPTER_KINDS:
-        raise UserError(f"unknown adapter kind '{kind}' (valid: {', '.join(ADAPTER_KINDS)})")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise UserError(f"adapter width must be a positive integer, got {dim!r}")
+    check_choice(kind, ADAPTER_KINDS, "adapter kind")
+    check_number(dim, "adapter width", lambda d: d >= 1, "a positive integer", integer=True)
     if kind != "low_rank":
         return 0
     r = min(DEFAULT_RANK, dim) if rank is None else rank
-    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= dim:
-        raise UserError(f"low-rank adapter rank must be an integer in [1, {dim}], got {rank!r}")
-    return r
+    return int(
+        check_number(r, "low-rank adapter rank", lambda x: 1 <= x <= dim, f"an integer in [1, {dim}]", integer=True)
+    )
 
 
 def tensor_shapes(kind: str, dim: int, rank: int) -> dict[str, tuple[int, ...]]:
@@ -270,8 +268,7 @@ def ridge_fit(x: Tensor, y: Tensor, lam: float, kind: str = "linear", rank: int 
     λ ≥ 0 is in the units of the sums (it does not scale with n).
     """
     check_pairs(x, y)
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
-        raise UserError(f"ridge lambda must be a finite number >= 0, got {lam!r}")
+    check_number(lam, "ridge lambda", lambda x: x >= 0, "a finite number >= 0")
     adapter = Adapter(x.shape[1], kind, rank)
     xd, yd = x.double().cpu(), y.double().cpu()
     x_mean, y_mean = xd.mean(0), yd.mean(0)
@@ -561,10 +558,8 @@ def finetune(
     """
     from .progress import progress_bar
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise UserError(f"steps must be an integer >= 0, got {steps!r}")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-        raise UserError(f"learning rate must be a finite number > 0, got {lr!r}")
+    check_number(steps, "steps", lambda n: n >= 0, "an integer >= 0", integer=True)
+    check_number(lr, "learning rate", lambda x: x > 0, "a finite number > 0")
     if checkpoint_every < 1:
         raise UserError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     check_samples(samples, adapter.dim)
@@ -628,8 +623,7 @@ def caption_image(
     collapsed."""
     if isinstance(image, str | Path):
         image = load_image(image, "image")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise UserError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_number(max_new_tokens, "max_new_tokens", lambda n: n >= 1, "an integer >= 1", integer=True)
     model = extractor.model
     inputs, _ = extractor.prepare(image, prompt)
     inputs = {

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable, Iterable, Sequence
-from numbers import Integral, Real
 from typing import TypeAlias
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UserError
-from .numerics import check_rows, require_finite
+from .errors import UserError, check_choice
+from .numerics import check_number, check_rows, require_finite
 from .stats import describe
 
 RESAMPLE_MODES = ("area", "linear", "nearest", "truncate")
@@ -43,11 +41,6 @@ class BlendError(UserError):
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _choose(kind: str, name: object, valid: Sequence[str], where: str = "") -> None:
-    if not isinstance(name, str) or name not in valid:
-        raise BlendError(f"{where}unknown {kind} {name!r}; valid: {', '.join(valid)}")
-
-
 def _check_rows(mode: str, label: str, x: object, d: int | None = None, of: str = "text") -> None:
     """`numerics.check_rows` for argument `label` of `mode`, of width `d` (that of `of`) when given; finiteness is
     checked on the result (`_finish`)."""
@@ -55,7 +48,7 @@ def _check_rows(mode: str, label: str, x: object, d: int | None = None, of: str 
 
 
 def _check_resample(mode: str, resample: object, n_v: int, n: int) -> None:
-    _choose("resample mode", resample, RESAMPLE_MODES, f"{mode}: ")
+    check_choice(resample, RESAMPLE_MODES, "resample mode", BlendError)
     if resample == "truncate" and n_v < n:
         raise BlendError(f"{mode}: resample 'truncate' needs >= {n} rows, got {n_v}; use area/linear/nearest")
 
@@ -65,14 +58,6 @@ def _prepare(mode: str, text: Tensor, vl: Tensor, alpha: object, hi: float = 1.0
     _check_rows(mode, "text", text)
     _check_rows(mode, "vl", vl, text.shape[1])
     return _check_alpha(mode, alpha, hi)
-
-
-def _number(value: object, integer: bool = False) -> float | None:
-    """float(value) for a finite real (integral if ``integer``) that is not a bool, else None."""
-    if isinstance(value, bool) or not isinstance(value, Integral if integer else Real):
-        return None
-    x = float(value)
-    return x if math.isfinite(x) else None
 
 
 ALPHA_MAX = {"style_delta": 2.0}  # every other mode: alpha in [0, 1]
@@ -88,26 +73,19 @@ def check_alpha(mode: str, alpha: object) -> float:
 
 
 def _check_switch(mode: str, alpha: object) -> float:
-    x = _number(alpha)
-    if x not in ALPHA_VALUES[mode]:
-        valid = " or ".join(f"{v:g}" for v in ALPHA_VALUES[mode])
-        raise BlendError(f"{mode}: alpha must be {valid} (it switches the VL rows on or off), got {alpha!r}")
-    return x
+    valid = " or ".join(f"{v:g}" for v in ALPHA_VALUES[mode])
+    rule = f"{valid} (it switches the VL rows on or off)"
+    return check_number(alpha, f"{mode}: alpha", lambda x: x in ALPHA_VALUES[mode], rule, error=BlendError)
 
 
 def _check_alpha(mode: str, alpha: object, hi: float = 1.0) -> float:
-    x = _number(alpha)
-    if x is None or not 0.0 <= x <= hi:
-        raise BlendError(f"{mode}: alpha must be in [0, {hi:g}], got {alpha!r}")
-    return x
+    return check_number(alpha, f"{mode}: alpha", lambda x: 0.0 <= x <= hi, f"in [0, {hi:g}]", error=BlendError)
 
 
 def _check_option(
     mode: str, name: str, value: object, ok: Callable[[float], bool], rule: str, integer: bool = False
 ) -> None:
-    x = _number(value, integer)
-    if x is None or not ok(x):
-        raise BlendError(f"{mode}: option {name} must be {rule}, got {value!r}")
+    check_number(value, f"{mode}: option {name}", ok, rule, integer=integer, error=BlendError)
 
 
 def _f32(x: Tensor, like: Tensor) -> Tensor:
@@ -161,8 +139,7 @@ def align(v: Tensor, n: int, resample: str = "area") -> Tensor:
     truncate  v[:n]; error if n_v < n.
     """
     _check_rows("align", "v", v)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise BlendError(f"align: n must be a positive int, got {n!r}")
+    check_number(n, "align: n", lambda x: x >= 1, "a positive int", integer=True, error=BlendError)
     _check_resample("align", resample, v.shape[0], n)
     x = v.float()
     if n == x.shape[0] or resample == "truncate":
@@ -519,7 +496,7 @@ blend_adain_per_dim = adain_per_dim
 
 def mode_options(mode: str) -> tuple[str, ...]:
     """Option names accepted by ``blend(..., mode, ...)``."""
-    _choose("blend mode", mode, tuple(BLEND_MODES))
+    check_choice(mode, BLEND_MODES, "blend mode", BlendError)
     return _keyword_options(BLEND_MODES[mode])
 
 

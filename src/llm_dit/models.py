@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, check_choice
 
 
 class ModelError(UserError):
@@ -44,9 +44,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` = bfloat16 on cuda (the checkpoints' dtype), float32 on cpu (bf16 matmuls are slow there)."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise UserError(f"unknown dtype '{name}' (valid: auto, {', '.join(DTYPES)})")
-    return DTYPES[name]
+    return DTYPES[check_choice(name, ("auto", *DTYPES), "dtype")]
 
 
 def _looks_local(path_or_id: str) -> bool:

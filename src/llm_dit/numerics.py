@@ -1,6 +1,7 @@
 """Rows checked where they enter, and numbers that would poison a run stopped where they appear.
 
-`check_rows` is the one validator of `[n, D]` row tensors, used wherever rows come from a caller or a file (blend
+`check_number` is the one check of a numeric setting or argument (finite, real, not a bool, in range); `check_rows`
+is the one validator of `[n, D]` row tensors, used wherever rows come from a caller or a file (blend
 modes, statistics, steering examples, caption rows from files, DiT injection, adapters): a non-empty 2-D
 floating-point tensor, of a given width, finite where the caller needs it; each failure is one line that starts with
 the caller's label.
@@ -13,6 +14,10 @@ and every blend (`blend._finish`).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Integral, Real
 
 import torch
 
@@ -62,3 +67,21 @@ def check_rows(
     if width is not None and shape[1] != width:
         raise fail(f"{label} has width {shape[1]}, expected {width}" + (f" ({width_of})" if width_of else ""))
     return require_finite(rows, label, error=error or NonFiniteError) if finite else rows
+
+
+def check_number(
+    value: object,
+    what: str,
+    ok: Callable[[float], bool],
+    rule: str,
+    *,
+    integer: bool = False,
+    error: type[UserError] = UserError,
+) -> float:
+    """`value` as a float if it is a finite real number (integral with `integer`; a bool is not a number) for which
+    `ok` holds, else `error`: "{what} must be {rule}, got {value!r}"."""
+    kind = Integral if integer else Real
+    x = float(value) if isinstance(value, kind) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(x) and ok(x)):
+        raise error(f"{what} must be {rule}, got {value!r}")
+    return x

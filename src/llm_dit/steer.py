@@ -7,7 +7,6 @@ over its rows: p_i = mean_r X_i[r]. Directions are unit-norm float32 `[D]`. The 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, check_choice
 from .files import load_tensors, save_tensors
-from .numerics import check_rows
+from .numerics import check_number, check_rows
 
 SCALES = ("text_std", "none")
 EPS_NORM = 1e-12
@@ -104,10 +103,8 @@ def apply_direction(
     d = _check_direction(direction, "steering direction")
     if d.shape[0] != text.shape[1]:
         raise UserError(f"steering direction has width {d.shape[0]}, the caption rows have {text.shape[1]}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
-        raise UserError(f"steering alpha must be a finite number, got {alpha!r}")
-    if scale not in SCALES:
-        raise UserError(f"unknown steering scale {scale!r}; valid: {', '.join(SCALES)}")
+    check_number(alpha, "steering alpha", lambda _: True, "a finite number")
+    check_choice(scale, SCALES, "steering scale")
     if alpha == 0:
         return text.clone()
     t = text.float()

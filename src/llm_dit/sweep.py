@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .blend import BLEND_MODES
 from .condition import parse_layer_weights
 from .config import Config, with_overrides
-from .errors import UserError
+from .errors import UserError, check_choice
 from .files import load_image
 from .hooks import layer_position
 from .imagedep import image_free_by_construction
@@ -151,9 +151,7 @@ def preset_needs(name: str) -> list[str]:
 
 
 def preset_spec(name: str) -> dict[str, Any]:
-    if name not in PRESETS:
-        raise UserError(f"unknown preset '{name}' (valid: {', '.join(PRESETS)})")
-    return PRESETS[name]
+    return PRESETS[check_choice(name, PRESETS, "preset")]
 
 
 def run_id(run: dict[str, Any]) -> str:

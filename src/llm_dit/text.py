@@ -25,10 +25,10 @@ import torch.nn.functional as F
 
 from .blend import CAPTION_LIMIT, align
 from .cache import TensorCache
-from .errors import UserError
+from .errors import UserError, check_choice
 from .hooks import capture_hidden_states, layer_position
 from .models import check_zimage, load_model, model_identity, resolve_device, resolve_dtype
-from .numerics import require_finite
+from .numerics import check_number, require_finite
 from .stats import SINK_RATIO, ReferenceStats, compute_reference_stats
 
 LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
@@ -80,9 +80,7 @@ def attention_pool(rows: torch.Tensor, n: int) -> torch.Tensor:
 
 def check_long_prompt_mode(mode: str) -> str:
     """`mode` if it is one of `LONG_PROMPT_MODES`, else a `UserError` naming `encoder.long_prompt_mode`."""
-    if mode not in LONG_PROMPT_MODES:
-        raise UserError(f"unknown encoder.long_prompt_mode {mode!r}; valid: {', '.join(LONG_PROMPT_MODES)}")
-    return mode
+    return check_choice(mode, LONG_PROMPT_MODES, "encoder.long_prompt_mode")
 
 
 def shorten(rows: torch.Tensor, n: int, mode: str) -> torch.Tensor:
@@ -202,8 +200,13 @@ class TextEncoder:
         shortened to `max_length` (1..CAPTION_LIMIT) rows by `long_prompt_mode`. The arguments are the settings of
         config section `encoder` (less its device and dtype), with the same defaults."""
         check_long_prompt_mode(long_prompt_mode)
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= CAPTION_LIMIT:
-            raise UserError(f"encoder.max_length must be an int in 1..{CAPTION_LIMIT}, got {max_length!r}")
+        check_number(
+            max_length,
+            "encoder.max_length",
+            lambda n: 1 <= n <= CAPTION_LIMIT,
+            f"an int in 1..{CAPTION_LIMIT}",
+            integer=True,
+        )
         rendered = render_prompt(self.tokenizer, prompt, system_prompt, think_block)
         ids = self.tokenizer(rendered, add_special_tokens=False).input_ids
         keep = ids[:max_length] if long_prompt_mode == "truncate" else ids

@@ -36,7 +36,7 @@ from .blend import (
     compute_style_delta,
 )
 from .cache import TensorCache
-from .errors import UserError
+from .errors import UserError, check_choice
 from .files import load_image
 from .hooks import capture_hidden_states, layer_position
 from .models import check_vl, load_model, model_identity, resolve_device, resolve_dtype
@@ -75,8 +75,7 @@ class Spans:
 
     def rows(self, token_mode: str) -> torch.Tensor:
         """Row indices kept by `token_mode` (see `TOKEN_MODES`)."""
-        if token_mode not in TOKEN_MODES:
-            raise UserError(f"unknown token mode '{token_mode}' (valid: {', '.join(TOKEN_MODES)})")
+        check_choice(token_mode, TOKEN_MODES, "token mode")
         if token_mode == "full":
             return torch.arange(self.total)
         if self.image is None:
