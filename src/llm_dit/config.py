@@ -191,7 +191,7 @@ def with_overrides(config: Config, overrides: Mapping[str, Any], where: str = "t
         if section not in data:
             raise ConfigError(f"unknown key '{section}' in {where}")
         if not key:
-            raise ConfigError(f"'{section}' in {where} is a section: set its keys ('{section}.KEY' or a table)")
+            raise ConfigError(f"'{section}' in {where} is a section, not a key: name a key as '{section}.KEY'")
         if key not in data[section]:
             raise ConfigError(f"unknown key '{dotted}' in {where}")
         data[section][key] = value
