@@ -55,7 +55,6 @@ def test_check_rows_names_the_label_and_what_is_wrong():
         check_rows(torch.tensor([[float("nan")]]), "x", error=BlendError)
 
 
-
 def test_check_number_accepts_finite_reals_in_range_and_names_the_rule():
     assert check_number(3, "k", lambda x: x >= 1, "an int >= 1", integer=True) == 3.0
     assert check_number(0.5, "w", lambda x: 0 <= x <= 1, "in [0, 1]") == 0.5
