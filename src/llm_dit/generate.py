@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .adapter import Adapter, check_use
-from .blend import DIT_MAX_ROWS, blend_stats, check_alpha, check_options, mode_options, replace_rows
+from .blend import CAPTION_LIMIT, blend_stats, check_alpha, check_options, mode_options, replace_rows
 from .cache import TensorCache
 from .condition import (
     Conditioning,
@@ -32,11 +32,11 @@ from .condition import (
 )
 from .config import Config, GenerationConfig, VLConfig
 from .errors import UserError
-from .files import check_embeddings, library_versions, sha256_file
+from .files import library_versions, sha256_file
 from .imagedep import PROBE_SEED, describe_probe, image_free_by_construction, measure, not_checked, probe_image
 from .inject import Injector, inject_conditioning, injected_rows
 from .models import load_pipeline, model_identity, read_model_json, release_memory
-from .numerics import require_finite
+from .numerics import check_rows, require_finite
 from .provenance import Facts, split_settings
 from .schedule import parse_schedule, schedule_callback
 from .stats import ReferenceStats
@@ -260,7 +260,7 @@ class Generator:
         return read_model_json(self.config.models.zimage, "transformer/config.json", "a Z-Image folder")["cap_feat_dim"]
 
     def encode(self, prompt: str) -> EncodedPrompt:
-        return self.text_encoder.encode(prompt, self.config.encoder)
+        return self.text_encoder.encode(prompt, **self.config.encoder.model_dump(exclude={"device", "dtype"}))
 
     def vl_layers(self) -> dict[int, float]:
         v = self.config.vl
@@ -375,7 +375,7 @@ class Generator:
         text = encoded.embeddings
         v = self.config.vl
         if embeddings is not None:
-            rows = check_embeddings(embeddings, self.caption_width, "embeddings")
+            rows = check_rows(embeddings, "embeddings", width=self.caption_width, width_of="the DiT caption width")
             return Conditioning(rows, "embeddings")
         if steer is None and reference is None and vl_embeddings is None:
             return Conditioning(text, "text")
@@ -385,7 +385,9 @@ class Generator:
             return Conditioning(text, "steer", steer_conditioning(text, steer, t_sinks, v.sink_rows), {"sinks": sinks})
         record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options, "sinks": sinks}
         if vl_embeddings is not None:
-            vl = check_embeddings(vl_embeddings, self.caption_width, "VL embeddings").float()
+            vl = check_rows(
+                vl_embeddings, "VL embeddings", width=self.caption_width, width_of="the DiT caption width"
+            ).float()
             vl, sinks["vl"] = drop_sinks(vl, v.sink_ratio, v.sink_rows)
             source = "vl_embeddings"
         else:
@@ -409,12 +411,14 @@ class Generator:
                 options["neutral"], neutral_layers = self.extract(neutral, prompt)
                 record["neutral_vl"] = {str(layer): e.metadata() for layer, e in neutral_layers.items()}
             else:
-                rows = check_embeddings(neutral, self.caption_width, "neutral embeddings").float()
+                rows = check_rows(
+                    neutral, "neutral embeddings", width=self.caption_width, width_of="the DiT caption width"
+                ).float()
                 options["neutral"], sinks["neutral"] = drop_sinks(rows, v.sink_ratio, v.sink_rows)
             record["neutral"] = "image" if isinstance(neutral, Image.Image) else "embeddings"
         record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
         if v.blend == "replace":  # the rows the DiT receives, and whether they had to be pooled
-            record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", DIT_MAX_ROWS)))
+            record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", CAPTION_LIMIT)))
         return Conditioning(text, source, blend_conditioning(text, vl, v.blend, options, t_sinks, v.sink_rows), record)
 
     def text_sinks(self, encoded: EncodedPrompt, named: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .cache import TensorCache
 from .config import Config
@@ -24,6 +23,7 @@ from .errors import UserError
 from .files import atomic_write_bytes, image_bytes, library_versions, load_image, write_json
 from .generate import Generator, Prepared, Result
 from .imagedep import probe_image
+from .progress import progress_bar
 from .steer import load_direction
 from .sweep import SweepSpec, baseline_pairs, check_runs, expand, iter_jsonl, plan, refuse_image_free, run_config
 
@@ -145,7 +145,7 @@ def run_sweep(
     with sweep_lock(out):
         results = out / "results.jsonl"
         if results.exists() and not resume:
-            raise UserError(f"{out} already holds a sweep: pass --resume to finish it, or use a new directory")
+            raise UserError(f"{out} already holds a sweep: finish it with 'resume', or use a new directory")
         repair(out)
         done = {r["id"] for r in iter_jsonl(results)}
         todo = [r for r in runs if r["id"] not in done]
@@ -198,8 +198,7 @@ def run_local(
     """Generate `todo` in this process with a progress bar; a failing run is recorded and the sweep goes on."""
     inputs = Inputs()
     prime(gen, base, work, inputs)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("sweep", total=len(todo))
         for batch in batches(todo, batch_size):
             for run, result, error in run_batch(gen, base, batch, inputs):
