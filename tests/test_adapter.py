@@ -25,7 +25,6 @@ from llm_dit.adapter import (
     velocity_target,
 )
 from llm_dit.cache import TensorCache
-from llm_dit.config import EncoderConfig
 from llm_dit.errors import UserError
 from llm_dit.text import TextEncoder
 from llm_dit.vl import VLEmbeddingExtractor
@@ -147,7 +146,7 @@ def test_new_adapter_is_the_identity_keeps_dtype_and_trains(kind):
     a(x).pow(2).sum().backward()
     first = {"linear": "weight", "low_rank": "u", "affine": "scale"}[kind]
     assert getattr(a, first).grad.abs().sum() > 0
-    with pytest.raises(UserError, match="rows"):
+    with pytest.raises(UserError, match=rf"adapter input has width {D + 1}, expected {D}"):
         a(torch.randn(5, D + 1))
 
 
@@ -338,7 +337,7 @@ def test_paired_rows_align_caption_positions_and_pool_the_image(zoo, extractor):
     img, caption = picture(64, 7), "a red fox in the snow"
     x, y = paired_rows(extractor, te, img, caption, hidden_layer=-3, text_layer=-2)
     vl = extractor.extract(img, caption, -3, token_mode="full")
-    text = te.encode(caption, EncoderConfig(hidden_layer=-2))
+    text = te.encode(caption, hidden_layer=-2)
     after = vl.token_ids[vl.spans.after[0] :]
     n = x.shape[0] - 1
     tail = next(k for k in range(len(after) + 1) if k == len(after) or after[-1 - k] != text.token_ids[-1 - k])

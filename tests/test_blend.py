@@ -417,7 +417,7 @@ def test_unknown_names_list_valid_ones() -> None:
     ("mode", "options", "match"),
     [
         ("style_delta", {}, "'neutral'.*required"),
-        ("style_delta", {"neutral": torch.zeros(2, 4)}, "neutral has hidden size 4"),
+        ("style_delta", {"neutral": torch.zeros(2, 4)}, "neutral has width 4, expected 3"),
         ("gem_pool", {"p": 0.0}, "option p must be a number > 0"),
         ("svd_style", {"k": 0}, "option k must be an int >= 1"),
         ("svd_style", {"k": 2.5}, "option k"),
@@ -438,7 +438,7 @@ def test_bad_options(mode: str, options: dict[str, object], match: str) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_bad_shapes(mode: str) -> None:
     opts = required(mode, 3)
-    with pytest.raises(BlendError, match="hidden size"):
+    with pytest.raises(BlendError, match=r"vl has width 4, expected 3 \(the width of text\)"):
         blend(rand(2, 3, 0), rand(2, 4, 1), mode, 0.5, **opts)
     with pytest.raises(BlendError, match=r"2-D"):
         blend(torch.zeros(3), rand(2, 3, 1), mode, 0.5, **opts)

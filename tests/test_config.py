@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_dit.config import Config, ConfigError, default_config_path, load_config
+from llm_dit.config import Config, ConfigError, default_config_path, load_config, with_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -104,3 +104,100 @@ def test_cli_config_show_profile(cli):
     assert r.code == 0
     assert "low_memory = true" in r.out and 'device = "cuda"' in r.out
     assert "[generation]" in r.out
+
+
+# ------------------------------------------------------------------------------------------- one vocabulary
+
+
+def test_with_overrides_applies_dotted_settings_validated_naming_key_and_level():
+    base = Config()
+    cfg = with_overrides(base, {"generation.steps": 4, "vl.blend": "slerp", "vl.clip_sigma": 3.0})
+    assert (cfg.generation.steps, cfg.vl.blend, cfg.vl.clip_sigma) == (4, "slerp", 3.0)
+    assert base.generation.steps == 9 and base.vl.blend == "adain_per_dim"  # the input is not modified
+    assert with_overrides(cfg, {"vl.clip_sigma": None}).vl.clip_sigma is None  # None is a value here
+    with pytest.raises(ConfigError, match=r"^unknown key 'generation.stepz' in my level$"):
+        with_overrides(base, {"generation.stepz": 4}, "my level")
+    with pytest.raises(ConfigError, match=r"^unknown key 'sampler' in the overrides$"):
+        with_overrides(base, {"sampler.steps": 4})
+    with pytest.raises(ConfigError, match=r"^bad value for 'generation.steps' in my level: "):
+        with_overrides(base, {"generation.steps": 0}, "my level")
+    with pytest.raises(ConfigError, match=r"^bad value for 'vl.sink_rows' in the overrides: "):
+        with_overrides(base, {"vl.sink_rows": "drop"})
+
+
+def test_with_overrides_keeps_the_layer_choice_rule_at_every_level():
+    weighted = with_overrides(Config(), {"vl.layers": "-6:0.7,-16:0.3"})
+    assert weighted.vl.layers == "-6:0.7,-16:0.3"
+    single = with_overrides(weighted, {"vl.hidden_layer": -2})  # an explicit layer clears the lower level's layers
+    assert (single.vl.hidden_layer, single.vl.layers) == (-2, None)
+    assert with_overrides(weighted, {"vl.layers": None}).vl.layers == "-6:0.7,-16:0.3"  # None: unset
+    with pytest.raises(ConfigError, match="both set in run r1"):
+        with_overrides(Config(), {"vl.hidden_layer": -2, "vl.layers": "-4:1"}, "run r1")
+
+
+def test_mode_fields_are_built_from_the_modules_mode_lists():
+    """Each mode list and limit is defined once, in the module that implements it; config's types come from it."""
+    from typing import get_args
+
+    from llm_dit.blend import BLEND_MODES, CAPTION_LIMIT, RESAMPLE_MODES
+    from llm_dit.config import EncoderConfig, VLConfig
+    from llm_dit.stats import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
+    from llm_dit.text import LONG_PROMPT_MODES
+    from llm_dit.vl import TOKEN_MODES
+
+    fields = {**VLConfig.model_fields, **{f"encoder.{k}": v for k, v in EncoderConfig.model_fields.items()}}
+    for key, modes in {
+        "blend": tuple(BLEND_MODES),
+        "resample": RESAMPLE_MODES,
+        "normalize": NORMALIZATION_MODES,
+        "outlier_masking": OUTLIER_MODES,
+        "sink_rows": SINK_ROW_MODES,
+        "token_mode": TOKEN_MODES,
+        "encoder.long_prompt_mode": LONG_PROMPT_MODES,
+    }.items():
+        assert get_args(fields[key].annotation) == modes, key
+    assert Config().vl.sink_ratio == SINK_RATIO
+    assert with_overrides(Config(), {"encoder.max_length": CAPTION_LIMIT}).encoder.max_length == CAPTION_LIMIT
+    with pytest.raises(ConfigError, match=re.escape("encoder.max_length")):
+        with_overrides(Config(), {"encoder.max_length": CAPTION_LIMIT + 1})
+
+
+def test_text_encode_takes_the_encoder_settings_with_the_config_defaults():
+    """`TextEncoder.encode` takes explicit settings (text.py sits below config.py), defaulting as config does."""
+    import inspect
+
+    from llm_dit.config import EncoderConfig
+    from llm_dit.text import TextEncoder
+
+    params = inspect.signature(TextEncoder.encode).parameters
+    defaults = EncoderConfig().model_dump(exclude={"device", "dtype"})
+    assert {k: params[k].default for k in defaults} == defaults
+
+
+def test_modules_below_config_never_import_it():
+    """config.py builds its types from blend/stats/schedule/text/vl: none of them (or what they import) may import
+    config, at module level or inside a function, or the package would have an import cycle."""
+    import ast
+
+    import llm_dit
+
+    root = Path(llm_dit.__file__).parent
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llm_dit."):
+                found.add(node.module.removeprefix("llm_dit."))
+        return found
+
+    below, todo = set(), sorted(imports("config"))
+    while todo:
+        name = todo.pop()
+        if name not in below:
+            below.add(name)
+            todo += sorted(imports(name))
+    assert {"blend", "stats", "schedule", "text", "vl"} <= below
+    assert "config" not in below, sorted(m for m in below if "config" in imports(m))

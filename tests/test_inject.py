@@ -75,9 +75,9 @@ def test_second_stream_covers_the_blocks_before_the_last_switch():
 
 def test_bad_conditioning_is_a_user_error(pipe, rows):
     t, c, _ = rows
-    with pytest.raises(UserError, match="width 32 does not match the DiT caption width 64"):
+    with pytest.raises(UserError, match=r"conditioning 0 has width 32, expected 64 \(the DiT caption width\)"):
         inject_conditioning(pipe.transformer, [0], [torch.zeros(5, 32)])
-    with pytest.raises(UserError, match="NaN/Inf"):
+    with pytest.raises(UserError, match="conditioning 0: 320 NaN and 0 Inf values"):
         inject_conditioning(pipe.transformer, [0], [torch.full((5, 64), float("nan"))])
     with pytest.raises(UserError, match="2 conditioning tensor"), inject_conditioning(pipe.transformer, [0], [c, c]):
         image(pipe, [t])

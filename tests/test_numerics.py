@@ -2,6 +2,7 @@
 `whiten` refuses a singular VL covariance (llm_dit.numerics, blend.whiten)."""
 
 import math
+import re
 import shutil
 
 import pytest
@@ -12,9 +13,9 @@ from safetensors.torch import load_file, save_file
 from llm_dit.adapter import Adapter
 from llm_dit.blend import BlendError, _shrunk_cov, _sym_pow, blend, whiten
 from llm_dit.config import load_config
-from llm_dit.errors import UserError
+from llm_dit.errors import UserError, check_choice
 from llm_dit.generate import Generator
-from llm_dit.numerics import NonFiniteError, require_finite
+from llm_dit.numerics import NonFiniteError, check_number, check_rows, require_finite
 
 from .conftest import REPO
 
@@ -32,6 +33,67 @@ def test_require_finite_names_the_stage_and_counts():
         require_finite(x, "VL extraction layer -6", "h")
     y = torch.ones(2, 2)
     assert require_finite(y, "x") is y
+
+
+def test_check_rows_names_the_label_and_what_is_wrong():
+    rows = torch.ones(3, 4)
+    assert check_rows(rows, "x", width=4) is rows
+    cases = [
+        ([[1.0]], UserError, r"^x must be a torch.Tensor, got list$"),
+        (torch.ones(2, 3, 4), UserError, r"^x must be a 2-D \[rows, D\] tensor, got shape \(2, 3, 4\)$"),
+        (torch.ones(0, 4), UserError, r"^x must be non-empty: it has no rows \(shape \(0, 4\)\)$"),
+        (torch.ones(3, 0), UserError, r"^x must be non-empty: it has no columns \(shape \(3, 0\)\)$"),
+        (torch.ones(3, 4, dtype=torch.int64), UserError, r"^x: dtype torch.int64 is not a floating-point type$"),
+        (torch.ones(3, 5), UserError, r"^x has width 5, expected 4 \(the DiT caption width\)$"),
+        (torch.full((3, 4), float("inf")), NonFiniteError, r"^x: 0 NaN and 12 Inf values in \(3, 4\) rows$"),
+    ]
+    for bad, error, message in cases:
+        with pytest.raises(error, match=message):
+            check_rows(bad, "x", width=4, width_of="the DiT caption width")
+    assert check_rows(torch.full((1, 2), float("nan")), "x", finite=False).isnan().all()  # the caller's choice
+    with pytest.raises(BlendError, match=r"^x: 1 NaN"):  # the caller's error type, for shape and NaN alike
+        check_rows(torch.tensor([[float("nan")]]), "x", error=BlendError)
+
+
+def test_check_number_accepts_finite_reals_in_range_and_names_the_rule():
+    assert check_number(3, "k", lambda x: x >= 1, "an int >= 1", integer=True) == 3.0
+    assert check_number(0.5, "w", lambda x: 0 <= x <= 1, "in [0, 1]") == 0.5
+    for bad in (True, "0.5", float("nan"), float("inf"), None, 1.5):
+        with pytest.raises(BlendError, match=rf"^k must be an int >= 1, got {re.escape(repr(bad))}$"):
+            check_number(bad, "k", lambda x: x >= 1, "an int >= 1", integer=True, error=BlendError)
+    with pytest.raises(UserError, match=r"^w must be in \[0, 1\], got 2$"):
+        check_number(2, "w", lambda x: 0 <= x <= 1, "in [0, 1]")
+
+
+def test_check_choice_names_the_value_and_the_valid_names():
+    assert check_choice("b", ("a", "b"), "mode") == "b"
+    for bad in ("c", None, 1):
+        with pytest.raises(BlendError, match=rf"^unknown mode {re.escape(repr(bad))}; valid: a, b$"):
+            check_choice(bad, ("a", "b"), "mode", BlendError)
+
+
+def test_every_row_taking_api_refuses_bad_rows_with_the_one_validator(zoo):
+    """One validator: blends, statistics, steering, DiT injection and adapters all refuse a 3-D tensor with the same
+    words, after their own label."""
+    from diffusers import ZImagePipeline
+
+    from llm_dit.inject import inject_conditioning
+    from llm_dit.stats import normalize
+    from llm_dit.steer import apply_direction, direction_mean_difference
+
+    cube, rows = torch.ones(2, 3, 64), torch.ones(3, 64)
+    pipe = ZImagePipeline.from_pretrained(zoo / "zimage")
+    calls = {
+        "adain: vl": lambda: blend(rows, cube, "adain", 0.5),
+        "embeddings": lambda: normalize(cube, "global", {"per_dim_mean": rows[0], "per_dim_std": rows[0]}),
+        "steering: positive example 0": lambda: direction_mean_difference([cube], [rows]),
+        "apply_direction: text": lambda: apply_direction(cube, rows[0], 1.0),
+        "injected conditioning 0": lambda: inject_conditioning(pipe.transformer, [0], [cube]),
+        "adapter input": lambda: Adapter(64)(cube),
+    }
+    for label, call in calls.items():
+        with pytest.raises(UserError, match=rf"^{label} must be a 2-D \[rows, D\] tensor, got shape"):
+            call()
 
 
 def fresh(zoo, **vl):

@@ -98,7 +98,7 @@ def test_bad_specs_raise_user_errors(spec, message):
 def test_bad_steps_and_alpha_raise():
     with pytest.raises(UserError, match="steps must be a positive int"):
         parse_schedule("linear:0,1").alphas(0, 0.3)
-    with pytest.raises(UserError, match="alpha must be finite"):
+    with pytest.raises(UserError, match="alpha must be a finite number"):
         parse_schedule("constant").alphas(3, float("nan"))
     with pytest.raises(UserError, match="valid: constant"):
         Schedule("nope")

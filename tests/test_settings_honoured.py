@@ -332,12 +332,11 @@ def test_packaged_profiles_other_than_default_change_only_placement():
 
 def test_default_long_prompt_is_interpolated_not_cut(zoo):
     """text.py's docstring: over max_length tokens, every token is encoded and the rows resampled (diffusers cuts)."""
-    from llm_dit.config import EncoderConfig
     from llm_dit.text import TextEncoder, shorten
 
     enc = TextEncoder.from_pretrained(str(zoo / "zimage"))
     long = " ".join(["a red fox in a snowy forest at sunset, watercolor painting"] * 50)
-    e = enc.encode(long, EncoderConfig())
+    e = enc.encode(long)
     assert e.token_count > 512 and len(e.token_ids) == e.token_count and e.embeddings.shape[0] == 512
     full = enc.hidden_rows(e.token_ids, [-2])[-2]
     torch.testing.assert_close(e.embeddings, shorten(full, 512, "interpolate"))

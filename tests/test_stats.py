@@ -214,7 +214,7 @@ def test_outlier_argument_errors():
             mask_outlier_dimensions(emb, threshold=bad, reference=ref)
     with pytest.raises(StatsError, match=r"width 5.*width 3"):
         get_outlier_dimensions(torch.randn(4, 5), reference=ref)
-    with pytest.raises(StatsError, match="valid modes: none, zero, clamp, scale, reference"):
+    with pytest.raises(StatsError, match="valid: none, zero, clamp, scale, reference"):
         mask_outlier_dimensions(emb, mode="median", reference=ref)
 
 
@@ -397,7 +397,7 @@ def test_per_dim_clip_sigma():
 
 
 def test_normalize_argument_errors():
-    with pytest.raises(StatsError, match="valid modes: none, global, per_dim, hybrid"):
+    with pytest.raises(StatsError, match="valid: none, global, per_dim, hybrid"):
         normalize(NORM_EMB, "whiten", NORM_REF)
     with pytest.raises(StatsError, match=r"width 4.*width 3"):
         normalize(torch.zeros(2, 4), "per_dim", NORM_REF)

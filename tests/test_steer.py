@@ -60,7 +60,7 @@ def test_directions_reject_degenerate_or_bad_input():
         direction_pca(x * 2, x)
     with pytest.raises(UserError, match="no negative examples"):
         direction_mean_difference(x, [])
-    with pytest.raises(UserError, match="2-D float"):
+    with pytest.raises(UserError, match=r"positive example 0 must be a 2-D \[rows, D\] tensor"):
         direction_mean_difference([torch.ones(3)], x)
     with pytest.raises(UserError, match="width 4, expected 3"):
         direction_mean_difference([torch.ones(2, 3), torch.ones(2, 4)], x)

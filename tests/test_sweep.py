@@ -118,7 +118,7 @@ def test_existing_directory_needs_resume_and_a_second_sweep_is_locked_out(cli, z
     args = ["--alphas", "0.5", "-i", REF, "-p", "a tree", *TINY, "-o", out]
     assert cli("sweep", *args).code == 0
     r = cli("sweep", *args)
-    assert r.code == 2 and "--resume" in r.err
+    assert r.code == 2 and "finish it with 'resume'" in r.err
     r = cli("sweep", *args, "--resume")
     assert r.code == 0 and len(results(out)) == 2
     import fcntl

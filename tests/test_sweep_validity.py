@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.blend import DIT_MAX_ROWS, BlendError, align, blend, replace
+from llm_dit.blend import CAPTION_LIMIT, BlendError, align, blend, replace
 from llm_dit.clip import IMAGE_REWARD_METRIC, MODEL_METRICS
 from llm_dit.config import Config
+from llm_dit.errors import UserError
 from llm_dit.metrics import METRICS, grid_artifact_score, pareto_optimal, ssim
 from llm_dit.report import METRICS as REPORT_METRICS
 from llm_dit.report import best_runs, build_report, grid_layout, load_runs, render_grid, tradeoffs
@@ -173,7 +174,7 @@ def test_think_comparison_compares_each_variant_with_a_baseline_of_the_same_temp
 def test_a_conditioning_preset_or_axis_without_a_reference_image_exits_2(cli, tmp_path, args, dry):
     out = tmp_path / "x"
     r = cli("sweep", *args, "-p", "a house", *TINY, "-o", out, *(["--dry-run"] if dry else []))
-    assert r.code == 2 and "reference image" in r.err and "-i" in r.err and "Traceback" not in r.err
+    assert r.code == 2 and "reference image" in r.err and "'images'" in r.err and "Traceback" not in r.err
     assert not out.exists()
 
 
@@ -187,8 +188,8 @@ def test_replace_gives_the_dit_the_vl_rows_themselves():
     t, v = torch.randn(5, 8), torch.randn(300, 8)
     assert torch.equal(replace(t, v, 1.0), v)  # every row, bit-exact: not pooled to the 5 text rows
     assert torch.equal(blend(t, v, "replace", 0.0), t)
-    long = torch.randn(DIT_MAX_ROWS + 37, 8)
-    assert torch.equal(replace(t, long, 1.0), align(long, DIT_MAX_ROWS, "area"))  # area-pooled only beyond the limit
+    long = torch.randn(CAPTION_LIMIT + 37, 8)
+    assert torch.equal(replace(t, long, 1.0), align(long, CAPTION_LIMIT, "area"))  # area-pooled only beyond the limit
     assert replace(t, v, 1.0, max_rows=100).shape == (100, 8)
     for alpha in (0.5, 0.99, 2.0):
         with pytest.raises(BlendError, match="replace: alpha must be 0 or 1"):
@@ -301,6 +302,25 @@ def test_style_delta_and_neutral_image_must_come_together(cli, zoo, tmp_path, ar
     image = [] if "--steps" in args else ["-i", REF]
     r = cli("sweep", *args, *image, "-p", "a", *TINY, "--dry-run")
     assert r.code == 2 and message in r.err, r.err
+
+
+@pytest.mark.parametrize(
+    ("spec", "preset", "key"),
+    [
+        ({}, None, "'prompts'"),
+        ({"prompts": ["a"], "fixed": {"vl.alpha": 0.5}}, None, "'images'"),
+        ({"prompts": ["a"], "images": ["x.png"]}, "style_delta", "'neutral_image'"),
+        ({"prompts": ["a"]}, "steering", "'steer'"),
+        ({"prompts": ["a"], "img2img": True}, None, "'init_image'"),
+        ({"prompts": ["a"], "images": ["x.png"], "baseline": False}, "vl_only_vs_qwen3", "baseline = false"),
+    ],
+    ids=["prompts", "images", "neutral", "steer", "init-image", "baseline"],
+)
+def test_sweep_api_errors_name_spec_keys_not_cli_flags(spec, preset, key):
+    """The API names what to set in the spec (a TOML sweep file or `SweepSpec`); only the CLI knows its flags."""
+    with pytest.raises(UserError) as e:
+        resolve_spec(SweepSpec(**spec), preset, {}, {})
+    assert key in str(e.value) and not re.search(r"(^|[\s(/])--?[a-z]", str(e.value)), str(e.value)
 
 
 def test_style_delta_preset_exists_with_alphas_in_its_range():

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from llm_dit.config import EncoderConfig
 from llm_dit.text import TextEncoder, attention_pool, render_prompt, shorten
 
 LONG = " ".join(["a red fox in a snowy forest at sunset, watercolor painting"] * 8)
@@ -28,7 +27,7 @@ def test_hidden_layer_reaches_the_encoder(encoder):
     with torch.no_grad():
         states = encoder.model(input_ids=ids, output_hidden_states=True).hidden_states
     for layer in (-2, -6, -1, 3):
-        got = encoder.encode("a fox", EncoderConfig(hidden_layer=layer)).embeddings
+        got = encoder.encode("a fox", hidden_layer=layer).embeddings
         torch.testing.assert_close(got, states[layer][0], rtol=0, atol=0)
 
 
@@ -40,7 +39,7 @@ def test_system_prompt_and_think_block_render(encoder):
     assert render_prompt(tok, "a fox", system_prompt="Be vivid.").startswith(
         "<|im_start|>system\nBe vivid.<|im_end|>\n<|im_start|>user\na fox"
     )
-    with_think = encoder.encode("a fox", EncoderConfig(think_block=True))
+    with_think = encoder.encode("a fox", think_block=True)
     expected = tok(render_prompt(tok, "a fox", think_block=True), add_special_tokens=False).input_ids
     assert with_think.token_ids == expected and with_think.embeddings.shape[0] == len(expected)
     assert tok.convert_tokens_to_ids("<think>") in expected
@@ -52,7 +51,7 @@ def test_long_prompt_modes_all_shorten_and_differ(zoo, dtype):
     enc = TextEncoder.from_pretrained(str(zoo / "zimage"), dtype=dtype)
     outs = {}
     for mode in ("truncate", "interpolate", "pool", "attention_pool"):
-        e = enc.encode(LONG, EncoderConfig(max_length=32, long_prompt_mode=mode))
+        e = enc.encode(LONG, max_length=32, long_prompt_mode=mode)
         assert e.embeddings.shape == (32, 64) and e.embeddings.dtype == getattr(torch, dtype)
         assert e.shortened and e.token_count > 32
         assert torch.isfinite(e.embeddings.float()).all()
@@ -62,7 +61,7 @@ def test_long_prompt_modes_all_shorten_and_differ(zoo, dtype):
         for b in names[i + 1 :]:
             assert not torch.allclose(outs[a], outs[b]), (a, b)
     # truncate == encoding the first 32 tokens (causal attention: the tail cannot change them)
-    full = enc.encode(LONG, EncoderConfig(max_length=1504, long_prompt_mode="truncate")).embeddings.float()
+    full = enc.encode(LONG, max_length=1504, long_prompt_mode="truncate").embeddings.float()
     torch.testing.assert_close(outs["truncate"], full[:32], rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(
         outs["pool"], torch.nn.functional.adaptive_avg_pool1d(full.T[None], 32)[0].T, rtol=2e-2, atol=2e-2

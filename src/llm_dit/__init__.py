@@ -15,6 +15,7 @@ __version__ = metadata.version("llm-dit")
 _EXPORTS = {
     "load_config": "config",
     "Config": "config",
+    "with_overrides": "config",
     "Generator": "generate",
     "denoise": "render",
     "Components": "components",

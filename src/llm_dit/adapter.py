@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from .errors import UserError
+from .errors import UserError, check_choice
 from .files import load_image, load_tensors, save_tensors
+from .numerics import check_number, check_rows
 from .text import TextEncoder, render_prompt
 from .vl import VLEmbeddingExtractor, find_spans
 
@@ -82,16 +83,14 @@ DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 
 def check_kind(kind: str, dim: int, rank: int | None) -> int:
     """Validate `kind`, `dim` and `rank`; the effective rank (`low_rank`: `rank` or min(32, D); else 0)."""
-    if kind not in ADAPTER_KINDS:
-        raise UserError(f"unknown adapter kind '{kind}' (valid: {', '.join(ADAPTER_KINDS)})")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise UserError(f"adapter width must be a positive integer, got {dim!r}")
+    check_choice(kind, ADAPTER_KINDS, "adapter kind")
+    check_number(dim, "adapter width", lambda d: d >= 1, "a positive integer", integer=True)
     if kind != "low_rank":
         return 0
     r = min(DEFAULT_RANK, dim) if rank is None else rank
-    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= dim:
-        raise UserError(f"low-rank adapter rank must be an integer in [1, {dim}], got {rank!r}")
-    return r
+    return int(
+        check_number(r, "low-rank adapter rank", lambda x: 1 <= x <= dim, f"an integer in [1, {dim}]", integer=True)
+    )
 
 
 def tensor_shapes(kind: str, dim: int, rank: int) -> dict[str, tuple[int, ...]]:
@@ -125,8 +124,7 @@ class Adapter(nn.Module):
             self.shift = nn.Parameter(torch.zeros(dim))
 
     def forward(self, rows: Tensor) -> Tensor:
-        if rows.ndim != 2 or rows.shape[1] != self.dim:
-            raise UserError(f"adapter expects rows [n, {self.dim}], got shape {list(rows.shape)}")
+        check_rows(rows, "adapter input", width=self.dim, width_of="the adapter's width", finite=False)
         device = next(self.parameters()).device
         x = rows.to(device=device, dtype=torch.float32)
         if self.kind == "linear":
@@ -247,14 +245,13 @@ def check_use(path: str | Path, meta: dict[str, Any], config: Any) -> None:
 
 
 def check_pairs(x: Tensor, y: Tensor) -> None:
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.ndim != 2 or y.ndim != 2:
-        raise UserError("ridge_fit needs 2-D tensors x [n, D] and y [n, D]")
+    """`x` and `y` as `ridge_fit` needs them: finite rows `[n, D]` (`numerics.check_rows`) of one shape, n >= 2."""
+    check_rows(x, "ridge_fit: x")
+    check_rows(y, "ridge_fit: y", width=x.shape[1], width_of="the width of x")
     if x.shape != y.shape:
         raise UserError(f"ridge_fit needs x and y of the same shape, got {list(x.shape)} and {list(y.shape)}")
     if x.shape[0] < 2:
         raise UserError(f"ridge_fit needs at least 2 row pairs, got {x.shape[0]}")
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
-        raise UserError("ridge_fit: the rows contain NaN/Inf values")
 
 
 def ridge_fit(x: Tensor, y: Tensor, lam: float, kind: str = "linear", rank: int | None = None) -> Adapter:
@@ -271,8 +268,7 @@ def ridge_fit(x: Tensor, y: Tensor, lam: float, kind: str = "linear", rank: int 
     λ ≥ 0 is in the units of the sums (it does not scale with n).
     """
     check_pairs(x, y)
-    if isinstance(lam, bool) or not isinstance(lam, int | float) or not math.isfinite(lam) or lam < 0:
-        raise UserError(f"ridge lambda must be a finite number >= 0, got {lam!r}")
+    check_number(lam, "ridge lambda", lambda x: x >= 0, "a finite number >= 0")
     adapter = Adapter(x.shape[1], kind, rank)
     xd, yd = x.double().cpu(), y.double().cpu()
     x_mean, y_mean = xd.mean(0), yd.mean(0)
@@ -476,8 +472,7 @@ def check_samples(samples: Sequence[TrainingSample], dim: int) -> None:
     for i, s in enumerate(samples):
         if s.latents.ndim != 3 or not torch.isfinite(s.latents).all():
             raise UserError(f"training sample {i}: latents must be a finite [C, H, W] tensor")
-        if s.rows.ndim != 2 or s.rows.shape[0] == 0 or s.rows.shape[1] != dim or not torch.isfinite(s.rows).all():
-            raise UserError(f"training sample {i}: rows must be a finite [n, {dim}] tensor, n >= 1")
+        check_rows(s.rows, f"training sample {i}: rows", width=dim, width_of="the adapter's width")
 
 
 def save_checkpoint(
@@ -561,13 +556,10 @@ def finetune(
     Adam's state, the step and the loss history; with `resume` an existing checkpoint (same adapter shape, data,
     lr, seed, batch size, shift) is continued, giving the same trajectory as an uninterrupted run.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from .progress import progress_bar
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise UserError(f"steps must be an integer >= 0, got {steps!r}")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-        raise UserError(f"learning rate must be a finite number > 0, got {lr!r}")
+    check_number(steps, "steps", lambda n: n >= 0, "an integer >= 0", integer=True)
+    check_number(lr, "learning rate", lambda x: x > 0, "a finite number > 0")
     if checkpoint_every < 1:
         raise UserError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     check_samples(samples, adapter.dim)
@@ -597,16 +589,9 @@ def finetune(
     if start > steps:
         raise UserError(f"the checkpoint in {checkpoint_dir} is at step {start}, past steps={steps}")
 
-    columns = (
-        TextColumn("adapter"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeRemainingColumn(),
-    )
     last = f"{losses[-1]:.4f}" if losses else "-"
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task("train", total=steps, completed=min(start, steps), loss=last)
+    with progress_bar("loss {task.fields[loss]}", transient=False, disable=not progress) as bar:
+        task = bar.add_task("adapter", total=steps, completed=min(start, steps), loss=last)
         for step in range(start, steps):
             chosen, sigmas, noises = draw_step(samples, seed, step, shift, n_batch)
             optimizer.zero_grad(set_to_none=True)
@@ -638,8 +623,7 @@ def caption_image(
     collapsed."""
     if isinstance(image, str | Path):
         image = load_image(image, "image")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise UserError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_number(max_new_tokens, "max_new_tokens", lambda n: n >= 1, "an integer >= 1", integer=True)
     model = extractor.model
     inputs, _ = extractor.prepare(image, prompt)
     inputs = {

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .blend import DIT_MAX_ROWS, check_alpha, check_options, mode_options, replace_rows
+from .blend import CAPTION_LIMIT, check_alpha, check_options, mode_options, replace_rows
 from .components import Components
 from .condition import (
     CaptionRows,
@@ -34,11 +34,10 @@ from .condition import (
     parse_layer_weights,
     steer_conditioning,
 )
-from .config import Config, VLConfig
+from .config import Config, EncoderConfig, VLConfig
 from .errors import UserError
-from .files import check_embeddings
 from .imagedep import PROBE_SEED, describe_probe, image_free_by_construction, measure, not_checked, probe_image
-from .numerics import require_finite
+from .numerics import check_rows, require_finite
 from .records import adapter_record
 from .schedule import parse_schedule
 from .stats import ReferenceStats
@@ -66,6 +65,24 @@ def refuse(config: Config, source: Source, alphas: list[float]) -> None:
 def layer_weights(vl: VLConfig) -> dict[int, float]:
     """The VL layers an extraction combines and their weights: `vl.layers` when set, else `{vl.hidden_layer: 1}`."""
     return parse_layer_weights(vl.layers) if vl.layers else {vl.hidden_layer: 1.0}
+
+
+def encode(components: Components, encoder: EncoderConfig, prompt: str) -> EncodedPrompt:
+    """`prompt`'s caption rows T with the `encoder` settings (all but where it runs, its device and dtype)."""
+    return components.text_encoder.encode(prompt, **encoder.model_dump(exclude={"device", "dtype"}))
+
+
+def given_rows(rows: torch.Tensor, components: Components, label: str) -> torch.Tensor:
+    """Rows given as they are (caption rows, VL rows, neutral rows): `[n, caption width]`, float, finite."""
+    return check_rows(rows, label, width=components.caption_width, width_of="the DiT caption width")
+
+
+def given_vl_rows(
+    rows: torch.Tensor, components: Components, vl: VLConfig, label: str
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Given VL rows treated like extracted ones: checked (`given_rows`), float32, sink rows found and, with
+    `vl.sink_rows = "exclude"`, dropped (`condition.drop_sinks`). Returns the rows and the sinks record."""
+    return drop_sinks(given_rows(rows, components, label).float(), vl.sink_ratio, vl.sink_rows)
 
 
 def extraction_stats(components: Components, vl: VLConfig) -> Stats | None:
@@ -113,8 +130,7 @@ class TextSide:
 def encode_text(components: Components, config: Config, prompt: str, source: Source) -> TextSide:
     """The text encoder's whole share of one image conditioned by `source`: T, its sink rows (named by token while
     the tokenizer is at hand), the negative rows, and the statistics the extraction will read."""
-    encoder = components.text_encoder
-    encoded = encoder.encode(prompt, config.encoder)
+    encoded = encode(components, config.encoder, prompt)
     sinks, record = None, {}
     if not isinstance(source, Text | CaptionRows):
         v, ids = config.vl, encoded.token_ids
@@ -122,11 +138,11 @@ def encode_text(components: Components, config: Config, prompt: str, source: Sou
         if len(ids) == encoded.embeddings.shape[0]:  # rows are tokens (not resampled by a long-prompt mode)
 
             def token(position: int) -> str:
-                return encoder.tokenizer.decode([ids[position]])
+                return components.text_encoder.tokenizer.decode([ids[position]])
 
         sinks, found = find_sink_rows(encoded.embeddings, v.sink_ratio, v.sink_rows, "text", token)
         record = {"ratio": v.sink_ratio, "rows": v.sink_rows, "text": found}
-    negative = encoder.encode("", config.encoder).embeddings if config.generation.guidance > 0 else None
+    negative = encode(components, config.encoder, "").embeddings if config.generation.guidance > 0 else None
     stats = extraction_stats(components, config.vl) if extracts(source) else None
     return TextSide(encoded, sinks, record, negative, stats)
 
@@ -141,7 +157,7 @@ def build_conditioning(
         case Text():
             return Conditioning(t, source.kind)
         case CaptionRows(rows=rows):
-            return Conditioning(check_embeddings(rows, components.caption_width, "embeddings"), source.kind)
+            return Conditioning(given_rows(rows, components, "embeddings"), source.kind)
         case Steering(direction=direction):
             combine = steer_conditioning(t, direction, text.sinks, v.sink_rows)
             return Conditioning(t, source.kind, combine, {"sinks": dict(text.sinks_record)})
@@ -157,9 +173,7 @@ def blend_vl(
     sinks = dict(text.sinks_record)
     record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options, "sinks": sinks}
     if isinstance(source, VLRows):
-        vl, sinks["vl"] = drop_sinks(
-            check_embeddings(source.rows, width, "VL embeddings").float(), v.sink_ratio, v.sink_rows
-        )
+        vl, sinks["vl"] = given_vl_rows(source.rows, components, v, "VL embeddings")
     else:
         if components.vl.hidden_size != width:
             raise UserError(
@@ -182,12 +196,11 @@ def blend_vl(
             record["neutral_vl"] = {str(layer): e.metadata() for layer, e in neutral_layers.items()}
             record["neutral"] = "image"
         else:
-            rows = check_embeddings(source.neutral, width, "neutral embeddings").float()
-            options["neutral"], sinks["neutral"] = drop_sinks(rows, v.sink_ratio, v.sink_rows)
+            options["neutral"], sinks["neutral"] = given_vl_rows(source.neutral, components, v, "neutral embeddings")
             record["neutral"] = "embeddings"
     record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
     if v.blend == "replace":  # the rows the DiT receives, and whether they had to be pooled
-        record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", DIT_MAX_ROWS)))
+        record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", CAPTION_LIMIT)))
     return Conditioning(t, source.kind, blend_conditioning(t, vl, v.blend, options, text.sinks, v.sink_rows), record)
 
 

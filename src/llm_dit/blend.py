@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable, Iterable, Sequence
-from numbers import Integral, Real
 from typing import TypeAlias
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UserError
-from .numerics import require_finite
+from .errors import UserError, check_choice
+from .numerics import check_number, check_rows, require_finite
 from .stats import describe
 
 RESAMPLE_MODES = ("area", "linear", "nearest", "truncate")
-DIT_MAX_ROWS = 1504  # Z-Image caption length limit
+# The most caption rows Z-Image's DiT takes: it pads a caption to a multiple of 32 and starts the image's RoPE
+# positions after it (caption positions from 1) on an axis of 1536 entries, so a caption has at most 1504 rows.
+CAPTION_LIMIT = 1504
 EPS_STD = 1e-6
 EPS_EIG = 1e-8
 EPS_NORM = 1e-12
@@ -41,24 +41,14 @@ class BlendError(UserError):
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _choose(kind: str, name: object, valid: Sequence[str], where: str = "") -> None:
-    if not isinstance(name, str) or name not in valid:
-        raise BlendError(f"{where}unknown {kind} {name!r}; valid: {', '.join(valid)}")
-
-
-def _check_rows(mode: str, label: str, x: object, d: int | None = None) -> None:
-    if not isinstance(x, Tensor):
-        raise BlendError(f"{mode}: {label} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise BlendError(f"{mode}: {label} must be 2-D [tokens, D] and non-empty, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise BlendError(f"{mode}: {label} must be a floating-point tensor, got {x.dtype}")
-    if d is not None and x.shape[1] != d:
-        raise BlendError(f"{mode}: {label} has hidden size {x.shape[1]}, text has {d}")
+def _check_rows(mode: str, label: str, x: object, d: int | None = None, of: str = "text") -> None:
+    """`numerics.check_rows` for argument `label` of `mode`, of width `d` (that of `of`) when given; finiteness is
+    checked on the result (`_finish`)."""
+    check_rows(x, f"{mode}: {label}", width=d, width_of=f"the width of {of}", finite=False, error=BlendError)
 
 
 def _check_resample(mode: str, resample: object, n_v: int, n: int) -> None:
-    _choose("resample mode", resample, RESAMPLE_MODES, f"{mode}: ")
+    check_choice(resample, RESAMPLE_MODES, "resample mode", BlendError)
     if resample == "truncate" and n_v < n:
         raise BlendError(f"{mode}: resample 'truncate' needs >= {n} rows, got {n_v}; use area/linear/nearest")
 
@@ -68,14 +58,6 @@ def _prepare(mode: str, text: Tensor, vl: Tensor, alpha: object, hi: float = 1.0
     _check_rows(mode, "text", text)
     _check_rows(mode, "vl", vl, text.shape[1])
     return _check_alpha(mode, alpha, hi)
-
-
-def _number(value: object, integer: bool = False) -> float | None:
-    """float(value) for a finite real (integral if ``integer``) that is not a bool, else None."""
-    if isinstance(value, bool) or not isinstance(value, Integral if integer else Real):
-        return None
-    x = float(value)
-    return x if math.isfinite(x) else None
 
 
 ALPHA_MAX = {"style_delta": 2.0}  # every other mode: alpha in [0, 1]
@@ -91,26 +73,19 @@ def check_alpha(mode: str, alpha: object) -> float:
 
 
 def _check_switch(mode: str, alpha: object) -> float:
-    x = _number(alpha)
-    if x not in ALPHA_VALUES[mode]:
-        valid = " or ".join(f"{v:g}" for v in ALPHA_VALUES[mode])
-        raise BlendError(f"{mode}: alpha must be {valid} (it switches the VL rows on or off), got {alpha!r}")
-    return x
+    valid = " or ".join(f"{v:g}" for v in ALPHA_VALUES[mode])
+    rule = f"{valid} (it switches the VL rows on or off)"
+    return check_number(alpha, f"{mode}: alpha", lambda x: x in ALPHA_VALUES[mode], rule, error=BlendError)
 
 
 def _check_alpha(mode: str, alpha: object, hi: float = 1.0) -> float:
-    x = _number(alpha)
-    if x is None or not 0.0 <= x <= hi:
-        raise BlendError(f"{mode}: alpha must be in [0, {hi:g}], got {alpha!r}")
-    return x
+    return check_number(alpha, f"{mode}: alpha", lambda x: 0.0 <= x <= hi, f"in [0, {hi:g}]", error=BlendError)
 
 
 def _check_option(
     mode: str, name: str, value: object, ok: Callable[[float], bool], rule: str, integer: bool = False
 ) -> None:
-    x = _number(value, integer)
-    if x is None or not ok(x):
-        raise BlendError(f"{mode}: option {name} must be {rule}, got {value!r}")
+    check_number(value, f"{mode}: option {name}", ok, rule, integer=integer, error=BlendError)
 
 
 def _f32(x: Tensor, like: Tensor) -> Tensor:
@@ -164,8 +139,7 @@ def align(v: Tensor, n: int, resample: str = "area") -> Tensor:
     truncate  v[:n]; error if n_v < n.
     """
     _check_rows("align", "v", v)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise BlendError(f"align: n must be a positive int, got {n!r}")
+    check_number(n, "align: n", lambda x: x >= 1, "a positive int", integer=True, error=BlendError)
     _check_resample("align", resample, v.shape[0], n)
     x = v.float()
     if n == x.shape[0] or resample == "truncate":
@@ -235,7 +209,7 @@ def compute_style_delta(styled: Tensor, neutral: Tensor, n: int | None = None, r
     Returns float32 [n, D].
     """
     _check_rows("style_delta", "styled", styled)
-    _check_rows("style_delta", "neutral", neutral, styled.shape[1])
+    _check_rows("style_delta", "neutral", neutral, styled.shape[1], "styled")
     n = styled.shape[0] if n is None else n
     return align(styled, n, resample) - align(neutral.to(styled.device), n, resample)
 
@@ -453,7 +427,7 @@ def slerp(text: Tensor, vl: Tensor, alpha: float, *, resample: str = "area") -> 
     return _finish(direction * ((1 - alpha) * nt + alpha * na), text, "slerp")
 
 
-def concat(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_ROWS) -> Tensor:
+def concat(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = CAPTION_LIMIT) -> Tensor:
     """Sequence concatenation: out = cat([T, α·V']) of shape [n_t + n_v', D]. alpha ∈ [0, 1].
 
     V' = V, or V area-resampled to max_rows − n_t rows when n_t + n_v > max_rows (1504 = Z-Image caption
@@ -472,12 +446,12 @@ def concat(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_RO
     return torch.cat([text, _finish(alpha * v, text, "concat")])
 
 
-def replace_rows(n_v: int, max_rows: int = DIT_MAX_ROWS) -> dict[str, int | bool]:
+def replace_rows(n_v: int, max_rows: int = CAPTION_LIMIT) -> dict[str, int | bool]:
     """What `replace` gives the DiT for `n_v` VL rows: `{"vl_rows", "caption_rows", "pooled"}` (for records)."""
     return {"vl_rows": n_v, "caption_rows": min(n_v, max_rows), "pooled": n_v > max_rows}
 
 
-def replace(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = DIT_MAX_ROWS) -> Tensor:
+def replace(text: Tensor, vl: Tensor, alpha: float, *, max_rows: int = CAPTION_LIMIT) -> Tensor:
     """VL rows instead of the text rows: C = V' of shape [n_v', D], or T when alpha = 0. alpha ∈ {0, 1}.
 
     V' = V (every kept VL row, bit-exact in T's dtype) when n_v <= max_rows, else V area-pooled to max_rows rows
@@ -522,7 +496,7 @@ blend_adain_per_dim = adain_per_dim
 
 def mode_options(mode: str) -> tuple[str, ...]:
     """Option names accepted by ``blend(..., mode, ...)``."""
-    _choose("blend mode", mode, tuple(BLEND_MODES))
+    check_choice(mode, BLEND_MODES, "blend mode", BlendError)
     return _keyword_options(BLEND_MODES[mode])
 
 

@@ -5,24 +5,41 @@ file (when a profile other than `default` is chosen) < CLI flags / keyword overr
 `--config FILE`, else `$LLM_DIT_CONFIG`, else the packaged `config.toml`. Every key is checked: an unknown key or
 a bad value is a `ConfigError` naming the key, the profile and the file.
 
-`vl.hidden_layer` and `vl.layers` are two ways to choose the VL layer(s), so they follow precedence as one setting
-(`layer_choice`): the level that sets either wins, and one level setting both is an error.
+Every level above the field defaults is applied by `with_overrides` (`{"section.key": value}`), the one way settings
+are overridden: profiles, keyword overrides (CLI flags) and each sweep run's settings. `vl.hidden_layer` and
+`vl.layers` are two ways to choose the VL layer(s), so they follow precedence as one setting (`layer_choice`): the
+level that sets either wins, and one level setting both is an error.
+
+The mode lists and limits are not written here: each field's type is built from the tuple of the module that
+implements the modes (`blend.BLEND_MODES`, `stats.NORMALIZATION_MODES`, `vl.TOKEN_MODES`, ...).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .blend import BLEND_MODES, CAPTION_LIMIT, RESAMPLE_MODES
 from .errors import UserError
+from .schedule import parse_schedule
+from .stats import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
+from .text import LONG_PROMPT_MODES
+from .vl import TOKEN_MODES
 
-LongPromptMode = Literal["truncate", "interpolate", "pool", "attention_pool"]
-MAX_CAPTION_TOKENS = 1504  # the DiT's RoPE table (1536) minus the padding to a multiple of 32
+# Field types built from the modules' own mode lists (`Literal[("a", "b")]` is `Literal["a", "b"]`).
+LongPromptMode = Literal[LONG_PROMPT_MODES]
+TokenMode = Literal[TOKEN_MODES]
+NormalizationMode = Literal[NORMALIZATION_MODES]
+OutlierMode = Literal[OUTLIER_MODES]
+SinkRowMode = Literal[SINK_ROW_MODES]
+BlendModeName = Literal[tuple(BLEND_MODES)]
+ResampleMode = Literal[RESAMPLE_MODES]
 
 # Settings that change only where and when things run, never the numbers a run produces (up to dtype rounding): the
 # only keys a packaged hardware profile (e.g. `rtx4090`) may set.
@@ -58,7 +75,7 @@ class EncoderConfig(_Section):
     device: str = "auto"
     dtype: str = "auto"
     hidden_layer: int = -2
-    max_length: int = Field(512, ge=1, le=MAX_CAPTION_TOKENS)
+    max_length: int = Field(512, ge=1, le=CAPTION_LIMIT)
     long_prompt_mode: LongPromptMode = "interpolate"
     system_prompt: str | None = None
     think_block: bool = False
@@ -88,39 +105,28 @@ class VLConfig(_Section):
     dtype: str = "auto"
     hidden_layer: int = -6
     layers: str | None = None  # weighted layers "-6:0.7,-16:0.3"; replaces hidden_layer when set
-    token_mode: Literal["full", "text_only", "image_only", "image_no_markers"] = "full"
+    token_mode: TokenMode = "full"
     system_prompt: str | None = None
-    normalize: Literal["none", "global", "per_dim", "hybrid"] = "none"
+    normalize: NormalizationMode = "none"
     clip_sigma: float | None = Field(None, gt=0.0)
     hybrid_weight: float = Field(0.5, ge=0.0, le=1.0)
     reference_stats: str | None = None  # safetensors file; default: computed with the text encoder, same layer
-    outlier_masking: Literal["none", "zero", "clamp", "scale", "reference"] = "none"
+    outlier_masking: OutlierMode = "none"
     outlier_threshold: float = Field(10.0, gt=1.0)
-    sink_ratio: float = Field(20.0, gt=1.0, allow_inf_nan=False)  # sink: max|row| > sink_ratio x the median row's
-    sink_rows: Literal["exclude", "include"] = "exclude"  # exclude: T's sink rows unchanged, V's dropped
+    sink_ratio: float = Field(SINK_RATIO, gt=1.0, allow_inf_nan=False)  # sink: max|row| > sink_ratio x the median row's
+    sink_rows: SinkRowMode = "exclude"  # exclude: T's sink rows unchanged, V's dropped
     alpha: float = 0.3
-    blend: str = "adain_per_dim"
-    resample: Literal["area", "linear", "nearest", "truncate"] = "area"
+    blend: BlendModeName = "adain_per_dim"
+    resample: ResampleMode = "area"
     blend_options: dict[str, float | int | bool] = {}
     alpha_schedule: str = "constant"
     inject_layers: list[int] = []
     adapter: str | None = None  # a trained adapter (llm-dit train-adapter) applied to the VL rows before blending
     image_check: bool = True  # measure whether the caption rows depend on the reference (llm_dit.imagedep)
 
-    @field_validator("blend")
-    @classmethod
-    def _known_blend(cls, v: str) -> str:
-        from .blend import BLEND_MODES
-
-        if v not in BLEND_MODES:
-            raise ValueError(f"unknown blend mode '{v}' (valid: {', '.join(BLEND_MODES)})")
-        return v
-
     @field_validator("alpha_schedule")
     @classmethod
     def _known_schedule(cls, v: str) -> str:
-        from .schedule import parse_schedule
-
         try:
             parse_schedule(v)
         except UserError as e:
@@ -144,22 +150,20 @@ def default_config_path() -> Path:
     return Path(env) if env else Path(str(resources.files("llm_dit") / "config.toml"))
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _describe(err: ValidationError) -> str:
+def _describe(err: ValidationError, where: str) -> str:
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"])
     if e["type"] == "extra_forbidden":
-        return f"unknown key '{key}'"
-    return f"bad value for '{key}': {e['msg'].removeprefix('Value error, ')}"
+        return f"unknown key '{key}' in {where}"
+    if e["type"] == "literal_error":  # a mode field: say what was given and what is valid
+        return f"bad value for '{key}' in {where}: {e['input']!r} is not one of {e['ctx']['expected']}"
+    return f"bad value for '{key}' in {where}: {e['msg'].removeprefix('Value error, ')}"
 
 
-def layer_choice(level: dict[str, Any], where: str) -> dict[str, Any]:
+LAYER_KEYS = ("vl.hidden_layer", "vl.layers")
+
+
+def layer_choice(level: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The flat `vl.*` layer settings one precedence level contributes: `{}` when it sets neither
     `vl.hidden_layer` nor `vl.layers` (`None` = unset); `{"vl.hidden_layer": L, "vl.layers": None}` when it sets
     the single layer, so an explicit layer clears weighted layers set at a lower level; `{"vl.layers": S}` when it
@@ -175,19 +179,46 @@ def layer_choice(level: dict[str, Any], where: str) -> dict[str, Any]:
     return {"vl.layers": layers} if layers is not None else {}
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for dotted, value in flat.items():
+def with_overrides(config: Config, overrides: Mapping[str, Any], where: str = "the overrides") -> Config:
+    """A new `config` with `overrides` (`{"section.key": value}`) applied as one precedence level above it, the
+    whole result validated. An unknown key or a bad value is a `ConfigError` naming the key and `where` (the level,
+    e.g. "profile 'fast' of FILE"). Values are applied as given (`None` too), except `vl.hidden_layer` and
+    `vl.layers`: what they contribute is `layer_choice`'s (`None` = unset)."""
+    data = config.model_dump()
+    given = {k: v for k, v in overrides.items() if k not in LAYER_KEYS} | layer_choice(overrides, where)
+    for dotted, value in given.items():
         section, _, key = dotted.partition(".")
-        out.setdefault(section, {})[key] = value
+        if section not in data:
+            raise ConfigError(f"unknown key '{section}' in {where}")
+        if not key:
+            raise ConfigError(f"'{section}' in {where} is a section, not a key: name a key as '{section}.KEY'")
+        if key not in data[section]:
+            raise ConfigError(f"unknown key '{dotted}' in {where}")
+        data[section][key] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, where)) from None
+
+
+def _dotted(table: dict[str, Any]) -> dict[str, Any]:
+    """A profile table `{section: {key: value}}` as `{"section.key": value}` (a section that is not a table is kept
+    under its own name, for `with_overrides` to refuse)."""
+    out: dict[str, Any] = {}
+    for section, values in table.items():
+        if isinstance(values, dict):
+            out |= {f"{section}.{key}": value for key, value in values.items()}
+        else:
+            out[section] = values
     return out
 
 
 def load_config(
-    path: str | Path | None = None, profile: str = "default", overrides: dict[str, Any] | None = None
+    path: str | Path | None = None, profile: str = "default", overrides: Mapping[str, Any] | None = None
 ) -> Config:
     """Resolve `profile` from the config file and apply `overrides` (`{"generation.steps": 4, ...}`; `None`
-    values are ignored, so unset CLI flags leave the profile's values alone)."""
+    values are ignored, so unset CLI flags leave the profile's values alone). Each level (`[default]`, the
+    profile, the overrides) is applied by `with_overrides`."""
     path = Path(path) if path is not None else default_config_path()
     try:
         data = tomllib.loads(path.read_text())
@@ -198,24 +229,13 @@ def load_config(
     if profile not in data and profile != "default":
         raise ConfigError(f"profile '{profile}' not in {path} (profiles: {', '.join(data) or 'none'})")
 
-    layers = [("default", data.get("default", {}))]
+    levels = [("default", data.get("default", {}))]
     if profile != "default":
-        layers.append((profile, data[profile]))
-    merged: dict = {}
-    for name, layer in layers:
-        if not isinstance(layer, dict):
+        levels.append((profile, data[profile]))
+    config = Config()
+    for name, table in levels:
+        if not isinstance(table, dict):
             raise ConfigError(f"profile '{name}' in {path} must be a table")
-        try:
-            Config.model_validate(layer)
-        except ValidationError as e:
-            raise ConfigError(f"{_describe(e)} in profile '{name}' of {path}") from None
-        vl = layer.get("vl", {})
-        choice = layer_choice({f"vl.{k}": v for k, v in vl.items()}, f"profile '{name}' of {path}")
-        merged = _merge(_merge(merged, layer), _nest(choice))
-
+        config = with_overrides(config, _dotted(table), f"profile '{name}' of {path}")
     given = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
-    merged = _merge(merged, _nest(given | layer_choice(given, "the overrides (command-line settings)")))
-    try:
-        return Config.model_validate(merged)
-    except ValidationError as e:
-        raise ConfigError(f"{_describe(e)} (profile '{profile}', {path} and command-line settings)") from None
+    return with_overrides(config, given, "the overrides (command-line settings)")

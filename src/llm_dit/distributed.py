@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .cache import TensorCache
 from .config import Config
 from .errors import UserError
 from .files import image_bytes
 from .generate import Generator, Result
+from .progress import progress_bar
 from .runner import Inputs, batches, finish, prime, run_batch
 
 IN_FLIGHT = 2  # batches queued per actor, so an actor never waits for the driver between batches
@@ -154,7 +154,7 @@ def _unwrap(ray, e: BaseException) -> BaseException:
     if isinstance(e, ray.exceptions.RayTaskError) and isinstance(e.cause, BaseException):
         return e.cause
     if isinstance(e, ray.exceptions.RayActorError):
-        return UserError(f"a ray worker died ({e}); finished runs are saved: rerun with --resume")
+        return UserError(f"a ray worker died ({e}); finished runs are saved: run the sweep again with 'resume'")
     return e
 
 
@@ -176,8 +176,7 @@ def _dispatch(
     for actor in actors:
         for _ in range(IN_FLIGHT):
             submit(actor)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("sweep (ray)", total=total)
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)

@@ -166,24 +166,8 @@ def load_tensors(path: str | Path, label: str = "embeddings file") -> tuple[dict
 
 def load_embeddings(path: str | Path, label: str = "embeddings file") -> torch.Tensor:
     """The `embeddings` tensor of a file written by `llm-dit extract` or `llm-dit encode` (checked later against
-    the DiT's caption width by `check_embeddings`)."""
+    the DiT's caption width by `numerics.check_rows`)."""
     tensors, _ = load_tensors(path, label)
     if "embeddings" not in tensors:
         raise UserError(f"{label} {path} has no 'embeddings' tensor (has: {', '.join(tensors) or 'none'})")
     return tensors["embeddings"]
-
-
-def check_embeddings(rows: torch.Tensor, width: int, label: str) -> torch.Tensor:
-    """Validate caption rows from a file: float, 2-D `[n, width]`, n >= 1, finite."""
-    if not rows.is_floating_point():
-        raise UserError(f"{label}: dtype {rows.dtype} is not a float type")
-    if rows.ndim != 2:
-        raise UserError(f"{label}: expected a 2-D [rows, {width}] tensor, got shape {list(rows.shape)}")
-    if rows.shape[0] == 0:
-        raise UserError(f"{label}: has no rows")
-    if rows.shape[1] != width:
-        raise UserError(f"{label}: width {rows.shape[1]} does not match the DiT caption width {width}")
-    if not torch.isfinite(rows).all():
-        bad = int((~torch.isfinite(rows)).sum())
-        raise UserError(f"{label}: contains {bad} NaN/Inf values")
-    return rows

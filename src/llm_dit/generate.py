@@ -18,7 +18,16 @@ import torch
 from PIL import Image
 
 from . import records
-from .assemble import TextSide, build_conditioning, encode_text, extract, extraction_stats, image_dependence, refuse
+from .assemble import (
+    TextSide,
+    build_conditioning,
+    encode,
+    encode_text,
+    extract,
+    extraction_stats,
+    image_dependence,
+    refuse,
+)
 from .cache import TensorCache
 from .components import COMPONENT_KEYS, Components
 from .condition import Conditioning, Source, as_source, check_neutral, extracts
@@ -79,7 +88,7 @@ class Generator:
 
     def encode(self, prompt: str) -> EncodedPrompt:
         """The prompt's caption rows T with the `encoder` settings."""
-        return self.components.text_encoder.encode(prompt, self.config.encoder)
+        return encode(self.components, self.config.encoder, prompt)
 
     def extract(self, image: Image.Image, prompt: str | None) -> tuple[torch.Tensor, dict[int, VLEmbeddings]]:
         """VL rows of `image` + `prompt` with the `vl` settings, layers combined by their weights; also each

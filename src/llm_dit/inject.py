@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .blend import align
 from .errors import UserError
-from .files import check_embeddings
+from .numerics import check_rows
 
 SEQ_MULTIPLE = 32  # diffusers pads image and caption tokens to a multiple of this
 
@@ -111,7 +111,8 @@ class Injector:
             raise UserError("DiT injection needs one conditioning tensor per image, got none")
         width = transformer.config.cap_feat_dim
         self.conditioning = [
-            check_embeddings(c, width, f"injected conditioning {i}") for i, c in enumerate(conditioning)
+            check_rows(c, f"injected conditioning {i}", width=width, width_of="the DiT caption width")
+            for i, c in enumerate(conditioning)
         ]
         if self.blocks and len(transformer.context_refiner) == 0:
             raise UserError("DiT injection needs a transformer with a context refiner")

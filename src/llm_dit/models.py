@@ -13,11 +13,19 @@ import functools
 import gc
 import hashlib
 import json
+from collections.abc import Callable, Sequence
+from functools import cached_property, partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, check_choice
+from .hooks import layer_position
+from .numerics import require_finite
+
+if TYPE_CHECKING:
+    from .cache import TensorCache
 
 
 class ModelError(UserError):
@@ -44,9 +52,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto` = bfloat16 on cuda (the checkpoints' dtype), float32 on cpu (bf16 matmuls are slow there)."""
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise UserError(f"unknown dtype '{name}' (valid: auto, {', '.join(DTYPES)})")
-    return DTYPES[name]
+    return DTYPES[check_choice(name, ("auto", *DTYPES), "dtype")]
 
 
 def _looks_local(path_or_id: str) -> bool:
@@ -153,3 +159,85 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+class LazyEncoder:
+    """What the text encoder and the Qwen3-VL extractor share: weights loaded on the first cache miss (`model`), where
+    and in which dtype they run, the model's identity, an optional tensor cache of hidden rows and a forward-pass
+    count. A subclass gives `num_layers`, its default device and `_parts` (what loads before the weights)."""
+
+    num_layers: int
+    default_device = "auto"
+
+    def __init__(
+        self,
+        load: Callable[[], torch.nn.Module],
+        identity: dict[str, str],
+        dtype: torch.dtype,
+        cache: TensorCache | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device or torch.device("cpu")  # where and in which dtype the model runs: in every cache key
+        self.dtype = dtype
+        self.identity = identity
+        self.cache = cache
+        self.forward_passes = 0
+        self._load = load
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str,
+        device: str | None = None,
+        dtype: str = "auto",
+        cache: TensorCache | None = None,
+        trust_remote_code: bool = False,
+    ) -> Self:
+        """The tokenizer, config and processors of `path_or_id` now, its weights on the first cache miss. `device`
+        (default: the class's `default_device`) and `dtype` as `resolve_device` and `resolve_dtype` take them."""
+        dev = resolve_device(device or cls.default_device)
+        dt = resolve_dtype(dtype, dev)
+        parts, load = cls._parts(path_or_id, trust_remote_code)
+        return cls(**parts, load=partial(load, device=dev, dtype=dt), dtype=dt, cache=cache, device=dev)
+
+    @classmethod
+    def _parts(cls, path_or_id: str, trust_remote_code: bool) -> tuple[dict[str, Any], Callable[..., torch.nn.Module]]:
+        """The constructor's arguments that load before the weights (with `identity`), and `load_model` bound to all
+        but the device and dtype."""
+        raise NotImplementedError
+
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        """The weights, loaded on first use."""
+        return self._load()
+
+    def cached_rows(
+        self,
+        kind: str,
+        key: dict[str, Any],
+        layers: Sequence[int],
+        forward: Callable[[list[int]], dict[int, torch.Tensor]],
+        stage: str,
+        hint: str,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[dict[int, torch.Tensor], list[int]]:
+        """`({layer: rows}, layers that ran)`: the rows of every layer in `layers` (checked against `num_layers`), from
+        the tensor cache (`kind`, `key` plus the model's identity, dtype, device and the layer) where present, the
+        others from one call `forward(missing)` (one forward pass), which are then cached with `meta`. Every row
+        set read or computed must be finite (`numerics.require_finite`, naming "`stage` layer L"; `hint` says why)."""
+        for layer in layers:
+            layer_position(layer, self.num_layers)
+        base = {"model": self.identity, "dtype": str(self.dtype), "device": self.device.type, **key}
+        rows: dict[int, torch.Tensor] = {}
+        for layer in layers:
+            if self.cache and (hit := self.cache.get(kind, {**base, "layer": layer})):
+                rows[layer] = require_finite(hit[0]["rows"], f"{stage} layer {layer}", hint)
+        missing = [layer for layer in layers if layer not in rows]
+        if missing:
+            computed = forward(missing)
+            self.forward_passes += 1
+            for layer in missing:
+                rows[layer] = require_finite(computed[layer], f"{stage} layer {layer}", hint)
+                if self.cache:
+                    self.cache.put(kind, {**base, "layer": layer}, {"rows": rows[layer]}, meta or {})
+        return rows, missing

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .assemble import encode
 from .cache import TensorCache
 from .condition import Reference, Source, Steering, Text
 from .config import Config
@@ -25,6 +25,7 @@ from .errors import UserError
 from .files import atomic_write_bytes, image_bytes, load_image, write_json
 from .generate import Generator, Result
 from .imagedep import probe_image
+from .progress import progress_bar
 from .records import library_versions
 from .render import Prepared
 from .steer import load_direction
@@ -110,9 +111,8 @@ def prime(gen: Generator, base: Config, work: dict[str, Any], inputs: Inputs) ->
         with contextlib.suppress(UserError):
             gen.components.vl.hidden_rows(probe_image(tuple(e["probe"])), e["text"], e["layers"], e["system_prompt"])
     for e in work["unique_encodes"]:
-        encoder = base.encoder.model_copy(update=e["encoder"])
         with contextlib.suppress(UserError):
-            gen.components.text_encoder.encode(e["prompt"], encoder)
+            encode(gen.components, base.encoder.model_copy(update=e["encoder"]), e["prompt"])
 
 
 def batches(runs: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -148,7 +148,7 @@ def run_sweep(
     with sweep_lock(out):
         results = out / "results.jsonl"
         if results.exists() and not resume:
-            raise UserError(f"{out} already holds a sweep: pass --resume to finish it, or use a new directory")
+            raise UserError(f"{out} already holds a sweep: finish it with 'resume', or use a new directory")
         repair(out)
         done = {r["id"] for r in iter_jsonl(results)}
         todo = [r for r in runs if r["id"] not in done]
@@ -201,8 +201,7 @@ def run_local(
     """Generate `todo` in this process with a progress bar; a failing run is recorded and the sweep goes on."""
     inputs = Inputs()
     prime(gen, base, work, inputs)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("sweep", total=len(todo))
         for batch in batches(todo, batch_size):
             for run, result, error in run_batch(gen, base, batch, inputs):

@@ -11,8 +11,9 @@ A schedule maps step i of N to an alpha. With t_i = i/(N−1) (t = 0 when N = 1)
 Values must be finite and ≥ 0 (the blend mode checks its own upper bound), F ∈ [0, 1]. Endpoints are exact:
 linear and cosine give exactly A at the first step and exactly B at the last.
 
-`schedule_callback` applies the alphas without a custom loop: diffusers calls it after every step and uses the
-`prompt_embeds` it returns from the next step on (FACTS §2).
+`schedule_callback` applies the alphas without a custom loop: diffusers' Z-Image pipelines call
+`callback_on_step_end` after every step and take the `prompt_embeds` it returns as the conditioning of the steps
+that follow (`prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)` in the denoising loop).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, check_choice
+from .numerics import check_number
 
 SCHEDULES = ("constant", "linear", "cosine", "step", "list")
 _ARITY = {
@@ -52,8 +54,7 @@ class Schedule:
     params: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise UserError(f"unknown alpha schedule {self.kind!r}; valid: {', '.join(SCHEDULES)}")
+        check_choice(self.kind, SCHEDULES, "alpha schedule")
         n = len(self.params)
         expected, names = _ARITY.get(self.kind, (n, ""))
         if n != expected:
@@ -61,8 +62,7 @@ class Schedule:
         if self.kind == "list" and n == 0:
             raise UserError("alpha schedule 'list' needs one value per step, e.g. list:0.5,0.4,0.3")
         for x in self.params:
-            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) or x < 0:
-                raise UserError(f"alpha schedule {self}: values must be finite numbers >= 0, got {x!r}")
+            check_number(x, f"alpha schedule {self}: values", lambda v: v >= 0, "finite numbers >= 0")
         if self.kind == "step" and not self.params[0] <= 1:
             raise UserError(f"alpha schedule {self}: the step fraction must be in [0, 1], got {self.params[0]:g}")
 
@@ -72,14 +72,9 @@ class Schedule:
 
     def alphas(self, steps: int, base_alpha: float) -> list[float]:
         """The alpha of each of `steps` denoising steps (formulas in the module docstring)."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise UserError(f"alpha schedule {self}: steps must be a positive int, got {steps!r}")
+        check_number(steps, f"alpha schedule {self}: steps", lambda n: n >= 1, "a positive int", integer=True)
         if self.kind == "constant":
-            if isinstance(base_alpha, bool) or not isinstance(base_alpha, int | float):
-                raise UserError(f"alpha must be a number, got {base_alpha!r}")
-            if not math.isfinite(base_alpha):
-                raise UserError(f"alpha must be finite, got {base_alpha!r}")
-            return [float(base_alpha)] * steps
+            return [check_number(base_alpha, "alpha", lambda _: True, "a finite number")] * steps
         p = [float(x) for x in self.params]
         if self.kind == "linear":
             a, b = p
@@ -101,9 +96,7 @@ def parse_schedule(spec: str) -> Schedule:
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"empty alpha schedule; valid: {', '.join(SCHEDULES)}")
     kind, sep, rest = spec.strip().partition(":")
-    kind = kind.strip().lower()
-    if kind not in SCHEDULES:
-        raise UserError(f"unknown alpha schedule {kind!r} in {spec!r}; valid: {', '.join(SCHEDULES)}")
+    kind = check_choice(kind.strip().lower(), SCHEDULES, "alpha schedule")
     params: list[float] = []
     if sep:
         for part in rest.split(","):

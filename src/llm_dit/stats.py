@@ -37,8 +37,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _st_save
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, check_choice
 from .files import atomic_write_bytes
+from .numerics import check_number, check_rows, require_finite
 
 __all__ = [
     "NORMALIZATION_MODES",
@@ -151,17 +152,10 @@ def _as_float_tensor(value: Any, name: str) -> Tensor:
 
 
 def _check_embeddings(emb: Any, *, check_finite: bool = True) -> Tensor:
-    """Validate ``emb`` as a floating ``[n, D]`` tensor with ``n ≥ 1`` and return it as float32."""
-    if not isinstance(emb, Tensor):
-        raise StatsError(f"embeddings must be a torch.Tensor, got {type(emb).__name__}")
-    if not emb.is_floating_point():
-        raise StatsError(f"embeddings must have a floating dtype, got {emb.dtype}")
-    if emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] < 1:
-        raise StatsError(f"embeddings must be 2-D [n_tokens, hidden_dim] with n_tokens >= 1, got {tuple(emb.shape)}")
-    x = emb.detach().to(torch.float32)
-    if check_finite and not bool(torch.isfinite(x).all()):
-        raise StatsError("embeddings contain NaN or infinite values")
-    return x
+    """``emb`` checked as rows ``[n, D]`` (:func:`numerics.check_rows`), returned as float32 (finite if
+    ``check_finite``: checked after the cast, which can overflow)."""
+    x = check_rows(emb, "embeddings", finite=False, error=StatsError).detach().to(torch.float32)
+    return require_finite(x, "embeddings", error=StatsError) if check_finite else x
 
 
 def _check_width(width: int, ref_width: int) -> None:
@@ -252,9 +246,7 @@ class ReferenceStats:
         std = _as_float_tensor(self.per_dim_std, "per_dim_std")
         _check_stats_tensors(mean, std)
         for name in ("layer", "prompt_count", "token_count"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise StatsError(f"{name} must be an int, got {value!r}")
+            check_number(getattr(self, name), name, lambda _: True, "an int", integer=True, error=StatsError)
         if self.prompt_count < 0 or self.token_count < 0:
             raise StatsError(
                 f"counts must be >= 0, got prompt_count={self.prompt_count}, token_count={self.token_count}"
@@ -372,24 +364,17 @@ def describe(x: Tensor) -> dict[str, float]:
 
 
 def _check_sink_ratio(ratio: float) -> float:
-    r = float(ratio)
-    if not (math.isfinite(r) and r > 1.0):
-        raise StatsError(f"sink ratio (vl.sink_ratio) must be a finite number > 1, got {ratio!r}")
-    return r
+    return check_number(ratio, "sink ratio (vl.sink_ratio)", lambda r: r > 1.0, "a finite number > 1", error=StatsError)
 
 
 def check_sink_rows(mode: str) -> str:
     """``mode`` if it is one of :data:`SINK_ROW_MODES`, else a :class:`StatsError` naming ``vl.sink_rows``."""
-    if mode not in SINK_ROW_MODES:
-        raise StatsError(f"unknown vl.sink_rows {mode!r}; valid: {', '.join(SINK_ROW_MODES)}")
-    return mode
+    return check_choice(mode, SINK_ROW_MODES, "vl.sink_rows", StatsError)
 
 
 def _row_peaks(rows: Tensor) -> tuple[Tensor, float]:
     """``m_i = max_d |x_id|`` (float32 ``[n]``) and their median ``M`` (lower median; NaN rows ignored)."""
-    if not isinstance(rows, Tensor) or rows.ndim != 2 or 0 in rows.shape or not rows.is_floating_point():
-        shape = tuple(rows.shape) if isinstance(rows, Tensor) else type(rows).__name__
-        raise StatsError(f"sink detection needs a non-empty 2-D float tensor [rows, D], got {shape}")
+    check_rows(rows, "sink detection rows", finite=False, error=StatsError)
     peaks = rows.detach().to(torch.float32).abs().amax(dim=1)
     return peaks, float(peaks.nanmedian())
 
@@ -605,17 +590,11 @@ def _fit_rows(content: Tensor | None, x: Tensor) -> Tensor | None:
 
 
 def _check_clip(clip_sigma: float) -> float:
-    k = float(clip_sigma)
-    if not (math.isfinite(k) and k > 0):
-        raise StatsError(f"clip_sigma must be a finite number > 0, got {clip_sigma!r}")
-    return k
+    return check_number(clip_sigma, "clip_sigma", lambda k: k > 0.0, "a finite number > 0", error=StatsError)
 
 
 def _check_weight(weight: float) -> float:
-    w = float(weight)
-    if not (0.0 <= w <= 1.0):
-        raise StatsError(f"hybrid_weight must be in [0, 1], got {weight!r}")
-    return w
+    return check_number(weight, "hybrid_weight", lambda w: 0.0 <= w <= 1.0, "in [0, 1]", error=StatsError)
 
 
 def normalize(
@@ -637,8 +616,7 @@ def normalize(
     Input of any float dtype; output float32.
     Raises :class:`StatsError` for an unknown mode, a width mismatch or non-finite input.
     """
-    if mode not in NORMALIZATION_MODES:
-        raise StatsError(f"unknown normalization mode {mode!r}; valid modes: {', '.join(NORMALIZATION_MODES)}")
+    check_choice(mode, NORMALIZATION_MODES, "normalization mode", StatsError)
     x = _check_embeddings(emb, check_finite=mode != "none")
     ref_mean, ref_std = _reference_tensors(reference, device=x.device)
     _check_width(x.shape[1], ref_mean.numel())
@@ -674,10 +652,7 @@ def std_ratios(embeddings: Tensor, reference: Any) -> Tensor:
 
 
 def _check_threshold(threshold: float) -> float:
-    t = float(threshold)
-    if not (math.isfinite(t) and t > 1.0):
-        raise StatsError(f"threshold must be a finite number > 1, got {threshold!r}")
-    return t
+    return check_number(threshold, "threshold", lambda t: t > 1.0, "a finite number > 1", error=StatsError)
 
 
 def _severity(ratio: float) -> float:
@@ -799,8 +774,7 @@ def mask_outlier_dimensions(
     before masking), ``unchanged_dimensions`` (``[(d, ratio_d)]`` flagged but left alone), ``mode``,
     ``threshold`` and ``row_count`` (rows analysed). Fewer than 2 analysed rows: nothing masked.
     """
-    if mode not in OUTLIER_MODES:
-        raise StatsError(f"unknown outlier mode {mode!r}; valid modes: {', '.join(OUTLIER_MODES)}")
+    check_choice(mode, OUTLIER_MODES, "outlier mode", StatsError)
     t = _check_threshold(threshold)
     x = _check_embeddings(embeddings, check_finite=mode != "none")
     ref_mean, ref_std = _reference_tensors(reference, device=x.device)

@@ -7,7 +7,6 @@ over its rows: p_i = mean_r X_i[r]. Directions are unit-norm float32 `[D]`. The 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,29 +14,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, check_choice
 from .files import load_tensors, save_tensors
+from .numerics import check_number, check_rows
 
 SCALES = ("text_std", "none")
 EPS_NORM = 1e-12
 
 
 def _pooled(examples: Sequence[Tensor], label: str) -> Tensor:
-    """Stack of row means p_i = mean_r X_i[r], float32 `[n, D]`; every X_i 2-D, non-empty, finite, same D."""
+    """Stack of row means p_i = mean_r X_i[r], float32 `[n, D]`; every X_i rows `[n_i, D]` (`numerics.check_rows`:
+    2-D, non-empty, float, finite), all of example 0's width."""
     if not examples:
         raise UserError(f"steering: no {label} examples")
-    rows = []
+    rows: list[Tensor] = []
     for i, x in enumerate(examples):
-        if not isinstance(x, Tensor) or x.ndim != 2 or 0 in x.shape or not x.is_floating_point():
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise UserError(f"steering: {label} example {i} must be a non-empty 2-D float [rows, D], got {shape}")
-        if x.shape[1] != examples[0].shape[1]:
-            raise UserError(f"steering: {label} example {i} has width {x.shape[1]}, expected {examples[0].shape[1]}")
+        width = rows[0].shape[0] if rows else None
+        check_rows(x, f"steering: {label} example {i}", width=width, width_of=f"{label} example 0")
         rows.append(x.float().mean(0))
-    pooled = torch.stack(rows)
-    if not torch.isfinite(pooled).all():
-        raise UserError(f"steering: {label} examples contain NaN/Inf")
-    return pooled
+    return torch.stack(rows)
 
 
 def _unit(v: Tensor, what: str) -> Tensor:
@@ -104,15 +99,12 @@ def apply_direction(
     rows the projection of a row on d̂ also spreads by about σ(T), so α counts standard deviations along d̂ and
     one α suits any encoder layer. α = 0 returns a bitwise copy of T.
     """
-    if not isinstance(text, Tensor) or text.ndim != 2 or 0 in text.shape or not text.is_floating_point():
-        raise UserError("apply_direction: text must be a non-empty 2-D float tensor [rows, D]")
+    check_rows(text, "apply_direction: text", finite=False)
     d = _check_direction(direction, "steering direction")
     if d.shape[0] != text.shape[1]:
         raise UserError(f"steering direction has width {d.shape[0]}, the caption rows have {text.shape[1]}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
-        raise UserError(f"steering alpha must be a finite number, got {alpha!r}")
-    if scale not in SCALES:
-        raise UserError(f"unknown steering scale {scale!r}; valid: {', '.join(SCALES)}")
+    check_number(alpha, "steering alpha", lambda _: True, "a finite number")
+    check_choice(scale, SCALES, "steering scale")
     if alpha == 0:
         return text.clone()
     t = text.float()

@@ -22,13 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .blend import BLEND_MODES
 from .condition import parse_layer_weights
-from .config import Config
-from .errors import UserError
+from .config import Config, with_overrides
+from .errors import UserError, check_choice
 from .files import load_image
 from .hooks import layer_position
 from .imagedep import image_free_by_construction
 from .inject import block_indices
 from .models import check_vl, read_model_json
+from .stats import NORMALIZATION_MODES, OUTLIER_MODES
+from .vl import TOKEN_MODES
 
 # A conditioning setting shapes only what the reference image (or steering direction) adds to the caption: every
 # `vl.*` key. The run fields below are the conditioning's sources. Everything else (generation.*, encoder.*, the
@@ -79,15 +81,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "alpha": {"axes": {"vl.alpha": [0.1, 0.3, 0.5, 0.7, 1.0]}},
     # the depth of the real 36-layer Qwen3-VL; a layer beyond the model's depth is refused before any work
     "layer": {"axes": {"vl.hidden_layer": [-2, -4, -6, -8, -10, -15, -20, -25, -30]}},
-    "token": {"axes": {"vl.token_mode": ["full", "text_only", "image_only", "image_no_markers"]}},
+    "token": {"axes": {"vl.token_mode": list(TOKEN_MODES)}},
     # interpolate, not the default adain_per_dim: per_dim + adain_per_dim reads only moments per_dim fixes (image-free)
     "normalization": {
         "fixed": {"vl.blend": "interpolate"},
-        "axes": {"vl.normalize": ["none", "global", "per_dim", "hybrid"]},
+        "axes": {"vl.normalize": list(NORMALIZATION_MODES)},
     },
     "outlier": {
         "fixed": {"vl.hidden_layer": -2, "vl.token_mode": "full", "vl.alpha": 1.0, "vl.blend": "interpolate"},
-        "axes": {"vl.outlier_masking": ["none", "zero", "clamp", "scale", "reference"]},
+        "axes": {"vl.outlier_masking": list(OUTLIER_MODES)},
     },
     "full": {
         "axes": {
@@ -149,9 +151,7 @@ def preset_needs(name: str) -> list[str]:
 
 
 def preset_spec(name: str) -> dict[str, Any]:
-    if name not in PRESETS:
-        raise UserError(f"unknown preset '{name}' (valid: {', '.join(PRESETS)})")
-    return PRESETS[name]
+    return PRESETS[check_choice(name, PRESETS, "preset")]
 
 
 def run_id(run: dict[str, Any]) -> str:
@@ -257,25 +257,10 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def run_config(base: Config, run: dict[str, Any]) -> Config:
-    """The resolved config of one run: `base` with the run's overrides (validated). The run's settings are one
-    precedence level above `base` (`config.layer_choice`): a run's `vl.hidden_layer` clears the profile's
-    `vl.layers`, and a run setting both is an error."""
-    from .config import ConfigError, layer_choice
-
-    data = base.model_dump()
-    settings = run["settings"] | layer_choice(run["settings"], f"the settings of sweep run {run.get('id')}")
-    for dotted, value in settings.items():
-        section, _, key = dotted.partition(".")
-        if section not in data or key not in data[section]:
-            raise UserError(f"unknown setting '{dotted}' in sweep")
-        data[section][key] = value
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(
-            f"bad value for '{'.'.join(map(str, err['loc']))}' in run {run['id']}: {err['msg']}"
-        ) from None
+    """The resolved config of one run: `base` with the run's settings applied by `config.with_overrides`, one
+    precedence level above `base`: a run's `vl.hidden_layer` clears the profile's `vl.layers`, and a run setting
+    both is an error."""
+    return with_overrides(base, run["settings"], f"the settings of sweep run {run.get('id')}")
 
 
 def resolve_spec(
@@ -295,11 +280,11 @@ def resolve_spec(
         data["name"] = preset if spec.name == "sweep" else spec.name
         who = f"preset '{preset}'"
         if needs == "steer" and not data["steer"]:
-            raise UserError(f"preset '{preset}' needs a steering direction: give --steer FILE")
+            raise UserError(f"preset '{preset}' needs a steering direction: set 'steer' (a direction file)")
         if p.pop("baseline_required", False) and not data["baseline"]:
             raise UserError(
                 f"preset '{preset}' compares every run with its text-only baseline: it cannot run without baselines"
-                " (--no-baseline, baseline = false)"
+                " (baseline = false)"
             )
     data["axes"] |= {k: v for k, v in cli_axes.items() if v}
     data["fixed"] |= {k: v for k, v in cli_fixed.items() if v is not None}
@@ -311,14 +296,14 @@ def resolve_spec(
     if conditioning and not (data["images"] or data["steer"]):
         raise UserError(
             f"{who} sets {', '.join(conditioning)}: conditioning settings act only on a reference image; "
-            "give one with -i/--image"
+            "give one in 'images'"
         )
     if needs == "neutral" and not data["neutral_image"]:
-        raise UserError(f"{who} needs a neutral image (the unstyled reference of style_delta): give --neutral-image")
+        raise UserError(f"{who} needs a neutral image (the unstyled reference of style_delta): set 'neutral_image'")
     if data["img2img"] and not (data["init_image"] or data["images"]):
-        raise UserError("an image-to-image sweep needs --image (used as the init image) or --init-image")
+        raise UserError("an image-to-image sweep needs 'images' (used as the init image) or 'init_image'")
     if not data["prompts"]:
-        raise UserError("a sweep needs at least one prompt (--prompt or --prompts-file)")
+        raise UserError("a sweep needs at least one prompt in 'prompts'")
     return SweepSpec.model_validate(data)
 
 
@@ -382,23 +367,23 @@ def check_runs(base: Config, spec: SweepSpec, runs: list[dict[str, Any]]) -> Non
         neutral, style_delta = run.get("neutral_image"), v.blend == "style_delta"
         if style_delta and not neutral:
             raise UserError(
-                f"run '{run['label']}' uses blend style_delta, which needs a neutral image: give --neutral-image"
+                f"run '{run['label']}' uses blend style_delta, which needs a neutral image: set 'neutral_image'"
             )
         if neutral and not style_delta:
             raise UserError(
                 f"run '{run['label']}' uses blend {v.blend}: the neutral image acts only with style_delta "
-                "(set vl.blend = style_delta, or leave out --neutral-image)"
+                "(set vl.blend = style_delta, or leave out 'neutral_image')"
             )
     if beyond:
         depth = vl_depth()
         what = "; ".join(f"{k} {', '.join(map(str, sorted(b, reverse=True)))}" for k, b in beyond.items())
         raise UserError(
             f"{what}: beyond the depth of the Qwen3-VL model {base.models.vl} ({depth} layers, valid layers "
-            f"{-(depth + 1)}..{depth}); choose layers within it (e.g. --layers)"
+            f"{-(depth + 1)}..{depth}); choose layers within it"
         )
     if spec.neutral_image and not any(run.get("neutral_image") for run in runs):
         raise UserError(
-            "--neutral-image is used only by runs with a reference image and blend style_delta: no run has one"
+            "'neutral_image' is used only by runs with a reference image and blend style_delta: no run has one"
         )
 
 

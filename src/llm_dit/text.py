@@ -18,20 +18,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .blend import align
-from .cache import TensorCache
-from .config import EncoderConfig
-from .errors import UserError
-from .hooks import capture_hidden_states, layer_position
-from .models import check_zimage, load_model, model_identity, resolve_device, resolve_dtype
-from .numerics import require_finite
+from .blend import CAPTION_LIMIT, align
+from .errors import UserError, check_choice
+from .hooks import capture_hidden_states
+from .models import LazyEncoder, check_zimage, load_model, model_identity
+from .numerics import check_number
 from .stats import SINK_RATIO, ReferenceStats, compute_reference_stats
 
+LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 ATTENTION_POOL_TEMPERATURE = 0.1
 _BROKEN = "a broken checkpoint, or fp16 overflow (try encoder.dtype float32)"
 
@@ -78,8 +78,14 @@ def attention_pool(rows: torch.Tensor, n: int) -> torch.Tensor:
     return torch.stack(out).to(rows.dtype)
 
 
+def check_long_prompt_mode(mode: str) -> str:
+    """`mode` if it is one of `LONG_PROMPT_MODES`, else a `UserError` naming `encoder.long_prompt_mode`."""
+    return check_choice(mode, LONG_PROMPT_MODES, "encoder.long_prompt_mode")
+
+
 def shorten(rows: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     """Apply `long_prompt_mode` to caption rows longer than `n` (see the module docstring)."""
+    check_long_prompt_mode(mode)
     if rows.shape[0] <= n:
         return rows
     if mode == "truncate":
@@ -101,57 +107,30 @@ class EncodedPrompt:
     shortened: bool
 
 
-class TextEncoder:
+class TextEncoder(LazyEncoder):
     """Z-Image's tokenizer and Qwen3 text encoder with an optional tensor cache of hidden rows. The model loads on
     the first cache miss, so a fully cached run never loads it."""
 
-    def __init__(
-        self,
-        tokenizer,
-        config,
-        load: Callable[[], torch.nn.Module],
-        identity: dict[str, str],
-        dtype: torch.dtype,
-        cache: TensorCache | None = None,
-        device: torch.device | None = None,
-    ) -> None:
-        self.device = device or torch.device("cpu")  # where and in which dtype the model runs: in every cache key
+    def __init__(self, tokenizer, config, **encoder: Any) -> None:
+        """`tokenizer`, the Qwen3 `config`, and `LazyEncoder`'s arguments (load, identity, dtype, cache, device)."""
+        super().__init__(**encoder)
         self.tokenizer = tokenizer
         self.config = config
-        self.identity = identity
-        self.dtype = dtype
-        self.cache = cache
-        self.forward_passes = 0
-        self._load = load
 
     @classmethod
-    def from_pretrained(
-        cls,
-        zimage: str,
-        device: str = "auto",
-        dtype: str = "auto",
-        cache: TensorCache | None = None,
-        trust_remote_code: bool = False,
-    ) -> TextEncoder:
-        """Tokenizer and config now; the weights on the first cache miss."""
+    def _parts(cls, zimage: str, trust_remote_code: bool) -> tuple[dict[str, Any], Callable[..., torch.nn.Module]]:
+        """Tokenizer and config of the Z-Image folder's text encoder (the weights load on the first cache miss)."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         check_zimage(zimage)
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
         remote = {"trust_remote_code": trust_remote_code}
         try:
             tokenizer = AutoTokenizer.from_pretrained(zimage, subfolder="tokenizer", **remote)
             config = AutoConfig.from_pretrained(zimage, subfolder="text_encoder", **remote)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load the text encoder of {zimage}: {str(e).splitlines()[0]}") from None
-        load = partial(load_model, AutoModel, zimage, dev, dt, subfolder="text_encoder", **remote)
-        return cls(tokenizer, config, load, model_identity(zimage, "text_encoder"), dt, cache, dev)
-
-    @cached_property
-    def model(self) -> torch.nn.Module:
-        """The weights, loaded on first use."""
-        return self._load()
+        parts = {"tokenizer": tokenizer, "config": config, "identity": model_identity(zimage, "text_encoder")}
+        return parts, partial(load_model, AutoModel, zimage, subfolder="text_encoder", **remote)
 
     @property
     def num_layers(self) -> int:
@@ -161,40 +140,49 @@ class TextEncoder:
     def hidden_rows(self, token_ids: list[int], layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """`{layer: [len(token_ids), D]}` in the encoder's dtype on the CPU, from at most one forward pass;
         layers already in the cache are not recomputed."""
-        for layer in layers:
-            layer_position(layer, self.num_layers)
-        base = {"model": self.identity, "dtype": str(self.dtype), "device": self.device.type, "token_ids": token_ids}
-        rows: dict[int, torch.Tensor] = {}
-        for layer in layers:
-            if self.cache and (hit := self.cache.get("text", {**base, "layer": layer})):
-                rows[layer] = require_finite(hit[0]["rows"], f"text encoder layer {layer}", _BROKEN)
-        if missing := [layer for layer in layers if layer not in rows]:
+
+        def forward(missing: list[int]) -> dict[int, torch.Tensor]:
             input_ids = torch.tensor([token_ids], device=self.model.device)
             captured = capture_hidden_states(
                 self.model, missing, lambda: self.model(input_ids=input_ids, use_cache=False)
             )
-            self.forward_passes += 1
-            for layer, hidden in captured.items():
-                rows[layer] = require_finite(hidden[0].cpu(), f"text encoder layer {layer}", _BROKEN)
-                if self.cache:
-                    self.cache.put("text", {**base, "layer": layer}, {"rows": rows[layer]}, {})
+            return {layer: hidden[0].cpu() for layer, hidden in captured.items()}
+
+        rows, _ = self.cached_rows("text", {"token_ids": token_ids}, layers, forward, "text encoder", _BROKEN)
         return rows
 
-    def encode(self, prompt: str, config: EncoderConfig | None = None) -> EncodedPrompt:
-        """Encode one prompt with the settings of `config` (`hidden_layer`, `max_length`, `long_prompt_mode`,
-        `system_prompt`, `think_block`)."""
-        cfg = config or EncoderConfig()
-        rendered = render_prompt(self.tokenizer, prompt, cfg.system_prompt, cfg.think_block)
+    def encode(
+        self,
+        prompt: str,
+        *,
+        hidden_layer: int = -2,
+        max_length: int = 512,
+        long_prompt_mode: str = "interpolate",
+        system_prompt: str | None = None,
+        think_block: bool = False,
+    ) -> EncodedPrompt:
+        """Encode one prompt: rows of `hidden_layer` for the rendered template (`system_prompt`, `think_block`),
+        shortened to `max_length` (1..CAPTION_LIMIT) rows by `long_prompt_mode`. The arguments are the settings of
+        config section `encoder` (less its device and dtype), with the same defaults."""
+        check_long_prompt_mode(long_prompt_mode)
+        check_number(
+            max_length,
+            "encoder.max_length",
+            lambda n: 1 <= n <= CAPTION_LIMIT,
+            f"an int in 1..{CAPTION_LIMIT}",
+            integer=True,
+        )
+        rendered = render_prompt(self.tokenizer, prompt, system_prompt, think_block)
         ids = self.tokenizer(rendered, add_special_tokens=False).input_ids
-        keep = ids[: cfg.max_length] if cfg.long_prompt_mode == "truncate" else ids
-        hidden = self.hidden_rows(keep, [cfg.hidden_layer])[cfg.hidden_layer]
+        keep = ids[:max_length] if long_prompt_mode == "truncate" else ids
+        hidden = self.hidden_rows(keep, [hidden_layer])[hidden_layer]
         return EncodedPrompt(
-            embeddings=shorten(hidden, cfg.max_length, cfg.long_prompt_mode),
+            embeddings=shorten(hidden, max_length, long_prompt_mode),
             token_ids=keep,
             rendered=rendered,
-            hidden_layer=cfg.hidden_layer,
+            hidden_layer=hidden_layer,
             token_count=len(ids),
-            shortened=len(ids) > cfg.max_length,
+            shortened=len(ids) > max_length,
         )
 
     def reference_stats(

@@ -21,7 +21,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +35,10 @@ from .blend import (
     blend_with_style_delta,
     compute_style_delta,
 )
-from .cache import TensorCache
-from .errors import UserError
+from .errors import UserError, check_choice
 from .files import load_image
-from .hooks import capture_hidden_states, layer_position
-from .models import check_vl, load_model, model_identity, resolve_device, resolve_dtype
-from .numerics import require_finite
+from .hooks import capture_hidden_states
+from .models import LazyEncoder, check_vl, load_model, model_identity
 from .stats import (
     SINK_RATIO,
     check_sink_rows,
@@ -75,8 +73,7 @@ class Spans:
 
     def rows(self, token_mode: str) -> torch.Tensor:
         """Row indices kept by `token_mode` (see `TOKEN_MODES`)."""
-        if token_mode not in TOKEN_MODES:
-            raise UserError(f"unknown token mode '{token_mode}' (valid: {', '.join(TOKEN_MODES)})")
+        check_choice(token_mode, TOKEN_MODES, "token mode")
         if token_mode == "full":
             return torch.arange(self.total)
         if self.image is None:
@@ -191,71 +188,46 @@ class VLEmbeddings:
         }
 
 
-class VLEmbeddingExtractor:
-    """A loaded Qwen3-VL model, its tokenizer and image processor, and a tensor cache."""
+class VLEmbeddingExtractor(LazyEncoder):
+    """A Qwen3-VL model (loaded on the first cache miss), its tokenizer and image processor, and a tensor cache."""
 
-    def __init__(
-        self,
-        config,
-        tokenizer,
-        image_processor,
-        load: Callable[[], torch.nn.Module],
-        identity: dict[str, str],
-        cache: TensorCache | None = None,
-        device: torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
+    default_device = "cpu"
+
+    def __init__(self, config, tokenizer, image_processor, **encoder: Any) -> None:
+        """The Qwen3-VL `config`, `tokenizer`, `image_processor`, and `LazyEncoder`'s arguments (load, identity,
+        dtype, cache, device)."""
+        super().__init__(**encoder)
         self.config = config
-        self.device = device or torch.device("cpu")  # where and in which dtype the model runs: in every cache key
-        self.dtype = dtype
         self.tokenizer = tokenizer
         self.image_processor = image_processor
-        self.identity = identity
-        self.cache = cache
         self.ids = {
             "start": config.vision_start_token_id,
             "end": config.vision_end_token_id,
             "pad": config.image_token_id,
         }
-        self.forward_passes = 0
-        self._load = load
         self._prepared: OrderedDict[tuple, tuple[dict[str, torch.Tensor], str]] = OrderedDict()
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path_or_id: str,
-        device: str = "cpu",
-        dtype: str = "auto",
-        cache: TensorCache | None = None,
-        trust_remote_code: bool = False,
-    ) -> VLEmbeddingExtractor:
-        """Load config, tokenizer and image processor (PIL backend: torchvision is not needed); the model itself
-        loads on the first cache miss."""
+    def _parts(cls, path_or_id: str, trust_remote_code: bool) -> tuple[dict[str, Any], Callable[..., torch.nn.Module]]:
+        """Config, tokenizer and image processor (PIL backend: torchvision is not needed); the weights load on the
+        first cache miss."""
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen3VLForConditionalGeneration
 
         check_vl(path_or_id)
-        dev = resolve_device(device)
+        remote = {"trust_remote_code": trust_remote_code}
         try:
-            config = AutoConfig.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
-            tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(path_or_id, **remote)
+            tokenizer = AutoTokenizer.from_pretrained(path_or_id, **remote)
             with warnings.catch_warnings():  # "falling back to the PIL backend" without torchvision: expected
                 warnings.simplefilter("ignore")
-                image_processor = AutoImageProcessor.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+                image_processor = AutoImageProcessor.from_pretrained(path_or_id, **remote)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load Qwen3-VL from {path_or_id}: {str(e).splitlines()[0]}") from None
         if not tokenizer.chat_template:
             raise UserError(f"{path_or_id} has no chat template (expected one in its tokenizer files)")
-        dt = resolve_dtype(dtype, dev)
-        load = partial(
-            load_model, Qwen3VLForConditionalGeneration, path_or_id, dev, dt, trust_remote_code=trust_remote_code
-        )
-        return cls(config, tokenizer, image_processor, load, model_identity(path_or_id), cache, dev, dt)
-
-    @cached_property
-    def model(self) -> torch.nn.Module:
-        """The weights, loaded on first use."""
-        return self._load()
+        parts = {"config": config, "tokenizer": tokenizer, "image_processor": image_processor}
+        parts["identity"] = model_identity(path_or_id)
+        return parts, partial(load_model, Qwen3VLForConditionalGeneration, path_or_id, **remote)
 
     @property
     def num_layers(self) -> int:
@@ -316,35 +288,24 @@ class VLEmbeddingExtractor:
     ) -> tuple[dict[int, torch.Tensor], list[int], str, str]:
         """Raw rows `[N, D]` (float32, CPU) of every layer in `layers` from at most one forward pass:
         `(rows_by_layer, token_ids, prompt, "hit" | "miss")`. Layers already cached are not recomputed."""
-        for layer in layers:
-            layer_position(layer, self.num_layers)
         inputs, prompt = self.prepare(image, text, system_prompt)
         ids = inputs["input_ids"][0].tolist()
-        base = {
-            "model": self.identity,
-            "dtype": str(self.dtype),
-            "device": self.device.type,
+
+        def forward(missing: list[int]) -> dict[int, torch.Tensor]:
+            device, dtype = self.model.device, self.model.dtype
+            moved = {k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in inputs.items()}
+            captured = capture_hidden_states(
+                self.model.model.language_model, missing, lambda: self.model.model(**moved, use_cache=False)
+            )
+            return {layer: hidden[0].float().cpu() for layer, hidden in captured.items()}
+
+        key = {
             "token_ids_sha256": hashlib.sha256(str(ids).encode()).hexdigest(),
             "image": image_sha256(image) if image is not None else None,
         }
-        rows: dict[int, torch.Tensor] = {}
-        for layer in layers:
-            hit = self.cache.get("vl", {**base, "layer": layer}) if self.cache else None
-            if hit is not None:
-                rows[layer] = require_finite(hit[0]["rows"], f"VL extraction layer {layer}", _BROKEN)
-        missing = [layer for layer in layers if layer not in rows]
-        if missing:
-            device, dtype = self.model.device, self.model.dtype
-            inputs = {k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in inputs.items()}
-            captured = capture_hidden_states(
-                self.model.model.language_model, missing, lambda: self.model.model(**inputs, use_cache=False)
-            )
-            self.forward_passes += 1
-            for layer, hidden in captured.items():
-                rows[layer] = require_finite(hidden[0].float().cpu(), f"VL extraction layer {layer}", _BROKEN)
-                if self.cache:
-                    self.cache.put("vl", {**base, "layer": layer}, {"rows": rows[layer]}, {"prompt": prompt})
-        return rows, ids, prompt, "miss" if missing else "hit"
+        meta = {"prompt": prompt}
+        rows, ran = self.cached_rows("vl", key, layers, forward, "VL extraction", _BROKEN, meta)
+        return rows, ids, prompt, "miss" if ran else "hit"
 
     def extract(
         self,

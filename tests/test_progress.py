@@ -1,0 +1,28 @@
+"""The one progress bar (llm_dit.progress): what it shows, where, and that nothing else builds one."""
+
+import ast
+from pathlib import Path
+
+import llm_dit
+from llm_dit.progress import progress_bar
+
+
+def test_progress_bar_columns_and_stderr():
+    bar = progress_bar("loss {task.fields[loss]}", transient=False)
+    names = [type(c).__name__ for c in bar.columns]
+    assert names == ["TextColumn", "BarColumn", "MofNCompleteColumn", "TextColumn", "TimeRemainingColumn"]
+    assert bar.columns[0].text_format == "{task.description}"
+    assert bar.columns[3].text_format == "loss {task.fields[loss]}"
+    assert bar.console.stderr and not bar.live.transient and not bar.disable
+    quiet = progress_bar(disable=True)
+    assert quiet.live.transient and quiet.disable and len(quiet.columns) == 4
+
+
+def test_no_other_module_builds_a_progress_bar():
+    root = Path(llm_dit.__file__).parent
+    users = set()
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "rich.progress":
+                users.add(path.name)
+    assert users == {"progress.py"}
