@@ -12,8 +12,8 @@ from llm_dit.condition import CaptionRows, VLRows
 from llm_dit.config import Config, load_config
 from llm_dit.generate import Generator
 from llm_dit.inject import padded
-from llm_dit.provenance import RULES
-from llm_dit.records import conditioning, sidecar
+from llm_dit.provenance import EXTRACTION_KEYS, RULES, extraction_settings
+from llm_dit.records import conditioning, direction_metadata, sidecar
 
 from .conftest import REPO
 
@@ -81,6 +81,19 @@ def test_every_config_key_has_a_rule():
     """The next setting added to the config must say when it acts."""
     keys = set(Config().flat())
     assert keys <= set(RULES), f"settings without a rule in provenance.RULES: {sorted(keys - set(RULES))}"
+
+
+def test_extraction_settings_are_the_acting_extraction_keys_of_a_reference_record(gen):
+    """What a steering direction (or any extraction) records is what a reference-conditioned image records as
+    acting on its extraction: one definition of "what acted" (`provenance.RULES`)."""
+    for vl in ({}, {"token_mode": "text_only", "outlier_masking": "zero"}, {"normalize": "hybrid", "layers": "-6:1"}):
+        g = changed(gen, **vl)
+        rec, _ = record_of(g, rgb(REF))
+        expected = {k: v for k, v in rec["settings"].items() if k in EXTRACTION_KEYS}
+        assert extraction_settings(g.config) == expected, vl
+        assert direction_metadata("pca", g.config, {-6: 1.0}, {}, {})["settings"] == expected
+    assert {"vl.sink_ratio", "vl.sink_rows"} <= set(extraction_settings(gen.config))  # they shape extracted rows
+    assert "vl.outlier_threshold" not in extraction_settings(changed(gen, token_mode="text_only").config)
 
 
 def test_settings_and_inactive_settings_partition_the_config(gen):

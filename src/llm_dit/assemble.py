@@ -38,7 +38,6 @@ from .config import Config, EncoderConfig, VLConfig
 from .errors import UserError
 from .imagedep import PROBE_SEED, describe_probe, image_free_by_construction, measure, not_checked, probe_image
 from .numerics import check_rows, require_finite
-from .records import adapter_record
 from .schedule import parse_schedule
 from .stats import ReferenceStats
 from .text import EncodedPrompt
@@ -92,26 +91,29 @@ def extraction_stats(components: Components, vl: VLConfig) -> Stats | None:
     return components.reference_stats(list(layer_weights(vl)), vl)
 
 
+EXTRACTION_ARGUMENTS = {
+    "token_mode",
+    "outlier_masking",
+    "outlier_threshold",
+    "system_prompt",
+    "clip_sigma",
+    "hybrid_weight",
+    "sink_ratio",
+    "sink_rows",
+}
+"""`vl` settings `VLEmbeddingExtractor.extract_layers` takes under their own names (`vl.normalize` is its
+`normalization`, the layers and statistics come from `layer_weights` and `extraction_stats`)."""
+
+
 def extract(
     components: Components, vl: VLConfig, image: Image.Image, prompt: str | None, stats: Stats | None
 ) -> tuple[torch.Tensor, dict[int, VLEmbeddings]]:
     """VL rows of `image` + `prompt` with the `vl` settings, layers combined by their weights (one forward pass);
     also each layer's extraction (spans, statistics, settings) for records. `stats`: `extraction_stats`."""
     weights = layer_weights(vl)
+    settings = vl.model_dump(include=EXTRACTION_ARGUMENTS)
     extracted = components.vl.extract_layers(
-        image,
-        prompt,
-        list(weights),
-        token_mode=vl.token_mode,
-        normalization=vl.normalize,
-        outlier_masking=vl.outlier_masking,
-        outlier_threshold=vl.outlier_threshold,
-        system_prompt=vl.system_prompt,
-        reference=stats,
-        clip_sigma=vl.clip_sigma,
-        hybrid_weight=vl.hybrid_weight,
-        sink_ratio=vl.sink_ratio,
-        sink_rows=vl.sink_rows,
+        image, prompt, list(weights), normalization=vl.normalize, reference=stats, **settings
     )
     return combine_layers({layer: e.embeddings for layer, e in extracted.items()}, weights), extracted
 
@@ -183,8 +185,7 @@ def blend_vl(
         vl, extracted = extract(components, v, source.image, prompt, text.stats)
         record["vl"] = {str(layer): e.metadata() for layer, e in extracted.items()}
     if v.adapter:
-        adapter, meta = components.adapter(v.adapter, config)
-        record["adapter"] = adapter_record(v.adapter, meta)
+        adapter, record["adapter"] = components.adapter(v.adapter, config)  # its metadata, for the record
         with torch.no_grad():
             vl = require_finite(adapter(vl), f"adapter {v.adapter}")
     options = dict(v.blend_options)

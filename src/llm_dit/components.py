@@ -52,9 +52,9 @@ class Components:
         self._stats_files: dict[str, ReferenceStats] = {}
         self._adapters: dict[str, tuple[Adapter, dict[str, Any]]] = {}
 
-    def serves(self, config: Config) -> bool:
-        """Does `config` choose the same models, devices and dtypes as these components?"""
-        return component_settings(config) == self.settings
+    def differences(self, config: Config) -> list[str]:
+        """The `COMPONENT_KEYS` whose value in `config` differs from these components' (none: they serve it)."""
+        return [key for key, value in component_settings(config).items() if self.settings[key] != value]
 
     @cached_property
     def text_encoder(self) -> TextEncoder:

@@ -113,9 +113,10 @@ def source_of(
     ]
     if len(made) > 1:
         raise UserError("give one of: a reference image, VL embeddings, embeddings, a steering direction")
-    if neutral is not None and not made:
+    source = made[0] if made else Text()
+    if neutral is not None and not isinstance(source, Reference | VLRows):
         raise UserError(_NEUTRAL_ALONE)
-    return made[0] if made else Text()
+    return source
 
 
 def neutral_of(source: Source) -> Image.Image | torch.Tensor | None:

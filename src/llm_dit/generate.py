@@ -29,7 +29,7 @@ from .assemble import (
     refuse,
 )
 from .cache import TensorCache
-from .components import COMPONENT_KEYS, Components
+from .components import Components
 from .condition import Conditioning, Source, as_source, check_neutral, extracts
 from .config import Config
 from .errors import UserError
@@ -70,9 +70,21 @@ class Generator:
         components: Components | None = None,
     ) -> None:
         """`cache`: a `TensorCache`, `None` for the default one under `$LLM_DIT_CACHE`, `False` for none.
-        `components`: models already loaded for the same models and devices (see `with_config`)."""
-        self.config = config
+        `components`: models already loaded for the same models and devices, with their cache (see `with_config`)."""
+        if components is not None and cache is not None:
+            raise UserError("give a cache or components (which bring their own cache), not both")
+        if components is not None and (differ := components.differences(config)):
+            raise UserError(
+                f"{', '.join(differ)} differ from the loaded components' (models, devices and dtypes are fixed per "
+                f"Components): use a new Generator"
+            )
+        self._config = config
         self.components = components or Components(config, TensorCache() if cache is None else (cache or None))
+
+    @property
+    def config(self) -> Config:
+        """The settings of every image this generator makes (fixed: `with_config` gives another config)."""
+        return self._config
 
     @property
     def cache(self) -> TensorCache | None:
@@ -81,9 +93,6 @@ class Generator:
     def with_config(self, config: Config) -> Generator:
         """A generator for `config` sharing these components (loaded models, statistics, adapters, cache): the
         form a sweep's runs take. `config` must choose the same models, devices and dtypes (`COMPONENT_KEYS`)."""
-        if not self.components.serves(config):
-            differ = [k for k, v in config.flat().items() if k in COMPONENT_KEYS and self.components.settings[k] != v]
-            raise UserError(f"{', '.join(differ)} differ from the loaded components': use a new Generator")
         return Generator(config, components=self.components)
 
     def encode(self, prompt: str) -> EncodedPrompt:

@@ -5,7 +5,7 @@
   image-dependence check, models, versions, seed, tokens and timings;
 - `input_files`: the path and sha256 of every input file of a command;
 - `extraction_metadata`, `encoding_metadata`, `direction_metadata`: the metadata of the files `extract`, `encode`
-  and `steer` write; `adapter_record`: an adapter as a record names it;
+  and `steer` write;
 - `library_versions`: the versions every record carries.
 
 `provenance.py` stays the table of rules (which setting acts when); this module applies it.
@@ -64,6 +64,8 @@ def conditioning(p: Prepared, rendered: Rendered | None = None) -> dict[str, Any
     Without `rendered` (before the DiT ran): what it will receive."""
     cond = p.conditioning
     record = cond.record | {"source": cond.source, "alpha": None, "alphas": []}
+    if "adapter" in record:  # the adapter as the record names it: its path, the file's sha256, its metadata
+        record["adapter"] = {"path": p.config.vl.adapter, **record["adapter"]}
     received = p.first
     if cond.combine is not None:
         g = p.config.generation
@@ -124,11 +126,6 @@ def sidecar(p: Prepared, rendered: Rendered | None = None) -> dict[str, Any]:
         "versions": library_versions(),
         "timings_s": {k: round(v, 4) for k, v in p.times.items()},
     }
-
-
-def adapter_record(path: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """An adapter as the conditioning record names it: its path, the file's sha256 and its metadata."""
-    return {"path": path, **meta}
 
 
 def input_files(paths: dict[str, Path | None]) -> dict[str, dict[str, str]]:
