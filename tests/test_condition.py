@@ -6,12 +6,11 @@ import torch
 from PIL import Image
 
 from llm_dit.condition import Reference, combine_layers, parse_layer_weights
-from llm_dit.config import load_config
 from llm_dit.errors import UserError
 from llm_dit.files import load_tensors
 from llm_dit.generate import Generator
 
-from .conftest import REPO
+from .conftest import REPO, tiny_config
 
 REF = REPO / "examples" / "reference-images" / "purple_hexagon.png"
 SMALL = ["--steps", "2", "--width", "64", "--height", "64", "--seed", "5"]
@@ -61,16 +60,7 @@ def test_strength_that_skips_no_step_is_warned_about(gen):
 
 @pytest.fixture(scope="module")
 def gen(zoo):
-    cfg = load_config(
-        overrides={
-            "models.zimage": str(zoo / "zimage"),
-            "models.vl": str(zoo / "qwen3-vl"),
-            "generation.width": 64,
-            "generation.height": 64,
-            "generation.steps": 3,
-        }
-    )
-    return Generator(cfg)
+    return Generator(tiny_config(zoo, **{"generation.steps": 3}))
 
 
 def with_vl(gen, **changes):

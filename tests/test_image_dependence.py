@@ -26,7 +26,7 @@ from llm_dit.imagedep import (
 from llm_dit.sweep import iter_jsonl
 from llm_dit.vl import image_sha256
 
-from .conftest import REPO
+from .conftest import REPO, tiny_config
 
 IMAGES = REPO / "examples" / "reference-images"
 REF = IMAGES / "purple_hexagon.png"
@@ -59,16 +59,7 @@ def rgb(path):
 
 @pytest.fixture(scope="module")
 def gen(zoo):
-    cfg = load_config(
-        overrides={
-            "models.zimage": str(zoo / "zimage"),
-            "models.vl": str(zoo / "qwen3-vl"),
-            "generation.width": 64,
-            "generation.height": 64,
-            "generation.steps": 2,
-        }
-    )
-    return Generator(cfg)
+    return Generator(tiny_config(zoo))
 
 
 def with_vl(gen, **changes):

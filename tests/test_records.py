@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from llm_dit.condition import CaptionRows, VLRows
-from llm_dit.config import Config, load_config
+from llm_dit.config import Config
 from llm_dit.generate import Generator
 from llm_dit.inject import padded
 from llm_dit.provenance import EXTRACTION_KEYS, RULES, extraction_settings
 from llm_dit.records import conditioning, direction_metadata, sidecar
 
-from .conftest import REPO
+from .conftest import REPO, tiny_config
 
 REF = REPO / "examples" / "reference-images" / "purple_hexagon.png"
 SMALL = ["--steps", "2", "--width", "64", "--height", "64", "--seed", "5"]
@@ -48,16 +48,7 @@ def rgb(path):
 
 @pytest.fixture(scope="module")
 def gen(zoo):
-    cfg = load_config(
-        overrides={
-            "models.zimage": str(zoo / "zimage"),
-            "models.vl": str(zoo / "qwen3-vl"),
-            "generation.width": 64,
-            "generation.height": 64,
-            "generation.steps": 2,
-        }
-    )
-    return Generator(cfg)
+    return Generator(tiny_config(zoo))
 
 
 def changed(gen, section_key: str | None = None, value=None, **vl):

@@ -39,7 +39,7 @@ from llm_dit.steer import apply_direction
 from llm_dit.text import TextEncoder, render_prompt
 from llm_dit.vl import VLEmbeddingExtractor
 
-from .conftest import REPO
+from .conftest import REPO, tiny_config
 
 REF = REPO / "examples" / "reference-images" / "purple_hexagon.png"
 SINK_DIMS = (1, 2)
@@ -229,18 +229,7 @@ def planted(monkeypatch):
 
 
 def generator(zoo, low_memory: bool = False, **vl) -> Generator:
-    cfg = load_config(
-        overrides={
-            "models.zimage": str(zoo / "zimage"),
-            "models.vl": str(zoo / "qwen3-vl"),
-            "models.low_memory": low_memory,
-            "generation.width": 64,
-            "generation.height": 64,
-            "generation.steps": 2,
-            **{f"vl.{k}": v for k, v in vl.items()},
-        }
-    )
-    return Generator(cfg)
+    return Generator(tiny_config(zoo, **{"models.low_memory": low_memory, **{f"vl.{k}": v for k, v in vl.items()}}))
 
 
 def test_text_encoder_reference_stats_leave_planted_sinks_out(zoo, planted):
