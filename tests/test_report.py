@@ -13,8 +13,10 @@ import json
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
@@ -462,6 +464,97 @@ def test_report_without_metrics_or_runs(tmp_path: Path) -> None:
     assert "No finished runs yet" in text and "http" not in text
 
 
+class Page(HTMLParser):
+    """A parsed page: every tag with its attributes (values unescaped) and every text chunk (unescaped)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.texts: list[str] = []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+
+    def attrs(self, name: str) -> list[str]:
+        return [a[name] for _, a in self.tags if a.get(name) is not None]  # type: ignore[misc]
+
+
+HOSTILE = "<script>alert('x')</script> \"q\" & 'single' </td></table><img src=x onerror=alert(1)>"
+REPORT_TAGS = {  # every element the template writes
+    *("html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "a", "i", "b", "img", "code", "span"),
+    *("div", "ul", "li", "pre", "script", "table", "thead", "tbody", "tr", "th", "td", "figure", "figcaption"),
+    *("details", "summary", "svg", "line", "text", "polyline", "circle"),
+}
+
+
+def hostile_sweep(tmp_path: Path) -> tuple[Path, list[dict[str, Any]], str]:
+    """Two measured runs and a failed one whose prompt, label, reference file name, a string setting, the error and
+    the sweep name all carry HTML: a script, quotes, '&' and an element with an event handler."""
+    ref = make_reference(tmp_path, name='ref"<img src=x onerror=alert(1)>&.png')
+    runs = []
+    for i, alpha in enumerate([0.3, 0.6, 0.9]):
+        run = manual_run({"vl.alpha": alpha, "vl.system_prompt": f"{HOSTILE} {i}"}, HOSTILE, salt="", image=str(ref))
+        run["prompt"] = HOSTILE
+        run["id"] = run_id(run)
+        runs.append(run)
+    metrics = {  # a style and a content metric: a trade-off plot whose point titles carry the label
+        runs[0]["id"]: {"ssim_to_baseline": 0.9, "color_hist_similarity": 0.2, "grid_artifact_score": 0.5},
+        runs[1]["id"]: {"ssim_to_baseline": 0.5, "color_hist_similarity": 0.7, "grid_artifact_score": 0.3},
+    }
+    sweep = tmp_path / "sweep"
+    finish(sweep, runs, failed={runs[2]["id"]: HOSTILE}, metrics=metrics, name=HOSTILE)
+    return sweep, runs, ref.name
+
+
+def test_report_escapes_html_in_user_text_everywhere(tmp_path: Path) -> None:
+    sweep, runs, ref_name = hostile_sweep(tmp_path)
+    text = build_report(sweep)[1].read_text()
+    page = Page(text)
+    # no element, script or event handler from user text: only the template's own elements and its one script
+    assert text.count("<script") == 1 and [t for t, _ in page.tags].count("script") == 1
+    assert {t for t, _ in page.tags} <= REPORT_TAGS
+    assert not [k for _, a in page.tags for k in a if k.startswith("on")]
+    assert "<img src=x" not in text
+    # ... and every hostile string reads back exactly as written, in text and in attributes
+    assert f"Sweep report: {HOSTILE}" in page.texts  # <title> and <h1>: the sweep name
+    assert HOSTILE in page.texts  # prompt, label, error
+    assert f"{HOSTILE} 1" in page.texts  # a string setting value
+    assert ref_name in page.texts and ref_name in page.attrs("alt")  # reference figure caption and alt text
+    assert page.texts.count(HOSTILE) >= 3 * len(runs)  # label in the runs table, details and elsewhere
+    assert [t for t, _ in page.tags].count("circle") == 2 and "svg" in [t for t, _ in page.tags]
+    assert f"{HOSTILE}: ssim_to_baseline 0.9, color_hist_similarity 0.2" in page.texts  # an SVG point title
+    assert '"q"' not in text and "'single'" not in text  # quotes are escaped too (text and attribute safe)
+
+
+def test_report_names_only_files_of_the_sweep_directory_or_embedded_images(tmp_path: Path) -> None:
+    sweep, runs, _ = evil_sweep(tmp_path)
+    text = build_report(sweep)[1].read_text()
+    page = Page(text)
+    ids = set(page.attrs("id"))
+    urls = [v for name in ("src", "href", "srcset", "poster", "data", "action", "xlink:href") for v in page.attrs(name)]
+    assert len(urls) > 3 * len(runs)
+    for url in urls:
+        if url.startswith("#"):
+            assert url[1:] in ids, f"link to a missing anchor: {url}"
+        elif url.startswith("data:"):
+            assert url.startswith("data:image/jpeg;base64,")
+        else:  # a relative path to a file inside the sweep directory: no scheme, no host, no way out
+            parts = urlsplit(url)
+            assert not parts.scheme and not parts.netloc, url
+            path = (sweep / unquote(parts.path)).resolve()
+            assert path.is_relative_to(sweep.resolve()) and path.is_file(), url
+    assert not {"link", "iframe", "object", "embed", "base", "source"} & {t for t, _ in page.tags}
+    assert "@import" not in text and "url(" not in text
+
+
 # ---------------------------------------------------------------------------------------------------- browser
 
 
@@ -484,6 +577,7 @@ def run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]
         "--disable-component-update",
         "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # the browser's own background requests never leave the machine
         *args,
     ]
     try:
@@ -528,3 +622,34 @@ def test_report_table_sorts_numerically_in_headless_chromium(tmp_path: Path, cli
     ascending = [base, v[2]["id"], v[3]["id"], v[0]["id"], v[1]["id"]]
     assert order == (ascending if clicks == 1 else ascending[::-1]) + [info["failed"]["id"]]
     assert re.search(r'aria-sort="(\w+)"', proc.stdout).group(1) == ("ascending" if clicks == 1 else "descending")
+
+
+def page_requests(netlog: Path) -> list[str]:
+    """The http(s) URLs a page asked for, from a Chromium net log (the browser's own background requests, e.g.
+    component updates, have no initiating origin and are left out)."""
+    log = json.loads(netlog.read_text())
+    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
+    return [
+        e["params"]["url"]
+        for e in log["events"]
+        if e["type"] == start
+        and str(e.get("params", {}).get("url", "")).startswith(("http:", "https:"))
+        and e["params"].get("initiator") != "not an origin"
+    ]
+
+
+def test_report_requests_nothing_over_the_network_in_headless_chromium(tmp_path: Path) -> None:
+    sweep, _, _ = evil_sweep(tmp_path)
+    _, report = build_report(sweep)
+    remote = ["http://127.0.0.1:9/probe.png", "https://example.invalid/probe.css"]
+    probe = report.with_name("probe.html")  # the control: the same page plus two remote resources
+    extra = f'<img src="{remote[0]}"><link rel="stylesheet" href="{remote[1]}">'
+    probe.write_text(report.read_text().replace("</body>", extra + "</body>"))
+    requested = {}
+    for page in (report, probe):
+        netlog = tmp_path / f"{page.stem}.netlog.json"
+        proc = run_chromium(tmp_path, f"--log-net-log={netlog}", "--dump-dom", page.as_uri())
+        assert '<table class="sortable" id="runs">' in proc.stdout, f"page not rendered: {proc.stderr[-2000:]}"
+        requested[page.stem] = page_requests(netlog)
+    assert sorted(set(requested["probe"])) == sorted(remote)  # the net log shows what a page asks for ...
+    assert requested["report"] == []  # ... and the report asks for nothing
