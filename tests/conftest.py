@@ -29,6 +29,16 @@ def zoo(_isolated_cache: Path) -> Path:
     return zoo_dir("tiny")
 
 
+def tiny_config(zoo: Path, **overrides):
+    """The tiny zoo's two models at 64x64 pixels and 2 steps, plus dotted `overrides`."""
+    from llm_dit.config import load_config
+
+    base = {"models.zimage": str(zoo / "zimage"), "models.vl": str(zoo / "qwen3-vl")}
+    return load_config(
+        overrides=base | {"generation.width": 64, "generation.height": 64, "generation.steps": 2} | overrides
+    )
+
+
 @dataclass
 class CliResult:
     code: int

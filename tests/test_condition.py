@@ -5,13 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.condition import combine_layers, parse_layer_weights
-from llm_dit.config import load_config
+from llm_dit.condition import Reference, combine_layers, parse_layer_weights
 from llm_dit.errors import UserError
 from llm_dit.files import load_tensors
 from llm_dit.generate import Generator
 
-from .conftest import REPO
+from .conftest import REPO, tiny_config
 
 REF = REPO / "examples" / "reference-images" / "purple_hexagon.png"
 SMALL = ["--steps", "2", "--width", "64", "--height", "64", "--seed", "5"]
@@ -56,21 +55,12 @@ def test_strength_that_skips_no_step_is_warned_about(gen):
         gen.cache,
     )
     with pytest.warns(UserWarning, match="init image has no effect"):
-        g.prepare("a house", init_image=ref, reference=ref)
+        g.prepare("a house", ref, init_image=ref)
 
 
 @pytest.fixture(scope="module")
 def gen(zoo):
-    cfg = load_config(
-        overrides={
-            "models.zimage": str(zoo / "zimage"),
-            "models.vl": str(zoo / "qwen3-vl"),
-            "generation.width": 64,
-            "generation.height": 64,
-            "generation.steps": 3,
-        }
-    )
-    return Generator(cfg)
+    return Generator(tiny_config(zoo, **{"generation.steps": 3}))
 
 
 def with_vl(gen, **changes):
@@ -79,7 +69,7 @@ def with_vl(gen, **changes):
 
 def test_every_vl_setting_reaches_the_conditioning(gen):
     ref = Image.open(REF).convert("RGB")
-    base, _ = gen.condition("a fox", reference=ref)
+    base, _ = gen.condition("a fox", ref)
     c0 = base.at(0.3)
     for change in (
         {"hidden_layer": -2},
@@ -90,7 +80,7 @@ def test_every_vl_setting_reaches_the_conditioning(gen):
         {"layers": "-6:0.5,-2:0.5"},
         {"outlier_masking": "zero", "outlier_threshold": 1.05},
     ):
-        other, _ = with_vl(gen, **change).condition("a fox", reference=ref)
+        other, _ = with_vl(gen, **change).condition("a fox", ref)
         assert not torch.equal(other.at(0.3), c0), change
 
 
@@ -98,7 +88,7 @@ def test_multi_layer_weights_from_one_forward_pass(gen):
     ref = Image.open(REF).convert("RGB")
     g = with_vl(gen, layers="-6:0.7,-2:0.3")
     rows, meta = g.extract(ref, "a wave")
-    single = {layer: gen.vl.extract(ref, "a wave", layer).embeddings for layer in (-6, -2)}
+    single = {layer: gen.components.vl.extract(ref, "a wave", layer).embeddings for layer in (-6, -2)}
     torch.testing.assert_close(rows, 0.7 * single[-6] + 0.3 * single[-2])
     assert set(meta) == {-6, -2} and meta[-6].hidden_layer == -6
     assert parse_layer_weights("-6") == {-6: 1.0}
@@ -112,9 +102,9 @@ def test_multi_layer_weights_from_one_forward_pass(gen):
 def test_style_delta_needs_a_neutral_extraction(gen):
     ref = Image.open(REF).convert("RGB")
     with pytest.raises(UserError, match="neutral"):
-        with_vl(gen, blend="style_delta").condition("a fox", reference=ref)
+        with_vl(gen, blend="style_delta").condition("a fox", ref)
     neutral = Image.new("RGB", (64, 64), (128, 128, 128))
-    cond, _ = with_vl(gen, blend="style_delta").condition("a fox", reference=ref, neutral=neutral)
+    cond, _ = with_vl(gen, blend="style_delta").condition("a fox", Reference(ref, neutral))
     assert cond.at(0.3).shape == cond.text.shape and not torch.equal(cond.at(0.3), cond.text)
 
 
@@ -140,11 +130,13 @@ def test_low_memory_stages_text_encoder_then_vl_then_dit(gen):
     models = gen.config.models.model_copy(update={"low_memory": True})
     vl = gen.config.vl.model_copy(update={"normalize": "per_dim"})
     g = Generator(gen.config.model_copy(update={"models": models, "vl": vl}))
-    cond, _ = g.condition("a fox", reference=Image.open(REF).convert("RGB"))
-    assert g._text_encoder is None and g._vl is not None  # text encoder gone before the VL model ran
+    cond, _ = g.condition("a fox", Image.open(REF).convert("RGB"))
+    loaded = g.components.loaded()
+    assert "text_encoder" not in loaded and "vl" in loaded  # text encoder gone before the VL model ran
     assert cond.record["vl"]["-6"]["settings"]["normalization"] == "per_dim"
-    _ = g.pipeline
-    assert g._text_encoder is None and g._vl is None
+    g.components.stage("pipeline")
+    _ = g.components.pipeline
+    assert g.components.loaded() == ["pipeline"]
 
 
 def test_schedule_and_injection_reach_generation(cli, zoo, tmp_path):

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from llm_dit.config import load_config
-from llm_dit.generate import Generator, denoise
+from llm_dit.generate import Generator
+from llm_dit.render import denoise
 
 
 def diffusers_image(zoo, **kwargs):
@@ -104,8 +105,9 @@ def run(gen, **changes):
     g = gen.config.generation.model_copy(update=changes)
     emb = gen.encode("a house").embeddings
     neg = [gen.encode("").embeddings] if g.guidance > 0 else None
+    pipe = gen.components.pipeline
     return np.asarray(
-        denoise(gen.pipeline, [emb], g, [g.seed], negative_prompt_embeds=neg, init_image=changes.get("init"))[0]
+        denoise(pipe, [emb], g, [g.seed], negative_prompt_embeds=neg, init_image=changes.get("init"))[0]
     ).astype(int)
 
 
@@ -122,7 +124,7 @@ def test_shift_reaches_the_scheduler(gen):
         seen.append(pipe.scheduler.config.shift)
         return {}
 
-    denoise(gen.pipeline, [gen.encode("x").embeddings], g, [0], callback=cb)
+    denoise(gen.components.pipeline, [gen.encode("x").embeddings], g, [0], callback=cb)
     assert seen == [1.5, 1.5]
 
 
@@ -136,7 +138,7 @@ def test_img2img_strength_semantics(gen):
         calls = []
         images[strength] = np.asarray(
             denoise(
-                gen.pipeline,
+                gen.components.pipeline,
                 emb,
                 g,
                 [0],
@@ -151,14 +153,15 @@ def test_img2img_strength_semantics(gen):
     # below strength 1 the init image shapes the result
     other = Image.fromarray(np.asarray(init)[:, ::-1].copy())
     g = gen.config.generation.model_copy(update={"strength": 0.5, "steps": 4})
-    assert not np.array_equal(images[0.5], np.asarray(denoise(gen.pipeline, emb, g, [0], init_image=other)[0]))
+    other_image = denoise(gen.components.pipeline, emb, g, [0], init_image=other)[0]
+    assert not np.array_equal(images[0.5], np.asarray(other_image))
 
 
 def test_batch_of_prompts_matches_single_calls(gen):
     g = gen.config.generation
     a, b = gen.encode("a house").embeddings, gen.encode("a red fox in the snow").embeddings
-    batched = denoise(gen.pipeline, [a, b], g, [1, 2])
-    single = [denoise(gen.pipeline, [e], g, [s])[0] for e, s in ((a, 1), (b, 2))]
+    batched = denoise(gen.components.pipeline, [a, b], g, [1, 2])
+    single = [denoise(gen.components.pipeline, [e], g, [s])[0] for e, s in ((a, 1), (b, 2))]
     for x, y in zip(batched, single, strict=True):
         assert np.abs(np.asarray(x).astype(int) - np.asarray(y).astype(int)).max() <= 1
 
@@ -167,6 +170,7 @@ def test_low_memory_releases_the_text_encoder_before_the_dit_loads(zoo):
     cfg = load_config(overrides={"models.zimage": str(zoo / "zimage"), "models.low_memory": True})
     g = Generator(cfg)
     g.encode("x")
-    assert g._text_encoder is not None
-    _ = g.pipeline
-    assert g._text_encoder is None
+    assert "text_encoder" in g.components.loaded()
+    g.components.stage("pipeline")
+    _ = g.components.pipeline
+    assert "text_encoder" not in g.components.loaded()

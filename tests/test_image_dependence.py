@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from llm_dit.assemble import build_conditioning
 from llm_dit.cache import TensorCache
+from llm_dit.condition import Reference, VLRows
 from llm_dit.config import VLConfig, load_config
 from llm_dit.errors import UserError
 from llm_dit.generate import Generator
@@ -24,7 +26,7 @@ from llm_dit.imagedep import (
 from llm_dit.sweep import iter_jsonl
 from llm_dit.vl import image_sha256
 
-from .conftest import REPO
+from .conftest import REPO, tiny_config
 
 IMAGES = REPO / "examples" / "reference-images"
 REF = IMAGES / "purple_hexagon.png"
@@ -57,29 +59,18 @@ def rgb(path):
 
 @pytest.fixture(scope="module")
 def gen(zoo):
-    cfg = load_config(
-        overrides={
-            "models.zimage": str(zoo / "zimage"),
-            "models.vl": str(zoo / "qwen3-vl"),
-            "generation.width": 64,
-            "generation.height": 64,
-            "generation.steps": 2,
-        }
-    )
-    return Generator(cfg)
+    return Generator(tiny_config(zoo))
 
 
 def with_vl(gen, **changes):
     """A generator with other `vl` settings sharing `gen`'s loaded models and cache."""
-    g = Generator(gen.config.model_copy(update={"vl": gen.config.vl.model_copy(update=changes)}), gen.cache)
-    g._text_encoder, g._vl, g._stats = gen.text_encoder, gen.vl, gen._stats
-    return g
+    return gen.with_config(gen.config.model_copy(update={"vl": gen.config.vl.model_copy(update=changes)}))
 
 
 def measured(g, reference, other):
     """Relative change of the caption rows at alpha 0.3 when `reference` is replaced by `other` (no refusal)."""
-    cond, encoded = g.condition("a fox", reference=reference)
-    swapped = g.condition_encoded("a fox", encoded, reference=other)
+    cond, text = g.condition("a fox", reference)
+    swapped = build_conditioning(g.components, g.config, "a fox", text, Reference(other))
     return measure(cond.at, swapped.at, cond.text, [0.3], "test")["relative_change"]
 
 
@@ -121,8 +112,8 @@ def test_image_free_combinations_are_refused_before_any_model_loads(zoo, setting
     cfg = load_config(overrides={"models.zimage": str(zoo / "zimage"), "models.vl": str(zoo / "qwen3-vl")})
     g = Generator(cfg.model_copy(update={"vl": cfg.vl.model_copy(update=settings)}))
     with pytest.raises(UserError, match="image-free by construction"):
-        g.prepare("a fox", reference=rgb(REF))
-    assert g._text_encoder is None and g._vl is None and g._pipeline is None
+        g.prepare("a fox", rgb(REF))
+    assert not g.components.loaded()
 
 
 @pytest.mark.parametrize("settings", IMAGE_FREE.values(), ids=IMAGE_FREE.keys())
@@ -184,7 +175,7 @@ def test_svd_style_at_full_rank_is_flagged(gen):
     # k >= min(n_v, D) makes s = mean(V) = the reference mean: image-free, known only once n_v is known
     g = with_vl(gen, normalize="per_dim", blend="svd_style", blend_options={"k": 100000})
     with pytest.warns(UserWarning, match="the image has no effect"):
-        p = g.prepare("a fox", reference=rgb(REF))
+        p = g.prepare("a fox", rgb(REF))
     assert p.image_dependence["image_free"] is True and p.image_dependence["relative_change"] < 1e-5
 
 
@@ -198,19 +189,19 @@ def test_normal_combination_is_image_dependent_with_its_change_recorded(cli, zoo
 
 
 def test_interpolate_after_per_dim_normalisation_depends_on_the_image(gen):
-    p = with_vl(gen, normalize="per_dim", blend="interpolate").prepare("a fox", reference=rgb(REF))
+    p = with_vl(gen, normalize="per_dim", blend="interpolate").prepare("a fox", rgb(REF))
     assert p.image_dependence["image_free"] is False and p.image_dependence["relative_change"] > 0.1
 
 
 def test_alpha_zero_is_image_free_and_says_why(gen):
     with pytest.warns(UserWarning, match="no effect"):
-        p = with_vl(gen, alpha=0.0).prepare("a fox", reference=rgb(REF))
+        p = with_vl(gen, alpha=0.0).prepare("a fox", rgb(REF))
     dep = p.image_dependence
     assert dep["image_free"] is True and dep["relative_change"] == 0.0 and "alpha 0" in dep["reason"]
 
 
 def test_a_schedule_is_measured_at_every_alpha_it_uses(gen):
-    p = with_vl(gen, alpha_schedule="linear:0.0,0.6").prepare("a fox", reference=rgb(REF))
+    p = with_vl(gen, alpha_schedule="linear:0.0,0.6").prepare("a fox", rgb(REF))
     dep = p.image_dependence
     assert set(dep["per_alpha"]) == {"0", "0.6"} and dep["per_alpha"]["0"] == 0.0
     assert dep["relative_change"] == dep["per_alpha"]["0.6"] > 0.1 and dep["image_free"] is False
@@ -219,14 +210,14 @@ def test_a_schedule_is_measured_at_every_alpha_it_uses(gen):
 def test_probe_goes_through_the_cache_and_the_switch_turns_it_off(gen, tmp_path):
     ref = rgb(IMAGES / "sunset.png")
     g = Generator(gen.config, TensorCache(tmp_path / "cache"))
-    g.prepare("a lighthouse", reference=ref)
-    assert g.forward_passes()["vl"] == 2  # the reference and the probe
-    g.prepare("a lighthouse", reference=ref)
-    assert g.forward_passes()["vl"] == 2  # both from the cache
-    off = Generator(gen.config.model_copy(update={"vl": gen.config.vl.model_copy(update={"image_check": False})}))
-    off.cache = TensorCache(tmp_path / "cache2")
-    p = off.prepare("a lighthouse", reference=ref)
-    assert off.forward_passes()["vl"] == 1
+    g.prepare("a lighthouse", ref)
+    assert g.components.forward_passes()["vl"] == 2  # the reference and the probe
+    g.prepare("a lighthouse", ref)
+    assert g.components.forward_passes()["vl"] == 2  # both from the cache
+    off_config = gen.config.model_copy(update={"vl": gen.config.vl.model_copy(update={"image_check": False})})
+    off = Generator(off_config, TensorCache(tmp_path / "cache2"))
+    p = off.prepare("a lighthouse", ref)
+    assert off.components.forward_passes()["vl"] == 1
     assert p.image_dependence["checked"] is False and "vl.image_check" in p.image_dependence["reason"]
 
 
@@ -234,15 +225,15 @@ def test_a_reference_equal_to_the_probe_is_checked_against_another_probe(gen):
     ref = probe_image((64, 64))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        p = gen.prepare("a fox", reference=ref)
+        p = gen.prepare("a fox", ref)
     assert not [w for w in caught if "no effect" in str(w.message)]
     assert p.image_dependence["probe"].endswith(f"seed {PROBE_SEED + 1}")
     assert p.image_dependence["image_free"] is False
 
 
 def test_runs_without_a_reference_are_not_checked(gen):
-    for inputs in ({}, {"vl_embeddings": gen.extract(rgb(REF), "a fox")[0]}):
-        dep = gen.prepare("a fox", **inputs).image_dependence
+    for source in (None, VLRows(gen.extract(rgb(REF), "a fox")[0])):
+        dep = gen.prepare("a fox", source).image_dependence
         assert dep["checked"] is False and dep["image_free"] is None and dep["reason"]
 
 

@@ -5,8 +5,8 @@ import torch
 from llm_dit.blend import align
 from llm_dit.config import GenerationConfig
 from llm_dit.errors import UserError
-from llm_dit.generate import denoise
 from llm_dit.inject import block_indices, inject_conditioning, second_stream_blocks
+from llm_dit.render import denoise
 
 GEN = GenerationConfig(width=64, height=64, steps=4, guidance=0.0)
 CFG = GenerationConfig(width=64, height=64, steps=3, guidance=2.0)

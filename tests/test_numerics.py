@@ -107,16 +107,16 @@ def test_non_finite_vl_rows_fail_at_the_extraction_even_without_normalisation(zo
     g = fresh(zoo)
     assert g.config.vl.normalize == "none" and g.config.vl.outlier_masking == "none"
     with torch.no_grad():
-        g.vl.model.model.language_model.layers[0].mlp.down_proj.weight.fill_(value)
+        g.components.vl.model.model.language_model.layers[0].mlp.down_proj.weight.fill_(value)
     with pytest.raises(UserError, match=r"^VL extraction layer -6: \d+ NaN and \d+ Inf values.*vl.dtype float32"):
-        g.prepare("a fox", reference=rgb(REF))
+        g.prepare("a fox", rgb(REF))
 
 
 @pytest.mark.parametrize("value", BAD.values(), ids=BAD.keys())
 def test_non_finite_text_rows_fail_at_the_text_encoder(zoo, value):
     g = fresh(zoo)
     with torch.no_grad():
-        g.text_encoder.model.layers[0].mlp.down_proj.weight.fill_(value)
+        g.components.text_encoder.model.layers[0].mlp.down_proj.weight.fill_(value)
     with pytest.raises(UserError, match=r"^text encoder layer -2: .*encoder.dtype float32"):
         g.prepare("a fox")
 
@@ -138,13 +138,13 @@ def test_cli_with_a_broken_vl_checkpoint_exits_2_naming_the_stage(cli, zoo, tmp_
 def test_adapter_overflow_fails_at_the_adapter(zoo, tmp_path):
     g = fresh(zoo)
     path = tmp_path / "a.safetensors"
-    adapter = Adapter(g.caption_width)
+    adapter = Adapter(g.components.caption_width)
     with torch.no_grad():  # finite, so the file loads; x·3e38 + 3e38 overflows float32 for any x > 0.14
         adapter.weight.mul_(3e38)
         adapter.bias.fill_(3e38)
     adapter.save(path)
     with pytest.raises(UserError, match=rf"^adapter {path}: \d+ NaN and \d+ Inf"):
-        fresh(zoo, adapter=str(path), blend="interpolate").prepare("a fox", reference=rgb(REF))
+        fresh(zoo, adapter=str(path), blend="interpolate").prepare("a fox", rgb(REF))
 
 
 @pytest.mark.parametrize("mode", ["interpolate", "adain_per_dim", "gem_pool", "slerp", "concat"])

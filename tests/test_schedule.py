@@ -8,7 +8,7 @@ import torch
 from llm_dit.blend import interpolate
 from llm_dit.config import GenerationConfig
 from llm_dit.errors import UserError
-from llm_dit.generate import denoise
+from llm_dit.render import denoise
 from llm_dit.schedule import SCHEDULES, Schedule, parse_schedule, schedule_callback
 
 GEN = GenerationConfig(width=64, height=64, steps=4, guidance=0.0)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from llm_dit.adapter import Adapter, train_adapter
 from llm_dit.cache import TensorCache
-from llm_dit.condition import parse_layer_weights
+from llm_dit.condition import Reference, parse_layer_weights, source_of
 from llm_dit.config import PLACEMENT_KEYS, ConfigError, default_config_path, load_config
 from llm_dit.errors import UserError
 from llm_dit.files import load_tensors
@@ -63,15 +63,15 @@ def test_neutral_input_is_refused_unless_the_blend_is_style_delta_before_any_mod
     neutral = Image.new("RGB", (64, 64), (128, 128, 128))
     gen = Generator(tiny(zoo), cache=False)  # default blend adain_per_dim
     with pytest.raises(UserError, match=re.escape("only acts with vl.blend 'style_delta'")) as e:
-        gen.prepare("a fox", reference=reference(), neutral=neutral)
+        gen.prepare("a fox", Reference(reference(), neutral))
     assert "--" not in str(e.value)  # API errors name config keys, not CLI flags
     with pytest.raises(UserError, match="reference image or VL embeddings"):
-        gen.condition("a fox", neutral=neutral)  # text-only: nothing for it to act on
+        source_of(neutral=neutral)  # text-only: nothing for it to act on
     delta = Generator(tiny(zoo, **{"vl.blend": "style_delta"}), cache=False)
     with pytest.raises(UserError, match="needs a neutral extraction"):
-        delta.prepare("a fox", reference=reference())
+        delta.prepare("a fox", reference())
     for g in (gen, delta):
-        assert g._text_encoder is None and g._vl is None and g._pipeline is None
+        assert not g.components.loaded()
 
 
 def test_cli_neutral_image_without_style_delta_exits_2_and_writes_nothing(cli, zoo, tmp_path):
@@ -98,7 +98,7 @@ def test_adapter_is_loaded_once_but_checked_against_every_config_it_is_used_with
     original = Adapter.load
     monkeypatch.setattr(Adapter, "load", lambda p: loads.append(p) or original(p))
     gen = Generator(tiny(zoo), cache=False)
-    assert gen.adapter(str(path))[1]["sha256"]
+    assert gen.components.adapter(str(path), gen.config)[1]["sha256"]
     for change, key in (
         ({"vl.hidden_layer": -2}, "vl.hidden_layer"),  # what a sweep's --layers axis does between runs
         ({"vl.token_mode": "image_only"}, "vl.token_mode"),
@@ -106,12 +106,10 @@ def test_adapter_is_loaded_once_but_checked_against_every_config_it_is_used_with
         ({"vl.layers": "-6:0.5,-2:0.5"}, "vl.layers"),
         ({"vl.normalize": "global"}, "vl.normalize"),
     ):
-        gen.config = tiny(zoo, **change)
         with pytest.raises(UserError, match=key) as e:
-            gen.adapter(str(path))
+            gen.components.adapter(str(path), tiny(zoo, **change))
         assert "--" not in str(e.value)
-    gen.config = tiny(zoo)
-    gen.adapter(str(path))
+    gen.components.adapter(str(path), tiny(zoo))
     assert len(loads) == 1
 
 
@@ -150,7 +148,7 @@ def test_steer_honours_the_vl_system_prompt_and_weighted_layers_and_records_them
     weighted, meta = steer("weighted", '[default.vl]\nlayers = "-6:0.5,-2:0.5"\n')
     assert meta["hidden_layer"] is None and meta["layer_weights"] == {"-6": 0.5, "-2": 0.5}
     assert meta["settings"]["vl.layers"] == "-6:0.5,-2:0.5" and "vl.hidden_layer" not in meta["settings"]
-    vl = Generator(tiny(zoo), cache=False).vl
+    vl = Generator(tiny(zoo), cache=False).components.vl
 
     def rows(image):  # the weighted rows, built here from single-layer extractions
         img = Image.open(image).convert("RGB")
@@ -227,16 +225,16 @@ def test_train_adapter_refuses_weighted_layers_and_processed_rows_before_loading
         gen = Generator(tiny(zoo, **change), cache=False)
         with pytest.raises(UserError, match=key):
             train_adapter(gen, training_images, CAPTIONS)
-        assert gen._vl is None and gen._text_encoder is None
+        assert not gen.components.loaded()
 
 
 def test_adapter_trained_with_a_system_prompt_is_refused_without_it(zoo, cache, training_images, tmp_path):
     cfg = tiny(zoo, **{"vl.system_prompt": SYSTEM})
     adapter, meta = train_adapter(Generator(cfg, cache), training_images, CAPTIONS, kind="affine")
     path = adapter.save(tmp_path / "a.safetensors", meta)
-    Generator(cfg, cache).adapter(str(path))  # the same settings: accepted
+    Generator(cfg, cache).components.adapter(str(path), cfg)  # the same settings: accepted
     with pytest.raises(UserError, match=re.escape(f"vl.system_prompt = {SYSTEM!r}")):
-        Generator(tiny(zoo), cache).adapter(str(path))
+        Generator(tiny(zoo), cache).components.adapter(str(path), tiny(zoo))
 
 
 # ------------------------------------------------------------------------------------- vl.layers vs vl.hidden_layer
@@ -313,7 +311,7 @@ def test_extract_records_weighted_layers_as_such_and_layer_beats_them(cli, zoo, 
     assert meta["stats_after"] == describe(tensors["embeddings"])  # of the weighted rows, not of layer -6
     assert cli(*base, "--layer", "-2", "-o", tmp_path / "one.safetensors").code == 0
     tensors, meta = load_tensors(tmp_path / "one.safetensors")
-    single = Generator(tiny(zoo), cache=False).vl.extract(reference(), "a house", -2).embeddings
+    single = Generator(tiny(zoo), cache=False).components.vl.extract(reference(), "a house", -2).embeddings
     torch.testing.assert_close(tensors["embeddings"], single)
     assert meta["hidden_layer"] == -2 and meta["layer_weights"] == {"-2": 1.0} and "layers" not in meta
 
@@ -367,6 +365,7 @@ def test_trust_remote_code_reaches_every_load_of_the_configured_models(zoo, monk
 
         monkeypatch.setattr(cls, "from_pretrained", spy)
     gen = Generator(tiny(zoo, **{"models.trust_remote_code": True}), cache=False)
-    assert gen.text_encoder.model is not None and gen.vl.model is not None and gen.pipeline is not None
+    parts = gen.components
+    assert parts.text_encoder.model is not None and parts.vl.model is not None and parts.pipeline is not None
     assert {name for name, _ in seen} == {cls.__name__ for cls in classes}
     assert all(value is True for _, value in seen), seen

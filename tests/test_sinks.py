@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from llm_dit.blend import ALPHA_VALUES, BLEND_MODES, blend
-from llm_dit.condition import WHOLE_TEXT_MODES, blend_conditioning, drop_sinks, steer_conditioning
+from llm_dit.condition import WHOLE_TEXT_MODES, Steering, VLRows, blend_conditioning, drop_sinks, steer_conditioning
 from llm_dit.config import ConfigError, load_config
 from llm_dit.errors import UserError
 from llm_dit.files import load_tensors
@@ -39,7 +39,7 @@ from llm_dit.steer import apply_direction
 from llm_dit.text import TextEncoder, render_prompt
 from llm_dit.vl import VLEmbeddingExtractor
 
-from .conftest import REPO
+from .conftest import REPO, tiny_config
 
 REF = REPO / "examples" / "reference-images" / "purple_hexagon.png"
 SINK_DIMS = (1, 2)
@@ -229,22 +229,11 @@ def planted(monkeypatch):
 
 
 def generator(zoo, low_memory: bool = False, **vl) -> Generator:
-    cfg = load_config(
-        overrides={
-            "models.zimage": str(zoo / "zimage"),
-            "models.vl": str(zoo / "qwen3-vl"),
-            "models.low_memory": low_memory,
-            "generation.width": 64,
-            "generation.height": 64,
-            "generation.steps": 2,
-            **{f"vl.{k}": v for k, v in vl.items()},
-        }
-    )
-    return Generator(cfg)
+    return Generator(tiny_config(zoo, **{"models.low_memory": low_memory, **{f"vl.{k}": v for k, v in vl.items()}}))
 
 
 def test_text_encoder_reference_stats_leave_planted_sinks_out(zoo, planted):
-    enc = generator(zoo).text_encoder
+    enc = generator(zoo).components.text_encoder
     prompts = ["a red fox", "a quiet harbour at dawn"]
     stats = enc.reference_stats([-6], prompts)[-6]
     content = []
@@ -264,11 +253,11 @@ def test_text_encoder_reference_stats_leave_planted_sinks_out(zoo, planted):
 def test_extraction_drops_vl_sinks_before_masking_and_normalisation(zoo, planted):
     gen = generator(zoo)
     img = Image.open(REF).convert("RGB")
-    raw, ids, _, _ = planted["vl"](gen.vl, img, "a fox", [-6])
-    sink_at = [0, ids.index(gen.vl.ids["pad"])]
+    raw, ids, _, _ = planted["vl"](gen.components.vl, img, "a fox", [-6])
+    sink_at = [0, ids.index(gen.components.vl.ids["pad"])]
     content = torch.ones(len(ids), dtype=torch.bool)
     content[sink_at] = False
-    spans = gen.vl.extract(img, "a fox", -6).spans
+    spans = gen.components.vl.extract(img, "a fox", -6).spans
     pad = torch.zeros(len(ids), dtype=torch.bool)
     pad[slice(*spans.image_pad)] = True
     # half the dimensions vary 10x more than this reference (compressed), half 40x less (left alone by clamp)
@@ -276,7 +265,7 @@ def test_extraction_drops_vl_sinks_before_masking_and_normalisation(zoo, planted
     ref = ReferenceStats(raw[-6].mean(0), spread, layer=-6, model="t", prompt_count=1, token_count=9)
     settings = {"outlier_masking": "clamp", "outlier_threshold": 1.5, "normalization": "per_dim", "reference": ref}
 
-    e = gen.vl.extract(img, "a fox", -6, **settings)
+    e = gen.components.vl.extract(img, "a fox", -6, **settings)
     masked, info = mask_outlier_dimensions(raw[-6][content], 1.5, "clamp", ref, rows=pad[content])
     expected = normalize(masked, "per_dim", ref)
     torch.testing.assert_close(e.embeddings, expected, rtol=1e-5, atol=1e-5)
@@ -288,7 +277,7 @@ def test_extraction_drops_vl_sinks_before_masking_and_normalisation(zoo, planted
     assert meta["sinks"]["rows"][0]["token"] == "<|im_start|>" and meta["settings"]["sink_rows"] == "exclude"
     assert {d for d, _ in meta["sinks"]["rows"][0]["dims"][:2]} == set(SINK_DIMS)
 
-    inc = gen.vl.extract(img, "a fox", -6, sink_rows="include", **settings)
+    inc = gen.components.vl.extract(img, "a fox", -6, sink_rows="include", **settings)
     assert inc.embeddings.shape[0] == len(ids) and inc.sinks["action"] == "blended"
     torch.testing.assert_close(inc.embeddings[content], e.embeddings, rtol=1e-5, atol=1e-5)  # same statistics
 
@@ -296,14 +285,14 @@ def test_extraction_drops_vl_sinks_before_masking_and_normalisation(zoo, planted
 def test_generation_keeps_text_sinks_drops_vl_sinks_and_records_both(zoo, planted):
     img = Image.open(REF).convert("RGB")
     gen = generator(zoo)
-    cond, encoded = gen.condition("a fox", reference=img)
+    cond, text_side = gen.condition("a fox", img)
     text = cond.text
     t_sinks = torch.zeros(len(text), dtype=torch.bool)
-    t_sinks[[0, im_end_position(gen.text_encoder.tokenizer, encoded.token_ids)]] = True
-    rows, ids, _, _ = gen.vl.hidden_rows(img, "a fox", [-6])
+    t_sinks[[0, im_end_position(gen.components.text_encoder.tokenizer, text_side.encoded.token_ids)]] = True
+    rows, ids, _, _ = gen.components.vl.hidden_rows(img, "a fox", [-6])
     vl = rows[-6]  # with the planted sinks
     v_keep = torch.ones(len(ids), dtype=torch.bool)
-    v_keep[[0, ids.index(gen.vl.ids["pad"])]] = False
+    v_keep[[0, ids.index(gen.components.vl.ids["pad"])]] = False
     assert torch.equal(find_sinks(vl), ~v_keep)
 
     out = cond.at(0.3)
@@ -317,19 +306,19 @@ def test_generation_keeps_text_sinks_drops_vl_sinks_and_records_both(zoo, plante
     assert cond.record["vl"]["-6"]["sinks"]["count"] == 2
 
     # given VL rows get the same treatment
-    given, _ = gen.condition("a fox", vl_embeddings=vl)
+    given, _ = gen.condition("a fox", VLRows(vl))
     torch.testing.assert_close(given.at(0.3), out, rtol=1e-5, atol=1e-5)
     assert given.record["sinks"]["vl"]["action"] == "dropped" and given.record["sinks"]["vl"]["count"] == 2
 
     # include: the old behaviour, every row blended as content, and recorded as such
-    inc, _ = generator(zoo, sink_rows="include").condition("a fox", reference=img)
+    inc, _ = generator(zoo, sink_rows="include").condition("a fox", img)
     assert torch.equal(inc.at(0.3), blend(text, vl, "adain_per_dim", 0.3))
     assert inc.record["sinks"]["rows"] == "include" and inc.record["sinks"]["text"]["action"] == "blended"
     assert inc.record["vl"]["-6"]["sinks"]["action"] == "blended"
 
     # steering: σ over T's content rows, sink rows unchanged
     d = torch.nn.functional.normalize(randn(text.shape[1], seed=11), dim=0)
-    steered, _ = gen.condition("a fox", steer=d)
+    steered, _ = gen.condition("a fox", Steering(d))
     s = steered.at(1.0)
     assert torch.equal(s[t_sinks], text[t_sinks])
     torch.testing.assert_close(s[~t_sinks], text[~t_sinks] + text[~t_sinks].std(correction=0) * d)
@@ -337,23 +326,23 @@ def test_generation_keeps_text_sinks_drops_vl_sinks_and_records_both(zoo, plante
 
 def test_low_memory_names_text_sinks_before_the_encoder_is_released(zoo, planted):
     gen = generator(zoo, low_memory=True)
-    cond, _ = gen.condition("a fox", reference=Image.open(REF).convert("RGB"))
+    cond, _ = gen.condition("a fox", Image.open(REF).convert("RGB"))
     assert [r["token"] for r in cond.record["sinks"]["text"]["rows"]] == ["<|im_start|>", IM_END]
-    assert gen._text_encoder is None  # not reloaded to name the tokens
+    assert "text_encoder" not in gen.components.loaded()  # not reloaded to name the tokens
 
 
 def test_generator_normalises_with_same_layer_content_statistics(zoo, planted):
     img = Image.open(REF).convert("RGB")
     gen = generator(zoo, normalize="per_dim", hidden_layer=-4)
-    cond, _ = gen.condition("a fox", reference=img)
-    stats = gen.reference_stats([-4])[-4]
+    cond, _ = gen.condition("a fox", img)
+    stats = gen.components.reference_stats([-4], gen.config.vl)[-4]
     assert stats.layer == -4 and int(stats.metadata["sink_count"]) == 2 * 12  # two planted rows per prompt
     e = cond.record["vl"]["-4"]
     assert e["settings"]["normalization"] == "per_dim" and e["sinks"]["count"] == 2
 
 
 def test_extraction_refuses_missing_or_other_layer_statistics(zoo, tmp_path, cli):
-    x = generator(zoo).vl
+    x = generator(zoo).components.vl
     img = Image.open(REF).convert("RGB")
     for needs_stats in ({"normalization": "per_dim"}, {"outlier_masking": "zero"}):
         with pytest.raises(UserError, match=r"need reference statistics of layer -6.*llm-dit stats --layer -6"):
@@ -389,7 +378,7 @@ def test_statistics_files_without_sink_exclusion_are_flagged(zoo, tmp_path):
     old.save(tmp_path / "old.safetensors")
     gen = generator(zoo, reference_stats=str(tmp_path / "old.safetensors"))
     with pytest.warns(UserWarning, match="without leaving out attention-sink rows"):
-        gen.reference_stats([-6])
+        gen.components.reference_stats([-6], gen.config.vl)
 
 
 # ------------------------------------------------------------------------------- the shipped example file
@@ -441,7 +430,7 @@ def test_inspect_reports_planted_sinks_and_leaves_them_out_of_its_statistics(cli
     assert all({d for d, _ in s["dims"][:2]} == set(SINK_DIMS) for s in vl["rows"] + te["rows"])
     # span statistics of the image pads leave the planted pad row out
     gen = generator(zoo)
-    rows, _, _, _ = gen.vl.hidden_rows(Image.open(REF).convert("RGB"), "a house", [-6])
+    rows, _, _, _ = gen.components.vl.hidden_rows(Image.open(REF).convert("RGB"), "a house", [-6])
     spans = layer["tokens"]
     assert spans["image_pad"] == 256
     pads = rows[-6][6:262]

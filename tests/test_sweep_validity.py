@@ -207,7 +207,7 @@ def test_vl_only_run_conditions_on_every_vl_row_and_records_it(zoo):
     cfg = cfg.model_copy(update={"vl": cfg.vl.model_copy(update={"alpha": 1.0})})
     gen = Generator(cfg)
     image = load_image(REF, "reference")
-    p = gen.prepare("a house", reference=image)
+    p = gen.prepare("a house", image)
     vl_rows, _ = gen.extract(image, "a house")
     assert vl_rows.shape[0] > 100 > p.encoded.embeddings.shape[0]
     assert torch.equal(p.first, vl_rows.to(p.first.dtype))  # the DiT's caption is V, all its rows

@@ -5,7 +5,7 @@ use, so `import llm_dit` stays light):
 
     from llm_dit import Generator, load_config
     gen = Generator(load_config(profile="rtx4090"))
-    result = gen.generate("a lighthouse", reference=PIL.Image.open("style.png"))
+    result = gen.generate("a lighthouse", PIL.Image.open("style.png"))  # or Reference(image, neutral=...), ...
 """
 
 from importlib import import_module, metadata
@@ -17,7 +17,13 @@ _EXPORTS = {
     "Config": "config",
     "with_overrides": "config",
     "Generator": "generate",
-    "denoise": "generate",
+    "denoise": "render",
+    "Components": "components",
+    "Text": "condition",
+    "Reference": "condition",
+    "VLRows": "condition",
+    "Steering": "condition",
+    "CaptionRows": "condition",
     "TextEncoder": "text",
     "VLEmbeddingExtractor": "vl",
     "blend": "blend",

@@ -679,7 +679,7 @@ def train_adapter(
     progress: bool = True,
 ) -> tuple[Adapter, dict[str, Any]]:
     """Ridge-initialise an adapter on (image + caption) pairs, then optionally fine-tune it for `steps` through
-    the frozen DiT. `gen` is a `Generator` (its `vl`, `text_encoder`, `pipeline` and `config` are used); captions
+    the frozen DiT. `gen` is a `Generator` (its `config` and `components` are used); captions
     missing from `captions` are written by the Qwen3-VL model. Returns the adapter and its metadata.
 
     The config acts as generation would use the adapter: `vl.hidden_layer` and `vl.system_prompt` on the VL rows,
@@ -688,16 +688,16 @@ def train_adapter(
     levels) and `generation.seed` (noise and sample draws). Weighted layers, masking and normalisation are refused
     (`check_raw_rows`) before any model loads. `settings` in the metadata holds exactly the config keys that acted.
     """
-    cfg = gen.config
+    cfg, components = gen.config, gen.components
     v, enc, g = cfg.vl, cfg.encoder, cfg.generation
     check_raw_rows(v, "an adapter")
     layer = v.hidden_layer
     pictures = {p.name: load_image(p, "training image") for p in images}
-    written = {name: captions.get(name) or caption_image(gen.vl, img) for name, img in pictures.items()}
+    written = {name: captions.get(name) or caption_image(components.vl, img) for name, img in pictures.items()}
     pairs = [
         paired_rows(
-            gen.vl,
-            gen.text_encoder,
+            components.vl,
+            components.text_encoder,
             img,
             written[name],
             layer,
@@ -717,7 +717,7 @@ def train_adapter(
         "encoder.think_block": enc.think_block,
     }
     meta: dict[str, Any] = {
-        "vl_model": gen.vl.identity,
+        "vl_model": components.vl.identity,
         "hidden_layer": layer,
         "text_layer": enc.hidden_layer,
         "adapter_kind": kind,
@@ -733,7 +733,7 @@ def train_adapter(
             raise UserError("fine-tuning needs a checkpoint directory")
         # only fine-tuning sees whole extractions, so only it depends on the token mode
         vl_rows = {
-            name: gen.vl.extract(
+            name: components.vl.extract(
                 img,
                 written[name],
                 layer,
@@ -744,13 +744,22 @@ def train_adapter(
             ).embeddings
             for name, img in pictures.items()
         }
-        gen.release("text_encoder", "vl")
+        components.release("text_encoder", "vl")
         samples = [
-            TrainingSample(image_latents(gen.pipeline, img, g.height, g.width), vl_rows[name])
+            TrainingSample(image_latents(components.pipeline, img, g.height, g.width), vl_rows[name])
             for name, img in pictures.items()
         ]
         losses = finetune(
-            adapter, gen.pipeline, samples, steps, lr, checkpoint_dir, resume, progress, seed=g.seed, shift=g.shift
+            adapter,
+            components.pipeline,
+            samples,
+            steps,
+            lr,
+            checkpoint_dir,
+            resume,
+            progress,
+            seed=g.seed,
+            shift=g.shift,
         )
         settings |= {
             "vl.token_mode": v.token_mode,

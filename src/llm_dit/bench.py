@@ -39,10 +39,11 @@ from PIL import Image
 
 from .cache import TensorCache
 from .config import Config, load_config
-from .files import library_versions
-from .generate import Generator, denoise
+from .generate import Generator
 from .hooks import layer_position
 from .models import load_model, resolve_device, resolve_dtype
+from .records import library_versions
+from .render import denoise
 from .sweep import SweepSpec, expand, resolve_spec
 from .zoo import zoo_dir
 
@@ -110,8 +111,8 @@ def pipeline_overhead(preset: str, repeats: int) -> dict[str, Any]:
     from diffusers import ZImagePipeline
 
     gen = Generator(bench_config(preset), cache=False)
-    pipe = gen.pipeline
-    te = gen.text_encoder
+    pipe = gen.components.pipeline
+    te = gen.components.text_encoder
     reference = ZImagePipeline(pipe.scheduler, pipe.vae, te.model, te.tokenizer, pipe.transformer)
     reference.set_progress_bar_config(disable=True)
     g = gen.config.generation
@@ -133,7 +134,7 @@ def pipeline_overhead(preset: str, repeats: int) -> dict[str, Any]:
 def early_exit(preset: str, repeats: int) -> dict[str, Any]:
     """Extracting layer -6 with early exit against a full forward with every hidden state and the logits."""
     gen = Generator(bench_config(preset), cache=False)
-    x = gen.vl
+    x = gen.components.vl
     image = reference_image(preset)
     inputs, _ = x.prepare(image, PROMPT)
 
@@ -169,7 +170,7 @@ def naive_run(cfg: Config, image: Image.Image, layer: int, alpha: float) -> None
 
     vl_dev = resolve_device(cfg.vl.device)
     vl_model = load_model(Qwen3VLForConditionalGeneration, cfg.models.vl, vl_dev, resolve_dtype(cfg.vl.dtype, vl_dev))
-    extractor = Generator(cfg, cache=False).vl
+    extractor = Generator(cfg, cache=False).components.vl
     inputs, _ = extractor.prepare(image, PROMPT)
     with torch.no_grad():
         vl_rows = vl_model(**inputs, output_hidden_states=True).hidden_states[layer][0].float()
@@ -236,10 +237,10 @@ def floor_time(cfg: Config, spec: SweepSpec, image: Image.Image) -> float:
     layers = sorted({r["settings"]["vl.hidden_layer"] for r in runs})
     total = 0.0
     t0 = time.perf_counter()
-    _ = gen.vl.model, gen.text_encoder.model, gen.pipeline
+    _ = gen.components.vl.model, gen.components.text_encoder.model, gen.components.pipeline
     total += time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows, _, _, _ = gen.vl.hidden_rows(image, PROMPT, layers)
+    rows, _, _, _ = gen.components.vl.hidden_rows(image, PROMPT, layers)
     total += time.perf_counter() - t0
     t0 = time.perf_counter()
     text = gen.encode(PROMPT).embeddings
@@ -248,7 +249,7 @@ def floor_time(cfg: Config, spec: SweepSpec, image: Image.Image) -> float:
     conds = [blend(text, rows[r["settings"]["vl.hidden_layer"]], cfg.vl.blend, r["settings"]["vl.alpha"]) for r in runs]
     for c in conds:
         t0 = time.perf_counter()
-        denoise(gen.pipeline, [c], g, [g.seed])
+        denoise(gen.components.pipeline, [c], g, [g.seed])
         total += time.perf_counter() - t0
     return total
 
@@ -259,8 +260,8 @@ def batched(preset: str, repeats: int, n: int = 4) -> dict[str, Any]:
     emb = gen.encode(PROMPT).embeddings
     g = gen.config.generation
     seeds = list(range(n))
-    sequential = median_time(lambda: [denoise(gen.pipeline, [emb], g, [s]) for s in seeds], repeats)
-    together = median_time(lambda: denoise(gen.pipeline, [emb] * n, g, seeds), repeats)
+    sequential = median_time(lambda: [denoise(gen.components.pipeline, [emb], g, [s]) for s in seeds], repeats)
+    together = median_time(lambda: denoise(gen.components.pipeline, [emb] * n, g, seeds), repeats)
     return figure(together, sequential, "one call / N calls", unit=f"s for {n} images", batch=n)
 
 
@@ -270,14 +271,15 @@ import torch
 import diffusers.pipelines.z_image.pipeline_z_image
 import transformers.models.qwen3.modeling_qwen3, transformers.models.qwen3_vl.modeling_qwen3_vl
 from llm_dit.bench import PROMPT, bench_config, reference_image
-from llm_dit.generate import Generator, denoise
+from llm_dit.generate import Generator
+from llm_dit.render import denoise
 def status_mb(field):  # VmRSS now, VmHWM peak (per address space: unlike ru_maxrss, not inherited via fork)
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 preset, what = sys.argv[1], sys.argv[2]
 torch.set_num_threads(1)
 gen = Generator(bench_config(preset, **{"models.low_memory": what == "staged"}), cache=False)
-gen.text_encoder, gen.vl  # tokenizers and image processor: not part of any component's weights
+gen.components.text_encoder, gen.components.vl  # tokenizers and image processor: not part of any component's weights
 image = reference_image(preset)
 base = status_mb("VmRSS")
 if what == "text_encoder":
@@ -286,9 +288,9 @@ elif what == "vl":
     gen.extract(image, PROMPT)
 elif what == "pipeline":
     g = gen.config.generation
-    denoise(gen.pipeline, [torch.zeros(32, gen.caption_width)], g, [g.seed])
+    denoise(gen.components.pipeline, [torch.zeros(32, gen.components.caption_width)], g, [g.seed])
 else:
-    gen.generate(PROMPT, reference=image)
+    gen.generate(PROMPT, image)
 print(json.dumps({"base_mb": base, "peak_mb": status_mb("VmHWM")}))
 """
 

@@ -202,8 +202,10 @@ def generate(
     low_memory: LowMemOpt = None,
 ) -> None:
     """Generate one image; writes OUTPUT and OUTPUT.json with every setting that made it."""
-    from .files import load_embeddings, load_image, save_image, sha256_file
+    from .condition import source_of
+    from .files import load_embeddings, load_image, save_image
     from .generate import Generator
+    from .records import input_files
     from .steer import load_direction
 
     if output.suffix.lower() != ".png":
@@ -237,22 +239,18 @@ def generate(
         vl__reference_stats=str(reference_stats) if reference_stats else None,
         vl__adapter=str(adapter) if adapter else None,
     )
-    inputs = {
-        "reference": load_image(image, "reference image") if image else None,
-        "vl_embeddings": load_embeddings(vl_embeddings, "VL embeddings") if vl_embeddings else None,
-        "embeddings": load_embeddings(embeddings, "embeddings") if embeddings else None,
-        "steer": load_direction(steer)[0] if steer else None,
-    }
     if neutral_image and neutral_embeddings:
         raise UserError("give one of --neutral-image, --neutral-embeddings")
-    if neutral_image or neutral_embeddings:
-        inputs["neutral"] = (
-            load_image(neutral_image, "neutral image")
-            if neutral_image
-            else load_embeddings(neutral_embeddings, "neutral embeddings")
-        )
+    neutral_rows = load_embeddings(neutral_embeddings, "neutral embeddings") if neutral_embeddings else None
+    source = source_of(
+        reference=load_image(image, "reference image") if image else None,
+        vl_rows=load_embeddings(vl_embeddings, "VL embeddings") if vl_embeddings else None,
+        caption_rows=load_embeddings(embeddings, "embeddings") if embeddings else None,
+        direction=load_direction(steer)[0] if steer else None,
+        neutral=load_image(neutral_image, "neutral image") if neutral_image else neutral_rows,
+    )
     init = load_image(init_image, "init image") if init_image else None
-    result = Generator(cfg).generate(prompt, init_image=init, **{k: v for k, v in inputs.items() if v is not None})
+    result = Generator(cfg).generate(prompt, source, init_image=init)
     files = {
         "reference_image": image,
         "init_image": init_image,
@@ -262,8 +260,7 @@ def generate(
         "embeddings": embeddings,
         "steer": steer,
     }
-    sources = {k: {"path": str(p.resolve()), "sha256": sha256_file(p)} for k, p in files.items() if p is not None}
-    save_image(result.image, output, result.record | {"inputs": sources, "output": str(output)})
+    save_image(result.image, output, result.record | {"inputs": input_files(files), "output": str(output)})
     print(output)
 
 
@@ -291,9 +288,10 @@ def extract(
 ) -> None:
     """Extract Qwen3-VL rows of one layer (or the weighted layers of vl.layers) for an image (+ text) into a
     safetensors file."""
-    from .files import library_versions, load_image, save_tensors
+    from .assemble import layer_weights
+    from .files import load_image, save_tensors
     from .generate import Generator
-    from .stats import describe
+    from .records import extraction_metadata
 
     cfg = resolve(
         config,
@@ -308,24 +306,9 @@ def extract(
         vl__outlier_threshold=outlier_threshold,
         vl__reference_stats=str(reference_stats) if reference_stats else None,
     )
-    gen = Generator(cfg)
-    rows, extracted = gen.extract(load_image(image, "image"), text)
+    rows, extracted = Generator(cfg).extract(load_image(image, "image"), text)
     e = next(iter(extracted.values()))
-    weights = gen.vl_layers()
-    meta = e.metadata() | {
-        "layer_weights": {str(layer): w for layer, w in weights.items()},
-        "image": str(image),
-        "versions": library_versions(),
-    }
-    if weights != {e.hidden_layer: 1.0}:  # vl.layers acted: the rows are Σ w_l V_l, not one layer's rows
-        per_layer = ("hidden_layer", "stats_before", "stats_after", "masked_dimensions")
-        meta |= {
-            "hidden_layer": None,
-            "stats_before": None,
-            "stats_after": describe(rows),
-            "masked_dimensions": None,
-            "layers": {str(layer): {k: x.metadata()[k] for k in per_layer} for layer, x in extracted.items()},
-        }
+    meta = extraction_metadata(rows, extracted, layer_weights(cfg.vl), image)
     save_tensors(output, {"embeddings": rows}, meta)
     summary = {
         "output": str(output),
@@ -353,23 +336,16 @@ def encode(
     zimage: ZImageOpt = None,
 ) -> None:
     """Encode a prompt with Z-Image's text encoder (caption rows as the DiT sees them) into a safetensors file."""
-    from .files import library_versions, save_tensors
+    from .files import save_tensors
     from .generate import Generator
+    from .records import encoding_metadata
 
     cfg = resolve(config, profile, models, zimage, None, encoder__hidden_layer=layer)
     gen = Generator(cfg)
-    te = gen.text_encoder
+    te = gen.components.text_encoder
     before = te.forward_passes
     encoded = gen.encode(prompt)
-    meta = {
-        "kind": "text_embeddings",
-        "prompt": prompt,
-        "rendered": encoded.rendered,
-        "hidden_layer": encoded.hidden_layer,
-        "settings": cfg.encoder.model_dump(),
-        "model": te.identity,
-        "versions": library_versions(),
-    }
+    meta = encoding_metadata(prompt, encoded, cfg.encoder, te.identity)
     save_tensors(output, {"embeddings": encoded.embeddings}, meta)
     summary = {
         "output": str(output),
@@ -402,7 +378,7 @@ def stats(
         lines = tuple(line.strip() for line in prompts.read_text().splitlines() if line.strip())
         if not lines:
             raise UserError(f"prompts file has no prompts: {prompts}")
-    result = Generator(cfg).text_encoder.reference_stats([layer], lines, cfg.vl.sink_ratio)[layer]
+    result = Generator(cfg).components.text_encoder.reference_stats([layer], lines, cfg.vl.sink_ratio)[layer]
     result.save(output)
     sinks = json.loads(result.metadata["sinks"])
     rows = result.token_count + len(sinks)
@@ -450,13 +426,14 @@ def inspect_cmd(
     """Compare VL rows with the text encoder's, per layer: spans, statistics, outliers, image influence."""
     from rich.table import Table
 
+    from .assemble import layer_weights
     from .diagnostics import INSPECT_LAYERS, inspect_layers
     from .files import load_image
     from .generate import Generator
     from .vl import pick_reference
 
     cfg = resolve(config, profile, models, zimage, vl)
-    gen = Generator(cfg)
+    components = Generator(cfg).components
     v, enc = cfg.vl, cfg.encoder
     # acted: the prompt templates, the statistics the ratios use and, without --layers, the configured VL layers
     acted: dict[str, Any] = {}
@@ -464,13 +441,13 @@ def inspect_cmd(
         wanted = list(dict.fromkeys(layers))
     else:
         acted = {"vl.layers": v.layers} if v.layers else {"vl.hidden_layer": v.hidden_layer}
-        wanted = sorted({*INSPECT_LAYERS, *gen.vl_layers()}, reverse=True)
-    refs = gen.reference_stats(wanted)
+        wanted = sorted({*INSPECT_LAYERS, *layer_weights(v)}, reverse=True)
+    refs = components.reference_stats(wanted, v)
     if not isinstance(refs, dict):  # one statistics file (vl.reference_stats) for every layer; warns on a mismatch
         refs = {layer: pick_reference(refs, layer) for layer in wanted}
     report = inspect_layers(
-        gen.vl,
-        gen.text_encoder,
+        components.vl,
+        components.text_encoder,
         load_image(image, "image"),
         prompt,
         wanted,
@@ -535,8 +512,10 @@ def steer(
     """Build a steering direction from contrastive VL extractions (styled vs neutral images, same prompt)."""
     import tomllib
 
-    from .files import library_versions, load_image
-    from .generate import Generator, extraction_settings
+    from .assemble import layer_weights
+    from .files import load_image
+    from .generate import Generator
+    from .records import direction_metadata
     from .steer import direction_mean_difference, direction_pca, save_direction
 
     methods = {"mean_difference": direction_mean_difference, "pca": direction_pca}
@@ -563,17 +542,8 @@ def steer(
         for side, entries in examples.items()
     }
     direction = methods[method](rows["positive"], rows["negative"])
-    weights = gen.vl_layers()
-    meta = {
-        "method": method,
-        "hidden_layer": None if cfg.vl.layers else cfg.vl.hidden_layer,
-        "layer_weights": {str(k): w for k, w in weights.items()},
-        "token_mode": cfg.vl.token_mode,
-        "settings": extraction_settings(cfg.vl),
-        "model": gen.vl.identity,
-        "examples": {k: [p for _, p in v] for k, v in examples.items()},
-        "versions": library_versions(),
-    }
+    examples_used = {k: [p for _, p in v] for k, v in examples.items()}
+    meta = direction_metadata(method, cfg, layer_weights(cfg.vl), gen.components.vl.identity, examples_used)
     save_direction(output, direction, meta)
     print(output)
 
@@ -850,7 +820,7 @@ def demo(
     prompt = "a house by the sea at sunset"
     small = {"generation.width": 128, "generation.height": 128, "generation.steps": 4}
     cfg = resolve(None, "default", "tiny", None, None, **{k.replace(".", "__"): v for k, v in small.items()})
-    result = Generator(cfg).generate(prompt, reference=load_image(ref, "reference image"))
+    result = Generator(cfg).generate(prompt, load_image(ref, "reference image"))
     single = save_image(result.image, out / "reference_conditioned.png", result.record)
     print(f"reference-conditioned image: {single} (settings in {single.with_suffix('.json')})")
 

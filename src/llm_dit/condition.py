@@ -1,5 +1,10 @@
 """Conditioning: the caption rows the DiT sees, made from text rows T and Qwen3-VL rows V.
 
+What conditions an image is one typed value, a `Source`: `Text()` (T alone), `Reference(image)` (V extracted from a
+reference image), `VLRows(rows)` (V given), `Steering(direction)` (T moved along a direction) or `CaptionRows(rows)`
+(the caption rows themselves). `llm_dit.assemble` turns a source into `Conditioning` with the loaded models; this
+module holds only the data and the maths, so it imports no model.
+
 `Conditioning.at(alpha)` is the one function of alpha that generation, alpha schedules and DiT injection all
 evaluate, so every path blends with exactly the same mode, options and inputs.
 
@@ -13,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from PIL import Image
 
 from .blend import blend
 from .errors import UserError
@@ -25,6 +31,119 @@ from .steer import apply_direction
 WHOLE_TEXT_MODES = ("concat", "replace")
 """Blend modes that write nothing into T's rows (`concat` copies T and appends V; `replace` gives the DiT V
 itself): they get T whole, sink rows included, and only V's content rows."""
+
+
+@dataclass(frozen=True, eq=False)
+class Text:
+    """Text-only conditioning: the caption rows are T at every alpha."""
+
+    kind: ClassVar[str] = "text"
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """V extracted from `image` with the `vl` settings, blended into T. `neutral` (an image or VL rows) is the
+    unstyled extraction `vl.blend = "style_delta"` subtracts; no other blend takes one."""
+
+    image: Image.Image
+    neutral: Image.Image | torch.Tensor | None = None
+    kind: ClassVar[str] = "reference"
+
+
+@dataclass(frozen=True, eq=False)
+class VLRows:
+    """V given as rows `[n, D]` (e.g. from `llm-dit extract`): no extraction runs. `neutral` as for `Reference`."""
+
+    rows: torch.Tensor
+    neutral: Image.Image | torch.Tensor | None = None
+    kind: ClassVar[str] = "vl_embeddings"
+
+
+@dataclass(frozen=True, eq=False)
+class Steering:
+    """T + α·σ·d̂ along a unit `direction` `[D]` (`llm_dit.steer`)."""
+
+    direction: torch.Tensor
+    kind: ClassVar[str] = "steer"
+
+
+@dataclass(frozen=True, eq=False)
+class CaptionRows:
+    """The caption rows `[n, D]` themselves, used as they are (e.g. from `llm-dit encode`)."""
+
+    rows: torch.Tensor
+    kind: ClassVar[str] = "embeddings"
+
+
+Source = Text | Reference | VLRows | Steering | CaptionRows
+"""What conditions one image: exactly one of these, so no two inputs can compete."""
+
+_NEUTRAL_ALONE = (
+    "a neutral extraction only acts on a reference image or VL embeddings (with vl.blend 'style_delta'); "
+    "this conditioning has neither: remove it"
+)
+
+
+def as_source(source: Source | Image.Image | None) -> Source:
+    """`None` -> `Text()`, a PIL image -> `Reference(image)`, a source as it is."""
+    if source is None:
+        return Text()
+    return Reference(source) if isinstance(source, Image.Image) else source
+
+
+def source_of(
+    *,
+    reference: Image.Image | None = None,
+    vl_rows: torch.Tensor | None = None,
+    caption_rows: torch.Tensor | None = None,
+    direction: torch.Tensor | None = None,
+    neutral: Image.Image | torch.Tensor | None = None,
+) -> Source:
+    """The one source of inputs that arrive as optional values (command-line files): at most one of them, and
+    `neutral` only with a reference image or VL rows."""
+    made = [
+        source
+        for source in (
+            None if reference is None else Reference(reference, neutral),
+            None if vl_rows is None else VLRows(vl_rows, neutral),
+            None if caption_rows is None else CaptionRows(caption_rows),
+            None if direction is None else Steering(direction),
+        )
+        if source is not None
+    ]
+    if len(made) > 1:
+        raise UserError("give one of: a reference image, VL embeddings, embeddings, a steering direction")
+    source = made[0] if made else Text()
+    if neutral is not None and not isinstance(source, Reference | VLRows):
+        raise UserError(_NEUTRAL_ALONE)
+    return source
+
+
+def neutral_of(source: Source) -> Image.Image | torch.Tensor | None:
+    """The neutral extraction `source` carries (only `Reference` and `VLRows` can carry one)."""
+    return source.neutral if isinstance(source, Reference | VLRows) else None
+
+
+def extracts(source: Source) -> bool:
+    """Does `source` run a Qwen3-VL extraction (a reference image, or a neutral image)?"""
+    return isinstance(source, Reference) or isinstance(neutral_of(source), Image.Image)
+
+
+def check_neutral(blend: str, source: Source) -> None:
+    """A neutral extraction acts only in `style_delta` on VL rows (a reference image or VL rows), and that mode
+    needs one: refuse any other combination, before a model loads, rather than ignore the input (a neutral without
+    VL rows cannot be expressed: only `Reference` and `VLRows` carry one)."""
+    neutral = neutral_of(source) is not None
+    if neutral and blend != "style_delta":
+        raise UserError(
+            f"a neutral extraction only acts with vl.blend 'style_delta' (vl.blend is '{blend}'): remove it or "
+            f"set vl.blend = 'style_delta'"
+        )
+    if isinstance(source, Reference | VLRows) and blend == "style_delta" and not neutral:
+        raise UserError(
+            "vl.blend 'style_delta' needs a neutral extraction (the `neutral` input: a neutral image or neutral "
+            "embeddings)"
+        )
 
 
 def parse_layer_weights(spec: str) -> dict[int, float]:

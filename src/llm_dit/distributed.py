@@ -95,7 +95,7 @@ class Worker:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "forward_passes": self.gen.forward_passes(),
+            "forward_passes": self.gen.components.forward_passes(),
             "cache_hits": self.gen.cache.hits if self.gen.cache else 0,
             "cache_misses": self.gen.cache.misses if self.gen.cache else 0,
         }

@@ -7,15 +7,12 @@ never leaves a half-written output. Tensors are stored only as safetensors (neve
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import json
 import os
-import platform
 import tempfile
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -87,18 +84,6 @@ def save_image(image: Image.Image, path: str | Path, record: dict[str, Any]) -> 
     has its record."""
     write_json(sidecar_path(path), record)
     return atomic_write_bytes(path, image_bytes(image))
-
-
-@functools.cache
-def library_versions() -> dict[str, str]:
-    """Versions of Python and of the libraries that shape an output (read once per process)."""
-    out = {"python": platform.python_version()}
-    for name in ("llm-dit", "torch", "diffusers", "transformers", "safetensors", "tokenizers", "pillow", "numpy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def sha256_file(path: str | Path) -> str:

@@ -4,7 +4,8 @@ A record must never show a value that did not act (`--vl-embeddings` skips extra
 `vl.alpha`, `generation.strength` needs an init image...). `split_settings` is the one place that decides it:
 every config key has a rule in `RULES` (a test checks that no key is missing), which returns None when the setting
 acted for this image, else a short reason. The record's `settings` holds the settings that acted and
-`inactive_settings` maps every other one to its reason.
+`inactive_settings` maps every other one to its reason. `extraction_settings` applies the same rules to a Qwen3-VL
+extraction on its own (extracted rows in a file, a steering direction's examples).
 """
 
 from __future__ import annotations
@@ -197,3 +198,30 @@ def split_settings(config: Config, facts: Facts) -> tuple[dict[str, Any], dict[s
         else:
             inactive[key] = reason
     return acted, inactive
+
+
+EXTRACTION_KEYS = (
+    "vl.hidden_layer",
+    "vl.layers",
+    "vl.token_mode",
+    "vl.system_prompt",
+    "vl.outlier_masking",
+    "vl.outlier_threshold",
+    "vl.normalize",
+    "vl.clip_sigma",
+    "vl.hybrid_weight",
+    "vl.reference_stats",
+    "vl.sink_ratio",
+    "vl.sink_rows",
+)
+"""The settings that shape the rows of a Qwen3-VL extraction (the model is recorded on its own)."""
+
+_EXTRACTION = Facts(source="reference", extracted=True, img2img=False, token_count=0, shortened=False, resampled=False)
+
+
+def extraction_settings(config: Config) -> dict[str, Any]:
+    """The settings that acted on the rows of an extraction from a reference image (`Generator.extract`): the
+    `EXTRACTION_KEYS` that `RULES` count as acting for one, e.g. `vl.layers` or `vl.hidden_layer`, a threshold
+    only with masking, `vl.reference_stats` only when masking or normalisation reads it."""
+    acted, _ = split_settings(config, _EXTRACTION)
+    return {key: acted[key] for key in EXTRACTION_KEYS if key in acted}

@@ -17,13 +17,17 @@ from typing import Any
 
 from PIL import Image
 
+from .assemble import encode
 from .cache import TensorCache
+from .condition import Reference, Source, Steering, Text
 from .config import Config
 from .errors import UserError
-from .files import atomic_write_bytes, image_bytes, library_versions, load_image, write_json
-from .generate import Generator, Prepared, Result
+from .files import atomic_write_bytes, image_bytes, load_image, write_json
+from .generate import Generator, Result
 from .imagedep import probe_image
 from .progress import progress_bar
+from .records import library_versions
+from .render import Prepared
 from .steer import load_direction
 from .sweep import SweepSpec, baseline_pairs, check_runs, expand, iter_jsonl, plan, refuse_image_free, run_config
 
@@ -85,31 +89,30 @@ class Inputs:
 
 
 def prepare_run(gen: Generator, base: Config, run: dict[str, Any], inputs: Inputs) -> Prepared:
-    """Point the generator at the run's config and prepare its conditioning."""
-    gen.config = run_config(base, run)
-    kwargs: dict[str, Any] = {}
+    """Prepare the run's conditioning with the run's config, on the generator's components."""
+    source: Source = Text()
     if run["kind"] == "variant":
         if run.get("steer"):
-            kwargs["steer"] = inputs.direction(run["steer"])
+            source = Steering(inputs.direction(run["steer"]))
         elif run["image"] is not None:
-            kwargs["reference"] = inputs.image(run["image"], "reference image")
-            if run.get("neutral_image"):
-                kwargs["neutral"] = inputs.image(run["neutral_image"], "neutral image")
-    return gen.prepare(run["prompt"], init_image=inputs.image(run["init_image"], "init image"), **kwargs)
+            neutral = inputs.image(run.get("neutral_image") or None, "neutral image")
+            source = Reference(inputs.image(run["image"], "reference image"), neutral)
+    init = inputs.image(run["init_image"], "init image")
+    return gen.with_config(run_config(base, run)).prepare(run["prompt"], source, init_image=init)
 
 
 def prime(gen: Generator, base: Config, work: dict[str, Any], inputs: Inputs) -> None:
     """Run the plan's unique forward passes once; every run then reads them from the cache."""
     for e in work["unique_extractions"]:
         with contextlib.suppress(UserError):  # a bad input fails its own runs later, with its message
-            gen.vl.hidden_rows(inputs.image(e["image"], "reference image"), e["text"], e["layers"], e["system_prompt"])
+            image = inputs.image(e["image"], "reference image")
+            gen.components.vl.hidden_rows(image, e["text"], e["layers"], e["system_prompt"])
     for e in work.get("probe_extractions", []):
         with contextlib.suppress(UserError):
-            gen.vl.hidden_rows(probe_image(tuple(e["probe"])), e["text"], e["layers"], e["system_prompt"])
+            gen.components.vl.hidden_rows(probe_image(tuple(e["probe"])), e["text"], e["layers"], e["system_prompt"])
     for e in work["unique_encodes"]:
-        gen.config = base.model_copy(update={"encoder": base.encoder.model_copy(update=e["encoder"])})
         with contextlib.suppress(UserError):
-            gen.encode(e["prompt"])
+            encode(gen.components, base.encoder.model_copy(update=e["encoder"]), e["prompt"])
 
 
 def batches(runs: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -160,7 +163,7 @@ def run_sweep(
                 gen.cache.hits, gen.cache.misses = records["cache_hits"], records["cache_misses"]
         else:
             records = run_local(gen, base, todo, work, out, batch_size, on_result)
-        counts = gen.forward_passes() if executor == "local" else records["forward_passes"]
+        counts = gen.components.forward_passes() if executor == "local" else records["forward_passes"]
         finished = list(iter_jsonl(results))
         summary = {
             "name": spec.name,

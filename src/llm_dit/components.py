@@ -1,0 +1,153 @@
+"""Components: the models of one models/devices choice, each loaded on first use, sharing one tensor cache.
+
+A `Components` holds Z-Image's text encoder, the Qwen3-VL extractor and the diffusers pipeline, plus what is
+computed from them once: reference statistics per layer, trained adapters per file. It depends only on the
+config keys in `COMPONENT_KEYS` (model paths, `models.*`, devices and dtypes), so one `Components` serves every run
+of a sweep whatever the runs' other settings; what a call needs of those settings is passed to it.
+
+Reading a component loads it (and only it). Releasing is explicit: `release(...)` drops components, and
+`stage(next)` is the low-memory step the caller writes before the next stage of the data flow (text encoder ->
+VL model -> DiT): with `models.low_memory` it releases the encoders the next stage does not need, so peak memory is
+the largest component's, not the sum.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import cached_property
+from typing import Any, Literal
+
+from .adapter import Adapter, check_use
+from .cache import TensorCache
+from .config import PLACEMENT_KEYS, Config, VLConfig
+from .errors import UserError
+from .files import sha256_file
+from .models import load_pipeline, read_model_json, release_memory
+from .stats import ReferenceStats
+from .text import TextEncoder
+from .vl import VLEmbeddingExtractor
+
+Name = Literal["text_encoder", "vl", "pipeline"]
+NAMES: tuple[Name, ...] = ("text_encoder", "vl", "pipeline")
+COMPONENT_KEYS = ("models.zimage", "models.vl", "models.trust_remote_code", *sorted(PLACEMENT_KEYS))
+"""The config keys a `Components` depends on; every other key may differ between the runs it serves."""
+
+_EARLIER: dict[str, tuple[Name, ...]] = {"vl": ("text_encoder",), "pipeline": ("text_encoder", "vl")}
+
+
+def component_settings(config: Config) -> dict[str, Any]:
+    """`{key: value}` of `COMPONENT_KEYS` in `config`."""
+    flat = config.flat()
+    return {key: flat[key] for key in COMPONENT_KEYS}
+
+
+class Components:
+    """The text encoder, VL extractor and pipeline of one models/devices choice (see the module docstring)."""
+
+    def __init__(self, config: Config, cache: TensorCache | None = None) -> None:
+        self.settings = component_settings(config)
+        self.cache = cache
+        self._released_passes = {"text_encoder": 0, "vl": 0}
+        self._stats: dict[tuple[int, float], ReferenceStats] = {}
+        self._stats_files: dict[str, ReferenceStats] = {}
+        self._adapters: dict[str, tuple[Adapter, dict[str, Any]]] = {}
+
+    def differences(self, config: Config) -> list[str]:
+        """The `COMPONENT_KEYS` whose value in `config` differs from these components' (none: they serve it)."""
+        return [key for key, value in component_settings(config).items() if self.settings[key] != value]
+
+    @cached_property
+    def text_encoder(self) -> TextEncoder:
+        """Z-Image's tokenizer and text encoder (weights on the first cache miss)."""
+        s = self.settings
+        return TextEncoder.from_pretrained(
+            s["models.zimage"], s["encoder.device"], s["encoder.dtype"], self.cache, s["models.trust_remote_code"]
+        )
+
+    @cached_property
+    def vl(self) -> VLEmbeddingExtractor:
+        """The Qwen3-VL extractor (weights on the first cache miss)."""
+        s = self.settings
+        return VLEmbeddingExtractor.from_pretrained(
+            s["models.vl"], s["vl.device"], s["vl.dtype"], self.cache, s["models.trust_remote_code"]
+        )
+
+    @cached_property
+    def pipeline(self):
+        """The diffusers Z-Image pipeline without its text encoder (`models.load_pipeline`)."""
+        s = self.settings
+        return load_pipeline(
+            s["models.zimage"], s["generation.device"], s["generation.dtype"], s["models.trust_remote_code"]
+        )
+
+    @cached_property
+    def caption_width(self) -> int:
+        """The DiT's caption width (`cap_feat_dim`), read from its config without loading it."""
+        config = read_model_json(self.settings["models.zimage"], "transformer/config.json", "a Z-Image folder")
+        return config["cap_feat_dim"]
+
+    def loaded(self) -> list[Name]:
+        """The components held now."""
+        return [name for name in NAMES if name in self.__dict__]
+
+    def release(self, *names: Name) -> None:
+        """Drop these components (their forward passes still count) and return their memory."""
+        for name in names:
+            component = self.__dict__.pop(name, None)
+            if name in self._released_passes and component is not None:
+                self._released_passes[name] += component.forward_passes
+        release_memory()
+
+    def stage(self, next: Literal["vl", "pipeline"]) -> None:
+        """The step before the stage that runs `next`: with `models.low_memory`, release the encoders of the stages
+        before it (the text encoder before the VL model, both encoders before the DiT); without it, nothing. The
+        caller finishes everything an earlier component must do for this image first."""
+        if self.settings["models.low_memory"] and (earlier := [n for n in _EARLIER[next] if n in self.loaded()]):
+            self.release(*earlier)
+
+    def forward_passes(self) -> dict[str, int]:
+        """Forward passes run so far by the VL model and the text encoder (released ones included)."""
+        n = {
+            name: done + (self.__dict__[name].forward_passes if name in self.__dict__ else 0)
+            for name, done in self._released_passes.items()
+        }
+        return {"vl": n["vl"], "text": n["text_encoder"]}
+
+    def reference_stats(self, layers: list[int], vl: VLConfig) -> dict[int, ReferenceStats] | ReferenceStats:
+        """The statistics normalisation and masking read: the file `vl.reference_stats` when set (loaded once), else
+        the text encoder's statistics at exactly these layers over content rows (attention sinks at `vl.sink_ratio`
+        left out), computed once per layer and sink ratio."""
+        if vl.reference_stats:
+            return self._stats_file(vl.reference_stats)
+        missing = [layer for layer in layers if (layer, vl.sink_ratio) not in self._stats]
+        if missing:
+            computed = self.text_encoder.reference_stats(missing, sink_ratio=vl.sink_ratio)
+            self._stats |= {(layer, vl.sink_ratio): stats for layer, stats in computed.items()}
+        return {layer: self._stats[layer, vl.sink_ratio] for layer in layers}
+
+    def _stats_file(self, path: str) -> ReferenceStats:
+        if path not in self._stats_files:
+            stats = ReferenceStats.load(path)
+            if "sink_ratio" not in stats.metadata:
+                warnings.warn(
+                    f"vl.reference_stats {path} were computed without leaving out attention-sink rows "
+                    f"(sink-contaminated: a few rows set the spread of some dimensions); recompute them with "
+                    f"`llm-dit stats --layer {stats.layer}`",
+                    stacklevel=3,
+                )
+            self._stats_files[path] = stats
+        return self._stats_files[path]
+
+    def adapter(self, path: str, config: Config) -> tuple[Adapter, dict[str, Any]]:
+        """The trained adapter at `path` and its metadata (with the file's `sha256`), loaded once per path and
+        checked against `config` on every use (`adapter.check_use`: the settings it was trained with must match;
+        a sweep changes them between runs)."""
+        if path not in self._adapters:
+            adapter, meta = Adapter.load(path)
+            if adapter.dim != self.caption_width:
+                raise UserError(
+                    f"adapter {path} has width {adapter.dim}, the DiT caption width is {self.caption_width}"
+                )
+            self._adapters[path] = adapter, {"sha256": sha256_file(path), **meta}
+        check_use(path, self._adapters[path][1], config)
+        return self._adapters[path]

@@ -1,0 +1,161 @@
+"""Rendering: caption rows in, images out, through diffusers' Z-Image pipelines.
+
+`denoise` is the single call into diffusers (`ZImagePipeline`, or `ZImageImg2ImgPipeline` with an init image):
+llm-dit never re-implements the sampling loop. `render` runs prepared images: it chooses how the conditioning
+reaches the DiT first (the caption rows as they are, a step callback for an alpha schedule, or block hooks for DiT
+injection) and then makes that one `denoise` call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .condition import Conditioning
+from .config import Config, GenerationConfig
+from .errors import UserError
+from .inject import inject_conditioning
+from .schedule import schedule_callback
+from .text import EncodedPrompt
+
+
+def set_shift(pipe, shift: float) -> None:
+    """Give the pipeline a flow-match scheduler with `shift` (a no-op when it already has it)."""
+    if pipe.scheduler.config.get("shift") != shift:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, shift=shift)
+
+
+@torch.no_grad()
+def denoise(
+    pipe,
+    prompt_embeds: list[torch.Tensor],
+    gen: GenerationConfig,
+    seeds: list[int],
+    *,
+    negative_prompt_embeds: list[torch.Tensor] | None = None,
+    init_image: Image.Image | None = None,
+    callback: Callable[..., dict] | None = None,
+) -> list[Image.Image]:
+    """One diffusers call for `len(prompt_embeds)` images, image i seeded with a CPU generator `seeds[i]`.
+
+    `guidance > 0` needs `negative_prompt_embeds` (one per prompt). `callback` is passed as diffusers'
+    `callback_on_step_end` with `prompt_embeds` among its tensor inputs, so it can change the conditioning
+    per step. With `init_image` this is image-to-image at `gen.strength` (the init image is resized to the output
+    size with Lanczos first: diffusers' img2img requires the two to match).
+    """
+    set_shift(pipe, gen.shift)
+    dtype = pipe.transformer.dtype
+    device = pipe.transformer.device
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    kwargs: dict[str, Any] = {
+        "prompt_embeds": [e.to(device, dtype) for e in prompt_embeds],
+        "height": gen.height,
+        "width": gen.width,
+        "num_inference_steps": gen.steps,
+        "guidance_scale": gen.guidance,
+        "generator": generators[0] if len(generators) == 1 else generators,
+    }
+    if gen.guidance > 0:
+        kwargs["negative_prompt_embeds"] = [e.to(device, dtype) for e in negative_prompt_embeds or []]
+    if callback is not None:
+        kwargs["callback_on_step_end"] = callback
+        kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
+    if init_image is None:
+        return pipe(**kwargs).images
+    from diffusers import ZImageImg2ImgPipeline
+
+    img2img = ZImageImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    # diffusers encodes the init image at its own size; it must match the output size, so resize it first
+    if init_image.size != (gen.width, gen.height):
+        init_image = init_image.resize((gen.width, gen.height), Image.Resampling.LANCZOS)
+    return img2img(image=init_image, strength=gen.strength, **kwargs).images
+
+
+def denoising_steps(gen: GenerationConfig, img2img: bool) -> int:
+    """Steps diffusers actually runs: all of them, or for img2img `N - int(N - N*strength)` (it skips the first
+    `int(N - N*strength)`)."""
+    return gen.steps - int(gen.steps - gen.steps * gen.strength) if img2img else gen.steps
+
+
+@dataclass
+class Prepared:
+    """One image ready for the DiT (see `Generator.prepare`)."""
+
+    prompt: str
+    config: Config
+    conditioning: Conditioning
+    encoded: EncodedPrompt
+    alphas: list[float]  # one per denoising step when they vary, else the single alpha
+    first: torch.Tensor  # caption rows of the first step
+    negative: torch.Tensor | None
+    init_image: Image.Image | None
+    times: dict[str, float]
+    image_dependence: dict[str, Any] = field(default_factory=dict)  # see llm_dit.imagedep
+
+    def batchable_with(self, other: Prepared) -> bool:
+        """Can share one diffusers call with `other`: same generation settings except the seed, same init image,
+        constant conditioning and no block injection."""
+        mine, theirs = self.config.generation.model_dump(), other.config.generation.model_dump()
+        mine.pop("seed"), theirs.pop("seed")
+        return (
+            mine == theirs
+            and self.init_image is other.init_image
+            and len(self.alphas) == 1
+            and len(other.alphas) == 1
+            and not self.config.vl.inject_layers
+            and not other.config.vl.inject_layers
+        )
+
+
+@dataclass
+class Rendered:
+    """What one `render` call did: the images, in the batch's order, and how the conditioning reached the DiT."""
+
+    images: list[Image.Image]
+    seconds: float
+    alphas_used: list[float] | None = None  # the alpha in force at each step, under a schedule
+    injected_blocks: list[int] = field(default_factory=list)  # DiT blocks that received C (DiT injection)
+
+
+def render(pipe, batch: list[Prepared]) -> Rendered:
+    """Run the DiT once for `batch` (several images only when they can share the call: `Prepared.batchable_with`).
+
+    Per-step alphas: the pipeline starts from the first step's rows and a step callback swaps in `C(α_i)`.
+    DiT injection: the pipeline gets T and block hooks give the chosen blocks C. Otherwise each image's rows as
+    they are."""
+    head = batch[0]
+    if not all(p.batchable_with(head) for p in batch[1:]):
+        raise UserError("these images cannot share one diffusers call (different generation settings)")
+    g, v = head.config.generation, head.config.vl
+    rows = [p.first for p in batch]
+    callback, context = None, nullcontext()
+    if len(head.alphas) > 1:
+        callback = schedule_callback(lambda a: [head.conditioning.at(a)], head.alphas)
+    elif v.inject_layers and head.conditioning.combine is not None:
+        context = inject_conditioning(pipe.transformer, v.inject_layers, rows)
+        rows = [p.conditioning.text for p in batch]
+    negative = [p.negative for p in batch] if g.guidance > 0 else None
+    t0 = time.perf_counter()
+    with context as injector:
+        images = denoise(
+            pipe,
+            rows,
+            g,
+            [p.config.generation.seed for p in batch],
+            negative_prompt_embeds=negative,
+            init_image=head.init_image,
+            callback=callback,
+        )
+    return Rendered(
+        images,
+        time.perf_counter() - t0,
+        list(callback.used) if callback is not None else None,
+        list(injector.blocks) if injector is not None else [],
+    )
