@@ -104,7 +104,8 @@ def test_a_bad_list_item_is_refused_naming_the_flag(cli, tmp_path):
 
 
 def test_inspect_layers_commas_and_repeats_inspect_the_same_layers(cli, zoo):
-    args = ["inspect", "--models", "tiny", "-i", REF, "-p", "a house", "--json"]
+    # an image and prompt no other test extracts: inspect fills the tensor cache that extract's tests read
+    args = ["inspect", "--models", "tiny", "-i", REF2, "-p", "a quiet harbour", "--json"]
     commas, repeated = cli(*args, "--layers", "-2,-6"), cli(*args, "--layers", "-2", "--layers", "-6")
     assert commas.code == repeated.code == 0, commas.err + repeated.err
     assert list(json.loads(commas.out)["layers"]) == list(json.loads(repeated.out)["layers"]) == ["-2", "-6"]

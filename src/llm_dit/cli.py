@@ -13,14 +13,20 @@ import sys
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .adapter import ADAPTER_KINDS
 from .errors import UserError
 from .options import Given, reset_active, resolve_config, takes, with_flags
+from .steer import DIRECTIONS
+from .zoo import PRESETS as ZOO_PRESETS
+
+if TYPE_CHECKING:
+    from .sweep import SweepSpec
 
 app = typer.Typer(
     add_completion=False,
@@ -54,13 +60,13 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
 @models_app.command("tiny")
 def models_tiny(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
-    preset: Annotated[str, typer.Option("--preset", help="tiny or small.")] = "tiny",
+    preset: Annotated[str, typer.Option("--preset", help=f"One of: {', '.join(ZOO_PRESETS)}.")] = "tiny",
 ) -> None:
     """Build random-weight Z-Image and Qwen3-VL models of the real architectures, offline."""
-    from .zoo import PRESETS, install_zoo
+    from .zoo import install_zoo
 
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset '{preset}' (valid: {', '.join(PRESETS)})")
+    if preset not in ZOO_PRESETS:
+        raise UserError(f"unknown preset '{preset}' (valid: {', '.join(ZOO_PRESETS)})")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output folder is not empty: {out}")
     if out.exists():
@@ -181,7 +187,7 @@ def steer(
     given: Given,
     pairs: Annotated[Path, typer.Option("--pairs", help="TOML: \\[\\[pairs]] prompt/positive/negative, or two sets.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Direction file (safetensors).")],
-    method: Annotated[str, typer.Option("--method", help="mean_difference or pca.")] = "mean_difference",
+    method: Annotated[str, typer.Option("--method", help=f"One of: {', '.join(DIRECTIONS)}.")] = "mean_difference",
 ) -> None:
     """Build a steering direction from contrastive VL extractions (styled vs neutral images, same prompt)."""
     from .tasks import steer_file
@@ -198,7 +204,7 @@ def train_adapter_cmd(
     captions: Annotated[
         Path | None, typer.Option("--captions", help="JSON {name: caption} or NAME<TAB>CAPTION.")
     ] = None,
-    kind: Annotated[str, typer.Option("--kind", help="linear, low_rank or affine.")] = "linear",
+    kind: Annotated[str, typer.Option("--kind", help=f"One of: {', '.join(ADAPTER_KINDS)}.")] = "linear",
     rank: Annotated[int | None, typer.Option("--rank", help="Rank of a low_rank adapter.")] = None,
     lam: Annotated[float, typer.Option("--lam", help="Ridge penalty of the closed-form initialisation.")] = 1e-2,
     finetune_steps: Annotated[int, typer.Option(help="Flow-matching steps through the frozen DiT (0 = none).")] = 0,
@@ -276,7 +282,7 @@ def sweep(
 
 def sweep_spec(
     given: Given, spec: Path | None, preset: str | None, prompts_file: Path | None, img2img: bool, no_baseline: bool
-) -> Any:
+) -> SweepSpec:
     """The sweep's `SweepSpec`: the spec file, its inputs replaced by the command line's, then (`resolve_spec`)
     the preset below it and the command line's axes and fixed settings above it. A sweep's seeds are the spec's
     `seeds`: `--seeds`, else `--seed`."""

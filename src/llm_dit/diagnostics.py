@@ -12,6 +12,7 @@ statistics of the same layer; and the two measurements the research notes disagr
 Attention sinks are found once per sequence and layer (`stats.find_sinks`) in the VL rows with the image, the VL
 rows without it and the text encoder's rows; they are reported (position, token, dims, values) and left out of
 every statistic above (span statistics, std ratios, influence and correlation use content rows only).
+`print_report` shows a report in a terminal (`llm-dit inspect` without `--json`).
 """
 
 from __future__ import annotations

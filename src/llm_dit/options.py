@@ -281,10 +281,6 @@ class Given:
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
 
-    def args(self, *keys: str) -> dict[str, Any]:
-        """`{key: value}` of API arguments, `None` for those not given."""
-        return {k: self.values.get(k) for k in keys}
-
     def of(self, tag: str) -> dict[str, Any]:
         """`{key: value}` (`None`: not given) of the table's options with `tag` that are API arguments, not config
         keys (e.g. a command's input files)."""
