@@ -213,3 +213,28 @@ def test_sweep_takes_every_settings_flag_of_generate_as_a_fixed_value_or_an_axis
     generate = {f for p in command_params(["generation", "conditioning"])[0] for f in p.flags}
     sweep = {f for p in command_params(["generation", "conditioning"], axes=True)[0] for f in p.flags}
     assert generate <= sweep
+
+
+def test_help_of_every_mode_option_lists_the_modules_mode_tuple(cli):
+    """The valid values in --help come from the tuples the modes are defined by (and typer renders every help)."""
+    from llm_dit.blend import BLEND_MODES, RESAMPLE_MODES
+    from llm_dit.stats import NORMALIZATION_MODES, OUTLIER_MODES
+    from llm_dit.vl import TOKEN_MODES
+
+    modes = {
+        "vl.blend": tuple(BLEND_MODES),
+        "vl.resample": RESAMPLE_MODES,
+        "vl.normalize": NORMALIZATION_MODES,
+        "vl.outlier_masking": OUTLIER_MODES,
+        "vl.token_mode": TOKEN_MODES,
+    }
+    seen = set()
+    for name, cmd in commands().items():
+        helps = {p.name: p.help for p in cmd.params}
+        for p in table_params(cmd):
+            if p.option.key in modes:
+                assert f"One of: {', '.join(modes[p.option.key])}." in helps[p.name], (name, p.flags)
+                seen.add(p.option.key)
+        r = cli(*name.split(), "--help")
+        assert r.code == 0 and "Usage" in r.out, (name, r.err)
+    assert seen == set(modes)
