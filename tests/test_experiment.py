@@ -27,13 +27,14 @@ from .conftest import REPO, tiny_config
 
 SRC = REPO / "src" / "llm_dit"
 REF = REPO / "examples" / "reference-images" / "test_scene.png"
+PROMPT = "an experiment's lighthouse"
 FORMAT_FILES = re.compile(r"\b(results\.jsonl|metrics\.json|sweep\.json|spec\.json)\b")
 
 
 def small_spec(**axes: list) -> SweepSpec:
-    """A sweep of the tiny zoo at 32x32 px and 2 steps: one prompt, the reference image, `axes` (as the CLI sets
-    them: the steps flag is a one-valued axis, the size fixed values)."""
-    spec = SweepSpec(prompts=["a lighthouse"], images=[str(REF)])
+    """A sweep of the tiny zoo at 32x32 px and 2 steps: one prompt (its own, so other tests' cache entries do not
+    count), the reference image, `axes` (as the CLI sets them: steps a one-valued axis, the size fixed values)."""
+    spec = SweepSpec(prompts=[PROMPT], images=[str(REF)])
     size = {"generation.width": 32, "generation.height": 32}
     return resolve_spec(spec, None, {**axes, "generation.steps": [2]}, size)
 
@@ -146,7 +147,8 @@ def test_the_plan_resolves_each_run_config_once(zoo, tmp_path, monkeypatch):
         return resolve(base, run)
 
     monkeypatch.setattr(sweep_module, "run_config", counted)
-    summary = run_sweep(tiny_config(zoo), small_spec(**{"vl.alpha": [0.3, 0.6]}), tmp_path / "s")
+    spec = small_spec(**{"vl.alpha": [0.3, 0.6]})
+    summary = run_sweep(tiny_config(zoo), spec, tmp_path / "s", cache=TensorCache(tmp_path / "cache"))
     assert summary["completed"] == summary["runs"] == 3
     assert sorted(calls) == sorted(r["id"] for r in SweepDir(tmp_path / "s").runs())
 
@@ -164,18 +166,7 @@ def test_run_experiment_writes_what_the_cli_sweep_writes(cli, zoo, tmp_path, mon
         on_result=seen.append,
     )
     monkeypatch.setenv("LLM_DIT_CACHE", str(tmp_path / "cache-cli"))
-    args = [
-        "--alphas",
-        "0.3,0.6",
-        "-i",
-        REF,
-        "-p",
-        "a lighthouse",
-        "--zimage",
-        zoo / "zimage",
-        "--vl",
-        zoo / "qwen3-vl",
-    ]
+    args = ["--alphas", "0.3,0.6", "-i", REF, "-p", PROMPT, "--zimage", zoo / "zimage", "--vl", zoo / "qwen3-vl"]
     r = cli("sweep", *args, "--width", "32", "--height", "32", "--steps", "2", "-o", tmp_path / "cli", "--json")
     assert r.code == 0, r.err
     printed = json.loads(r.out)

@@ -6,7 +6,7 @@ workers), so every other actor reads them from there instead of running them aga
 they are sent with the runner's own `run_batch`, and send back each run's PNG bytes and
 record, or its error. Only the driver writes results, through the runner's `finish`, as they come in: the same
 sweep directory, written the same atomic way, so a sweep resumes identically whichever executor ran it.
-`run_on_ray` has the local executor's signature and returns the same `Stats` (`runner.run_local`).
+`run_on_ray` takes the same `runner.Job` as the local executor and returns the same `runner.Stats`.
 
 Connects to the cluster at `$RAY_ADDRESS` when it is set, else starts a local Ray instance for the sweep (and shuts
 it down after); a Ray already initialised in this process is used as it is. `$LLM_DIT_RAY_WORKERS` (or `workers=`)
@@ -32,7 +32,7 @@ from .errors import UserError
 from .files import image_bytes
 from .generate import Generator, Result
 from .progress import progress_bar
-from .runner import OnResult, Stats, Step, batches, finish, prime, run_batch
+from .runner import Job, OnResult, Stats, Step, batches, finish, prime, run_batch
 from .sweep import Inputs, Plan
 from .sweepdir import SweepDir
 
@@ -194,19 +194,11 @@ def _dispatch(
             progress.advance(task, len(batch))
 
 
-def run_on_ray(
-    base: Config,
-    plan: Plan,
-    sweep: SweepDir,
-    *,
-    batch_size: int = 1,
-    on_result: OnResult | None = None,
-    cache: TensorCache | None = None,
-    workers: int | None = None,
-) -> Stats:
-    """The Ray executor: run the plan's runs on Ray actors, writing into `sweep` as the local executor does, and
-    return their `Stats`, summed. `cache`: the actors' tensor cache (default: the one under `$LLM_DIT_CACHE`); its
-    root must be one path every actor can reach. `workers`: the number of actors (see `worker_count`)."""
+def run_on_ray(job: Job, *, workers: int | None = None) -> Stats:
+    """The Ray executor: run the job's runs on Ray actors, writing into its sweep directory as the local executor
+    does, and return their `Stats`, summed. The job's tensor cache root must be one path every actor can reach.
+    `workers`: the number of actors (see `worker_count`)."""
+    plan = job.plan
     if not plan.runs:
         return Stats()
     workers = worker_count(workers)
@@ -215,10 +207,10 @@ def run_on_ray(
     started = _connect(ray, env)
     actors: list[Any] = []
     try:
-        root = str(Path(cache.root).absolute()) if cache is not None else None
-        actors = _start_workers(ray, base, workers, env, root)
+        root = str(Path(job.cache.root).absolute()) if job.cache is not None else None
+        actors = _start_workers(ray, job.base, workers, env, root)
         ray.get(actors[0].prime.remote(plan))  # once: every other actor reads it from the shared cache
-        _dispatch(ray, actors, batches(plan, batch_size), sweep, len(plan.runs), on_result)
+        _dispatch(ray, actors, batches(plan, job.batch_size), job.sweep, len(plan.runs), job.on_result)
         return sum(ray.get([a.stats.remote() for a in actors]), Stats())
     except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
         raise _unwrap(ray, e) from None

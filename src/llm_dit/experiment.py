@@ -27,13 +27,13 @@ from .distributed import run_on_ray
 from .errors import check_choice
 from .records import library_versions
 from .report import build_report
-from .runner import OnResult, run_local
+from .runner import Job, OnResult, run_local
 from .scoring import Metrics, write_metrics
 from .sweep import SweepSpec, plan_sweep
 from .sweepdir import SweepDir
 
 EXECUTORS = {"local": run_local, "ray": run_on_ray}
-"""The executors by name; each runs a plan into a sweep directory and returns `runner.Stats`."""
+"""The executors by name; each runs a `runner.Job` (a plan's runs into a sweep directory) and returns `runner.Stats`."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def run_sweep(
     with SweepDir(out_dir).writing(resume) as sweep:
         todo = work.only(set(work.configs) - sweep.done())
         sweep.write_spec(spec.model_dump(), base.model_dump(), work.runs)
-        stats = execute(base, todo, sweep, batch_size=batch_size, on_result=on_result, cache=cache)
+        stats = execute(Job(base, todo, sweep, batch_size, on_result, cache))
         finished = sweep.runs()
         summary = {
             "name": spec.name,

@@ -5,8 +5,8 @@ renders a batch of runs, each with the config the plan resolved for it; `finish`
 sweep directory (`sweepdir.SweepDir`: its image atomically, then its result line), so a sweep killed at any point
 resumes without losing or duplicating work.
 
-An executor runs a plan's runs into a sweep directory and returns the same `Stats`; both have the signature of
-`run_local` (this module) and `distributed.run_on_ray`, and `experiment.run_sweep` chooses one.
+An executor is given a `Job` (a plan's runs, the sweep directory to write them into, how) and returns `Stats`:
+`run_local` (this module) and `distributed.run_on_ray` alike; `experiment.run_sweep` chooses one.
 """
 
 from __future__ import annotations
@@ -51,6 +51,21 @@ class Stats:
     def __add__(self, other: Stats) -> Stats:
         passes = {k: v + other.forward_passes[k] for k, v in self.forward_passes.items()}
         return Stats(passes, self.cache_hits + other.cache_hits, self.cache_misses + other.cache_misses)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What an executor is given: the base config (what its generators load), the plan of the runs to do (each
+    with its resolved config), the sweep directory to write their results into, runs per diffusers call when they
+    can share one, a callback for each result line as it is written, and the tensor cache (default: the one under
+    `$LLM_DIT_CACHE`)."""
+
+    base: Config
+    plan: Plan
+    sweep: SweepDir
+    batch_size: int = 1
+    on_result: OnResult | None = None
+    cache: TensorCache | None = None
 
 
 def prepare_run(gen: Generator, run: Run, config: Config, inputs: Inputs) -> Prepared:
@@ -133,25 +148,16 @@ def finish(
         on_result(line)
 
 
-def run_local(
-    base: Config,
-    plan: Plan,
-    sweep: SweepDir,
-    *,
-    batch_size: int = 1,
-    on_result: OnResult | None = None,
-    cache: TensorCache | None = None,
-) -> Stats:
-    """The local executor: prime, then generate the plan's runs in this process, `batch_size` per diffusers call
-    when they can share one, with a progress bar; a failing run is recorded and the sweep goes on. `cache`: the
-    tensor cache (default: the one under `$LLM_DIT_CACHE`)."""
-    gen = Generator(base, cache)
+def run_local(job: Job) -> Stats:
+    """The local executor: prime, then generate the job's runs in this process with a progress bar; a failing run
+    is recorded and the sweep goes on."""
+    gen = Generator(job.base, job.cache)
     inputs = Inputs()
-    prime(gen.components, plan, inputs)
+    prime(gen.components, job.plan, inputs)
     with progress_bar() as progress:
-        task = progress.add_task("sweep", total=len(plan.runs))
-        for batch in batches(plan, batch_size):
+        task = progress.add_task("sweep", total=len(job.plan.runs))
+        for batch in batches(job.plan, job.batch_size):
             for run, result, error in run_batch(gen, batch, inputs):
-                finish(sweep, run, result, error, on_result)
+                finish(job.sweep, run, result, error, job.on_result)
             progress.advance(task, len(batch))
     return Stats.of(gen)
