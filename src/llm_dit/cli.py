@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from .config import Config, load_config
-from .errors import UserError
+from .errors import UserError, check_choice
 
 app = typer.Typer(
     add_completion=False,
@@ -670,7 +670,8 @@ def sweep(
     low_memory: LowMemOpt = None,
 ) -> None:
     """Run a sweep: every combination of the axes (plus the pure-text baseline) with metrics, grid and report."""
-    from .sweep import PRESETS, SweepSpec, check_runs, expand, plan, preset_needs, resolve_spec
+    from .experiment import EXECUTORS
+    from .sweep import PRESETS, SweepSpec, expand, plan_sweep, preset_needs, resolve_spec
 
     if list_presets:
         for name in PRESETS:
@@ -682,8 +683,7 @@ def sweep(
                 f"{name:18} {len(expand(probe)):3d} runs per prompt x image x seed (baselines included); needs {needs}"
             )
         return
-    if executor not in ("local", "ray"):
-        raise UserError(f"unknown executor '{executor}' (valid: local, ray)")
+    check_choice(executor, EXECUTORS, "executor")
     if output is None and not dry_run:
         raise UserError("give the sweep directory with --output/-o")
     base_spec = SweepSpec.from_toml(spec) if spec else SweepSpec()
@@ -741,35 +741,31 @@ def sweep(
     resolved = resolve_spec(base_spec.model_copy(update=updates), preset, axes, fixed)
     cfg = resolve(config, profile, models, zimage, vl, models__low_memory=low_memory)
     if dry_run:
-        from .sweep import expand as expand_runs
-
-        runs = expand_runs(resolved)
-        check_runs(cfg, resolved, runs)
-        work = plan(cfg, runs)
+        work = plan_sweep(cfg, resolved)
         if as_json:
-            print(json.dumps({**work, "runs": len(runs), "run_list": runs}, indent=2, default=str))
+            print(json.dumps(work.as_dict() | {"run_list": work.runs}, indent=2, default=str))
         else:
             print(
-                f"{len(runs)} runs, {len(work['unique_extractions'])} unique VL extractions "
-                f"({sum(len(e['layers']) for e in work['unique_extractions'])} layers) "
-                f"+ {len(work['probe_extractions'])} image-check probe extractions, "
-                f"{len(work['unique_encodes'])} unique text encodes"
+                f"{len(work.runs)} runs, {len(work.unique_extractions)} unique VL extractions "
+                f"({sum(len(e['layers']) for e in work.unique_extractions)} layers) "
+                f"+ {len(work.probe_extractions)} image-check probe extractions, "
+                f"{len(work.unique_encodes)} unique text encodes"
             )
         return
-    from .report import build_report
-    from .runner import run_sweep, write_metrics
+    from .experiment import run_experiment
 
-    summary = run_sweep(cfg, resolved, output, resume=resume, batch_size=batch_size, executor=executor)
-    write_metrics(output, clip_model)
-    grid, html = build_report(output)
+    result = run_experiment(
+        cfg, resolved, output, resume=resume, batch_size=batch_size, executor=executor, clip_model=clip_model
+    )
+    summary = result.summary
     if as_json:
-        print(json.dumps(summary | {"grid": str(grid), "report": str(html)}, indent=2))
+        print(json.dumps(summary | {"grid": str(result.grid), "report": str(result.report)}, indent=2))
     else:
         console.print(
             f"{summary['completed']}/{summary['runs']} runs done ({summary['failed']} failed), "
             f"{summary['vl_forward_passes']} VL and {summary['text_forward_passes']} text forward passes"
         )
-        print(html)
+        print(result.report)
 
 
 def parse_list(spec: str | None, kind: type, label: str) -> list[Any] | None:
@@ -785,21 +781,19 @@ def parse_list(spec: str | None, kind: type, label: str) -> list[Any] | None:
 @app.command()
 def metrics(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory.")], clip_model: ClipOpt = None) -> None:
     """Recompute metrics.json for a sweep directory."""
-    from .runner import write_metrics
+    from .scoring import write_metrics
+    from .sweepdir import SweepDir
 
-    if not (sweep_dir / "results.jsonl").is_file():
-        raise UserError(f"not a sweep directory (no results.jsonl): {sweep_dir}")
-    print(json.dumps(write_metrics(sweep_dir, clip_model), indent=2))
+    print(json.dumps(write_metrics(SweepDir.existing(sweep_dir), clip_model), indent=2))
 
 
 @app.command()
 def report(sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory.")]) -> None:
     """Rebuild grid.png and report.html for a sweep directory."""
     from .report import build_report
+    from .sweepdir import SweepDir
 
-    if not (sweep_dir / "results.jsonl").is_file():
-        raise UserError(f"not a sweep directory (no results.jsonl): {sweep_dir}")
-    for path in build_report(sweep_dir):
+    for path in build_report(SweepDir.existing(sweep_dir)):
         print(path)
 
 
@@ -810,10 +804,9 @@ def demo(
 ) -> None:
     """The whole pipeline on the tiny offline models: a reference-conditioned image with its sidecar, then the
     `vl_only_vs_qwen3` sweep with metrics, grid and report. Rerunning it finishes or reuses earlier work."""
+    from .experiment import run_experiment
     from .files import load_image, save_image
     from .generate import Generator
-    from .report import build_report
-    from .runner import run_sweep, write_metrics
     from .sweep import SweepSpec, resolve_spec
 
     ref = image or Path(str(resources.files("llm_dit") / "data" / "demo_reference.png"))
@@ -825,11 +818,9 @@ def demo(
     print(f"reference-conditioned image: {single} (settings in {single.with_suffix('.json')})")
 
     spec = resolve_spec(SweepSpec(prompts=[prompt], images=[str(ref)]), "vl_only_vs_qwen3", {}, small)
-    summary = run_sweep(cfg, spec, out / "sweep", resume=True)
-    write_metrics(out / "sweep")
-    _, html = build_report(out / "sweep")
-    print(f"sweep: {summary['completed']} runs, {summary['vl_forward_passes']} VL forward passes")
-    print(f"report: {html}")
+    sweep = run_experiment(cfg, spec, out / "sweep", resume=True)
+    print(f"sweep: {sweep.summary['completed']} runs, {sweep.summary['vl_forward_passes']} VL forward passes")
+    print(f"report: {sweep.report}")
 
 
 @app.command()
