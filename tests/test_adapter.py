@@ -372,7 +372,7 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from llm_dit.sweep import iter_jsonl
+    from llm_dit.sweepdir import SweepDir
 
     from .conftest import REPO
 
@@ -440,6 +440,6 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
         sweep,
     )
     assert r.code == 0, r.err
-    rows = [x for x in iter_jsonl(sweep / "results.jsonl") if x["kind"] == "variant"]
+    rows = [x for x in SweepDir(sweep).lines() if x["kind"] == "variant"]
     assert sorted(str(x["settings"]["vl.adapter"]) for x in rows) == sorted(["None", str(out)])
     assert sum("adapter" in x["record"]["conditioning"] for x in rows) == 1

@@ -10,7 +10,7 @@ from PIL import Image
 
 from llm_dit.distributed import remote_error, worker_count, worker_env
 from llm_dit.errors import UserError
-from llm_dit.sweep import iter_jsonl
+from llm_dit.sweepdir import SweepDir
 
 from .conftest import REPO
 
@@ -24,7 +24,7 @@ TINY = ["--models", "tiny", "--width", "32", "--height", "32", "--steps", "2"]
 
 
 def results(d: Path) -> list[dict]:
-    return list(iter_jsonl(d / "results.jsonl"))
+    return SweepDir(d).lines()
 
 
 def pixels(path: Path) -> np.ndarray:

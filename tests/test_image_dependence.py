@@ -23,7 +23,7 @@ from llm_dit.imagedep import (
     probe_image,
     relative_change,
 )
-from llm_dit.sweep import iter_jsonl
+from llm_dit.sweepdir import SweepDir
 from llm_dit.vl import image_sha256
 
 from .conftest import REPO, tiny_config
@@ -254,7 +254,7 @@ def test_sweep_plans_one_probe_per_size_and_records_the_check(cli, zoo, tmp_path
     assert cli("sweep", *args, "-o", out).code == 0
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["vl_forward_passes"] == 3 and summary["plan"]["probe_extractions"] == 1
-    rows = list(iter_jsonl(out / "results.jsonl"))
+    rows = SweepDir(out).lines()
     for x in rows:
         dep = x["record"]["image_dependence"]
         if x["kind"] == "variant":

@@ -25,12 +25,12 @@ from PIL import Image
 from llm_dit.report import (
     build_report,
     grid_layout,
-    load_runs,
     render_grid,
     write_grid,
     write_report,
 )
 from llm_dit.sweep import PRESETS, SweepSpec, expand, run_id
+from llm_dit.sweepdir import SweepDir
 
 DEFAULTS = {
     "generation.steps": 8,
@@ -281,7 +281,7 @@ def test_failed_run_cell_carries_its_error(tmp_path: Path) -> None:
     runs = spec_runs(PRESETS["alpha"])
     bad = runs[2]
     finish(tmp_path, runs, failed={bad["id"]: "CUDA out of memory <oops>"})
-    grid, _ = only_block(load_runs(tmp_path))
+    grid, _ = only_block(SweepDir(tmp_path).runs())
     cell = next(c for c in grid.run_cells() if c.run_id == bad["id"])
     assert cell.error == "CUDA out of memory <oops>" and cell.image is None
     assert all(c.error is None for c in grid.run_cells() if c.run_id != bad["id"])
@@ -304,8 +304,8 @@ def test_grid_png_places_each_thumbnail_as_the_layout_says(tmp_path: Path) -> No
     runs = spec_runs(axes=axes, images=[str(ref)])
     sweep = tmp_path / "sweep"
     colors = finish(sweep, runs)
-    _, block = only_block(load_runs(sweep))
-    image = render_grid(sweep, load_runs(sweep), thumb=THUMB)
+    _, block = only_block(SweepDir(sweep).runs())
+    image = render_grid(sweep, SweepDir(sweep).runs(), thumb=THUMB)
     arr = np.asarray(image.convert("RGB"))
     n_rows, n_cols = len(block.cells), len(block.col_headers)
     assert (n_rows, n_cols) == (4, 4)
@@ -338,7 +338,7 @@ def test_grid_png_shows_failed_run_and_headers(tmp_path: Path) -> None:
     failed = variants(runs)[1]
     sweep = tmp_path / "sweep"
     colors = finish(sweep, runs, failed={failed["id"]: "boom"})
-    image = render_grid(sweep, load_runs(sweep), thumb=THUMB)
+    image = render_grid(sweep, SweepDir(sweep).runs(), thumb=THUMB)
     arr = np.asarray(image)
     for rid, color in colors.items():
         if rid != failed["id"]:
@@ -359,7 +359,7 @@ def test_write_grid_writes_png_matching_render(tmp_path: Path) -> None:
     assert path == sweep / "grid.png"
     with Image.open(path) as im:
         assert im.format == "PNG"
-        assert im.size == render_grid(sweep, load_runs(sweep)).size
+        assert im.size == render_grid(sweep, SweepDir(sweep).runs()).size
         assert im.width >= 7 * 256  # reference + baseline + 5 alphas at the default thumb size
     assert not [p for p in sweep.iterdir() if p.name.endswith(".tmp")]
 
@@ -448,7 +448,7 @@ def test_report_last_record_per_id_wins(tmp_path: Path) -> None:
     Image.new("RGB", IMAGE_SIZE, (1, 2, 3)).save(sweep / retry["output"])
     with (sweep / "results.jsonl").open("a") as f:
         f.write(json.dumps(retry) + "\n" + '{"id": "torn')  # and a torn last line
-    loaded = load_runs(sweep)
+    loaded = SweepDir(sweep).runs()
     assert [r["id"] for r in loaded] == [r["id"] for r in runs]
     assert loaded[0]["status"] == "ok"
     text = write_report(sweep).read_text()
@@ -616,7 +616,7 @@ def test_report_table_sorts_numerically_in_headless_chromium(tmp_path: Path, cli
     assert tbody, f"no runs table in the DOM; chromium said: {proc.stderr[-2000:]}"
     order = re.findall(r'<tr data-run="([0-9a-f]+)"', tbody.group(1))
     v = info["v"]
-    base = next(r for r in load_runs(sweep) if r["kind"] == "baseline")["id"]
+    base = next(r for r in SweepDir(sweep).runs() if r["kind"] == "baseline")["id"]
     # numeric ascending: -5.0 (baseline), 0.15, 0.9, 2.0, 10.5 (as text, even with numeric collation, "10.5" < "2.0"
     # and "0.9" < "0.15"); a second click reverses; the failed run (no value) sorts last either way
     ascending = [base, v[2]["id"], v[3]["id"], v[0]["id"], v[1]["id"]]

@@ -19,7 +19,8 @@ from llm_dit.errors import UserError
 from llm_dit.files import load_tensors
 from llm_dit.generate import Generator
 from llm_dit.steer import direction_mean_difference, load_direction
-from llm_dit.sweep import iter_jsonl, plan, run_config
+from llm_dit.sweep import plan, run_config
+from llm_dit.sweepdir import SweepDir
 
 from .conftest import REPO
 
@@ -118,9 +119,7 @@ def test_sweep_layer_axis_cannot_reuse_an_adapter_trained_on_another_layer(cli, 
     out = tmp_path / "s"
     r = cli("sweep", *SMALL, "-p", "a barn", "-i", REF, "--adapters", str(adapter), "--layers", "-6,-2", "-o", out)
     assert r.code == 0, r.err
-    runs = {
-        x["settings"].get("vl.hidden_layer"): x for x in iter_jsonl(out / "results.jsonl") if x["kind"] != "baseline"
-    }
+    runs = {x["settings"].get("vl.hidden_layer"): x for x in SweepDir(out).lines() if x["kind"] != "baseline"}
     assert runs[-6]["status"] == "ok" and runs[-6]["record"]["conditioning"]["adapter"]["path"] == str(adapter)
     assert runs[-2]["status"] == "failed" and "vl.hidden_layer = -6" in runs[-2]["error"]
 
@@ -264,7 +263,7 @@ def test_layer_choice_follows_precedence_in_sweep_run_configs(zoo):
     run = {"id": "r1", "kind": "variant", "image": str(REF), "prompt": "p", "settings": {"vl.hidden_layer": -2}}
     cfg = run_config(base, run)
     assert (cfg.vl.hidden_layer, cfg.vl.layers) == (-2, None)
-    assert plan(base, [run])["unique_extractions"][0]["layers"] == [-2]
+    assert plan(base, [run]).unique_extractions[0]["layers"] == [-2]
     assert list(parse_layer_weights(run_config(base, {**run, "settings": {}}).vl.layers)) == [-6, -3]
     with pytest.raises(ConfigError, match="both set in the settings of sweep run r1"):
         run_config(base, {**run, "settings": {"vl.hidden_layer": -2, "vl.layers": "-4:1"}})

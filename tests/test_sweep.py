@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from llm_dit.report import grid_layout
-from llm_dit.sweep import PRESETS, SweepSpec, expand, iter_jsonl, resolve_spec
+from llm_dit.sweep import PRESETS, SweepSpec, expand, resolve_spec
+from llm_dit.sweepdir import SweepDir
 
 from .conftest import REPO
 
@@ -19,7 +20,7 @@ TINY = ["--models", "tiny", "--width", "32", "--height", "32", "--steps", "2"]
 
 
 def results(d):
-    return list(iter_jsonl(d / "results.jsonl"))
+    return SweepDir(d).lines()
 
 
 def test_list_presets_names_every_preset_with_counts(cli):

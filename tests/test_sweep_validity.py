@@ -20,17 +20,17 @@ from llm_dit.config import Config
 from llm_dit.errors import UserError
 from llm_dit.metrics import METRICS, grid_artifact_score, pareto_optimal, ssim
 from llm_dit.report import METRICS as REPORT_METRICS
-from llm_dit.report import best_runs, build_report, grid_layout, load_runs, render_grid, tradeoffs
+from llm_dit.report import best_runs, build_report, grid_layout, render_grid, tradeoffs
 from llm_dit.sweep import (
     PRESETS,
     SweepSpec,
     baseline_of,
     expand,
     is_conditioning,
-    iter_jsonl,
     resolve_spec,
     run_config,
 )
+from llm_dit.sweepdir import SweepDir
 
 from .conftest import REPO
 from .test_metrics import noise_image, smooth_image, with_lines
@@ -42,7 +42,7 @@ TINY = ["--models", "tiny", "--width", "32", "--height", "32"]
 
 
 def results(d: Path) -> list[dict]:
-    return list(iter_jsonl(d / "results.jsonl"))
+    return SweepDir(d).lines()
 
 
 def pixels(path: Path) -> np.ndarray:
@@ -402,7 +402,7 @@ def ranked_sweep(tmp_path: Path) -> tuple[Path, list[dict], dict[str, str]]:
 def set_image_dependence(sweep: Path, image_free: dict[str, bool]) -> None:
     """Give runs the `image_dependence` record engineer B's check writes (contract in issue 11)."""
     lines = []
-    for rec in iter_jsonl(sweep / "results.jsonl"):
+    for rec in SweepDir(sweep).lines():
         if rec["id"] in image_free:
             rec["record"]["image_dependence"] = {
                 "checked": True,
@@ -418,7 +418,7 @@ def set_image_dependence(sweep: Path, image_free: dict[str, bool]) -> None:
 
 def test_report_ranks_no_baseline_no_image_free_run_and_no_style_or_content_metric(tmp_path):
     sweep, _, ids = ranked_sweep(tmp_path)
-    runs = load_runs(sweep)
+    runs = SweepDir(sweep).runs()
     metrics = json.loads((sweep / "metrics.json").read_text())
     best, skipped = best_runs(runs, metrics)
     # the baseline (-1.0) and the image-free alpha 0.7 (0.05) have fewer artefacts, alpha 1.0 was not measured
@@ -432,7 +432,7 @@ def test_report_ranks_no_baseline_no_image_free_run_and_no_style_or_content_metr
 
 def test_report_shows_style_against_content_as_a_pareto_front(tmp_path):
     sweep, _, ids = ranked_sweep(tmp_path)
-    runs = load_runs(sweep)
+    runs = SweepDir(sweep).runs()
     (t,) = tradeoffs(runs, json.loads((sweep / "metrics.json").read_text()))
     assert (t.style, t.content) == ("color_hist_similarity", "ssim_to_baseline")
     front = {rid: optimal for rid, _, _, optimal in t.points}
@@ -479,10 +479,10 @@ BADGE = (235, 110, 0)
 
 def test_image_free_runs_carry_a_badge_in_the_grid_and_the_report(tmp_path):
     sweep, _, ids = ranked_sweep(tmp_path)  # alpha 0.7 is image-free, alpha 0.1 checked and image-dependent
-    cell = next(c for c in grid_layout(load_runs(sweep)).run_cells() if c.run_id == ids["0.7"])
+    cell = next(c for c in grid_layout(SweepDir(sweep).runs()).run_cells() if c.run_id == ids["0.7"])
     assert cell.badge == "IMAGE-FREE"
-    assert [c.run_id for c in grid_layout(load_runs(sweep)).run_cells() if c.badge] == [ids["0.7"]]
-    grid = np.asarray(render_grid(sweep, load_runs(sweep), thumb=128))
+    assert [c.run_id for c in grid_layout(SweepDir(sweep).runs()).run_cells() if c.badge] == [ids["0.7"]]
+    grid = np.asarray(render_grid(sweep, SweepDir(sweep).runs(), thumb=128))
     with Image.open(sweep / "images" / f"{ids['0.7']}.png") as im:
         color = im.convert("RGB").getpixel((0, 0))
     left, top, right, _, _ = find_color(grid, color)

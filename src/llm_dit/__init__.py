@@ -30,7 +30,10 @@ _EXPORTS = {
     "BLEND_MODES": "blend",
     "ReferenceStats": "stats",
     "SweepSpec": "sweep",
-    "run_sweep": "runner",
+    "run_sweep": "experiment",
+    "run_experiment": "experiment",
+    "ExperimentResult": "experiment",
+    "SweepDir": "sweepdir",
     "UserError": "errors",
 }
 __all__ = [*_EXPORTS, "__version__"]

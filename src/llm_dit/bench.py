@@ -184,7 +184,7 @@ def naive_run(cfg: Config, image: Image.Image, layer: int, alpha: float) -> None
 
 def sweep_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     """Sweep against the naive workflow, against its floor, and a cached rerun (each a median after a warm-up)."""
-    from .runner import run_sweep
+    from .experiment import run_sweep
 
     image_path = work / "reference.png"
     reference_image(preset).save(image_path)

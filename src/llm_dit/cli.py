@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .adapter import ADAPTER_KINDS
-from .errors import UserError
+from .errors import UserError, check_choice
 from .options import Given, reset_active, resolve_config, takes, with_flags
 from .steer import DIRECTIONS
 from .zoo import PRESETS as ZOO_PRESETS
@@ -49,7 +49,7 @@ TEXT_MODEL = ("config", "zoo", "zimage")  # commands that run only the text enco
 Output = Annotated[Path, typer.Option("--output", "-o", help="safetensors file to write.")]
 RefImage = Annotated[Path, typer.Option("--image", "-i", help="Reference image.")]
 Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
-SweepDir = Annotated[Path, typer.Argument(help="A sweep directory.")]
+SweepDirArg = Annotated[Path, typer.Argument(help="A sweep directory.")]
 
 
 @app.callback()
@@ -236,48 +236,40 @@ def sweep(
     as_json: Json = False,
 ) -> None:
     """Run a sweep: every combination of the axes (plus the pure-text baseline) with metrics, grid and report."""
-    from .sweep import check_runs, expand, plan
+    from .experiment import EXECUTORS, run_experiment
+    from .sweep import plan_sweep
 
     if list_presets:
         print_presets()
         return
     run = given.of("run")
-    if run["executor"] not in ("local", "ray"):
-        raise UserError(f"unknown executor '{run['executor']}' (valid: local, ray)")
+    check_choice(run["executor"], EXECUTORS, "executor")
     if output is None and not dry_run:
         raise UserError("give the sweep directory with --output/-o")
     resolved = sweep_spec(given, spec, preset, prompts_file, img2img, no_baseline)
     cfg = given.config("models")
     if dry_run:
-        runs = expand(resolved)
-        check_runs(cfg, resolved, runs)
-        work = plan(cfg, runs)
+        work = plan_sweep(cfg, resolved)
         if as_json:
-            print(json.dumps({**work, "runs": len(runs), "run_list": runs}, indent=2, default=str))
+            print(json.dumps(work.as_dict() | {"run_list": work.runs}, indent=2, default=str))
         else:
             print(
-                f"{len(runs)} runs, {len(work['unique_extractions'])} unique VL extractions "
-                f"({sum(len(e['layers']) for e in work['unique_extractions'])} layers) "
-                f"+ {len(work['probe_extractions'])} image-check probe extractions, "
-                f"{len(work['unique_encodes'])} unique text encodes"
+                f"{len(work.runs)} runs, {len(work.unique_extractions)} unique VL extractions "
+                f"({sum(len(e['layers']) for e in work.unique_extractions)} layers) "
+                f"+ {len(work.probe_extractions)} image-check probe extractions, "
+                f"{len(work.unique_encodes)} unique text encodes"
             )
         return
-    from .report import build_report
-    from .runner import run_sweep, write_metrics
-
-    summary = run_sweep(
-        cfg, resolved, output, resume=run["resume"], batch_size=run["batch_size"], executor=run["executor"]
-    )
-    write_metrics(output, run["clip_model"])
-    grid, html = build_report(output)
+    result = run_experiment(cfg, resolved, output, **run)
+    summary = result.summary
     if as_json:
-        print(json.dumps(summary | {"grid": str(grid), "report": str(html)}, indent=2))
+        print(json.dumps(summary | {"grid": str(result.grid), "report": str(result.report)}, indent=2))
     else:
         console.print(
             f"{summary['completed']}/{summary['runs']} runs done ({summary['failed']} failed), "
             f"{summary['vl_forward_passes']} VL and {summary['text_forward_passes']} text forward passes"
         )
-        print(html)
+        print(result.report)
 
 
 def sweep_spec(
@@ -314,23 +306,21 @@ def print_presets() -> None:
 
 @app.command()
 @takes("scoring")
-def metrics(given: Given, sweep_dir: SweepDir) -> None:
+def metrics(given: Given, sweep_dir: SweepDirArg) -> None:
     """Recompute metrics.json for a sweep directory."""
-    from .runner import write_metrics
+    from .scoring import write_metrics
+    from .sweepdir import SweepDir
 
-    if not (sweep_dir / "results.jsonl").is_file():
-        raise UserError(f"not a sweep directory (no results.jsonl): {sweep_dir}")
-    print(json.dumps(write_metrics(sweep_dir, given.get("clip_model")), indent=2))
+    print(json.dumps(write_metrics(SweepDir.existing(sweep_dir), given.get("clip_model")), indent=2))
 
 
 @app.command()
-def report(sweep_dir: SweepDir) -> None:
+def report(sweep_dir: SweepDirArg) -> None:
     """Rebuild grid.png and report.html for a sweep directory."""
     from .report import build_report
+    from .sweepdir import SweepDir
 
-    if not (sweep_dir / "results.jsonl").is_file():
-        raise UserError(f"not a sweep directory (no results.jsonl): {sweep_dir}")
-    for path in build_report(sweep_dir):
+    for path in build_report(SweepDir.existing(sweep_dir)):
         print(path)
 
 
@@ -341,10 +331,9 @@ def demo(
 ) -> None:
     """The whole pipeline on the tiny offline models: a reference-conditioned image with its sidecar, then the
     `vl_only_vs_qwen3` sweep with metrics, grid and report. Rerunning it finishes or reuses earlier work."""
+    from .experiment import run_experiment
     from .files import load_image, save_image
     from .generate import Generator
-    from .report import build_report
-    from .runner import run_sweep, write_metrics
     from .sweep import SweepSpec, resolve_spec
 
     ref = image or Path(str(resources.files("llm_dit") / "data" / "demo_reference.png"))
@@ -356,11 +345,9 @@ def demo(
     print(f"reference-conditioned image: {single} (settings in {single.with_suffix('.json')})")
 
     spec = resolve_spec(SweepSpec(prompts=[prompt], images=[str(ref)]), "vl_only_vs_qwen3", {}, small)
-    summary = run_sweep(cfg, spec, out / "sweep", resume=True)
-    write_metrics(out / "sweep")
-    _, html = build_report(out / "sweep")
-    print(f"sweep: {summary['completed']} runs, {summary['vl_forward_passes']} VL forward passes")
-    print(f"report: {html}")
+    sweep = run_experiment(cfg, spec, out / "sweep", resume=True)
+    print(f"sweep: {sweep.summary['completed']} runs, {sweep.summary['vl_forward_passes']} VL forward passes")
+    print(f"report: {sweep.report}")
 
 
 @app.command()

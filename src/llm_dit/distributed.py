@@ -5,7 +5,8 @@ plan's unique forward passes, which land in the shared on-disk tensor cache (`$L
 workers), so every other actor reads them from there instead of running them again. Actors then render the batches
 they are sent with the runner's own `run_batch`, and send back each run's PNG bytes and
 record, or its error. Only the driver writes results, through the runner's `finish`, as they come in: the same
-`results.jsonl`, written the same atomic way, so a sweep resumes identically whichever executor ran it.
+sweep directory, written the same atomic way, so a sweep resumes identically whichever executor ran it.
+`run_on_ray` takes the same `runner.Job` as the local executor and returns the same `runner.Stats`.
 
 Connects to the cluster at `$RAY_ADDRESS` when it is set, else starts a local Ray instance for the sweep (and shuts
 it down after); a Ray already initialised in this process is used as it is. `$LLM_DIT_RAY_WORKERS` (or `workers=`)
@@ -19,7 +20,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from .errors import UserError
 from .files import image_bytes
 from .generate import Generator, Result
 from .progress import progress_bar
-from .runner import Inputs, batches, finish, prime, run_batch
+from .runner import Job, OnResult, Stats, Step, batches, finish, prime, run_batch
+from .sweep import Inputs, Plan
+from .sweepdir import SweepDir
 
 IN_FLIGHT = 2  # batches queued per actor, so an actor never waits for the driver between batches
 FORWARD_PREFIXES = ("LLM_DIT_", "HF_", "TRANSFORMERS_", "DIFFUSERS_", "TORCH_")
@@ -81,24 +84,20 @@ class Worker:
         self.gen = Generator(base, TensorCache(cache_root) if cache_root else None)
         self.inputs = Inputs()
 
-    def prime(self, work: dict[str, Any]) -> None:
-        prime(self.gen, self.base, work, self.inputs)
+    def prime(self, plan: Plan) -> None:
+        prime(self.gen.components, plan, self.inputs)
 
-    def render(self, batch: list[dict[str, Any]]) -> list[Outcome]:
+    def render(self, batch: list[Step]) -> list[Outcome]:
         """The runner's batch step, returning what `finish` needs instead of writing it."""
         return [
             (run["id"], image_bytes(result.image), result.record, None)
             if result is not None
             else (run["id"], None, None, (type(error).__name__, str(error)))
-            for run, result, error in run_batch(self.gen, self.base, batch, self.inputs)
+            for run, result, error in run_batch(self.gen, batch, self.inputs)
         ]
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "forward_passes": self.gen.components.forward_passes(),
-            "cache_hits": self.gen.cache.hits if self.gen.cache else 0,
-            "cache_misses": self.gen.cache.misses if self.gen.cache else 0,
-        }
+    def stats(self) -> Stats:
+        return Stats.of(self.gen)
 
 
 def _import_ray():
@@ -161,16 +160,16 @@ def _unwrap(ray, e: BaseException) -> BaseException:
 def _dispatch(
     ray,
     actors: list[Any],
-    runs: Iterator[list[dict[str, Any]]],
-    out: Path,
+    steps: Iterator[list[Step]],
+    sweep: SweepDir,
     total: int,
-    on_result: Callable[[dict[str, Any]], None] | None,
+    on_result: OnResult | None,
 ) -> None:
     """Keep every actor busy with batches; write each batch's results as soon as it comes back."""
-    pending: dict[Any, tuple[Any, list[dict[str, Any]]]] = {}
+    pending: dict[Any, tuple[Any, list[Step]]] = {}
 
     def submit(actor) -> None:
-        if (batch := next(runs, None)) is not None:
+        if (batch := next(steps, None)) is not None:
             pending[actor.render.remote(batch)] = (actor, batch)
 
     for actor in actors:
@@ -183,51 +182,36 @@ def _dispatch(
             actor, batch = pending.pop(ref)
             outcomes = ray.get(ref)
             submit(actor)
-            by_id = {run["id"]: run for run in batch}
+            by_id = {run["id"]: run for run, _ in batch}
             for rid, png, record, error in outcomes:
                 if error is not None:
-                    finish(out, by_id[rid], None, remote_error(*error), on_result)
+                    finish(sweep, by_id[rid], None, remote_error(*error), on_result)
                 else:
                     assert png is not None and record is not None
                     image = Image.open(io.BytesIO(png))
                     image.load()
-                    finish(out, by_id[rid], Result(image, record), None, on_result)
+                    finish(sweep, by_id[rid], Result(image, record), None, on_result)
             progress.advance(task, len(batch))
 
 
-def run_on_ray(
-    base: Config,
-    todo: list[dict[str, Any]],
-    work: dict[str, Any],
-    out: Path,
-    batch_size: int,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
-    *,
-    workers: int | None = None,
-    cache_root: str | Path | None = None,
-) -> dict[str, Any]:
-    """Run `todo` (planned as `work`) on Ray, writing into `out` as the local runner does. `cache_root`: the
-    actors' tensor cache (default: the one under `$LLM_DIT_CACHE`); it must be one path every actor can reach.
-
-    Returns `{"forward_passes": {"vl": n, "text": n}, "cache_hits": n, "cache_misses": n}` summed over the actors.
-    """
-    stats: dict[str, Any] = {"forward_passes": {"vl": 0, "text": 0}, "cache_hits": 0, "cache_misses": 0}
-    if not todo:
-        return stats
+def run_on_ray(job: Job, *, workers: int | None = None) -> Stats:
+    """The Ray executor: run the job's runs on Ray actors, writing into its sweep directory as the local executor
+    does, and return their `Stats`, summed. The job's tensor cache root must be one path every actor can reach.
+    `workers`: the number of actors (see `worker_count`)."""
+    plan = job.plan
+    if not plan.runs:
+        return Stats()
     workers = worker_count(workers)
     ray = _import_ray()
     env = worker_env()
     started = _connect(ray, env)
     actors: list[Any] = []
     try:
-        root = str(Path(cache_root).absolute()) if cache_root is not None else None
-        actors = _start_workers(ray, base, workers, env, root)
-        ray.get(actors[0].prime.remote(work))  # once: every other actor reads it from the shared cache
-        _dispatch(ray, actors, batches(todo, batch_size), Path(out), len(todo), on_result)
-        for s in ray.get([a.stats.remote() for a in actors]):
-            stats["forward_passes"] = {k: v + s["forward_passes"][k] for k, v in stats["forward_passes"].items()}
-            stats["cache_hits"] += s["cache_hits"]
-            stats["cache_misses"] += s["cache_misses"]
+        root = str(Path(job.cache.root).absolute()) if job.cache is not None else None
+        actors = _start_workers(ray, job.base, workers, env, root)
+        ray.get(actors[0].prime.remote(plan))  # once: every other actor reads it from the shared cache
+        _dispatch(ray, actors, batches(plan, job.batch_size), job.sweep, len(plan.runs), job.on_result)
+        return sum(ray.get([a.stats.remote() for a in actors]), Stats())
     except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
         raise _unwrap(ray, e) from None
     finally:
@@ -235,4 +219,3 @@ def run_on_ray(
             ray.kill(a)
         if started:
             ray.shutdown()
-    return stats

@@ -28,6 +28,7 @@ import typer
 from .config import Config, load_config
 from .diagnostics import INSPECT_LAYERS
 from .errors import UserError
+from .experiment import EXECUTORS
 from .schedule import SCHEDULES
 from .zoo import PRESETS as ZOO_PRESETS
 
@@ -154,7 +155,7 @@ OPTIONS: tuple[Option, ...] = (
     row("resume", "--resume", "Finish an interrupted sweep in OUTPUT.", "run", bool, default=False, quoted=True),
     row("batch_size", "--batch-size", "Runs per diffusers call when they can share one.", "run", int, default=1,
       minimum=1),
-    row("executor", "--executor", "local or ray.", "run", default="local"),
+    row("executor", "--executor", f"Where runs execute: {', '.join(EXECUTORS)}.", "run", default="local"),
     row("clip_model", "--clip-model", "CLIP/SigLIP id or path for model-based metrics (optional).", "run scoring"),
     # inspect
     row("layers", "--layers", f"Hidden layers (default: {', '.join(map(str, INSPECT_LAYERS))} and the configured VL "

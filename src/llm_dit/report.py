@@ -1,7 +1,7 @@
 """Sweep reports: a contact-sheet `grid.png` and a self-contained, offline `report.html` for a sweep directory.
 
-A sweep directory (see `sweep.py`) holds `results.jsonl` (one record per finished run; the last record of an id
-wins), `metrics.json` (`{run_id: {metric: value}}`, optional) and `sweep.json` (the summary). From those:
+A sweep directory (`sweepdir.SweepDir`, which reads it) holds the finished runs (the last record of an id wins),
+their metrics (`{run_id: {metric: value}}`, optional) and the summary. From those:
 
 * `write_grid` draws the runs as `grid.png` (`grid.grid_layout` arranges them, `grid.render_grid` draws).
 * `write_report` writes `report.html`: the summary, the grid, a sortable table of runs with their varying settings
@@ -23,6 +23,7 @@ import base64
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -50,7 +51,8 @@ from .grid import (
 )
 from .metrics import MetricInfo
 from .ranking import METRICS, TradeOff, best_runs, metric_names, tradeoffs
-from .sweep import baseline_pairs, iter_jsonl, varying_keys
+from .sweep import baseline_pairs, varying_keys
+from .sweepdir import SweepDir
 
 __all__ = [  # Cell, Block, Grid, grid_layout, render_grid (grid.py) and the rankings (ranking.py) are re-exported
     "METRICS",
@@ -61,8 +63,6 @@ __all__ = [  # Cell, Block, Grid, grid_layout, render_grid (grid.py) and the ran
     "best_runs",
     "build_report",
     "grid_layout",
-    "load_metrics",
-    "load_runs",
     "render_grid",
     "render_report",
     "tradeoffs",
@@ -70,59 +70,25 @@ __all__ = [  # Cell, Block, Grid, grid_layout, render_grid (grid.py) and the ran
     "write_report",
 ]
 
-# ------------------------------------------------------------------------------------------------ loading
-
-
-def load_runs(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """The runs of `results.jsonl`, one per id: the last record of an id wins (the runner writes each id once;
-    a hand-edited or merged file may repeat one) but keeps the position of the id's first record."""
-    runs: dict[str, dict[str, Any]] = {}
-    for rec in iter_jsonl(Path(sweep_dir) / "results.jsonl"):
-        if isinstance(rec, dict) and "id" in rec:
-            runs[str(rec["id"])] = rec
-    return list(runs.values())
-
-
-def load_metrics(sweep_dir: str | Path) -> dict[str, dict[str, float]]:
-    """`metrics.json` as `{run_id: {metric: value}}`; `{}` when absent or unreadable (metrics are optional)."""
-    path = Path(sweep_dir) / "metrics.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)}
-
-
-def _load_summary(sweep_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((sweep_dir / "sweep.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def write_grid(sweep_dir: str | Path, thumb: int = 256) -> Path:
+def write_grid(sweep_dir: str | os.PathLike[str], thumb: int = 256) -> Path:
     """Render the sweep's runs and write `grid.png` in the sweep directory atomically."""
-    sweep_dir = Path(sweep_dir)
-    image = render_grid(sweep_dir, load_runs(sweep_dir), thumb=thumb)
-    return atomic_write_bytes(sweep_dir / "grid.png", image_bytes(image))
+    sweep = SweepDir(sweep_dir)
+    image = render_grid(sweep.path, sweep.runs(), thumb=thumb)
+    return atomic_write_bytes(sweep.grid, image_bytes(image))
 
 
-def write_report(sweep_dir: str | Path) -> Path:
+def write_report(sweep_dir: str | os.PathLike[str]) -> Path:
     """Write `report.html` in the sweep directory atomically (it references `grid.png`; see `build_report`)."""
-    sweep_dir = Path(sweep_dir)
-    return atomic_write_text(sweep_dir / "report.html", render_report(sweep_dir))
+    sweep = SweepDir(sweep_dir)
+    return atomic_write_text(sweep.report, render_report(sweep))
 
 
-def build_report(sweep_dir: str | Path, thumb: int = 256) -> tuple[Path, Path]:
+def build_report(sweep_dir: str | os.PathLike[str], thumb: int = 256) -> tuple[Path, Path]:
     """Write `grid.png` then `report.html` for a sweep directory; returns both paths."""
-    grid = write_grid(sweep_dir, thumb=thumb)
-    return grid, write_report(sweep_dir)
+    return write_grid(sweep_dir, thumb=thumb), write_report(sweep_dir)
 
 
 # ------------------------------------------------------------------------------------------------ HTML
@@ -147,12 +113,11 @@ def _asset(name: str) -> Markup:
 _TEMPLATES.globals["asset"] = _asset
 
 
-def render_report(sweep_dir: str | Path) -> str:
+def render_report(sweep_dir: str | os.PathLike[str]) -> str:
     """The report HTML of a sweep directory (see the module docstring); `write_report` writes it."""
-    sweep_dir = Path(sweep_dir)
-    runs = load_runs(sweep_dir)
-    metrics = load_metrics(sweep_dir)
-    summary = _load_summary(sweep_dir)
+    sweep = SweepDir(sweep_dir)
+    sweep_dir = sweep.path
+    runs, metrics, summary = sweep.runs(), sweep.metrics(), sweep.summary()
     best, skipped = best_runs(runs, metrics)
     by_id = {str(r.get("id")): r for r in runs}
     pairs = baseline_pairs(runs)
@@ -162,7 +127,7 @@ def render_report(sweep_dir: str | Path) -> str:
         n_runs=len(runs),
         n_ok=sum(r.get("status") == "ok" for r in runs),
         references=_references(sweep_dir, runs),
-        has_grid=(sweep_dir / "grid.png").is_file(),
+        has_grid=sweep.grid.is_file(),
         best=[_best_row(name, by_id[rid], value) for name, (rid, value) in best.items()],
         skipped=list(skipped.items()),
         tradeoffs=[_tradeoff(t, by_id) for t in tradeoffs(runs, metrics)],

@@ -1,5 +1,6 @@
-"""Sweeps: a spec of fixed settings and axes, expanded into runs, planned so no forward pass is wasted, and run
-resumably into a directory of images, `results.jsonl` and `sweep.json`.
+"""Sweeps: a spec of fixed settings and axes, expanded into runs, and the plan of their work: each run's config
+resolved once, the runs that could not do what they say refused, and the unique forward passes listed, so none is
+wasted. `experiment.run_sweep` runs a plan into a sweep directory (`sweepdir.SweepDir`).
 
 A run is a set of config overrides (`{"vl.alpha": 0.3, ...}`) plus a prompt, a reference image and a seed. Each
 conditioned run is compared with its own text-only baseline (`baseline_of`: the run minus its conditioning, see
@@ -14,10 +15,12 @@ import hashlib
 import itertools
 import json
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .blend import BLEND_MODES
@@ -30,6 +33,7 @@ from .imagedep import image_free_by_construction
 from .inject import block_indices
 from .models import check_vl, read_model_json
 from .stats import NORMALIZATION_MODES, OUTLIER_MODES
+from .steer import load_direction
 from .vl import TOKEN_MODES
 
 # A conditioning setting shapes only what the reference image (or steering direction) adds to the caption: every
@@ -245,17 +249,6 @@ def varying_keys(runs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({json.dumps(r["settings"].get(k), default=str) for r in variants}) > 1]
 
 
-def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (a crash mid-write) is skipped."""
-    if not path.exists():
-        return
-    for line in path.read_text().splitlines():
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            continue
-
-
 def run_config(base: Config, run: dict[str, Any]) -> Config:
     """The resolved config of one run: `base` with the run's settings applied by `config.with_overrides`, one
     precedence level above `base`: a run's `vl.hidden_layer` clears the profile's `vl.layers`, and a run setting
@@ -312,15 +305,81 @@ def reference_conditioned(run: dict[str, Any]) -> bool:
     return run["kind"] == "variant" and run["image"] is not None and not run.get("steer")
 
 
-def refuse_image_free(base: Config, runs: list[dict[str, Any]]) -> None:
+@dataclass(frozen=True)
+class Plan:
+    """The work of a list of runs: each run's config, resolved once (`run_config`), and the forward passes they
+    need, each listed once: VL extractions (`image`, `text`, `system_prompt`, `layers`: all layers of one image and
+    text in one pass), image-check probe extractions (`probe`: the noise image's size, instead of `image`) and text
+    encodes (`prompt`, `encoder`: the text encoder's settings). Made by `plan`; `only` narrows it to some runs."""
+
+    runs: list[dict[str, Any]]
+    configs: dict[str, Config]  # run id -> the run's resolved config
+    unique_extractions: list[dict[str, Any]]
+    probe_extractions: list[dict[str, Any]]
+    unique_encodes: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, runs: list[dict[str, Any]], configs: dict[str, Config]) -> Plan:
+        """The plan of `runs` whose configs are `configs`: the unique forward passes listed (see `plan`)."""
+        extractions: dict[str, dict[str, Any]] = {}
+        probes: dict[str, dict[str, Any]] = {}
+        encodes: dict[str, dict[str, Any]] = {}
+        sizes: dict[str, tuple[int, int] | None] = {}
+        for run in runs:
+            cfg = configs[run["id"]]
+            enc = cfg.encoder.model_dump(exclude={"device", "dtype"})  # the text encoder's own arguments
+            key = json.dumps([run["prompt"], enc], sort_keys=True)
+            encodes.setdefault(key, {"prompt": run["prompt"], "encoder": enc})
+            if not reference_conditioned(run):
+                continue
+            v = cfg.vl
+            layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
+            for image in filter(None, (run["image"], run.get("neutral_image"))):
+                key = json.dumps([image, run["prompt"], v.system_prompt])
+                entry = extractions.setdefault(
+                    key, {"image": image, "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
+                )
+                entry["layers"] = sorted(set(entry["layers"]) | set(layers))
+            if v.image_check and (size := _image_size(run["image"], sizes)) is not None:
+                key = json.dumps([size, run["prompt"], v.system_prompt])
+                entry = probes.setdefault(
+                    key, {"probe": list(size), "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
+                )
+                entry["layers"] = sorted(set(entry["layers"]) | set(layers))
+        return cls(runs, configs, list(extractions.values()), list(probes.values()), list(encodes.values()))
+
+    def config(self, run: dict[str, Any]) -> Config:
+        """The resolved config of one of the plan's runs."""
+        return self.configs[run["id"]]
+
+    def only(self, ids: Collection[str]) -> Plan:
+        """The plan of the runs whose id is in `ids`, in the same order (their configs are not resolved again)."""
+        runs = [run for run in self.runs if run["id"] in ids]
+        return Plan.of(runs, {run["id"]: self.configs[run["id"]] for run in runs})
+
+    def passes(self) -> dict[str, int]:
+        """How many forward passes of each kind the plan lists (a sweep summary's `plan`)."""
+        return {
+            "unique_extractions": len(self.unique_extractions),
+            "probe_extractions": len(self.probe_extractions),
+            "unique_encodes": len(self.unique_encodes),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as JSON-able data (what `sweep --dry-run --json` prints): the number of runs and the passes."""
+        return {
+            "runs": len(self.runs),
+            "unique_extractions": self.unique_extractions,
+            "probe_extractions": self.probe_extractions,
+            "unique_encodes": self.unique_encodes,
+        }
+
+
+def refuse_image_free(plan: Plan) -> None:
     """`UserError` naming the first reference-conditioned run whose settings are image-free by construction
     (`imagedep.image_free_by_construction`): a sweep must not render a run the image cannot change."""
-    for run in filter(reference_conditioned, runs):
-        try:
-            cfg = run_config(base, run)
-        except UserError:
-            continue  # a bad value fails its own run, with its message
-        if reason := image_free_by_construction(cfg.vl):
+    for run in filter(reference_conditioned, plan.runs):
+        if reason := image_free_by_construction(plan.config(run).vl):
             own = ", ".join(f"{k}={v}" for k, v in run["settings"].items() if k != "generation.seed")
             raise UserError(f"sweep run '{run['label']}' ({own or 'profile settings'}): {reason}")
 
@@ -335,7 +394,7 @@ def _image_size(path: str, sizes: dict[str, tuple[int, int] | None]) -> tuple[in
     return sizes[path]
 
 
-def check_runs(base: Config, spec: SweepSpec, runs: list[dict[str, Any]]) -> None:
+def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
     """Refuse, before any work, runs that could not do what they say (`UserError`, one line): a VL layer beyond
     the Qwen3-VL model's depth, a DiT block beyond the transformer's, a `style_delta` run without a neutral image,
     a neutral image given to a run that does not use style_delta or to no run at all. Depths are read from the
@@ -345,10 +404,10 @@ def check_runs(base: Config, spec: SweepSpec, runs: list[dict[str, Any]]) -> Non
         lambda: int(read_model_json(base.models.zimage, "transformer/config.json", "a Z-Image folder")["n_layers"])
     )
     beyond: dict[str, set[int]] = {}
-    for run in runs:
+    for run in plan.runs:
         if run["kind"] != "variant" or (run["image"] is None and not run["steer"]):
             continue
-        v = run_config(base, run).vl
+        v = plan.config(run).vl
         if v.inject_layers:
             try:
                 block_indices(v.inject_layers, dit_blocks())
@@ -381,45 +440,46 @@ def check_runs(base: Config, spec: SweepSpec, runs: list[dict[str, Any]]) -> Non
             f"{what}: beyond the depth of the Qwen3-VL model {base.models.vl} ({depth} layers, valid layers "
             f"{-(depth + 1)}..{depth}); choose layers within it"
         )
-    if spec.neutral_image and not any(run.get("neutral_image") for run in runs):
+    if spec.neutral_image and not any(run.get("neutral_image") for run in plan.runs):
         raise UserError(
             "'neutral_image' is used only by runs with a reference image and blend style_delta: no run has one"
         )
 
 
-def plan(base: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The work `runs` need, deduplicated: each unique (image, text, VL system prompt) is extracted once with all
-    its layers in one forward pass (a style_delta run's neutral image too); so is each unique (probe size, text, VL
-    system prompt) of the image-dependence check (`vl.image_check`: the probe is a noise image of the reference's
-    size); each unique (prompt, encoder settings) is encoded once. Refuses runs that are image-free by construction."""
-    refuse_image_free(base, runs)
-    extractions: dict[str, dict[str, Any]] = {}
-    probes: dict[str, dict[str, Any]] = {}
-    encodes: dict[str, dict[str, Any]] = {}
-    sizes: dict[str, tuple[int, int] | None] = {}
-    for run in runs:
-        cfg = run_config(base, run)
-        enc = cfg.encoder.model_dump(exclude={"device", "dtype"})
-        encodes.setdefault(json.dumps([run["prompt"], enc], sort_keys=True), {"prompt": run["prompt"], "encoder": enc})
-        if not reference_conditioned(run):
-            continue
-        v = cfg.vl
-        layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
-        for image in filter(None, (run["image"], run.get("neutral_image"))):
-            key = json.dumps([image, run["prompt"], v.system_prompt])
-            entry = extractions.setdefault(
-                key, {"image": image, "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
-            )
-            entry["layers"] = sorted(set(entry["layers"]) | set(layers))
-        if v.image_check and (size := _image_size(run["image"], sizes)) is not None:
-            key = json.dumps([size, run["prompt"], v.system_prompt])
-            entry = probes.setdefault(
-                key, {"probe": list(size), "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
-            )
-            entry["layers"] = sorted(set(entry["layers"]) | set(layers))
-    return {
-        "runs": len(runs),
-        "unique_extractions": list(extractions.values()),
-        "probe_extractions": list(probes.values()),
-        "unique_encodes": list(encodes.values()),
-    }
+def plan(base: Config, runs: list[dict[str, Any]]) -> Plan:
+    """The work `runs` need (`Plan`), deduplicated: each run's config resolved once (`run_config`); each unique
+    (image, text, VL system prompt) extracted once with all its layers in one forward pass (a style_delta run's
+    neutral image too); so is each unique (probe size, text, VL system prompt) of the image-dependence check
+    (`vl.image_check`: the probe is a noise image of the reference's size); each unique (prompt, encoder settings)
+    encoded once. Refuses a run with a bad setting (naming the run) and runs that are image-free by construction."""
+    work = Plan.of(runs, {run["id"]: run_config(base, run) for run in runs})
+    refuse_image_free(work)
+    return work
+
+
+def plan_sweep(base: Config, spec: SweepSpec) -> Plan:
+    """The plan of every run of `spec` (`expand`, `plan`), checked by `check_runs`: what a dry run shows and what
+    `experiment.run_sweep` runs."""
+    work = plan(base, expand(spec))
+    check_runs(base, spec, work)
+    return work
+
+
+class Inputs:
+    """The files a sweep's runs name (reference, neutral and init images, steering directions), each loaded once."""
+
+    def __init__(self) -> None:
+        self._images: dict[str, Image.Image] = {}
+        self._directions: dict[str, Any] = {}
+
+    def image(self, path: str | None, label: str) -> Image.Image | None:
+        if path is None:
+            return None
+        if path not in self._images:
+            self._images[path] = load_image(path, label)
+        return self._images[path]
+
+    def direction(self, path: str):
+        if path not in self._directions:
+            self._directions[path] = load_direction(path)[0]
+        return self._directions[path]

@@ -1,0 +1,114 @@
+"""Experiments: a sweep run, scored and reported by one call.
+
+`run_sweep` plans a spec (`sweep.plan_sweep`: each run's config resolved once, runs that could not do what they
+say refused before anything is written), holds the sweep directory (`sweepdir.SweepDir.writing`: lock, resume,
+repair), hands the runs not yet done to an executor (`EXECUTORS`: `runner.run_local` or `distributed.run_on_ray`,
+which return the same `runner.Stats`) and writes the summary. `run_experiment` is `run_sweep`, then the metrics
+(`scoring.write_metrics`), then `grid.png` and `report.html` (`report.build_report`): what `llm-dit sweep` and
+`llm-dit demo` run, and what a notebook calls.
+
+    from llm_dit import SweepSpec, load_config, run_experiment
+    spec = SweepSpec(prompts=["a lighthouse"], images=["style.png"], axes={"vl.alpha": [0.3, 0.6]})
+    result = run_experiment(load_config(), spec, "out/alpha")
+    result.summary["completed"], result.metrics, result.report
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cache import TensorCache
+from .config import Config
+from .distributed import run_on_ray
+from .errors import check_choice
+from .records import library_versions
+from .report import build_report
+from .runner import Job, OnResult, run_local
+from .scoring import Metrics, write_metrics
+from .sweep import SweepSpec, plan_sweep
+from .sweepdir import SweepDir
+
+EXECUTORS = {"local": run_local, "ray": run_on_ray}
+"""The executors by name; each runs a `runner.Job` (a plan's runs into a sweep directory) and returns `runner.Stats`."""
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """What `run_experiment` made: the sweep summary (`sweep.json`), the metrics (`metrics.json`) and the paths of
+    the contact sheet and the report."""
+
+    summary: dict[str, Any]
+    metrics: Metrics
+    grid: Path
+    report: Path
+
+
+def run_sweep(
+    base: Config,
+    spec: SweepSpec,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    batch_size: int = 1,
+    executor: str = "local",
+    on_result: OnResult | None = None,
+    cache: TensorCache | None = None,
+) -> dict[str, Any]:
+    """Run `spec` into the sweep directory `out_dir` with `base` as every run's config below its own settings;
+    returns the summary (also written as `sweep.json`). `resume`: finish a sweep already in `out_dir` (its done
+    runs are kept); `batch_size`: runs per diffusers call when they can share one; `executor`: a name of
+    `EXECUTORS`; `on_result`: called with each result line as it is written; `cache`: the tensor cache (default:
+    the one under `$LLM_DIT_CACHE`)."""
+    execute = EXECUTORS[check_choice(executor, EXECUTORS, "executor")]
+    work = plan_sweep(base, spec)  # refuses before anything is written
+    t0 = time.perf_counter()
+    with SweepDir(out_dir).writing(resume) as sweep:
+        todo = work.only(set(work.configs) - sweep.done())
+        sweep.write_spec(spec.model_dump(), base.model_dump(), work.runs)
+        stats = execute(Job(base, todo, sweep, batch_size, on_result, cache))
+        finished = sweep.runs()
+        summary = {
+            "name": spec.name,
+            "runs": len(work.runs),
+            "completed": sum(r["status"] == "ok" for r in finished),
+            "failed": sum(r["status"] == "failed" for r in finished),
+            "ran_now": len(todo.runs),
+            "vl_forward_passes": stats.forward_passes["vl"],
+            "text_forward_passes": stats.forward_passes["text"],
+            "cache_hits": stats.cache_hits,
+            "cache_misses": stats.cache_misses,
+            "plan": todo.passes(),
+            "executor": executor,
+            "batch_size": batch_size,
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+            "versions": library_versions(),
+        }
+        sweep.write_summary(summary)
+    return summary
+
+
+def run_experiment(
+    config: Config,
+    spec: SweepSpec,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    executor: str = "local",
+    batch_size: int = 1,
+    clip_model: str | None = None,
+    cache: TensorCache | None = None,
+    on_result: OnResult | None = None,
+) -> ExperimentResult:
+    """Run `spec` into `out_dir` (`run_sweep`, same arguments), score every finished run (`scoring.write_metrics`,
+    with the CLIP or SigLIP model `clip_model` if given) and write `grid.png` and `report.html`
+    (`report.build_report`)."""
+    summary = run_sweep(
+        config, spec, out_dir, resume=resume, batch_size=batch_size, executor=executor, on_result=on_result, cache=cache
+    )
+    metrics = write_metrics(out_dir, clip_model)
+    grid, report = build_report(out_dir)
+    return ExperimentResult(summary, metrics, grid, report)
