@@ -12,6 +12,7 @@ statistics of the same layer; and the two measurements the research notes disagr
 Attention sinks are found once per sequence and layer (`stats.find_sinks`) in the VL rows with the image, the VL
 rows without it and the text encoder's rows; they are reported (position, token, dims, values) and left out of
 every statistic above (span statistics, std ratios, influence and correlation use content rows only).
+`print_report` shows a report in a terminal (`llm-dit inspect` without `--json`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Any
 
 import torch
 from PIL import Image
+from rich.console import Console
+from rich.table import Table
 
-from .stats import SINK_RATIO, ReferenceStats, describe, describe_sinks, find_sinks, std_ratios
+from .stats import SINK_RATIO, ReferenceStats, describe, describe_sinks, find_sinks, sink_lines, std_ratios
 from .text import TextEncoder, render_prompt
 from .vl import VLEmbeddingExtractor, find_spans
 
@@ -127,3 +130,34 @@ def inspect_layers(
             "correlation_with_text_encoder": dimension_correlation(h_img, te[-n:][tail]),
         }
     return report
+
+
+def print_report(report: dict[str, Any], out: Console) -> None:
+    """An `inspect_layers` report for a terminal: per layer, a table of the spans (tokens, mean, std), then the std
+    ratios, image influence, correlation and attention sinks (one line each, `stats.sink_lines`)."""
+    for layer, r in report["layers"].items():
+        table = Table(title=f"layer {layer}", show_header=True)
+        for col in ("span", "tokens", "mean", "std"):
+            table.add_column(col)
+        for span, n in r["tokens"].items():
+            st = r["span_stats"].get(span, {})
+            table.add_row(span, str(n), f"{st.get('mean', float('nan')):.4g}", f"{st.get('std', float('nan')):.4g}")
+        out.print(table)
+        for key in ("std_ratio_image_pad", "std_ratio_text"):
+            if "median" in (ratio := r[key]):
+                out.print(
+                    f"  {key}: median {ratio['median']:.3g}, outliers above {ratio['outliers_above']}, "
+                    f"below {ratio['outliers_below']}, worst {[(d, round(x, 3)) for d, x in ratio['worst']]}"
+                )
+        corr = r["correlation_with_text_encoder"]
+        out.print(
+            f"  image influence at prompt rows: {r['image_influence']:.4g}; "
+            f"per-dim correlation with the text encoder: mean {corr['mean']:.3g}, median {corr['median']:.3g}"
+        )
+        for who, found in r["sinks"].items():
+            label = "VL" if who == "vl" else "text encoder"
+            out.print(
+                f"  attention sinks ({label}, ratio {found['ratio']:g}): {found['count'] or 'none'}", markup=False
+            )
+            for line in sink_lines(found["rows"]):
+                out.print(f"    {line}", markup=False, highlight=False)

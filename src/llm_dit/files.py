@@ -94,6 +94,15 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def read_lines(path: str | Path, label: str) -> list[str]:
+    """The non-blank lines of the text file `path`, stripped (e.g. one prompt a line); `UserError` naming `label`
+    when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{label} not found: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
 def load_image(path: str | Path, label: str = "image") -> Image.Image:
     """Open an image file as RGB, fully decoded, with a one-line `UserError` for every kind of bad file.
 

@@ -432,6 +432,17 @@ def describe_sinks(
     return {"ratio": float(ratio), "median_max_abs": median, "count": len(described), "rows": described}
 
 
+def sink_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per sink row of a `stats.describe_sinks` record: where it is, its token, the dims that carry it."""
+    out = []
+    for r in rows:
+        where = (f"prompt {r['prompt']} " if "prompt" in r else "") + f"position {r['position']}"
+        token = f" {r['token']!r}" if r.get("token") is not None else ""
+        dims = ", ".join(f"dim {d} = {v:.4g}" for d, v in r["dims"])
+        out.append(f"{where}{token}: {dims} ({r['ratio_to_median']:.3g}x the median row's max)")
+    return out
+
+
 def compute_reference_stats(
     rows: Tensor | Sequence[Tensor],
     layer: int,

@@ -76,6 +76,10 @@ def direction_pca(pos: Sequence[Tensor], neg: Sequence[Tensor]) -> Tensor:
     return _unit(d, "the principal component").float()
 
 
+# The ways to build a direction from positive and negative examples, by name (`llm-dit steer --method`).
+DIRECTIONS = {"mean_difference": direction_mean_difference, "pca": direction_pca}
+
+
 def _check_direction(d: object, label: str) -> Tensor:
     if not isinstance(d, Tensor) or d.ndim != 1 or d.numel() == 0 or not d.is_floating_point():
         shape = f"shape {list(d.shape)} {d.dtype}" if isinstance(d, Tensor) else type(d).__name__

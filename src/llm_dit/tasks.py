@@ -1,0 +1,221 @@
+"""One call per single-output command: read the input files, run the `Generator`, write the output with its record.
+
+`llm-dit generate`, `extract`, `encode`, `stats`, `inspect`, `steer` and `train-adapter` are each one of these calls
+on a resolved `Config`; a notebook working with the same files calls them too. Errors name config keys and these
+functions' arguments (`'neutral_image'`), never command-line flags.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .adapter import read_captions, train_adapter
+from .assemble import layer_weights
+from .condition import source_of
+from .config import Config
+from .diagnostics import INSPECT_LAYERS, inspect_layers
+from .errors import UserError, check_choice
+from .files import load_embeddings, load_image, read_lines, save_image, save_tensors
+from .generate import Generator
+from .records import direction_metadata, encoding_metadata, extraction_metadata, input_files
+from .stats import ReferenceStats
+from .steer import DIRECTIONS, load_direction, save_direction
+from .text import STATS_PROMPTS
+from .vl import pick_reference
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def generate_file(
+    config: Config,
+    prompt: str,
+    output: str | Path,
+    *,
+    image: str | Path | None = None,
+    init_image: str | Path | None = None,
+    steer: str | Path | None = None,
+    vl_embeddings: str | Path | None = None,
+    neutral_image: str | Path | None = None,
+    neutral_embeddings: str | Path | None = None,
+    embeddings: str | Path | None = None,
+) -> Path:
+    """One image into `output` (PNG) and its sidecar, conditioned by at most one of `image` (reference),
+    `vl_embeddings` (VL rows of `extract`), `embeddings` (caption rows used as they are) and `steer` (a direction
+    file); `neutral_image` or `neutral_embeddings` for style_delta; `init_image` for image-to-image. The record
+    lists every input file with its SHA-256."""
+    output = Path(output)
+    if output.suffix.lower() != ".png":
+        raise UserError(f"output must be a .png file: {output}")
+    if neutral_image and neutral_embeddings:
+        raise UserError("give one of 'neutral_image', 'neutral_embeddings'")
+    neutral_rows = load_embeddings(neutral_embeddings, "neutral embeddings") if neutral_embeddings else None
+    source = source_of(
+        reference=load_image(image, "reference image") if image else None,
+        vl_rows=load_embeddings(vl_embeddings, "VL embeddings") if vl_embeddings else None,
+        caption_rows=load_embeddings(embeddings, "embeddings") if embeddings else None,
+        direction=load_direction(steer)[0] if steer else None,
+        neutral=load_image(neutral_image, "neutral image") if neutral_image else neutral_rows,
+    )
+    init = load_image(init_image, "init image") if init_image else None
+    result = Generator(config).generate(prompt, source, init_image=init)
+    files = {
+        "reference_image": image,
+        "init_image": init_image,
+        "vl_embeddings": vl_embeddings,
+        "neutral_image": neutral_image,
+        "neutral_embeddings": neutral_embeddings,
+        "embeddings": embeddings,
+        "steer": steer,
+    }
+    inputs = input_files({role: Path(p) if p else None for role, p in files.items()})
+    return save_image(result.image, output, result.record | {"inputs": inputs, "output": str(output)})
+
+
+def extract_file(config: Config, image: str | Path, output: str | Path, text: str | None = None) -> dict[str, Any]:
+    """VL rows of `image` + `text` with the `vl` settings (weighted layers combined) into a safetensors file;
+    returns a summary (output, cache hit or miss, shape, layer, token mode, spans, variant, masked dims, sinks)."""
+    rows, extracted = Generator(config).extract(load_image(image, "image"), text)
+    e = next(iter(extracted.values()))
+    meta = extraction_metadata(rows, extracted, layer_weights(config.vl), Path(image))
+    save_tensors(output, {"embeddings": rows}, meta)
+    return {
+        "output": str(output),
+        "cache": e.cache,
+        "shape": list(rows.shape),
+        "hidden_layer": meta["hidden_layer"],
+        "token_mode": e.token_mode,
+        "spans": e.spans.as_dict(),
+        "variant": e.variant,
+        "masked_dimensions": meta["masked_dimensions"],
+        "sinks": e.sinks,
+    }
+
+
+def encode_file(config: Config, prompt: str, output: str | Path) -> dict[str, Any]:
+    """The caption rows the DiT would see for `prompt` (`encoder` settings) into a safetensors file; returns a
+    summary (output, cache hit or miss, shape, layer)."""
+    gen = Generator(config)
+    te = gen.components.text_encoder
+    before = te.forward_passes
+    encoded = gen.encode(prompt)
+    meta = encoding_metadata(prompt, encoded, config.encoder, te.identity)
+    save_tensors(output, {"embeddings": encoded.embeddings}, meta)
+    return {
+        "output": str(output),
+        "cache": "miss" if te.forward_passes > before else "hit",
+        "shape": list(encoded.embeddings.shape),
+        "hidden_layer": encoded.hidden_layer,
+    }
+
+
+def stats_file(
+    config: Config, output: str | Path, layer: int = -2, prompts: str | Path | None = None
+) -> ReferenceStats:
+    """Per-dimension statistics of the text encoder's content rows at `layer` (attention sinks left out, by
+    `vl.sink_ratio`) over the built-in prompts or those of the file `prompts` (one a line), saved to `output`."""
+    lines = STATS_PROMPTS if prompts is None else tuple(read_lines(prompts, "prompts file"))
+    if not lines:
+        raise UserError(f"prompts file has no prompts: {prompts}")
+    result = Generator(config).components.text_encoder.reference_stats([layer], lines, config.vl.sink_ratio)[layer]
+    result.save(output)
+    return result
+
+
+def inspect_image(config: Config, image: str | Path, prompt: str, layers: list[int] | None = None) -> dict[str, Any]:
+    """`diagnostics.inspect_layers` of `image` + `prompt` at `layers` (default: `INSPECT_LAYERS` and the layers
+    generation would extract), each against its reference statistics; `settings` lists the config keys that
+    acted."""
+    components = Generator(config).components
+    v, enc = config.vl, config.encoder
+    # acted: the prompt templates, the statistics the ratios use and, without `layers`, the configured VL layers
+    acted: dict[str, Any] = {}
+    if layers:
+        wanted = list(dict.fromkeys(layers))
+    else:
+        acted = {"vl.layers": v.layers} if v.layers else {"vl.hidden_layer": v.hidden_layer}
+        wanted = sorted({*INSPECT_LAYERS, *layer_weights(v)}, reverse=True)
+    refs = components.reference_stats(wanted, v)
+    if not isinstance(refs, dict):  # one statistics file (vl.reference_stats) for every layer; warns on a mismatch
+        refs = {layer: pick_reference(refs, layer) for layer in wanted}
+    report = inspect_layers(
+        components.vl,
+        components.text_encoder,
+        load_image(image, "image"),
+        prompt,
+        wanted,
+        refs,
+        system_prompt=v.system_prompt,
+        text_system_prompt=enc.system_prompt,
+        think_block=enc.think_block,
+        sink_ratio=v.sink_ratio,
+    )
+    report["settings"] = acted | {
+        "vl.sink_ratio": v.sink_ratio,
+        "vl.system_prompt": v.system_prompt,
+        "encoder.system_prompt": enc.system_prompt,
+        "encoder.think_block": enc.think_block,
+        "vl.reference_stats": v.reference_stats,  # None: the text encoder's statistics of each layer
+    }
+    return report
+
+
+def read_pairs(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """`{"positive": [(prompt, image)], "negative": [...]}` from a pairs TOML: `[[pairs]]` tables with `prompt`,
+    `positive`, `negative`, or one `prompt` with `positive` and `negative` lists (image paths as written)."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"pairs file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"pairs file {path} is not valid TOML: {e}") from None
+    if "pairs" in data:
+        items = [(p.get("prompt", ""), p["positive"], p["negative"]) for p in data["pairs"]]
+        return {"positive": [(t, pos) for t, pos, _ in items], "negative": [(t, neg) for t, _, neg in items]}
+    if {"positive", "negative"} <= data.keys():
+        return {side: [(data.get("prompt", ""), image) for image in data[side]] for side in ("positive", "negative")}
+    raise UserError(f"pairs file {path} needs [[pairs]] tables or 'positive' and 'negative' lists")
+
+
+def steer_file(config: Config, pairs: str | Path, output: str | Path, method: str = "mean_difference") -> Path:
+    """A steering direction from the contrastive examples of the pairs file (`read_pairs`; images relative to its
+    folder), each extracted exactly as generation extracts a reference, into `output`."""
+    direction_of = DIRECTIONS[check_choice(method, DIRECTIONS, "method")]
+    pairs = Path(pairs)
+    examples = read_pairs(pairs)
+    gen = Generator(config)
+    # the same rows generation would blend: every vl extraction setting acts (layers, system prompt, masking...)
+    rows = {
+        side: [gen.extract(load_image(pairs.parent / path, f"{side} image"), text or None)[0] for text, path in entries]
+        for side, entries in examples.items()
+    }
+    direction = direction_of(rows["positive"], rows["negative"])
+    used = {side: [path for _, path in entries] for side, entries in examples.items()}
+    meta = direction_metadata(method, config, layer_weights(config.vl), gen.components.vl.identity, used)
+    return save_direction(output, direction, meta)
+
+
+def train_adapter_file(
+    config: Config,
+    images: str | Path,
+    output: str | Path,
+    *,
+    captions: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    **training: Any,
+) -> Path:
+    """An adapter trained on the images of the folder `images` (`IMAGE_SUFFIXES`) with `captions` (missing ones
+    are written by the VL model) into `output`; `training` are `adapter.train_adapter`'s settings (kind, rank,
+    lam, steps, lr, resume); checkpoints in `checkpoint_dir` (default: OUTPUT.ckpt/)."""
+    folder, output = Path(images), Path(output)
+    if not folder.is_dir():
+        raise UserError(f"images folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"no images (png, jpg, webp) in {folder}")
+    checkpoints = checkpoint_dir or output.with_suffix(".ckpt")
+    adapter, meta = train_adapter(
+        Generator(config), files, read_captions(captions), checkpoint_dir=checkpoints, **training
+    )
+    return adapter.save(output, meta)
