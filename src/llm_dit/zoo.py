@@ -225,48 +225,21 @@ class ZooSpec:
     vae_channels: int
 
 
+# One row per preset, grouped as the spec's fields are: text stacks | vision tower | DiT | VAE.
+# fmt: off
 PRESETS: dict[str, ZooSpec] = {
     "tiny": ZooSpec(
-        vocab_target=1024,
-        hidden=64,
-        layers=8,
-        heads=4,
-        kv_heads=2,
-        head_dim=16,
-        intermediate=128,
-        mrope_section=(4, 2, 2),
-        vision_depth=4,
-        vision_hidden=32,
-        vision_heads=2,
-        deepstack=(1, 2, 3),
-        dit_dim=64,
-        dit_layers=2,
-        dit_refiner_layers=1,
-        dit_heads=2,
-        dit_axes_dims=(8, 12, 12),
-        vae_channels=16,
+        vocab_target=1024, hidden=64, layers=8, heads=4, kv_heads=2, head_dim=16, intermediate=128,
+        mrope_section=(4, 2, 2), vision_depth=4, vision_hidden=32, vision_heads=2, deepstack=(1, 2, 3),
+        dit_dim=64, dit_layers=2, dit_refiner_layers=1, dit_heads=2, dit_axes_dims=(8, 12, 12), vae_channels=16,
     ),
     "small": ZooSpec(
-        vocab_target=2048,
-        hidden=256,
-        layers=12,
-        heads=8,
-        kv_heads=2,
-        head_dim=32,
-        intermediate=768,
-        mrope_section=(6, 5, 5),
-        vision_depth=6,
-        vision_hidden=128,
-        vision_heads=4,
-        deepstack=(1, 3, 4),
-        dit_dim=384,
-        dit_layers=6,
-        dit_refiner_layers=2,
-        dit_heads=6,
-        dit_axes_dims=(16, 24, 24),
-        vae_channels=32,
+        vocab_target=2048, hidden=256, layers=12, heads=8, kv_heads=2, head_dim=32, intermediate=768,
+        mrope_section=(6, 5, 5), vision_depth=6, vision_hidden=128, vision_heads=4, deepstack=(1, 3, 4),
+        dit_dim=384, dit_layers=6, dit_refiner_layers=2, dit_heads=6, dit_axes_dims=(16, 24, 24), vae_channels=32,
     ),
 }
+# fmt: on
 
 
 def zoo_key(preset: str) -> str:
