@@ -236,8 +236,7 @@ def sweep(
     as_json: Json = False,
 ) -> None:
     """Run a sweep: every combination of the axes (plus the pure-text baseline) with metrics, grid and report."""
-    from .experiment import EXECUTORS, run_experiment
-    from .sweep import plan_sweep
+    from .experiment import EXECUTORS, checked_plan, run_experiment
 
     if list_presets:
         print_presets()
@@ -249,7 +248,7 @@ def sweep(
     resolved = sweep_spec(given, spec, preset, prompts_file, img2img, no_baseline)
     cfg = given.config("models")
     if dry_run:
-        work = plan_sweep(cfg, resolved)
+        work = checked_plan(cfg, resolved)
         if as_json:
             print(json.dumps(work.as_dict() | {"run_list": work.runs}, indent=2, default=str))
         else:
@@ -270,6 +269,25 @@ def sweep(
             f"{summary['vl_forward_passes']} VL and {summary['text_forward_passes']} text forward passes"
         )
         print(result.report)
+    exit_if_runs_failed(summary, output)
+
+
+RUNS_FAILED = 3
+"""Exit code of a command whose sweep finished with failed runs (everything else written; `--resume` retries them)."""
+
+
+def exit_if_runs_failed(summary: dict, out_dir: Path) -> None:
+    """Say how many runs failed (stderr) and exit `RUNS_FAILED`; nothing when every run is done."""
+    from .sweepdir import SweepDir
+
+    if summary["failed"]:
+        console.print(
+            f"{summary['failed']} of {summary['runs']} runs failed (errors in {out_dir / SweepDir.RESULTS}); "
+            "rerun with --resume to retry them",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(RUNS_FAILED)
 
 
 def sweep_spec(
@@ -348,6 +366,7 @@ def demo(
     sweep = run_experiment(cfg, spec, out / "sweep", resume=True)
     print(f"sweep: {sweep.summary['completed']} runs, {sweep.summary['vl_forward_passes']} VL forward passes")
     print(f"report: {sweep.report}")
+    exit_if_runs_failed(sweep.summary, out / "sweep")
 
 
 @app.command()

@@ -103,6 +103,41 @@ class SweepDir:
         if results.exists() and (data := results.read_bytes()) and not data.endswith(b"\n"):
             atomic_write_bytes(results, data[: data.rfind(b"\n") + 1])
 
+    def check_plan(self, config: dict[str, Any], runs: list[Record]) -> None:
+        """Refuse to resume with a plan other than the one in `spec.json` (`UserError` naming the difference: runs
+        planned now and not there, or there and not now, and base-config keys whose values differ): a resumed
+        sweep must finish the sweep it started, not mix two. A directory without `spec.json` has nothing to
+        compare."""
+        before = _read_object(self.path / self.SPEC)
+        if not before:
+            return
+        then = {str(r.get("id")): r for r in before.get("runs", []) if isinstance(r, dict)}
+        now = {str(r["id"]): r for r in runs}
+        problems = []
+        if then.keys() != now.keys():
+
+            def names(ids: list[str]) -> str:
+                shown = [f"'{(now | then)[i].get('label')}' ({i})" for i in ids[:4]]
+                return ", ".join(shown + ([f"{len(ids) - 4} more"] if len(ids) > 4 else [])) or "none"
+
+            new, gone = [i for i in now if i not in then], [i for i in then if i not in now]
+            counts = f"{len(now)} planned now, {len(then)} in {self.path}"
+            problems.append(f"runs differ: {counts}; new: {names(new)}; gone: {names(gone)}")
+        old_config = before.get("config", {})
+        differ = [
+            f"{section}.{key} ({value!r} now, {old_config[section][key]!r} there)"
+            for section, values in json.loads(json.dumps(config, default=str)).items()
+            for key, value in values.items()
+            if key in old_config.get(section, {}) and old_config[section][key] != value
+        ]
+        if differ:
+            problems.append(f"base config differs: {', '.join(differ[:4])}")
+        if problems:
+            raise UserError(
+                f"cannot resume {self.path} with another plan: {'; '.join(problems)}; use a new directory, or the "
+                "command that started it"
+            )
+
     def write_spec(self, spec: dict[str, Any], config: dict[str, Any], runs: list[Record]) -> Path:
         """`spec.json`: the resolved spec, the base config and every run of the sweep."""
         return write_json(self.path / self.SPEC, {"spec": spec, "config": config, "runs": runs})
@@ -155,8 +190,9 @@ class SweepDir:
         return list(runs.values())
 
     def done(self) -> set[str]:
-        """Ids of the runs with a result (ok or failed): a resumed sweep does not run them again."""
-        return {str(record["id"]) for record in self.lines()}
+        """Ids of the runs whose last result is ok: a resumed sweep does not run them again (it retries failed
+        ones; their new line wins, `runs`)."""
+        return {str(record["id"]) for record in self.runs() if record.get("status") == "ok"}
 
     def summary(self) -> dict[str, Any]:
         """`sweep.json`; `{}` when absent or unreadable."""
