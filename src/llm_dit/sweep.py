@@ -120,7 +120,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "blend_comparison": {
         "axes": {"vl.blend": ["interpolate", "adain", "adain_per_dim", "slerp"], "vl.alpha": [0.3, 0.5]},
     },
-    "strength_sweep": {"img2img": True, "axes": {"generation.strength": [0.5, 0.7, 0.9, 1.0]}},
+    # each value skips at least one of the default 9 steps (diffusers skips int(N - N*strength)): each one acts
+    "strength_sweep": {"img2img": True, "axes": {"generation.strength": [0.5, 0.6, 0.7, 0.8]}},
     "think_comparison": {"axes": {"encoder.think_block": [False, True]}},
     # every blend mode but the `linear` alias, `style_delta` (needs a neutral image: see its own preset) and
     # `replace` (alpha is a 0/1 switch, not a strength: see vl_only_vs_qwen3)
