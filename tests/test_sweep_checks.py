@@ -6,6 +6,9 @@ End-to-end runs use the tiny zoo at 32x32 px and 2 steps."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from llm_dit.sweepdir import SweepDir
@@ -143,3 +146,41 @@ def test_resuming_with_a_different_plan_is_refused_naming_the_difference(cli, zo
     assert r.code == 2 and "runs differ: 3 planned now, 3 in" in r.err, r.err
     assert (out / "results.jsonl").read_bytes() == before
     assert cli("sweep", "--alphas", "0.3,0.6", *base, "--resume").code == 0  # the same plan resumes
+
+
+def test_spec_file_paths_resolve_against_the_spec_files_folder(cli, zoo, tmp_path, monkeypatch):
+    """Before: a spec's image (and every other input) path was read from the current directory, so a spec beside
+    its images only worked when run from its own folder."""
+
+    from llm_dit.sweep import SweepSpec
+
+    folder = tmp_path / "study"
+    (folder / "refs").mkdir(parents=True)
+    shutil.copy(REF, folder / "refs" / "ref.png")
+    shutil.copy(OTHER, folder / "refs" / "init.png")
+    stats = REPO / "src" / "llm_dit" / "data" / "qwen3-4b_layer-2_stats.safetensors"
+    shutil.copy(stats, folder / "stats.safetensors")
+    (folder / "spec.toml").write_text(
+        'prompts = ["a house"]\nimages = ["refs/ref.png"]\ninit_image = "refs/init.png"\n'
+        '[fixed]\n"vl.normalize" = "global"\n"vl.reference_stats" = "stats.safetensors"\n'
+        '[axes]\n"vl.alpha" = [0.3, 0.6]\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    r = cli("sweep", "--spec", folder / "spec.toml", *TINY, "--dry-run", "--json")
+    assert r.code == 0, r.err
+    variants = [x for x in json.loads(r.out)["run_list"] if x["kind"] == "variant"]
+    assert {x["image"] for x in variants} == {str(folder / "refs" / "ref.png")}
+    assert {x["init_image"] for x in variants} == {str(folder / "refs" / "init.png")}
+    assert {x["settings"]["vl.reference_stats"] for x in variants} == {str(folder / "stats.safetensors")}
+    # every input field and path setting; absolute paths and unset values are kept
+    spec = SweepSpec(
+        images=["a.png", "/abs/b.png"],
+        steer="d.safetensors",
+        neutral_image="n.png",
+        axes={"vl.adapter": ["x.safetensors", None], "vl.alpha": [0.3]},
+        variants=[{"vl.reference_stats": "s.safetensors", "label": "v"}],
+    ).relative_to(folder)
+    assert spec.images == [str(folder / "a.png"), "/abs/b.png"] and spec.init_image is None
+    assert (spec.steer, spec.neutral_image) == (str(folder / "d.safetensors"), str(folder / "n.png"))
+    assert spec.axes == {"vl.adapter": [str(folder / "x.safetensors"), None], "vl.alpha": [0.3]}
+    assert spec.variants == [{"vl.reference_stats": str(folder / "s.safetensors"), "label": "v"}]

@@ -70,9 +70,11 @@ class SweepSpec(BaseModel):
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SweepSpec:
+        """The spec in the TOML file `path`; its relative paths (`PATH_FIELDS`, `PATH_SETTINGS`) are relative to
+        the file's folder, as a steering pairs file's are."""
         path = Path(path)
         try:
-            return cls.model_validate(tomllib.loads(path.read_text()))
+            return cls.model_validate(tomllib.loads(path.read_text())).relative_to(path.parent)
         except FileNotFoundError:
             raise UserError(f"sweep spec not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
@@ -81,6 +83,29 @@ class SweepSpec(BaseModel):
             err = e.errors()[0]
             raise UserError(f"sweep spec {path}: '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
 
+
+    def relative_to(self, folder: Path) -> SweepSpec:
+        """This spec with its relative input paths (`PATH_FIELDS`, and the `PATH_SETTINGS` values of `fixed`,
+        `axes` and `variants`) joined to `folder`; absolute paths and unset values are kept."""
+
+        def join(value: Any) -> Any:
+            return str(folder / value) if isinstance(value, str) and not Path(value).is_absolute() else value
+
+        def settings(values: dict[str, Any]) -> dict[str, Any]:
+            return {k: join(v) if k in PATH_SETTINGS else v for k, v in values.items()}
+
+        update: dict[str, Any] = {"images": [join(p) for p in self.images]}
+        update |= {field: join(getattr(self, field)) for field in PATH_FIELDS if field != "images"}
+        update["fixed"] = settings(self.fixed)
+        update["axes"] = {k: [join(v) for v in vs] if k in PATH_SETTINGS else vs for k, vs in self.axes.items()}
+        update["variants"] = [settings(v) for v in self.variants]
+        return self.model_copy(update=update)
+
+
+PATH_FIELDS = ("images", "init_image", "neutral_image", "steer")
+"""`SweepSpec` fields that name input files."""
+PATH_SETTINGS = ("vl.adapter", "vl.reference_stats")
+"""Settings a sweep may set whose values name input files."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "alpha": {"axes": {"vl.alpha": [0.1, 0.3, 0.5, 0.7, 1.0]}},
