@@ -216,9 +216,13 @@ def train_adapter_cmd(
     from .tasks import train_adapter_file
 
     training = {"kind": kind, "rank": rank, "lam": lam, "steps": finetune_steps, "lr": lr, "resume": resume}
-    print(
-        train_adapter_file(given.config(), images, output, captions=captions, checkpoint_dir=checkpoint_dir, **training)
-    )
+    try:
+        path = train_adapter_file(
+            given.config(), images, output, captions=captions, checkpoint_dir=checkpoint_dir, **training
+        )
+    except UserError as e:  # --captions is this command's own option, not one of the table's
+        raise UserError(str(e).replace("'captions'", "'captions' (--captions)", 1)) from None
+    print(path)
 
 
 @app.command()

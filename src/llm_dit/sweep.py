@@ -83,7 +83,6 @@ class SweepSpec(BaseModel):
             err = e.errors()[0]
             raise UserError(f"sweep spec {path}: '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
 
-
     def relative_to(self, folder: Path) -> SweepSpec:
         """This spec with its relative input paths (`PATH_FIELDS`, and the `PATH_SETTINGS` values of `fixed`,
         `axes` and `variants`) joined to `folder`; absolute paths and unset values are kept."""
