@@ -7,7 +7,13 @@ End-to-end runs use the tiny zoo at 32x32 px and 2 steps."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -184,3 +190,25 @@ def test_spec_file_paths_resolve_against_the_spec_files_folder(cli, zoo, tmp_pat
     assert (spec.steer, spec.neutral_image) == (str(folder / "d.safetensors"), str(folder / "n.png"))
     assert spec.axes == {"vl.adapter": [str(folder / "x.safetensors"), None], "vl.alpha": [0.3]}
     assert spec.variants == [{"vl.reference_stats": str(folder / "s.safetensors"), "label": "v"}]
+
+
+def test_sigint_says_what_was_saved_and_how_to_resume(zoo, tmp_path):
+    """A real SIGINT to a sweep in a subprocess (as Ctrl-C sends): before, it exited 130 silently."""
+    out = tmp_path / "i"
+    args = ["sweep", "--alphas", "0.1,0.2,0.3,0.4,0.5", "-i", str(REF), "-p", "a mill", *TINY, "-o", str(out)]
+    cmd = [sys.executable, "-m", "llm_dit", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and len(SweepDir(out).lines()) < 1 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    done = sum(x["status"] == "ok" for x in SweepDir(out).runs())
+    lines = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert len(lines) == 1 and f"interrupted: {done} of 6 runs saved in {out}; resume with: " in lines[0], err
+    resume = shlex.split(lines[0].split("resume with: ", 1)[1])
+    assert resume[0] == "llm-dit" and resume[1:] == [*args, "--resume"]
+    finished = subprocess.run([sys.executable, "-m", "llm_dit", *resume[1:]], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert len(SweepDir(out).runs()) == 6 and all(x["status"] == "ok" for x in SweepDir(out).runs())

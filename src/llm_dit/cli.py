@@ -9,11 +9,12 @@ traceback (`--debug` shows it), with the command's flags beside the config keys 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -263,7 +264,11 @@ def sweep(
                 f"{len(work.unique_encodes)} unique text encodes"
             )
         return
-    result = run_experiment(cfg, resolved, output, **run)
+    try:
+        result = run_experiment(cfg, resolved, output, **run)
+    except KeyboardInterrupt:
+        resume = [] if run["resume"] else ["--resume"]
+        interrupted(output, shlex.join(["llm-dit", *sys.argv[1:], *resume]))
     summary = result.summary
     if as_json:
         print(json.dumps(summary | {"grid": str(result.grid), "report": str(result.report)}, indent=2))
@@ -274,6 +279,23 @@ def sweep(
         )
         print(result.report)
     exit_if_runs_failed(summary, output)
+
+
+INTERRUPTED = 130
+"""Exit code after SIGINT (Ctrl-C), as a shell reports a process it interrupted (128 + SIGINT)."""
+
+
+def interrupted(out_dir: Path, command: str) -> NoReturn:
+    """After SIGINT during a sweep: say what was saved (runs done of runs planned) and the command that resumes it
+    (stderr), and exit `INTERRUPTED`."""
+    from .sweepdir import SweepDir
+
+    sweep = SweepDir(out_dir)
+    planned = sweep.planned()
+    done = sum(r.get("status") == "ok" for r in sweep.runs())
+    saved = f"{done} of {planned} runs saved in {out_dir}" if planned is not None else "nothing saved yet"
+    console.print(f"interrupted: {saved}; resume with: {command}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(INTERRUPTED)
 
 
 RUNS_FAILED = 3
@@ -367,7 +389,10 @@ def demo(
     print(f"reference-conditioned image: {single} (settings in {single.with_suffix('.json')})")
 
     spec = resolve_spec(SweepSpec(prompts=[prompt], images=[str(ref)]), "vl_only_vs_qwen3", {}, small)
-    sweep = run_experiment(cfg, spec, out / "sweep", resume=True)
+    try:
+        sweep = run_experiment(cfg, spec, out / "sweep", resume=True)
+    except KeyboardInterrupt:  # the demo always resumes: the same command finishes it
+        interrupted(out / "sweep", shlex.join(["llm-dit", *sys.argv[1:]]))
     print(f"sweep: {sweep.summary['completed']} runs, {sweep.summary['vl_forward_passes']} VL forward passes")
     print(f"report: {sweep.report}")
     exit_if_runs_failed(sweep.summary, out / "sweep")

@@ -194,6 +194,11 @@ class SweepDir:
         ones; their new line wins, `runs`)."""
         return {str(record["id"]) for record in self.runs() if record.get("status") == "ok"}
 
+    def planned(self) -> int | None:
+        """How many runs `spec.json` plans; None before a sweep wrote it."""
+        runs = _read_object(self.path / self.SPEC).get("runs")
+        return len(runs) if isinstance(runs, list) else None
+
     def summary(self) -> dict[str, Any]:
         """`sweep.json`; `{}` when absent or unreadable."""
         return _read_object(self.path / self.SUMMARY)
