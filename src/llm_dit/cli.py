@@ -291,9 +291,9 @@ def interrupted(out_dir: Path, command: str) -> NoReturn:
     from .sweepdir import SweepDir
 
     sweep = SweepDir(out_dir)
-    planned = sweep.planned()
+    planned = len(sweep.plan())
     done = sum(r.get("status") == "ok" for r in sweep.runs())
-    saved = f"{done} of {planned} runs saved in {out_dir}" if planned is not None else "nothing saved yet"
+    saved = f"{done} of {planned} runs saved in {out_dir}" if planned else "nothing saved yet"
     console.print(f"interrupted: {saved}; resume with: {command}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(INTERRUPTED)
 

@@ -111,7 +111,7 @@ class SweepDir:
         before = _read_object(self.path / self.SPEC)
         if not before:
             return
-        then = {str(r.get("id")): r for r in before.get("runs", []) if isinstance(r, dict)}
+        then = {str(r["id"]): r for r in self.plan()}
         now = {str(r["id"]): r for r in runs}
         problems = []
         if then.keys() != now.keys():
@@ -194,10 +194,11 @@ class SweepDir:
         ones; their new line wins, `runs`)."""
         return {str(record["id"]) for record in self.runs() if record.get("status") == "ok"}
 
-    def planned(self) -> int | None:
-        """How many runs `spec.json` plans; None before a sweep wrote it."""
+    def plan(self) -> list[Record]:
+        """The planned runs of `spec.json`, in plan order (the order their settings were asked in); `[]` before a
+        sweep wrote it."""
         runs = _read_object(self.path / self.SPEC).get("runs")
-        return len(runs) if isinstance(runs, list) else None
+        return [r for r in runs if isinstance(r, dict) and "id" in r] if isinstance(runs, list) else []
 
     def summary(self) -> dict[str, Any]:
         """`sweep.json`; `{}` when absent or unreadable."""
