@@ -98,7 +98,8 @@ def test_each_input_image_is_decoded_once_per_sweep(cli, zoo, tmp_path, monkeypa
         return real(path, label)
 
     monkeypatch.setattr(sweep, "load_image", counting)
-    r = cli("sweep", "--alphas", "0.3,0.6", "-i", REF, "--init-image", OTHER, "-p", "a", *TINY, "-o", tmp_path / "d")
+    args = ["--alphas", "0.3,0.6", "-i", REF, "--init-image", OTHER, "--strength", "0.5", "-p", "a", *TINY]
+    r = cli("sweep", *args, "-o", tmp_path / "d")
     assert r.code == 0, r.err
     assert sorted(decoded) == sorted([str(REF), str(OTHER)])
 
@@ -146,10 +147,10 @@ def test_resuming_with_a_different_plan_is_refused_naming_the_difference(cli, zo
     before = (out / "results.jsonl").read_bytes()
     r = cli("sweep", "--alphas", "0.3,0.9", *base, "--resume")
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
-    assert "runs differ: 3 planned now, 3 in" in r.err
+    assert f"runs differ: 3 planned now, 3 in {out} (vl.alpha 0.9 now, 0.6 there)" in r.err
     assert "new: 'alpha=0.9'" in r.err and "gone: 'alpha=0.6'" in r.err
     r = cli("sweep", "-i", OTHER, "--alphas", "0.3,0.6", *base[2:], "--resume")
-    assert r.code == 2 and "runs differ: 3 planned now, 3 in" in r.err, r.err
+    assert r.code == 2 and f'(image "{OTHER}" now, "{REF}" there)' in r.err, r.err
     assert (out / "results.jsonl").read_bytes() == before
     assert cli("sweep", "--alphas", "0.3,0.6", *base, "--resume").code == 0  # the same plan resumes
 

@@ -122,7 +122,8 @@ class SweepDir:
 
             new, gone = [i for i in now if i not in then], [i for i in then if i not in now]
             counts = f"{len(now)} planned now, {len(then)} in {self.path}"
-            problems.append(f"runs differ: {counts}; new: {names(new)}; gone: {names(gone)}")
+            why = _differing_values([now[i] for i in new], [then[i] for i in gone])
+            problems.append(f"runs differ: {counts}{why}; new: {names(new)}; gone: {names(gone)}")
         old_config = before.get("config", {})
         differ = [
             f"{section}.{key} ({value!r} now, {old_config[section][key]!r} there)"
@@ -217,3 +218,22 @@ def _read_object(path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _differing_values(new: list[Record], gone: list[Record]) -> str:
+    """What tells new runs from gone ones: the run fields and settings whose values differ between the two sets,
+    as ` (image 'a.png' now, 'b.png' there)`; empty when nothing tells them apart at a glance."""
+
+    def values(runs: list[Record], key: str) -> list[str]:
+        field = key.removeprefix("settings:")
+        got = [(r.get("settings") or {}).get(field) if key != field else r.get(field) for r in runs]
+        return sorted({json.dumps(v, default=str) for v in got})
+
+    keys = ["prompt", "image", "init_image", "steer", "neutral_image"]
+    keys += sorted({f"settings:{k}" for r in new + gone for k in (r.get("settings") or {})})
+    differ = [
+        f"{key.removeprefix('settings:')} {', '.join(values(new, key))} now, {', '.join(values(gone, key))} there"
+        for key in keys
+        if new and gone and values(new, key) != values(gone, key)
+    ]
+    return f" ({'; '.join(differ[:3])})" if differ else ""
