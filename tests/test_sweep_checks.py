@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from llm_dit.adapter import Adapter
 from llm_dit.sweepdir import SweepDir
 
 from .conftest import REPO
@@ -43,6 +44,7 @@ def _bad_file(tmp_path, name: str, data: bytes = b"not what it should be"):
         ("bad-neutral-image", "is not an image file"),
         ("missing-steer", "not found"),
         ("bad-adapter", "adapter file"),
+        ("adapter-width", "has width 32, the DiT caption width is 64"),
         ("missing-reference-stats", "reference stats file not found"),
     ],
 )
@@ -62,6 +64,7 @@ def test_sweep_refuses_a_bad_input_or_setting_before_any_model_loads(
         "bad-neutral-image": [*image, "--blend", "style_delta", "--neutral-image", _bad_file(tmp_path, "n.png")],
         "missing-steer": ["--steer", tmp_path / "nothere.safetensors", "--alphas", "0.5,1"],
         "bad-adapter": [*image, "--alphas", "0.3", "--adapter", _bad_file(tmp_path, "a.safetensors")],
+        "adapter-width": [*image, "--alphas", "0.3", "--adapter", Adapter(32, "affine").save(tmp_path / "w.st")],
         "missing-reference-stats": [
             *image,
             "--alphas",

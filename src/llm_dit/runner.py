@@ -19,7 +19,7 @@ from typing import Any
 from .adapter import check_use
 from .assemble import refuse, step_alphas
 from .cache import TensorCache
-from .components import Components
+from .components import Components, caption_width, check_adapter_width
 from .condition import Reference, Source, Steering, Text
 from .config import Config
 from .errors import UserError
@@ -93,7 +93,8 @@ def validate(plan: Plan, inputs: Inputs) -> None:
     """Check every input and every run's settings before any model loads: each file a run names is read once into
     `inputs` (images decoded, steering directions, adapters and reference statistics loaded and checked), and each
     run's settings go through `assemble.refuse` with every alpha its schedule uses, as `Generator.prepare` checks
-    one image, plus the adapter's trained settings (`adapter.check_use`). `UserError` naming the first bad run."""
+    one image, plus the adapter's width and trained settings (`adapter.check_use`). `UserError` naming the first
+    bad run."""
     for run in plan.runs:
         config = plan.config(run)
         try:
@@ -103,7 +104,9 @@ def validate(plan: Plan, inputs: Inputs) -> None:
             v = config.vl
             if isinstance(source, Reference):
                 if v.adapter:
-                    check_use(v.adapter, inputs.adapter(v.adapter)[1], config)
+                    adapter, meta = inputs.adapter(v.adapter)
+                    check_adapter_width(v.adapter, adapter, caption_width(config.models.zimage))
+                    check_use(v.adapter, meta, config)
                 if v.reference_stats:
                     inputs.stats(v.reference_stats)
         except UserError as e:
