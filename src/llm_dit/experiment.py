@@ -1,7 +1,8 @@
 """Experiments: a sweep run, scored and reported by one call.
 
-`run_sweep` plans a spec (`sweep.plan_sweep`: each run's config resolved once, runs that could not do what they
-say refused before anything is written), holds the sweep directory (`sweepdir.SweepDir.writing`: lock, resume,
+`run_sweep` plans a spec (`checked_plan`: `sweep.plan_sweep` resolves each run's config once and refuses runs
+that could not do what they say, `runner.validate` reads every input once and checks every run's settings, all
+before anything is written or any model loads), holds the sweep directory (`sweepdir.SweepDir.writing`: lock, resume,
 repair), hands the runs not yet done to an executor (`EXECUTORS`: `runner.run_local` or `distributed.run_on_ray`,
 which return the same `runner.Stats`) and writes the summary. `run_experiment` is `run_sweep`, then the metrics
 (`scoring.write_metrics`), then `grid.png` and `report.html` (`report.build_report`): what `llm-dit sweep` and

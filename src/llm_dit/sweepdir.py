@@ -3,7 +3,7 @@
 ```
 DIR/
 ├── .lock            held (`filelock`) while a sweep writes here: a second sweep into DIR fails
-├── spec.json        what was asked: the resolved spec, the base config and every run
+├── spec.json        what was asked: the resolved spec, the base config and every run (a resume must match it)
 ├── results.jsonl    one JSON line per finished run, appended (and fsynced) after its image
 ├── images/<id>.png  one image per successful run
 ├── sweep.json       the summary of the last `run_sweep`
