@@ -443,3 +443,26 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
     rows = [x for x in SweepDir(sweep).lines() if x["kind"] == "variant"]
     assert sorted(str(x["settings"]["vl.adapter"]) for x in rows) == sorted(["None", str(out)])
     assert sum("adapter" in x["record"]["conditioning"] for x in rows) == 1
+
+
+def test_an_empty_caption_names_the_image_and_the_fix(cli, zoo, tmp_path, monkeypatch):
+    """Before: `paired_rows needs a non-empty caption` (no image, no fix) when the VL model wrote an empty caption,
+    and an empty caption in a captions file was silently replaced by the VL model's."""
+    from llm_dit import adapter as adapter_module
+
+    from .conftest import REPO
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for name in ("house2.png", "sunset.png"):
+        Image.open(REPO / "examples" / "reference-images" / name).resize((64, 64)).save(data / name)
+    args = ["train-adapter", "--models", "tiny", "--images", data, "-o", tmp_path / "a.safetensors"]
+    monkeypatch.setattr(adapter_module, "caption_image", lambda extractor, image: " ")
+    r = cli(*args)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "empty caption for training image house2.png, sunset.png" in r.err and "--captions" in r.err
+    for name, text in (("c.txt", "house2.png\ta house\nsunset.png\t  \n"), ("c.json", '{"sunset.png": ""}')):
+        (tmp_path / name).write_text(text)
+        r = cli(*args, "--captions", tmp_path / name)
+        assert r.code == 2 and "empty caption for training image sunset.png" in r.err and name in r.err, r.err
+    assert not (tmp_path / "a.safetensors").exists()

@@ -114,17 +114,20 @@ def test_inspect_layers_commas_and_repeats_inspect_the_same_layers(cli, zoo):
 def test_sweep_list_options_commas_and_repeats_plan_the_same_runs(cli, zoo):
     """Images, axes, DiT blocks and blend options: both forms give the same run list (before, a repeated
     --inject-layers or --alphas kept only its last value and a comma list of images was one path)."""
-    base = ["sweep", *TINY, "-p", "a fox", "--blend", "gem_pool", "--dry-run", "--json"]
-    commas = ["-i", f"{REF},{REF2}", "--alphas", "0.3,0.6", "--inject-layers", "0,1", "--blend-option", "p=4,q=2"]
+    base = ["sweep", *TINY, "-p", "a fox", "--blend", "gram", "--dry-run", "--json"]
+    commas = ["-i", f"{REF},{REF2}", "--alphas", "0.3,0.6", "--inject-layers", "0,1"]
+    commas += ["--blend-option", "iterations=4,lr=0.1", "--layers", "-2,-6"]
     repeated = ["-i", REF, "-i", REF2, "--alphas", "0.3", "--alphas", "0.6", "--inject-layers", "0"]
-    repeated += ["--inject-layers", "1", "--blend-option", "p=4", "--blend-option", "q=2"]
+    repeated += ["--inject-layers", "1", "--blend-option", "iterations=4", "--blend-option", "lr=0.1"]
+    repeated += ["--layers", "-2", "--layers", "-6"]
     a, b = cli(*base, *commas), cli(*base, *repeated)
     assert a.code == b.code == 0, a.err + b.err
     runs_a, runs_b = json.loads(a.out)["run_list"], json.loads(b.out)["run_list"]
     assert runs_a == runs_b and len({r["image"] for r in runs_a}) == 3  # two images and the baselines' None
     variant = next(r for r in runs_a if r["kind"] == "variant")["settings"]
-    assert variant["vl.inject_layers"] == [0, 1] and variant["vl.blend_options"] == {"p": 4, "q": 2}
+    assert variant["vl.inject_layers"] == [0, 1] and variant["vl.blend_options"] == {"iterations": 4, "lr": 0.1}
     assert sorted({r["settings"].get("vl.alpha") for r in runs_a if r["kind"] == "variant"}) == [0.3, 0.6]
+    assert sorted({r["settings"].get("vl.hidden_layer") for r in runs_a if r["kind"] == "variant"}) == [-6, -2]
 
 
 # ---------------------------------------------------------------------------------------- errors name flags

@@ -46,6 +46,29 @@ def test_img2img_with_reference_and_strength(cli, zoo, tmp_path):
     assert rec["inputs"]["init_image"]["sha256"] == rec["inputs"]["reference_image"]["sha256"]
 
 
+def test_default_strength_acts_at_the_default_steps(cli, zoo, tmp_path, recwarn):
+    """Before: at the default strength 0.9 and 9 steps diffusers skipped no step, so two different init images gave
+    bit-identical images (that still differed from text-to-image). Text-only, so only the init image differs."""
+    other = REPO / "examples" / "reference-images" / "sunset.png"
+    base = ["--models", "tiny", "-p", "a house", "--width", "32", "--height", "32"]  # default steps and strength
+    for name, init in (("a", REF), ("b", other)):
+        r = cli("generate", *base, "--init-image", init, "-o", tmp_path / f"{name}.png")
+        assert r.code == 0 and "no effect" not in r.err, r.err
+    assert not np.array_equal(pixels(tmp_path / "a.png"), pixels(tmp_path / "b.png"))
+    rec = json.loads((tmp_path / "a.json").read_text())
+    assert rec["settings"]["generation.steps"] == 9 and rec["img2img"]["skipped_steps"] >= 1
+
+
+def test_strength_sweep_values_each_skip_a_step_at_its_steps():
+    from llm_dit.config import Config
+    from llm_dit.render import denoising_steps
+    from llm_dit.sweep import SweepSpec, expand, resolve_spec, run_config
+
+    spec = resolve_spec(SweepSpec(prompts=["a"], images=["x.png"]), "strength_sweep", {}, {})
+    configs = [run_config(Config(), r).generation for r in expand(spec) if r["kind"] == "variant"]
+    assert len(configs) == 4 and all(denoising_steps(g, True) < g.steps for g in configs)
+
+
 def test_strength_that_skips_no_step_is_warned_about(gen):
     ref = Image.open(REF).convert("RGB")
     g = Generator(

@@ -62,32 +62,44 @@ def test_worker_env_carries_the_cache_and_offline_settings(monkeypatch):
     assert type(e).__name__ == "BlendError" and str(e) == "unknown option(s) p\nmore"
 
 
-def test_ray_resume_reruns_lost_lines_with_identical_images_and_errors(cli, zoo, tmp_path):
-    """A local sweep with an ok and a failing variant loses its last two lines; `--executor ray --resume` redoes
-    exactly those (on a Ray instance it starts and shuts down), writing the same images and error lines."""
+def test_ray_resume_reruns_lost_lines_and_failed_runs_with_identical_images(cli, zoo, tmp_path, monkeypatch):
+    """A local sweep with an ok, a failing (at render time) and an ok variant loses its last line; `--executor ray
+    --resume` redoes exactly the lost run and retries the failed one (on a Ray instance it starts and shuts down),
+    writing the same image for the lost run."""
+    from llm_dit import runner
+
     assert not ray.is_initialized()
     out = tmp_path / "r"
-    args = ["--blend-modes", "interpolate,gem_pool", "--blend-option", "p=3", "-i", REF, "-p", "a barn", *TINY]
-    assert cli("sweep", *args, "-o", out).code == 0
+    args = ["--blend-modes", "interpolate,slerp", "-i", REF, "-p", "a barn", *TINY]
+    real = runner.render_batch
+
+    def render_batch(gen, prepared):
+        if prepared[0].config.vl.blend == "slerp":
+            raise RuntimeError("simulated render failure")
+        return real(gen, prepared)
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "render_batch", render_batch)
+        assert cli("sweep", *args, "-o", out).code == 3
     before = results(out)
-    assert [x["status"] for x in before] == ["ok", "failed", "ok"]  # interpolate takes no option p
-    kept, lost = before[:1], before[1:]
-    old = pixels(out / lost[1]["output"])
+    assert [x["status"] for x in before] == ["ok", "ok", "failed"]  # baseline, interpolate, slerp
+    old = pixels(out / before[1]["output"])
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
-    (out / "results.jsonl").write_text(lines[0])
-    (out / lost[1]["output"]).unlink()
+    (out / "results.jsonl").write_text(lines[0] + lines[2])  # the interpolate run's line lost
+    (out / before[1]["output"]).unlink()
 
     r = cli("sweep", *args, "-o", out, "--resume", "--executor", "ray")
     assert r.code == 0, r.err
     assert not ray.is_initialized()  # the instance the executor started is gone
-    after = results(out)
-    assert [x["id"] for x in after] == [x["id"] for x in before]
-    assert after[0] == kept[0]
-    assert after[1]["error"] == lost[0]["error"] and "p" in after[1]["error"]
-    assert after[2]["status"] == "ok" and after[2]["record"]["settings"] == lost[1]["record"]["settings"]
-    assert np.abs(pixels(out / after[2]["output"]) - old).max() <= 1
+    after = {x["id"]: x for x in SweepDir(out).runs()}
+    assert set(after) == {x["id"] for x in before} and all(x["status"] == "ok" for x in after.values())
+    assert after[before[0]["id"]] == before[0]
+    assert after[before[2]["id"]]["record"]["settings"]["vl.blend"] == "slerp"  # the failed run, retried
+    lost = after[before[1]["id"]]
+    assert lost["record"]["settings"] == before[1]["record"]["settings"]
+    assert np.abs(pixels(out / lost["output"]) - old).max() <= 1
     summary = json.loads((out / "sweep.json").read_text())
-    assert (summary["executor"], summary["ran_now"], summary["completed"], summary["failed"]) == ("ray", 2, 2, 1)
+    assert (summary["executor"], summary["ran_now"], summary["completed"], summary["failed"]) == ("ray", 2, 3, 0)
     assert summary["vl_forward_passes"] == summary["text_forward_passes"] == 0  # the local sweep cached them
 
 

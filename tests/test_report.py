@@ -172,10 +172,29 @@ def test_one_key_is_one_row_with_a_column_per_value(tmp_path: Path) -> None:
     assert cell_ids(block) == [["REF", baseline(runs)["id"], *(by_alpha[a] for a in [0.1, 0.3, 0.5, 0.7, 1.0])]]
 
 
-def test_numeric_axis_values_are_sorted_whatever_the_run_order(tmp_path: Path) -> None:
-    runs = list(reversed(spec_runs(PRESETS["alpha"])))
-    _, block = only_block(runs)
-    assert block.col_headers == [f"alpha={a}" for a in [0.1, 0.3, 0.5, 0.7, 1.0]]
+def test_axis_values_keep_the_asked_order_whatever_the_run_order(tmp_path: Path) -> None:
+    """Before: numbers were sorted ascending, so `--layers -2,-6,-8` read -8, -6, -2."""
+    asked = spec_runs(axes={"vl.hidden_layer": [-2, -6, -8], "vl.alpha": [0.6, 0.3]})
+    finish(tmp_path, list(reversed(asked)))  # results in another order (a resumed or distributed sweep)
+    SweepDir(tmp_path).write_spec({}, {}, asked)
+    sweep = SweepDir(tmp_path)
+    block = grid_layout(sweep.runs(), sweep.plan()).blocks[0]
+    assert block.row_headers == [f"hidden_layer={v}" for v in (-2, -6, -8)]
+    assert block.col_headers == ["alpha=0.6", "alpha=0.3"]
+    # without a plan: the order of the runs; a preset's values as listed
+    assert only_block(asked)[1].row_headers == [f"hidden_layer={v}" for v in (-2, -6, -8)]
+    layer = spec_runs(PRESETS["layer"])
+    listed = PRESETS["layer"]["axes"]["vl.hidden_layer"]
+    assert only_block(layer)[1].col_headers == [f"hidden_layer={v}" for v in listed]
+
+
+def test_a_partial_sweeps_report_says_how_many_runs_were_planned(tmp_path: Path) -> None:
+    """Before: the report counted only the runs in results.jsonl (`4 (3 ok, 1 failed)`), not the 8 planned."""
+    runs = spec_runs(axes={"vl.alpha": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}, baseline=False)
+    SweepDir(tmp_path).write_spec({}, {}, runs)
+    finish(tmp_path, runs[:4], failed={runs[3]["id"]: "RuntimeError: out of memory"})
+    write_report(tmp_path)
+    assert "3 of 8 runs done; 1 failed; 4 not run" in (tmp_path / "report.html").read_text()
 
 
 def test_outlier_preset_gives_five_distinct_cells_in_one_row(tmp_path: Path) -> None:
@@ -209,11 +228,11 @@ def test_three_keys_rows_are_combinations_of_all_but_the_last(tmp_path: Path) ->
     grid, block = only_block(runs)
     assert grid.keys == list(axes)
     assert block.layout == "table"
-    assert block.row_headers == [
-        "hidden_layer=-6\ntoken_mode=full",
-        "hidden_layer=-6\ntoken_mode=image_only",
+    assert block.row_headers == [  # each axis's values as asked
         "hidden_layer=-2\ntoken_mode=full",
         "hidden_layer=-2\ntoken_mode=image_only",
+        "hidden_layer=-6\ntoken_mode=full",
+        "hidden_layer=-6\ntoken_mode=image_only",
     ]
     assert block.col_headers == ["reference", "baseline", "alpha=0.3", "alpha=0.6"]
     assert len(block.cells) == 4 and all(len(row) == 4 for row in block.cells)
@@ -229,7 +248,7 @@ def test_three_keys_rows_are_combinations_of_all_but_the_last(tmp_path: Path) ->
         and r["settings"]["vl.hidden_layer"] == -2
         and r["settings"]["vl.token_mode"] == "image_only"
     )
-    assert pos[run["id"]] == (3, 3)
+    assert pos[run["id"]] == (1, 3)
 
 
 def test_colliding_runs_fall_back_to_one_row_of_distinct_cells() -> None:

@@ -118,10 +118,15 @@ def test_sweep_layer_axis_cannot_reuse_an_adapter_trained_on_another_layer(cli, 
     adapter = Adapter(64, "affine").save(tmp_path / "a.safetensors", {"hidden_layer": -6, "token_mode": "full"})
     out = tmp_path / "s"
     r = cli("sweep", *SMALL, "-p", "a barn", "-i", REF, "--adapters", str(adapter), "--layers", "-6,-2", "-o", out)
+    # refused before any work (the run naming the layer the adapter was not trained on), nothing written
+    assert r.code == 2 and "sweep run 'hidden_layer=-2'" in r.err and "vl.hidden_layer = -6" in r.err, r.err
+    assert not out.exists()
+    r = cli("sweep", *SMALL, "-p", "a barn", "-i", REF, "--adapters", str(adapter), "--layers", "-6,-4", "-o", out)
+    assert r.code == 2 and "sweep run 'hidden_layer=-4'" in r.err, r.err
+    r = cli("sweep", *SMALL, "-p", "a barn", "-i", REF, "--adapter", str(adapter), "--vl-layer", "-6", "-o", out)
     assert r.code == 0, r.err
-    runs = {x["settings"].get("vl.hidden_layer"): x for x in SweepDir(out).lines() if x["kind"] != "baseline"}
-    assert runs[-6]["status"] == "ok" and runs[-6]["record"]["conditioning"]["adapter"]["path"] == str(adapter)
-    assert runs[-2]["status"] == "failed" and "vl.hidden_layer = -6" in runs[-2]["error"]
+    runs = [x for x in SweepDir(out).lines() if x["kind"] != "baseline"]
+    assert runs[0]["status"] == "ok" and runs[0]["record"]["conditioning"]["adapter"]["path"] == str(adapter)
 
 
 # --------------------------------------------------------------------------------------- steer, inspect, adapter

@@ -88,29 +88,25 @@ def test_three_layers_two_alphas_cost_one_forward_pass_each_and_zero_on_rerun(cl
     assert (again["vl_forward_passes"], again["text_forward_passes"], again["completed"]) == (0, 0, 7)
 
 
-def test_a_failing_run_is_recorded_and_the_sweep_goes_on(cli, zoo, tmp_path):
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(cli, zoo, tmp_path, monkeypatch):
+    """A run that fails at render time (settings and inputs are checked before any work: test_sweep_checks.py)."""
+    from llm_dit import runner
+
+    real = runner.render_batch
+
+    def render_batch(gen, prepared):
+        if prepared[0].config.vl.blend == "slerp":
+            raise RuntimeError("k: simulated render failure")
+        return real(gen, prepared)
+
+    monkeypatch.setattr(runner, "render_batch", render_batch)
     out = tmp_path / "f"
-    r = cli(
-        "sweep",
-        "--blend-modes",
-        "interpolate,slerp",
-        "--alpha",
-        "0.3",
-        "--blend-option",
-        "k=3",
-        "-i",
-        REF,
-        "-p",
-        "a boat",
-        *TINY,
-        "-o",
-        out,
-    )
-    assert r.code == 0, r.err
+    r = cli("sweep", "--blend-modes", "interpolate,slerp", "--alpha", "0.3", "-i", REF, "-p", "a", *TINY, "-o", out)
+    assert r.code == 3, r.err
     rows = results(out)
-    assert [x["status"] for x in rows].count("failed") == 2  # neither mode takes option k
+    assert [x["status"] for x in rows].count("failed") == 1 and [x["status"] for x in rows].count("ok") == 2
     assert all("k" in x["error"] for x in rows if x["status"] == "failed")
-    assert json.loads((out / "sweep.json").read_text())["failed"] == 2
+    assert json.loads((out / "sweep.json").read_text())["failed"] == 1
     assert cli("report", out).code == 0
 
 

@@ -653,14 +653,17 @@ def read_captions(path: str | Path | None) -> dict[str, str]:
             raise UserError(f"captions file {path} is not valid JSON: {e}") from None
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise UserError(f"captions file {path} must map image file names to caption strings")
-        return data
-    out = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            name, sep, caption = line.partition("\t")
-            if not sep:
-                raise UserError(f"captions file {path}, line {n}: expected NAME<TAB>CAPTION")
-            out[name.strip()] = caption.strip()
+        out = {str(name): caption.strip() for name, caption in data.items()}
+    else:
+        out = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                name, sep, caption = line.partition("\t")
+                if not sep:
+                    raise UserError(f"captions file {path}, line {n}: expected NAME<TAB>CAPTION")
+                out[name.strip()] = caption.strip()
+    if empty := [name for name, caption in out.items() if not caption]:
+        raise UserError(f"captions file {path} has an empty caption for training image {', '.join(empty)}: write one")
     return out
 
 
@@ -693,7 +696,15 @@ def train_adapter(
     check_raw_rows(v, "an adapter")
     layer = v.hidden_layer
     pictures = {p.name: load_image(p, "training image") for p in images}
-    written = {name: captions.get(name) or caption_image(components.vl, img) for name, img in pictures.items()}
+    written = {
+        name: captions[name] if name in captions else caption_image(components.vl, img)
+        for name, img in pictures.items()
+    }
+    if empty := [name for name, caption in written.items() if not caption.strip()]:
+        raise UserError(
+            f"the Qwen3-VL model wrote an empty caption for training image {', '.join(empty)}: give its caption in "
+            f"a captions file ('captions': JSON {{name: caption}} or NAME<TAB>CAPTION lines)"
+        )
     pairs = [
         paired_rows(
             components.vl,

@@ -38,6 +38,7 @@ from .config import Config, EncoderConfig, VLConfig
 from .errors import UserError
 from .imagedep import PROBE_SEED, describe_probe, image_free_by_construction, measure, not_checked, probe_image
 from .numerics import check_rows, require_finite
+from .render import denoising_steps
 from .schedule import parse_schedule
 from .stats import ReferenceStats
 from .text import EncodedPrompt
@@ -59,6 +60,13 @@ def refuse(config: Config, source: Source, alphas: list[float]) -> None:
         check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
         for a in set(alphas):
             check_alpha(v.blend, a)
+
+
+def step_alphas(config: Config, img2img: bool) -> list[float]:
+    """The alpha of every denoising step diffusers runs for one image (`vl.alpha_schedule` over the steps it runs:
+    fewer with an init image, `render.denoising_steps`): what `refuse` checks and the schedule callback applies."""
+    steps = denoising_steps(config.generation, img2img)
+    return parse_schedule(config.vl.alpha_schedule).alphas(steps, config.vl.alpha)
 
 
 def layer_weights(vl: VLConfig) -> dict[int, float]:

@@ -9,11 +9,12 @@ traceback (`--debug` shows it), with the command's flags beside the config keys 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -216,9 +217,13 @@ def train_adapter_cmd(
     from .tasks import train_adapter_file
 
     training = {"kind": kind, "rank": rank, "lam": lam, "steps": finetune_steps, "lr": lr, "resume": resume}
-    print(
-        train_adapter_file(given.config(), images, output, captions=captions, checkpoint_dir=checkpoint_dir, **training)
-    )
+    try:
+        path = train_adapter_file(
+            given.config(), images, output, captions=captions, checkpoint_dir=checkpoint_dir, **training
+        )
+    except UserError as e:  # --captions is this command's own option, not one of the table's
+        raise UserError(str(e).replace("'captions'", "'captions' (--captions)", 1)) from None
+    print(path)
 
 
 @app.command()
@@ -236,8 +241,7 @@ def sweep(
     as_json: Json = False,
 ) -> None:
     """Run a sweep: every combination of the axes (plus the pure-text baseline) with metrics, grid and report."""
-    from .experiment import EXECUTORS, run_experiment
-    from .sweep import plan_sweep
+    from .experiment import EXECUTORS, checked_plan, run_experiment
 
     if list_presets:
         print_presets()
@@ -249,7 +253,7 @@ def sweep(
     resolved = sweep_spec(given, spec, preset, prompts_file, img2img, no_baseline)
     cfg = given.config("models")
     if dry_run:
-        work = plan_sweep(cfg, resolved)
+        work = checked_plan(cfg, resolved)
         if as_json:
             print(json.dumps(work.as_dict() | {"run_list": work.runs}, indent=2, default=str))
         else:
@@ -260,7 +264,11 @@ def sweep(
                 f"{len(work.unique_encodes)} unique text encodes"
             )
         return
-    result = run_experiment(cfg, resolved, output, **run)
+    try:
+        result = run_experiment(cfg, resolved, output, **run)
+    except KeyboardInterrupt:
+        resume = [] if run["resume"] else ["--resume"]
+        interrupted(output, shlex.join(["llm-dit", *sys.argv[1:], *resume]))
     summary = result.summary
     if as_json:
         print(json.dumps(summary | {"grid": str(result.grid), "report": str(result.report)}, indent=2))
@@ -270,6 +278,42 @@ def sweep(
             f"{summary['vl_forward_passes']} VL and {summary['text_forward_passes']} text forward passes"
         )
         print(result.report)
+    exit_if_runs_failed(summary, output)
+
+
+INTERRUPTED = 130
+"""Exit code after SIGINT (Ctrl-C), as a shell reports a process it interrupted (128 + SIGINT)."""
+
+
+def interrupted(out_dir: Path, command: str) -> NoReturn:
+    """After SIGINT during a sweep: say what was saved (runs done of runs planned) and the command that resumes it
+    (stderr), and exit `INTERRUPTED`."""
+    from .sweepdir import SweepDir
+
+    sweep = SweepDir(out_dir)
+    planned = len(sweep.plan())
+    done = sum(r.get("status") == "ok" for r in sweep.runs())
+    saved = f"{done} of {planned} runs saved in {out_dir}" if planned else "nothing saved yet"
+    console.print(f"interrupted: {saved}; resume with: {command}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(INTERRUPTED)
+
+
+RUNS_FAILED = 3
+"""Exit code of a command whose sweep finished with failed runs (everything else written; `--resume` retries them)."""
+
+
+def exit_if_runs_failed(summary: dict, out_dir: Path) -> None:
+    """Say how many runs failed (stderr) and exit `RUNS_FAILED`; nothing when every run is done."""
+    from .sweepdir import SweepDir
+
+    if summary["failed"]:
+        console.print(
+            f"{summary['failed']} of {summary['runs']} runs failed (errors in {out_dir / SweepDir.RESULTS}); "
+            "rerun with --resume to retry them",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(RUNS_FAILED)
 
 
 def sweep_spec(
@@ -345,9 +389,13 @@ def demo(
     print(f"reference-conditioned image: {single} (settings in {single.with_suffix('.json')})")
 
     spec = resolve_spec(SweepSpec(prompts=[prompt], images=[str(ref)]), "vl_only_vs_qwen3", {}, small)
-    sweep = run_experiment(cfg, spec, out / "sweep", resume=True)
+    try:
+        sweep = run_experiment(cfg, spec, out / "sweep", resume=True)
+    except KeyboardInterrupt:  # the demo always resumes: the same command finishes it
+        interrupted(out / "sweep", shlex.join(["llm-dit", *sys.argv[1:]]))
     print(f"sweep: {sweep.summary['completed']} runs, {sweep.summary['vl_forward_passes']} VL forward passes")
     print(f"report: {sweep.report}")
+    exit_if_runs_failed(sweep.summary, out / "sweep")
 
 
 @app.command()

@@ -41,6 +41,17 @@ def component_settings(config: Config) -> dict[str, Any]:
     return {key: flat[key] for key in COMPONENT_KEYS}
 
 
+def caption_width(zimage: str) -> int:
+    """The caption width (`cap_feat_dim`) of the Z-Image DiT at `zimage`, read from its config without loading it."""
+    return read_model_json(zimage, "transformer/config.json", "a Z-Image folder")["cap_feat_dim"]
+
+
+def check_adapter_width(path: str, adapter: Adapter, width: int) -> None:
+    """Refuse an adapter whose width is not the DiT caption width `width`."""
+    if adapter.dim != width:
+        raise UserError(f"adapter {path} has width {adapter.dim}, the DiT caption width is {width}")
+
+
 class Components:
     """The text encoder, VL extractor and pipeline of one models/devices choice (see the module docstring)."""
 
@@ -83,8 +94,7 @@ class Components:
     @cached_property
     def caption_width(self) -> int:
         """The DiT's caption width (`cap_feat_dim`), read from its config without loading it."""
-        config = read_model_json(self.settings["models.zimage"], "transformer/config.json", "a Z-Image folder")
-        return config["cap_feat_dim"]
+        return caption_width(self.settings["models.zimage"])
 
     def loaded(self) -> list[Name]:
         """The components held now."""
@@ -144,10 +154,7 @@ class Components:
         a sweep changes them between runs)."""
         if path not in self._adapters:
             adapter, meta = Adapter.load(path)
-            if adapter.dim != self.caption_width:
-                raise UserError(
-                    f"adapter {path} has width {adapter.dim}, the DiT caption width is {self.caption_width}"
-                )
+            check_adapter_width(path, adapter, self.caption_width)
             self._adapters[path] = adapter, {"sha256": sha256_file(path), **meta}
         check_use(path, self._adapters[path][1], config)
         return self._adapters[path]

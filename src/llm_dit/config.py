@@ -90,7 +90,7 @@ class GenerationConfig(_Section):
     guidance: float = Field(0.0, ge=0.0)
     shift: float = Field(3.0, gt=0.0)
     seed: int = Field(0, ge=0)
-    strength: float = Field(0.9, gt=0.0, le=1.0)
+    strength: float = Field(0.75, gt=0.0, le=1.0)  # skips int(N - N*strength) steps: acts from 4 steps up
 
     @field_validator("width", "height")
     @classmethod

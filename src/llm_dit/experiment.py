@@ -1,7 +1,8 @@
 """Experiments: a sweep run, scored and reported by one call.
 
-`run_sweep` plans a spec (`sweep.plan_sweep`: each run's config resolved once, runs that could not do what they
-say refused before anything is written), holds the sweep directory (`sweepdir.SweepDir.writing`: lock, resume,
+`run_sweep` plans a spec (`checked_plan`: `sweep.plan_sweep` resolves each run's config once and refuses runs
+that could not do what they say, `runner.validate` reads every input once and checks every run's settings, all
+before anything is written or any model loads), holds the sweep directory (`sweepdir.SweepDir.writing`: lock, resume,
 repair), hands the runs not yet done to an executor (`EXECUTORS`: `runner.run_local` or `distributed.run_on_ray`,
 which return the same `runner.Stats`) and writes the summary. `run_experiment` is `run_sweep`, then the metrics
 (`scoring.write_metrics`), then `grid.png` and `report.html` (`report.build_report`): what `llm-dit sweep` and
@@ -27,9 +28,9 @@ from .distributed import run_on_ray
 from .errors import check_choice
 from .records import library_versions
 from .report import build_report
-from .runner import Job, OnResult, run_local
+from .runner import Job, OnResult, run_local, validate
 from .scoring import Metrics, write_metrics
-from .sweep import SweepSpec, plan_sweep
+from .sweep import Inputs, Plan, SweepSpec, plan_sweep
 from .sweepdir import SweepDir
 
 EXECUTORS = {"local": run_local, "ray": run_on_ray}
@@ -47,6 +48,16 @@ class ExperimentResult:
     report: Path
 
 
+def checked_plan(base: Config, spec: SweepSpec, inputs: Inputs | None = None) -> Plan:
+    """The plan of `spec` (`sweep.plan_sweep`) with every input read and every run's settings checked
+    (`runner.validate`), before any model loads: what `sweep --dry-run` shows and `run_sweep` runs. `inputs`:
+    where the input files are read into (the executor reuses them)."""
+    inputs = inputs if inputs is not None else Inputs()
+    work = plan_sweep(base, spec, inputs)
+    validate(work, inputs)
+    return work
+
+
 def run_sweep(
     base: Config,
     spec: SweepSpec,
@@ -57,19 +68,23 @@ def run_sweep(
     executor: str = "local",
     on_result: OnResult | None = None,
     cache: TensorCache | None = None,
+    inputs: Inputs | None = None,
 ) -> dict[str, Any]:
     """Run `spec` into the sweep directory `out_dir` with `base` as every run's config below its own settings;
     returns the summary (also written as `sweep.json`). `resume`: finish a sweep already in `out_dir` (its done
     runs are kept); `batch_size`: runs per diffusers call when they can share one; `executor`: a name of
     `EXECUTORS`; `on_result`: called with each result line as it is written; `cache`: the tensor cache (default:
-    the one under `$LLM_DIT_CACHE`)."""
+    the one under `$LLM_DIT_CACHE`); `inputs`: where the input files are read into (`checked_plan`)."""
     execute = EXECUTORS[check_choice(executor, EXECUTORS, "executor")]
-    work = plan_sweep(base, spec)  # refuses before anything is written
+    inputs = inputs if inputs is not None else Inputs()
+    work = checked_plan(base, spec, inputs)  # refuses before anything is written or loaded
     t0 = time.perf_counter()
     with SweepDir(out_dir).writing(resume) as sweep:
+        if resume:
+            sweep.check_plan(base.model_dump(), work.runs)
         todo = work.only(set(work.configs) - sweep.done())
         sweep.write_spec(spec.model_dump(), base.model_dump(), work.runs)
-        stats = execute(Job(base, todo, sweep, batch_size, on_result, cache))
+        stats = execute(Job(base, todo, sweep, batch_size, on_result, cache, inputs))
         finished = sweep.runs()
         summary = {
             "name": spec.name,
@@ -106,9 +121,18 @@ def run_experiment(
     """Run `spec` into `out_dir` (`run_sweep`, same arguments), score every finished run (`scoring.write_metrics`,
     with the CLIP or SigLIP model `clip_model` if given) and write `grid.png` and `report.html`
     (`report.build_report`)."""
+    inputs = Inputs()  # each input file read once: checked, run and scored
     summary = run_sweep(
-        config, spec, out_dir, resume=resume, batch_size=batch_size, executor=executor, on_result=on_result, cache=cache
+        config,
+        spec,
+        out_dir,
+        resume=resume,
+        batch_size=batch_size,
+        executor=executor,
+        on_result=on_result,
+        cache=cache,
+        inputs=inputs,
     )
-    metrics = write_metrics(out_dir, clip_model)
+    metrics = write_metrics(out_dir, clip_model, inputs)
     grid, report = build_report(out_dir)
     return ExperimentResult(summary, metrics, grid, report)

@@ -27,6 +27,7 @@ from .assemble import (
     extraction_stats,
     image_dependence,
     refuse,
+    step_alphas,
 )
 from .cache import TensorCache
 from .components import Components
@@ -34,7 +35,6 @@ from .condition import Conditioning, Source, as_source, check_neutral, extracts
 from .config import Config
 from .errors import UserError
 from .render import Prepared, denoising_steps, render
-from .schedule import parse_schedule
 from .text import EncodedPrompt
 from .vl import VLEmbeddings
 
@@ -123,11 +123,10 @@ class Generator:
         caption rows, negative rows for CFG, the image-dependence check and a snapshot of the config. Settings that
         cannot act are refused before any model loads."""
         source, cfg, times = as_source(source), self.config, {}
-        g, v = cfg.generation, cfg.vl
-        steps = denoising_steps(g, init_image is not None)
-        alphas = parse_schedule(v.alpha_schedule).alphas(steps, v.alpha)
+        g = cfg.generation
+        alphas = step_alphas(cfg, init_image is not None)
         refuse(cfg, source, alphas)
-        if init_image is not None and steps == g.steps and g.strength < 1:
+        if init_image is not None and denoising_steps(g, True) == g.steps and g.strength < 1:
             warnings.warn(
                 f"strength {g.strength} at {g.steps} steps skips no denoising step in diffusers (it skips "
                 f"int(N - N*strength)), so the init image has no effect; lower the strength or raise the steps",

@@ -158,15 +158,12 @@ IMAGE_FREE_BADGE = "IMAGE-FREE"
 
 
 def _ordered_values(values: list[Any]) -> list[Any]:
-    """Distinct values of one axis: numbers ascending (unset last), anything else in first-seen order."""
+    """Distinct values of one axis in first-seen order: the order they were asked in, when `values` follow the
+    plan (`grid_layout`'s `planned`)."""
     distinct: dict[str, Any] = {}
     for v in values:
         distinct.setdefault(value_key(v), v)
-    vals = list(distinct.values())
-    real = [v for v in vals if v is not None]
-    if real and all(is_number(v) for v in real):
-        return sorted(real) + [v for v in vals if v is None]
-    return vals
+    return list(distinct.values())
 
 
 def _cell(run: dict[str, Any], caption: str | None = None) -> Cell:
@@ -257,7 +254,7 @@ def _row_combos(setting: list[dict[str, Any]], row_keys: list[str], values: dict
     return sorted(seen.values(), key=lambda c: [rank[k][value_key(v)] for k, v in zip(row_keys, c, strict=True)])
 
 
-def grid_layout(runs: list[dict[str, Any]]) -> Grid:
+def grid_layout(runs: list[dict[str, Any]], planned: list[dict[str, Any]] | None = None) -> Grid:
     """Arrange sweep runs into blocks of cells (see `Block`), so a grid shows what changed along which axis, each
     variant beside the baseline it is compared with.
 
@@ -271,7 +268,9 @@ def grid_layout(runs: list[dict[str, Any]]) -> Grid:
       (`sweep.is_conditioning`). The non-conditioning axes are row keys, so the rows of one baseline group are
       together and the group's first row starts with its own baseline (its caption repeats the group's values).
       Within a group, rows are combinations of all but the last conditioning axis, columns the values of the last;
-      numeric values are sorted, others kept in first-seen order. No conditioning axis: one row per group.
+      each axis's values in the order they were asked (`--layers -2,-6,-8` reads -2, -6, -8; a preset's values as
+      listed): their order in `planned` (the sweep's planned runs, `SweepDir.plan`), then in `runs` (values no
+      planned run has, or all of them without a plan). No conditioning axis: one row per group.
     * Fallback to one row per group in run order when two runs would share a cell (they differ only in a way that
       is not an axis, e.g. a preset variant's label) or when the table would be sparse (more than half of its
       rows with an empty cell).
@@ -300,10 +299,10 @@ def grid_layout(runs: list[dict[str, Any]]) -> Grid:
     base_keys = [k for k in within if not is_conditioning(k)]
     cond_keys = [k for k in within if is_conditioning(k)]
     between = [k for k in all_keys if k not in within and k != SEED_KEY]
-    values = {
-        k: _ordered_values([(r.get("settings") or {}).get(k) for g in groups.values() for r in variants_of(g)])
-        for k in within
-    }
+    ordered = [r for r in (planned or []) if r.get("kind") != "baseline"] + [
+        r for g in groups.values() for r in variants_of(g)
+    ]
+    values = {k: _ordered_values([(r.get("settings") or {}).get(k) for r in ordered]) for k in within}
     names = short_keys(all_keys)
     grid = Grid(keys=base_keys + cond_keys)
     for group in groups.values():
@@ -491,14 +490,16 @@ def _block_size(block: Block, font: Any, g: _Metrics) -> tuple[int, int]:
     return width, height
 
 
-def render_grid(sweep_dir: str | Path, runs: list[dict[str, Any]], thumb: int = 256) -> Image.Image:
-    """Draw `grid_layout(runs)` as one RGB image: per block a title (prompt; image, seed), column headers on top,
-    row headers on the left, then thumbnails (longer side `thumb`, aspect kept) with a short caption each. Failed
+def render_grid(
+    sweep_dir: str | Path, runs: list[dict[str, Any]], thumb: int = 256, planned: list[dict[str, Any]] | None = None
+) -> Image.Image:
+    """Draw `grid_layout(runs, planned)` as one RGB image: per block a title (prompt; image, seed), column headers on
+    top, row headers on the left, then thumbnails (longer side `thumb`, aspect kept) with a short caption each. Failed
     runs show their error on a red cell, missing images a grey one; an image-free run carries an orange
     IMAGE-FREE badge on its image; a dark rule separates rows of different baseline groups. Text is ~14 px at
     thumb 256."""
     sweep_dir = Path(sweep_dir)
-    grid = grid_layout(runs)
+    grid = grid_layout(runs, planned)
     g = _geometry(thumb)
     font = _font(g.font_size)
     bold = _font(g.font_size + 1)

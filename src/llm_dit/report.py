@@ -76,7 +76,7 @@ __all__ = [  # Cell, Block, Grid, grid_layout, render_grid (grid.py) and the ran
 def write_grid(sweep_dir: str | os.PathLike[str], thumb: int = 256) -> Path:
     """Render the sweep's runs and write `grid.png` in the sweep directory atomically."""
     sweep = SweepDir(sweep_dir)
-    image = render_grid(sweep.path, sweep.runs(), thumb=thumb)
+    image = render_grid(sweep.path, sweep.runs(), thumb=thumb, planned=sweep.plan())
     return atomic_write_bytes(sweep.grid, image_bytes(image))
 
 
@@ -113,6 +113,16 @@ def _asset(name: str) -> Markup:
 _TEMPLATES.globals["asset"] = _asset
 
 
+def progress(runs: list[dict[str, Any]], planned: int) -> str:
+    """How far a sweep got: `3 of 8 runs done; 1 failed; 4 not run` (runs planned: `planned`, else the runs with
+    a result)."""
+    done = sum(r.get("status") == "ok" for r in runs)
+    failed = len(runs) - done
+    total = max(planned, len(runs))
+    missing = f"; {total - len(runs)} not run" if total > len(runs) else ""
+    return f"{done} of {total} runs done; {failed} failed{missing}"
+
+
 def render_report(sweep_dir: str | os.PathLike[str]) -> str:
     """The report HTML of a sweep directory (see the module docstring); `write_report` writes it."""
     sweep = SweepDir(sweep_dir)
@@ -124,8 +134,7 @@ def render_report(sweep_dir: str | os.PathLike[str]) -> str:
     return _TEMPLATES.get_template("report.html.j2").render(
         name=str(summary.get("name") or sweep_dir.name),
         summary=[(str(k), fmt_value(v)) for k, v in summary.items()],
-        n_runs=len(runs),
-        n_ok=sum(r.get("status") == "ok" for r in runs),
+        progress=progress(runs, len(sweep.plan())),
         references=_references(sweep_dir, runs),
         has_grid=sweep.grid.is_file(),
         best=[_best_row(name, by_id[rid], value) for name, (rid, value) in best.items()],

@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .adapter import check_use
+from .assemble import refuse, step_alphas
 from .cache import TensorCache
-from .components import Components
+from .components import Components, caption_width, check_adapter_width
 from .condition import Reference, Source, Steering, Text
 from .config import Config
 from .errors import UserError
@@ -58,7 +60,7 @@ class Job:
     """What an executor is given: the base config (what its generators load), the plan of the runs to do (each
     with its resolved config), the sweep directory to write their results into, runs per diffusers call when they
     can share one, a callback for each result line as it is written, and the tensor cache (default: the one under
-    `$LLM_DIT_CACHE`)."""
+    `$LLM_DIT_CACHE`) and the input files already read (`validate`), so none is decoded twice."""
 
     base: Config
     plan: Plan
@@ -66,19 +68,49 @@ class Job:
     batch_size: int = 1
     on_result: OnResult | None = None
     cache: TensorCache | None = None
+    inputs: Inputs | None = None  # the files `validate` read (default: read again)
+
+
+def run_source(run: Run, inputs: Inputs) -> Source:
+    """What conditions a run: its steering direction, its reference image (with the neutral one), or nothing."""
+    if run["kind"] == "variant":
+        if run.get("steer"):
+            return Steering(inputs.direction(run["steer"]))
+        if run["image"] is not None:
+            neutral = inputs.image(run.get("neutral_image") or None, "neutral image")
+            return Reference(inputs.image(run["image"], "reference image"), neutral)
+    return Text()
 
 
 def prepare_run(gen: Generator, run: Run, config: Config, inputs: Inputs) -> Prepared:
     """Prepare the run's conditioning with its resolved `config`, on the generator's components."""
-    source: Source = Text()
-    if run["kind"] == "variant":
-        if run.get("steer"):
-            source = Steering(inputs.direction(run["steer"]))
-        elif run["image"] is not None:
-            neutral = inputs.image(run.get("neutral_image") or None, "neutral image")
-            source = Reference(inputs.image(run["image"], "reference image"), neutral)
+    source = run_source(run, inputs)
     init = inputs.image(run["init_image"], "init image")
     return gen.with_config(config).prepare(run["prompt"], source, init_image=init)
+
+
+def validate(plan: Plan, inputs: Inputs) -> None:
+    """Check every input and every run's settings before any model loads: each file a run names is read once into
+    `inputs` (images decoded, steering directions, adapters and reference statistics loaded and checked), and each
+    run's settings go through `assemble.refuse` with every alpha its schedule uses, as `Generator.prepare` checks
+    one image, plus the adapter's width and trained settings (`adapter.check_use`). `UserError` naming the first
+    bad run."""
+    for run in plan.runs:
+        config = plan.config(run)
+        try:
+            source = run_source(run, inputs)
+            init = inputs.image(run["init_image"], "init image")
+            refuse(config, source, step_alphas(config, init is not None))
+            v = config.vl
+            if isinstance(source, Reference):
+                if v.adapter:
+                    adapter, meta = inputs.adapter(v.adapter)
+                    check_adapter_width(v.adapter, adapter, caption_width(config.models.zimage))
+                    check_use(v.adapter, meta, config)
+                if v.reference_stats:
+                    inputs.stats(v.reference_stats)
+        except UserError as e:
+            raise UserError(f"sweep run '{run['label']}': {e}") from None
 
 
 def prime(components: Components, plan: Plan, inputs: Inputs) -> None:
@@ -152,7 +184,7 @@ def run_local(job: Job) -> Stats:
     """The local executor: prime, then generate the job's runs in this process with a progress bar; a failing run
     is recorded and the sweep goes on."""
     gen = Generator(job.base, job.cache)
-    inputs = Inputs()
+    inputs = job.inputs or Inputs()
     prime(gen.components, job.plan, inputs)
     with progress_bar() as progress:
         task = progress.add_task("sweep", total=len(job.plan.runs))

@@ -19,20 +19,22 @@ from .sweepdir import SweepDir
 Metrics = dict[str, dict[str, float | None]]
 
 
-def write_metrics(sweep_dir: str | os.PathLike[str], clip_model: str | None = None) -> Metrics:
+def write_metrics(
+    sweep_dir: str | os.PathLike[str], clip_model: str | None = None, inputs: Inputs | None = None
+) -> Metrics:
     """Metrics of every finished run of a sweep directory, written to its metrics file and returned as
     `{run id: {metric: value}}`: colour-histogram similarity to its reference image, SSIM to its own text-only
     baseline (the one its record names: every non-conditioning setting equal), grid-artifact score (None where the
     image is too small to measure it) and high-frequency energy; with `clip_model` (a CLIP or SigLIP id or path)
     also image-to-reference and image-to-prompt similarity in that model; and the ImageReward score when the
-    `image-reward` package is installed."""
+    `image-reward` package is installed. `inputs`: the reference images already decoded (by the sweep)."""
     sweep = SweepDir(sweep_dir)
     scorer = ClipScorer.from_pretrained(clip_model) if clip_model else None
     reward = image_reward_available()
     runs = sweep.runs()
     pairs = baseline_pairs(runs)
     done = {r["id"]: r for r in runs if r["status"] == "ok"}
-    inputs = Inputs()
+    inputs = inputs if inputs is not None else Inputs()
     metrics: Metrics = {}
     for r in done.values():
         image = Image.open(sweep.path / r["output"]).convert("RGB")

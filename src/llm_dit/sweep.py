@@ -23,6 +23,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .adapter import Adapter
 from .blend import BLEND_MODES
 from .condition import parse_layer_weights
 from .config import Config, with_overrides
@@ -32,7 +33,7 @@ from .hooks import layer_position
 from .imagedep import image_free_by_construction
 from .inject import block_indices
 from .models import check_vl, read_model_json
-from .stats import NORMALIZATION_MODES, OUTLIER_MODES
+from .stats import NORMALIZATION_MODES, OUTLIER_MODES, ReferenceStats
 from .steer import load_direction
 from .vl import TOKEN_MODES
 
@@ -69,9 +70,11 @@ class SweepSpec(BaseModel):
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SweepSpec:
+        """The spec in the TOML file `path`; its relative paths (`PATH_FIELDS`, `PATH_SETTINGS`) are relative to
+        the file's folder, as a steering pairs file's are."""
         path = Path(path)
         try:
-            return cls.model_validate(tomllib.loads(path.read_text()))
+            return cls.model_validate(tomllib.loads(path.read_text())).relative_to(path.parent)
         except FileNotFoundError:
             raise UserError(f"sweep spec not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
@@ -80,6 +83,28 @@ class SweepSpec(BaseModel):
             err = e.errors()[0]
             raise UserError(f"sweep spec {path}: '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
 
+    def relative_to(self, folder: Path) -> SweepSpec:
+        """This spec with its relative input paths (`PATH_FIELDS`, and the `PATH_SETTINGS` values of `fixed`,
+        `axes` and `variants`) joined to `folder`; absolute paths and unset values are kept."""
+
+        def join(value: Any) -> Any:
+            return str(folder / value) if isinstance(value, str) and not Path(value).is_absolute() else value
+
+        def settings(values: dict[str, Any]) -> dict[str, Any]:
+            return {k: join(v) if k in PATH_SETTINGS else v for k, v in values.items()}
+
+        update: dict[str, Any] = {"images": [join(p) for p in self.images]}
+        update |= {field: join(getattr(self, field)) for field in PATH_FIELDS if field != "images"}
+        update["fixed"] = settings(self.fixed)
+        update["axes"] = {k: [join(v) for v in vs] if k in PATH_SETTINGS else vs for k, vs in self.axes.items()}
+        update["variants"] = [settings(v) for v in self.variants]
+        return self.model_copy(update=update)
+
+
+PATH_FIELDS = ("images", "init_image", "neutral_image", "steer")
+"""`SweepSpec` fields that name input files."""
+PATH_SETTINGS = ("vl.adapter", "vl.reference_stats")
+"""Settings a sweep may set whose values name input files."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "alpha": {"axes": {"vl.alpha": [0.1, 0.3, 0.5, 0.7, 1.0]}},
@@ -119,7 +144,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "blend_comparison": {
         "axes": {"vl.blend": ["interpolate", "adain", "adain_per_dim", "slerp"], "vl.alpha": [0.3, 0.5]},
     },
-    "strength_sweep": {"img2img": True, "axes": {"generation.strength": [0.5, 0.7, 0.9, 1.0]}},
+    # each value skips at least one of the default 9 steps (diffusers skips int(N - N*strength)): each one acts
+    "strength_sweep": {"img2img": True, "axes": {"generation.strength": [0.5, 0.6, 0.7, 0.8]}},
     "think_comparison": {"axes": {"encoder.think_block": [False, True]}},
     # every blend mode but the `linear` alias, `style_delta` (needs a neutral image: see its own preset) and
     # `replace` (alpha is a 0/1 switch, not a strength: see vl_only_vs_qwen3)
@@ -318,9 +344,12 @@ class Plan:
     probe_extractions: list[dict[str, Any]]
     unique_encodes: list[dict[str, Any]]
 
+    image_sizes: dict[str, tuple[int, int] | None]  # reference image path -> its decoded size (None: unreadable)
+
     @classmethod
-    def of(cls, runs: list[dict[str, Any]], configs: dict[str, Config]) -> Plan:
-        """The plan of `runs` whose configs are `configs`: the unique forward passes listed (see `plan`)."""
+    def of(cls, runs: list[dict[str, Any]], configs: dict[str, Config], inputs: Inputs) -> Plan:
+        """The plan of `runs` whose configs are `configs`: the unique forward passes listed (see `plan`); image
+        sizes (for the probes) come from `inputs`, which decodes each image once for the whole sweep."""
         extractions: dict[str, dict[str, Any]] = {}
         probes: dict[str, dict[str, Any]] = {}
         encodes: dict[str, dict[str, Any]] = {}
@@ -340,13 +369,15 @@ class Plan:
                     key, {"image": image, "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
                 )
                 entry["layers"] = sorted(set(entry["layers"]) | set(layers))
-            if v.image_check and (size := _image_size(run["image"], sizes)) is not None:
+            if run["image"] not in sizes:
+                sizes[run["image"]] = inputs.size(run["image"], "reference image")
+            if v.image_check and (size := sizes[run["image"]]) is not None:
                 key = json.dumps([size, run["prompt"], v.system_prompt])
                 entry = probes.setdefault(
                     key, {"probe": list(size), "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
                 )
                 entry["layers"] = sorted(set(entry["layers"]) | set(layers))
-        return cls(runs, configs, list(extractions.values()), list(probes.values()), list(encodes.values()))
+        return cls(runs, configs, list(extractions.values()), list(probes.values()), list(encodes.values()), sizes)
 
     def config(self, run: dict[str, Any]) -> Config:
         """The resolved config of one of the plan's runs."""
@@ -355,7 +386,7 @@ class Plan:
     def only(self, ids: Collection[str]) -> Plan:
         """The plan of the runs whose id is in `ids`, in the same order (their configs are not resolved again)."""
         runs = [run for run in self.runs if run["id"] in ids]
-        return Plan.of(runs, {run["id"]: self.configs[run["id"]] for run in runs})
+        return Plan.of(runs, {run["id"]: self.configs[run["id"]] for run in runs}, Inputs(self.image_sizes))
 
     def passes(self) -> dict[str, int]:
         """How many forward passes of each kind the plan lists (a sweep summary's `plan`)."""
@@ -382,16 +413,6 @@ def refuse_image_free(plan: Plan) -> None:
         if reason := image_free_by_construction(plan.config(run).vl):
             own = ", ".join(f"{k}={v}" for k, v in run["settings"].items() if k != "generation.seed")
             raise UserError(f"sweep run '{run['label']}' ({own or 'profile settings'}): {reason}")
-
-
-def _image_size(path: str, sizes: dict[str, tuple[int, int] | None]) -> tuple[int, int] | None:
-    """The decoded size of an image file (None if it cannot be read: its runs fail later with the reason)."""
-    if path not in sizes:
-        try:
-            sizes[path] = load_image(path, "reference image").size
-        except UserError:
-            sizes[path] = None
-    return sizes[path]
 
 
 def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
@@ -446,40 +467,70 @@ def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
         )
 
 
-def plan(base: Config, runs: list[dict[str, Any]]) -> Plan:
+def plan(base: Config, runs: list[dict[str, Any]], inputs: Inputs | None = None) -> Plan:
     """The work `runs` need (`Plan`), deduplicated: each run's config resolved once (`run_config`); each unique
     (image, text, VL system prompt) extracted once with all its layers in one forward pass (a style_delta run's
     neutral image too); so is each unique (probe size, text, VL system prompt) of the image-dependence check
     (`vl.image_check`: the probe is a noise image of the reference's size); each unique (prompt, encoder settings)
-    encoded once. Refuses a run with a bad setting (naming the run) and runs that are image-free by construction."""
-    work = Plan.of(runs, {run["id"]: run_config(base, run) for run in runs})
+    encoded once. Refuses a run with a bad setting (naming the run) and runs that are image-free by construction.
+    `inputs`: where the reference images are decoded (once each; the executor reuses them)."""
+    work = Plan.of(runs, {run["id"]: run_config(base, run) for run in runs}, inputs or Inputs())
     refuse_image_free(work)
     return work
 
 
-def plan_sweep(base: Config, spec: SweepSpec) -> Plan:
+def plan_sweep(base: Config, spec: SweepSpec, inputs: Inputs | None = None) -> Plan:
     """The plan of every run of `spec` (`expand`, `plan`), checked by `check_runs`: what a dry run shows and what
-    `experiment.run_sweep` runs."""
-    work = plan(base, expand(spec))
+    `experiment.run_sweep` runs (after `runner.validate` has read every input and checked every run's settings).
+    `inputs`: see `plan`."""
+    work = plan(base, expand(spec), inputs)
     check_runs(base, spec, work)
     return work
 
 
 class Inputs:
-    """The files a sweep's runs name (reference, neutral and init images, steering directions), each loaded once."""
+    """The files a sweep's runs name (reference, neutral and init images, steering directions, adapters, reference
+    statistics), each read once: validating a plan (`runner.validate`) reads them, the runs reuse them. `sizes`:
+    image sizes already known (a plan's `image_sizes`), so narrowing a plan decodes nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, sizes: dict[str, tuple[int, int] | None] | None = None) -> None:
         self._images: dict[str, Image.Image] = {}
         self._directions: dict[str, Any] = {}
+        self._adapters: dict[str, tuple[Adapter, dict[str, Any]]] = {}
+        self._stats: dict[str, ReferenceStats] = {}
+        self._sizes = dict(sizes or {})
 
     def image(self, path: str | None, label: str) -> Image.Image | None:
         if path is None:
             return None
         if path not in self._images:
             self._images[path] = load_image(path, label)
+            self._sizes[path] = self._images[path].size
         return self._images[path]
+
+    def size(self, path: str | None, label: str) -> tuple[int, int] | None:
+        """The decoded size of an image file; None when there is none or it cannot be read (`runner.validate`
+        refuses it with the reason)."""
+        if path is not None and path not in self._sizes:
+            try:
+                self.image(path, label)
+            except UserError:
+                self._sizes[path] = None
+        return self._sizes.get(path) if path is not None else None
 
     def direction(self, path: str):
         if path not in self._directions:
             self._directions[path] = load_direction(path)[0]
         return self._directions[path]
+
+    def adapter(self, path: str) -> tuple[Adapter, dict[str, Any]]:
+        """The adapter file at `path` and its metadata (`adapter.Adapter.load`: kind, tensors, values checked)."""
+        if path not in self._adapters:
+            self._adapters[path] = Adapter.load(path)
+        return self._adapters[path]
+
+    def stats(self, path: str) -> ReferenceStats:
+        """The reference-statistics file at `path` (`stats.ReferenceStats.load`)."""
+        if path not in self._stats:
+            self._stats[path] = ReferenceStats.load(path)
+        return self._stats[path]

@@ -3,7 +3,7 @@
 ```
 DIR/
 ├── .lock            held (`filelock`) while a sweep writes here: a second sweep into DIR fails
-├── spec.json        what was asked: the resolved spec, the base config and every run
+├── spec.json        what was asked: the resolved spec, the base config and every run (a resume must match it)
 ├── results.jsonl    one JSON line per finished run, appended (and fsynced) after its image
 ├── images/<id>.png  one image per successful run
 ├── sweep.json       the summary of the last `run_sweep`
@@ -103,6 +103,42 @@ class SweepDir:
         if results.exists() and (data := results.read_bytes()) and not data.endswith(b"\n"):
             atomic_write_bytes(results, data[: data.rfind(b"\n") + 1])
 
+    def check_plan(self, config: dict[str, Any], runs: list[Record]) -> None:
+        """Refuse to resume with a plan other than the one in `spec.json` (`UserError` naming the difference: runs
+        planned now and not there, or there and not now, and base-config keys whose values differ): a resumed
+        sweep must finish the sweep it started, not mix two. A directory without `spec.json` has nothing to
+        compare."""
+        before = _read_object(self.path / self.SPEC)
+        if not before:
+            return
+        then = {str(r["id"]): r for r in self.plan()}
+        now = {str(r["id"]): r for r in runs}
+        problems = []
+        if then.keys() != now.keys():
+
+            def names(ids: list[str]) -> str:
+                shown = [f"'{(now | then)[i].get('label')}' ({i})" for i in ids[:4]]
+                return ", ".join(shown + ([f"{len(ids) - 4} more"] if len(ids) > 4 else [])) or "none"
+
+            new, gone = [i for i in now if i not in then], [i for i in then if i not in now]
+            counts = f"{len(now)} planned now, {len(then)} in {self.path}"
+            why = _differing_values([now[i] for i in new], [then[i] for i in gone])
+            problems.append(f"runs differ: {counts}{why}; new: {names(new)}; gone: {names(gone)}")
+        old_config = before.get("config", {})
+        differ = [
+            f"{section}.{key} ({value!r} now, {old_config[section][key]!r} there)"
+            for section, values in json.loads(json.dumps(config, default=str)).items()
+            for key, value in values.items()
+            if key in old_config.get(section, {}) and old_config[section][key] != value
+        ]
+        if differ:
+            problems.append(f"base config differs: {', '.join(differ[:4])}")
+        if problems:
+            raise UserError(
+                f"cannot resume {self.path} with another plan: {'; '.join(problems)}; use a new directory, or the "
+                "command that started it"
+            )
+
     def write_spec(self, spec: dict[str, Any], config: dict[str, Any], runs: list[Record]) -> Path:
         """`spec.json`: the resolved spec, the base config and every run of the sweep."""
         return write_json(self.path / self.SPEC, {"spec": spec, "config": config, "runs": runs})
@@ -155,8 +191,15 @@ class SweepDir:
         return list(runs.values())
 
     def done(self) -> set[str]:
-        """Ids of the runs with a result (ok or failed): a resumed sweep does not run them again."""
-        return {str(record["id"]) for record in self.lines()}
+        """Ids of the runs whose last result is ok: a resumed sweep does not run them again (it retries failed
+        ones; their new line wins, `runs`)."""
+        return {str(record["id"]) for record in self.runs() if record.get("status") == "ok"}
+
+    def plan(self) -> list[Record]:
+        """The planned runs of `spec.json`, in plan order (the order their settings were asked in); `[]` before a
+        sweep wrote it."""
+        runs = _read_object(self.path / self.SPEC).get("runs")
+        return [r for r in runs if isinstance(r, dict) and "id" in r] if isinstance(runs, list) else []
 
     def summary(self) -> dict[str, Any]:
         """`sweep.json`; `{}` when absent or unreadable."""
@@ -175,3 +218,22 @@ def _read_object(path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _differing_values(new: list[Record], gone: list[Record]) -> str:
+    """What tells new runs from gone ones: the run fields and settings whose values differ between the two sets,
+    as ` (image 'a.png' now, 'b.png' there)`; empty when nothing tells them apart at a glance."""
+
+    def values(runs: list[Record], key: str) -> list[str]:
+        field = key.removeprefix("settings:")
+        got = [(r.get("settings") or {}).get(field) if key != field else r.get(field) for r in runs]
+        return sorted({json.dumps(v, default=str) for v in got})
+
+    keys = ["prompt", "image", "init_image", "steer", "neutral_image"]
+    keys += sorted({f"settings:{k}" for r in new + gone for k in (r.get("settings") or {})})
+    differ = [
+        f"{key.removeprefix('settings:')} {', '.join(values(new, key))} now, {', '.join(values(gone, key))} there"
+        for key in keys
+        if new and gone and values(new, key) != values(gone, key)
+    ]
+    return f" ({'; '.join(differ[:3])})" if differ else ""
