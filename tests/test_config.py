@@ -201,3 +201,28 @@ def test_modules_below_config_never_import_it():
             todo += sorted(imports(name))
     assert {"blend", "stats", "schedule", "text", "vl"} <= below
     assert "config" not in below, sorted(m for m in below if "config" in imports(m))
+
+
+def test_models_env_locates_the_default_hub_ids_in_the_zoo_and_leaves_given_paths_alone(zoo, monkeypatch, tmp_path):
+    monkeypatch.setenv("LLM_DIT_MODELS", "tiny")
+    cfg = load_config()
+    assert (cfg.models.zimage, cfg.models.vl) == (str(zoo / "zimage"), str(zoo / "qwen3-vl"))
+    mine = str(tmp_path / "my-zimage")
+    assert load_config(overrides={"models.zimage": mine}).models.zimage == mine
+    assert load_config(overrides={"models.zimage": mine}).models.vl == str(zoo / "qwen3-vl")
+    monkeypatch.setenv("LLM_DIT_MODELS", "huge")
+    with pytest.raises(ConfigError, match=r"unknown \$LLM_DIT_MODELS 'huge' \(valid: tiny, small, or unset\)"):
+        load_config()
+    monkeypatch.setenv("LLM_DIT_MODELS", "")
+    assert load_config().models.zimage == "Tongyi-MAI/Z-Image-Turbo"
+
+
+def test_models_env_is_recorded_as_the_folder_that_was_used(zoo, cli, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("LLM_DIT_MODELS", "tiny")
+    r = cli("generate", "-p", "x", "-o", tmp_path / "x.png", "--width", "32", "--height", "32", "--steps", "1")
+    assert r.code == 0, r.err
+    record = json.loads((tmp_path / "x.json").read_text())
+    assert record["settings"]["models.zimage"] == str(zoo / "zimage")
+    assert record["models"]["zimage"]["path"] == str((zoo / "zimage").resolve())
