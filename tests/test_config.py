@@ -103,7 +103,32 @@ def test_cli_config_show_profile(cli):
     r = cli("config", "show", "--profile", "rtx4090")
     assert r.code == 0
     assert "low_memory = true" in r.out and 'device = "cuda"' in r.out
-    assert "[generation]" in r.out
+    assert "[rtx4090.generation]" in r.out
+
+
+@pytest.mark.parametrize(
+    "profile_toml",
+    [
+        "",
+        '[mine.vl]\nlayers = "-6:0.7,-2:0.3"\nblend_options = {p = 4, eps = 0.1}\nsystem_prompt = "say \\"hi\\""\n'
+        "inject_layers = [0, 1]\n[mine.generation]\nsteps = 3\n",
+    ],
+)
+def test_config_show_output_reads_back_as_the_same_config(cli, tmp_path, profile_toml):
+    """Before: `config show` printed `null`s and bare `[section]` tables, which no profile reads back."""
+    source = tmp_path / "in.toml"
+    source.write_text(profile_toml)
+    profile = "mine" if profile_toml else "default"
+    args = ["--profile", profile, *(["--config", source] if profile_toml else [])]
+    shown = cli("config", "show", *args)
+    assert shown.code == 0, shown.err
+    (tmp_path / "shown.toml").write_text(shown.out)
+    tomllib.loads(shown.out)
+    again = cli("config", "show", "--config", tmp_path / "shown.toml", "--profile", profile)
+    assert again.code == 0, again.err
+    expected = load_config(source if profile_toml else None, profile)
+    assert load_config(tmp_path / "shown.toml", profile) == expected
+    assert again.out == shown.out
 
 
 # ------------------------------------------------------------------------------------------- one vocabulary

@@ -5,6 +5,10 @@ offline zoo (`config.locate_models`). Each doc file runs in order in a scratch f
 (`examples`, `src`, `.venv`, `Makefile`, `pyproject.toml` linked in), so later commands may use earlier outputs and
 no file of the repo is written. The rules (also in docs/cli.md, "Examples are tests"):
 
+- Commands run with the repo's `.venv` activated, as README.md says to (`. .venv/bin/activate`).
+- ```` ```bash setup ```` blocks are installation steps: never run (they would change this machine's Python), and
+  may hold only `pip install` and `make setup` lines, so nothing else can hide in them. A `pip` command anywhere
+  else is an error.
 - ```` ```bash ```` blocks: every command must exit 0. Assignments, `export`, `.`/`source` and `cd` lines are kept
   as state for the file's later commands. `make TARGET` runs as `make -n TARGET` (the target exists and what it runs
   is shown; `make test` must not recurse into itself).
@@ -54,9 +58,14 @@ class Command:
         return f"{name}:{self.line}"
 
 
+INSTALLERS = re.compile(r"^(sudo\s+)?(pip3?|python3?\s+-m\s+pip|apt(-get)?|conda|uv)\s")
+SETUP = re.compile(r"^(pip install\s|make setup$)")
+
+
 @dataclass
 class Block:
     lang: str
+    info: str
     line: int  # line of the first line inside the fence
     lines: list[str] = field(default_factory=list)
 
@@ -68,7 +77,8 @@ def fenced_blocks(text: str) -> list[Block]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.startswith("```"):
             if current is None:
-                current = Block(line[3:].strip().split(" ")[0], number + 1)
+                info = line[3:].strip()
+                current = Block(info.split(" ")[0], info, number + 1)
             else:
                 blocks.append(current)
                 current = None
@@ -103,7 +113,11 @@ def doc_commands(file: Path) -> list[Command]:
     """The commands of `file`'s bash and console blocks, in order."""
     commands: list[Command] = []
     for block in fenced_blocks(file.read_text()):
-        if block.lang == "bash":
+        if block.info == "bash setup":
+            for line, text in _logical(block.lines, block.line):
+                if text.strip() and not text.lstrip().startswith("#"):
+                    assert SETUP.match(text), f"{file}:{line}: only `pip install` and `make setup` in a setup block"
+        elif block.lang == "bash":
             for line, text in _logical(block.lines, block.line):
                 if text.strip() and not text.lstrip().startswith("#"):
                     commands.append(_command(file, line, text, None))
@@ -115,6 +129,8 @@ def doc_commands(file: Path) -> list[Command]:
                     commands[-1].expected.append(text)
                 else:
                     raise AssertionError(f"{file}:{line}: console output without a `$ ` command")
+    for command in commands:
+        assert not INSTALLERS.match(command.text), f"{command.where}: installs run only in a ```bash setup block"
     for command in commands:  # a console block's trailing blank line separates commands: not output
         while command.expected and not command.expected[-1].strip():
             command.expected.pop()
@@ -153,7 +169,15 @@ def shell_line(command: Command) -> str:
 
 def run_doc(file: Path, cwd: Path) -> list[str]:
     """Run every command of `file` in order in `cwd`; the failures, each naming its file and line."""
-    env = {**os.environ, "LLM_DIT_MODELS": "tiny", "PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "TERM": "dumb"}
+    venv = str(REPO / ".venv" / "bin")
+    env = {
+        **os.environ,
+        "PATH": f"{venv}{os.pathsep}{os.environ['PATH']}",
+        "LLM_DIT_MODELS": "tiny",
+        "PYTHONUNBUFFERED": "1",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+    }
     env.pop("COLUMNS", None)
     state: list[str] = []
     last = 0
@@ -209,6 +233,18 @@ def test_parser_joins_continuations_keeps_line_numbers_and_marks_gpu(tmp_path: P
         (10, "echo hi", ["hi"], False),
         (13, "echo $?", ["0"], False),
     ]
+
+
+def test_install_steps_never_run_and_hold_only_installs(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("```bash setup\npip install -e .\nmake setup\n```\n")
+    assert doc_commands(doc) == []
+    doc.write_text("```bash setup\npip install torch\nllm-dit demo\n```\n")
+    with pytest.raises(AssertionError, match="x.md:3: only `pip install`"):
+        doc_commands(doc)
+    doc.write_text("```bash\npip install torch\n```\n")
+    with pytest.raises(AssertionError, match="installs run only in a ```bash setup block"):
+        doc_commands(doc)
 
 
 def test_output_check_is_exact_except_for_the_ellipsis() -> None:

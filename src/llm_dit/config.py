@@ -16,6 +16,7 @@ implements the modes (`blend.BLEND_MODES`, `stats.NORMALIZATION_MODES`, `vl.TOKE
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -164,6 +165,32 @@ def locate_models(config: Config) -> Config:
     current = config.flat()
     located = {k: v for k, v in model_settings(preset).items() if current[k] == defaults[k]}
     return with_overrides(config, located, f"${MODELS_ENV}={preset}") if located else config
+
+
+def _toml_value(value: Any) -> str:
+    """One config value as TOML: JSON's spelling of strings, numbers, booleans and lists is TOML's too; a table
+    is written inline."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def as_toml(config: Config, profile: str = "default") -> str:
+    """`config` as a config file: one `[PROFILE.section]` table per section, unset keys as comments, so that
+    `load_config(FILE, profile)` reads back the same config (with `vl.layers` set, `vl.hidden_layer` is left out:
+    one level may set only one of them)."""
+    lines: list[str] = []
+    for section, values in config.model_dump().items():
+        lines.append(f"[{profile}.{section}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} is unset")
+            elif f"{section}.{key}" == "vl.hidden_layer" and config.vl.layers is not None:
+                lines.append(f"# {key}: replaced by layers")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def default_config_path() -> Path:
