@@ -222,7 +222,8 @@ def test_documented_commands_run_as_written(doc: Path, zoo: Path, tmp_path: Path
 def test_parser_joins_continuations_keeps_line_numbers_and_marks_gpu(tmp_path: Path) -> None:
     doc = tmp_path / "x.md"
     doc.write_text(
-        "intro\n```bash\n# comment\nA=1\nllm-dit generate -p x \\\n    -o y.png\nllm-dit x --profile rtx4090  # GPU\n```\n"
+        "intro\n```bash\n# comment\nA=1\nllm-dit generate -p x \\\n    -o y.png\n"
+        "llm-dit x --profile rtx4090  # GPU\n```\n"
         "```console\n$ echo hi\nhi\n\n$ echo $?\n0\n```\n```\nllm-dit synopsis [OPTIONS]\n```\n"
     )
     got = [(c.line, c.text, c.expected, c.gpu) for c in doc_commands(doc)]
@@ -240,10 +241,10 @@ def test_install_steps_never_run_and_hold_only_installs(tmp_path: Path) -> None:
     doc.write_text("```bash setup\npip install -e .\nmake setup\n```\n")
     assert doc_commands(doc) == []
     doc.write_text("```bash setup\npip install torch\nllm-dit demo\n```\n")
-    with pytest.raises(AssertionError, match="x.md:3: only `pip install`"):
+    with pytest.raises(AssertionError, match=r"x\.md:3: only `pip install`"):
         doc_commands(doc)
     doc.write_text("```bash\npip install torch\n```\n")
-    with pytest.raises(AssertionError, match="installs run only in a ```bash setup block"):
+    with pytest.raises(AssertionError, match=r"installs run only in a ```bash setup block"):
         doc_commands(doc)
 
 
