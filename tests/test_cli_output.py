@@ -51,6 +51,22 @@ def test_demo_stdout_is_its_two_paths(zoo, tmp_path):
     assert r.stdout.splitlines() == ["d/reference_conditioned.png", "d/sweep/report.html"]
     assert all((tmp_path / line).is_file() for line in r.stdout.splitlines())
     assert no_blank_lines(r.stderr), repr(r.stderr)
+    record = json.loads((tmp_path / "d" / "reference_conditioned.json").read_text())  # before: no inputs, no output
+    assert record["output"] == str((tmp_path / "d" / "reference_conditioned.png").resolve())
+    assert Path(record["inputs"]["reference_image"]["path"]).name == "demo_reference.png"
+
+
+def test_every_file_a_record_names_is_absolute_and_resolved(cli, zoo, tmp_path, monkeypatch):
+    """records.file_fields: one path rule. Before: `output` was the path as given (relative) beside absolute
+    `inputs` and `models` paths."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ref.png").write_bytes(REF.read_bytes())
+    r = cli("generate", "--models", "tiny", *TINY, "-p", "x", "-i", "ref.png", "-o", "sub/../x.png")
+    assert r.code == 0, r.err
+    record = json.loads((tmp_path / "x.json").read_text())
+    assert record["output"] == str(tmp_path.resolve() / "x.png")
+    assert record["inputs"]["reference_image"]["path"] == str(tmp_path.resolve() / "ref.png")
+    assert all(Path(m["path"]).is_absolute() for m in record["models"].values())
 
 
 def test_extract_and_encode_json_parse(cli, zoo, tmp_path):

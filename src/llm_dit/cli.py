@@ -352,16 +352,14 @@ def demo(
     A reference-conditioned image with its sidecar, then the `vl_only_vs_qwen3` sweep with metrics, grid and
     report. Rerunning it finishes or reuses earlier work."""
     from .experiment import run_experiment
-    from .files import load_image, save_image
-    from .generate import Generator
     from .sweep import SweepSpec, resolve_spec
+    from .tasks import generate_file
 
     ref = image or Path(str(resources.files("llm_dit") / "data" / "demo_reference.png"))
     prompt = "a house by the sea at sunset"
     small = {"generation.width": 128, "generation.height": 128, "generation.steps": 4}
     cfg = resolve_config(models="tiny", overrides=small)
-    result = Generator(cfg).generate(prompt, load_image(ref, "reference image"))
-    single = save_image(result.image, out / "reference_conditioned.png", result.record)
+    single = generate_file(cfg, prompt, out / "reference_conditioned.png", image=ref)
     console.print(f"reference-conditioned image (settings in {single.with_suffix('.json')}):", highlight=False)
     print(single)
 
