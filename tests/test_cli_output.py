@@ -51,6 +51,7 @@ def test_demo_stdout_is_its_two_paths(zoo, tmp_path):
     assert r.stdout.splitlines() == ["d/reference_conditioned.png", "d/sweep/report.html"]
     assert all((tmp_path / line).is_file() for line in r.stdout.splitlines())
     assert no_blank_lines(r.stderr), repr(r.stderr)
+    assert r.stderr.splitlines()[0] == "reference-conditioned image (settings in d/reference_conditioned.json):"
     record = json.loads((tmp_path / "d" / "reference_conditioned.json").read_text())  # before: no inputs, no output
     assert record["output"] == str((tmp_path / "d" / "reference_conditioned.png").resolve())
     assert Path(record["inputs"]["reference_image"]["path"]).name == "demo_reference.png"

@@ -122,11 +122,13 @@ def doc_commands(file: Path) -> list[Command]:
                 if text.strip() and not text.lstrip().startswith("#"):
                     commands.append(_command(file, line, text, None))
         elif block.lang == "console":
+            own: list[Command] = []  # this block's commands: output lines belong to the last of them
             for line, text in _logical(block.lines, block.line):
                 if text.startswith("$ "):
-                    commands.append(_command(file, line, text[2:], []))
-                elif commands and commands[-1].expected is not None and commands[-1].file == file:
-                    commands[-1].expected.append(text)
+                    own.append(_command(file, line, text[2:], []))
+                    commands.append(own[-1])
+                elif own:
+                    own[-1].expected.append(text)
                 else:
                     raise AssertionError(f"{file}:{line}: console output without a `$ ` command")
     for command in commands:
@@ -255,6 +257,13 @@ def test_output_check_is_exact_except_for_the_ellipsis() -> None:
     assert matches(["took ... s", "..."], "took 3.2 s\nmore\nlines\n")
     assert matches(["x", "...", "z"], "x\nz\n")
     assert not matches(["took ... s"], "took 3\n")
+
+
+def test_console_output_belongs_to_a_command_of_its_own_block(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("```console\n$ echo a\na\n```\n\n```console\nan excerpt\n```\n")
+    with pytest.raises(AssertionError, match=r"x\.md:7: console output without a `\$ ` command"):
+        doc_commands(doc)
 
 
 def test_a_failing_command_is_named_by_file_and_line(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configura
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a message is one line, whatever the width (logs, pipes)
 _state = {"debug": False}
 
 # Option tags (`llm_dit.options`) of every command that loads models: config file, profile, zoo, model paths.
@@ -196,7 +196,7 @@ def inspect_cmd(
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print_report(report, Console())
+        print_report(report, Console(soft_wrap=True))
 
 
 @app.command()
