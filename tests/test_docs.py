@@ -172,8 +172,13 @@ def shell_line(command: Command) -> str:
 def run_doc(file: Path, cwd: Path) -> list[str]:
     """Run every command of `file` in order in `cwd`; the failures, each naming its file and line."""
     venv = str(REPO / ".venv" / "bin")
+    cache = cwd / ".llm-dit-cache"  # each doc starts with an empty tensor cache ("cache": "miss" as the docs show)
+    cache.mkdir(exist_ok=True)
+    if not (cache / "zoo").exists():  # ... and the session's zoo build (built once)
+        (cache / "zoo").symlink_to(Path(os.environ["LLM_DIT_CACHE"]) / "zoo")
     env = {
         **os.environ,
+        "LLM_DIT_CACHE": str(cache),
         "PATH": f"{venv}{os.pathsep}{os.environ['PATH']}",
         "LLM_DIT_MODELS": "tiny",
         "PYTHONUNBUFFERED": "1",
