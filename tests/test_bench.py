@@ -18,6 +18,7 @@ def test_bench_reports_every_figure(cli, zoo, tmp_path):
     out = tmp_path / "bench.json"
     r = cli("bench", "--preset", "tiny", "--repeats", "1", "--json", out)
     assert r.code == 0, r.err
+    assert all(line.strip() for line in r.out.splitlines() + r.err.splitlines()), "blank lines (a progress bar)"
     result = json.loads(out.read_text())
     for name in FIGURES:
         fig = result[name]

@@ -103,7 +103,32 @@ def test_cli_config_show_profile(cli):
     r = cli("config", "show", "--profile", "rtx4090")
     assert r.code == 0
     assert "low_memory = true" in r.out and 'device = "cuda"' in r.out
-    assert "[generation]" in r.out
+    assert "[rtx4090.generation]" in r.out
+
+
+@pytest.mark.parametrize(
+    "profile_toml",
+    [
+        "",
+        '[mine.vl]\nlayers = "-6:0.7,-2:0.3"\nblend_options = {p = 4, eps = 0.1}\nsystem_prompt = "say \\"hi\\""\n'
+        "inject_layers = [0, 1]\n[mine.generation]\nsteps = 3\n",
+    ],
+)
+def test_config_show_output_reads_back_as_the_same_config(cli, tmp_path, profile_toml):
+    """Before: `config show` printed `null`s and bare `[section]` tables, which no profile reads back."""
+    source = tmp_path / "in.toml"
+    source.write_text(profile_toml)
+    profile = "mine" if profile_toml else "default"
+    args = ["--profile", profile, *(["--config", source] if profile_toml else [])]
+    shown = cli("config", "show", *args)
+    assert shown.code == 0, shown.err
+    (tmp_path / "shown.toml").write_text(shown.out)
+    tomllib.loads(shown.out)
+    again = cli("config", "show", "--config", tmp_path / "shown.toml", "--profile", profile)
+    assert again.code == 0, again.err
+    expected = load_config(source if profile_toml else None, profile)
+    assert load_config(tmp_path / "shown.toml", profile) == expected
+    assert again.out == shown.out
 
 
 # ------------------------------------------------------------------------------------------- one vocabulary
@@ -201,3 +226,28 @@ def test_modules_below_config_never_import_it():
             todo += sorted(imports(name))
     assert {"blend", "stats", "schedule", "text", "vl"} <= below
     assert "config" not in below, sorted(m for m in below if "config" in imports(m))
+
+
+def test_models_env_locates_the_default_hub_ids_in_the_zoo_and_leaves_given_paths_alone(zoo, monkeypatch, tmp_path):
+    monkeypatch.setenv("LLM_DIT_MODELS", "tiny")
+    cfg = load_config()
+    assert (cfg.models.zimage, cfg.models.vl) == (str(zoo / "zimage"), str(zoo / "qwen3-vl"))
+    mine = str(tmp_path / "my-zimage")
+    assert load_config(overrides={"models.zimage": mine}).models.zimage == mine
+    assert load_config(overrides={"models.zimage": mine}).models.vl == str(zoo / "qwen3-vl")
+    monkeypatch.setenv("LLM_DIT_MODELS", "huge")
+    with pytest.raises(ConfigError, match=r"unknown \$LLM_DIT_MODELS 'huge' \(valid: tiny, small, or unset\)"):
+        load_config()
+    monkeypatch.setenv("LLM_DIT_MODELS", "")
+    assert load_config().models.zimage == "Tongyi-MAI/Z-Image-Turbo"
+
+
+def test_models_env_is_recorded_as_the_folder_that_was_used(zoo, cli, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("LLM_DIT_MODELS", "tiny")
+    r = cli("generate", "-p", "x", "-o", tmp_path / "x.png", "--width", "32", "--height", "32", "--steps", "1")
+    assert r.code == 0, r.err
+    record = json.loads((tmp_path / "x.json").read_text())
+    assert record["settings"]["models.zimage"] == str(zoo / "zimage")
+    assert record["models"]["zimage"]["path"] == str((zoo / "zimage").resolve())

@@ -261,3 +261,13 @@ def test_every_row_of_the_reliability_doc_names_an_existing_test():
         assert refs, f"row without a test: {row}"
         for file, name in refs:
             assert f"def {name}(" in (REPO / "tests" / file).read_text(), (file, name)
+
+
+@pytest.mark.parametrize("command", ["extract", "inspect"])
+def test_a_missing_reference_image_is_named_as_in_the_docs(cli, zoo, tmp_path, command):
+    """docs/reliability.md says `reference image not found: PATH` for every command's -i; before, extract and
+    inspect said `image not found`."""
+    missing = tmp_path / "nothere.png"
+    args = ["-o", tmp_path / "v.safetensors"] if command == "extract" else ["-p", "x"]
+    r = cli(command, "--models", "tiny", "-i", missing, *args)
+    assert r.code == 2 and r.err.strip() == f"error: reference image not found: {missing}", r.err

@@ -672,3 +672,23 @@ def test_report_requests_nothing_over_the_network_in_headless_chromium(tmp_path:
         requested[page.stem] = page_requests(netlog)
     assert sorted(set(requested["probe"])) == sorted(remote)  # the net log shows what a page asks for ...
     assert requested["report"] == []  # ... and the report asks for nothing
+
+
+def test_report_runs_table_fits_1400_px_in_headless_chromium(tmp_path: Path) -> None:
+    """Before: at 1400 px the runs table ran past the window's right edge and its last column was cut."""
+    sweep, _, _ = evil_sweep(tmp_path)
+    _, report = build_report(sweep)
+    probe = report.with_name("probe.html")
+    measure = (
+        "const t = document.querySelector('#runs'); const ths = t.querySelectorAll('thead th');"
+        "document.body.setAttribute('data-probe', JSON.stringify({right: t.getBoundingClientRect().right,"
+        " last: ths[ths.length - 1].getBoundingClientRect().right, view: document.documentElement.clientWidth,"
+        " page: document.documentElement.scrollWidth}));"
+    )
+    probe.write_text(report.read_text().replace("</body>", f"<script>{measure}</script></body>"))
+    proc = run_chromium(tmp_path, "--window-size=1400,1000", "--dump-dom", probe.as_uri())
+    found = re.search(r'data-probe="([^"]+)"', proc.stdout)
+    assert found, f"no measurement; chromium said: {proc.stderr[-2000:]}"
+    m = json.loads(found.group(1).replace("&quot;", '"'))
+    assert m["view"] > 1300, m  # the window really is ~1400 px wide
+    assert m["last"] <= m["view"] and m["right"] <= m["view"] and m["page"] <= m["view"], m

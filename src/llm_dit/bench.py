@@ -45,7 +45,7 @@ from .models import load_model, resolve_device, resolve_dtype
 from .records import library_versions
 from .render import denoise
 from .sweep import SweepSpec, expand, resolve_spec
-from .zoo import zoo_dir
+from .zoo import model_settings
 
 SIZES = {"tiny": 64, "small": 128}
 PROMPT = "a lighthouse on a cliff at sunset, watercolor"
@@ -83,12 +83,10 @@ def bench_config(preset: str, **overrides: Any) -> Config:
     """The zoo preset's models at its size, 4 steps. The image-dependence check (`vl.image_check`) is off: it is
     a second extraction the naive workflow and the floors do not do, so with it the figures would compare unequal
     work."""
-    root = zoo_dir(preset)
     size = SIZES[preset]
     return load_config(
         overrides={
-            "models.zimage": str(root / "zimage"),
-            "models.vl": str(root / "qwen3-vl"),
+            **model_settings(preset),
             "generation.width": size,
             "generation.height": size,
             "generation.steps": 4,

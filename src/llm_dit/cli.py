@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -29,18 +30,36 @@ from .zoo import PRESETS as ZOO_PRESETS
 if TYPE_CHECKING:
     from .sweep import SweepSpec
 
+
+def _flags_take_no_value() -> None:
+    """typer's rich help (0.29) shows a flag's type as if it took a value (`--json <bool>`, `--help <bool>`): a
+    flag (`--json`, `--low-memory/--no-low-memory`) shows none, as in click's plain help."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "flags_take_no_value", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: click.Context) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich.flags_take_no_value = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_take_no_value()
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Condition Z-Image on a reference image through Qwen3-VL hidden states.",
 )
-models_app = typer.Typer(no_args_is_help=True, help="Build or inspect models.")
+models_app = typer.Typer(no_args_is_help=True, help="Build the offline random-weight models.")
 config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configuration.")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a message is one line, whatever the width (logs, pipes)
 _state = {"debug": False}
 
 # Option tags (`llm_dit.options`) of every command that loads models: config file, profile, zoo, model paths.
@@ -80,12 +99,10 @@ def models_tiny(
 @config_app.command("show")
 @takes("config")
 def config_show(given: Given) -> None:
-    """Print the resolved config of a profile as TOML-like sections."""
-    for section, values in given.config().model_dump().items():
-        print(f"[{section}]")
-        for key, value in values.items():
-            print(f"{key} = {json.dumps(value)}")
-        print()
+    """Print the resolved config of a profile as a config file (`--config` reads it back)."""
+    from .config import as_toml
+
+    print(as_toml(given.config(), given.get("profile", "default")), end="")
 
 
 @app.command()
@@ -113,8 +130,9 @@ def extract(
     text: Annotated[str | None, typer.Option("--text", "-t", help="Text after the image.")] = None,
     as_json: Json = False,
 ) -> None:
-    """Extract Qwen3-VL rows of one layer (or the weighted layers of vl.layers) for an image (+ text) into a
-    safetensors file."""
+    """Extract Qwen3-VL rows of one layer for an image (+ text) into a safetensors file.
+
+    With vl.layers, the weighted sum of its layers."""
     from .tasks import extract_file
 
     summary = extract_file(given.config(), image, output, text)
@@ -179,7 +197,7 @@ def inspect_cmd(
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        print_report(report, Console())
+        print_report(report, Console(soft_wrap=True))
 
 
 @app.command()
@@ -373,28 +391,32 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Where to write the demo outputs.")] = Path("out/demo"),
     image: Annotated[Path | None, typer.Option("--image", "-i", help="Reference image.")] = None,
 ) -> None:
-    """The whole pipeline on the tiny offline models: a reference-conditioned image with its sidecar, then the
-    `vl_only_vs_qwen3` sweep with metrics, grid and report. Rerunning it finishes or reuses earlier work."""
+    """The whole pipeline on the tiny offline models, then the paths of its image and report.
+
+    A reference-conditioned image with its sidecar, then the `vl_only_vs_qwen3` sweep with metrics, grid and
+    report. Rerunning it finishes or reuses earlier work."""
     from .experiment import run_experiment
-    from .files import load_image, save_image
-    from .generate import Generator
     from .sweep import SweepSpec, resolve_spec
+    from .tasks import generate_file
 
     ref = image or Path(str(resources.files("llm_dit") / "data" / "demo_reference.png"))
     prompt = "a house by the sea at sunset"
     small = {"generation.width": 128, "generation.height": 128, "generation.steps": 4}
     cfg = resolve_config(models="tiny", overrides=small)
-    result = Generator(cfg).generate(prompt, load_image(ref, "reference image"))
-    single = save_image(result.image, out / "reference_conditioned.png", result.record)
-    print(f"reference-conditioned image: {single} (settings in {single.with_suffix('.json')})")
+    single = generate_file(cfg, prompt, out / "reference_conditioned.png", image=ref)
+    console.print(f"reference-conditioned image (settings in {single.with_suffix('.json')}):", highlight=False)
+    print(single)
 
     spec = resolve_spec(SweepSpec(prompts=[prompt], images=[str(ref)]), "vl_only_vs_qwen3", {}, small)
     try:
         sweep = run_experiment(cfg, spec, out / "sweep", resume=True)
     except KeyboardInterrupt:  # the demo always resumes: the same command finishes it
         interrupted(out / "sweep", shlex.join(["llm-dit", *sys.argv[1:]]))
-    print(f"sweep: {sweep.summary['completed']} runs, {sweep.summary['vl_forward_passes']} VL forward passes")
-    print(f"report: {sweep.report}")
+    console.print(
+        f"sweep: {sweep.summary['completed']} runs, {sweep.summary['vl_forward_passes']} VL forward passes; report:",
+        highlight=False,
+    )
+    print(sweep.report)
     exit_if_runs_failed(sweep.summary, out / "sweep")
 
 
@@ -421,20 +443,9 @@ def bench(
     print(f"{'cache_rerun_forward_passes':34} vl {rerun['vl']} text {rerun['text']}")
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for llm-dit's own output: no per-file progress bars or info logs from HF libraries."""
-    import diffusers
-    import transformers
-
-    for lib in (transformers, diffusers):
-        lib.utils.logging.set_verbosity_error()
-        lib.utils.logging.disable_progress_bar()
-
-
 def main() -> None:
     """Console entry point: runs the app and turns `UserError` into one line (the keys it names followed by the
     command's flags) and exit code 2."""
-    _quiet_libraries()
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
     reset_active()
     try:

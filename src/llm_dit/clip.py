@@ -30,6 +30,7 @@ from PIL import Image
 
 from .errors import UserError
 from .metrics import ImageLike, MetricInfo, to_array
+from .models import quiet_libraries
 
 __all__ = [
     "IMAGE_REWARD_METRIC",
@@ -133,6 +134,7 @@ class ClipScorer:
             raise UserError(f"CLIP model folder '{name}' does not exist")
         else:
             source = name  # a hub id such as "openai/clip-vit-base-patch32"
+        quiet_libraries()
         try:
             model = AutoModel.from_pretrained(source, dtype=torch.float32)
             _check_dual_encoder(model, name)

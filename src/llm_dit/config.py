@@ -16,6 +16,7 @@ implements the modes (`blend.BLEND_MODES`, `stats.NORMALIZATION_MODES`, `vl.TOKE
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -145,6 +146,53 @@ class Config(_Section):
         return {f"{s}.{k}": v for s, sec in self.model_dump().items() for k, v in sec.items()}
 
 
+MODELS_ENV = "LLM_DIT_MODELS"  # the model-location switch: see `locate_models`
+
+
+def locate_models(config: Config) -> Config:
+    """`$LLM_DIT_MODELS` = a zoo preset (`tiny`, `small`): the default hub ids (`models.zimage`, `models.vl` still at
+    their defaults after every level) resolve to that preset's offline build, so documented commands run as written
+    without downloads. Any other model path or id is left alone. The config, and so every record, holds the folder
+    that was used (and the records its fingerprint). Unset or empty: nothing changes."""
+    preset = os.environ.get(MODELS_ENV, "")
+    if not preset:
+        return config
+    from .zoo import PRESETS, model_settings
+
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown ${MODELS_ENV} '{preset}' (valid: {', '.join(PRESETS)}, or unset)")
+    defaults = Config().flat()
+    current = config.flat()
+    located = {k: v for k, v in model_settings(preset).items() if current[k] == defaults[k]}
+    return with_overrides(config, located, f"${MODELS_ENV}={preset}") if located else config
+
+
+def _toml_value(value: Any) -> str:
+    """One config value as TOML: JSON's spelling of strings, numbers, booleans and lists is TOML's too; a table
+    is written inline."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def as_toml(config: Config, profile: str = "default") -> str:
+    """`config` as a config file: one `[PROFILE.section]` table per section, unset keys as comments, so that
+    `load_config(FILE, profile)` reads back the same config (with `vl.layers` set, `vl.hidden_layer` is left out:
+    one level may set only one of them)."""
+    lines: list[str] = []
+    for section, values in config.model_dump().items():
+        lines.append(f"[{profile}.{section}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} is unset")
+            elif f"{section}.{key}" == "vl.hidden_layer" and config.vl.layers is not None:
+                lines.append(f"# {key}: replaced by layers")
+            else:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def default_config_path() -> Path:
     env = os.environ.get("LLM_DIT_CONFIG")
     return Path(env) if env else Path(str(resources.files("llm_dit") / "config.toml"))
@@ -218,7 +266,8 @@ def load_config(
 ) -> Config:
     """Resolve `profile` from the config file and apply `overrides` (`{"generation.steps": 4, ...}`; `None`
     values are ignored, so unset CLI flags leave the profile's values alone). Each level (`[default]`, the
-    profile, the overrides) is applied by `with_overrides`."""
+    profile, the overrides) is applied by `with_overrides`; then `$LLM_DIT_MODELS` locates default model ids
+    (`locate_models`)."""
     path = Path(path) if path is not None else default_config_path()
     try:
         data = tomllib.loads(path.read_text())
@@ -238,4 +287,4 @@ def load_config(
             raise ConfigError(f"profile '{name}' in {path} must be a table")
         config = with_overrides(config, _dotted(table), f"profile '{name}' of {path}")
     given = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
-    return with_overrides(config, given, "the overrides (command-line settings)")
+    return locate_models(with_overrides(config, given, "the overrides (command-line settings)"))

@@ -125,6 +125,19 @@ def check_vl(path_or_id: str) -> dict:
     return config
 
 
+def quiet_libraries() -> None:
+    """The one output policy of the CLI and the Python API alike: transformers and diffusers log errors only and
+    show no per-file progress bars ("Loading weights", "Loading pipeline components"), so a script's stderr holds
+    llm-dit's own messages. Applied where models load (`load_pipeline`, `load_model`); set the libraries' verbosity
+    again after loading to see theirs."""
+    import diffusers
+    import transformers
+
+    for lib in (transformers, diffusers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
 def load_pipeline(path_or_id: str, device: str, dtype: str, trust_remote_code: bool = False):
     """The diffusers `ZImagePipeline` (DiT, VAE, scheduler, tokenizer) without its text encoder: llm-dit encodes
     prompts itself and loads the encoder exactly once (`text.TextEncoder`)."""
@@ -132,6 +145,7 @@ def load_pipeline(path_or_id: str, device: str, dtype: str, trust_remote_code: b
 
     check_zimage(path_or_id)
     dev = resolve_device(device)
+    quiet_libraries()
     try:
         pipe = ZImagePipeline.from_pretrained(
             path_or_id, dtype=resolve_dtype(dtype, dev), text_encoder=None, trust_remote_code=trust_remote_code
@@ -144,6 +158,7 @@ def load_pipeline(path_or_id: str, device: str, dtype: str, trust_remote_code: b
 
 def load_model(model_class, path_or_id: str, device: torch.device, dtype: torch.dtype, **kwargs):
     """`model_class.from_pretrained(...)` on `device` in eval mode; loading failures become one-line errors."""
+    quiet_libraries()
     try:
         model = model_class.from_pretrained(path_or_id, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:

@@ -308,12 +308,11 @@ def resolve_config(
     then `overrides` ({"section.key": value}), each level applied by `config.with_overrides` in `load_config`."""
     given: dict[str, Any] = {}
     if models is not None:
-        from .zoo import zoo_dir
+        from .zoo import model_settings
 
         if models not in ZOO_PRESETS:
             raise UserError(f"unknown --models preset '{models}' (valid: {', '.join(ZOO_PRESETS)})")
-        root = zoo_dir(models)
-        given = {"models.zimage": str(root / "zimage"), "models.vl": str(root / "qwen3-vl")}
+        given = model_settings(models)
     return load_config(path, profile, given | (overrides or {}))
 
 

@@ -10,7 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 def progress_bar(*extra: ProgressColumn | str, transient: bool = True, disable: bool = False) -> Progress:
     """A rich `Progress` on stderr: the task's description, a bar, `done/total`, the `extra` columns (a string is a
     `TextColumn` format, e.g. `"loss {task.fields[loss]}"`), the time remaining. `transient`: erased when it stops;
-    `disable`: shows nothing."""
+    `disable`: shows nothing. Shown only when stderr is a terminal: in a log or a pipe a bar is noise (rich would
+    write its last frame, or a blank line when transient)."""
+    console = Console(stderr=True)
     columns = [TextColumn(c) if isinstance(c, str) else c for c in extra]
     return Progress(
         TextColumn("{task.description}"),
@@ -18,7 +20,7 @@ def progress_bar(*extra: ProgressColumn | str, transient: bool = True, disable: 
         MofNCompleteColumn(),
         *columns,
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=transient,
-        disable=disable,
+        disable=disable or not console.is_terminal,
     )

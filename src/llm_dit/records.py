@@ -3,7 +3,10 @@
 - `sidecar`: the record of one generated image (the PNG's `.json`, a sweep's `results.jsonl` line): the settings
   that acted and why the others did not (`llm_dit.provenance`), what conditioned the DiT (`conditioning`), the
   image-dependence check, models, versions, seed, tokens and timings;
-- `input_files`: the path and sha256 of every input file of a command;
+- `input_files`, `file_fields`: the path and sha256 of every input file of a command, and its output. One rule for
+  paths: every file a record names (`inputs.*.path`, `output`, `models.*.path`, `conditioning.adapter.path`) is an
+  absolute, resolved path, so a record read anywhere names the same files; `settings` (and `models.*.id`) keep the
+  values as they were given, since they say what was asked;
 - `extraction_metadata`, `encoding_metadata`, `direction_metadata`: the metadata of the files `extract`, `encode`
   and `steer` write;
 - `library_versions`: the versions every record carries.
@@ -65,7 +68,7 @@ def conditioning(p: Prepared, rendered: Rendered | None = None) -> dict[str, Any
     cond = p.conditioning
     record = cond.record | {"source": cond.source, "alpha": None, "alphas": []}
     if "adapter" in record:  # the adapter as the record names it: its path, the file's sha256, its metadata
-        record["adapter"] = {"path": p.config.vl.adapter, **record["adapter"]}
+        record["adapter"] = {"path": str(Path(p.config.vl.adapter).resolve()), **record["adapter"]}
     received = p.first
     if cond.combine is not None:
         g = p.config.generation
@@ -126,6 +129,11 @@ def sidecar(p: Prepared, rendered: Rendered | None = None) -> dict[str, Any]:
         "versions": library_versions(),
         "timings_s": {k: round(v, 4) for k, v in p.times.items()},
     }
+
+
+def file_fields(output: Path, inputs: dict[str, Path | None]) -> dict[str, Any]:
+    """A written image's `inputs` (`input_files`) and `output`, both absolute and resolved (the module's path rule)."""
+    return {"inputs": input_files(inputs), "output": str(Path(output).resolve())}
 
 
 def input_files(paths: dict[str, Path | None]) -> dict[str, dict[str, str]]:

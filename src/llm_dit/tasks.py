@@ -19,7 +19,7 @@ from .diagnostics import INSPECT_LAYERS, inspect_layers
 from .errors import UserError, check_choice
 from .files import load_embeddings, load_image, read_lines, save_image, save_tensors
 from .generate import Generator
-from .records import direction_metadata, encoding_metadata, extraction_metadata, input_files
+from .records import direction_metadata, encoding_metadata, extraction_metadata, file_fields
 from .stats import ReferenceStats
 from .steer import DIRECTIONS, load_direction, save_direction
 from .text import STATS_PROMPTS
@@ -69,14 +69,14 @@ def generate_file(
         "embeddings": embeddings,
         "steer": steer,
     }
-    inputs = input_files({role: Path(p) if p else None for role, p in files.items()})
-    return save_image(result.image, output, result.record | {"inputs": inputs, "output": str(output)})
+    inputs = {role: Path(p) if p else None for role, p in files.items()}
+    return save_image(result.image, output, result.record | file_fields(output, inputs))
 
 
 def extract_file(config: Config, image: str | Path, output: str | Path, text: str | None = None) -> dict[str, Any]:
     """VL rows of `image` + `text` with the `vl` settings (weighted layers combined) into a safetensors file;
     returns a summary (output, cache hit or miss, shape, layer, token mode, spans, variant, masked dims, sinks)."""
-    rows, extracted = Generator(config).extract(load_image(image, "image"), text)
+    rows, extracted = Generator(config).extract(load_image(image, "reference image"), text)
     e = next(iter(extracted.values()))
     meta = extraction_metadata(rows, extracted, layer_weights(config.vl), Path(image))
     save_tensors(output, {"embeddings": rows}, meta)
@@ -142,7 +142,7 @@ def inspect_image(config: Config, image: str | Path, prompt: str, layers: list[i
     report = inspect_layers(
         components.vl,
         components.text_encoder,
-        load_image(image, "image"),
+        load_image(image, "reference image"),
         prompt,
         wanted,
         refs,

@@ -269,6 +269,12 @@ def zoo_dir(preset: str = "tiny") -> Path:
     return target
 
 
+def model_settings(preset: str = "tiny") -> dict[str, str]:
+    """`{"models.zimage": ..., "models.vl": ...}`: the two model folders of the cached build of `preset`."""
+    root = zoo_dir(preset)
+    return {"models.zimage": str(root / "zimage"), "models.vl": str(root / "qwen3-vl")}
+
+
 def install_zoo(target: str | Path, preset: str = "tiny") -> Path:
     """Build `preset` into `target` atomically: built in a sibling temp folder, then renamed into place, so a
     half-built zoo is never visible. If another process finished first, its identical build is kept."""

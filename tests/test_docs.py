@@ -1,0 +1,289 @@
+"""Documentation as tests: every shell command in README.md and docs/*.md runs, as written, against the tiny zoo.
+
+The docs explain the one switch this relies on: `LLM_DIT_MODELS=tiny` makes the default model ids resolve to the tiny
+offline zoo (`config.locate_models`). Each doc file runs in order in a scratch folder that looks like the repo root
+(`examples`, `src`, `.venv`, `Makefile`, `pyproject.toml` linked in), so later commands may use earlier outputs and
+no file of the repo is written. The rules (also in docs/cli.md, "Examples are tests"):
+
+- Commands run with the repo's `.venv` activated, as README.md says to (`. .venv/bin/activate`).
+- ```` ```bash setup ```` blocks are installation steps: never run (they would change this machine's Python), and
+  may hold only `pip install` and `make setup` lines, so nothing else can hide in them. A `pip` command anywhere
+  else is an error.
+- ```` ```bash ```` blocks: every command must exit 0. Assignments, `export`, `.`/`source` and `cd` lines are kept
+  as state for the file's later commands. `make TARGET` runs as `make -n TARGET` (the target exists and what it runs
+  is shown; `make test` must not recurse into itself).
+- ```` ```console ```` blocks: `$ COMMAND` lines run, and what they print (stdout and stderr, in order) must equal
+  the lines below them, except that `...` stands for any text within a line, and a line that is only `...` for any
+  number of lines. `$?` is the previous command's exit code.
+- A command ending in `# GPU` needs a GPU: on a machine without one it must be refused cleanly (exit 2, one
+  `error:` line).
+- Other fences (```` ``` ```` synopses, `toml`, `json`, `python`) are not run.
+A failing command is reported with its file and line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+LINKED = ("examples", "src", ".venv", "Makefile", "pyproject.toml")
+STATE = re.compile(r"^(export\s+|\.\s+|source\s+|cd\s+|[A-Za-z_][A-Za-z0-9_]*=)")
+GPU = re.compile(r"\s+#\s*GPU\s*$")
+TIMEOUT_S = 600
+
+
+@dataclass
+class Command:
+    """One shell command of a doc: where it is, what it runs, and (console blocks) what it must print."""
+
+    file: Path
+    line: int
+    text: str
+    expected: list[str] | None = None  # None: only the exit code is checked
+    gpu: bool = False
+
+    @property
+    def where(self) -> str:
+        name = self.file.relative_to(REPO) if self.file.is_relative_to(REPO) else self.file
+        return f"{name}:{self.line}"
+
+
+INSTALLERS = re.compile(r"^(sudo\s+)?(pip3?|python3?\s+-m\s+pip|apt(-get)?|conda|uv)\s")
+SETUP = re.compile(r"^(pip install\s|make setup$)")
+
+
+@dataclass
+class Block:
+    lang: str
+    info: str
+    line: int  # line of the first line inside the fence
+    lines: list[str] = field(default_factory=list)
+
+
+def fenced_blocks(text: str) -> list[Block]:
+    """Every fenced block with its info string's first word and the line number of its first content line."""
+    blocks: list[Block] = []
+    current: Block | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("```"):
+            if current is None:
+                info = line[3:].strip()
+                current = Block(info.split(" ")[0], info, number + 1)
+            else:
+                blocks.append(current)
+                current = None
+        elif current is not None:
+            current.lines.append(line)
+    return blocks
+
+
+def _logical(lines: list[str], start: int) -> list[tuple[int, str]]:
+    """Lines joined at trailing backslashes, each with the number of its first physical line."""
+    out: list[tuple[int, str]] = []
+    pending: tuple[int, str] | None = None
+    for offset, line in enumerate(lines):
+        if pending is None:
+            pending = (start + offset, line)
+        else:
+            pending = (pending[0], pending[1][:-1].rstrip() + " " + line.strip())
+        if not pending[1].endswith("\\"):
+            out.append(pending)
+            pending = None
+    if pending is not None:
+        out.append(pending)
+    return out
+
+
+def _command(file: Path, line: int, text: str, expected: list[str] | None) -> Command:
+    gpu = bool(GPU.search(text))
+    return Command(file, line, GPU.sub("", text).strip(), expected, gpu)
+
+
+def doc_commands(file: Path) -> list[Command]:
+    """The commands of `file`'s bash and console blocks, in order."""
+    commands: list[Command] = []
+    for block in fenced_blocks(file.read_text()):
+        if block.info == "bash setup":
+            for line, text in _logical(block.lines, block.line):
+                if text.strip() and not text.lstrip().startswith("#"):
+                    assert SETUP.match(text), f"{file}:{line}: only `pip install` and `make setup` in a setup block"
+        elif block.lang == "bash":
+            for line, text in _logical(block.lines, block.line):
+                if text.strip() and not text.lstrip().startswith("#"):
+                    commands.append(_command(file, line, text, None))
+        elif block.lang == "console":
+            own: list[Command] = []  # this block's commands: output lines belong to the last of them
+            for line, text in _logical(block.lines, block.line):
+                if text.startswith("$ "):
+                    own.append(_command(file, line, text[2:], []))
+                    commands.append(own[-1])
+                elif own:
+                    own[-1].expected.append(text)
+                else:
+                    raise AssertionError(f"{file}:{line}: console output without a `$ ` command")
+    for command in commands:
+        assert not INSTALLERS.match(command.text), f"{command.where}: installs run only in a ```bash setup block"
+    for command in commands:  # a console block's trailing blank line separates commands: not output
+        while command.expected and not command.expected[-1].strip():
+            command.expected.pop()
+    return commands
+
+
+def output_pattern(expected: list[str]) -> re.Pattern[str]:
+    """`expected` as a regex: `...` = any text within a line; a line that is only `...` = any number of lines."""
+    parts = []
+    for line in expected:
+        if line.strip() == "...":
+            parts.append(r"(?:[^\n]*\n)*?")
+        else:
+            parts.append(".*?".join(re.escape(piece) for piece in line.rstrip().split("...")) + r"\n")
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def matches(expected: list[str], actual: str) -> bool:
+    text = "\n".join(line.rstrip() for line in actual.splitlines()) + "\n" if actual else ""
+    return output_pattern(expected).fullmatch(text) is not None
+
+
+def scratch_root(tmp: Path) -> Path:
+    """A folder that looks like the repo root for the commands: the needed parts linked, nothing else."""
+    for name in LINKED:
+        (tmp / name).symlink_to(REPO / name)
+    return tmp
+
+
+def shell_line(command: Command) -> str:
+    """`make TARGET` as a dry run; everything else as written."""
+    if command.text.startswith("make "):
+        return "make -n " + command.text.removeprefix("make ")
+    return command.text
+
+
+def run_doc(file: Path, cwd: Path) -> list[str]:
+    """Run every command of `file` in order in `cwd`; the failures, each naming its file and line."""
+    venv = str(REPO / ".venv" / "bin")
+    cache = cwd / ".llm-dit-cache"  # each doc starts with an empty tensor cache ("cache": "miss" as the docs show)
+    cache.mkdir(exist_ok=True)
+    if not (cache / "zoo").exists():  # ... and the session's zoo build (built once)
+        (cache / "zoo").symlink_to(Path(os.environ["LLM_DIT_CACHE"]) / "zoo")
+    env = {
+        **os.environ,
+        "LLM_DIT_CACHE": str(cache),
+        "PATH": f"{venv}{os.pathsep}{os.environ['PATH']}",
+        "LLM_DIT_MODELS": "tiny",
+        "PYTHONUNBUFFERED": "1",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+    }
+    env.pop("COLUMNS", None)
+    import torch
+
+    has_gpu = torch.cuda.is_available()
+    state: list[str] = []
+    last = 0
+    failures: list[str] = []
+    for command in doc_commands(file):
+        if STATE.match(command.text) and command.expected is None:
+            state.append(command.text)
+            continue
+        script = "\n".join([*state, f"(exit {last})", shell_line(command)])
+        proc = subprocess.run(
+            ["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, timeout=TIMEOUT_S, check=False,
+        )  # fmt: skip
+        last = proc.returncode
+        lines = proc.stdout.strip().splitlines()
+        problem = None
+        if command.gpu and not has_gpu:
+            if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: "):
+                problem = "a GPU-only command must be refused on CPU with exit 2 and one `error:` line"
+        elif command.expected is None and proc.returncode != 0:  # (a GPU command on a GPU machine runs as any other)
+            problem = f"exited {proc.returncode}"
+        if problem is None and command.expected is not None and not matches(command.expected, proc.stdout):
+            problem = "printed something else than the doc shows:\n--- doc\n" + "\n".join(command.expected)
+        if problem:
+            failures.append(f"{command.where}: `{command.text}`: {problem}\n--- tool (exit {last})\n{proc.stdout}")
+    return failures
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_documented_commands_run_as_written(doc: Path, zoo: Path, tmp_path: Path) -> None:
+    if not doc_commands(doc):
+        pytest.skip(f"{doc.name} has no shell commands")
+    start = time.perf_counter()
+    failures = run_doc(doc, scratch_root(tmp_path))
+    print(f"{doc.name}: {len(doc_commands(doc))} commands in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    assert not failures, "\n\n".join(failures)
+
+
+# The harness's own rules, on small made-up docs.
+
+
+def test_parser_joins_continuations_keeps_line_numbers_and_marks_gpu(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text(
+        "intro\n```bash\n# comment\nA=1\nllm-dit generate -p x \\\n    -o y.png\n"
+        "llm-dit x --profile rtx4090  # GPU\n```\n"
+        "```console\n$ echo hi\nhi\n\n$ echo $?\n0\n```\n```\nllm-dit synopsis [OPTIONS]\n```\n"
+    )
+    got = [(c.line, c.text, c.expected, c.gpu) for c in doc_commands(doc)]
+    assert got == [
+        (4, "A=1", None, False),
+        (5, "llm-dit generate -p x -o y.png", None, False),
+        (7, "llm-dit x --profile rtx4090", None, True),
+        (10, "echo hi", ["hi"], False),
+        (13, "echo $?", ["0"], False),
+    ]
+
+
+def test_install_steps_never_run_and_hold_only_installs(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("```bash setup\npip install -e .\nmake setup\n```\n")
+    assert doc_commands(doc) == []
+    doc.write_text("```bash setup\npip install torch\nllm-dit demo\n```\n")
+    with pytest.raises(AssertionError, match=r"x\.md:3: only `pip install`"):
+        doc_commands(doc)
+    doc.write_text("```bash\npip install torch\n```\n")
+    with pytest.raises(AssertionError, match=r"installs run only in a ```bash setup block"):
+        doc_commands(doc)
+
+
+def test_output_check_is_exact_except_for_the_ellipsis() -> None:
+    assert matches(["a 1", "b"], "a 1\nb\n")
+    assert not matches(["a 1", "b"], "a 2\nb\n")
+    assert not matches(["a"], "a\nextra\n")
+    assert matches(["took ... s", "..."], "took 3.2 s\nmore\nlines\n")
+    assert matches(["x", "...", "z"], "x\nz\n")
+    assert not matches(["took ... s"], "took 3\n")
+
+
+def test_console_output_belongs_to_a_command_of_its_own_block(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("```console\n$ echo a\na\n```\n\n```console\nan excerpt\n```\n")
+    with pytest.raises(AssertionError, match=r"x\.md:7: console output without a `\$ ` command"):
+        doc_commands(doc)
+
+
+def test_a_failing_command_is_named_by_file_and_line(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text("```bash\nX=out\ntrue\nfalse\n```\n```console\n$ echo $X\nout\n$ echo no\nyes\n```\n")
+    found = run_doc(doc, tmp_path)
+    assert [f.split(": `")[0].rsplit(":", 1)[1] for f in found] == ["4", "9"]
+    assert "exited 1" in found[0] and "printed something else" in found[1]
+
+
+def test_a_gpu_command_that_runs_or_fails_noisily_is_a_failure(tmp_path: Path) -> None:
+    doc = tmp_path / "g.md"
+    doc.write_text("```bash\ntrue  # GPU\necho 'error: no cuda' >&2; exit 2  # GPU\n```\n")
+    found = run_doc(doc, tmp_path)
+    assert len(found) == 1 and found[0].split(": `")[0].endswith(":2")
