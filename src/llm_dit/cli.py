@@ -311,7 +311,9 @@ def metrics(given: Given, sweep_dir: SweepDirArg) -> None:
     from .scoring import write_metrics
     from .sweepdir import SweepDir
 
-    print(json.dumps(write_metrics(SweepDir.existing(sweep_dir), given.get("clip_model")), indent=2))
+    scoring = given.of("scoring")
+    metrics = write_metrics(SweepDir.existing(sweep_dir), scoring["metric_models"], scoring["metric_device"] or "cpu")
+    print(json.dumps(metrics, indent=2))
 
 
 @app.command()
