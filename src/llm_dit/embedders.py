@@ -93,9 +93,7 @@ class DualEncoder(Embedder):
     """CLIP-like dual encoder (CLIP, SigLIP, SigLIP2): projected image and text embeddings."""
 
     def __init__(self, model, tokenizer, image_processor, source: str = "", device: str | torch.device = "cpu"):
-        for method in ("get_image_features", "get_text_features"):
-            if not callable(getattr(model, method, None)):
-                raise UserError(f"'{source}' is a {type(model).__name__}, not a CLIP/SigLIP dual encoder (no {method})")
+        _check_dual_encoder(model, source)
         super().__init__(model, image_processor, source, device)
         self.tokenizer = tokenizer
         self.model_type: str = getattr(model.config, "model_type", "")
@@ -142,6 +140,18 @@ class VisionEncoder(Embedder):
         return getattr(self.model(pixel_values=pixel_values), self.output)
 
 
+def _processor(source: str):
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(source, backend="pil")
+
+
+def _check_dual_encoder(model, name: str) -> None:
+    for method in ("get_image_features", "get_text_features"):
+        if not callable(getattr(model, method, None)):
+            raise UserError(f"'{name}' is a {type(model).__name__}, not a CLIP/SigLIP dual encoder (no {method})")
+
+
 def _source(role: str, name: str) -> str:
     """A local folder (must hold a config.json) or a hub id; a path-like name that does not exist is refused."""
     path = Path(name).expanduser()
@@ -156,27 +166,26 @@ def _source(role: str, name: str) -> str:
 
 def load_embedder(role: str, name: str | Path, device: str | torch.device = "cpu") -> Embedder:
     """Load the ``role`` model (one of ``ROLES``) from a local folder or hub id, float32 on ``device``."""
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, CLIPVisionModelWithProjection
+    from transformers import AutoModel, AutoTokenizer, CLIPVisionModelWithProjection
 
     if role not in ROLES:
         raise UserError(f"unknown metric model role '{role}' (valid: {', '.join(ROLES)})")
     name = str(name)
     source = _source(role, name)
     try:
-        processor = AutoImageProcessor.from_pretrained(source, backend="pil")
         if role == "csd":
             model = CLIPVisionModelWithProjection.from_pretrained(source, dtype=torch.float32)
             act = model.config.hidden_act
             if act != "quick_gelu":
                 raise UserError(f"csd model '{name}' uses activation '{act}', not the OpenAI ViT's quick_gelu")
-            return VisionEncoder(model, processor, "image_embeds", name, device)
+            return VisionEncoder(model, _processor(source), "image_embeds", name, device)
         model = AutoModel.from_pretrained(source, dtype=torch.float32)
         if role == "dino":
             if getattr(model.config, "model_type", "") not in ("dinov2", "dinov2_with_registers"):
                 raise UserError(f"dino model '{name}' is a {type(model).__name__}, not a DINOv2 model")
-            return VisionEncoder(model, processor, "pooler_output", name, device)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        return DualEncoder(model, tokenizer, processor, name, device)
+            return VisionEncoder(model, _processor(source), "pooler_output", name, device)
+        _check_dual_encoder(model, name)
+        return DualEncoder(model, AutoTokenizer.from_pretrained(source), _processor(source), name, device)
     except (OSError, ValueError, KeyError, TypeError, ImportError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = "" if Path(name).expanduser().exists() else " (no such local folder; tried it as a hub model id)"

@@ -105,8 +105,8 @@ def run_experiment(
     on_result: OnResult | None = None,
 ) -> ExperimentResult:
     """Run `spec` into `out_dir` (`run_sweep`, same arguments), score every finished run (`scoring.write_metrics`,
-    with the metric models `metric_models` on `metric_device`, see `scorer.metric_models`) and write `grid.png` and `report.html`
-    (`report.build_report`)."""
+    with the metric models `metric_models` on `metric_device`: `scorer.metric_models`) and write `grid.png` and
+    `report.html` (`report.build_report`)."""
     summary = run_sweep(
         config, spec, out_dir, resume=resume, batch_size=batch_size, executor=executor, on_result=on_result, cache=cache
     )

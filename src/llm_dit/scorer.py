@@ -42,7 +42,7 @@ MODEL_ROLES = (*ROLES, *REWARD_MODELS)  # clip, siglip, csd, dino, image_reward,
 
 
 def default_csd_dir() -> Path:
-    """Where ``llm-dit convert-csd`` writes the converted CSD model by default, and where ``default`` looks for it."""
+    """Where ``llm-dit models convert-csd`` writes the converted CSD model by default (and ``default`` looks)."""
     return cache_root() / "metric-models" / "csd-vit-l"
 
 
@@ -140,7 +140,7 @@ class MetricScorer:
                     self.rewards[role] = RewardModel(role, source, device)
             elif role == "csd" and source == str(default_csd_dir()) and not Path(source).exists():
                 self.unavailable["csd"] = (
-                    f"no converted CSD model at {source} (run: llm-dit convert-csd CHECKPOINT), or pass csd=PATH"
+                    f"no converted CSD model at {source} (run: llm-dit models convert-csd CHECKPOINT), or pass csd=PATH"
                 )
             else:
                 self.embedders[role] = load_embedder(role, source, device)
