@@ -202,10 +202,24 @@ class MetricScorer:
             for name, value in compute_image_metrics(img, reference=ref, baseline=base).items():
                 values[name][i] = value
         need = {"prompt": prompts, "reference": refs, "baseline": bases}
-        for name, info in METRICS.items():
-            if name in IMAGE_METRICS or info.model not in (*self.embedders, *self.rewards):
-                continue
-            idx = [i for i in range(len(items)) if need[info.needs][i] is not None]
+        todo = {  # metric -> the items that have its input
+            name: [i for i in range(len(items)) if need[info.needs][i] is not None]
+            for name, info in METRICS.items()
+            if name not in IMAGE_METRICS and info.model in (*self.embedders, *self.rewards)
+        }
+        for role in self.embedders:  # every distinct image a role needs, embedded in one batched pass
+            wanted = [
+                image
+                for name, idx in todo.items()
+                if METRICS[name].model == role
+                for i in idx
+                for image in (images[i], need[METRICS[name].needs][i])
+                if isinstance(image, Image.Image)
+            ]
+            if wanted:
+                self.embed_images(role, wanted)
+        for name, idx in todo.items():
+            info = METRICS[name]
             if not idx:
                 continue
             others = [need[info.needs][i] for i in idx]
