@@ -5,6 +5,7 @@ known answers, embed-once caching, the CSD pickle safety and usable-vs-installed
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import re
 import sys
@@ -376,19 +377,18 @@ def fresh_probe():
 
 
 def test_installed_but_broken_quality_package_is_absent_with_its_reason(
-    monkeypatch: pytest.MonkeyPatch, fresh_probe
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_probe
 ) -> None:
-    """ImageReward 1.5 is installed but fails to import under transformers 5: absent, reason recorded, no NaN."""
-    real = importlib.import_module
-
-    def failing(name: str, *args, **kwargs):
-        if name == "ImageReward":
-            raise ImportError(
-                "cannot import name 'find_pruneable_heads_and_indices' from 'transformers.modeling_utils'"
-            )
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(importlib, "import_module", failing)
+    """ImageReward 1.5 is installed but fails to import under transformers 5: absent, reason recorded, no NaN.
+    (Before, `find_spec` called it available and scoring died in the import.)"""
+    package = tmp_path / "site" / "ImageReward"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "raise ImportError(\"cannot import name 'find_pruneable_heads_and_indices'\")\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "ImageReward", raising=False)
+    assert importlib.util.find_spec("ImageReward") is not None  # installed
     scorer = MetricScorer({"image_reward": "ImageReward-v1.0"})
     assert scorer.unavailable["image_reward"].startswith("ImageReward is not usable here: ImportError: cannot import")
     assert "\n" not in scorer.unavailable["image_reward"]
@@ -415,3 +415,12 @@ def test_a_usable_quality_package_is_scored(monkeypatch: pytest.MonkeyPatch, fre
 def test_every_model_metric_names_its_model_role() -> None:
     roles = {"clip", "siglip", "csd", "dino", "image_reward", "hpsv2"}
     assert {i.model for i in METRICS.values() if i.model} == roles
+
+
+def test_every_metric_is_documented_in_methods() -> None:
+    from .conftest import REPO
+
+    text = (REPO / "docs" / "methods.md").read_text()
+    section = text[text.index("## 11. Metrics") : text.index("## 12.")]
+    missing = [n for n in METRICS if f"| `{n}`" not in section]
+    assert not missing, missing
