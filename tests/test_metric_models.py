@@ -29,12 +29,7 @@ from llm_dit.scorer import MetricScorer, ScoreItem, default_csd_dir, metric_mode
 PROMPTS = ["a photo of a cat", "a blurry mountain at night, oil painting"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

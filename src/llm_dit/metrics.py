@@ -370,37 +370,109 @@ _ANY = (-math.inf, math.inf)
 
 # Every metric, model-free and model-based, in report order. `needs`: "reference" = the reference image, "baseline" =
 # the text-only image of the same cell (a sweep's baseline run, an eval's `text` method), "prompt" = the prompt.
-# fmt: off
 METRICS: dict[str, MetricInfo] = {
     info.name: info
     for info in (
-        MetricInfo("clip_t", _COS, True, "prompt", "prompt_adherence",
-                   "CLIP-T: cosine of the CLIP image and prompt embeddings", "clip"),
-        MetricInfo("siglip_t", _COS, True, "prompt", "prompt_adherence",
-                   "SigLIP-T: cosine of the SigLIP image and prompt embeddings", "siglip"),
-        MetricInfo("csd", _COS, True, "reference", "style_similarity",
-                   "CSD: cosine of the style descriptors of image and reference", "csd"),
-        MetricInfo("clip_i", _COS, True, "reference", "style_similarity",
-                   "CLIP-I: cosine of the CLIP image embeddings of image and reference", "clip"),
-        MetricInfo("color_hist_similarity", (0.0, 1.0), True, "reference", "style_similarity",
-                   "colours shared with the reference image (rises with conditioning strength)"),
-        MetricInfo("dino_leak", _COS, False, "reference", "content_leak",
-                   "DINOv2 (CLS) cosine to the reference: its content copied into the image", "dino"),
-        MetricInfo("dino_kept", _COS, True, "baseline", "content_kept",
-                   "DINOv2 (CLS) cosine to the text-only image of the same cell (1 = unchanged)", "dino"),
-        MetricInfo("ssim_to_baseline", _COS, True, "baseline", "content_kept",
-                   "structure kept from the text-only image of the same cell (1 = unchanged: doing nothing is best)"),
-        MetricInfo("image_reward", _ANY, True, "prompt", "quality",
-                   "ImageReward human-preference score (when the package is usable)", "image_reward"),
-        MetricInfo("hpsv2", _ANY, True, "prompt", "quality",
-                   "HPSv2 human-preference score (when the package is usable)", "hpsv2"),
-        MetricInfo("grid_artifact_score", _ANY, False, "image", "defect",
-                   "32-px token-grid artefacts (≈ 0 clean; not measured below 128 px)"),
+        MetricInfo(
+            "clip_t",
+            _COS,
+            True,
+            "prompt",
+            "prompt_adherence",
+            "CLIP-T: cosine of the CLIP image and prompt embeddings",
+            "clip",
+        ),
+        MetricInfo(
+            "siglip_t",
+            _COS,
+            True,
+            "prompt",
+            "prompt_adherence",
+            "SigLIP-T: cosine of the SigLIP image and prompt embeddings",
+            "siglip",
+        ),
+        MetricInfo(
+            "csd",
+            _COS,
+            True,
+            "reference",
+            "style_similarity",
+            "CSD: cosine of the style descriptors of image and reference",
+            "csd",
+        ),
+        MetricInfo(
+            "clip_i",
+            _COS,
+            True,
+            "reference",
+            "style_similarity",
+            "CLIP-I: cosine of the CLIP image embeddings of image and reference",
+            "clip",
+        ),
+        MetricInfo(
+            "color_hist_similarity",
+            (0.0, 1.0),
+            True,
+            "reference",
+            "style_similarity",
+            "colours shared with the reference image (rises with conditioning strength)",
+        ),
+        MetricInfo(
+            "dino_leak",
+            _COS,
+            False,
+            "reference",
+            "content_leak",
+            "DINOv2 (CLS) cosine to the reference: its content copied into the image",
+            "dino",
+        ),
+        MetricInfo(
+            "dino_kept",
+            _COS,
+            True,
+            "baseline",
+            "content_kept",
+            "DINOv2 (CLS) cosine to the text-only image of the same cell (1 = unchanged)",
+            "dino",
+        ),
+        MetricInfo(
+            "ssim_to_baseline",
+            _COS,
+            True,
+            "baseline",
+            "content_kept",
+            "structure kept from the text-only image of the same cell (1 = unchanged: doing nothing is best)",
+        ),
+        MetricInfo(
+            "image_reward",
+            _ANY,
+            True,
+            "prompt",
+            "quality",
+            "ImageReward human-preference score (when the package is usable)",
+            "image_reward",
+        ),
+        MetricInfo(
+            "hpsv2",
+            _ANY,
+            True,
+            "prompt",
+            "quality",
+            "HPSv2 human-preference score (when the package is usable)",
+            "hpsv2",
+        ),
+        MetricInfo(
+            "grid_artifact_score",
+            _ANY,
+            False,
+            "image",
+            "defect",
+            "32-px token-grid artefacts (≈ 0 clean; not measured below 128 px)",
+        ),
         # More fine detail is not intrinsically better or worse: higher = more detail/noise.
         MetricInfo("high_frequency_energy", (0.0, 1.0), None, "image", "descriptive", "share of fine detail and noise"),
     )
 }
-# fmt: on
 IMAGE_METRICS: dict[str, MetricInfo] = {n: i for n, i in METRICS.items() if i.model is None}  # model-free
 
 
