@@ -330,7 +330,7 @@ def test_registry_describes_four_model_free_metrics() -> None:
         "grid_artifact_score",
         "high_frequency_energy",
     }
-    assert IMAGE_METRICS == {n: i for n, i in METRICS.items() if i.model is None}
+    assert {n: i for n, i in METRICS.items() if i.model is None} == IMAGE_METRICS
     for name, info in METRICS.items():
         assert isinstance(info, MetricInfo)
         assert info.name == name
