@@ -284,6 +284,12 @@ def test_metric_models_spec(zoo_root: Path) -> None:
         assert "\n" not in str(info.value)
 
 
+def test_a_bad_metric_device_is_a_one_line_error() -> None:
+    with pytest.raises(UserError, match="metric_device: 'gpu0' is not a torch device"):
+        MetricScorer(None, device="gpu0")
+    assert MetricScorer(None, device=None).device == "cpu"
+
+
 def test_default_csd_without_conversion_is_absent_with_reason() -> None:
     off = {"clip": None, "siglip": None, "dino": None, "image_reward": None, "hpsv2": None}
     scorer = MetricScorer(["default", *(f"{k}=none" for k in off)])

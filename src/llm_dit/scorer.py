@@ -124,7 +124,10 @@ class MetricScorer:
     ) -> None:
         if batch_size < 1:
             raise UserError(f"metric batch_size must be >= 1, got {batch_size}")
-        self.device = str(device)
+        try:
+            self.device = str(torch.device(device or "cpu"))
+        except RuntimeError:
+            raise UserError(f"metric_device: '{device}' is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
         self.sources = metric_models(models)
         self.embedders: dict[str, Embedder] = {}
         self.rewards: dict[str, RewardModel] = {}
