@@ -336,6 +336,23 @@ def test_the_tiny_checkpoint_needs_the_allow_list(zoo_root: Path) -> None:
     assert "last_layer_style" in state and not any(k.startswith("module.") for k in state)
 
 
+def test_a_checkpoint_written_with_numpy_1_loads(zoo_root: Path, tmp_path: Path) -> None:
+    """The published file was pickled under numpy 1.x, which names `numpy.core.multiarray.scalar`: the allow-list
+    carries that name too (allow-listing the numpy 2 class alone does not load it)."""
+    import zipfile
+
+    old = tmp_path / "numpy1.pth"
+    with zipfile.ZipFile(zoo_root / "csd-checkpoint.pth") as zin, zipfile.ZipFile(old, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray\nscalar" in data
+                data = data.replace(b"numpy._core.multiarray\nscalar", b"numpy.core.multiarray\nscalar")
+            zout.writestr(info, data)
+    assert "numpy.core.multiarray.scalar" in torch.serialization.get_unsafe_globals_in_checkpoint(old)
+    torch.testing.assert_close(load_csd_checkpoint(old), load_csd_checkpoint(zoo_root / "csd-checkpoint.pth"))
+
+
 def test_a_checkpoint_with_an_unexpected_global_is_refused_and_nothing_runs(tmp_path: Path, cli) -> None:
     marker = tmp_path / "marker"
     ckpt = tmp_path / "evil.pth"
