@@ -222,17 +222,22 @@ def test_recoloured_image_keeps_structure_but_not_colour(scorer: MetricScorer, z
 # ----------------------------------------------------------------------------------- scale: load once, embed once
 
 
-def test_each_distinct_image_and_prompt_is_embedded_once_per_model(zoo_root: Path) -> None:
-    scorer = MetricScorer("tiny")
+def test_each_distinct_image_and_prompt_is_embedded_once_per_model(
+    scorer: MetricScorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    again_loaded = MetricScorer("tiny", batch_size=3)
+    assert all(again_loaded.embedders[r] is e for r, e in scorer.embedders.items())  # loaded once per process
+    scorer = again_loaded  # a fresh embedding cache
     calls: dict[str, list[int]] = {}
     for role, embedder in scorer.embedders.items():
         inner = embedder.embed_images
 
-        def counting(images, role=role, inner=inner):
+        def counting(images, batch_size=None, role=role, inner=inner):
             calls.setdefault(role, []).append(len(images))
-            return inner(images)
+            assert batch_size == 3
+            return inner(images, batch_size)
 
-        embedder.embed_images = counting  # type: ignore[method-assign]
+        monkeypatch.setattr(embedder, "embed_images", counting)
     ref, text_image = scene(12), scene(13)
     cells = [ScoreItem(text_image, PROMPTS[0], reference=ref)]  # the text method's image: itself has no baseline
     cells += [ScoreItem(scene(14 + i), PROMPTS[0], reference=ref, baseline=text_image) for i in range(3)]

@@ -64,7 +64,8 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class Embedder:
-    """One metric model: ``embed_images(images) -> [n, dim]`` float32 CPU embeddings, in batches of ``batch_size``."""
+    """One metric model: ``embed_images(images) -> [n, dim]`` float32 CPU embeddings, in batches of ``batch_size``
+    (the attribute, or the call's argument)."""
 
     role: str = ""
 
@@ -79,11 +80,12 @@ class Embedder:
         raise NotImplementedError
 
     @torch.no_grad()
-    def embed_images(self, images: Sequence[ImageLike]) -> torch.Tensor:
+    def embed_images(self, images: Sequence[ImageLike], batch_size: int | None = None) -> torch.Tensor:
         """Embeddings of ``images`` (any ``metrics.to_array`` input), ``[len(images), dim]`` float32 on the CPU."""
         out: list[torch.Tensor] = []
-        for start in range(0, len(images), self.batch_size):
-            batch = [to_pil(image) for image in images[start : start + self.batch_size]]
+        step = batch_size or self.batch_size
+        for start in range(0, len(images), step):
+            batch = [to_pil(image) for image in images[start : start + step]]
             pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
             out.append(self._image_forward(pixels.to(self.model.dtype)).float().cpu())
         return torch.cat(out) if out else torch.empty(0, 0)
@@ -119,11 +121,12 @@ class DualEncoder(Embedder):
         return {k: v.to(self.device) for k, v in enc.items() if k in keep}
 
     @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+    def embed_texts(self, texts: Sequence[str], batch_size: int | None = None) -> torch.Tensor:
         """Projected text embeddings of ``texts``, ``[len(texts), dim]`` float32 on the CPU."""
+        step = batch_size or self.batch_size
         out = [
-            _pooled(self.model.get_text_features(**self.tokenize(texts[start : start + self.batch_size]))).float().cpu()
-            for start in range(0, len(texts), self.batch_size)
+            _pooled(self.model.get_text_features(**self.tokenize(texts[start : start + step]))).float().cpu()
+            for start in range(0, len(texts), step)
         ]
         return torch.cat(out) if out else torch.empty(0, 0)
 

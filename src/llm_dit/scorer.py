@@ -13,6 +13,7 @@ Optional quality scores (ImageReward, HPSv2) are present only when their package
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -98,6 +99,12 @@ class ScoreItem:
     baseline: ImageLike | str | os.PathLike[str] | None = None
 
 
+@functools.cache
+def _shared_embedder(role: str, source: str, device: str) -> Embedder:
+    """Each metric model is loaded once per process: scorers with the same role, source and device share it."""
+    return load_embedder(role, source, device)
+
+
 def _image(value: ImageLike | str | os.PathLike[str]) -> Image.Image:
     if isinstance(value, str | os.PathLike):
         path = Path(value)
@@ -113,8 +120,9 @@ def _key(image: Image.Image) -> str:
 
 
 class MetricScorer:
-    """Every registered metric of images, with the metric models of ``models`` (see ``metric_models``) loaded once on
-    ``device``; ``batch_size`` images per forward pass."""
+    """Every registered metric of images, with the metric models of ``models`` (see ``metric_models``) on ``device``
+    (each loaded once per process, shared between scorers); ``batch_size`` images per forward pass. Embeddings are
+    cached per scorer."""
 
     def __init__(
         self,
@@ -124,6 +132,7 @@ class MetricScorer:
     ) -> None:
         if batch_size < 1:
             raise UserError(f"metric batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
         try:
             self.device = str(torch.device(device or "cpu"))
         except RuntimeError:
@@ -146,8 +155,7 @@ class MetricScorer:
                     f"no converted CSD model at {source} (run: llm-dit models convert-csd CHECKPOINT), or pass csd=PATH"
                 )
             else:
-                self.embedders[role] = load_embedder(role, source, device)
-                self.embedders[role].batch_size = batch_size
+                self.embedders[role] = _shared_embedder(role, source, self.device)
         self._images: dict[tuple[str, str], torch.Tensor] = {}
         self._texts: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -173,7 +181,7 @@ class MetricScorer:
         keys = [_key(image) for image in pils]
         todo = {k: im for k, im in zip(keys, pils, strict=True) if (role, k) not in self._images}
         if todo:
-            for k, emb in zip(todo, embedder.embed_images(list(todo.values())), strict=True):
+            for k, emb in zip(todo, embedder.embed_images(list(todo.values()), self.batch_size), strict=True):
                 self._images[(role, k)] = emb
         return torch.stack([self._images[(role, k)] for k in keys]) if keys else torch.empty(0, 0)
 
@@ -184,7 +192,7 @@ class MetricScorer:
             raise UserError(f"the {role} metric model has no text tower")
         todo = list(dict.fromkeys(t for t in texts if (role, t) not in self._texts))
         if todo:
-            for t, emb in zip(todo, embedder.embed_texts(todo), strict=True):
+            for t, emb in zip(todo, embedder.embed_texts(todo, self.batch_size), strict=True):
                 self._texts[(role, t)] = emb
         return torch.stack([self._texts[(role, t)] for t in texts]) if texts else torch.empty(0, 0)
 
