@@ -17,9 +17,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("numerics", "files", "hooks", "metrics"),
     ("cache", "stats", "schedule", "steer"),  # pure maths on rows, schedules, directions
     ("blend", "models", "zoo"),
-    ("inject", "condition", "text", "vl", "clip"),  # conditioning maths, encoders, metric models
-    ("imagedep", "adapter", "diagnostics", "config"),
-    ("provenance", "components", "render", "sweepdir"),
+    ("inject", "condition", "text", "vl", "embedders", "csd"),  # conditioning maths, encoders, metric models
+    ("imagedep", "adapter", "diagnostics", "config", "metriczoo", "reward"),
+    ("provenance", "components", "render", "sweepdir", "scorer"),
     ("assemble", "records", "sweep"),  # assembly, records, sweep specs and plans
     ("generate", "grid", "scoring"),
     ("ranking", "runner", "tasks"),

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from llm_dit.metrics import (
+    IMAGE_METRICS,
     METRICS,
     MetricInfo,
     color_histogram_similarity,
@@ -322,17 +323,18 @@ def test_high_frequency_energy_cutoff_and_edge_cases() -> None:
 # ----------------------------------------------------------------------------------------- registry
 
 
-def test_registry_describes_four_metrics() -> None:
-    assert set(METRICS) == {
+def test_registry_describes_four_model_free_metrics() -> None:
+    assert set(IMAGE_METRICS) == {
         "color_hist_similarity",
         "ssim_to_baseline",
         "grid_artifact_score",
         "high_frequency_energy",
     }
+    assert {n: i for n, i in METRICS.items() if i.model is None} == IMAGE_METRICS
     for name, info in METRICS.items():
         assert isinstance(info, MetricInfo)
         assert info.name == name
-        assert info.needs in ("image", "reference", "baseline")
+        assert info.needs in ("image", "reference", "baseline", "prompt")
         assert info.range[0] < info.range[1]
     assert METRICS["color_hist_similarity"].needs == "reference"
     assert METRICS["ssim_to_baseline"].needs == "baseline"
@@ -346,7 +348,7 @@ def test_compute_image_metrics_selects_by_inputs() -> None:
     assert set(only) == {"grid_artifact_score", "high_frequency_energy"}
     ref = colourful_image(64, 64)
     full = compute_image_metrics(Image.fromarray(img), reference=ref, baseline=img)
-    assert list(full) == list(METRICS)
+    assert list(full) == list(IMAGE_METRICS)
     assert full["ssim_to_baseline"] == pytest.approx(1.0)
     assert full["color_hist_similarity"] == pytest.approx(color_histogram_similarity(img, ref))
     assert full["grid_artifact_score"] == pytest.approx(grid_artifact_score(img))

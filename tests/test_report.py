@@ -441,7 +441,7 @@ def test_report_runs_table_is_sortable_with_all_columns(tmp_path: Path) -> None:
     assert heads[:7] == ["image", "label", "id", "kind", "status", "baseline", "image-free"]
     assert "alpha" in heads
     # arrows only on ranked metrics; style and content say what they measure, not that higher is better
-    marks = {"ssim_to_baseline (content)", "grid_artifact_score ↓", "color_hist_similarity (style)"}
+    marks = {"ssim_to_baseline (content_kept)", "grid_artifact_score ↓", "color_hist_similarity (style_similarity)"}
     assert marks | {"high_frequency_energy"} <= set(heads)
     assert len(re.findall(r"<tr data-run=", table.group(1))) == len(runs)
     assert 'addEventListener("click"' in text and "table.sortable" in text

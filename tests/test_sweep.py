@@ -188,21 +188,20 @@ def test_batched_generation_matches_one_at_a_time(cli, zoo, tmp_path):
         assert np.abs(pa - pb).max() <= 2
 
 
-def test_clip_metrics_join_the_sweep_metrics(cli, zoo, tmp_path):
-    from llm_dit.clip import build_tiny_clip
-
-    clip = build_tiny_clip(tmp_path / "clip")
+def test_model_metrics_join_the_sweep_metrics(cli, zoo, tmp_path):
     out = tmp_path / "c"
-    args = ["--alphas", "0.3", "-i", REF, "-p", "a barn", *TINY, "--clip-model", clip, "-o", out]
+    args = ["--alphas", "0.3", "-i", REF, "-p", "a barn", *TINY, "--metric-models", "tiny,siglip=none", "-o", out]
     assert cli("sweep", *args).code == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    for row in results(out):  # the text-only baseline has no reference image to compare with
+    for row in results(out):  # the text-only baseline has no reference image and no baseline to compare with
         values = metrics[row["id"]]
-        assert -1 <= values["clip_text_similarity"] <= 1
-        assert ("clip_image_similarity" in values) == (row["kind"] == "variant")
-        assert row["kind"] == "baseline" or -1 <= values["clip_image_similarity"] <= 1
-    assert "clip_text_similarity" in (out / "report.html").read_text()
-    r = cli("metrics", out, "--clip-model", tmp_path / "missing")
+        assert -1 <= values["clip_t"] <= 1 and "siglip_t" not in values
+        variant = row["kind"] == "variant"
+        for name in ("clip_i", "csd", "dino_leak", "dino_kept"):
+            assert (name in values) == variant, name
+            assert not variant or -1 <= values[name] <= 1
+    assert "clip_t" in (out / "report.html").read_text()
+    r = cli("metrics", out, "--metric-models", f"clip={tmp_path / 'missing'}")
     assert r.code == 2 and "missing" in r.err
 
 

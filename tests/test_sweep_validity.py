@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from llm_dit.blend import CAPTION_LIMIT, BlendError, align, blend, replace
-from llm_dit.clip import IMAGE_REWARD_METRIC, MODEL_METRICS
 from llm_dit.config import Config
 from llm_dit.errors import UserError
 from llm_dit.metrics import METRICS, grid_artifact_score, pareto_optimal, ssim
@@ -359,16 +358,18 @@ def test_list_presets_says_what_each_preset_needs(cli):
 
 
 def test_every_metric_says_what_it_measures_and_only_defects_and_quality_are_ranked():
-    registry = {**METRICS, **MODEL_METRICS, IMAGE_REWARD_METRIC.name: IMAGE_REWARD_METRIC}
-    assert registry == REPORT_METRICS
-    for info in registry.values():
-        assert info.kind in ("style", "content", "defect", "quality", "descriptive") and info.measures
+    assert METRICS is REPORT_METRICS  # one registry for the scorer and the report
+    kinds = ("prompt_adherence", "style_similarity", "content_leak", "content_kept", "quality", "defect", "descriptive")
+    for info in METRICS.values():
+        assert info.kind in kinds and info.measures
         assert info.ranked == (info.kind in ("defect", "quality"))
-    assert not METRICS["ssim_to_baseline"].ranked and METRICS["ssim_to_baseline"].kind == "content"
-    assert not METRICS["color_hist_similarity"].ranked and METRICS["color_hist_similarity"].kind == "style"
-    assert MODEL_METRICS["clip_image_similarity"].kind == "style"
-    assert MODEL_METRICS["clip_text_similarity"].kind == "content"
-    assert METRICS["grid_artifact_score"].ranked
+    assert not METRICS["ssim_to_baseline"].ranked and METRICS["ssim_to_baseline"].kind == "content_kept"
+    assert not METRICS["color_hist_similarity"].ranked and METRICS["color_hist_similarity"].kind == "style_similarity"
+    assert METRICS["clip_i"].kind == METRICS["csd"].kind == "style_similarity"
+    assert METRICS["clip_t"].kind == METRICS["siglip_t"].kind == "prompt_adherence"
+    assert METRICS["dino_leak"].kind == "content_leak" and METRICS["dino_leak"].higher_is_better is False
+    assert METRICS["dino_kept"].kind == "content_kept" and METRICS["dino_kept"].needs == "baseline"
+    assert METRICS["grid_artifact_score"].ranked and METRICS["image_reward"].ranked
 
 
 def test_pareto_optimal_on_known_points():

@@ -96,6 +96,37 @@ def models_tiny(
     print(out / "qwen3-vl")
 
 
+@models_app.command("metrics")
+def models_metrics(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")]) -> None:
+    """Build the tiny random-weight metric models (CLIP, SigLIP, DINOv2, a CSD checkpoint and its conversion), offline:
+    what --metric-models tiny uses."""
+    from .metriczoo import build_metric_zoo
+    from .zoo import install_built
+
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output folder is not empty: {out}")
+    if out.exists():
+        out.rmdir()
+    install_built(out, build_metric_zoo, {"name": "metrics"})
+    print(out)
+
+
+@models_app.command("convert-csd")
+def models_convert_csd(
+    checkpoint: Annotated[Path, typer.Argument(help="CSD checkpoint (pytorch_model.bin / checkpoint.pth).")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder to create (default: where --metric-models default looks)."),
+    ] = None,
+) -> None:
+    """Convert the published CSD checkpoint, without executing pickle code, to a CLIPVisionModelWithProjection
+    folder (the csd metric model)."""
+    from .csd import convert_csd
+    from .scorer import default_csd_dir
+
+    print(convert_csd(checkpoint, out or default_csd_dir()))
+
+
 @config_app.command("show")
 @takes("config")
 def config_show(given: Given) -> None:
@@ -373,7 +404,9 @@ def metrics(given: Given, sweep_dir: SweepDirArg) -> None:
     from .scoring import write_metrics
     from .sweepdir import SweepDir
 
-    print(json.dumps(write_metrics(SweepDir.existing(sweep_dir), given.get("clip_model")), indent=2))
+    scoring = given.of("scoring")
+    metrics = write_metrics(SweepDir.existing(sweep_dir), scoring["metric_models"], scoring["metric_device"] or "cpu")
+    print(json.dumps(metrics, indent=2))
 
 
 @app.command()

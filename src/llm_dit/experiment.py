@@ -114,13 +114,14 @@ def run_experiment(
     resume: bool = False,
     executor: str = "local",
     batch_size: int = 1,
-    clip_model: str | None = None,
+    metric_models: list[str] | None = None,
+    metric_device: str = "cpu",
     cache: TensorCache | None = None,
     on_result: OnResult | None = None,
 ) -> ExperimentResult:
     """Run `spec` into `out_dir` (`run_sweep`, same arguments), score every finished run (`scoring.write_metrics`,
-    with the CLIP or SigLIP model `clip_model` if given) and write `grid.png` and `report.html`
-    (`report.build_report`)."""
+    with the metric models `metric_models` on `metric_device`: `scorer.metric_models`) and write `grid.png` and
+    `report.html` (`report.build_report`)."""
     inputs = Inputs()  # each input file read once: checked, run and scored
     summary = run_sweep(
         config,
@@ -133,6 +134,6 @@ def run_experiment(
         cache=cache,
         inputs=inputs,
     )
-    metrics = write_metrics(out_dir, clip_model, inputs)
+    metrics = write_metrics(out_dir, metric_models, metric_device, inputs)
     grid, report = build_report(out_dir)
     return ExperimentResult(summary, metrics, grid, report)

@@ -2,8 +2,9 @@
 
 Every metric is a small pure function taking a ``PIL.Image.Image`` (any mode) or a numpy array
 (``uint8``/``uint16``/``bool``/float, HxW or HxWxC with C in {1, 3, 4}) and returning a Python ``float`` (or None
-where it cannot be measured). ``METRICS`` says what each one measures (``kind``) and whether a report may rank by
-it; ``pareto_optimal`` marks the non-dominated runs of a two-metric trade-off.
+where it cannot be measured). ``METRICS`` is the one registry of every metric, model-free and model-based (those run
+through ``scorer.MetricScorer``): what each measures (``kind``), its direction, inputs and metric model, and whether a
+report may rank by it; ``pareto_optimal`` marks the non-dominated runs of a two-metric trade-off.
 Computation is done in float32/float64 numpy; no model, no extra dependencies.
 
 Luminance everywhere is ITU-R BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` on values in [0, 1]
@@ -27,8 +28,11 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
+    "CONTENT_KINDS",
+    "IMAGE_METRICS",
     "METRICS",
     "RANKED_KINDS",
+    "STYLE_KINDS",
     "MetricInfo",
     "color_histogram_similarity",
     "compute_image_metrics",
@@ -324,20 +328,27 @@ def high_frequency_energy(image: ImageLike, cutoff: float = 0.25) -> float:
 # --------------------------------------------------------------------------------------------- registry
 
 Needs = Literal["image", "reference", "baseline", "prompt"]
-MetricKind = Literal["style", "content", "defect", "quality", "descriptive"]
+MetricKind = Literal[
+    "prompt_adherence", "style_similarity", "content_leak", "content_kept", "quality", "defect", "descriptive"
+]
+MetricModel = Literal["clip", "siglip", "csd", "dino", "image_reward", "hpsv2"]
 
-# What a metric's direction means for the question a reference-conditioning sweep asks ("what does the reference
-# add, and at what cost?"). style: closeness to the reference; it rises with conditioning strength. content: what
-# is kept of the text-only baseline or the prompt; doing nothing scores best. Style and content trade off against
-# each other, so neither is ever ranked: the report shows them as a trade-off (Pareto front). defect / quality: the
-# direction means better whatever the conditioning does, so these are the only ranked kinds. descriptive: no
-# better direction.
+# The question a metric answers for reference conditioning ("does the image take the reference's style while keeping
+# the prompt?"). prompt_adherence: match to the prompt. style_similarity: closeness to the reference's style; it rises
+# with conditioning strength. content_leak: the reference's content copied into the image (lower is better).
+# content_kept: what is kept of the cell's text-only image; doing nothing scores best. Style trades off against prompt
+# adherence and content kept, so none of these is ever ranked: a report shows them as a trade-off (Pareto front).
+# defect / quality: the direction means better whatever the conditioning does, so these are the only ranked kinds.
+# descriptive: no better direction.
 RANKED_KINDS: tuple[MetricKind, ...] = ("defect", "quality")
+STYLE_KINDS: tuple[MetricKind, ...] = ("style_similarity",)
+CONTENT_KINDS: tuple[MetricKind, ...] = ("prompt_adherence", "content_kept")
 
 
 class MetricInfo(NamedTuple):
     """Description of a registered metric: key, value range, direction, required inputs, what it measures (`kind`,
-    see RANKED_KINDS) and a one-line description for reports."""
+    see RANKED_KINDS), a one-line description for reports and the metric model it runs through (`model`: a role of
+    the metric-model set, None for a model-free metric)."""
 
     name: str
     range: tuple[float, float]
@@ -345,6 +356,7 @@ class MetricInfo(NamedTuple):
     needs: Needs
     kind: MetricKind
     measures: str
+    model: MetricModel | None = None
 
     @property
     def ranked(self) -> bool:
@@ -353,28 +365,105 @@ class MetricInfo(NamedTuple):
         return self.kind in RANKED_KINDS and self.higher_is_better is not None
 
 
+_COS = (-1.0, 1.0)
+_ANY = (-math.inf, math.inf)
+
+# Every metric, model-free and model-based, in report order. `needs`: "reference" = the reference image, "baseline" =
+# the text-only image of the same cell (a sweep's baseline run, an eval's `text` method), "prompt" = the prompt.
 METRICS: dict[str, MetricInfo] = {
     info.name: info
     for info in (
+        MetricInfo(
+            "clip_t",
+            _COS,
+            True,
+            "prompt",
+            "prompt_adherence",
+            "CLIP-T: cosine of the CLIP image and prompt embeddings",
+            "clip",
+        ),
+        MetricInfo(
+            "siglip_t",
+            _COS,
+            True,
+            "prompt",
+            "prompt_adherence",
+            "SigLIP-T: cosine of the SigLIP image and prompt embeddings",
+            "siglip",
+        ),
+        MetricInfo(
+            "csd",
+            _COS,
+            True,
+            "reference",
+            "style_similarity",
+            "CSD: cosine of the style descriptors of image and reference",
+            "csd",
+        ),
+        MetricInfo(
+            "clip_i",
+            _COS,
+            True,
+            "reference",
+            "style_similarity",
+            "CLIP-I: cosine of the CLIP image embeddings of image and reference",
+            "clip",
+        ),
         MetricInfo(
             "color_hist_similarity",
             (0.0, 1.0),
             True,
             "reference",
-            "style",
+            "style_similarity",
             "colours shared with the reference image (rises with conditioning strength)",
         ),
         MetricInfo(
-            "ssim_to_baseline",
-            (-1.0, 1.0),
+            "dino_leak",
+            _COS,
+            False,
+            "reference",
+            "content_leak",
+            "DINOv2 (CLS) cosine to the reference: its content copied into the image",
+            "dino",
+        ),
+        MetricInfo(
+            "dino_kept",
+            _COS,
             True,
             "baseline",
-            "content",
-            "structure kept from the run's own text-only baseline (1 = unchanged: doing nothing scores best)",
+            "content_kept",
+            "DINOv2 (CLS) cosine to the text-only image of the same cell (1 = unchanged)",
+            "dino",
+        ),
+        MetricInfo(
+            "ssim_to_baseline",
+            _COS,
+            True,
+            "baseline",
+            "content_kept",
+            "structure kept from the text-only image of the same cell (1 = unchanged: doing nothing is best)",
+        ),
+        MetricInfo(
+            "image_reward",
+            _ANY,
+            True,
+            "prompt",
+            "quality",
+            "ImageReward human-preference score (when the package is usable)",
+            "image_reward",
+        ),
+        MetricInfo(
+            "hpsv2",
+            _ANY,
+            True,
+            "prompt",
+            "quality",
+            "HPSv2 human-preference score (when the package is usable)",
+            "hpsv2",
         ),
         MetricInfo(
             "grid_artifact_score",
-            (-math.inf, math.inf),
+            _ANY,
             False,
             "image",
             "defect",
@@ -384,6 +473,7 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo("high_frequency_energy", (0.0, 1.0), None, "image", "descriptive", "share of fine detail and noise"),
     )
 }
+IMAGE_METRICS: dict[str, MetricInfo] = {n: i for n, i in METRICS.items() if i.model is None}  # model-free
 
 
 def compute_image_metrics(
@@ -391,18 +481,18 @@ def compute_image_metrics(
     reference: ImageLike | None = None,
     baseline: ImageLike | None = None,
 ) -> dict[str, float | None]:
-    """Compute every metric in ``METRICS`` whose inputs are present.
+    """Compute every model-free metric (``IMAGE_METRICS``) whose inputs are present.
 
     Always: ``grid_artifact_score``, ``high_frequency_energy``; with ``reference``:
     ``color_hist_similarity`` (image vs reference); with ``baseline``: ``ssim_to_baseline``.
-    Keys appear in ``METRICS`` order; a value is None where the metric is not measurable (``grid_artifact_score``
+    Keys appear in registry order; a value is None where the metric is not measurable (``grid_artifact_score``
     of an image under 128 px).
     """
     img = to_array(image)
     ref = to_array(reference) if reference is not None else None
     base = to_array(baseline) if baseline is not None else None
     results: dict[str, float | None] = {}
-    for name, info in METRICS.items():
+    for name, info in IMAGE_METRICS.items():
         if info.needs == "reference" and ref is None:
             continue
         if info.needs == "baseline" and base is None:

@@ -156,7 +156,11 @@ OPTIONS: tuple[Option, ...] = (
     row("batch_size", "--batch-size", "Runs per diffusers call when they can share one.", "run", int, default=1,
       minimum=1),
     row("executor", "--executor", f"Where runs execute: {', '.join(EXECUTORS)}.", "run", default="local"),
-    row("clip_model", "--clip-model", "CLIP/SigLIP id or path for model-based metrics (optional).", "run scoring"),
+    row("metric_models", "--metric-models", "Metric models: default (the real ids), tiny (the tiny zoo), "
+      "ROLE=ID_OR_PATH or ROLE=none (roles: clip, siglip, csd, dino, image_reward, hpsv2); later items override. "
+      "Unset: model-free metrics only.", "run scoring", many=True, metavar="spec", examples=("tiny", "dino=none")),
+    row("metric_device", "--metric-device", "Device of the metric models (default cpu).", "run scoring",
+      default="cpu"),
     # inspect
     row("layers", "--layers", f"Hidden layers (default: {', '.join(map(str, INSPECT_LAYERS))} and the configured VL "
       "layers).", "inspect", int, many=True, examples=("-2", "-6")),

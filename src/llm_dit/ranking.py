@@ -14,18 +14,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .clip import IMAGE_REWARD_METRIC, MODEL_METRICS
 from .grid import Block, grid_layout, image_free, is_number
-from .metrics import METRICS as IMAGE_METRICS
-from .metrics import pareto_optimal
+from .metrics import CONTENT_KINDS, METRICS, STYLE_KINDS, pareto_optimal
 
 __all__ = ["METRICS", "TradeOff", "best_runs", "metric_names", "tradeoffs"]
-
-METRICS = {
-    **IMAGE_METRICS,
-    **MODEL_METRICS,
-    IMAGE_REWARD_METRIC.name: IMAGE_REWARD_METRIC,
-}  # every metric a sweep can hold, with range and direction
 
 
 def _rankable(run: dict[str, Any]) -> bool:
@@ -69,8 +61,10 @@ def best_runs(
 
 
 _NOT_RANKED = {
-    "style": "style: rises with conditioning strength, shown against content as a trade-off",
-    "content": "content kept: doing nothing scores best, shown against style as a trade-off",
+    "style_similarity": "style: rises with conditioning strength, shown against content as a trade-off",
+    "prompt_adherence": "prompt adherence: falls as conditioning strengthens, shown against style as a trade-off",
+    "content_kept": "content kept: doing nothing scores best, shown against style as a trade-off",
+    "content_leak": "content leak: falls as conditioning weakens; read beside style, not ranked",
     "descriptive": "descriptive metric with no better direction",
 }
 
@@ -85,13 +79,16 @@ class TradeOff:
     points: list[tuple[str, float, float, bool]]
 
 
+_AXES = {"style": STYLE_KINDS, "content": CONTENT_KINDS}  # the two axes of a trade-off plane
+
+
 def tradeoffs(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) -> list[TradeOff]:
     """For every (style metric, content metric) pair present and every block with two or more rankable runs
     (`_rankable`) measured on both: the runs' (content, style) values and which are Pareto-optimal within the
     block (`metrics.pareto_optimal`: no other run keeps at least as much content with at least as much style).
     A trade-off has no winner: the front is the set of settings worth choosing between."""
     present = metric_names(runs, metrics)
-    kinds = {k: [n for n in present if n in METRICS and METRICS[n].kind == k] for k in ("style", "content")}
+    kinds = {a: [n for n in present if n in METRICS and METRICS[n].kind in k] for a, k in _AXES.items()}
     by_id = {str(r.get("id")): r for r in runs}
     out: list[TradeOff] = []
     blocks = grid_layout(runs).blocks

@@ -1,18 +1,16 @@
 """Scoring a sweep: the metrics of every finished run, each variant measured against its own text-only baseline.
 
-The model-free metrics are `metrics.compute_image_metrics`; with a CLIP or SigLIP model also
-`clip.compute_model_metrics`, and the ImageReward score when the `image-reward` package is installed. The runs
-come from the sweep directory and the metrics go back into it (`sweepdir.SweepDir`).
+Every metric of the registry (`metrics.METRICS`) through one `scorer.MetricScorer`: the model-free ones always, the
+model-based ones with the metric models given (`scorer.metric_models`). The runs come from the sweep directory and
+the metrics go back into it (`sweepdir.SweepDir`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
-from PIL import Image
-
-from .clip import ClipScorer, compute_model_metrics, image_reward, image_reward_available
-from .metrics import compute_image_metrics
+from .scorer import MetricScorer, ScoreItem
 from .sweep import Inputs, baseline_pairs
 from .sweepdir import SweepDir
 
@@ -20,34 +18,34 @@ Metrics = dict[str, dict[str, float | None]]
 
 
 def write_metrics(
-    sweep_dir: str | os.PathLike[str], clip_model: str | None = None, inputs: Inputs | None = None
+    sweep_dir: str | os.PathLike[str],
+    metric_models: str | Sequence[str] | None = None,
+    device: str = "cpu",
+    inputs: Inputs | None = None,
 ) -> Metrics:
     """Metrics of every finished run of a sweep directory, written to its metrics file and returned as
-    `{run id: {metric: value}}`: colour-histogram similarity to its reference image, SSIM to its own text-only
-    baseline (the one its record names: every non-conditioning setting equal), grid-artifact score (None where the
-    image is too small to measure it) and high-frequency energy; with `clip_model` (a CLIP or SigLIP id or path)
-    also image-to-reference and image-to-prompt similarity in that model; and the ImageReward score when the
-    `image-reward` package is installed. `inputs`: the reference images already decoded (by the sweep)."""
+    `{run id: {metric: value}}`: model-free (colour-histogram similarity to its reference image, SSIM to its own
+    text-only baseline -- the one its record names: every non-conditioning setting equal --, grid-artifact score,
+    None where the image is too small to measure it, high-frequency energy) and, with `metric_models` (e.g.
+    `["tiny"]`, `["default"]`, `["clip=ID"]`), the model-based metrics whose model is given, on `device`.
+    `inputs`: the reference images already decoded (by the sweep)."""
     sweep = SweepDir(sweep_dir)
-    scorer = ClipScorer.from_pretrained(clip_model) if clip_model else None
-    reward = image_reward_available()
+    scorer = MetricScorer(metric_models or None, device=device)
     runs = sweep.runs()
     pairs = baseline_pairs(runs)
     done = {r["id"]: r for r in runs if r["status"] == "ok"}
     inputs = inputs if inputs is not None else Inputs()
-    metrics: Metrics = {}
+    items = []
     for r in done.values():
-        image = Image.open(sweep.path / r["output"]).convert("RGB")
         base = done.get(pairs.get(r["id"]) or "")
-        reference = inputs.image(r["image"], "reference image")
-        metrics[r["id"]] = compute_image_metrics(
-            image,
-            reference=reference,
-            baseline=Image.open(sweep.path / base["output"]).convert("RGB") if base else None,
+        items.append(
+            ScoreItem(
+                sweep.path / r["output"],
+                prompt=r["prompt"],
+                reference=inputs.image(r["image"], "reference image"),
+                baseline=sweep.path / base["output"] if base else None,
+            )
         )
-        if scorer is not None:
-            metrics[r["id"]] |= compute_model_metrics(scorer, image, reference=reference, prompt=r["prompt"])
-        if reward:
-            metrics[r["id"]]["image_reward"] = image_reward(image, r["prompt"])
+    metrics: Metrics = dict(zip(done, scorer.score(items), strict=True))
     sweep.write_metrics(metrics)
     return metrics

@@ -18,8 +18,10 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -242,21 +244,24 @@ PRESETS: dict[str, ZooSpec] = {
 # fmt: on
 
 
-def zoo_key(preset: str) -> str:
-    """Content key of a preset build: spec, zoo format and the library versions that initialise the weights."""
+def build_key(payload: dict[str, Any]) -> str:
+    """Content key of a build: `payload` (what is built) and the library versions that initialise the weights."""
     import diffusers
     import tokenizers
     import transformers
 
-    payload = {
-        "spec": asdict(PRESETS[preset]),
-        "format": ZOO_FORMAT,
+    versions = {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "diffusers": diffusers.__version__,
         "tokenizers": tokenizers.__version__,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps({**payload, **versions}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def zoo_key(preset: str) -> str:
+    """Content key of a preset build: spec, zoo format and the library versions that initialise the weights."""
+    return build_key({"spec": asdict(PRESETS[preset]), "format": ZOO_FORMAT})
 
 
 def zoo_dir(preset: str = "tiny") -> Path:
@@ -275,15 +280,30 @@ def model_settings(preset: str = "tiny") -> dict[str, str]:
     return {"models.zimage": str(root / "zimage"), "models.vl": str(root / "qwen3-vl")}
 
 
+def cached_build(name: str, payload: dict[str, Any], build: Callable[[Path], object]) -> Path:
+    """The cached output of `build(folder)` under the zoo cache, keyed by `name`, `payload` and the library versions;
+    built on first use, atomically (`install_built`)."""
+    key = build_key({"name": name, **payload})
+    target = cache_root() / "zoo" / f"{name}-{key}"
+    if not target.exists():
+        install_built(target, build, {"name": name, "key": key})
+    return target
+
+
 def install_zoo(target: str | Path, preset: str = "tiny") -> Path:
-    """Build `preset` into `target` atomically: built in a sibling temp folder, then renamed into place, so a
-    half-built zoo is never visible. If another process finished first, its identical build is kept."""
+    """Build `preset` into `target` atomically (`install_built`)."""
+    return install_built(target, lambda tmp: build_zoo(tmp, preset), {"preset": preset, "key": zoo_key(preset)})
+
+
+def install_built(target: str | Path, build: Callable[[Path], object], record: dict[str, Any]) -> Path:
+    """Run `build` into a sibling temp folder, write `record` as its zoo.json, then rename it to `target`, so a
+    half-built folder is never visible. If another process finished first, its identical build is kept."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        build_zoo(tmp, preset)
-        (tmp / "zoo.json").write_text(json.dumps({"preset": preset, "key": zoo_key(preset)}) + "\n")
+        build(tmp)
+        (tmp / "zoo.json").write_text(json.dumps(record) + "\n")
         tmp.rename(target)
     except OSError:
         if not (target / "zoo.json").exists():

@@ -1,8 +1,7 @@
-"""Tests for llm_dit.clip on a tiny random-weight CLIP built offline (once per module)."""
+"""Tests for llm_dit.embedders (dual encoders) and the tiny CLIP of llm_dit.metriczoo, built offline once per module."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,30 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit import clip
-from llm_dit.clip import (
-    MODEL_METRICS,
-    ClipScorer,
-    build_clip_tokenizer,
-    build_tiny_clip,
-    compute_model_metrics,
-    image_reward,
-    image_reward_available,
-)
+from llm_dit.embedders import DualEncoder, cosine_matrix, load_embedder
 from llm_dit.errors import UserError
-from llm_dit.metrics import MetricInfo
+from llm_dit.metriczoo import build_clip_tokenizer, build_tiny_clip
 
 PROMPT_A = "a photo of a cat"
 PROMPT_B = "a blurry mountain at night, oil painting"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models are tiny: intra-op threading only adds overhead (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +28,18 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_clip: Path) -> ClipScorer:
-    return ClipScorer.from_pretrained(tiny_clip)
+def scorer(tiny_clip: Path) -> DualEncoder:
+    encoder = load_embedder("clip", tiny_clip)
+    assert isinstance(encoder, DualEncoder)
+    return encoder
+
+
+def image_similarity(encoder: DualEncoder, image, reference) -> float:
+    return float(cosine_matrix(encoder.embed_images([image]), encoder.embed_images([reference]))[0, 0])
+
+
+def text_similarity(encoder: DualEncoder, image, prompt: str) -> float:
+    return float(cosine_matrix(encoder.embed_images([image]), encoder.embed_texts([prompt]))[0, 0])
 
 
 def noise(seed: int = 0, size: int = 48) -> np.ndarray:
@@ -112,7 +106,7 @@ def test_folder_reloads_through_auto_classes(tiny_clip: Path) -> None:
     assert tuple(emb.shape) == (1, 16)
 
 
-def test_text_embedding_pools_at_eos(tiny_clip: Path, scorer: ClipScorer) -> None:
+def test_text_embedding_pools_at_eos(tiny_clip: Path, scorer: DualEncoder) -> None:
     """The pooled state is the EOS position: padding a short prompt in a batch must not change its embedding."""
     model, tokenizer = scorer.model, scorer.tokenizer
     enc = tokenizer([PROMPT_B, PROMPT_A], padding=True, return_tensors="pt")
@@ -124,7 +118,7 @@ def test_text_embedding_pools_at_eos(tiny_clip: Path, scorer: ClipScorer) -> Non
         batch = model.get_text_features(**enc).pooler_output
     expected = model.text_projection(out.last_hidden_state[1, eos])
     torch.testing.assert_close(batch[1], expected)
-    torch.testing.assert_close(scorer.text_embedding(PROMPT_A), batch[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scorer.embed_texts([PROMPT_A])[0], batch[1], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(batch[1], model.text_projection(out.last_hidden_state[1, -1]), atol=1e-4)
 
 
@@ -137,60 +131,31 @@ def test_build_is_deterministic(tiny_clip: Path, tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------- similarity
 
 
-def test_image_similarity_with_itself_is_one(scorer: ClipScorer) -> None:
+def test_image_similarity_with_itself_is_one(scorer: DualEncoder) -> None:
     img = noise(0)
-    assert scorer.image_similarity(img, img) == pytest.approx(1.0, abs=1e-5)
+    assert image_similarity(scorer, img, img) == pytest.approx(1.0, abs=1e-5)
     as_pil = Image.fromarray((img * 255).round().astype(np.uint8))
-    assert scorer.image_similarity(as_pil, as_pil.convert("RGBA")) == pytest.approx(1.0, abs=1e-5)
+    assert image_similarity(scorer, as_pil, as_pil.convert("RGBA")) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_image_similarity_with_a_different_image_is_lower(scorer: ClipScorer) -> None:
-    sims = [scorer.image_similarity(noise(0), halves()), scorer.image_similarity(halves(), noise(0))]
+def test_image_similarity_with_a_different_image_is_lower(scorer: DualEncoder) -> None:
+    sims = [image_similarity(scorer, noise(0), halves()), image_similarity(scorer, halves(), noise(0))]
     assert sims[0] == pytest.approx(sims[1], abs=1e-9)  # symmetric
     assert -1.0 <= sims[0] < 0.999
 
 
-def test_text_similarity_in_range_and_depends_on_prompt(scorer: ClipScorer) -> None:
+def test_text_similarity_in_range_and_depends_on_prompt(scorer: DualEncoder) -> None:
     img = noise(1)
-    a, b = scorer.text_similarity(img, PROMPT_A), scorer.text_similarity(img, PROMPT_B)
+    a, b = text_similarity(scorer, img, PROMPT_A), text_similarity(scorer, img, PROMPT_B)
     for value in (a, b):
         assert isinstance(value, float) and math.isfinite(value) and -1.0 <= value <= 1.0
     assert abs(a - b) > 1e-3
-    assert scorer.text_similarity(img, PROMPT_A) == a  # deterministic (eval mode, no dropout)
+    assert text_similarity(scorer, img, PROMPT_A) == a  # deterministic (eval mode, no dropout)
 
 
-def test_long_prompt_is_truncated_to_context(scorer: ClipScorer) -> None:
+def test_long_prompt_is_truncated_to_context(scorer: DualEncoder) -> None:
     long_prompt = " ".join(["a cat"] * 200)
-    assert math.isfinite(scorer.text_similarity(noise(2), long_prompt))
-
-
-# ----------------------------------------------------------------------------------------- registry
-
-
-def test_model_metrics_registry() -> None:
-    assert list(MODEL_METRICS) == ["clip_image_similarity", "clip_text_similarity"]
-    for name, info in MODEL_METRICS.items():
-        assert isinstance(info, MetricInfo) and info.name == name
-        assert info.range == (-1.0, 1.0) and info.higher_is_better is True
-    assert MODEL_METRICS["clip_image_similarity"].needs == "reference"
-    assert MODEL_METRICS["clip_text_similarity"].needs == "prompt"
-
-
-def test_compute_model_metrics_keys_follow_inputs(scorer: ClipScorer) -> None:
-    img, ref = noise(3), halves()
-    assert compute_model_metrics(scorer, img) == {}
-    assert compute_model_metrics(scorer, img, prompt="") == {}
-    only_ref = compute_model_metrics(scorer, img, reference=ref)
-    assert list(only_ref) == ["clip_image_similarity"]
-    only_prompt = compute_model_metrics(scorer, img, prompt=PROMPT_A)
-    assert list(only_prompt) == ["clip_text_similarity"]
-    both = compute_model_metrics(scorer, img, reference=ref, prompt=PROMPT_A)
-    assert list(both) == list(MODEL_METRICS)
-    assert both["clip_image_similarity"] == pytest.approx(scorer.image_similarity(img, ref), abs=1e-9)
-    assert both["clip_text_similarity"] == pytest.approx(scorer.text_similarity(img, PROMPT_A), abs=1e-9)
-    for name, value in both.items():
-        lo, hi = MODEL_METRICS[name].range
-        assert isinstance(value, float) and lo <= value <= hi
+    assert math.isfinite(text_similarity(scorer, noise(2), long_prompt))
 
 
 # ----------------------------------------------------------------------------------------- errors
@@ -198,7 +163,7 @@ def test_compute_model_metrics_keys_follow_inputs(scorer: ClipScorer) -> None:
 
 def _assert_one_line_user_error(path_or_id: str | Path, match: str) -> None:
     with pytest.raises(UserError, match=match) as info:
-        ClipScorer.from_pretrained(path_or_id)
+        load_embedder("clip", path_or_id)
     assert "\n" not in str(info.value)
 
 
@@ -227,8 +192,8 @@ def test_non_dual_encoder_raises_user_error(tiny_clip: Path, tmp_path: Path) -> 
 # ----------------------------------------------------------------------------------------- SigLIP
 
 
-def test_siglip_text_is_padded_to_max_length(scorer: ClipScorer) -> None:
-    """SigLIP-family models get fixed-length (max_length) padding; CLIP gets none."""
+def test_siglip_text_is_padded_to_max_length(scorer: DualEncoder) -> None:
+    """SigLIP-family models get fixed-length (max_length) padding; CLIP pads to the longest text only."""
     from transformers import SiglipConfig, SiglipModel
 
     calls: list[dict] = []
@@ -250,24 +215,11 @@ def test_siglip_text_is_padded_to_max_length(scorer: ClipScorer) -> None:
         vision_config={"image_size": 32, "patch_size": 8, **layers},
     )
     torch.manual_seed(0)
-    siglip = ClipScorer(SiglipModel(config), Recording(tokenizer), scorer.image_processor, name="tiny-siglip")
-    value = siglip.text_similarity(noise(4), PROMPT_A)
+    siglip = DualEncoder(SiglipModel(config), Recording(tokenizer), scorer.image_processor, source="tiny-siglip")
+    value = text_similarity(siglip, noise(4), PROMPT_A)
     assert math.isfinite(value) and -1.0 <= value <= 1.0
     assert calls[-1]["padding"] == "max_length" and calls[-1]["length"] == 64
 
-    clip_scorer = ClipScorer(scorer.model, Recording(scorer.tokenizer), scorer.image_processor, name="tiny-clip")
-    clip_scorer.text_embedding(PROMPT_A)
-    assert "padding" not in calls[-1] and calls[-1]["length"] == len(scorer.tokenizer(PROMPT_A)["input_ids"])
-
-
-# ----------------------------------------------------------------------------------------- ImageReward
-
-
-def test_image_reward_availability_matches_import() -> None:
-    assert image_reward_available() is (importlib.util.find_spec("ImageReward") is not None)
-
-
-def test_image_reward_unavailable_raises_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clip, "image_reward_available", lambda: False)
-    with pytest.raises(UserError, match="image-reward"):
-        image_reward(noise(5), PROMPT_A)
+    clip_scorer = DualEncoder(scorer.model, Recording(scorer.tokenizer), scorer.image_processor, source="tiny-clip")
+    clip_scorer.embed_texts([PROMPT_A])
+    assert calls[-1]["padding"] is True and calls[-1]["length"] == len(scorer.tokenizer(PROMPT_A)["input_ids"])
