@@ -15,7 +15,7 @@ PACKAGE = REPO / "src" / "llm_dit"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "progress"),  # foundations
     ("numerics", "files", "hooks", "metrics"),
-    ("cache", "stats", "schedule", "steer"),  # pure maths on rows, schedules, directions
+    ("cache", "stats", "schedule", "steer", "comparison"),  # pure maths on rows, schedules, directions, statistics
     ("blend", "models", "zoo"),
     ("inject", "condition", "text", "vl", "embedders", "csd"),  # conditioning maths, encoders, metric models
     ("imagedep", "adapter", "diagnostics", "config", "metriczoo", "reward"),
