@@ -128,9 +128,8 @@ def better_than(
         missing = "style" if style is None else "prompt-adherence"
         return Verdict(False, f"undecided: no paired {missing} metric against {against}")
     if style.low <= 0:
-        return Verdict(
-            False, f"not better: style gain {style.mean:+.4f} [{style.low:+.4f}, {style.high:+.4f}] does not exclude 0"
-        )
+        where = "lies below 0" if style.high < 0 else "does not exclude 0"
+        return Verdict(False, f"not better: style gain {style.mean:+.4f} [{style.low:+.4f}, {style.high:+.4f}] {where}")
     if adherence.low < -tolerance:
         return Verdict(
             False,

@@ -48,9 +48,25 @@ def is_conditioning(key: str) -> bool:
     return key.partition(".")[0] == CONDITIONING_SECTION
 
 
+class ListedRun(BaseModel):
+    """One run given as it is (`SweepSpec.runs`): its prompt, the reference image or steering direction that
+    conditions it (none: text only), its init image and its settings (the seed among them: a listed run is not
+    repeated per seed). No baseline is added for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    image: str | None = None
+    init_image: str | None = None
+    steer: str | None = None
+    label: str = "run"
+    settings: dict[str, Any] = {}
+
+
 class SweepSpec(BaseModel):
     """What to run. `axes` are crossed; `variants` are listed runs (each a set of overrides) crossed with the axes;
-    every run is repeated for each prompt x image x seed."""
+    every run is repeated for each prompt x image x seed. `runs` are runs listed as they are (after the crossed
+    ones, `fixed` below their own settings): what `llm-dit eval` runs, each (method, cell) one run."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +82,7 @@ class SweepSpec(BaseModel):
     neutral_image: str | None = None  # the unstyled reference of runs with blend style_delta (used by no other run)
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
+    runs: list[ListedRun] = []
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SweepSpec:
@@ -182,7 +199,8 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     baseline (`baseline_of`) in `baseline`, and that baseline precedes the first variant paired with it. Duplicates
     (e.g. a baseline shared by several variants) appear once. A variant with a reference image gets the spec's
     `neutral_image` when its settings choose `vl.blend = style_delta` or leave the blend to the profile
-    (`check_runs` refuses a neutral image given to a run whose resolved blend is not style_delta)."""
+    (`check_runs` refuses a neutral image given to a run whose resolved blend is not style_delta). The listed
+    runs (`runs`) follow, as they are."""
     # a one-valued axis is a fixed setting: it applies to the baselines too and stays out of the labels
     fixed = {**spec.fixed, **{k: v[0] for k, v in spec.axes.items() if len(v) == 1}}
     axes = {k: v for k, v in spec.axes.items() if len(v) > 1}
@@ -218,6 +236,9 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
                 add(base)
                 run["baseline"] = base["id"]
             add(run)
+    for listed in spec.runs:
+        run = listed.model_dump(exclude={"settings"}) | {"neutral_image": None, "kind": "variant", "baseline": None}
+        add(run | {"settings": {**spec.fixed, **listed.settings}})
     return runs
 
 

@@ -446,10 +446,12 @@ def caption_image(
     image: Image.Image | str | Path,
     prompt: str = DEFAULT_CAPTION_PROMPT,
     max_new_tokens: int = 40,
+    words_only: bool = False,
 ) -> str:
     """The Qwen3-VL model's own greedy caption of `image` (chat template, image then `prompt`), at most
     `max_new_tokens` tokens, special tokens dropped, a Thinking model's think block removed, whitespace
-    collapsed."""
+    collapsed. `words_only`: the tokens that show nothing (whitespace, control characters: `blank_token_ids`) are
+    never chosen, so the caption is words or empty (the model ended it at once)."""
     if isinstance(image, str | Path):
         image = load_image(image, "image")
     check_number(max_new_tokens, "max_new_tokens", lambda n: n >= 1, "an integer >= 1", integer=True)
@@ -461,7 +463,18 @@ def caption_image(
     config = copy.deepcopy(model.generation_config)
     config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
     config.max_new_tokens = max_new_tokens
+    if words_only:
+        config.suppress_tokens = blank_token_ids(extractor.tokenizer)
     out = model.generate(**inputs, generation_config=config)
     new = out[0, inputs["input_ids"].shape[1] :]
     text = extractor.tokenizer.decode(new, skip_special_tokens=True)
     return " ".join(text.rsplit("</think>", 1)[-1].split())
+
+
+def blank_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the tokenizer's ordinary (not special) tokens whose text shows nothing: only whitespace and
+    non-printable characters."""
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    return [i for i, t in zip(ids, texts, strict=True) if not "".join(c for c in t if c.isprintable()).strip()]
