@@ -39,8 +39,7 @@ DEFAULT_METHODS = ("text", "caption", "img2img:strength=0.5", "vl")
 """What an eval compares when no method is given: the prompt alone, the caption, image-to-image at strength 0.5
 (it skips half the steps at any step count), and VL conditioning with the profile's settings."""
 OMNI_REFUSAL = (
-    "method 'omni' needs Z-Image Omni weights (a diffusers ZImageOmniPipeline folder); none are public — pass "
-    "--omni PATH"
+    "the omni method needs Z-Image Omni weights (a diffusers ZImageOmniPipeline folder) in 'omni'; none are public"
 )
 
 
@@ -192,7 +191,7 @@ def methods_of(
         methods = [m for item in DEFAULT_METHODS for m in parse_method(item)]
     if any(m.kind == "omni" for m in methods) or omni is not None:
         omni_weights(omni)
-        raise UserError("method 'omni': Z-Image Omni weights found, but the omni method is not implemented yet")
+        raise UserError("the omni method is not implemented yet (the Z-Image Omni weights in 'omni' were found)")
     methods = [Method(name="text", kind="text"), *(m for m in methods if not (m.kind == "text" and not m.settings))]
     names = [m.name for m in methods]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
@@ -234,15 +233,13 @@ def method_run(method: Method, cell: Cell, caption: str | None = None) -> Listed
 
 def check_strengths(base: Config, methods: Sequence[Method]) -> None:
     """Refuse an img2img method whose strength skips no denoising step at its steps (diffusers skips the first
-    `int(N - N*strength)`: none means the init image, noised to pure noise, does nothing) or runs none."""
+    `int(N - N*strength)`: none means the init image, noised to pure noise, does nothing)."""
     for m in methods:
         if m.kind != "img2img":
             continue
         g = run_config(base, {"id": m.name, "settings": m.settings}).generation
-        steps = denoising_steps(g, True)
-        if steps == g.steps or steps < 1:
-            what = "skips no denoising step" if steps == g.steps else "runs no denoising step"
+        if denoising_steps(g, True) == g.steps:
             raise UserError(
-                f"method '{m.name}': strength {g.strength} at {g.steps} steps {what} (diffusers skips "
-                f"int(N - N*strength)); choose a strength that skips at least one step and runs at least one"
+                f"method '{m.name}': strength {g.strength} at {g.steps} steps skips no denoising step (diffusers "
+                f"skips int(N - N*strength)), so the reference would do nothing; choose a strength that skips one"
             )

@@ -234,7 +234,7 @@ def load_suite(
     else:
         folder = Path(source)
         if not folder.is_dir():
-            raise UserError(f"suite '{source}' is not builtin, hf:DATASET or a folder of images")
+            raise UserError(f"'suite' {source}: not builtin, hf:DATASET or a folder of images")
         if image_column or prompt_column:
             raise UserError("'image_column'/'prompt_column' name columns of a datasets suite (hf:DATASET)")
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
