@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from .config import Config
+from .config import Config, load_toml_model
 from .errors import UserError, check_choice
 from .render import denoising_steps
 from .suite import Cell
@@ -64,16 +63,7 @@ class EvalSpec(BaseModel):
 
     @classmethod
     def from_toml(cls, path: str | Path) -> EvalSpec:
-        path = Path(path)
-        try:
-            return cls.model_validate(tomllib.loads(path.read_text()))
-        except FileNotFoundError:
-            raise UserError(f"eval spec not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"eval spec {path} is not valid TOML: {e}") from None
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise UserError(f"eval spec {path}: '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        return load_toml_model(cls, path, "eval spec")
 
 
 def setting_key(key: str) -> str:

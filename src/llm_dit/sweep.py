@@ -14,18 +14,17 @@ import functools
 import hashlib
 import itertools
 import json
-import tomllib
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .blend import BLEND_MODES
 from .condition import parse_layer_weights
-from .config import Config, with_overrides
+from .config import Config, load_toml_model, with_overrides
 from .errors import UserError, check_choice
 from .files import load_image
 from .hooks import layer_position
@@ -86,16 +85,7 @@ class SweepSpec(BaseModel):
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SweepSpec:
-        path = Path(path)
-        try:
-            return cls.model_validate(tomllib.loads(path.read_text()))
-        except FileNotFoundError:
-            raise UserError(f"sweep spec not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"sweep spec {path} is not valid TOML: {e}") from None
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise UserError(f"sweep spec {path}: '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        return load_toml_model(cls, path, "sweep spec")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
