@@ -308,3 +308,39 @@ def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path)
     data = load_eval(out).data
     assert data["sweep"]["ran_now"] == 9 - len(done) and all(r["status"] == "ok" for r in data["runs"])
     assert finished.stdout.split() == [str(out / EVAL), str(out / "leaderboard.md")]
+
+
+def test_style_captions_are_words_even_from_a_random_model(zoo):
+    from llm_dit.components import Components
+    from llm_dit.files import load_image
+    from llm_dit.vl import STYLE_CAPTION_PROMPT, blank_token_ids, caption_image
+
+    extractor = Components(tiny_config(zoo)).vl
+    blank = set(blank_token_ids(extractor.tokenizer))
+    newline = extractor.tokenizer.convert_tokens_to_ids("Ċ")  # byte-level BPE's "\n"
+    assert newline in blank and not blank & set(extractor.tokenizer.all_special_ids)
+    for path in builtin_references():
+        text = caption_image(extractor, load_image(path), STYLE_CAPTION_PROMPT, 8, words_only=True)
+        assert text.strip() and text.isprintable(), (path.name, text)
+
+
+def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
+    import torch
+
+    from llm_dit.steer import save_direction
+
+    direction = save_direction(
+        tmp_path / "d.safetensors", torch.randn(64, generator=torch.Generator().manual_seed(0)), {}
+    )
+    cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
+    suite = load_suite("builtin", references=1, prompts=1)
+    result = run_eval(cfg, suite, methods_of(steer=str(direction)), tmp_path / "e", metric_models_spec=None,
+                      n_resamples=100)  # fmt: skip
+    data = result.data
+    steer = next(r for r in data["runs"] if r["method"] == "steer")
+    assert steer["status"] == "ok" and "dino_kept" not in steer["metrics"] and "ssim_to_baseline" in steer["metrics"]
+    record = next(r for r in SweepDir(tmp_path / "e" / RUNS).runs() if r["label"] == "steer")
+    assert record["steer"] == str(direction) and record["image"] is None
+    assert data["primary"] == {"style": "color_hist_similarity", "adherence": None}
+    assert data["verdicts"]["steer"]["reason"] == "undecided: no caption method in this eval"
+    assert data["leaderboard"][0]["status"] == "unmeasured: no paired prompt-adherence metric"
