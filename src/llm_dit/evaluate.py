@@ -41,9 +41,9 @@ from .comparison import (
 )
 from .components import Components
 from .config import Config
-from .errors import UserError
+from .errors import UserError, check_choice
 from .evalmethods import Method, check_strengths, method_run
-from .experiment import run_sweep
+from .experiment import EXECUTORS, run_sweep
 from .files import atomic_write_text, load_image, write_json
 from .progress import progress_bar
 from .records import library_versions
@@ -312,6 +312,7 @@ def run_eval(
         raise UserError(f"'tolerance' must be >= 0, got {tolerance}")
     if n_resamples < 100:
         raise UserError(f"'n_resamples' must be at least 100, got {n_resamples}")
+    check_choice(executor, EXECUTORS, "executor")
     check_strengths(config, methods)
     metric_models(metric_models_spec)  # a bad metric-model spec is refused before any work
     runs = SweepDir(out / RUNS)
