@@ -10,7 +10,6 @@ from llm_dit.adapter import (
     CHECKPOINT_NAME,
     Adapter,
     TrainingSample,
-    caption_image,
     common_block,
     draw_step,
     finetune,
@@ -27,7 +26,7 @@ from llm_dit.adapter import (
 from llm_dit.cache import TensorCache
 from llm_dit.errors import UserError
 from llm_dit.text import TextEncoder
-from llm_dit.vl import VLEmbeddingExtractor
+from llm_dit.vl import VLEmbeddingExtractor, caption_image
 
 D = 64  # the tiny zoo's hidden size = DiT caption width
 

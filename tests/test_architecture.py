@@ -15,16 +15,17 @@ PACKAGE = REPO / "src" / "llm_dit"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "progress"),  # foundations
     ("numerics", "files", "hooks", "metrics"),
-    ("cache", "stats", "schedule", "steer"),  # pure maths on rows, schedules, directions
+    ("cache", "stats", "schedule", "steer", "comparison"),  # pure maths on rows, schedules, directions, statistics
     ("blend", "models", "zoo"),
     ("inject", "condition", "text", "vl", "embedders", "csd"),  # conditioning maths, encoders, metric models
     ("imagedep", "adapter", "diagnostics", "config", "metriczoo", "reward"),
-    ("provenance", "components", "render", "sweepdir", "scorer"),
+    ("provenance", "components", "render", "sweepdir", "scorer", "suite"),
     ("assemble", "records", "sweep"),  # assembly, records, sweep specs and plans
-    ("generate", "grid", "scoring"),
+    ("generate", "grid", "scoring", "evalmethods"),
     ("ranking", "runner", "tasks"),
     ("report", "distributed"),
     ("experiment",),
+    ("evaluate",),  # llm-dit eval: a sweep of methods x cells, scored and compared
     ("bench", "options"),
     ("cli",),
     ("__main__",),

@@ -25,7 +25,6 @@ Checkpoints and adapter files are safetensors with JSON metadata (`files.save_te
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -43,7 +42,7 @@ from .errors import UserError, check_choice
 from .files import load_image, load_tensors, save_tensors
 from .numerics import check_number, check_rows
 from .text import TextEncoder, render_prompt
-from .vl import VLEmbeddingExtractor, find_spans
+from .vl import DEFAULT_CAPTION_PROMPT, VLEmbeddingExtractor, caption_image, find_spans
 
 __all__ = [
     "ADAPTER_KINDS",
@@ -75,7 +74,6 @@ DEFAULT_RANK = 32
 FILE_KIND = "adapter"
 CHECKPOINT_KIND = "adapter_checkpoint"
 CHECKPOINT_NAME = "adapter.ckpt.safetensors"
-DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 
 
 # ---------------------------------------------------------------------------------------------------- the module
@@ -612,32 +610,6 @@ def finetune(
 
 
 @torch.no_grad()
-def caption_image(
-    extractor: VLEmbeddingExtractor,
-    image: Image.Image | str | Path,
-    prompt: str = DEFAULT_CAPTION_PROMPT,
-    max_new_tokens: int = 40,
-) -> str:
-    """The Qwen3-VL model's own greedy caption of `image` (chat template, image then `prompt`), at most
-    `max_new_tokens` tokens, special tokens dropped, a Thinking model's think block removed, whitespace
-    collapsed."""
-    if isinstance(image, str | Path):
-        image = load_image(image, "image")
-    check_number(max_new_tokens, "max_new_tokens", lambda n: n >= 1, "an integer >= 1", integer=True)
-    model = extractor.model
-    inputs, _ = extractor.prepare(image, prompt)
-    inputs = {
-        k: v.to(model.device, model.dtype) if k == "pixel_values" else v.to(model.device) for k, v in inputs.items()
-    }
-    config = copy.deepcopy(model.generation_config)
-    config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
-    config.max_new_tokens = max_new_tokens
-    out = model.generate(**inputs, generation_config=config)
-    new = out[0, inputs["input_ids"].shape[1] :]
-    text = extractor.tokenizer.decode(new, skip_special_tokens=True)
-    return " ".join(text.rsplit("</think>", 1)[-1].split())
-
-
 def read_captions(path: str | Path | None) -> dict[str, str]:
     """Captions by image file name: a JSON object, or lines `NAME<TAB>CAPTION`; none when `path` is None."""
     if path is None:

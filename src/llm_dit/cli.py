@@ -365,6 +365,74 @@ def exit_if_runs_failed(summary: dict, out_dir: Path) -> None:
         raise typer.Exit(RUNS_FAILED)
 
 
+@app.command(name="eval")
+@takes(*MODELS, "low-memory", "eval", "run")
+def eval_command(
+    given: Given,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Eval directory.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Compare methods (text, caption, img2img, VL conditioning...) on a suite of references x prompts x seeds:
+    every method on every cell, scored, paired statistics, eval.json and leaderboard.md. Prints their paths."""
+    from .evalmethods import methods_of
+    from .evaluate import REFERENCES, run_eval
+    from .experiment import EXECUTORS
+    from .suite import load_suite
+
+    e, run = given.of("eval"), given.of("run")
+    check_choice(run["executor"], EXECUTORS, "executor")
+    if output is None:
+        raise UserError("give the eval directory with --output/-o")
+    suite = load_suite(
+        e["suite"],
+        references=e["references"],
+        prompts=e["prompt_count"],
+        seeds=e["seed_count"],
+        quick=e["quick"],
+        prompts_file=e["prompts_file"],
+        image_column=e["image_column"],
+        prompt_column=e["prompt_column"],
+        split=e["split"],
+        store=output / REFERENCES,
+    )
+    methods = methods_of(
+        e["methods"] or (),
+        presets=e["presets"] or (),
+        img2img_strengths=e["img2img_strengths"] or (),
+        adapter=e["adapter"],
+        steer=e["steer"],
+        spec=e["eval_spec"],
+        omni=e["omni"],
+    )
+    result = run_eval(
+        given.config("models", "generation"),
+        suite,
+        methods,
+        output,
+        resume=run["resume"],
+        executor=run["executor"],
+        batch_size=run["batch_size"],
+        metric_models_spec=run["metric_models"] or "default",
+        metric_device=run["metric_device"] or "cpu",
+        tolerance=e["tolerance"],
+        n_resamples=e["n_resamples"],
+        seed=e["bootstrap_seed"],
+    )
+    data = result.data
+    sweep = data["sweep"]
+    console.print(
+        f"{sweep['completed']}/{sweep['runs']} runs done ({sweep['failed']} failed) over {data['suite']['cells']} "
+        f"cells x {len(data['methods'])} methods; better than caption: "
+        f"{', '.join(k for k, v in data['verdicts'].items() if v['better']) or 'none'}"
+    )
+    if as_json:
+        paths = {"eval": str(result.eval_json), "leaderboard": str(result.leaderboard)}
+        print(json.dumps(paths | {"verdicts": data["verdicts"], "leaderboard_rows": data["leaderboard"]}, indent=2))
+    else:
+        print(result.eval_json)
+        print(result.leaderboard)
+
+
 def sweep_spec(
     given: Given, spec: Path | None, preset: str | None, prompts_file: Path | None, img2img: bool, no_baseline: bool
 ) -> SweepSpec:

@@ -22,7 +22,7 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -259,6 +259,24 @@ def _dotted(table: dict[str, Any]) -> dict[str, Any]:
         else:
             out[section] = values
     return out
+
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+def load_toml_model(model: type[SpecT], path: str | Path, label: str) -> SpecT:
+    """`model` validated from the TOML file `path` (a sweep spec, an eval spec); `UserError` (one line) naming
+    `label`, the file and the first bad key."""
+    path = Path(path)
+    try:
+        return model.model_validate(tomllib.loads(path.read_text()))
+    except FileNotFoundError:
+        raise UserError(f"{label} not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{label} {path} is not valid TOML: {e}") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"{label} {path}: '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
 
 
 def load_config(

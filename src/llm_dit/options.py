@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 
+from .comparison import ADHERENCE_TOLERANCE, N_RESAMPLES
 from .config import Config, load_config
 from .diagnostics import INSPECT_LAYERS
 from .errors import UserError
@@ -102,13 +103,13 @@ OPTIONS: tuple[Option, ...] = (
     # generation
     row("generation.strength", "--strength", "Img2img strength", "generation", float, axis="--strengths",
       examples=("0.5", "0.75")),
-    row("generation.steps", "--steps", "Denoising steps", "generation", int, axis="--steps", examples=("2", "4")),
-    row("generation.width", "--width", "Width, multiple of 16", "generation training", int),
-    row("generation.height", "--height", "Height, multiple of 16", "generation training", int),
+    row("generation.steps", "--steps", "Denoising steps", "generation eval", int, axis="--steps", examples=("2", "4")),
+    row("generation.width", "--width", "Width, multiple of 16", "generation training eval", int),
+    row("generation.height", "--height", "Height, multiple of 16", "generation training eval", int),
     row("generation.seed", "--seed", "Seed of the CPU generator", "generation training", int, axis="--seeds",
       axis_help="Seeds: every run is repeated per seed", examples=("0", "1")),
-    row("generation.guidance", "--guidance", "CFG scale, 0 = off", "generation", float),
-    row("generation.shift", "--shift", "Scheduler shift", "generation training", float),
+    row("generation.guidance", "--guidance", "CFG scale, 0 = off", "generation eval", float),
+    row("generation.shift", "--shift", "Scheduler shift", "generation training eval", float),
     # conditioning: how V is extracted and blended
     row("vl.alpha", "--alpha", "Blend strength", "conditioning", float, axis="--alphas", examples=("0.3", "0.6")),
     row("vl.blend", "--blend", "Blend mode (docs/methods.md)", "conditioning", axis="--blend-modes",
@@ -140,7 +141,8 @@ OPTIONS: tuple[Option, ...] = (
     # conditioning inputs of one image (arguments of tasks.generate_file)
     row("image", "-i --image", "Reference image (VL conditioning).", "inputs", Path),
     row("init_image", "--init-image", "Image-to-image from this image.", "inputs sweep", Path, quoted=True),
-    row("steer", "--steer", "Steering direction file (llm-dit steer).", "inputs sweep", Path, quoted=True),
+    row("steer", "--steer", "Steering direction file (llm-dit steer); in eval, a `steer` method.", "inputs sweep eval",
+      Path, quoted=True),
     row("vl_embeddings", "--vl-embeddings", "VL rows from `llm-dit extract` instead of -i.", "inputs", Path),
     row("neutral_image", "--neutral-image", "Neutral image: the unstyled reference blend style_delta needs.",
       "inputs sweep", Path, quoted=True),
@@ -161,6 +163,36 @@ OPTIONS: tuple[Option, ...] = (
       "Unset: model-free metrics only.", "run scoring", many=True, metavar="spec", examples=("tiny", "dino=none")),
     row("metric_device", "--metric-device", "Device of the metric models (default cpu).", "run scoring",
       default="cpu"),
+    # an eval's suite and methods (arguments of suite.load_suite, evalmethods.methods_of, evaluate.run_eval)
+    row("suite", "--suite", "Suite: builtin (8 style references x 24 prompts), a folder of images (with "
+      "--prompts-file) or hf:DATASET (a datasets folder or hub id).", "eval", default="builtin", quoted=True),
+    row("references", "--references", "References in the suite (the first N; default all).", "eval", int, minimum=1,
+      quoted=True),
+    row("prompt_count", "--prompts", "Prompts in the suite (the first N; default all).", "eval", int, minimum=1,
+      quoted=True),
+    row("seed_count", "--seeds", "Seeds 0..N-1 of every cell.", "eval", int, default=1, minimum=1, quoted=True),
+    row("quick", "--quick", "A first look: 2 references x 2 prompts x 1 seed.", "eval", bool, default=False),
+    row("prompts_file", "--prompts-file", "Prompts of the suite, one a line.", "eval", Path, quoted=True),
+    row("image_column", "--image-column", "Image column of a datasets suite.", "eval", quoted=True),
+    row("prompt_column", "--prompt-column", "Prompt column of a datasets suite (else --prompts-file/builtin).",
+      "eval", quoted=True),
+    row("split", "--split", "Split of a datasets suite.", "eval", default="train"),
+    row("methods", "--method", "Method KIND[:KEY=V1,V2[:KEY=...]] (kinds: text, caption, img2img, vl, steer, "
+      "omni), e.g. vl:alpha=0.3,0.5; values crossed.", "eval", many=True, sep=None, metavar="method",
+      examples=("vl:alpha=0.3,0.5", "img2img:strength=0.5")),
+    row("presets", "--preset", "Sweep presets as vl methods (one method per run of the preset).", "eval", many=True,
+      metavar="name", examples=("alpha", "token")),
+    row("img2img_strengths", "--img2img-strengths", "img2img methods at these strengths.", "eval", float, many=True,
+      examples=("0.5", "0.7")),
+    row("adapter", "--adapter", "Trained adapter file: an 'adapter' method.", "eval", Path, quoted=True),
+    row("omni", "--omni", "Z-Image Omni weights (a diffusers ZImageOmniPipeline folder).", "eval", Path,
+      quoted=True),
+    row("eval_spec", "--eval-spec", "Eval spec TOML: a method table per method (name, kind, settings).", "eval", Path,
+      quoted=True),
+    row("tolerance", "--adherence-tolerance", "Prompt-adherence loss a method may show (CI lower bound of the "
+      "paired difference >= -TOL) and still beat caption.", "eval", float, default=ADHERENCE_TOLERANCE, quoted=True),
+    row("n_resamples", "--resamples", "Bootstrap resamples.", "eval", int, default=N_RESAMPLES, minimum=100),
+    row("bootstrap_seed", "--bootstrap-seed", "Seed of the bootstrap.", "eval", int, default=0),
     # inspect
     row("layers", "--layers", f"Hidden layers (default: {', '.join(map(str, INSPECT_LAYERS))} and the configured VL "
       "layers).", "inspect", int, many=True, examples=("-2", "-6")),
@@ -182,6 +214,7 @@ PANELS = {
     "encoder": "Encoder settings",
     "inputs": "Conditioning inputs",
     "sweep": "Sweep inputs",
+    "eval": "Eval suite and methods",
 }
 AXES_PANEL = "Sweep axes (an axis of one value is a fixed setting)"
 

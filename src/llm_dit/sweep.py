@@ -14,19 +14,18 @@ import functools
 import hashlib
 import itertools
 import json
-import tomllib
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .adapter import Adapter
 from .blend import BLEND_MODES
 from .condition import parse_layer_weights
-from .config import Config, with_overrides
+from .config import Config, load_toml_model, with_overrides
 from .errors import UserError, check_choice
 from .files import load_image
 from .hooks import layer_position
@@ -49,9 +48,25 @@ def is_conditioning(key: str) -> bool:
     return key.partition(".")[0] == CONDITIONING_SECTION
 
 
+class ListedRun(BaseModel):
+    """One run given as it is (`SweepSpec.runs`): its prompt, the reference image or steering direction that
+    conditions it (none: text only), its init image and its settings (the seed among them: a listed run is not
+    repeated per seed). No baseline is added for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    image: str | None = None
+    init_image: str | None = None
+    steer: str | None = None
+    label: str = "run"
+    settings: dict[str, Any] = {}
+
+
 class SweepSpec(BaseModel):
     """What to run. `axes` are crossed; `variants` are listed runs (each a set of overrides) crossed with the axes;
-    every run is repeated for each prompt x image x seed."""
+    every run is repeated for each prompt x image x seed. `runs` are runs listed as they are (after the crossed
+    ones, `fixed` below their own settings): what `llm-dit eval` runs, each (method, cell) one run."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,21 +82,14 @@ class SweepSpec(BaseModel):
     neutral_image: str | None = None  # the unstyled reference of runs with blend style_delta (used by no other run)
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
+    runs: list[ListedRun] = []
 
     @classmethod
     def from_toml(cls, path: str | Path) -> SweepSpec:
         """The spec in the TOML file `path`; its relative paths (`PATH_FIELDS`, `PATH_SETTINGS`) are relative to
         the file's folder, as a steering pairs file's are."""
         path = Path(path)
-        try:
-            return cls.model_validate(tomllib.loads(path.read_text())).relative_to(path.parent)
-        except FileNotFoundError:
-            raise UserError(f"sweep spec not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"sweep spec {path} is not valid TOML: {e}") from None
-        except ValidationError as e:
-            err = e.errors()[0]
-            raise UserError(f"sweep spec {path}: '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        return load_toml_model(cls, path, "sweep spec").relative_to(path.parent)
 
     def relative_to(self, folder: Path) -> SweepSpec:
         """This spec with its relative input paths (`PATH_FIELDS`, and the `PATH_SETTINGS` values of `fixed`,
@@ -208,7 +216,8 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     baseline (`baseline_of`) in `baseline`, and that baseline precedes the first variant paired with it. Duplicates
     (e.g. a baseline shared by several variants) appear once. A variant with a reference image gets the spec's
     `neutral_image` when its settings choose `vl.blend = style_delta` or leave the blend to the profile
-    (`check_runs` refuses a neutral image given to a run whose resolved blend is not style_delta)."""
+    (`check_runs` refuses a neutral image given to a run whose resolved blend is not style_delta). The listed
+    runs (`runs`) follow, as they are."""
     # a one-valued axis is a fixed setting: it applies to the baselines too and stays out of the labels
     fixed = {**spec.fixed, **{k: v[0] for k, v in spec.axes.items() if len(v) == 1}}
     axes = {k: v for k, v in spec.axes.items() if len(v) > 1}
@@ -244,6 +253,9 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
                 add(base)
                 run["baseline"] = base["id"]
             add(run)
+    for listed in spec.runs:
+        run = listed.model_dump(exclude={"settings"}) | {"neutral_image": None, "kind": "variant", "baseline": None}
+        add(run | {"settings": {**spec.fixed, **listed.settings}})
     return runs
 
 

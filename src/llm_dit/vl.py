@@ -15,6 +15,7 @@ The research notes' names are re-exported here: the blend functions and the outl
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import warnings
 import weakref
@@ -39,6 +40,7 @@ from .errors import UserError, check_choice
 from .files import load_image
 from .hooks import capture_hidden_states
 from .models import LazyEncoder, check_vl, load_model, model_identity
+from .numerics import check_number
 from .stats import (
     SINK_RATIO,
     check_sink_rows,
@@ -51,6 +53,12 @@ from .stats import (
 )
 
 TOKEN_MODES = ("full", "text_only", "image_only", "image_no_markers")
+DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
+STYLE_CAPTION_PROMPT = (
+    "Describe only the visual style of this image in one sentence: its medium, colour palette, lighting and "
+    "texture. Do not describe its subject."
+)
+"""The instruction of the eval's `caption` method: the reference's style in words, to append to a prompt."""
 _BROKEN = "a broken checkpoint, or fp16 overflow (try vl.dtype float32)"
 
 
@@ -431,3 +439,42 @@ __all__ = [
     "mask_outlier_dimensions",
     "pick_reference",
 ]
+
+
+def caption_image(
+    extractor: VLEmbeddingExtractor,
+    image: Image.Image | str | Path,
+    prompt: str = DEFAULT_CAPTION_PROMPT,
+    max_new_tokens: int = 40,
+    words_only: bool = False,
+) -> str:
+    """The Qwen3-VL model's own greedy caption of `image` (chat template, image then `prompt`), at most
+    `max_new_tokens` tokens, special tokens dropped, a Thinking model's think block removed, whitespace
+    collapsed. `words_only`: the tokens that show nothing (whitespace, control characters: `blank_token_ids`) are
+    never chosen, so the caption is words or empty (the model ended it at once)."""
+    if isinstance(image, str | Path):
+        image = load_image(image, "image")
+    check_number(max_new_tokens, "max_new_tokens", lambda n: n >= 1, "an integer >= 1", integer=True)
+    model = extractor.model
+    inputs, _ = extractor.prepare(image, prompt)
+    inputs = {
+        k: v.to(model.device, model.dtype) if k == "pixel_values" else v.to(model.device) for k, v in inputs.items()
+    }
+    config = copy.deepcopy(model.generation_config)
+    config.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
+    config.max_new_tokens = max_new_tokens
+    if words_only:
+        config.suppress_tokens = blank_token_ids(extractor.tokenizer)
+    out = model.generate(**inputs, generation_config=config)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    text = extractor.tokenizer.decode(new, skip_special_tokens=True)
+    return " ".join(text.rsplit("</think>", 1)[-1].split())
+
+
+def blank_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the tokenizer's ordinary (not special) tokens whose text shows nothing: only whitespace and
+    non-printable characters."""
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    return [i for i, t in zip(ids, texts, strict=True) if not "".join(c for c in t if c.isprintable()).strip()]

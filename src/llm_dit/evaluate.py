@@ -1,0 +1,380 @@
+"""`llm-dit eval`: does reference conditioning beat the cheap alternatives? Every method of an eval
+(`evalmethods`) runs on every cell of a suite (`suite`), the images are scored with the metric models
+(`scorer.MetricScorer`, each loaded once, batched), and the methods are compared cell by cell (`comparison`).
+
+Each (method, cell) is one run of ONE sweep (`sweep.ListedRun`), run by `experiment.run_sweep` into `DIR/runs`, so
+an eval gets everything a sweep has: every run checked before any model loads, each unique extraction and encode
+once (the tensor cache), the executors (local, Ray), the progress bar, and a directory that resumes after a kill
+without redoing a finished run. The `caption` method's caption is written once per reference, before the sweep
+(`DIR/captions.json`, reused on resume), and is part of its runs' prompts.
+
+```
+DIR/
+├── captions.json     the style caption of each reference (model, instruction), when a caption method runs
+├── references/       the images of a datasets suite, one PNG per distinct image
+├── runs/             the sweep directory (sweepdir.SweepDir) of every (method, cell) run
+├── eval.json         everything machine-readable (`load_eval` reads it)
+└── leaderboard.md    the methods ranked by style gain with prompt adherence kept, and the verdicts vs caption
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cache import TensorCache
+from .comparison import (
+    ADHERENCE_TOLERANCE,
+    LEVEL,
+    N_RESAMPLES,
+    Estimate,
+    Verdict,
+    adherence_kept,
+    better_than,
+    estimate,
+    paired_difference,
+)
+from .components import Components
+from .config import Config
+from .errors import UserError, check_choice
+from .evalmethods import Method, check_strengths, method_run
+from .experiment import EXECUTORS, run_sweep
+from .files import atomic_write_text, load_image, write_json
+from .progress import progress_bar
+from .records import library_versions
+from .runner import OnResult
+from .scorer import MetricScorer, ScoreItem, metric_models
+from .suite import Suite
+from .sweep import SweepSpec, expand, plan_sweep
+from .sweepdir import SweepDir
+from .vl import STYLE_CAPTION_PROMPT, caption_image
+
+SCHEMA = "llm-dit eval 1"
+RUNS, CAPTIONS, EVAL, LEADERBOARD, REFERENCES = "runs", "captions.json", "eval.json", "leaderboard.md", "references"
+STYLE_METRICS = ("csd", "clip_i", "color_hist_similarity")
+"""The style metric the verdict and the ranking use: the first one the scorer computes."""
+ADHERENCE_METRICS = ("clip_t", "siglip_t")
+"""The prompt-adherence metric the verdict and the ranking use: the first one the scorer computes."""
+CAPTION_TOKENS = 60
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """An eval directory's results: `data` is `eval.json` (see docs/cli.md for its schema); the paths of it and of
+    the leaderboard. What the report reads (`load_eval`)."""
+
+    dir: Path
+    data: dict[str, Any]
+
+    @property
+    def eval_json(self) -> Path:
+        return self.dir / EVAL
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.dir / LEADERBOARD
+
+    def image(self, method: str, cell: dict[str, Any]) -> Path | None:
+        """The image file of `method` on `cell` (an item of `data["cells"]`), or None when that run failed."""
+        run = next((r for r in self.data["runs"] if r["method"] == method and r["cell"] == cell["id"]), None)
+        return self.dir / run["image"] if run and run.get("image") else None
+
+
+def load_eval(path: str | os.PathLike[str]) -> EvalResult:
+    """The results of the eval directory `path` (its `eval.json`); `UserError` when it holds none."""
+    folder = Path(path)
+    try:
+        data = json.loads((folder / EVAL).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise UserError(f"not an eval directory (no readable {EVAL}): {folder}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise UserError(f"{folder / EVAL} is not an llm-dit eval ({SCHEMA}) file")
+    return EvalResult(folder, data)
+
+
+def eval_spec(suite: Suite, methods: Sequence[Method], captions: dict[str, str]) -> SweepSpec:
+    """The sweep of an eval: each method on each cell, one listed run each, cell by cell (a stopped eval has whole
+    cells done); the `text` run of a (prompt, seed) is one run, shared by every reference."""
+    runs = [method_run(m, cell, captions.get(cell.reference.hash)) for cell in suite.cells() for m in methods]
+    return SweepSpec(name=f"eval {suite.name}", baseline=False, runs=runs)
+
+
+def write_captions(config: Config, suite: Suite, path: Path, cache: TensorCache | None) -> dict[str, str]:
+    """The style caption of each reference (`vl.caption_image` with `STYLE_CAPTION_PROMPT`, greedy), generated once
+    with the VL model and kept in `path` after each one (a rerun reuses those of the same model and instruction).
+    An empty caption is refused: the caption method would be the text method under another name."""
+    model = config.models.vl
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        kept = {}
+    same = kept.get("model") == model and kept.get("instruction") == STYLE_CAPTION_PROMPT
+    captions: dict[str, str] = dict(kept.get("captions", {})) if same else {}
+    todo = [r for r in suite.references if r.hash not in captions]
+    if todo:
+        extractor = Components(config, cache).vl
+        with progress_bar() as progress:
+            task = progress.add_task("captions", total=len(todo))
+            for ref in todo:
+                text = caption_image(extractor, load_image(ref.path, "reference image"), STYLE_CAPTION_PROMPT,
+                                     CAPTION_TOKENS, words_only=True)  # fmt: skip
+                if not text.strip():
+                    raise UserError(
+                        f"the VL model {model} wrote an empty style caption of reference {ref.name}: the caption "
+                        "method cannot run with it (use a real Qwen3-VL model, or leave out the caption method)"
+                    )
+                captions[ref.hash] = text
+                write_json(path, {"model": model, "instruction": STYLE_CAPTION_PROMPT, "captions": captions})
+                progress.advance(task)
+    return {r.hash: captions[r.hash] for r in suite.references}
+
+
+def run_id_of(run: Any) -> str:
+    """The sweep run id of one listed run (`sweep.expand` makes it)."""
+    return expand(SweepSpec(runs=[run]))[0]["id"]
+
+
+def score_runs(
+    suite: Suite, methods: Sequence[Method], ids: dict[tuple[str, tuple], str], sweep: SweepDir, scorer: MetricScorer
+) -> dict[tuple[str, tuple], dict[str, Any]]:
+    """Every finished (method, cell) run's metrics (`scorer.score`, one batched call): prompt adherence to the
+    cell's prompt (not the caption-extended one), style and content leak against the cell's reference, content
+    kept against the `text` image of the same cell."""
+    done = {r["id"]: r for r in sweep.runs() if r.get("status") == "ok"}
+    keys, items = [], []
+    for cell in suite.cells():
+        text = done.get(ids[("text", cell.key)])
+        for m in methods:
+            run = done.get(ids[(m.name, cell.key)])
+            if run is None:
+                continue
+            baseline = None if m.kind == "text" or text is None else sweep.path / text["output"]
+            keys.append((m.name, cell.key))
+            items.append(ScoreItem(sweep.path / run["output"], cell.prompt, cell.reference.path, baseline))
+    return dict(zip(keys, scorer.score(items), strict=True))
+
+
+def first_metric(names: Sequence[str], computed: Sequence[str]) -> str | None:
+    return next((n for n in names if n in computed), None)
+
+
+def compare_methods(
+    suite: Suite,
+    methods: Sequence[Method],
+    scores: dict[tuple[str, tuple], dict[str, Any]],
+    primary: dict[str, str | None],
+    *,
+    tolerance: float,
+    n_resamples: int,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Verdict]]:
+    """Per method: each metric's mean and CI over cells, paired differences against `text` and `caption` (cells
+    paired by reference, prompt and seed); and each method's verdict against caption (`comparison.better_than`)."""
+    kw = {"n_resamples": n_resamples, "seed": seed}
+    values: dict[str, dict[str, dict[tuple, float]]] = {}
+    for (method, cell), metrics in scores.items():
+        for name, value in metrics.items():
+            if value is not None:
+                values.setdefault(method, {}).setdefault(name, {})[cell] = float(value)
+    stats: dict[str, Any] = {}
+    verdicts: dict[str, Verdict] = {}
+    has_caption = any(m.kind == "caption" for m in methods)
+    caption = next((m.name for m in methods if m.kind == "caption"), None)
+    for m in methods:
+        own = values.get(m.name, {})
+        entry: dict[str, Any] = {"cells": len({c for v in own.values() for c in v}), "metrics": {}}
+        for against, label in (("text", "vs_text"), (caption, "vs_caption")):
+            if against is None or against == m.name:
+                continue
+            entry[label] = {}
+            for name, cells in own.items():
+                if (d := paired_difference(cells, values.get(against, {}).get(name, {}), **kw)) is not None:
+                    entry[label][name] = d.as_dict()
+        for name, cells in own.items():
+            entry["metrics"][name] = estimate(list(cells.values()), **kw).as_dict()
+        stats[m.name] = entry
+        if m.kind in ("text", "caption"):
+            continue
+        if not has_caption:
+            verdicts[m.name] = Verdict(False, "undecided: no caption method in this eval")
+            continue
+        vs = entry.get("vs_caption", {})
+        style, adherence = (vs.get(primary[k] or "") for k in ("style", "adherence"))
+        verdicts[m.name] = better_than(
+            Estimate(**style) if style else None, Estimate(**adherence) if adherence else None, tolerance
+        )
+    return stats, verdicts
+
+
+def leaderboard(
+    methods: Sequence[Method], stats: dict[str, Any], primary: dict[str, str | None], tolerance: float
+) -> list[dict[str, Any]]:
+    """The methods ranked by what the question allows: only a method whose prompt adherence against `text` is kept
+    (its CI lower bound >= -tolerance) and whose style gain against `text` lies above 0 is ranked, by the gain's
+    CI lower bound (a conservative ranking); the others follow unranked with the reason. `text` itself is the
+    reference (gain 0 by definition) and is never ranked: doing nothing wins nothing."""
+    rows: list[dict[str, Any]] = []
+    for m in methods:
+        if m.kind == "text":
+            continue
+        vs = stats[m.name].get("vs_text", {})
+        gain, adh = vs.get(primary["style"] or ""), vs.get(primary["adherence"] or "")
+        if gain is None:
+            status = "unmeasured: no paired style metric against text"
+        elif not adherence_kept(Estimate(**adh) if adh else None, tolerance):
+            status = "prompt adherence lost" if adh else "unmeasured: no paired prompt-adherence metric"
+        elif gain["low"] <= 0:
+            status = "no style gain (CI includes 0)"
+        else:
+            status = "ranked"
+        rows.append({"method": m.name, "kind": m.kind, "status": status, "style_gain": gain, "adherence": adh})
+    ranked = sorted((r for r in rows if r["status"] == "ranked"), key=lambda r: -r["style_gain"]["low"])
+    for i, r in enumerate(ranked, 1):
+        r["rank"] = i
+    return ranked + [r for r in rows if r["status"] != "ranked"]
+
+
+def _ci(e: dict[str, Any] | None) -> str:
+    return "–" if not e else f"{e['mean']:+.4f} [{e['low']:+.4f}, {e['high']:+.4f}]"
+
+
+def _mean(stats: dict[str, Any], method: str, metric: str) -> str:
+    e = stats[method]["metrics"].get(metric)
+    return "–" if not e else f"{e['mean']:.4f}"
+
+
+def leaderboard_markdown(data: dict[str, Any]) -> str:
+    """`leaderboard.md` from the eval's data."""
+    p, stats, suite = data["primary"], data["stats"], data["suite"]
+    s = data["settings"]
+    kept = next((n for n in ("dino_kept", "ssim_to_baseline") if n in data["metrics"]["metrics"]), None)
+    leak = "dino_leak" if "dino_leak" in data["metrics"]["metrics"] else None
+    lines = [
+        f"# Eval leaderboard: {suite['name']}",
+        "",
+        f"{suite['cells']} cells = {len(suite['references'])} references x {len(suite['prompts'])} prompts x "
+        f"{len(suite['seeds'])} seeds. Style: `{p['style']}`; prompt adherence: `{p['adherence']}`. Differences are "
+        f"paired by cell (reference, prompt, seed) against `text`, mean [{s['level']:.0%} {s['bootstrap']} CI].",
+        f"A method is ranked only when its prompt adherence is kept (CI lower bound >= -{s['tolerance']}) and its "
+        "style gain's CI lies above 0; `text` is the reference, never ranked. Cells sharing a reference are "
+        f"correlated: with {len(suite['references'])} references the CIs are optimistic.",
+        "",
+        f"| rank | method | style gain ({p['style']}) | prompt adherence ({p['adherence']}) | content leak "
+        f"({leak or '–'}) | content kept ({kept or '–'}) | vs caption |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in data["leaderboard"]:
+        verdict = data["verdicts"].get(r["method"])
+        vs = "–" if verdict is None else ("**better**" if verdict["better"] else verdict["reason"].split(":")[0])
+        rank = str(r.get("rank", r["status"]))
+        lines.append(
+            f"| {rank} | {r['method']} | {_ci(r['style_gain'])} | {_ci(r['adherence'])} | "
+            f"{_mean(stats, r['method'], leak) if leak else '–'} | "
+            f"{_mean(stats, r['method'], kept) if kept else '–'} | {vs} |"
+        )
+    lines += ["", "## Verdicts against caption", ""]
+    lines += [f"- **{name}**: {v['reason']}" for name, v in data["verdicts"].items()] or ["- none"]
+    return "\n".join(lines) + "\n"
+
+
+def run_eval(
+    config: Config,
+    suite: Suite,
+    methods: Sequence[Method],
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    executor: str = "local",
+    batch_size: int = 1,
+    metric_models_spec: Any = "default",
+    metric_device: str = "cpu",
+    tolerance: float = ADHERENCE_TOLERANCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    cache: TensorCache | None = None,
+    on_result: OnResult | None = None,
+) -> EvalResult:
+    """Run `methods` (`evalmethods.methods_of`; `text` first) on every cell of `suite` into the eval directory
+    `out_dir`, score them and compare them; writes `eval.json` and `leaderboard.md` and returns `EvalResult`.
+    Every run is checked before any model loads; `resume` finishes an eval already in `out_dir` (finished runs are
+    kept). `executor`, `batch_size`, `cache`, `on_result`: as `experiment.run_sweep`. `metric_models_spec`,
+    `metric_device`: the metric models (`scorer.metric_models`); `tolerance`: how much prompt adherence a method may
+    lose and still be better than caption; `n_resamples`, `seed`: the bootstrap's."""
+    out = Path(out_dir)
+    if not methods or methods[0].kind != "text" or methods[0].settings:
+        raise UserError("an eval's first method must be 'text' (every other method is paired with it)")
+    if tolerance < 0:
+        raise UserError(f"'tolerance' must be >= 0, got {tolerance}")
+    if n_resamples < 100:
+        raise UserError(f"'n_resamples' must be at least 100, got {n_resamples}")
+    check_choice(executor, EXECUTORS, "executor")
+    check_strengths(config, methods)
+    metric_models(metric_models_spec)  # a bad metric-model spec is refused before any work
+    runs = SweepDir(out / RUNS)
+    if runs.done() and not resume:
+        raise UserError(f"{out} already holds an eval: finish it with 'resume', or use a new directory")
+    captioned = any(m.kind == "caption" for m in methods)
+    placeholder = {r.hash: "a caption" for r in suite.references}
+    plan_sweep(config, eval_spec(suite, methods, placeholder))  # every run checked before any model loads
+    captions = write_captions(config, suite, out / CAPTIONS, cache) if captioned else {}
+    spec = eval_spec(suite, methods, captions)
+    summary = run_sweep(
+        config, spec, runs, resume=resume, executor=executor, batch_size=batch_size, on_result=on_result, cache=cache
+    )
+    ids = {(m.name, c.key): run_id_of(method_run(m, c, captions.get(c.reference.hash))) for c in suite.cells()
+           for m in methods}  # fmt: skip
+    scorer = MetricScorer(metric_models_spec, metric_device)
+    scores = score_runs(suite, methods, ids, runs, scorer)
+    primary = {"style": first_metric(STYLE_METRICS, scorer.metrics)}
+    primary["adherence"] = first_metric(ADHERENCE_METRICS, scorer.metrics)
+    stats, verdicts = compare_methods(
+        suite, methods, scores, primary, tolerance=tolerance, n_resamples=n_resamples, seed=seed
+    )
+    records = {r["id"]: r for r in runs.runs()}
+    cells = [{"id": i, **c.as_dict()} for i, c in enumerate(suite.cells())]
+    run_rows = []
+    for i, cell in enumerate(suite.cells()):
+        for m in methods:
+            rid = ids[(m.name, cell.key)]
+            rec = records.get(rid, {})
+            row = {"method": m.name, "cell": i, "run": rid, "status": rec.get("status", "not run")}
+            row["prompt"] = rec.get("prompt")
+            row["image"] = f"{RUNS}/{rec['output']}" if rec.get("status") == "ok" else None
+            row["error"] = rec.get("error")
+            row["metrics"] = scores.get((m.name, cell.key))
+            run_rows.append(row)
+    data = {
+        "schema": SCHEMA,
+        "suite": suite.as_dict(),
+        "methods": [m.model_dump() for m in methods],
+        "captions": {"instruction": STYLE_CAPTION_PROMPT, "model": config.models.vl, "captions": captions}
+        if captioned
+        else None,
+        "cells": cells,
+        "runs": run_rows,
+        "metrics": scorer.describe(),
+        "primary": primary,
+        "stats": stats,
+        "verdicts": {k: v.as_dict() for k, v in verdicts.items()},
+        "settings": {
+            "tolerance": tolerance,
+            "level": LEVEL,
+            "n_resamples": n_resamples,
+            "seed": seed,
+            "bootstrap": "BCa",
+            "pairing": "cells (reference hash, prompt, seed)",
+        },
+        "models": {"zimage": config.models.zimage, "vl": config.models.vl},
+        "config": config.model_dump(mode="json"),
+        "sweep": summary,
+        "versions": library_versions(),
+    }
+    data["leaderboard"] = leaderboard(methods, stats, primary, tolerance)
+    write_json(out / EVAL, data)
+    atomic_write_text(out / LEADERBOARD, leaderboard_markdown(data))
+    return EvalResult(out, data)

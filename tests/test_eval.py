@@ -1,0 +1,346 @@
+"""`llm-dit eval`: suites, methods, each (method, cell) one run of one sweep, scoring paired by cell, eval.json and
+the leaderboard, refusals before any work, and resuming after SIGKILL without redoing finished runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from llm_dit.errors import UserError
+from llm_dit.evalmethods import (
+    OMNI_REFUSAL,
+    Method,
+    check_strengths,
+    method_run,
+    methods_of,
+    parse_method,
+    preset_methods,
+)
+from llm_dit.evaluate import EVAL, RUNS, eval_spec, load_eval, run_eval
+from llm_dit.scorer import MetricScorer, ScoreItem
+from llm_dit.suite import BUILTIN_PROMPTS, QUICK, builtin_references, load_suite
+from llm_dit.sweep import expand
+from llm_dit.sweepdir import SweepDir
+
+from .conftest import REPO, tiny_config
+
+SMALL = ["--width", "32", "--height", "32", "--steps", "2"]
+TINY = ["--models", "tiny", *SMALL, "--metric-models", "tiny"]
+EXAMPLES = REPO / "examples" / "reference-images"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ------------------------------------------------------------------------------------------------------ suites
+
+
+def test_builtin_suite_sizes_and_quick():
+    full = load_suite("builtin")
+    assert len(full.references) == 8 == len(builtin_references()) and full.prompts == list(BUILTIN_PROMPTS)
+    assert len(BUILTIN_PROMPTS) == 24 == len(set(BUILTIN_PROMPTS))
+    quick = load_suite("builtin", quick=True)
+    assert (len(quick.references), len(quick.prompts), len(quick.seeds)) == tuple(QUICK.values())
+    sized = load_suite("builtin", references=3, prompts=5, seeds=2)
+    cells = sized.cells()
+    assert len(cells) == 30 == len({c.key for c in cells})  # (reference hash, prompt, seed) identifies a cell
+    assert sized.seeds == [0, 1] and sized.as_dict()["cells"] == 30
+    with pytest.raises(UserError, match="'references' 9 is more than"):
+        load_suite("builtin", references=9)
+    with pytest.raises(UserError, match="'seeds' must be at least 1"):
+        load_suite("builtin", seeds=0)
+
+
+def test_folder_suite_needs_prompts_and_keeps_one_reference_per_content(tmp_path):
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes((EXAMPLES / "sunset.png").read_bytes())  # the same image twice
+    (folder / "c.png").write_bytes((EXAMPLES / "house2.png").read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match="needs a prompts file"):
+        load_suite(str(folder))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a boat\na tree\n")
+    suite = load_suite(str(folder), prompts_file=prompts)
+    assert [r.name for r in suite.references] == ["a", "c"] and suite.prompts == ["a boat", "a tree"]
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"broken\.png"):
+        load_suite(str(folder), prompts_file=prompts)
+    with pytest.raises(UserError, match="not builtin, hf:DATASET or a folder"):
+        load_suite(str(tmp_path / "nothere"))
+
+
+def test_datasets_suite_from_a_dataset_saved_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")  # the optional extra 'datasets'
+    images = [Image.open(EXAMPLES / n).convert("RGB").resize((32, 32)) for n in ("sunset.png", "house2.png")]
+    data = datasets.Dataset.from_dict(
+        {"picture": [images[0], images[1], images[0]], "text": ["a boat", "a tree", "a boat"]},
+        features=datasets.Features({"picture": datasets.Image(), "text": datasets.Value("string")}),
+    )
+    data.save_to_disk(str(tmp_path / "ds"))
+    store = tmp_path / "eval" / "references"
+    suite = load_suite(f"hf:{tmp_path / 'ds'}", image_column="picture", prompt_column="text", store=store)
+    assert len(suite.references) == 2 and suite.prompts == ["a boat", "a tree"]  # distinct images and prompts
+    assert all(Path(r.path).parent == store and Path(r.path).is_file() for r in suite.references)
+    assert Image.open(suite.references[0].path).convert("RGB").tobytes() == images[0].tobytes()
+    assert suite.source["kind"] == "datasets" and suite.source["image_column"] == "picture"
+    again = load_suite(f"hf:{tmp_path / 'ds'}", image_column="picture", prompt_column="text", store=store)
+    assert [r.hash for r in again.references] == [r.hash for r in suite.references]
+    with pytest.raises(UserError, match="has no column 'image'"):
+        load_suite(f"hf:{tmp_path / 'ds'}", image_column="image", store=store)
+    with pytest.raises(UserError, match="needs 'image_column'"):
+        load_suite(f"hf:{tmp_path / 'ds'}", store=store)
+
+
+# ----------------------------------------------------------------------------------------------------- methods
+
+
+def test_method_items_cross_their_values_and_name_each_method():
+    methods = parse_method("vl:alpha=0.3,0.5:blend=adain")
+    assert [m.name for m in methods] == ["vl alpha=0.3 blend=adain", "vl alpha=0.5 blend=adain"]
+    assert methods[1].settings == {"vl.alpha": 0.5, "vl.blend": "adain"}
+    assert parse_method("img2img:strength=0.5")[0].settings == {"generation.strength": 0.5}
+    assert parse_method("vl:vl.token_mode=image_only")[0].settings == {"vl.token_mode": "image_only"}
+    with pytest.raises(UserError, match="'colour' is no vl"):
+        parse_method("vl:colour=red")
+    with pytest.raises(UserError, match="method kind"):
+        parse_method("ipadapter")
+    with pytest.raises(UserError, match="expected KIND:KEY=V1,V2"):
+        parse_method("vl:alpha")
+
+
+def test_methods_text_first_defaults_presets_and_refusals(tmp_path):
+    assert [m.name for m in methods_of()] == ["text", "caption", "img2img strength=0.5", "vl"]
+    given = methods_of(["caption", "text"], presets=["token"], img2img_strengths=[0.5, 0.7], adapter="a.st")
+    names = [m.name for m in given]
+    assert names[:2] == ["text", "caption"] and names.count("text") == 1
+    assert "token token_mode=image_only" in names and "img2img strength=0.7" in names
+    assert given[-1] == Method(name="adapter", kind="vl", settings={"vl.adapter": "a.st"})
+    assert len(preset_methods("vl_only_vs_qwen3")) == 3
+    with pytest.raises(UserError, match="needs a steering direction"):
+        preset_methods("steering")
+    with pytest.raises(UserError, match="two methods named 'vl'"):
+        methods_of(["vl", "vl"])
+    with pytest.raises(UserError, match=r"sets vl.alpha: vl.\* settings act only"):
+        methods_of(["caption:alpha=0.3"])
+    with pytest.raises(UserError, match=r"sets generation\.seed"):
+        methods_of(["vl:seed=3"])
+    spec = tmp_path / "eval.toml"
+    spec.write_text('[[method]]\nname = "strong"\nkind = "vl"\nsettings = {"vl.alpha" = 0.8}\n')
+    assert methods_of(spec=spec)[1] == Method(name="strong", kind="vl", settings={"vl.alpha": 0.8})
+    spec.write_text('[[method]]\nname = "x"\nkind = "vl"\ncolour = 1\n')
+    with pytest.raises(UserError, match=r"eval spec .*colour"):
+        methods_of(spec=spec)
+
+
+def test_omni_is_refused_without_omni_weights(tmp_path):
+    with pytest.raises(UserError) as e:
+        methods_of(["omni"])
+    assert str(e.value) == OMNI_REFUSAL
+    with pytest.raises(UserError, match="is not a diffusers pipeline folder"):
+        methods_of(["omni"], omni=tmp_path)
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"siglip_feat_dim": None}))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "ZImagePipeline"}))
+    with pytest.raises(UserError, match="not a ZImageOmniPipeline"):
+        methods_of(["vl"], omni=tmp_path)
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps({"siglip_feat_dim": 32}))
+    index = {"_class_name": "ZImageOmniPipeline", "siglip": ["transformers", "Siglip2VisionModel"]}
+    (tmp_path / "model_index.json").write_text(json.dumps(index | {"siglip_processor": ["transformers", "x"]}))
+    with pytest.raises(UserError, match="not implemented yet"):  # found, but never claims a result it did not make
+        methods_of(["omni"], omni=tmp_path)
+
+
+def test_img2img_strength_that_skips_no_step_is_refused(zoo):
+    cfg = tiny_config(zoo, **{"generation.steps": 2})
+    check_strengths(cfg, parse_method("img2img:strength=0.5"))  # skips 1 of 2 steps
+    with pytest.raises(UserError, match=r"strength 0\.9 at 2 steps skips no denoising step"):
+        check_strengths(cfg, parse_method("img2img:strength=0.9"))
+    check_strengths(cfg, parse_method("img2img:strength=0.2"))  # skips 1, runs 1 (diffusers: ceil(N * strength))
+
+
+def test_each_method_on_each_cell_is_one_listed_run_and_text_runs_are_shared():
+    suite = load_suite("builtin", references=2, prompts=2)
+    methods = methods_of()
+    captions = {r.hash: f"style of {r.name}" for r in suite.references}
+    runs = expand(eval_spec(suite, methods, captions))
+    # text runs of a (prompt, seed) are shared by both references: 4 cells x 4 methods - 2 shared text runs
+    assert len(runs) == 14 == len({r["id"] for r in runs})
+    cell = suite.cells()[0]
+    by = {m.kind: method_run(m, cell, captions[cell.reference.hash]) for m in methods}
+    assert by["text"].image is None and by["text"].init_image is None and by["text"].prompt == cell.prompt
+    assert by["caption"].prompt == f"{cell.prompt}. style of {cell.reference.name}" and by["caption"].image is None
+    assert by["img2img"].init_image == cell.reference.path and by["img2img"].image is None
+    assert by["vl"].image == cell.reference.path and by["vl"].settings == {"generation.seed": 0}
+    with pytest.raises(UserError, match="no caption"):
+        method_run(methods[1], cell, None)
+
+
+def test_run_eval_refuses_before_any_model_loads(zoo, tmp_path):
+    cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
+    suite = load_suite("builtin", references=1, prompts=1)
+    with pytest.raises(UserError, match="first method must be 'text'"):
+        run_eval(cfg, suite, parse_method("vl"), tmp_path / "a")
+    with pytest.raises(UserError, match="metric_models"):
+        run_eval(cfg, suite, methods_of(["vl"]), tmp_path / "b", metric_models_spec="clip")
+    with pytest.raises(UserError, match="hidden_layer"):  # the sweep's own checks: a layer beyond the model's depth
+        run_eval(cfg, suite, methods_of(["vl:hidden_layer=-40"]), tmp_path / "c", metric_models_spec="tiny")
+    assert not (tmp_path / "c" / "captions.json").exists() and not (tmp_path / "c" / RUNS).exists()
+
+
+# ------------------------------------------------------------------------------------------- end to end (tiny)
+
+
+@pytest.fixture(scope="module")
+def quick_eval(tmp_path_factory, zoo):
+    """`llm-dit eval --suite builtin --quick` on the tiny zoo with the tiny metric models (every method but omni)."""
+    from llm_dit.cli import main
+
+    out = tmp_path_factory.mktemp("eval") / "quick"
+    argv = sys.argv
+    sys.argv = ["llm-dit", "eval", "--suite", "builtin", "--quick", *TINY, "--resamples", "500", "-o", str(out)]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        sys.argv = argv
+    assert e.value.code in (0, None)
+    return out
+
+
+def test_quick_eval_runs_every_method_on_every_cell(quick_eval):
+    result = load_eval(quick_eval)
+    data = result.data
+    assert [m["name"] for m in data["methods"]] == ["text", "caption", "img2img strength=0.5", "vl"]
+    assert data["suite"]["cells"] == 4 == len(data["cells"]) and len(data["runs"]) == 16
+    assert all(r["status"] == "ok" and (quick_eval / r["image"]).is_file() for r in data["runs"])
+    assert data["sweep"]["runs"] == data["sweep"]["completed"] == 14  # text runs shared by both references
+    captions = data["captions"]["captions"]
+    assert set(captions) == {r["hash"] for r in data["suite"]["references"]} and all(captions.values())
+    for r in data["runs"]:
+        cell = data["cells"][r["cell"]]
+        expected = cell["prompt"] + (f". {captions[cell['reference']]}" if r["method"] == "caption" else "")
+        assert r["prompt"] == expected
+        assert ("dino_kept" in r["metrics"]) == (r["method"] != "text")  # content kept: against text's image
+        assert {"clip_t", "csd", "clip_i", "dino_leak"} <= set(r["metrics"])
+    assert data["primary"] == {"style": "csd", "adherence": "clip_t"}
+    assert data["models"]["vl"].endswith("qwen3-vl") and data["metrics"]["models"]["csd"]["source"]
+    assert set(data["verdicts"]) == {"img2img strength=0.5", "vl"}
+    assert result.leaderboard.read_text().startswith("# Eval leaderboard: builtin")
+    assert result.image("vl", data["cells"][0]).is_file()
+
+
+def test_content_kept_is_measured_against_the_text_image_of_the_same_cell(quick_eval):
+    data = load_eval(quick_eval).data
+    runs = {(r["method"], r["cell"]): r for r in data["runs"]}
+    scorer = MetricScorer("tiny")
+    for cell in data["cells"]:
+        vl, text = runs[("vl", cell["id"])], runs[("text", cell["id"])]
+        ref = next(r["path"] for r in data["suite"]["references"] if r["hash"] == cell["reference"])
+        [direct] = scorer.score([ScoreItem(quick_eval / vl["image"], cell["prompt"], ref, quick_eval / text["image"])])
+        assert vl["metrics"]["dino_kept"] == pytest.approx(direct["dino_kept"], abs=1e-6)
+        assert vl["metrics"]["clip_t"] == pytest.approx(direct["clip_t"], abs=1e-6)  # the cell's prompt
+
+
+def test_statistics_pair_cells_and_the_verdict_follows_the_caption_differences(quick_eval):
+    data = load_eval(quick_eval).data
+    runs = {(r["method"], r["cell"]): r["metrics"] for r in data["runs"]}
+    diffs = [runs[("vl", c["id"])]["csd"] - runs[("caption", c["id"])]["csd"] for c in data["cells"]]
+    vs = data["stats"]["vl"]["vs_caption"]["csd"]
+    assert vs["mean"] == pytest.approx(sum(diffs) / len(diffs)) and vs["n"] == 4 and vs["low"] <= vs["high"]
+    adherence = data["stats"]["vl"]["vs_caption"]["clip_t"]
+    better = vs["low"] > 0 and adherence["low"] >= -data["settings"]["tolerance"]
+    assert data["verdicts"]["vl"]["better"] == better
+    assert "vs_text" not in data["stats"]["text"] and "vs_caption" not in data["stats"]["caption"]
+    ranked = [r for r in data["leaderboard"] if "rank" in r]
+    assert all(r["style_gain"]["low"] > 0 for r in ranked) and "text" not in {r["method"] for r in data["leaderboard"]}
+
+
+def test_a_finished_eval_is_refused_without_resume_and_resumes_without_work(cli, quick_eval):
+    args = ["eval", "--suite", "builtin", "--quick", *TINY, "--resamples", "500", "-o", quick_eval]
+    r = cli(*args)
+    assert r.code == 2 and "already holds an eval" in r.err and "--resume" in r.err
+    before = (quick_eval / "captions.json").stat().st_mtime_ns
+    r = cli(*args, "--resume", "--json")
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    assert Path(out["eval"]) == quick_eval / EVAL and set(out["verdicts"]) == {"img2img strength=0.5", "vl"}
+    assert load_eval(quick_eval).data["sweep"]["ran_now"] == 0
+    assert (quick_eval / "captions.json").stat().st_mtime_ns == before  # captions reused, not regenerated
+
+
+def test_eval_refusals_are_one_line_exit_2(cli, zoo, tmp_path):
+    r = cli("eval", "--suite", "builtin", "--quick", *TINY, "--method", "omni", "-o", tmp_path / "o")
+    assert r.code == 2 and "in 'omni' (--omni); none are public" in r.err and "Traceback" not in r.err
+    r = cli("eval", "--suite", "builtin", "--quick", *TINY, "--method", "img2img:strength=0.9", "-o", tmp_path / "s")
+    assert r.code == 2 and "skips no denoising step" in r.err
+    r = cli("eval", "--suite", tmp_path / "none", *TINY, "-o", tmp_path / "n")
+    assert r.code == 2 and "'suite' (--suite)" in r.err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
+def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "llm_dit", "eval", "--suite", "builtin", "--references", "1", "--prompts", "3"]
+    cmd += [*TINY, "--method", "vl:alpha=0.3,0.6", "--resamples", "200", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 180
+    while time.time() < deadline and len(SweepDir(out / RUNS).lines()) < 2 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {r["id"]: r["output"] for r in SweepDir(out / RUNS).lines()}
+    assert 2 <= len(done) < 9 and not (out / EVAL).exists()  # killed mid-sweep, before scoring
+    stamps = {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()}
+    finished = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=os.environ.copy())
+    assert finished.returncode == 0, finished.stderr
+    lines = SweepDir(out / RUNS).lines()
+    assert len(lines) == len({r["id"] for r in lines}) == 9  # 3 cells x (text + 2 vl): nothing run twice
+    assert {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()} == stamps  # not written again
+    data = load_eval(out).data
+    assert data["sweep"]["ran_now"] == 9 - len(done) and all(r["status"] == "ok" for r in data["runs"])
+    assert finished.stdout.split() == [str(out / EVAL), str(out / "leaderboard.md")]
+
+
+def test_style_captions_are_words_even_from_a_random_model(zoo):
+    from llm_dit.components import Components
+    from llm_dit.files import load_image
+    from llm_dit.vl import STYLE_CAPTION_PROMPT, blank_token_ids, caption_image
+
+    extractor = Components(tiny_config(zoo)).vl
+    blank = set(blank_token_ids(extractor.tokenizer))
+    newline = extractor.tokenizer.convert_tokens_to_ids("Ċ")  # byte-level BPE's "\n"
+    assert newline in blank and not blank & set(extractor.tokenizer.all_special_ids)
+    for path in builtin_references():
+        text = caption_image(extractor, load_image(path), STYLE_CAPTION_PROMPT, 8, words_only=True)
+        assert text.strip() and text.isprintable(), (path.name, text)
+
+
+def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
+    import torch
+
+    from llm_dit.steer import save_direction
+
+    direction = save_direction(
+        tmp_path / "d.safetensors", torch.randn(64, generator=torch.Generator().manual_seed(0)), {}
+    )
+    cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
+    suite = load_suite("builtin", references=1, prompts=1)
+    result = run_eval(cfg, suite, methods_of(steer=str(direction)), tmp_path / "e", metric_models_spec=None,
+                      n_resamples=100)  # fmt: skip
+    data = result.data
+    steer = next(r for r in data["runs"] if r["method"] == "steer")
+    assert steer["status"] == "ok" and "dino_kept" not in steer["metrics"] and "ssim_to_baseline" in steer["metrics"]
+    record = next(r for r in SweepDir(tmp_path / "e" / RUNS).runs() if r["label"] == "steer")
+    assert record["steer"] == str(direction) and record["image"] is None
+    assert data["primary"] == {"style": "color_hist_similarity", "adherence": None}
+    assert data["verdicts"]["steer"]["reason"] == "undecided: no caption method in this eval"
+    assert data["leaderboard"][0]["status"] == "unmeasured: no paired prompt-adherence metric"
