@@ -133,9 +133,12 @@ def test_methods_text_first_defaults_presets_and_refusals(tmp_path):
         methods_of(["caption:alpha=0.3"])
     with pytest.raises(UserError, match=r"sets generation\.seed"):
         methods_of(["vl:seed=3"])
+    assert [m.name for m in methods_of(["vl:alpha=0.3"])][:2] == ["text", "caption"]  # the baselines, always
+    with pytest.raises(UserError, match=r"sets generation\.steps: every method runs at the eval's generation"):
+        methods_of(["vl:steps=4"])  # a method may not differ from its baselines in what it does not compare
     spec = tmp_path / "eval.toml"
     spec.write_text('[[method]]\nname = "strong"\nkind = "vl"\nsettings = {"vl.alpha" = 0.8}\n')
-    assert methods_of(spec=spec)[1] == Method(name="strong", kind="vl", settings={"vl.alpha": 0.8})
+    assert methods_of(spec=spec)[2] == Method(name="strong", kind="vl", settings={"vl.alpha": 0.8})
     spec.write_text('[[method]]\nname = "x"\nkind = "vl"\ncolour = 1\n')
     with pytest.raises(UserError, match=r"eval spec .*colour"):
         methods_of(spec=spec)
@@ -298,15 +301,15 @@ def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = {r["id"]: r["output"] for r in SweepDir(out / RUNS).lines()}
-    assert 2 <= len(done) < 9 and not (out / EVAL).exists()  # killed mid-sweep, before scoring
+    assert 2 <= len(done) < 12 and not (out / EVAL).exists()  # killed mid-sweep, before scoring
     stamps = {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()}
     finished = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=os.environ.copy())
     assert finished.returncode == 0, finished.stderr
     lines = SweepDir(out / RUNS).lines()
-    assert len(lines) == len({r["id"] for r in lines}) == 9  # 3 cells x (text + 2 vl): nothing run twice
+    assert len(lines) == len({r["id"] for r in lines}) == 12  # 3 cells x (text, caption, 2 vl): nothing run twice
     assert {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()} == stamps  # not written again
     data = load_eval(out).data
-    assert data["sweep"]["ran_now"] == 9 - len(done) and all(r["status"] == "ok" for r in data["runs"])
+    assert data["sweep"]["ran_now"] == 12 - len(done) and all(r["status"] == "ok" for r in data["runs"])
     assert finished.stdout.split() == [str(out / EVAL), str(out / "leaderboard.md")]
 
 
@@ -342,5 +345,5 @@ def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
     record = next(r for r in SweepDir(tmp_path / "e" / RUNS).runs() if r["label"] == "steer")
     assert record["steer"] == str(direction) and record["image"] is None
     assert data["primary"] == {"style": "color_hist_similarity", "adherence": None}
-    assert data["verdicts"]["steer"]["reason"] == "undecided: no caption method in this eval"
+    assert data["verdicts"]["steer"]["reason"] == "undecided: no paired prompt-adherence metric against caption"
     assert data["leaderboard"][0]["status"] == "unmeasured: no paired prompt-adherence metric"

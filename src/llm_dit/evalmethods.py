@@ -162,7 +162,8 @@ def methods_of(
     spec: str | Path | None = None,
     omni: str | Path | None = None,
 ) -> list[Method]:
-    """The methods of an eval: `text` first (always), then those of the spec file, `items` (`parse_method`), the
+    """The methods of an eval: `text` and `caption` first (always: the baselines every verdict needs), then those
+    of the spec file, `items` (`parse_method`), the
     presets, image-to-image at each strength, the trained `adapter` (a `vl` method), the steering direction `steer`;
     `DEFAULT_METHODS` when none is given. Names must be unique; `omni` is refused unless `omni` is an Omni
     folder (and then refused as not run yet: no Omni method may claim a result it did not produce)."""
@@ -182,7 +183,8 @@ def methods_of(
     if any(m.kind == "omni" for m in methods) or omni is not None:
         omni_weights(omni)
         raise UserError("the omni method is not implemented yet (the Z-Image Omni weights in 'omni' were found)")
-    methods = [Method(name="text", kind="text"), *(m for m in methods if not (m.kind == "text" and not m.settings))]
+    methods = [m for m in methods if m.settings or m.kind not in ("text", "caption")]
+    methods = [Method(name="text", kind="text"), Method(name="caption", kind="caption"), *methods]
     names = [m.name for m in methods]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise UserError(f"two methods named {', '.join(map(repr, dupes))}: give each a different name or settings")
@@ -196,6 +198,12 @@ def methods_of(
             )
         if m.kind == "img2img" and "generation.strength" not in m.settings:
             raise UserError(f"method '{m.name}' (img2img) needs a strength: img2img:strength=0.5")
+        if other := [k for k in m.settings if k.startswith("generation.") and k != "generation.strength"]:
+            raise UserError(
+                f"method '{m.name}' sets {', '.join(other)}: every method runs at the eval's generation settings "
+                "(set them for the whole eval, e.g. --steps), so it differs from text and caption only in what it "
+                "compares"
+            )
         if "generation.seed" in m.settings:
             raise UserError(f"method '{m.name}' sets generation.seed: the suite's seeds are every method's seeds")
     return methods
