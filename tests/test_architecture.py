@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("numerics", "files", "hooks", "metrics"),
     ("cache", "stats", "schedule", "steer"),  # pure maths on rows, schedules, directions
     ("blend", "models", "zoo"),
+    ("compose",),  # blend modes split into extract / combine / apply (several references, style files)
     ("inject", "condition", "text", "vl", "clip"),  # conditioning maths, encoders, metric models
     ("imagedep", "adapter", "diagnostics", "config"),
     ("provenance", "components", "render", "sweepdir"),
