@@ -18,6 +18,7 @@ from PIL import Image
 
 from .blend import CAPTION_LIMIT, check_alpha, check_options, mode_options, replace_rows
 from .components import Components
+from .compose import combine_styles, extract_style
 from .condition import (
     CaptionRows,
     Conditioning,
@@ -55,6 +56,8 @@ def refuse(config: Config, source: Source, alphas: list[float]) -> None:
         raise UserError("an alpha schedule and DiT block injection cannot be combined; choose one")
     if isinstance(source, Reference) and (reason := image_free_by_construction(v)):
         raise UserError(reason)
+    if isinstance(source, Reference):
+        _ = source.weighting  # weights that do not fit the images are refused here, before any model loads
     if isinstance(source, Reference | VLRows):
         check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
         for a in set(alphas):
@@ -169,40 +172,52 @@ def build_conditioning(
 def blend_vl(
     components: Components, config: Config, prompt: str, text: TextSide, source: Reference | VLRows
 ) -> Conditioning:
-    """T blended with V by `vl.blend`: V extracted from the reference image or given (sink rows dropped), passed
-    through `vl.adapter`, with the neutral extraction for `style_delta`; the record says what each step did."""
+    """T blended with V by `vl.blend`: V extracted from each reference image (or given, sink rows dropped), passed
+    through `vl.adapter`, with the neutral extraction for `style_delta`; each reference's style (`compose`) combined
+    by its weight. The record says what each step did and lists every reference with its hash and weight."""
     t, v, width = text.encoded.embeddings, config.vl, components.caption_width
     sinks = dict(text.sinks_record)
     record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options, "sinks": sinks}
     if isinstance(source, VLRows):
-        vl, sinks["vl"] = given_vl_rows(source.rows, components, v, "VL embeddings")
+        given, sinks["vl"] = given_vl_rows(source.rows, components, v, "VL embeddings")
+        rows, weights = [given], [1.0]
     else:
         if components.vl.hidden_size != width:
             raise UserError(
                 f"the Qwen3-VL hidden size {components.vl.hidden_size} does not match the DiT caption width "
                 f"{width}: these models cannot be combined"
             )
-        vl, extracted = extract(components, v, source.image, prompt, text.stats)
-        record["vl"] = {str(layer): e.metadata() for layer, e in extracted.items()}
+        weights, rows, references = source.weighting, [], []
+        for image, weight in zip(source.images, weights, strict=True):
+            vl, extracted = extract(components, v, image, prompt, text.stats)
+            rows.append(vl)
+            meta = {str(layer): e.metadata() for layer, e in extracted.items()}
+            references.append({"sha256": image_sha256(image), "weight": weight, "vl": meta})
+        record["references"] = references
+        if len(references) == 1:
+            record["vl"] = references[0]["vl"]
     if v.adapter:
         adapter, record["adapter"] = components.adapter(v.adapter, config)  # its metadata, for the record
         with torch.no_grad():
-            vl = require_finite(adapter(vl), f"adapter {v.adapter}")
+            rows = [require_finite(adapter(vl), f"adapter {v.adapter}") for vl in rows]
     options = dict(v.blend_options)
     if "resample" in mode_options(v.blend):
         options.setdefault("resample", v.resample)
+    extraction = dict(options)
     if v.blend == "style_delta":
         if isinstance(source.neutral, Image.Image):
-            options["neutral"], neutral_layers = extract(components, v, source.neutral, prompt, text.stats)
+            extraction["neutral"], neutral_layers = extract(components, v, source.neutral, prompt, text.stats)
             record["neutral_vl"] = {str(layer): e.metadata() for layer, e in neutral_layers.items()}
             record["neutral"] = "image"
         else:
-            options["neutral"], sinks["neutral"] = given_vl_rows(source.neutral, components, v, "neutral embeddings")
+            extraction["neutral"], sinks["neutral"] = given_vl_rows(source.neutral, components, v, "neutral embeddings")
             record["neutral"] = "embeddings"
     record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
     if v.blend == "replace":  # the rows the DiT receives, and whether they had to be pooled
-        record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", CAPTION_LIMIT)))
-    return Conditioning(t, source.kind, blend_conditioning(t, vl, v.blend, options, text.sinks, v.sink_rows), record)
+        n_v = max(int(vl.shape[0]) for vl in rows)
+        record["replace"] = replace_rows(n_v, int(options.get("max_rows", CAPTION_LIMIT)))
+    style = combine_styles([(extract_style(v.blend, vl, extraction), w) for vl, w in zip(rows, weights, strict=True)])
+    return Conditioning(t, source.kind, blend_conditioning(t, style, v.blend, options, text.sinks, v.sink_rows), record)
 
 
 def image_dependence(
@@ -215,14 +230,21 @@ def image_dependence(
     alphas: list[float],
 ) -> dict[str, Any]:
     """The `image_dependence` record (`llm_dit.imagedep`): `cond` assembled once more with the probe image in place
-    of the reference (same size, so the same token counts), compared at every alpha used."""
+    of the reference (same size, so the same token counts), compared at every alpha used. With several references
+    the probe replaces every one of them (each by the noise image of its own size, weights kept): the check asks
+    whether the caption rows depend on the reference images at all."""
     if not isinstance(source, Reference):
         return not_checked("not conditioned on a reference image")
     if not config.vl.image_check:
         return not_checked("vl.image_check is off")
-    size = source.image.size
+    images = source.images
     seed = PROBE_SEED
-    if image_sha256(probe_image(size, seed)) == image_sha256(source.image):
-        seed += 1  # the reference is the probe itself: use another noise image
-    probe = build_conditioning(components, config, prompt, text, replace(source, image=probe_image(size, seed)))
-    return measure(cond.at, probe.at, cond.text, alphas, describe_probe(size, seed))
+    if any(image_sha256(probe_image(im.size, seed)) == image_sha256(im) for im in images):
+        seed += 1  # a reference is the probe itself: use another noise image
+    probes = tuple(probe_image(im.size, seed) for im in images)
+    probed = replace(source, image=probes[0] if len(probes) == 1 else probes)
+    probe = build_conditioning(components, config, prompt, text, probed)
+    described = describe_probe(images[0].size, seed)
+    if len(images) > 1:
+        described += f", in place of each of the {len(images)} references (at its own size)"
+    return measure(cond.at, probe.at, cond.text, alphas, described)

@@ -282,7 +282,11 @@ def sweep_spec(
     from .sweep import SweepSpec, resolve_spec
 
     base = SweepSpec.from_toml(spec) if spec else SweepSpec()
-    inputs = {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in given.of("sweep").items() if v}
+    inputs = {
+        k: [x if isinstance(x, list) else str(x) for x in v] if isinstance(v, list) else str(v)
+        for k, v in given.of("sweep").items()
+        if v
+    }  # paths as text; weight lists as they are
     inputs["prompts"] = inputs.get("prompts", []) + (read_lines(prompts_file, "prompts file") if prompts_file else [])
     axes, fixed = dict(given.axes), given.settings("generation", "vl")
     seed = fixed.pop("generation.seed", None)

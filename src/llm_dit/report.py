@@ -42,6 +42,7 @@ from .grid import (
     grid_layout,
     image_free,
     is_number,
+    reference_caption,
     render_grid,
     resolve_image,
     run_seed,
@@ -51,7 +52,7 @@ from .grid import (
 )
 from .metrics import MetricInfo
 from .ranking import METRICS, TradeOff, best_runs, metric_names, tradeoffs
-from .sweep import baseline_pairs, varying_keys
+from .sweep import baseline_pairs, reference_paths, varying_keys
 from .sweepdir import SweepDir
 
 __all__ = [  # Cell, Block, Grid, grid_layout, render_grid (grid.py) and the rankings (ranking.py) are re-exported
@@ -155,7 +156,7 @@ def _data_uri(path: Path | None, side: int = 160) -> str | None:
 
 def _references(sweep_dir: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each distinct reference image once: its file name and a data: URI thumbnail (None if unreadable)."""
-    paths = dict.fromkeys(str(r["image"]) for r in runs if r.get("image"))
+    paths = dict.fromkeys(p for r in runs for p in reference_paths(r.get("image")))
     return [{"name": Path(p).name, "uri": _data_uri(resolve_image(sweep_dir, p))} for p in paths]
 
 
@@ -217,7 +218,7 @@ def _scatter(t: TradeOff, by_id: dict[str, dict[str, Any]], w: int = 360, h: int
 def _table_columns(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(header, what) for the group columns that vary across runs (prompt, image) and the varying settings."""
     cols: list[tuple[str, str]] = []
-    for field_name in ("prompt", "image"):
+    for field_name in ("prompt", "image", "reference_weights"):
         if len({value_key(r.get(field_name)) for r in runs}) > 1:
             cols.append((field_name, "field:" + field_name))
     keys = varying_keys(runs)
@@ -248,7 +249,7 @@ def _table(
             kind, _, key = what.partition(":")
             if kind == "field":
                 value = run.get(key)
-                text = Path(str(value)).name if key == "image" and value else fmt_value(value or "")
+                text = reference_caption(run) if key == "image" and value else fmt_value(value or "")
             else:
                 value = run_seed(run) if key == SEED_KEY else (run.get("settings") or {}).get(key)
                 text = "" if value is None else fmt_value(value)
@@ -304,6 +305,7 @@ def _details(run: dict[str, Any], metrics: dict[str, dict[str, float]], pairs: d
     facts = [
         ("prompt", run.get("prompt")),
         ("reference image", run.get("image")),
+        ("reference weights", run.get("reference_weights")),
         ("neutral image", run.get("neutral_image")),
         ("init image", run.get("init_image")),
         ("compared with baseline", pairs.get(rid)),

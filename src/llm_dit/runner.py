@@ -25,7 +25,7 @@ from .generate import Generator, Result
 from .imagedep import probe_image
 from .progress import progress_bar
 from .render import Prepared
-from .sweep import Inputs, Plan
+from .sweep import Inputs, Plan, reference_paths
 from .sweepdir import SweepDir
 
 Run = dict[str, Any]
@@ -76,7 +76,8 @@ def prepare_run(gen: Generator, run: Run, config: Config, inputs: Inputs) -> Pre
             source = Steering(inputs.direction(run["steer"]))
         elif run["image"] is not None:
             neutral = inputs.image(run.get("neutral_image") or None, "neutral image")
-            source = Reference(inputs.image(run["image"], "reference image"), neutral)
+            images = [inputs.image(path, "reference image") for path in reference_paths(run["image"])]
+            source = Reference(images[0] if len(images) == 1 else images, neutral, run.get("reference_weights"))
     init = inputs.image(run["init_image"], "init image")
     return gen.with_config(config).prepare(run["prompt"], source, init_image=init)
 
@@ -136,7 +137,8 @@ def finish(
     sweep: SweepDir, run: Run, result: Result | None, error: BaseException | None, on_result: OnResult | None
 ) -> None:
     """Write a run's image (atomically), then its result line: a line on disk means a complete run."""
-    fields = ("id", "kind", "label", "prompt", "image", "init_image", "steer", "neutral_image", "baseline", "settings")
+    fields = ("id", "kind", "label", "prompt", "image", "reference_weights", "init_image", "steer", "neutral_image")
+    fields += ("baseline", "settings")
     line = {k: run[k] for k in fields if k in run}
     if result is not None:
         line |= {"status": "ok", "output": sweep.write_image(run["id"], result.image), "record": result.record}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .clip import ClipScorer, compute_model_metrics, image_reward, image_reward_available
 from .metrics import compute_image_metrics
-from .sweep import Inputs, baseline_pairs
+from .sweep import Inputs, baseline_pairs, reference_paths
 from .sweepdir import SweepDir
 
 Metrics = dict[str, dict[str, float | None]]
@@ -37,7 +37,8 @@ def write_metrics(sweep_dir: str | os.PathLike[str], clip_model: str | None = No
     for r in done.values():
         image = Image.open(sweep.path / r["output"]).convert("RGB")
         base = done.get(pairs.get(r["id"]) or "")
-        reference = inputs.image(r["image"], "reference image")
+        # a reference set (a.png+b.png) has no one reference image: its reference metrics are not measured
+        reference = None if len(reference_paths(r["image"])) > 1 else inputs.image(r["image"], "reference image")
         metrics[r["id"]] = compute_image_metrics(
             image,
             reference=reference,

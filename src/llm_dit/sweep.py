@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .blend import BLEND_MODES
+from .compose import check_weights, equal_weights
 from .condition import parse_layer_weights
 from .config import Config, with_overrides
 from .errors import UserError, check_choice
@@ -40,7 +41,13 @@ from .vl import TOKEN_MODES
 # `vl.*` key. The run fields below are the conditioning's sources. Everything else (generation.*, encoder.*, the
 # prompt, the init image) is shared by a run and its text-only baseline. The one definition of "conditioning".
 CONDITIONING_SECTION = "vl"
-CONDITIONING_FIELDS = ("image", "steer", "neutral_image")
+CONDITIONING_FIELDS = ("image", "reference_weights", "steer", "neutral_image")
+SET_SEP = "+"  # `a.png+b.png`: one run conditioned on a reference set (the images combined by weight)
+
+
+def reference_paths(image: str | None) -> list[str]:
+    """The image files of a run's `image`: one path, or the paths of a reference set `a.png+b.png`."""
+    return [] if image is None else [p.strip() for p in image.split(SET_SEP)]
 
 
 def is_conditioning(key: str) -> bool:
@@ -59,7 +66,8 @@ class SweepSpec(BaseModel):
     axes: dict[str, list[Any]] = {}
     variants: list[dict[str, Any]] = []
     prompts: list[str] = Field(default_factory=list)
-    images: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)  # an item `a.png+b.png` is a reference set (SET_SEP)
+    reference_weights: list[list[float]] = []  # weight lists crossed with every reference set (default: 1/n each)
     init_image: str | None = None
     img2img: bool = False  # each run starts from its reference image unless init_image is set
     steer: str | None = None  # a steering direction file: runs are conditioned by it instead of the image
@@ -170,7 +178,7 @@ def baseline_of(run: dict[str, Any]) -> dict[str, Any]:
     every non-conditioning setting (seed, steps, size, shift, guidance, strength, encoder.*: text layer, think
     block, long-prompt mode, ...); no conditioning source (CONDITIONING_FIELDS) and no `vl.*` setting."""
     base = {k: v for k, v in run.items() if k not in ("id", "baseline")}
-    base |= {field: None for field in CONDITIONING_FIELDS}
+    base |= {field: None for field in CONDITIONING_FIELDS if field in run}  # (a run's id hashes the fields it has)
     base |= {"kind": "baseline", "label": "text only"}
     base["settings"] = {k: v for k, v in run["settings"].items() if not is_conditioning(k)}
     base["id"] = run_id(base)
@@ -198,9 +206,12 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
             seen.add(run["id"])
             runs.append(run)
 
-    for prompt, image, seed in itertools.product(spec.prompts, images, spec.seeds):
-        init = spec.init_image or (image if spec.img2img else None)
+    weight_lists: list[list[float] | None] = list(spec.reference_weights) or [None]
+    for prompt, image, weights, seed in itertools.product(spec.prompts, images, weight_lists, spec.seeds):
+        init = spec.init_image or (reference_paths(image)[0] if spec.img2img and image else None)
         group = {"prompt": prompt, "image": image, "init_image": init, "steer": spec.steer}
+        if image is not None and weights is not None:
+            group["reference_weights"] = weights
         settings_base = {**fixed, "generation.seed": seed}
         for variant, combo in itertools.product(variants, combos):
             settings = {**settings_base, **{k: v for k, v in variant.items() if k != "label"}, **combo}
@@ -293,6 +304,8 @@ def resolve_spec(
         )
     if needs == "neutral" and not data["neutral_image"]:
         raise UserError(f"{who} needs a neutral image (the unstyled reference of style_delta): set 'neutral_image'")
+    if data["reference_weights"] and not data["images"]:
+        raise UserError("'reference_weights' weigh reference images: give them in 'images'")
     if data["img2img"] and not (data["init_image"] or data["images"]):
         raise UserError("an image-to-image sweep needs 'images' (used as the init image) or 'init_image'")
     if not data["prompts"]:
@@ -334,13 +347,15 @@ class Plan:
                 continue
             v = cfg.vl
             layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
-            for image in filter(None, (run["image"], run.get("neutral_image"))):
+            for image in [*reference_paths(run["image"]), *filter(None, [run.get("neutral_image")])]:
                 key = json.dumps([image, run["prompt"], v.system_prompt])
                 entry = extractions.setdefault(
                     key, {"image": image, "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
                 )
                 entry["layers"] = sorted(set(entry["layers"]) | set(layers))
-            if v.image_check and (size := _image_size(run["image"], sizes)) is not None:
+            for path in reference_paths(run["image"]) if v.image_check else []:
+                if (size := _image_size(path, sizes)) is None:
+                    continue
                 key = json.dumps([size, run["prompt"], v.system_prompt])
                 entry = probes.setdefault(
                     key, {"probe": list(size), "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
@@ -415,6 +430,13 @@ def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
                 raise UserError(f"run '{run['label']}': vl.inject_layers: {e}") from None
         if run["steer"]:
             continue
+        paths = reference_paths(run["image"])
+        if run.get("reference_weights") is not None or len(paths) > 1:
+            weights = run.get("reference_weights") or equal_weights(len(paths))
+            try:
+                check_weights(weights, len(paths))
+            except UserError as e:
+                raise UserError(f"reference set '{run['image']}': {e}") from None
         key, layers = (
             ("vl.layers", parse_layer_weights(v.layers)) if v.layers else ("vl.hidden_layer", [v.hidden_layer])
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 from .adapter import read_captions, train_adapter
 from .assemble import layer_weights
+from .compose import check_weights
 from .condition import source_of
 from .config import Config
 from .diagnostics import INSPECT_LAYERS, inspect_layers
@@ -33,7 +34,8 @@ def generate_file(
     prompt: str,
     output: str | Path,
     *,
-    image: str | Path | None = None,
+    image: str | Path | list[str | Path] | None = None,
+    reference_weights: list[float] | None = None,
     init_image: str | Path | None = None,
     steer: str | Path | None = None,
     vl_embeddings: str | Path | None = None,
@@ -41,7 +43,8 @@ def generate_file(
     neutral_embeddings: str | Path | None = None,
     embeddings: str | Path | None = None,
 ) -> Path:
-    """One image into `output` (PNG) and its sidecar, conditioned by at most one of `image` (reference),
+    """One image into `output` (PNG) and its sidecar, conditioned by at most one of `image` (a reference, or several
+    combined by `reference_weights`: default 1/n each),
     `vl_embeddings` (VL rows of `extract`), `embeddings` (caption rows used as they are) and `steer` (a direction
     file); `neutral_image` or `neutral_embeddings` for style_delta; `init_image` for image-to-image. The record
     lists every input file with its SHA-256."""
@@ -50,9 +53,14 @@ def generate_file(
         raise UserError(f"output must be a .png file: {output}")
     if neutral_image and neutral_embeddings:
         raise UserError("give one of 'neutral_image', 'neutral_embeddings'")
+    images = [] if image is None else [image] if isinstance(image, str | Path) else list(image)
+    if reference_weights is not None and not images:
+        raise UserError("'reference_weights' weigh reference images: give them with 'image'")
+    weights = None if reference_weights is None else check_weights(reference_weights, len(images))
     neutral_rows = load_embeddings(neutral_embeddings, "neutral embeddings") if neutral_embeddings else None
     source = source_of(
-        reference=load_image(image, "reference image") if image else None,
+        reference=[load_image(p, "reference image") for p in images] or None,
+        weights=weights,
         vl_rows=load_embeddings(vl_embeddings, "VL embeddings") if vl_embeddings else None,
         caption_rows=load_embeddings(embeddings, "embeddings") if embeddings else None,
         direction=load_direction(steer)[0] if steer else None,
@@ -61,7 +69,7 @@ def generate_file(
     init = load_image(init_image, "init image") if init_image else None
     result = Generator(config).generate(prompt, source, init_image=init)
     files = {
-        "reference_image": image,
+        "reference_image": images[0] if len(images) == 1 else None,
         "init_image": init_image,
         "vl_embeddings": vl_embeddings,
         "neutral_image": neutral_image,
@@ -70,6 +78,10 @@ def generate_file(
         "steer": steer,
     }
     inputs = input_files({role: Path(p) if p else None for role, p in files.items()})
+    if len(images) > 1:  # every reference file with its hash and weight, in order
+        used = result.record["conditioning"]["references"]
+        files_used = input_files({str(i): Path(p) for i, p in enumerate(images)})
+        inputs["reference_images"] = [files_used[str(i)] | {"weight": r["weight"]} for i, r in enumerate(used)]
     return save_image(result.image, output, result.record | {"inputs": inputs, "output": str(output)})
 
 
