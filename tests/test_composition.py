@@ -1,0 +1,98 @@
+"""Composition end to end (issue 14): several weighted references in generate and sweep, negative references,
+style files, and the composability preset, on the tiny zoo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from llm_dit.condition import Reference
+from llm_dit.generate import Generator
+from llm_dit.sweepdir import SweepDir
+
+from .conftest import REPO, tiny_config
+
+IMAGES = REPO / "examples" / "reference-images"
+TINY = ["--models", "tiny", "--width", "32", "--height", "32", "--steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three small reference images (64x64: one probe size)."""
+    root = tmp_path_factory.mktemp("refs")
+    out = {}
+    for name, file in (("a", "house2.png"), ("b", "sunset.png"), ("c", "purple_hexagon.png")):
+        out[name] = root / f"{name}.png"
+        Image.open(IMAGES / file).convert("RGB").resize((64, 64)).save(out[name])
+    return out
+
+
+def rgb(path: Path) -> Image.Image:
+    return Image.open(path).convert("RGB")
+
+
+def test_one_reference_of_weight_one_gives_the_same_rows_as_reference_image(zoo, refs):
+    gen = Generator(tiny_config(zoo, **{"vl.blend": "adain_per_dim"}))
+    single, _ = gen.condition("a fox", Reference(rgb(refs["a"])))
+    listed, _ = gen.condition("a fox", Reference([rgb(refs["a"])], weights=[1.0]))
+    pair, _ = gen.condition("a fox", Reference([rgb(refs["a"]), rgb(refs["b"])], weights=[0.5, 0.5]))
+    assert torch.equal(single.at(0.6), listed.at(0.6))
+    assert not torch.allclose(single.at(0.6), pair.at(0.6))
+    assert [r["weight"] for r in pair.record["references"]] == [0.5, 0.5]
+    assert "vl" in single.record and "vl" not in pair.record  # several references: each in `references`
+
+
+def test_generate_takes_several_references_and_records_each_with_hash_and_weight(cli, refs, tmp_path):
+    out = tmp_path / "g.png"
+    args = ["-p", "a fox", "-i", refs["a"], "-i", refs["b"], "--reference-weights", "1.5,-0.5", "-o", out]
+    r = cli("generate", *TINY, *args)
+    assert r.code == 0, r.err
+    record = json.loads(out.with_suffix(".json").read_text())
+    used = record["conditioning"]["references"]
+    assert [u["weight"] for u in used] == [1.5, -0.5] and len({u["sha256"] for u in used}) == 2
+    files = record["inputs"]["reference_images"]
+    assert [Path(f["path"]).name for f in files] == ["a.png", "b.png"] and [f["weight"] for f in files] == [1.5, -0.5]
+    dep = record["image_dependence"]
+    assert dep["checked"] and dep["image_free"] is False and "each of the 2 references" in dep["probe"]
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [("0.5", "1 weight"), ("0,0", "all zero"), ("1,nan", "not finite"), ("1,abc", "bad --reference-weights")],
+)
+def test_bad_reference_weights_are_one_line_errors_and_write_nothing(cli, refs, tmp_path, weights, message):
+    out = tmp_path / "g.png"
+    r = cli("generate", *TINY, "-p", "x", "-i", refs["a"], "-i", refs["b"], "--reference-weights", weights, "-o", out)
+    assert r.code == 2 and message in r.err and "Traceback" not in r.err
+    assert len(r.err.strip().splitlines()) == 1 and not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_multi_reference_sweep_runs_one_vl_pass_per_unique_reference(cli, refs, tmp_path):
+    a, b, c = (str(refs[k]) for k in "abc")
+    out = tmp_path / "s"
+    args = ["-p", "a composed tower", "-i", f"{a}+{b}", "-i", f"{a}+{c}", "--reference-weights", "0.5,0.5;1.5,-0.5"]
+    r = cli("sweep", *TINY, *args, "--alphas", "0.3,0.6", "--dry-run", "--json")
+    assert r.code == 0, r.err
+    work = json.loads(r.out)
+    assert len(work["unique_extractions"]) == 3 and len(work["probe_extractions"]) == 1
+    assert work["runs"] == 1 + 2 * 2 * 2  # one shared baseline; 2 sets x 2 weight lists x 2 alphas
+    r = cli("sweep", *TINY, *args, "--alphas", "0.3,0.6", "-o", out)
+    assert r.code == 0, r.err
+    summary = json.loads((out / "sweep.json").read_text())
+    assert summary["completed"] == 9 and summary["vl_forward_passes"] == 3 + 1  # three references and one probe
+    variants = [x for x in SweepDir(out).lines() if x["kind"] == "variant"]
+    assert {tuple(x["reference_weights"]) for x in variants} == {(0.5, 0.5), (1.5, -0.5)}
+    for x in variants:
+        used = x["record"]["conditioning"]["references"]
+        assert [u["weight"] for u in used] == x["reference_weights"]
+    assert Image.open(out / "grid.png").size[1] > 0
+
+
+def test_sweep_refuses_weights_that_do_not_fit_a_reference_set(cli, refs, tmp_path):
+    a, b = str(refs["a"]), str(refs["b"])
+    r = cli("sweep", *TINY, "-p", "x", "-i", f"{a}+{b}", "--reference-weights", "1,2,3", "-o", tmp_path / "s")
+    assert r.code == 2 and "3 weight(s) for 2 reference(s)" in r.err and not (tmp_path / "s").exists()
