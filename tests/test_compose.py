@@ -164,3 +164,20 @@ def test_bad_weights_and_incompatible_styles_are_refused() -> None:
 
 def test_every_mode_has_a_kind() -> None:
     assert set(KINDS) == set(BLEND_MODES)
+
+
+AFFINE = ("interpolate", "linear", "concat", "replace", "adain", "adain_per_dim", "gem_pool", "svd_style", "whiten")
+
+
+@pytest.mark.parametrize("mode", [*AFFINE, "style_delta", "slerp", "attention_weighted", "gram"])
+def test_a_negative_weight_moves_the_conditioning_away_from_that_reference(mode: str) -> None:
+    """With weights (1.5, −0.5), C − C_b = 1.5·(C_a − C_b) where C is affine in what the mode transfers (every mode
+    but slerp, attention_weighted and gram, and style_delta's rescaling); in every mode C is farther from C_b."""
+    t, a, b = rand(6, 12, 1), rand(6, 12, 2, 2.0), rand(6, 12, 3, 0.5) + 1.0
+    options = {"neutral": rand(6, 12, 4), "scale_to_text": False} if mode == "style_delta" else {}
+    alpha = 1.0 if mode == "replace" else 0.5
+    c_a, c_b = (blend(t, v, mode, alpha, **options) for v in (a, b))
+    c_w = apply2(mode, t, a, b, (1.5, -0.5), alpha, **options)
+    if mode in AFFINE or mode == "style_delta":
+        torch.testing.assert_close(c_w - c_b, 1.5 * (c_a - c_b), atol=2e-4, rtol=1e-4)
+    assert (c_w - c_b).norm() > (c_a - c_b).norm()

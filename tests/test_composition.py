@@ -96,3 +96,27 @@ def test_sweep_refuses_weights_that_do_not_fit_a_reference_set(cli, refs, tmp_pa
     a, b = str(refs["a"]), str(refs["b"])
     r = cli("sweep", *TINY, "-p", "x", "-i", f"{a}+{b}", "--reference-weights", "1,2,3", "-o", tmp_path / "s")
     assert r.code == 2 and "3 weight(s) for 2 reference(s)" in r.err and not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------------------------------ negative references
+
+
+def test_negative_image_builds_the_cfg_negative_rows_from_a_reference_blend(zoo, refs):
+    gen = Generator(tiny_config(zoo, **{"generation.guidance": 2.0, "vl.blend": "adain_per_dim", "vl.alpha": 0.5}))
+    plain = gen.prepare("a fox", rgb(refs["a"]))
+    away_b = gen.prepare("a fox", rgb(refs["a"]), negative=rgb(refs["b"]))
+    away_c = gen.prepare("a fox", rgb(refs["a"]), negative=rgb(refs["c"]))
+    empty = gen.encode("").embeddings
+    assert torch.equal(plain.negative, empty)  # no negative image: the empty prompt's rows, as before
+    assert away_b.negative.shape == empty.shape and not torch.allclose(away_b.negative, empty)
+    assert not torch.allclose(away_b.negative, away_c.negative)  # the rows depend on the negative image
+    assert torch.equal(away_b.first, plain.first)  # the positive rows are untouched
+    negative = away_b.conditioning.record["negative"]
+    assert negative["source"] == "reference" and negative["alpha"] == 0.5 and len(negative["references"]) == 1
+
+
+def test_negative_image_without_guidance_is_refused(cli, refs, tmp_path):
+    out = tmp_path / "n.png"
+    r = cli("generate", *TINY, "-p", "x", "-i", refs["a"], "--negative-image", refs["b"], "-o", out)
+    assert r.code == 2 and "--guidance" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not out.exists() and not out.with_suffix(".json").exists()

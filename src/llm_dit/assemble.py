@@ -47,11 +47,24 @@ from .vl import VLEmbeddings, image_sha256
 Stats = dict[int, ReferenceStats] | ReferenceStats
 
 
-def refuse(config: Config, source: Source, alphas: list[float]) -> None:
+def refuse(config: Config, source: Source, alphas: list[float], negative: Reference | None = None) -> None:
     """Settings and inputs that cannot act as they say, refused before any model loads: a schedule with DiT
-    injection, settings whose caption rows cannot depend on a reference image (`imagedep`), unknown blend options
-    and alphas outside the blend's range."""
+    injection, settings whose caption rows cannot depend on a reference image (`imagedep`), unknown blend options,
+    alphas outside the blend's range, and a negative reference without CFG."""
     v = config.vl
+    if negative is not None:
+        if config.generation.guidance <= 0:
+            raise UserError(
+                "a negative image builds CFG's negative rows, and 'generation.guidance' is 0 (CFG off): set a "
+                "guidance > 0 or leave the negative image out"
+            )
+        if not isinstance(source, Reference | VLRows):
+            raise UserError(
+                "a negative image is blended with the vl settings of a reference conditioning: give a reference "
+                "image (or VL embeddings) too"
+            )
+        _ = negative.weighting
+        check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
     if v.inject_layers and parse_schedule(v.alpha_schedule).kind != "constant":
         raise UserError("an alpha schedule and DiT block injection cannot be combined; choose one")
     if isinstance(source, Reference) and (reason := image_free_by_construction(v)):

@@ -192,6 +192,7 @@ class Conditioning:
     source: str  # text | reference | vl_embeddings | embeddings | steer
     combine: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    negative: Conditioning | None = None  # CFG's negative conditioning, when built from a reference
     _memo: dict[float, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def at(self, alpha: float) -> torch.Tensor:

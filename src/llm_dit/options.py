@@ -158,6 +158,8 @@ OPTIONS: tuple[Option, ...] = (
     row("neutral_embeddings", "--neutral-embeddings", "Neutral VL rows for style_delta.", "inputs", Path,
       quoted=True),
     row("embeddings", "--embeddings", "Use these caption rows as they are.", "inputs", Path),
+    row("negative_image", "--negative-image", "CFG's negative rows: the empty prompt blended with this image "
+      "(needs --guidance > 0).", "inputs", Path, quoted=True),
     # a sweep's inputs (SweepSpec fields) and how it runs
     row("images", "-i --image", "Reference images, each its own run; A.png+B.png is one run on a reference set.",
       "sweep", many=True, metavar="path", quoted=True, examples=("A.png", "B.png+C.png")),

@@ -42,12 +42,13 @@ def generate_file(
     neutral_image: str | Path | None = None,
     neutral_embeddings: str | Path | None = None,
     embeddings: str | Path | None = None,
+    negative_image: str | Path | None = None,
 ) -> Path:
     """One image into `output` (PNG) and its sidecar, conditioned by at most one of `image` (a reference, or several
     combined by `reference_weights`: default 1/n each),
     `vl_embeddings` (VL rows of `extract`), `embeddings` (caption rows used as they are) and `steer` (a direction
-    file); `neutral_image` or `neutral_embeddings` for style_delta; `init_image` for image-to-image. The record
-    lists every input file with its SHA-256."""
+    file); `neutral_image` or `neutral_embeddings` for style_delta; `init_image` for image-to-image;
+    `negative_image` for CFG's negative rows (guidance > 0). The record lists every input file with its SHA-256."""
     output = Path(output)
     if output.suffix.lower() != ".png":
         raise UserError(f"output must be a .png file: {output}")
@@ -67,7 +68,8 @@ def generate_file(
         neutral=load_image(neutral_image, "neutral image") if neutral_image else neutral_rows,
     )
     init = load_image(init_image, "init image") if init_image else None
-    result = Generator(config).generate(prompt, source, init_image=init)
+    negative = load_image(negative_image, "negative image") if negative_image else None
+    result = Generator(config).generate(prompt, source, init_image=init, negative=negative)
     files = {
         "reference_image": images[0] if len(images) == 1 else None,
         "init_image": init_image,
@@ -76,6 +78,7 @@ def generate_file(
         "neutral_embeddings": neutral_embeddings,
         "embeddings": embeddings,
         "steer": steer,
+        "negative_image": negative_image,
     }
     inputs = input_files({role: Path(p) if p else None for role, p in files.items()})
     if len(images) > 1:  # every reference file with its hash and weight, in order
