@@ -45,7 +45,7 @@ def test_single_reference_weight_one_is_bit_identical_to_blend(mode: str, dtype:
     expected = blend(t, v, mode, alpha, **opts(mode, dtype))
     style = extract_style(mode, v, opts(mode, dtype))
     combined = combine_styles([(style, 1.0)])
-    # the same through a style file's content (float32 tensors, JSON metadata)
+    # the same through a style file's content (float32 tensors, metadata)
     from_file = style_from_tensors(*style_tensors(combined), "s")
     for s in (combined, from_file):
         out = apply_style(mode, t, s, alpha)

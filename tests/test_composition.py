@@ -10,9 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.condition import Reference
+from llm_dit.blend import BLEND_MODES
+from llm_dit.compose import combine_styles, load_style, load_styles
+from llm_dit.condition import Reference, Styled
+from llm_dit.errors import UserError
+from llm_dit.files import load_tensors, save_tensors
 from llm_dit.generate import Generator
 from llm_dit.sweepdir import SweepDir
+from llm_dit.tasks import style_extract_file
+from llm_dit.zoo import zoo_dir
 
 from .conftest import REPO, tiny_config
 
@@ -120,3 +126,78 @@ def test_negative_image_without_guidance_is_refused(cli, refs, tmp_path):
     r = cli("generate", *TINY, "-p", "x", "-i", refs["a"], "--negative-image", refs["b"], "-o", out)
     assert r.code == 2 and "--guidance" in r.err and len(r.err.strip().splitlines()) == 1
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+# -------------------------------------------------------------------------------------------------- style files
+
+
+MODES = [m for m in BLEND_MODES if m != "linear"]  # `linear` is `interpolate` under another name
+
+
+def test_a_style_file_from_an_image_applied_at_scale_one_equals_conditioning_on_that_image(zoo, refs, tmp_path):
+    """Every mode: the file holds what the mode transfers (rows, moments, a style vector, whitened rows or the
+    delta rows), extracted with the prompt as text, so applying it at scale 1 gives the same caption rows."""
+    for mode in MODES:
+        cfg = tiny_config(zoo, **{"vl.blend": mode})
+        neutral = refs["c"] if mode == "style_delta" else None
+        file = tmp_path / f"{mode}.safetensors"
+        style_extract_file(cfg, refs["a"], file, neutral=neutral, text="a fox")
+        gen = Generator(cfg)
+        alpha = 1.0 if mode == "replace" else 0.5
+        by_image, _ = gen.condition("a fox", Reference(rgb(refs["a"]), rgb(neutral) if neutral else None))
+        by_file, _ = gen.condition("a fox", Styled(*load_styles([file])))
+        assert torch.equal(by_image.at(alpha), by_file.at(alpha)), mode
+        if mode == "style_delta":  # the delta is rescaled to T's std: a lone scale would not act, so it is refused
+            with pytest.raises(UserError, match="acts only through its sign"):
+                gen.condition("a fox", Styled(*load_styles([f"{file}:0.5"])))
+            continue
+        scaled, _ = gen.condition("a fox", Styled(*load_styles([f"{file}:0.5"])))
+        assert not torch.equal(scaled.at(alpha), by_file.at(alpha)), f"{mode}: scale 0.5 had no effect"
+
+
+def test_style_extract_and_combine_round_trip_through_the_cli(cli, refs, tmp_path):
+    a, b, c = (tmp_path / f"{k}.safetensors" for k in "abc")
+    for image, out in ((refs["a"], a), (refs["b"], b)):
+        r = cli(
+            "style", "extract", "--models", "tiny", "--blend", "adain_per_dim", "-i", image, "-t", "a fox", "-o", out
+        )
+        assert r.code == 0, r.err
+    assert cli("style", "combine", f"{a}:0.6", f"{b}:0.4", "-o", c).code == 0
+    combined = load_style(c)
+    assert combined.mode == "adain_per_dim" and [s["weight"] for s in combined.sources] == [0.6, 0.4]
+    expected = combine_styles([(load_style(a), 0.6), (load_style(b), 0.4)])
+    for name in ("mean", "std"):
+        assert torch.equal(combined.parts[0][0][name], expected.parts[0][0][name])
+    # applying the combined file is conditioning on the two images with those weights
+    gen = Generator(tiny_config(zoo_dir("tiny"), **{"vl.blend": "adain_per_dim"}))
+    by_images, _ = gen.condition("a fox", Reference([rgb(refs["a"]), rgb(refs["b"])], weights=[0.6, 0.4]))
+    by_file, _ = gen.condition("a fox", Styled(*load_styles([c])))
+    assert torch.equal(by_images.at(0.3), by_file.at(0.3))
+    out = tmp_path / "g.png"
+    r = cli("generate", *TINY, "--blend", "adain_per_dim", "-p", "a fox", "--style", f"{c}:0.8", "-o", out)
+    assert r.code == 0, r.err
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["conditioning"]["source"] == "style" and record["conditioning"]["styles"][0]["scale"] == 0.8
+    assert record["inputs"]["styles"][0]["scale"] == 0.8
+
+
+def test_style_files_of_other_settings_are_refused_and_nothing_is_written(cli, refs, tmp_path):
+    six, two = tmp_path / "six.safetensors", tmp_path / "two.safetensors"
+    base = ["style", "extract", "--models", "tiny", "--blend", "adain_per_dim", "-i", refs["a"]]
+    assert cli(*base, "-o", six).code == 0 and cli(*base, "--vl-layer", "-2", "-o", two).code == 0
+    r = cli("style", "combine", f"{six}:0.5", f"{two}:0.5", "-o", tmp_path / "c.safetensors")
+    assert r.code == 2 and "different layers" in r.err and not (tmp_path / "c.safetensors").exists()
+    tensors, meta = load_tensors(six)
+    for key, value in (("model", "0123456789abcdef"), ("width", 7)):
+        forged = tmp_path / f"{key}.safetensors"
+        save_tensors(forged, tensors, meta | {"settings": meta["settings"] | {key: value}})
+        out = tmp_path / f"{key}.png"
+        r = cli("generate", *TINY, "--blend", "adain_per_dim", "-p", "x", "--style", forged, "-o", out)
+        assert r.code == 2 and f"made with {key}" in r.err and len(r.err.strip().splitlines()) == 1
+        assert not out.exists()
+    for args, message in (
+        (["--blend", "adain", "--style", six], "cannot apply"),
+        (["--blend", "adain_per_dim", "--vl-layer", "-2", "--style", six], "made with layers"),
+    ):
+        r = cli("generate", *TINY, "-p", "x", *args, "-o", tmp_path / "g.png")
+        assert r.code == 2 and message in r.err and not (tmp_path / "g.png").exists()

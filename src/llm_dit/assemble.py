@@ -18,13 +18,14 @@ from PIL import Image
 
 from .blend import CAPTION_LIMIT, check_alpha, check_options, mode_options, replace_rows
 from .components import Components
-from .compose import combine_styles, extract_style
+from .compose import KINDS, combine_styles, extract_style
 from .condition import (
     CaptionRows,
     Conditioning,
     Reference,
     Source,
     Steering,
+    Styled,
     Text,
     VLRows,
     blend_conditioning,
@@ -37,7 +38,9 @@ from .condition import (
 )
 from .config import Config, EncoderConfig, VLConfig
 from .errors import UserError
+from .files import sha256_file
 from .imagedep import PROBE_SEED, describe_probe, image_free_by_construction, measure, not_checked, probe_image
+from .models import model_identity
 from .numerics import check_rows, require_finite
 from .schedule import parse_schedule
 from .stats import ReferenceStats
@@ -71,7 +74,7 @@ def refuse(config: Config, source: Source, alphas: list[float], negative: Refere
         raise UserError(reason)
     if isinstance(source, Reference):
         _ = source.weighting  # weights that do not fit the images are refused here, before any model loads
-    if isinstance(source, Reference | VLRows):
+    if isinstance(source, Reference | VLRows | Styled):
         check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
         for a in set(alphas):
             check_alpha(v.blend, a)
@@ -179,6 +182,8 @@ def build_conditioning(
         case Steering(direction=direction):
             combine = steer_conditioning(t, direction, text.sinks, v.sink_rows)
             return Conditioning(t, source.kind, combine, {"sinks": dict(text.sinks_record)})
+        case Styled():
+            return style_conditioning(config, text, source)
     return blend_vl(components, config, prompt, text, source)
 
 
@@ -209,13 +214,10 @@ def blend_vl(
         record["references"] = references
         if len(references) == 1:
             record["vl"] = references[0]["vl"]
-    if v.adapter:
-        adapter, record["adapter"] = components.adapter(v.adapter, config)  # its metadata, for the record
-        with torch.no_grad():
-            rows = [require_finite(adapter(vl), f"adapter {v.adapter}") for vl in rows]
-    options = dict(v.blend_options)
-    if "resample" in mode_options(v.blend):
-        options.setdefault("resample", v.resample)
+    rows, adapter = adapted(components, config, rows)
+    if adapter is not None:
+        record["adapter"] = adapter
+    options = blend_options(v)
     extraction = dict(options)
     if v.blend == "style_delta":
         if isinstance(source.neutral, Image.Image):
@@ -230,6 +232,83 @@ def blend_vl(
         n_v = max(int(vl.shape[0]) for vl in rows)
         record["replace"] = replace_rows(n_v, int(options.get("max_rows", CAPTION_LIMIT)))
     style = combine_styles([(extract_style(v.blend, vl, extraction), w) for vl, w in zip(rows, weights, strict=True)])
+    return Conditioning(t, source.kind, blend_conditioning(t, style, v.blend, options, text.sinks, v.sink_rows), record)
+
+
+def adapted(
+    components: Components, config: Config, rows: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], dict[str, Any] | None]:
+    """VL rows passed through `vl.adapter` (none set: as they are), and the adapter's metadata for the record."""
+    v = config.vl
+    if not v.adapter:
+        return rows, None
+    adapter, meta = components.adapter(v.adapter, config)
+    with torch.no_grad():
+        return [require_finite(adapter(vl), f"adapter {v.adapter}") for vl in rows], meta
+
+
+def blend_options(v: VLConfig) -> dict[str, Any]:
+    """`vl.blend_options`, with `vl.resample` for a mode that aligns rows (unless the options set it)."""
+    options = dict(v.blend_options)
+    if "resample" in mode_options(v.blend):
+        options.setdefault("resample", v.resample)
+    return options
+
+
+STYLE_SETTINGS = ("layers", "token_mode", "normalize", "model", "width", "adapter")
+"""What a style file depends on beyond its blend kind and extraction options (`style_settings`)."""
+
+
+def style_settings(components: Components, config: Config) -> dict[str, Any]:
+    """The settings a style made with `config` carries and is checked against when combined or applied: the VL
+    layers and weights, token mode, normalisation, the VL model's fingerprint, the width of its rows (the DiT
+    caption width) and the adapter file's SHA-256 (None: no adapter)."""
+    v = config.vl
+    return {
+        "layers": {str(layer): w for layer, w in layer_weights(v).items()},
+        "token_mode": v.token_mode,
+        "normalize": v.normalize,
+        "model": model_identity(config.models.vl)["fingerprint"],
+        "width": components.caption_width,
+        "adapter": sha256_file(v.adapter) if v.adapter else None,
+    }
+
+
+def check_styles(components: Components, config: Config, source: Styled) -> None:
+    """Refuse, before any model loads, style files that do not fit these settings: another blend kind, or another
+    layer, token mode, normalisation, model, width or adapter (`STYLE_SETTINGS`)."""
+    blend, expected = config.vl.blend, style_settings(components, config)
+    for style, _, label in source.named():
+        if KINDS[blend] != style.kind:
+            raise UserError(
+                f"style file {label} holds a style of blend mode '{style.mode}', which vl.blend '{blend}' cannot "
+                f"apply: use "
+                f"vl.blend '{style.mode}' or extract the style again"
+            )
+        for key in STYLE_SETTINGS:
+            if style.settings.get(key) != expected[key]:
+                raise UserError(
+                    f"style file {label} was made with {key} {style.settings.get(key)!r}, these settings give "
+                    f"{expected[key]!r}: extract it again with these settings"
+                )
+
+
+def style_conditioning(config: Config, text: TextSide, source: Styled) -> Conditioning:
+    """T blended by `vl.blend` with the combination of the style files at their scales (`check_styles` first)."""
+    t, v = text.encoded.embeddings, config.vl
+    options = blend_options(v)
+    style = combine_styles(list(source.styles))
+    files = [
+        {"file": label, "scale": scale, "mode": s.mode, "settings": s.settings, "sources": list(s.sources)}
+        for s, scale, label in source.named()
+    ]
+    record = {
+        "blend": v.blend,
+        "blend_options": v.blend_options,
+        "sinks": dict(text.sinks_record),
+        "styles": files,
+        "resample": options.get("resample"),
+    }
     return Conditioning(t, source.kind, blend_conditioning(t, style, v.blend, options, text.sinks, v.sink_rows), record)
 
 

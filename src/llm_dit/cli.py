@@ -36,8 +36,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, help="Build or inspect models.")
 config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configuration.")
+style_app = typer.Typer(no_args_is_help=True, help="Style files: what a blend mode transfers, extracted or combined.")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+app.add_typer(style_app, name="style")
 
 console = Console(stderr=True)
 _state = {"debug": False}
@@ -118,6 +120,38 @@ def extract(
 
     summary = extract_file(given.config(), image, output, text)
     print(json.dumps(summary) if as_json else output)
+
+
+@style_app.command("extract")
+@takes(*MODELS, "conditioning")
+def style_extract(
+    given: Given,
+    image: RefImage,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Style file to write (.safetensors).")],
+    neutral: Annotated[Path | None, typer.Option("--neutral", help="Neutral image (vl.blend style_delta).")] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", "-t", help="Text after the image (generation puts the prompt there).")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Extract the style vl.blend transfers from an image (moments, style vector, rows or delta) into a file that
+    generate and sweep apply with --style."""
+    from .tasks import style_extract_file
+
+    summary = style_extract_file(given.config(), image, output, neutral=neutral, text=text)
+    print(json.dumps(summary) if as_json else output)
+
+
+@style_app.command("combine")
+def style_combine(
+    styles: Annotated[list[str], typer.Argument(help="Style files FILE[:WEIGHT] (weight 1 when left out).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Style file to write (.safetensors).")],
+) -> None:
+    """Combine style files by weight (refused when their blend kind, layer, token mode, model or width differ)."""
+    from .tasks import style_combine_file
+
+    style_combine_file(styles, output)
+    print(output)
 
 
 @app.command()

@@ -30,10 +30,10 @@ clamped at 0 (the rows collapse to the mean in that dimension).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -58,6 +58,7 @@ from .blend import (
     whitened,
 )
 from .errors import UserError, check_choice
+from .files import load_tensors
 from .numerics import check_rows
 
 KINDS: dict[str, str] = {
@@ -88,32 +89,37 @@ UNALIGNED_MODES = ("concat", "replace")  # row modes that do not align V to T: p
 class Style:
     """What a blend mode transfers from one or several references: weighted `parts` (each a dict of tensors and
     its weight). `settings`: what it was extracted with (mode, extraction options, and, for files, the VL layer,
-    token mode, model and width), compared before styles combine or apply."""
+    token mode, model and width), compared before styles combine or apply. `sources`: where it came from (for
+    files: each source image's path, SHA-256 and weight), never compared."""
 
     mode: str
     parts: tuple[tuple[dict[str, Tensor], float], ...]
     settings: dict[str, Any] = field(default_factory=dict)
+    sources: tuple[dict[str, Any], ...] = ()
 
     @property
     def kind(self) -> str:
         return KINDS[self.mode]
 
 
-def check_weights(weights: Sequence[object], n: int, what: str = "reference") -> list[float]:
-    """`weights` as floats: one per `what` (n of them), each finite, not all zero; else `UserError`."""
+def check_weights(
+    weights: Sequence[object], n: int, what: str = "reference", name: str = "'reference_weights'"
+) -> list[float]:
+    """`weights` as floats: one per `what` (n of them), each finite, not all zero; else `UserError` naming them
+    `name`."""
     if len(weights) != n:
-        raise UserError(f"'reference_weights' has {len(weights)} weight(s) for {n} {what}(s): give one per {what}")
+        raise UserError(f"{name} has {len(weights)} weight(s) for {n} {what}(s): give one per {what}")
     out = []
     for w in weights:
         try:
             x = float(w)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            raise UserError(f"'reference_weights': bad weight {w!r} (expected a number)") from None
+            raise UserError(f"{name}: bad weight {w!r} (expected a number)") from None
         if not math.isfinite(x):
-            raise UserError(f"'reference_weights': weight {w!r} is not finite")
+            raise UserError(f"{name}: weight {w!r} is not finite")
         out.append(x)
     if all(x == 0 for x in out):
-        raise UserError("'reference_weights' are all zero: nothing would be combined")
+        raise UserError(f"{name} are all zero: nothing would be combined")
     return out
 
 
@@ -177,7 +183,7 @@ def combine_styles(weighted: Sequence[tuple[Style, float]]) -> Style:
         raise UserError("no styles to combine")
     styles = [s for s, _ in weighted]
     _check_compatible(styles)
-    weights = check_weights([w for _, w in weighted], len(weighted), "style")
+    weights = check_weights([w for _, w in weighted], len(weighted), "style", "style weights")
     if len(weighted) == 1 and weights[0] == 1:
         return styles[0]
     first = styles[0]
@@ -186,7 +192,10 @@ def combine_styles(weighted: Sequence[tuple[Style, float]]) -> Style:
         names = parts[0][0]
         summed = {k: _weighted_sum([p[k] for p, _ in parts], [w for _, w in parts]) for k in names}
         parts = [(summed, 1.0)]
-    return Style(first.mode, tuple(parts), dict(first.settings))
+    sources = tuple(
+        src | {"weight": src.get("weight", 1.0) * w} for s, w in zip(styles, weights, strict=True) for src in s.sources
+    )
+    return Style(first.mode, tuple(parts), dict(first.settings), sources)
 
 
 def _rows(style: Style, name: str = "rows") -> list[tuple[Tensor, float]]:
@@ -215,6 +224,13 @@ def apply_style(
             )
     apply_opts = {k: v for k, v in options.items() if k not in EXTRACTION_OPTIONS.get(mode, ()) and k != "neutral"}
     kind = style.kind
+    scaled = kind == "delta" and apply_opts.get("scale_to_text", True)
+    if scaled and len(style.parts) == 1 and abs(style.parts[0][1]) != 1:
+        raise UserError(
+            f"style_delta rescales the delta to T's scale (scale_to_text), so the weight {style.parts[0][1]:g} of a "
+            f"single style acts only through its sign: set the strength with alpha (or blend option "
+            f"scale_to_text=false)"
+        )
     if kind in ("rows", "gram", "row_moments", "delta"):
         for tensors, _ in style.parts:  # the mode's own checks of T, V, options and alpha, for every part
             extra = {"neutral": tensors["neutral"]} if kind == "delta" else {}
@@ -256,27 +272,61 @@ def apply_style(
     return blend_with_style_delta(text, delta, alpha, apply_opts.get("scale_to_text", True))
 
 
-def style_tensors(style: Style) -> tuple[dict[str, Tensor], dict[str, str]]:
+STYLE_FORMAT = "llm-dit style"
+
+
+def style_tensors(style: Style) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """A style as safetensors content: tensors `"<part>.<name>"` (contiguous, float32) and metadata with the mode,
-    kind, part weights and settings (JSON strings)."""
+    kind, part weights and settings (`files.save_tensors` stores each value as JSON)."""
     tensors = {f"{i}.{k}": v.float().contiguous() for i, (p, _) in enumerate(style.parts) for k, v in p.items()}
     meta = {
-        "format": "llm-dit style",
+        "format": STYLE_FORMAT,
         "mode": style.mode,
         "kind": style.kind,
-        "weights": json.dumps([w for _, w in style.parts]),
-        "settings": json.dumps(style.settings, sort_keys=True),
+        "weights": [w for _, w in style.parts],
+        "settings": style.settings,
+        "sources": list(style.sources),
     }
     return tensors, meta
 
 
-def style_from_tensors(tensors: Mapping[str, Tensor], meta: Mapping[str, str], label: str) -> Style:
-    """The `Style` of `style_tensors`' content; `UserError` naming `label` when it is not a style file."""
-    if meta.get("format") != "llm-dit style" or meta.get("mode") not in KINDS:
+def style_from_tensors(tensors: Mapping[str, Tensor], meta: Mapping[str, Any], label: str) -> Style:
+    """The `Style` of `style_tensors`' content (metadata decoded); `UserError` naming `label` when it is not a
+    style file."""
+    if meta.get("format") != STYLE_FORMAT or meta.get("mode") not in KINDS or not isinstance(meta.get("weights"), list):
         raise UserError(f"{label} is not an llm-dit style file (make one with `llm-dit style extract`)")
-    weights = json.loads(meta["weights"])
-    parts: list[dict[str, Tensor]] = [{} for _ in weights]
-    for key, value in tensors.items():
-        index, _, name = key.partition(".")
-        parts[int(index)][name] = value
-    return Style(meta["mode"], tuple(zip(parts, map(float, weights), strict=True)), json.loads(meta["settings"]))
+    parts: list[dict[str, Tensor]] = [{} for _ in meta["weights"]]
+    try:
+        for key, value in tensors.items():
+            index, _, name = key.partition(".")
+            parts[int(index)][name] = value
+    except (ValueError, IndexError):
+        raise UserError(f"{label} is not an llm-dit style file (tensor {key!r})") from None
+    weights = [float(w) for w in meta["weights"]]
+    settings, sources = dict(meta.get("settings") or {}), tuple(meta.get("sources") or ())
+    return Style(meta["mode"], tuple(zip(parts, weights, strict=True)), settings, sources)
+
+
+def load_style(path: str | Path) -> Style:
+    """A style file (`llm-dit style extract` / `combine`)."""
+    return style_from_tensors(*load_tensors(path, "style file"), f"style file {path}")
+
+
+def split_scale(item: str | Path) -> tuple[str, float]:
+    """`"s.safetensors:0.5"` -> `("s.safetensors", 0.5)`; a file without `:SCALE` has scale 1."""
+    path, sep, scale = str(item).rpartition(":")
+    if not sep:
+        return str(item), 1.0
+    try:
+        return path, float(scale)
+    except ValueError:
+        raise UserError(f"bad style '{item}': expected FILE[:SCALE], e.g. style.safetensors:0.5") from None
+
+
+def load_styles(items: Sequence[str | Path]) -> tuple[list[tuple[Style, float]], list[str]]:
+    """Style files `FILE[:SCALE]` (`split_scale`) with their scales, each file loaded once, and their paths."""
+    styles = [split_scale(item) for item in items]
+    loaded: dict[str, Style] = {}
+    for path, _ in styles:
+        loaded.setdefault(path, load_style(path))
+    return [(loaded[p], scale) for p, scale in styles], [p for p, _ in styles]

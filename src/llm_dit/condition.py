@@ -76,6 +76,21 @@ class VLRows:
 
 
 @dataclass(frozen=True, eq=False)
+class Styled:
+    """Style files (`llm-dit style extract` / `combine`) applied with their scales: `styles` = [(style, scale)],
+    combined by `compose.combine_styles` and applied by `vl.blend` (which must be the files' blend kind)."""
+
+    styles: Sequence[tuple[Style, float]]
+    labels: Sequence[str] = ()  # the files, for records and errors
+    kind: ClassVar[str] = "style"
+
+    def named(self) -> list[tuple[Style, float, str]]:
+        """Each style with its scale and label (default `#1`, `#2`, ...)."""
+        labels = list(self.labels) or [f"#{i + 1}" for i in range(len(self.styles))]
+        return [(style, scale, label) for (style, scale), label in zip(self.styles, labels, strict=True)]
+
+
+@dataclass(frozen=True, eq=False)
 class Steering:
     """T + α·σ·d̂ along a unit `direction` `[D]` (`llm_dit.steer`)."""
 
@@ -91,7 +106,7 @@ class CaptionRows:
     kind: ClassVar[str] = "embeddings"
 
 
-Source = Text | Reference | VLRows | Steering | CaptionRows
+Source = Text | Reference | VLRows | Styled | Steering | CaptionRows
 """What conditions one image: exactly one of these, so no two inputs can compete."""
 
 _NEUTRAL_ALONE = (
@@ -115,6 +130,7 @@ def source_of(
     caption_rows: torch.Tensor | None = None,
     direction: torch.Tensor | None = None,
     neutral: Image.Image | torch.Tensor | None = None,
+    styles: Styled | None = None,
 ) -> Source:
     """The one source of inputs that arrive as optional values (command-line files): at most one of them, and
     `neutral` only with a reference image or VL rows. `reference` may be several images, combined by `weights`."""
@@ -125,11 +141,12 @@ def source_of(
             None if vl_rows is None else VLRows(vl_rows, neutral),
             None if caption_rows is None else CaptionRows(caption_rows),
             None if direction is None else Steering(direction),
+            styles,
         )
         if source is not None
     ]
     if len(made) > 1:
-        raise UserError("give one of: a reference image, VL embeddings, embeddings, a steering direction")
+        raise UserError("give one of: reference images, VL embeddings, embeddings, a steering direction, style files")
     source = made[0] if made else Text()
     if neutral is not None and not isinstance(source, Reference | VLRows):
         raise UserError(_NEUTRAL_ALONE)

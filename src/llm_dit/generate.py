@@ -22,6 +22,7 @@ from .assemble import (
     TextSide,
     blend_vl,
     build_conditioning,
+    check_styles,
     encode,
     encode_text,
     extract,
@@ -31,7 +32,7 @@ from .assemble import (
 )
 from .cache import TensorCache
 from .components import Components
-from .condition import Conditioning, Reference, Source, as_source, check_neutral, extracts, neutral_of
+from .condition import Conditioning, Reference, Source, Styled, as_source, check_neutral, extracts, neutral_of
 from .config import Config
 from .errors import UserError
 from .render import Prepared, denoising_steps, render
@@ -116,6 +117,8 @@ class Generator:
         loads."""
         source = as_source(source)
         check_neutral(self.config.vl.blend, source)  # before any model loads
+        if isinstance(source, Styled):
+            check_styles(self.components, self.config, source)
         text = encode_text(self.components, self.config, prompt, source)
         negative_text = None if negative is None else encode_text(self.components, self.config, "", negative)
         if extracts(source) or negative is not None:

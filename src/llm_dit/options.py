@@ -158,6 +158,9 @@ OPTIONS: tuple[Option, ...] = (
     row("neutral_embeddings", "--neutral-embeddings", "Neutral VL rows for style_delta.", "inputs", Path,
       quoted=True),
     row("embeddings", "--embeddings", "Use these caption rows as they are.", "inputs", Path),
+    row("style", "--style", "Style file FILE[:SCALE] (llm-dit style extract/combine); several are combined.",
+      "inputs sweep", many=True, sep=None, metavar="file[:scale]", quoted=True,
+      examples=("a.safetensors", "b.safetensors:0.5")),
     row("negative_image", "--negative-image", "CFG's negative rows: the empty prompt blended with this image "
       "(needs --guidance > 0).", "inputs", Path, quoted=True),
     # a sweep's inputs (SweepSpec fields) and how it runs

@@ -18,7 +18,8 @@ from typing import Any
 
 from .cache import TensorCache
 from .components import Components
-from .condition import Reference, Source, Steering, Text
+from .compose import load_styles
+from .condition import Reference, Source, Steering, Styled, Text
 from .config import Config
 from .errors import UserError
 from .generate import Generator, Result
@@ -74,6 +75,8 @@ def prepare_run(gen: Generator, run: Run, config: Config, inputs: Inputs) -> Pre
     if run["kind"] == "variant":
         if run.get("steer"):
             source = Steering(inputs.direction(run["steer"]))
+        elif run.get("style"):
+            source = Styled(*load_styles(run["style"]))
         elif run["image"] is not None:
             neutral = inputs.image(run.get("neutral_image") or None, "neutral image")
             images = [inputs.image(path, "reference image") for path in reference_paths(run["image"])]
@@ -137,7 +140,8 @@ def finish(
     sweep: SweepDir, run: Run, result: Result | None, error: BaseException | None, on_result: OnResult | None
 ) -> None:
     """Write a run's image (atomically), then its result line: a line on disk means a complete run."""
-    fields = ("id", "kind", "label", "prompt", "image", "reference_weights", "init_image", "steer", "neutral_image")
+    fields = ("id", "kind", "label", "prompt", "image", "reference_weights", "init_image", "steer", "style")
+    fields += ("neutral_image",)
     fields += ("baseline", "settings")
     line = {k: run[k] for k in fields if k in run}
     if result is not None:

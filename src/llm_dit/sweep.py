@@ -41,7 +41,7 @@ from .vl import TOKEN_MODES
 # `vl.*` key. The run fields below are the conditioning's sources. Everything else (generation.*, encoder.*, the
 # prompt, the init image) is shared by a run and its text-only baseline. The one definition of "conditioning".
 CONDITIONING_SECTION = "vl"
-CONDITIONING_FIELDS = ("image", "reference_weights", "steer", "neutral_image")
+CONDITIONING_FIELDS = ("image", "reference_weights", "steer", "style", "neutral_image")
 SET_SEP = "+"  # `a.png+b.png`: one run conditioned on a reference set (the images combined by weight)
 
 
@@ -71,6 +71,7 @@ class SweepSpec(BaseModel):
     init_image: str | None = None
     img2img: bool = False  # each run starts from its reference image unless init_image is set
     steer: str | None = None  # a steering direction file: runs are conditioned by it instead of the image
+    style: list[str] = []  # style files FILE[:SCALE], combined: runs are conditioned by them instead of an image
     neutral_image: str | None = None  # the unstyled reference of runs with blend style_delta (used by no other run)
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
@@ -212,6 +213,8 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
         group = {"prompt": prompt, "image": image, "init_image": init, "steer": spec.steer}
         if image is not None and weights is not None:
             group["reference_weights"] = weights
+        if spec.style:
+            group["style"] = list(spec.style)
         settings_base = {**fixed, "generation.seed": seed}
         for variant, combo in itertools.product(variants, combos):
             settings = {**settings_base, **{k: v for k, v in variant.items() if k != "label"}, **combo}
@@ -224,7 +227,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
             neutral = spec.neutral_image if uses_neutral else None
             run = {**group, "neutral_image": neutral, "kind": "variant", "label": label or "run", "settings": settings}
             run["baseline"] = None
-            if spec.baseline and (image is not None or spec.steer):
+            if spec.baseline and (image is not None or spec.steer or spec.style):
                 base = baseline_of(run)
                 add(base)
                 run["baseline"] = base["id"]
@@ -297,7 +300,9 @@ def resolve_spec(
             raise UserError(f"'{key}' cannot vary within a sweep: models and devices are fixed per sweep")
     keys = [*data["fixed"], *data["axes"], *(k for v in data["variants"] for k in v if k != "label")]
     conditioning = sorted({k for k in keys if is_conditioning(k)})
-    if conditioning and not (data["images"] or data["steer"]):
+    if data["style"] and (data["images"] or data["steer"]):
+        raise UserError("'style' files condition the runs instead of 'images' or 'steer': give one of them")
+    if conditioning and not (data["images"] or data["steer"] or data["style"]):
         raise UserError(
             f"{who} sets {', '.join(conditioning)}: conditioning settings act only on a reference image; "
             "give one in 'images'"
