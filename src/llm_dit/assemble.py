@@ -231,8 +231,13 @@ def blend_vl(
     if v.blend == "replace":  # the rows the DiT receives, and whether they had to be pooled
         n_v = max(int(vl.shape[0]) for vl in rows)
         record["replace"] = replace_rows(n_v, int(options.get("max_rows", CAPTION_LIMIT)))
-    style = combine_styles([(extract_style(v.blend, vl, extraction), w) for vl, w in zip(rows, weights, strict=True)])
-    return Conditioning(t, source.kind, blend_conditioning(t, style, v.blend, options, text.sinks, v.sink_rows), record)
+    styles = [extract_style(v.blend, vl, extraction) for vl in rows]
+    style = combine_styles(list(zip(styles, weights, strict=True)))
+    cond = Conditioning(t, source.kind, blend_conditioning(t, style, v.blend, options, text.sinks, v.sink_rows), record)
+    if len(styles) > 1:  # each reference alone, for the composability measure (`compose.linearity`)
+        cond.singles = tuple(blend_conditioning(t, s, v.blend, options, text.sinks, v.sink_rows) for s in styles)
+        cond.weights = tuple(weights)
+    return cond
 
 
 def adapted(

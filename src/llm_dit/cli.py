@@ -336,10 +336,14 @@ def print_presets() -> None:
 
     for name in PRESETS:
         needs = preset_needs(name)
-        inputs = {"steer": "s"} if "--steer" in needs else {"images": ["i"], "neutral_image": "n"}
+        pair = "-i A -i B" in needs
+        inputs = (
+            {"steer": "s"} if "--steer" in needs else {"images": ["i", "j"] if pair else ["i"], "neutral_image": "n"}
+        )
         probe = resolve_spec(SweepSpec(prompts=["p"], **inputs), name, {}, {})
         needs = ", ".join(preset_needs(name)) or "nothing"
-        print(f"{name:18} {len(expand(probe)):3d} runs per prompt x image x seed (baselines included); needs {needs}")
+        per = "prompt x image pair x seed" if pair else "prompt x image x seed"
+        print(f"{name:18} {len(expand(probe)):3d} runs per {per} (baselines included); needs {needs}")
 
 
 @app.command()

@@ -36,10 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .blend import (
     BLEND_MODES,
+    EPS_NORM,
     BlendError,
     _weighted_sum,
     align,
@@ -330,3 +332,28 @@ def load_styles(items: Sequence[str | Path]) -> tuple[list[tuple[Style, float]],
     for path, _ in styles:
         loaded.setdefault(path, load_style(path))
     return [(loaded[p], scale) for p, scale in styles], [p for p, _ in styles]
+
+
+def linearity(base: Tensor, combined: Tensor, singles: Sequence[Tensor], weights: Sequence[float]) -> dict | None:
+    """How far a combination is from the weighted sum of its parts' effects (the composability measure), in
+    float64: effect E = X_w − B of the combination, sum of effects S = Σ_k w_k·(X_k − B) of each reference alone
+    (B: the text rows, or the baseline image). Returns ‖S‖ (`sum_of_effects`), ⟨E, S⟩/‖S‖ (`projection`: equals
+    ‖S‖ when linear), ‖E‖ (`effect`), ‖E − S‖/‖S‖ (`residual`: 0 when linear) and cos(E, S) (`cosine`); None when
+    the shapes differ (e.g. concat of references of different lengths) or S is zero."""
+    if any(x.shape != base.shape for x in (combined, *singles)):
+        return None
+    b = base.double()
+    effect = combined.double() - b
+    total = torch.stack([float(w) * (x.double() - b) for x, w in zip(singles, weights, strict=True)]).sum(0)
+    norm = float(total.norm())
+    if norm < EPS_NORM:
+        return None
+    effect_norm = float(effect.norm())
+    projection = float((effect * total).sum()) / norm
+    return {
+        "sum_of_effects": norm,
+        "projection": projection,
+        "effect": effect_norm,
+        "residual": float((effect - total).norm()) / norm,
+        "cosine": projection / effect_norm if effect_norm > EPS_NORM else 0.0,
+    }

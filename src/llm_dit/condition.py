@@ -200,6 +200,9 @@ def combine_layers(rows: dict[int, torch.Tensor], weights: dict[int, float]) -> 
     return torch.stack([w * rows[layer].float() for layer, w in weights.items()]).sum(0)
 
 
+Combine = Callable[[torch.Tensor, float], torch.Tensor]
+
+
 @dataclass
 class Conditioning:
     """T plus whatever is blended into it. `combine(T, alpha)` gives the caption rows at `alpha`; `None` means
@@ -210,6 +213,8 @@ class Conditioning:
     combine: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     record: dict[str, Any] = field(default_factory=dict)
     negative: Conditioning | None = None  # CFG's negative conditioning, when built from a reference
+    singles: tuple[Combine, ...] = ()  # several references: each one's conditioning alone (composability)
+    weights: tuple[float, ...] = ()  # and their weights
     _memo: dict[float, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def at(self, alpha: float) -> torch.Tensor:
@@ -219,9 +224,6 @@ class Conditioning:
         if alpha not in self._memo:
             self._memo[alpha] = self.combine(self.text, alpha)
         return self._memo[alpha]
-
-
-Combine = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def find_sink_rows(

@@ -32,6 +32,7 @@ from .assemble import (
 )
 from .cache import TensorCache
 from .components import Components
+from .compose import linearity
 from .condition import Conditioning, Reference, Source, Styled, as_source, check_neutral, extracts, neutral_of
 from .config import Config
 from .errors import UserError
@@ -157,6 +158,10 @@ class Generator:
         with timed(times, "condition"):
             cond, text = self.condition(prompt, source, negative)
             first = cond.at(alphas[0])
+            if cond.singles:  # several references: how linear the combination is, at the first alpha
+                singles = [single(cond.text, alphas[0]) for single in cond.singles]
+                measured = linearity(cond.text, first, singles, cond.weights)
+                cond.record["composition"] = None if measured is None else {"alpha": alphas[0], **measured}
             negative_rows = text.negative
             if cond.negative is not None:
                 negative_rows = cond.negative.at(alphas[0])

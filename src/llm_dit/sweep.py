@@ -42,6 +42,7 @@ from .vl import TOKEN_MODES
 # prompt, the init image) is shared by a run and its text-only baseline. The one definition of "conditioning".
 CONDITIONING_SECTION = "vl"
 CONDITIONING_FIELDS = ("image", "reference_weights", "steer", "style", "neutral_image")
+OPTIONAL_FIELDS = ("reference_weights", "style")  # in a run only when it uses them (so older run ids stay)
 SET_SEP = "+"  # `a.png+b.png`: one run conditioned on a reference set (the images combined by weight)
 
 
@@ -68,6 +69,7 @@ class SweepSpec(BaseModel):
     prompts: list[str] = Field(default_factory=list)
     images: list[str] = Field(default_factory=list)  # an item `a.png+b.png` is a reference set (SET_SEP)
     reference_weights: list[list[float]] = []  # weight lists crossed with every reference set (default: 1/n each)
+    compose: bool = False  # also run the set of all single images (a+b), to compare with each alone
     init_image: str | None = None
     img2img: bool = False  # each run starts from its reference image unless init_image is set
     steer: str | None = None  # a steering direction file: runs are conditioned by it instead of the image
@@ -150,6 +152,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "multilayer": {"axes": {"vl.layers": ["-6", "-2:0.5,-6:0.5", "-6:0.5,-8:0.5", "-2:0.25,-4:0.25,-6:0.25,-8:0.25"]}},
     # C in every block (no injection), only the first block, only the last (valid for any depth)
     "inject": {"axes": {"vl.inject_layers": [[], [0], [-1]]}},
+    # linearity of composition: a alone, b alone and a+b at three weights, in an affine, a moment and a nonlinear
+    # mode (the report compares each combination with the weighted sum of the single-reference effects)
+    "composability": {
+        "needs": "two images",
+        "compose": True,
+        "reference_weights": [[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]],
+        "fixed": {"vl.alpha": 0.5},
+        "axes": {"vl.blend": ["interpolate", "adain_per_dim", "slerp"]},
+    },
 }
 
 
@@ -157,8 +168,8 @@ def preset_needs(name: str) -> list[str]:
     """The inputs preset `name` cannot run without, as command-line flags (for `--list-presets`)."""
     p = preset_spec(name)
     keys = [*p.get("fixed", {}), *p.get("axes", {}), *(k for v in p.get("variants", []) for k in v)]
-    flags = {"steer": "--steer", "neutral": "--neutral-image"}
-    needs = ["-i"] if p.get("needs") != "steer" and any(is_conditioning(k) for k in keys) else []
+    flags = {"steer": "--steer", "neutral": "--neutral-image", "two images": "-i A -i B"}
+    needs = ["-i"] if p.get("needs") not in ("steer", "two images") and any(map(is_conditioning, keys)) else []
     needs += ["-i or --init-image"] if p.get("img2img") and not needs else []
     return needs + ([flags[p["needs"]]] if "needs" in p else [])
 
@@ -179,7 +190,9 @@ def baseline_of(run: dict[str, Any]) -> dict[str, Any]:
     every non-conditioning setting (seed, steps, size, shift, guidance, strength, encoder.*: text layer, think
     block, long-prompt mode, ...); no conditioning source (CONDITIONING_FIELDS) and no `vl.*` setting."""
     base = {k: v for k, v in run.items() if k not in ("id", "baseline")}
-    base |= {field: None for field in CONDITIONING_FIELDS if field in run}  # (a run's id hashes the fields it has)
+    base |= {field: None for field in CONDITIONING_FIELDS if field not in OPTIONAL_FIELDS}
+    for field in OPTIONAL_FIELDS:
+        base.pop(field, None)
     base |= {"kind": "baseline", "label": "text only"}
     base["settings"] = {k: v for k, v in run["settings"].items() if not is_conditioning(k)}
     base["id"] = run_id(base)
@@ -207,8 +220,17 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
             seen.add(run["id"])
             runs.append(run)
 
+    if spec.compose:
+        singles = [i for i in images if i is not None and SET_SEP not in i]
+        images = [*images, SET_SEP.join(singles)]
     weight_lists: list[list[float] | None] = list(spec.reference_weights) or [None]
-    for prompt, image, weights, seed in itertools.product(spec.prompts, images, weight_lists, spec.seeds):
+    # weight lists weigh reference sets; a single image is run as it is
+    combos_of_image = [
+        (image, weights)
+        for image in images
+        for weights in (weight_lists if image is not None and SET_SEP in image else [None])
+    ]
+    for prompt, (image, weights), seed in itertools.product(spec.prompts, combos_of_image, spec.seeds):
         init = spec.init_image or (reference_paths(image)[0] if spec.img2img and image else None)
         group = {"prompt": prompt, "image": image, "init_image": init, "steer": spec.steer}
         if image is not None and weights is not None:
@@ -284,6 +306,8 @@ def resolve_spec(
         data["axes"] = {**p.pop("axes", {}), **data["axes"]}
         data["variants"] = data["variants"] or p.pop("variants", [])
         data["img2img"] = data["img2img"] or p.pop("img2img", False)
+        data["compose"] = data["compose"] or p.pop("compose", False)
+        data["reference_weights"] = data["reference_weights"] or p.pop("reference_weights", [])
         data["name"] = preset if spec.name == "sweep" else spec.name
         who = f"preset '{preset}'"
         if needs == "steer" and not data["steer"]:
@@ -307,6 +331,8 @@ def resolve_spec(
             f"{who} sets {', '.join(conditioning)}: conditioning settings act only on a reference image; "
             "give one in 'images'"
         )
+    if needs == "two images" and len([i for i in data["images"] if SET_SEP not in i]) != 2:
+        raise UserError(f"{who} composes two reference images a and b: give exactly two with -i ('images')")
     if needs == "neutral" and not data["neutral_image"]:
         raise UserError(f"{who} needs a neutral image (the unstyled reference of style_delta): set 'neutral_image'")
     if data["reference_weights"] and not data["images"]:
