@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("provenance", "components", "render", "sweepdir"),
     ("assemble", "records", "sweep"),  # assembly, records, sweep specs and plans
     ("generate", "grid", "scoring"),
-    ("ranking", "runner", "tasks"),
+    ("ranking", "runner", "tasks", "composability"),
     ("report", "distributed"),
     ("experiment",),
     ("bench", "options"),

@@ -13,6 +13,7 @@ from llm_dit.compose import (
     check_weights,
     combine_styles,
     extract_style,
+    linearity,
     style_from_tensors,
     style_tensors,
 )
@@ -181,3 +182,14 @@ def test_a_negative_weight_moves_the_conditioning_away_from_that_reference(mode:
     if mode in AFFINE or mode == "style_delta":
         torch.testing.assert_close(c_w - c_b, 1.5 * (c_a - c_b), atol=2e-4, rtol=1e-4)
     assert (c_w - c_b).norm() > (c_a - c_b).norm()
+
+
+def test_linearity_on_known_numbers() -> None:
+    base, a, b = tt([[0.0, 0.0]]), tt([[2.0, 0.0]]), tt([[0.0, 2.0]])
+    exact = linearity(base, tt([[1.0, 1.0]]), [a, b], [0.5, 0.5])  # E = S = [1, 1]
+    assert exact is not None and exact["residual"] == 0 and exact["projection"] == pytest.approx(2**0.5)
+    bent = linearity(base, tt([[2.0, 1.0]]), [a, b], [0.5, 0.5])  # E = [2, 1]: E − S = [1, 0]
+    assert bent is not None
+    assert bent["residual"] == pytest.approx(1 / 2**0.5) and bent["projection"] == pytest.approx(3 / 2**0.5)
+    assert bent["cosine"] == pytest.approx(3 / (2**0.5 * 5**0.5))
+    assert linearity(base, tt([[1.0, 1.0], [0.0, 0.0]]), [a, b], [0.5, 0.5]) is None  # shapes differ

@@ -201,3 +201,31 @@ def test_style_files_of_other_settings_are_refused_and_nothing_is_written(cli, r
     ):
         r = cli("generate", *TINY, "-p", "x", *args, "-o", tmp_path / "g.png")
         assert r.code == 2 and message in r.err and not (tmp_path / "g.png").exists()
+
+
+# ----------------------------------------------------------------------------------------- composability preset
+
+
+def test_composability_preset_runs_and_reports_linearity(cli, refs, tmp_path):
+    out = tmp_path / "c"
+    r = cli("sweep", *TINY, "--preset", "composability", "-p", "a fox", "-i", refs["a"], "-i", refs["b"], "-o", out)
+    assert r.code == 0, r.err
+    lines = SweepDir(out).lines()
+    assert len(lines) == 16 and all(x["status"] == "ok" for x in lines)  # baseline + 3 blends x (a, b, 3 weights)
+    sets = [x for x in lines if "+" in (x["image"] or "")]
+    assert len(sets) == 9
+    for x in sets:
+        c = x["record"]["conditioning"]["composition"]
+        if x["settings"]["vl.blend"] in ("interpolate", "adain_per_dim"):  # affine in what they combine, Σw = 1
+            assert c["residual"] < 1e-5 and c["cosine"] > 0.99999
+        else:  # slerp: spherical, not linear
+            assert c["residual"] > 1e-3
+    html = (out / "report.html").read_text()
+    section = html[html.index('id="composability"') : html.index("<h2>Runs")]
+    assert section.count('<tr data-run="') >= 9 and 'data-space="conditioning"' in section
+    assert 'data-space="image"' in section and "not measured" not in section
+
+
+def test_composability_preset_needs_two_images(cli, refs, tmp_path):
+    r = cli("sweep", *TINY, "--preset", "composability", "-p", "x", "-i", refs["a"], "--dry-run")
+    assert r.code == 2 and "exactly two" in r.err

@@ -31,6 +31,7 @@ from urllib.parse import quote
 import jinja2
 from markupsafe import Markup
 
+from .composability import composability, diagonal_plot
 from .files import atomic_write_bytes, atomic_write_text, image_bytes
 from .grid import (
     IMAGE_FREE_BADGE,
@@ -132,10 +133,52 @@ def render_report(sweep_dir: str | os.PathLike[str]) -> str:
         best=[_best_row(name, by_id[rid], value) for name, (rid, value) in best.items()],
         skipped=list(skipped.items()),
         tradeoffs=[_tradeoff(t, by_id) for t in tradeoffs(runs, metrics)],
+        composition=_composition(composability(sweep_dir, runs, metrics, pairs)),
         table=_table(sweep_dir, runs, metrics, pairs) if runs else None,
         details=[_details(run, metrics, pairs) for run in runs],
         badge=IMAGE_FREE_BADGE,
     )
+
+
+def _composition(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The composability section (`composability.composability`): a row per combination, a plot per space
+    (conditioning, image) and the metrics compared; None when the sweep has no combination with its singles."""
+    if not entries:
+        return None
+
+    def measured(m: dict[str, float] | None) -> dict[str, str] | None:
+        return None if m is None else {k: _fmt_metric(m[k]) for k in ("residual", "cosine", "effect", "sum_of_effects")}
+
+    plots = {}
+    for space in ("conditioning", "image"):
+        points = [
+            (e[space]["sum_of_effects"], e[space]["projection"], f"{e['caption']} · {e['settings']}")
+            for e in entries
+            if e[space] is not None
+        ]
+        plots[space] = diagonal_plot(points)
+    rows = [
+        {
+            "run": _run(e["run"]),
+            "caption": e["caption"],
+            "settings": e["settings"],
+            "conditioning": measured(e["conditioning"]),
+            "image": measured(e["image"]),
+        }
+        for e in entries
+    ]
+    metric_rows = [
+        {
+            "run": _run(e["run"]),
+            "metric": name,
+            "value": _fmt_metric(v),
+            "sum": _fmt_metric(s),
+            "diff": _fmt_metric(v - s),
+        }
+        for e in entries
+        for name, v, s in e["metrics"]
+    ]
+    return {"rows": rows, "plots": plots, "metrics": metric_rows}
 
 
 def _fmt_metric(v: Any) -> str:
