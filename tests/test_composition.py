@@ -229,3 +229,32 @@ def test_composability_preset_runs_and_reports_linearity(cli, refs, tmp_path):
 def test_composability_preset_needs_two_images(cli, refs, tmp_path):
     r = cli("sweep", *TINY, "--preset", "composability", "-p", "x", "-i", refs["a"], "--dry-run")
     assert r.code == 2 and "exactly two" in r.err
+
+
+def test_sweep_runs_on_style_files_with_a_shared_baseline(cli, refs, tmp_path):
+    style = tmp_path / "s.safetensors"
+    base = ["--models", "tiny", "--blend", "adain_per_dim"]
+    assert cli("style", "extract", *base, "-i", refs["a"], "-t", "a fox", "-o", style).code == 0
+    out = tmp_path / "s"
+    r = cli(
+        "sweep",
+        *TINY,
+        "--blend",
+        "adain_per_dim",
+        "-p",
+        "a fox",
+        "--style",
+        f"{style}:0.5",
+        "--alphas",
+        "0.3,0.6",
+        "-o",
+        out,
+    )
+    assert r.code == 0, r.err
+    lines = SweepDir(out).lines()
+    variants = [x for x in lines if x["kind"] == "variant"]
+    assert len(lines) == 3 and len(variants) == 2 and all(x["status"] == "ok" for x in lines)
+    for x in variants:
+        assert x["style"] == [f"{style}:0.5"] and x["record"]["conditioning"]["styles"][0]["scale"] == 0.5
+    r = cli("sweep", *TINY, "-p", "x", "-i", refs["a"], "--style", style, "--dry-run")
+    assert r.code == 2 and "instead of 'images'" in r.err

@@ -127,7 +127,7 @@ def extract(
 def style_extract(
     given: Given,
     image: RefImage,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Style file to write (.safetensors).")],
+    output: Output,
     neutral: Annotated[Path | None, typer.Option("--neutral", help="Neutral image (vl.blend style_delta).")] = None,
     text: Annotated[
         str | None, typer.Option("--text", "-t", help="Text after the image (generation puts the prompt there).")
@@ -145,7 +145,7 @@ def style_extract(
 @style_app.command("combine")
 def style_combine(
     styles: Annotated[list[str], typer.Argument(help="Style files FILE[:WEIGHT] (weight 1 when left out).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Style file to write (.safetensors).")],
+    output: Output,
 ) -> None:
     """Combine style files by weight (refused when their blend kind, layer, token mode, model or width differ)."""
     from .tasks import style_combine_file
