@@ -17,12 +17,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("numerics", "files", "hooks", "metrics"),
     ("cache", "stats", "schedule", "steer", "comparison"),  # pure maths on rows, schedules, directions, statistics
     ("blend", "models", "zoo"),
+    ("compose",),  # blend modes split into extract / combine / apply (several references, style files)
     ("inject", "condition", "text", "vl", "embedders", "csd"),  # conditioning maths, encoders, metric models
     ("imagedep", "adapter", "diagnostics", "config", "metriczoo", "reward"),
     ("provenance", "components", "render", "sweepdir", "scorer", "suite"),
     ("assemble", "records", "sweep"),  # assembly, records, sweep specs and plans
     ("generate", "grid", "scoring", "evalmethods"),
-    ("ranking", "runner", "tasks"),
+    ("ranking", "runner", "tasks", "composability"),
     ("report", "distributed"),
     ("experiment",),
     ("evaluate",),  # llm-dit eval: a sweep of methods x cells, scored and compared

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from llm_dit.blend import ALPHA_VALUES, BLEND_MODES, blend
+from llm_dit.compose import extract_style
 from llm_dit.condition import WHOLE_TEXT_MODES, Steering, VLRows, blend_conditioning, drop_sinks, steer_conditioning
 from llm_dit.config import ConfigError, load_config
 from llm_dit.errors import UserError
@@ -172,7 +173,7 @@ def test_every_blend_mode_ignores_planted_sinks_and_keeps_text_sinks_bitwise():
     for mode in BLEND_MODES:
         options = {"neutral": neutral} if mode == "style_delta" else {}
         alpha = 1.0 if mode in ALPHA_VALUES else 0.6  # a switch (replace) takes 0 or 1
-        combine = blend_conditioning(text, kept, mode, options, t_sinks, "exclude")
+        combine = blend_conditioning(text, extract_style(mode, kept, options), mode, options, t_sinks, "exclude")
         out = combine(text, alpha)
         if mode in WHOLE_TEXT_MODES:  # T whole (concat), or V's content rows alone (replace)
             torch.testing.assert_close(out, blend(text, v_content, mode, alpha, **options))
@@ -185,7 +186,8 @@ def test_every_blend_mode_ignores_planted_sinks_and_keeps_text_sinks_bitwise():
         assert torch.equal(combine(text, 0.0), text), mode
     # the old behaviour (every row blended as content) is what `include` gives, and it is not the same
     old = blend(text, vl, "adain_per_dim", 0.6)
-    assert torch.equal(blend_conditioning(text, vl, "adain_per_dim", {}, t_sinks, "include")(text, 0.6), old)
+    style = extract_style("adain_per_dim", vl)
+    assert torch.equal(blend_conditioning(text, style, "adain_per_dim", {}, t_sinks, "include")(text, 0.6), old)
     assert not torch.allclose(old[~t_sinks], blend(t_content, v_content, "adain_per_dim", 0.6), atol=1e-2)
 
 

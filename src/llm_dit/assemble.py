@@ -18,12 +18,14 @@ from PIL import Image
 
 from .blend import CAPTION_LIMIT, check_alpha, check_options, mode_options, replace_rows
 from .components import Components
+from .compose import KINDS, combine_styles, extract_style
 from .condition import (
     CaptionRows,
     Conditioning,
     Reference,
     Source,
     Steering,
+    Styled,
     Text,
     VLRows,
     blend_conditioning,
@@ -36,7 +38,9 @@ from .condition import (
 )
 from .config import Config, EncoderConfig, VLConfig
 from .errors import UserError
+from .files import sha256_file
 from .imagedep import PROBE_SEED, describe_probe, image_free_by_construction, measure, not_checked, probe_image
+from .models import model_identity
 from .numerics import check_rows, require_finite
 from .render import denoising_steps
 from .schedule import parse_schedule
@@ -47,16 +51,31 @@ from .vl import VLEmbeddings, image_sha256
 Stats = dict[int, ReferenceStats] | ReferenceStats
 
 
-def refuse(config: Config, source: Source, alphas: list[float]) -> None:
+def refuse(config: Config, source: Source, alphas: list[float], negative: Reference | None = None) -> None:
     """Settings and inputs that cannot act as they say, refused before any model loads: a schedule with DiT
-    injection, settings whose caption rows cannot depend on a reference image (`imagedep`), unknown blend options
-    and alphas outside the blend's range."""
+    injection, settings whose caption rows cannot depend on a reference image (`imagedep`), unknown blend options,
+    alphas outside the blend's range, and a negative reference without CFG."""
     v = config.vl
+    if negative is not None:
+        if config.generation.guidance <= 0:
+            raise UserError(
+                "a negative image builds CFG's negative rows, and 'generation.guidance' is 0 (CFG off): set a "
+                "guidance > 0 or leave the negative image out"
+            )
+        if not isinstance(source, Reference | VLRows):
+            raise UserError(
+                "a negative image is blended with the vl settings of a reference conditioning: give a reference "
+                "image (or VL embeddings) too"
+            )
+        _ = negative.weighting
+        check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
     if v.inject_layers and parse_schedule(v.alpha_schedule).kind != "constant":
         raise UserError("an alpha schedule and DiT block injection cannot be combined; choose one")
     if isinstance(source, Reference) and (reason := image_free_by_construction(v)):
         raise UserError(reason)
-    if isinstance(source, Reference | VLRows):
+    if isinstance(source, Reference):
+        _ = source.weighting  # weights that do not fit the images are refused here, before any model loads
+    if isinstance(source, Reference | VLRows | Styled):
         check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
         for a in set(alphas):
             check_alpha(v.blend, a)
@@ -171,46 +190,139 @@ def build_conditioning(
         case Steering(direction=direction):
             combine = steer_conditioning(t, direction, text.sinks, v.sink_rows)
             return Conditioning(t, source.kind, combine, {"sinks": dict(text.sinks_record)})
+        case Styled():
+            return style_conditioning(config, text, source)
     return blend_vl(components, config, prompt, text, source)
 
 
 def blend_vl(
     components: Components, config: Config, prompt: str, text: TextSide, source: Reference | VLRows
 ) -> Conditioning:
-    """T blended with V by `vl.blend`: V extracted from the reference image or given (sink rows dropped), passed
-    through `vl.adapter`, with the neutral extraction for `style_delta`; the record says what each step did."""
+    """T blended with V by `vl.blend`: V extracted from each reference image (or given, sink rows dropped), passed
+    through `vl.adapter`, with the neutral extraction for `style_delta`; each reference's style (`compose`) combined
+    by its weight. The record says what each step did and lists every reference with its hash and weight."""
     t, v, width = text.encoded.embeddings, config.vl, components.caption_width
     sinks = dict(text.sinks_record)
     record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options, "sinks": sinks}
     if isinstance(source, VLRows):
-        vl, sinks["vl"] = given_vl_rows(source.rows, components, v, "VL embeddings")
+        given, sinks["vl"] = given_vl_rows(source.rows, components, v, "VL embeddings")
+        rows, weights = [given], [1.0]
     else:
         if components.vl.hidden_size != width:
             raise UserError(
                 f"the Qwen3-VL hidden size {components.vl.hidden_size} does not match the DiT caption width "
                 f"{width}: these models cannot be combined"
             )
-        vl, extracted = extract(components, v, source.image, prompt, text.stats)
-        record["vl"] = {str(layer): e.metadata() for layer, e in extracted.items()}
-    if v.adapter:
-        adapter, record["adapter"] = components.adapter(v.adapter, config)  # its metadata, for the record
-        with torch.no_grad():
-            vl = require_finite(adapter(vl), f"adapter {v.adapter}")
-    options = dict(v.blend_options)
-    if "resample" in mode_options(v.blend):
-        options.setdefault("resample", v.resample)
+        weights, rows, references = source.weighting, [], []
+        for image, weight in zip(source.images, weights, strict=True):
+            vl, extracted = extract(components, v, image, prompt, text.stats)
+            rows.append(vl)
+            meta = {str(layer): e.metadata() for layer, e in extracted.items()}
+            references.append({"sha256": image_sha256(image), "weight": weight, "vl": meta})
+        record["references"] = references
+        if len(references) == 1:
+            record["vl"] = references[0]["vl"]
+    rows, adapter = adapted(components, config, rows)
+    if adapter is not None:
+        record["adapter"] = adapter
+    options = blend_options(v)
+    extraction = dict(options)
     if v.blend == "style_delta":
         if isinstance(source.neutral, Image.Image):
-            options["neutral"], neutral_layers = extract(components, v, source.neutral, prompt, text.stats)
+            extraction["neutral"], neutral_layers = extract(components, v, source.neutral, prompt, text.stats)
             record["neutral_vl"] = {str(layer): e.metadata() for layer, e in neutral_layers.items()}
             record["neutral"] = "image"
         else:
-            options["neutral"], sinks["neutral"] = given_vl_rows(source.neutral, components, v, "neutral embeddings")
+            extraction["neutral"], sinks["neutral"] = given_vl_rows(source.neutral, components, v, "neutral embeddings")
             record["neutral"] = "embeddings"
     record["resample"] = options.get("resample")  # None: this mode pairs no rows, so no alignment ran
     if v.blend == "replace":  # the rows the DiT receives, and whether they had to be pooled
-        record["replace"] = replace_rows(int(vl.shape[0]), int(options.get("max_rows", CAPTION_LIMIT)))
-    return Conditioning(t, source.kind, blend_conditioning(t, vl, v.blend, options, text.sinks, v.sink_rows), record)
+        n_v = max(int(vl.shape[0]) for vl in rows)
+        record["replace"] = replace_rows(n_v, int(options.get("max_rows", CAPTION_LIMIT)))
+    styles = [extract_style(v.blend, vl, extraction) for vl in rows]
+    style = combine_styles(list(zip(styles, weights, strict=True)))
+    cond = Conditioning(t, source.kind, blend_conditioning(t, style, v.blend, options, text.sinks, v.sink_rows), record)
+    if len(styles) > 1:  # each reference alone, for the composability measure (`compose.linearity`)
+        cond.singles = tuple(blend_conditioning(t, s, v.blend, options, text.sinks, v.sink_rows) for s in styles)
+        cond.weights = tuple(weights)
+    return cond
+
+
+def adapted(
+    components: Components, config: Config, rows: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], dict[str, Any] | None]:
+    """VL rows passed through `vl.adapter` (none set: as they are), and the adapter's metadata for the record."""
+    v = config.vl
+    if not v.adapter:
+        return rows, None
+    adapter, meta = components.adapter(v.adapter, config)
+    with torch.no_grad():
+        return [require_finite(adapter(vl), f"adapter {v.adapter}") for vl in rows], meta
+
+
+def blend_options(v: VLConfig) -> dict[str, Any]:
+    """`vl.blend_options`, with `vl.resample` for a mode that aligns rows (unless the options set it)."""
+    options = dict(v.blend_options)
+    if "resample" in mode_options(v.blend):
+        options.setdefault("resample", v.resample)
+    return options
+
+
+STYLE_SETTINGS = ("layers", "token_mode", "normalize", "model", "width", "adapter")
+"""What a style file depends on beyond its blend kind and extraction options (`style_settings`)."""
+
+
+def style_settings(components: Components, config: Config) -> dict[str, Any]:
+    """The settings a style made with `config` carries and is checked against when combined or applied: the VL
+    layers and weights, token mode, normalisation, the VL model's fingerprint, the width of its rows (the DiT
+    caption width) and the adapter file's SHA-256 (None: no adapter)."""
+    v = config.vl
+    return {
+        "layers": {str(layer): w for layer, w in layer_weights(v).items()},
+        "token_mode": v.token_mode,
+        "normalize": v.normalize,
+        "model": model_identity(config.models.vl)["fingerprint"],
+        "width": components.caption_width,
+        "adapter": sha256_file(v.adapter) if v.adapter else None,
+    }
+
+
+def check_styles(components: Components, config: Config, source: Styled) -> None:
+    """Refuse, before any model loads, style files that do not fit these settings: another blend kind, or another
+    layer, token mode, normalisation, model, width or adapter (`STYLE_SETTINGS`)."""
+    blend, expected = config.vl.blend, style_settings(components, config)
+    for style, _, label in source.named():
+        if KINDS[blend] != style.kind:
+            raise UserError(
+                f"style file {label} holds a style of blend mode '{style.mode}', which vl.blend '{blend}' cannot "
+                f"apply: use "
+                f"vl.blend '{style.mode}' or extract the style again"
+            )
+        for key in STYLE_SETTINGS:
+            if style.settings.get(key) != expected[key]:
+                raise UserError(
+                    f"style file {label} was made with {key} {style.settings.get(key)!r}, these settings give "
+                    f"{expected[key]!r}: extract it again with these settings"
+                )
+
+
+def style_conditioning(config: Config, text: TextSide, source: Styled) -> Conditioning:
+    """T blended by `vl.blend` with the combination of the style files at their scales (`check_styles` first)."""
+    t, v = text.encoded.embeddings, config.vl
+    options = blend_options(v)
+    style = combine_styles(list(source.styles))
+    files = [
+        {"file": label, "scale": scale, "mode": s.mode, "settings": s.settings, "sources": list(s.sources)}
+        for s, scale, label in source.named()
+    ]
+    record = {
+        "blend": v.blend,
+        "blend_options": v.blend_options,
+        "sinks": dict(text.sinks_record),
+        "styles": files,
+        "resample": options.get("resample"),
+    }
+    return Conditioning(t, source.kind, blend_conditioning(t, style, v.blend, options, text.sinks, v.sink_rows), record)
 
 
 def image_dependence(
@@ -223,14 +335,21 @@ def image_dependence(
     alphas: list[float],
 ) -> dict[str, Any]:
     """The `image_dependence` record (`llm_dit.imagedep`): `cond` assembled once more with the probe image in place
-    of the reference (same size, so the same token counts), compared at every alpha used."""
+    of the reference (same size, so the same token counts), compared at every alpha used. With several references
+    the probe replaces every one of them (each by the noise image of its own size, weights kept): the check asks
+    whether the caption rows depend on the reference images at all."""
     if not isinstance(source, Reference):
         return not_checked("not conditioned on a reference image")
     if not config.vl.image_check:
         return not_checked("vl.image_check is off")
-    size = source.image.size
+    images = source.images
     seed = PROBE_SEED
-    if image_sha256(probe_image(size, seed)) == image_sha256(source.image):
-        seed += 1  # the reference is the probe itself: use another noise image
-    probe = build_conditioning(components, config, prompt, text, replace(source, image=probe_image(size, seed)))
-    return measure(cond.at, probe.at, cond.text, alphas, describe_probe(size, seed))
+    if any(image_sha256(probe_image(im.size, seed)) == image_sha256(im) for im in images):
+        seed += 1  # a reference is the probe itself: use another noise image
+    probes = tuple(probe_image(im.size, seed) for im in images)
+    probed = replace(source, image=probes[0] if len(probes) == 1 else probes)
+    probe = build_conditioning(components, config, prompt, text, probed)
+    described = describe_probe(images[0].size, seed)
+    if len(images) > 1:
+        described += f", in place of each of the {len(images)} references (at its own size)"
+    return measure(cond.at, probe.at, cond.text, alphas, described)

@@ -182,10 +182,20 @@ def adain(text: Tensor, vl: Tensor, alpha: float, *, resample: str = "area") -> 
     _check_resample("adain", resample, vl.shape[0], text.shape[0])
     if alpha == 0:
         return text.clone()
-    t, a = text.float(), _aligned(vl, text, resample)
-    z = (t - t.mean(1, keepdim=True)) / _std(t, 1)
-    x = z * a.std(1, correction=0, keepdim=True) + a.mean(1, keepdim=True)
-    return _finish(alpha * x + (1 - alpha) * t, text, "adain")
+    return apply_moments(text, *moments(_aligned(vl, text, resample), 1), alpha, 1, "adain")
+
+
+def moments(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """The moments AdaIN transfers: mean and population std of float32 ``x`` over ``dim`` (kept, not clamped)."""
+    return x.mean(dim, keepdim=True), x.std(dim, correction=0, keepdim=True)
+
+
+def apply_moments(text: Tensor, mean: Tensor, std: Tensor, alpha: float, dim: int, mode: str) -> Tensor:
+    """AdaIN's second half: out = α·((T − μ_T)/σ_T · std + mean) + (1−α)·T, T's statistics over ``dim``
+    (σ_T clamped ≥ 1e-6); ``mean``/``std`` broadcast against T (per row: [n_t, 1]; per dimension: [1, D])."""
+    t = text.float()
+    x = (t - t.mean(dim, keepdim=True)) / _std(t, dim) * _f32(std, text) + _f32(mean, text)
+    return _finish(alpha * x + (1 - alpha) * t, text, mode)
 
 
 def adain_per_dim(text: Tensor, vl: Tensor, alpha: float) -> Tensor:
@@ -198,9 +208,7 @@ def adain_per_dim(text: Tensor, vl: Tensor, alpha: float) -> Tensor:
     alpha = _prepare("adain_per_dim", text, vl, alpha)
     if alpha == 0:
         return text.clone()
-    t, v = text.float(), _f32(vl, text)
-    x = (t - t.mean(0)) / _std(t, 0) * v.std(0, correction=0) + v.mean(0)
-    return _finish(alpha * x + (1 - alpha) * t, text, "adain_per_dim")
+    return apply_moments(text, *moments(_f32(vl, text), 0), alpha, 0, "adain_per_dim")
 
 
 def compute_style_delta(styled: Tensor, neutral: Tensor, n: int | None = None, resample: str = "area") -> Tensor:
@@ -274,12 +282,21 @@ def gem_pool(text: Tensor, vl: Tensor, alpha: float, *, p: float = 3.0) -> Tenso
     _check_option("gem_pool", "p", p, lambda x: x > 0, "a number > 0")
     if alpha == 0:
         return text.clone()
-    t, v = text.float(), _f32(vl, text)
+    return apply_mean_shift(text, gem_vector(_f32(vl, text), p), alpha, "gem_pool")
+
+
+def gem_vector(v: Tensor, p: float) -> Tensor:
+    """GeM's style vector s [D] of float32 V (see `gem_pool`)."""
     mag = v.abs()
     m = mag.amax(0)
     m = torch.where(m > 0, m, 1.0)
-    s = m * (mag / m).pow(p).mean(0).pow(1 / p) * v.mean(0).sign()
-    return _finish(t + alpha * (s - t.mean(0)), text, "gem_pool")
+    return m * (mag / m).pow(p).mean(0).pow(1 / p) * v.mean(0).sign()
+
+
+def apply_mean_shift(text: Tensor, s: Tensor, alpha: float, mode: str) -> Tensor:
+    """A style vector s [D] injected as a mean shift: out = T + α·(s − μ_T) (`gem_pool`, `svd_style`)."""
+    t = text.float()
+    return _finish(t + alpha * (_f32(s, text) - t.mean(0)), text, mode)
 
 
 def svd_style(text: Tensor, vl: Tensor, alpha: float, *, k: int = 8) -> Tensor:
@@ -293,11 +310,14 @@ def svd_style(text: Tensor, vl: Tensor, alpha: float, *, k: int = 8) -> Tensor:
     _check_option("svd_style", "k", k, lambda x: x >= 1, "an int >= 1", integer=True)
     if alpha == 0:
         return text.clone()
-    t, v = text.float(), _f32(vl, text)
+    return apply_mean_shift(text, svd_vector(_f32(vl, text), k), alpha, "svd_style")
+
+
+def svd_vector(v: Tensor, k: int) -> Tensor:
+    """The SVD style vector s [D] of float32 V: the mean of its rank-k reconstruction (see `svd_style`)."""
     k = min(k, *v.shape)
     u, sv, wt = torch.linalg.svd(v, full_matrices=False)
-    s = (u[:, :k].mean(0) * sv[:k]) @ wt[:k]
-    return _finish(t + alpha * (s - t.mean(0)), text, "svd_style")
+    return (u[:, :k].mean(0) * sv[:k]) @ wt[:k]
 
 
 def whiten(text: Tensor, vl: Tensor, alpha: float, *, shrinkage: float = 0.1, resample: str = "area") -> Tensor:
@@ -324,18 +344,38 @@ def whiten(text: Tensor, vl: Tensor, alpha: float, *, shrinkage: float = 0.1, re
         )
     if alpha == 0:
         return text.clone()
-    t, v = text.float(), _f32(vl, text)
-    lam = float(shrinkage)
-    w, m = _sym_pow(_shrunk_cov(v, lam), -0.5), _sym_pow(_shrunk_cov(t, lam), 0.5)
-    recoloured = (v - v.mean(0)) @ w @ m + t.mean(0)
-    return _finish(alpha * align(recoloured, t.shape[0], resample) + (1 - alpha) * t, text, "whiten")
+    return apply_whitened(text, [(whitened(_f32(vl, text), shrinkage), 1.0)], alpha, shrinkage, resample)
 
 
-def _gram_loss(x: Tensor, a: Tensor, t: Tensor) -> Tensor:
-    """‖XᵀX − AᵀA‖²/(n²D²) + ‖X − T‖²/(nD), using ‖XᵀX − AᵀA‖² = ‖XXᵀ‖² − 2‖XAᵀ‖² + ‖AAᵀ‖²
-    with the constant ‖AAᵀ‖² dropped: n×n products, O(n²D) instead of O(nD²)."""
+def whitened(v: Tensor, shrinkage: float) -> Tensor:
+    """Whiten's first half, independent of T: (V − μ_V)·C_V^(−1/2) (shrunk covariance; see `whiten`)."""
+    return (v - v.mean(0)) @ _sym_pow(_shrunk_cov(v, float(shrinkage)), -0.5)
+
+
+def apply_whitened(
+    text: Tensor, parts: Sequence[tuple[Tensor, float]], alpha: float, shrinkage: float, resample: str
+) -> Tensor:
+    """Whiten's second half for weighted whitened rows Z_k: R = Σ_k w_k·A(Z_k·C_T^(1/2) + μ_T),
+    out = α·R + (1−α)·T (one part of weight 1: exactly `whiten`)."""
+    t = text.float()
+    m = _sym_pow(_shrunk_cov(t, float(shrinkage)), 0.5)
+    rows = [align(_f32(z, text) @ m + t.mean(0), t.shape[0], resample) for z, _ in parts]
+    r = rows[0] if len(parts) == 1 and parts[0][1] == 1 else _weighted_sum(rows, [w for _, w in parts])
+    return _finish(alpha * r + (1 - alpha) * t, text, "whiten")
+
+
+def _weighted_sum(xs: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Σ_k w_k·x_k in float32 (the one weighted sum of every combination)."""
+    return torch.stack([float(w) * x.float() for x, w in zip(xs, weights, strict=True)]).sum(0)
+
+
+def _gram_loss(x: Tensor, targets: Sequence[tuple[Tensor, float]], t: Tensor) -> Tensor:
+    """‖XᵀX − Σ_k w_k·A_kᵀA_k‖²/(n²D²) + ‖X − T‖²/(nD), using ‖XᵀX − G‖² = ‖XXᵀ‖² − 2·Σ_k w_k‖XA_kᵀ‖² + ‖G‖²
+    (tr(XᵀX·AᵀA) = ‖XAᵀ‖²) with the constant ‖G‖² dropped: n×n products, O(n²D) instead of O(nD²)."""
     n, d = x.shape
-    gram = (x @ x.T).square().sum() - 2 * (x @ a.T).square().sum()
+    gram = (x @ x.T).square().sum()
+    for a, w in targets:
+        gram = gram - 2 * (x @ a.T).square().sum() if w == 1 else gram - 2 * w * (x @ a.T).square().sum()
     return gram / (n * n * d * d) + (x - t).square().sum() / (n * d)
 
 
@@ -361,15 +401,24 @@ def gram(
     _check_resample("gram", resample, vl.shape[0], text.shape[0])
     if alpha == 0:
         return text.clone()
+    return gram_match(text, [(vl, 1.0)], alpha, iterations, lr, resample)
+
+
+def gram_match(
+    text: Tensor, parts: Sequence[tuple[Tensor, float]], alpha: float, iterations: int, lr: float, resample: str
+) -> Tensor:
+    """Gram matching's optimisation towards the weighted target G = Σ_k w_k·G(A(V_k)) (see `gram`; one part of
+    weight 1: exactly `gram`)."""
     with torch.inference_mode(False), torch.enable_grad():
         t = text.float()
         r = t.square().mean().sqrt().clamp_min(EPS_STD)
-        t_hat, a_hat = t / r, _aligned(vl, text, resample) / r  # fresh tensors, safe under inference_mode
+        t_hat = t / r  # fresh tensors, safe under inference_mode
+        targets = [(_aligned(v, text, resample) / r, float(w)) for v, w in parts]
         x = t_hat.clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=float(lr))
         for _ in range(iterations):
             opt.zero_grad()
-            _gram_loss(x, a_hat, t_hat).backward()
+            _gram_loss(x, targets, t_hat).backward()
             opt.step()
         x = x.detach() * r
     return _finish(alpha * x + (1 - alpha) * t, text, "gram")

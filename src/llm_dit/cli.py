@@ -56,8 +56,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(no_args_is_help=True, help="Build the offline random-weight models.")
 config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configuration.")
+style_app = typer.Typer(no_args_is_help=True, help="Style files: what a blend mode transfers, extracted or combined.")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+app.add_typer(style_app, name="style")
 
 console = Console(stderr=True, soft_wrap=True)  # a message is one line, whatever the width (logs, pipes)
 _state = {"debug": False}
@@ -168,6 +170,38 @@ def extract(
 
     summary = extract_file(given.config(), image, output, text)
     print(json.dumps(summary) if as_json else output)
+
+
+@style_app.command("extract")
+@takes(*MODELS, "conditioning")
+def style_extract(
+    given: Given,
+    image: RefImage,
+    output: Output,
+    neutral: Annotated[Path | None, typer.Option("--neutral", help="Neutral image (vl.blend style_delta).")] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", "-t", help="Text after the image (generation puts the prompt there).")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Extract the style vl.blend transfers from an image (moments, style vector, rows or delta) into a file that
+    generate and sweep apply with --style."""
+    from .tasks import style_extract_file
+
+    summary = style_extract_file(given.config(), image, output, neutral=neutral, text=text)
+    print(json.dumps(summary) if as_json else output)
+
+
+@style_app.command("combine")
+def style_combine(
+    styles: Annotated[list[str], typer.Argument(help="Style files FILE[:WEIGHT] (weight 1 when left out).")],
+    output: Output,
+) -> None:
+    """Combine style files by weight (refused when their blend kind, layer, token mode, model or width differ)."""
+    from .tasks import style_combine_file
+
+    style_combine_file(styles, output)
+    print(output)
 
 
 @app.command()
@@ -443,7 +477,11 @@ def sweep_spec(
     from .sweep import SweepSpec, resolve_spec
 
     base = SweepSpec.from_toml(spec) if spec else SweepSpec()
-    inputs = {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in given.of("sweep").items() if v}
+    inputs = {
+        k: [x if isinstance(x, list) else str(x) for x in v] if isinstance(v, list) else str(v)
+        for k, v in given.of("sweep").items()
+        if v
+    }  # paths as text; weight lists as they are
     inputs["prompts"] = inputs.get("prompts", []) + (read_lines(prompts_file, "prompts file") if prompts_file else [])
     axes, fixed = dict(given.axes), given.settings("generation", "vl")
     seed = fixed.pop("generation.seed", None)
@@ -459,10 +497,14 @@ def print_presets() -> None:
 
     for name in PRESETS:
         needs = preset_needs(name)
-        inputs = {"steer": "s"} if "--steer" in needs else {"images": ["i"], "neutral_image": "n"}
+        pair = "-i A -i B" in needs
+        inputs = (
+            {"steer": "s"} if "--steer" in needs else {"images": ["i", "j"] if pair else ["i"], "neutral_image": "n"}
+        )
         probe = resolve_spec(SweepSpec(prompts=["p"], **inputs), name, {}, {})
         needs = ", ".join(preset_needs(name)) or "nothing"
-        print(f"{name:18} {len(expand(probe)):3d} runs per prompt x image x seed (baselines included); needs {needs}")
+        per = "prompt x image pair x seed" if pair else "prompt x image x seed"
+        print(f"{name:18} {len(expand(probe)):3d} runs per {per} (baselines included); needs {needs}")
 
 
 @app.command()

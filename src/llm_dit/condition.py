@@ -16,14 +16,14 @@ dropped before the blend (`drop_sinks`, or at extraction).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
-from .blend import blend
+from .compose import Style, apply_style, check_weights, equal_weights
 from .errors import UserError
 from .stats import describe_sinks, find_sinks
 from .steer import apply_direction
@@ -42,12 +42,28 @@ class Text:
 
 @dataclass(frozen=True, eq=False)
 class Reference:
-    """V extracted from `image` with the `vl` settings, blended into T. `neutral` (an image or VL rows) is the
-    unstyled extraction `vl.blend = "style_delta"` subtracts; no other blend takes one."""
+    """V extracted from `image` with the `vl` settings, blended into T. `image` may be several images: each is
+    extracted and their styles combined by `weights` (default 1/n each; used as given, negative ones allowed;
+    `llm_dit.compose`). `neutral` (an image or VL rows) is the unstyled extraction `vl.blend = "style_delta"`
+    subtracts (from every reference); no other blend takes one."""
 
-    image: Image.Image
+    image: Image.Image | Sequence[Image.Image]
     neutral: Image.Image | torch.Tensor | None = None
+    weights: Sequence[float] | None = None
     kind: ClassVar[str] = "reference"
+
+    @property
+    def images(self) -> tuple[Image.Image, ...]:
+        """The reference images (one or several)."""
+        return (self.image,) if isinstance(self.image, Image.Image) else tuple(self.image)
+
+    @property
+    def weighting(self) -> list[float]:
+        """Each image's weight: `weights` checked (`compose.check_weights`), else 1/n each."""
+        n = len(self.images)
+        if n == 0:
+            raise UserError("a reference needs at least one image")
+        return equal_weights(n) if self.weights is None else check_weights(list(self.weights), n)
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +73,21 @@ class VLRows:
     rows: torch.Tensor
     neutral: Image.Image | torch.Tensor | None = None
     kind: ClassVar[str] = "vl_embeddings"
+
+
+@dataclass(frozen=True, eq=False)
+class Styled:
+    """Style files (`llm-dit style extract` / `combine`) applied with their scales: `styles` = [(style, scale)],
+    combined by `compose.combine_styles` and applied by `vl.blend` (which must be the files' blend kind)."""
+
+    styles: Sequence[tuple[Style, float]]
+    labels: Sequence[str] = ()  # the files, for records and errors
+    kind: ClassVar[str] = "style"
+
+    def named(self) -> list[tuple[Style, float, str]]:
+        """Each style with its scale and label (default `#1`, `#2`, ...)."""
+        labels = list(self.labels) or [f"#{i + 1}" for i in range(len(self.styles))]
+        return [(style, scale, label) for (style, scale), label in zip(self.styles, labels, strict=True)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +106,7 @@ class CaptionRows:
     kind: ClassVar[str] = "embeddings"
 
 
-Source = Text | Reference | VLRows | Steering | CaptionRows
+Source = Text | Reference | VLRows | Styled | Steering | CaptionRows
 """What conditions one image: exactly one of these, so no two inputs can compete."""
 
 _NEUTRAL_ALONE = (
@@ -93,26 +124,29 @@ def as_source(source: Source | Image.Image | None) -> Source:
 
 def source_of(
     *,
-    reference: Image.Image | None = None,
+    reference: Image.Image | Sequence[Image.Image] | None = None,
+    weights: Sequence[float] | None = None,
     vl_rows: torch.Tensor | None = None,
     caption_rows: torch.Tensor | None = None,
     direction: torch.Tensor | None = None,
     neutral: Image.Image | torch.Tensor | None = None,
+    styles: Styled | None = None,
 ) -> Source:
     """The one source of inputs that arrive as optional values (command-line files): at most one of them, and
-    `neutral` only with a reference image or VL rows."""
+    `neutral` only with a reference image or VL rows. `reference` may be several images, combined by `weights`."""
     made = [
         source
         for source in (
-            None if reference is None else Reference(reference, neutral),
+            None if reference is None else Reference(reference, neutral, weights),
             None if vl_rows is None else VLRows(vl_rows, neutral),
             None if caption_rows is None else CaptionRows(caption_rows),
             None if direction is None else Steering(direction),
+            styles,
         )
         if source is not None
     ]
     if len(made) > 1:
-        raise UserError("give one of: a reference image, VL embeddings, embeddings, a steering direction")
+        raise UserError("give one of: reference images, VL embeddings, embeddings, a steering direction, style files")
     source = made[0] if made else Text()
     if neutral is not None and not isinstance(source, Reference | VLRows):
         raise UserError(_NEUTRAL_ALONE)
@@ -166,6 +200,9 @@ def combine_layers(rows: dict[int, torch.Tensor], weights: dict[int, float]) -> 
     return torch.stack([w * rows[layer].float() for layer, w in weights.items()]).sum(0)
 
 
+Combine = Callable[[torch.Tensor, float], torch.Tensor]
+
+
 @dataclass
 class Conditioning:
     """T plus whatever is blended into it. `combine(T, alpha)` gives the caption rows at `alpha`; `None` means
@@ -175,6 +212,9 @@ class Conditioning:
     source: str  # text | reference | vl_embeddings | embeddings | steer
     combine: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    negative: Conditioning | None = None  # CFG's negative conditioning, when built from a reference
+    singles: tuple[Combine, ...] = ()  # several references: each one's conditioning alone (composability)
+    weights: tuple[float, ...] = ()  # and their weights
     _memo: dict[float, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def at(self, alpha: float) -> torch.Tensor:
@@ -184,9 +224,6 @@ class Conditioning:
         if alpha not in self._memo:
             self._memo[alpha] = self.combine(self.text, alpha)
         return self._memo[alpha]
-
-
-Combine = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 def find_sink_rows(
@@ -224,17 +261,18 @@ def keep_sink_rows(combine: Combine, sinks: torch.Tensor | None) -> Combine:
 
 def blend_conditioning(
     text: torch.Tensor,
-    vl: torch.Tensor,
+    style: Style,
     mode: str,
     options: dict[str, Any],
     text_sinks: torch.Tensor | None = None,
     sink_rows: str = "exclude",
 ) -> Combine:
-    """`alpha -> blend(T, V, mode, alpha, **options)`, checked once at alpha 0 so bad shapes or options fail here,
-    not midway through denoising (`Generator.prepare` checks names and alphas earlier, before any model runs).
-    With `sink_rows = "exclude"` and T's sink mask, the blend sees T's content rows only (`keep_sink_rows`; modes of
+    """`alpha -> apply_style(mode, T, style, alpha, options)` (for one reference of weight 1: `blend(T, V, mode,
+    alpha, **options)` itself), checked once at alpha 0 so bad shapes or options fail here, not midway through
+    denoising (`Generator.prepare` checks names and alphas earlier, before any model runs). With `sink_rows =
+    "exclude"` and T's sink mask, the blend sees T's content rows only (`keep_sink_rows`; modes of
     `WHOLE_TEXT_MODES` get T whole); `include` blends every row, as before."""
-    combine: Combine = lambda t, alpha: blend(t, vl, mode, alpha, **options)  # noqa: E731
+    combine: Combine = lambda t, alpha: apply_style(mode, t, style, alpha, options)  # noqa: E731
     if sink_rows == "exclude" and mode not in WHOLE_TEXT_MODES:
         combine = keep_sink_rows(combine, text_sinks)
     combine(text, 0.0)

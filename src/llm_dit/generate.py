@@ -20,7 +20,9 @@ from PIL import Image
 from . import records
 from .assemble import (
     TextSide,
+    blend_vl,
     build_conditioning,
+    check_styles,
     encode,
     encode_text,
     extract,
@@ -31,7 +33,8 @@ from .assemble import (
 )
 from .cache import TensorCache
 from .components import Components
-from .condition import Conditioning, Source, as_source, check_neutral, extracts
+from .compose import linearity
+from .condition import Conditioning, Reference, Source, Styled, as_source, check_neutral, extracts, neutral_of
 from .config import Config
 from .errors import UserError
 from .render import Prepared, denoising_steps, render
@@ -105,27 +108,46 @@ class Generator:
         vl = self.config.vl
         return extract(self.components, vl, image, prompt, extraction_stats(self.components, vl))
 
-    def condition(self, prompt: str, source: Source | Image.Image | None = None) -> tuple[Conditioning, TextSide]:
+    def condition(
+        self, prompt: str, source: Source | Image.Image | None = None, negative: Reference | None = None
+    ) -> tuple[Conditioning, TextSide]:
         """The conditioning of `prompt` by `source` (its `at(alpha)` gives the caption rows) and the text side it
-        was built on. Runs the text encoder's whole share first, then (with a VL extraction) the low-memory stage
-        that releases it before the VL model loads."""
+        was built on; with `negative` (CFG's negative reference), also the negative conditioning
+        (`Conditioning.negative`: the empty prompt's rows blended with the negative images). Runs the text encoder's
+        whole share first, then (with a VL extraction) the low-memory stage that releases it before the VL model
+        loads."""
         source = as_source(source)
         check_neutral(self.config.vl.blend, source)  # before any model loads
+        if isinstance(source, Styled):
+            check_styles(self.components, self.config, source)
         text = encode_text(self.components, self.config, prompt, source)
-        if extracts(source):
+        negative_text = None if negative is None else encode_text(self.components, self.config, "", negative)
+        if extracts(source) or negative is not None:
             self.components.stage("vl")
-        return build_conditioning(self.components, self.config, prompt, text, source), text
+        cond = build_conditioning(self.components, self.config, prompt, text, source)
+        if negative is not None and negative_text is not None:
+            cond.negative = blend_vl(self.components, self.config, prompt, negative_text, negative)
+        return cond, text
 
     def prepare(
-        self, prompt: str, source: Source | Image.Image | None = None, *, init_image: Image.Image | None = None
+        self,
+        prompt: str,
+        source: Source | Image.Image | None = None,
+        *,
+        init_image: Image.Image | None = None,
+        negative: Reference | Image.Image | None = None,
     ) -> Prepared:
         """Everything one image needs before the DiT runs: the conditioning, the per-step alphas, the first step's
         caption rows, negative rows for CFG, the image-dependence check and a snapshot of the config. Settings that
-        cannot act are refused before any model loads."""
+        cannot act are refused before any model loads. `negative` (a reference, or an image): CFG's negative rows
+        are the empty prompt's rows blended with it at the first step's alpha, instead of the empty prompt's rows
+        (needs generation.guidance > 0)."""
         source, cfg, times = as_source(source), self.config, {}
         g = cfg.generation
         alphas = step_alphas(cfg, init_image is not None)
-        refuse(cfg, source, alphas)
+        if isinstance(negative, Image.Image):
+            negative = Reference(negative, neutral_of(source))
+        refuse(cfg, source, alphas, negative)
         if init_image is not None and denoising_steps(g, True) == g.steps and g.strength < 1:
             warnings.warn(
                 f"strength {g.strength} at {g.steps} steps skips no denoising step in diffusers (it skips "
@@ -133,15 +155,25 @@ class Generator:
                 stacklevel=2,
             )
         with timed(times, "condition"):
-            cond, text = self.condition(prompt, source)
+            cond, text = self.condition(prompt, source, negative)
             first = cond.at(alphas[0])
+            if cond.singles:  # several references: how linear the combination is, at the first alpha
+                singles = [single(cond.text, alphas[0]) for single in cond.singles]
+                measured = linearity(cond.text, first, singles, cond.weights)
+                cond.record["composition"] = None if measured is None else {"alpha": alphas[0], **measured}
+            negative_rows = text.negative
+            if cond.negative is not None:
+                negative_rows = cond.negative.at(alphas[0])
+                cond.record["negative"] = {"source": "reference", "alpha": alphas[0]} | {
+                    "references": cond.negative.record["references"]
+                }
         with timed(times, "image_check"):
             dependence = image_dependence(self.components, cfg, prompt, text, source, cond, alphas)
         if dependence["image_free"]:
             warnings.warn(f"the image has no effect on this run: {dependence['reason']}", stacklevel=2)
         varies = cond.combine is not None and len(set(alphas)) > 1
         alphas = alphas if varies else alphas[:1]
-        return Prepared(prompt, cfg, cond, text.encoded, alphas, first, text.negative, init_image, times, dependence)
+        return Prepared(prompt, cfg, cond, text.encoded, alphas, first, negative_rows, init_image, times, dependence)
 
     def render(self, batch: list[Prepared]) -> list[Result]:
         """Run the DiT for prepared images, several in one diffusers call when they can share it (same generation
@@ -155,8 +187,13 @@ class Generator:
         return [Result(image, records.sidecar(p, rendered)) for p, image in zip(batch, rendered.images, strict=True)]
 
     def generate(
-        self, prompt: str, source: Source | Image.Image | None = None, *, init_image: Image.Image | None = None
+        self,
+        prompt: str,
+        source: Source | Image.Image | None = None,
+        *,
+        init_image: Image.Image | None = None,
+        negative: Reference | Image.Image | None = None,
     ) -> Result:
         """Text-to-image (image-to-image with `init_image`) for `prompt` conditioned by `source` with this
-        generator's config, alpha schedules and DiT injection included."""
-        return self.render([self.prepare(prompt, source, init_image=init_image)])[0]
+        generator's config, alpha schedules and DiT injection included; `negative`: see `prepare`."""
+        return self.render([self.prepare(prompt, source, init_image=init_image, negative=negative)])[0]

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import UserError
 from .files import load_image
-from .sweep import baseline_pairs, is_conditioning, varying_keys
+from .sweep import baseline_pairs, is_conditioning, reference_paths, varying_keys
 
 __all__ = [
     "IMAGE_FREE_BADGE",
@@ -145,7 +145,7 @@ def run_seed(run: dict[str, Any]) -> Any:
 
 
 def _block_key(run: dict[str, Any]) -> str:
-    return value_key([run.get("prompt"), run.get("image"), run_seed(run)])
+    return value_key([run.get("prompt"), run.get("image"), run.get("reference_weights"), run_seed(run)])
 
 
 def image_free(run: dict[str, Any]) -> bool:
@@ -319,7 +319,7 @@ def grid_layout(runs: list[dict[str, Any]], planned: list[dict[str, Any]] | None
             lead: list[Cell | None] = []
             if first.get("image"):
                 lead.append(
-                    Cell(kind="reference", caption=Path(str(first["image"])).name, image=str(first["image"]))
+                    Cell(kind="reference", caption=reference_caption(first), image=str(first["image"]))
                     if r == 0
                     else None
                 )
@@ -328,7 +328,7 @@ def grid_layout(runs: list[dict[str, Any]], planned: list[dict[str, Any]] | None
                 lead.append(_baseline_cell(row, pairs, by_id, base_keys, names) if starts_group else None)
             cells.append(lead + [None if run is None else _cell(run) for run in row])
         seed = run_seed(first)
-        meta = [f"image: {Path(str(first['image'])).name}" if first.get("image") else "no reference image"]
+        meta = [f"image: {reference_caption(first)}" if first.get("image") else "no reference image"]
         if first.get("init_image"):
             meta.append(f"init: {Path(str(first['init_image'])).name}")
         meta.append(f"seed={fmt_value(seed)}")
@@ -420,6 +420,32 @@ def _wrap(font: Any, text: str, width: int, max_lines: int) -> list[str]:
     if len(lines) > max_lines:
         lines = [*lines[: max_lines - 1], _fit(font, " ".join(lines[max_lines - 1 :]), width)]
     return lines
+
+
+def reference_caption(run: dict[str, Any]) -> str:
+    """A run's reference as a header says it: the file name, or each file of a reference set with its weight
+    (`a.png 0.5 + b.png 0.5`; default weights 1/n)."""
+    paths = reference_paths(run.get("image"))
+    if len(paths) == 1 and run.get("reference_weights") is None:
+        return Path(paths[0]).name
+    weights = run.get("reference_weights") or [1 / len(paths)] * len(paths)
+    return " + ".join(f"{Path(p).name} {fmt_value(w)}" for p, w in zip(paths, weights, strict=False))
+
+
+def reference_thumbnail(sweep_dir: Path, image: str, thumb: int) -> Image.Image | None:
+    """The thumbnail of a run's reference: the image, or a reference set's images side by side in one square."""
+    paths = reference_paths(image)
+    if len(paths) == 1:
+        return thumbnail(resolve_image(sweep_dir, paths[0]), thumb)
+    tiles = [thumbnail(resolve_image(sweep_dir, p), max(1, thumb // len(paths))) for p in paths]
+    if any(t is None for t in tiles):
+        return None
+    sheet = Image.new("RGB", (thumb, max(t.height for t in tiles)), "white")
+    x = 0
+    for t in tiles:
+        sheet.paste(t, (x, (sheet.height - t.height) // 2))
+        x += thumb // len(paths)
+    return sheet
 
 
 def resolve_image(sweep_dir: Path, path: str) -> Path | None:
@@ -560,7 +586,10 @@ def _draw_cell(
         for j, line in enumerate(lines):
             draw.text((x + g.pad, y + g.pad + (j + 1) * g.line), line, fill=_FAIL_INK, font=font)
     else:
-        im = thumbnail(resolve_image(sweep_dir, cell.image) if cell.image else None, g.thumb)
+        if cell.kind == "reference" and cell.image:
+            im = reference_thumbnail(sweep_dir, cell.image, g.thumb)
+        else:
+            im = thumbnail(resolve_image(sweep_dir, cell.image) if cell.image else None, g.thumb)
         if im is None:
             draw.rectangle(box, fill=_MISSING_BG)
             draw.text((x + g.pad, y + g.pad), "image missing", fill=_MUTED, font=font)

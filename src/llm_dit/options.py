@@ -47,6 +47,14 @@ def blend_option(item: str) -> tuple[str, float | int | bool]:
         raise ValueError("value must be a number or true/false") from None
 
 
+def weight_list(item: str) -> list[float]:
+    """`"0.5,0.5"` -> `[0.5, 0.5]`: the weights of one reference set."""
+    try:
+        return [float(w) for w in item.split(",")]
+    except ValueError:
+        raise ValueError("expected numbers separated by commas, e.g. 0.5,0.5") from None
+
+
 def adapter_or_none(item: str) -> str | None:
     """An adapter file of the `--adapters` axis, or `none` for a run without adapter."""
     return None if item == "none" else item
@@ -139,7 +147,10 @@ OPTIONS: tuple[Option, ...] = (
       examples=("none", "a.safetensors")),
     row("encoder.hidden_layer", "--layer", "Text-encoder hidden layer", "encoder", int),
     # conditioning inputs of one image (arguments of tasks.generate_file)
-    row("image", "-i --image", "Reference image (VL conditioning).", "inputs", Path),
+    row("image", "-i --image", "Reference image(s) (VL conditioning); several are combined by --reference-weights.",
+      "inputs", Path, many=True, metavar="path", examples=("A.png", "B.png")),
+    row("reference_weights", "--reference-weights", "Weight of each reference image, in order (default: 1/n each; "
+      "used as given, negative = away from it).", "inputs", float, many=True, quoted=True, examples=("0.6", "0.4")),
     row("init_image", "--init-image", "Image-to-image from this image.", "inputs sweep", Path, quoted=True),
     row("steer", "--steer", "Steering direction file (llm-dit steer); in eval, a `steer` method.", "inputs sweep eval",
       Path, quoted=True),
@@ -149,9 +160,17 @@ OPTIONS: tuple[Option, ...] = (
     row("neutral_embeddings", "--neutral-embeddings", "Neutral VL rows for style_delta.", "inputs", Path,
       quoted=True),
     row("embeddings", "--embeddings", "Use these caption rows as they are.", "inputs", Path),
+    row("style", "--style", "Style file FILE[:SCALE] (llm-dit style extract/combine); several are combined.",
+      "inputs sweep", many=True, sep=None, metavar="file[:scale]", quoted=True,
+      examples=("a.safetensors", "b.safetensors:0.5")),
+    row("negative_image", "--negative-image", "CFG's negative rows: the empty prompt blended with this image "
+      "(needs --guidance > 0).", "inputs", Path, quoted=True),
     # a sweep's inputs (SweepSpec fields) and how it runs
-    row("images", "-i --image", "Reference images.", "sweep", many=True, metavar="path", quoted=True,
-      examples=("A.png", "B.png")),
+    row("images", "-i --image", "Reference images, each its own run; A.png+B.png is one run on a reference set.",
+      "sweep", many=True, metavar="path", quoted=True, examples=("A.png", "B.png+C.png")),
+    row("reference_weights", "--reference-weights", "Weights of each reference set, e.g. '0.5,0.5;0.8,0.2': every "
+      "set is run with each weight list (default: 1/n each).", "sweep", many=True, sep=";", item=weight_list,
+      metavar="w1,w2", quoted=True, examples=("0.5,0.5", "0.8,0.2")),
     row("prompts", "-p --prompt", "Prompts (not split at commas: they may hold some).", "sweep", many=True, sep=None,
       examples=("a house", "a barn, at dusk"), quoted=True),
     row("resume", "--resume", "Finish an interrupted sweep in OUTPUT.", "run", bool, default=False, quoted=True),

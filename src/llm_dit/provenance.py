@@ -40,6 +40,7 @@ _NO_EXTRACTION = {
     **_NOT_CONDITIONED,
     "vl_embeddings": "VL rows given (vl_embeddings): no extraction ran",
     "steer": "steering direction: no extraction ran",
+    "style": "style files given: no extraction ran (each file's settings are in conditioning.styles)",
 }
 
 

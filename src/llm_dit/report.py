@@ -31,6 +31,7 @@ from urllib.parse import quote
 import jinja2
 from markupsafe import Markup
 
+from .composability import composability, diagonal_plot
 from .files import atomic_write_bytes, atomic_write_text, image_bytes
 from .grid import (
     IMAGE_FREE_BADGE,
@@ -42,6 +43,7 @@ from .grid import (
     grid_layout,
     image_free,
     is_number,
+    reference_caption,
     render_grid,
     resolve_image,
     run_seed,
@@ -51,7 +53,7 @@ from .grid import (
 )
 from .metrics import MetricInfo
 from .ranking import METRICS, TradeOff, best_runs, metric_names, tradeoffs
-from .sweep import baseline_pairs, varying_keys
+from .sweep import baseline_pairs, reference_paths, varying_keys
 from .sweepdir import SweepDir
 
 __all__ = [  # Cell, Block, Grid, grid_layout, render_grid (grid.py) and the rankings (ranking.py) are re-exported
@@ -140,10 +142,52 @@ def render_report(sweep_dir: str | os.PathLike[str]) -> str:
         best=[_best_row(name, by_id[rid], value) for name, (rid, value) in best.items()],
         skipped=list(skipped.items()),
         tradeoffs=[_tradeoff(t, by_id) for t in tradeoffs(runs, metrics)],
+        composition=_composition(composability(sweep_dir, runs, metrics, pairs)),
         table=_table(sweep_dir, runs, metrics, pairs) if runs else None,
         details=[_details(run, metrics, pairs) for run in runs],
         badge=IMAGE_FREE_BADGE,
     )
+
+
+def _composition(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The composability section (`composability.composability`): a row per combination, a plot per space
+    (conditioning, image) and the metrics compared; None when the sweep has no combination with its singles."""
+    if not entries:
+        return None
+
+    def measured(m: dict[str, float] | None) -> dict[str, str] | None:
+        return None if m is None else {k: _fmt_metric(m[k]) for k in ("residual", "cosine", "effect", "sum_of_effects")}
+
+    plots = {}
+    for space in ("conditioning", "image"):
+        points = [
+            (e[space]["sum_of_effects"], e[space]["projection"], f"{e['caption']} · {e['settings']}")
+            for e in entries
+            if e[space] is not None
+        ]
+        plots[space] = diagonal_plot(points)
+    rows = [
+        {
+            "run": _run(e["run"]),
+            "caption": e["caption"],
+            "settings": e["settings"],
+            "conditioning": measured(e["conditioning"]),
+            "image": measured(e["image"]),
+        }
+        for e in entries
+    ]
+    metric_rows = [
+        {
+            "run": _run(e["run"]),
+            "metric": name,
+            "value": _fmt_metric(v),
+            "sum": _fmt_metric(s),
+            "diff": _fmt_metric(v - s),
+        }
+        for e in entries
+        for name, v, s in e["metrics"]
+    ]
+    return {"rows": rows, "plots": plots, "metrics": metric_rows}
 
 
 def _fmt_metric(v: Any) -> str:
@@ -164,7 +208,7 @@ def _data_uri(path: Path | None, side: int = 160) -> str | None:
 
 def _references(sweep_dir: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each distinct reference image once: its file name and a data: URI thumbnail (None if unreadable)."""
-    paths = dict.fromkeys(str(r["image"]) for r in runs if r.get("image"))
+    paths = dict.fromkeys(p for r in runs for p in reference_paths(r.get("image")))
     return [{"name": Path(p).name, "uri": _data_uri(resolve_image(sweep_dir, p))} for p in paths]
 
 
@@ -226,7 +270,7 @@ def _scatter(t: TradeOff, by_id: dict[str, dict[str, Any]], w: int = 360, h: int
 def _table_columns(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """(header, what) for the group columns that vary across runs (prompt, image) and the varying settings."""
     cols: list[tuple[str, str]] = []
-    for field_name in ("prompt", "image"):
+    for field_name in ("prompt", "image", "reference_weights"):
         if len({value_key(r.get(field_name)) for r in runs}) > 1:
             cols.append((field_name, "field:" + field_name))
     keys = varying_keys(runs)
@@ -257,7 +301,7 @@ def _table(
             kind, _, key = what.partition(":")
             if kind == "field":
                 value = run.get(key)
-                text = Path(str(value)).name if key == "image" and value else fmt_value(value or "")
+                text = reference_caption(run) if key == "image" and value else fmt_value(value or "")
             else:
                 value = run_seed(run) if key == SEED_KEY else (run.get("settings") or {}).get(key)
                 text = "" if value is None else fmt_value(value)
@@ -313,6 +357,7 @@ def _details(run: dict[str, Any], metrics: dict[str, dict[str, float]], pairs: d
     facts = [
         ("prompt", run.get("prompt")),
         ("reference image", run.get("image")),
+        ("reference weights", run.get("reference_weights")),
         ("neutral image", run.get("neutral_image")),
         ("init image", run.get("init_image")),
         ("compared with baseline", pairs.get(rid)),

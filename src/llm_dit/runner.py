@@ -20,14 +20,15 @@ from .adapter import check_use
 from .assemble import refuse, step_alphas
 from .cache import TensorCache
 from .components import Components, caption_width, check_adapter_width
-from .condition import Reference, Source, Steering, Text
+from .compose import load_styles
+from .condition import Reference, Source, Steering, Styled, Text
 from .config import Config
 from .errors import UserError
 from .generate import Generator, Result
 from .imagedep import probe_image
 from .progress import progress_bar
 from .render import Prepared
-from .sweep import Inputs, Plan
+from .sweep import Inputs, Plan, reference_paths
 from .sweepdir import SweepDir
 
 Run = dict[str, Any]
@@ -72,13 +73,17 @@ class Job:
 
 
 def run_source(run: Run, inputs: Inputs) -> Source:
-    """What conditions a run: its steering direction, its reference image (with the neutral one), or nothing."""
+    """What conditions a run: its steering direction, its style files, its reference image or reference set
+    (`a.png+b.png`, with its weights and the neutral image), or nothing."""
     if run["kind"] == "variant":
         if run.get("steer"):
             return Steering(inputs.direction(run["steer"]))
+        if run.get("style"):
+            return Styled(*load_styles(run["style"]))
         if run["image"] is not None:
             neutral = inputs.image(run.get("neutral_image") or None, "neutral image")
-            return Reference(inputs.image(run["image"], "reference image"), neutral)
+            images = [inputs.image(path, "reference image") for path in reference_paths(run["image"])]
+            return Reference(images[0] if len(images) == 1 else images, neutral, run.get("reference_weights"))
     return Text()
 
 
@@ -168,7 +173,9 @@ def finish(
     sweep: SweepDir, run: Run, result: Result | None, error: BaseException | None, on_result: OnResult | None
 ) -> None:
     """Write a run's image (atomically), then its result line: a line on disk means a complete run."""
-    fields = ("id", "kind", "label", "prompt", "image", "init_image", "steer", "neutral_image", "baseline", "settings")
+    fields = ("id", "kind", "label", "prompt", "image", "reference_weights", "init_image", "steer", "style")
+    fields += ("neutral_image",)
+    fields += ("baseline", "settings")
     line = {k: run[k] for k in fields if k in run}
     if result is not None:
         line |= {"status": "ok", "output": sweep.write_image(run["id"], result.image), "record": result.record}

@@ -11,7 +11,7 @@ import os
 from collections.abc import Sequence
 
 from .scorer import MetricScorer, ScoreItem
-from .sweep import Inputs, baseline_pairs
+from .sweep import Inputs, baseline_pairs, reference_paths
 from .sweepdir import SweepDir
 
 Metrics = dict[str, dict[str, float | None]]
@@ -38,11 +38,13 @@ def write_metrics(
     items = []
     for r in done.values():
         base = done.get(pairs.get(r["id"]) or "")
+        # a reference set (a.png+b.png) has no one reference image: its reference metrics are not measured
+        reference = None if len(reference_paths(r["image"])) > 1 else inputs.image(r["image"], "reference image")
         items.append(
             ScoreItem(
                 sweep.path / r["output"],
                 prompt=r["prompt"],
-                reference=inputs.image(r["image"], "reference image"),
+                reference=reference,
                 baseline=sweep.path / base["output"] if base else None,
             )
         )

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .adapter import Adapter
 from .blend import BLEND_MODES
+from .compose import check_weights, equal_weights
 from .condition import parse_layer_weights
 from .config import Config, load_toml_model, with_overrides
 from .errors import UserError, check_choice
@@ -40,7 +41,14 @@ from .vl import TOKEN_MODES
 # `vl.*` key. The run fields below are the conditioning's sources. Everything else (generation.*, encoder.*, the
 # prompt, the init image) is shared by a run and its text-only baseline. The one definition of "conditioning".
 CONDITIONING_SECTION = "vl"
-CONDITIONING_FIELDS = ("image", "steer", "neutral_image")
+CONDITIONING_FIELDS = ("image", "reference_weights", "steer", "style", "neutral_image")
+OPTIONAL_FIELDS = ("reference_weights", "style")  # in a run only when it uses them (so older run ids stay)
+SET_SEP = "+"  # `a.png+b.png`: one run conditioned on a reference set (the images combined by weight)
+
+
+def reference_paths(image: str | None) -> list[str]:
+    """The image files of a run's `image`: one path, or the paths of a reference set `a.png+b.png`."""
+    return [] if image is None else [p.strip() for p in image.split(SET_SEP)]
 
 
 def is_conditioning(key: str) -> bool:
@@ -75,10 +83,13 @@ class SweepSpec(BaseModel):
     axes: dict[str, list[Any]] = {}
     variants: list[dict[str, Any]] = []
     prompts: list[str] = Field(default_factory=list)
-    images: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)  # an item `a.png+b.png` is a reference set (SET_SEP)
+    reference_weights: list[list[float]] = []  # weight lists crossed with every reference set (default: 1/n each)
+    compose: bool = False  # also run the set of all single images (a+b), to compare with each alone
     init_image: str | None = None
     img2img: bool = False  # each run starts from its reference image unless init_image is set
     steer: str | None = None  # a steering direction file: runs are conditioned by it instead of the image
+    style: list[str] = []  # style files FILE[:SCALE], combined: runs are conditioned by them instead of an image
     neutral_image: str | None = None  # the unstyled reference of runs with blend style_delta (used by no other run)
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
@@ -175,6 +186,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "multilayer": {"axes": {"vl.layers": ["-6", "-2:0.5,-6:0.5", "-6:0.5,-8:0.5", "-2:0.25,-4:0.25,-6:0.25,-8:0.25"]}},
     # C in every block (no injection), only the first block, only the last (valid for any depth)
     "inject": {"axes": {"vl.inject_layers": [[], [0], [-1]]}},
+    # linearity of composition: a alone, b alone and a+b at three weights, in an affine, a moment and a nonlinear
+    # mode (the report compares each combination with the weighted sum of the single-reference effects)
+    "composability": {
+        "needs": "two images",
+        "compose": True,
+        "reference_weights": [[0.25, 0.75], [0.5, 0.5], [0.75, 0.25]],
+        "fixed": {"vl.alpha": 0.5},
+        "axes": {"vl.blend": ["interpolate", "adain_per_dim", "slerp"]},
+    },
 }
 
 
@@ -182,8 +202,8 @@ def preset_needs(name: str) -> list[str]:
     """The inputs preset `name` cannot run without, as command-line flags (for `--list-presets`)."""
     p = preset_spec(name)
     keys = [*p.get("fixed", {}), *p.get("axes", {}), *(k for v in p.get("variants", []) for k in v)]
-    flags = {"steer": "--steer", "neutral": "--neutral-image"}
-    needs = ["-i"] if p.get("needs") != "steer" and any(is_conditioning(k) for k in keys) else []
+    flags = {"steer": "--steer", "neutral": "--neutral-image", "two images": "-i A -i B"}
+    needs = ["-i"] if p.get("needs") not in ("steer", "two images") and any(map(is_conditioning, keys)) else []
     needs += ["-i or --init-image"] if p.get("img2img") and not needs else []
     return needs + ([flags[p["needs"]]] if "needs" in p else [])
 
@@ -204,7 +224,9 @@ def baseline_of(run: dict[str, Any]) -> dict[str, Any]:
     every non-conditioning setting (seed, steps, size, shift, guidance, strength, encoder.*: text layer, think
     block, long-prompt mode, ...); no conditioning source (CONDITIONING_FIELDS) and no `vl.*` setting."""
     base = {k: v for k, v in run.items() if k not in ("id", "baseline")}
-    base |= {field: None for field in CONDITIONING_FIELDS}
+    base |= {field: None for field in CONDITIONING_FIELDS if field not in OPTIONAL_FIELDS}
+    for field in OPTIONAL_FIELDS:
+        base.pop(field, None)
     base |= {"kind": "baseline", "label": "text only"}
     base["settings"] = {k: v for k, v in run["settings"].items() if not is_conditioning(k)}
     base["id"] = run_id(base)
@@ -233,9 +255,23 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
             seen.add(run["id"])
             runs.append(run)
 
-    for prompt, image, seed in itertools.product(spec.prompts, images, spec.seeds):
-        init = spec.init_image or (image if spec.img2img else None)
+    if spec.compose:
+        singles = [i for i in images if i is not None and SET_SEP not in i]
+        images = [*images, SET_SEP.join(singles)]
+    weight_lists: list[list[float] | None] = list(spec.reference_weights) or [None]
+    # weight lists weigh reference sets; a single image is run as it is
+    combos_of_image = [
+        (image, weights)
+        for image in images
+        for weights in (weight_lists if image is not None and SET_SEP in image else [None])
+    ]
+    for prompt, (image, weights), seed in itertools.product(spec.prompts, combos_of_image, spec.seeds):
+        init = spec.init_image or (reference_paths(image)[0] if spec.img2img and image else None)
         group = {"prompt": prompt, "image": image, "init_image": init, "steer": spec.steer}
+        if image is not None and weights is not None:
+            group["reference_weights"] = weights
+        if spec.style:
+            group["style"] = list(spec.style)
         settings_base = {**fixed, "generation.seed": seed}
         for variant, combo in itertools.product(variants, combos):
             settings = {**settings_base, **{k: v for k, v in variant.items() if k != "label"}, **combo}
@@ -248,7 +284,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
             neutral = spec.neutral_image if uses_neutral else None
             run = {**group, "neutral_image": neutral, "kind": "variant", "label": label or "run", "settings": settings}
             run["baseline"] = None
-            if spec.baseline and (image is not None or spec.steer):
+            if spec.baseline and (image is not None or spec.steer or spec.style):
                 base = baseline_of(run)
                 add(base)
                 run["baseline"] = base["id"]
@@ -308,6 +344,8 @@ def resolve_spec(
         data["axes"] = {**p.pop("axes", {}), **data["axes"]}
         data["variants"] = data["variants"] or p.pop("variants", [])
         data["img2img"] = data["img2img"] or p.pop("img2img", False)
+        data["compose"] = data["compose"] or p.pop("compose", False)
+        data["reference_weights"] = data["reference_weights"] or p.pop("reference_weights", [])
         data["name"] = preset if spec.name == "sweep" else spec.name
         who = f"preset '{preset}'"
         if needs == "steer" and not data["steer"]:
@@ -324,13 +362,19 @@ def resolve_spec(
             raise UserError(f"'{key}' cannot vary within a sweep: models and devices are fixed per sweep")
     keys = [*data["fixed"], *data["axes"], *(k for v in data["variants"] for k in v if k != "label")]
     conditioning = sorted({k for k in keys if is_conditioning(k)})
-    if conditioning and not (data["images"] or data["steer"]):
+    if data["style"] and (data["images"] or data["steer"]):
+        raise UserError("'style' files condition the runs instead of 'images' or 'steer': give one of them")
+    if conditioning and not (data["images"] or data["steer"] or data["style"]):
         raise UserError(
             f"{who} sets {', '.join(conditioning)}: conditioning settings act only on a reference image; "
             "give one in 'images'"
         )
+    if needs == "two images" and len([i for i in data["images"] if SET_SEP not in i]) != 2:
+        raise UserError(f"{who} composes two reference images a and b: give exactly two with -i ('images')")
     if needs == "neutral" and not data["neutral_image"]:
         raise UserError(f"{who} needs a neutral image (the unstyled reference of style_delta): set 'neutral_image'")
+    if data["reference_weights"] and not data["images"]:
+        raise UserError("'reference_weights' weigh reference images: give them in 'images'")
     if data["img2img"] and not (data["init_image"] or data["images"]):
         raise UserError("an image-to-image sweep needs 'images' (used as the init image) or 'init_image'")
     if not data["prompts"]:
@@ -375,15 +419,17 @@ class Plan:
                 continue
             v = cfg.vl
             layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
-            for image in filter(None, (run["image"], run.get("neutral_image"))):
+            for image in [*reference_paths(run["image"]), *filter(None, [run.get("neutral_image")])]:
                 key = json.dumps([image, run["prompt"], v.system_prompt])
                 entry = extractions.setdefault(
                     key, {"image": image, "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
                 )
                 entry["layers"] = sorted(set(entry["layers"]) | set(layers))
-            if run["image"] not in sizes:
-                sizes[run["image"]] = inputs.size(run["image"], "reference image")
-            if v.image_check and (size := sizes[run["image"]]) is not None:
+            for path in reference_paths(run["image"]) if v.image_check else []:
+                if path not in sizes:
+                    sizes[path] = inputs.size(path, "reference image")
+                if (size := sizes[path]) is None:
+                    continue
                 key = json.dumps([size, run["prompt"], v.system_prompt])
                 entry = probes.setdefault(
                     key, {"probe": list(size), "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
@@ -448,6 +494,13 @@ def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
                 raise UserError(f"run '{run['label']}': vl.inject_layers: {e}") from None
         if run["steer"]:
             continue
+        paths = reference_paths(run["image"])
+        if run.get("reference_weights") is not None or len(paths) > 1:
+            weights = run.get("reference_weights") or equal_weights(len(paths))
+            try:
+                check_weights(weights, len(paths))
+            except UserError as e:
+                raise UserError(f"reference set '{run['image']}': {e}") from None
         key, layers = (
             ("vl.layers", parse_layer_weights(v.layers)) if v.layers else ("vl.hidden_layer", [v.hidden_layer])
         )

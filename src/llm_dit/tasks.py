@@ -8,18 +8,28 @@ functions' arguments (`'neutral_image'`), never command-line flags.
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .adapter import read_captions, train_adapter
-from .assemble import layer_weights
-from .condition import source_of
+from .assemble import adapted, blend_options, layer_weights, style_settings
+from .blend import check_options
+from .compose import check_weights, combine_styles, extract_style, load_styles, split_scale, style_tensors
+from .condition import Styled, source_of
 from .config import Config
 from .diagnostics import INSPECT_LAYERS, inspect_layers
 from .errors import UserError, check_choice
 from .files import load_embeddings, load_image, read_lines, save_image, save_tensors
 from .generate import Generator
-from .records import direction_metadata, encoding_metadata, extraction_metadata, file_fields
+from .records import (
+    direction_metadata,
+    encoding_metadata,
+    extraction_metadata,
+    file_fields,
+    input_files,
+    library_versions,
+)
 from .stats import ReferenceStats
 from .steer import DIRECTIONS, load_direction, save_direction
 from .text import STATS_PROMPTS
@@ -33,44 +43,122 @@ def generate_file(
     prompt: str,
     output: str | Path,
     *,
-    image: str | Path | None = None,
+    image: str | Path | list[str | Path] | None = None,
+    reference_weights: list[float] | None = None,
     init_image: str | Path | None = None,
     steer: str | Path | None = None,
     vl_embeddings: str | Path | None = None,
     neutral_image: str | Path | None = None,
     neutral_embeddings: str | Path | None = None,
     embeddings: str | Path | None = None,
+    negative_image: str | Path | None = None,
+    style: list[str] | None = None,
 ) -> Path:
-    """One image into `output` (PNG) and its sidecar, conditioned by at most one of `image` (reference),
+    """One image into `output` (PNG) and its sidecar, conditioned by at most one of `image` (a reference, or several
+    combined by `reference_weights`: default 1/n each),
     `vl_embeddings` (VL rows of `extract`), `embeddings` (caption rows used as they are) and `steer` (a direction
-    file); `neutral_image` or `neutral_embeddings` for style_delta; `init_image` for image-to-image. The record
-    lists every input file with its SHA-256."""
+    file); `neutral_image` or `neutral_embeddings` for style_delta; `init_image` for image-to-image;
+    `negative_image` for CFG's negative rows (guidance > 0); `style`: style files `FILE[:SCALE]`
+    (`style_extract_file`), combined. The record lists every input file with its SHA-256."""
     output = Path(output)
     if output.suffix.lower() != ".png":
         raise UserError(f"output must be a .png file: {output}")
     if neutral_image and neutral_embeddings:
         raise UserError("give one of 'neutral_image', 'neutral_embeddings'")
+    images = [] if image is None else [image] if isinstance(image, str | Path) else list(image)
+    if reference_weights is not None and not images:
+        raise UserError("'reference_weights' weigh reference images: give them with 'image'")
+    weights = None if reference_weights is None else check_weights(reference_weights, len(images))
     neutral_rows = load_embeddings(neutral_embeddings, "neutral embeddings") if neutral_embeddings else None
     source = source_of(
-        reference=load_image(image, "reference image") if image else None,
+        reference=[load_image(p, "reference image") for p in images] or None,
+        weights=weights,
         vl_rows=load_embeddings(vl_embeddings, "VL embeddings") if vl_embeddings else None,
         caption_rows=load_embeddings(embeddings, "embeddings") if embeddings else None,
         direction=load_direction(steer)[0] if steer else None,
         neutral=load_image(neutral_image, "neutral image") if neutral_image else neutral_rows,
+        styles=Styled(*load_styles(style)) if style else None,
     )
     init = load_image(init_image, "init image") if init_image else None
-    result = Generator(config).generate(prompt, source, init_image=init)
+    negative = load_image(negative_image, "negative image") if negative_image else None
+    result = Generator(config).generate(prompt, source, init_image=init, negative=negative)
     files = {
-        "reference_image": image,
+        "reference_image": images[0] if len(images) == 1 else None,
         "init_image": init_image,
         "vl_embeddings": vl_embeddings,
         "neutral_image": neutral_image,
         "neutral_embeddings": neutral_embeddings,
         "embeddings": embeddings,
         "steer": steer,
+        "negative_image": negative_image,
     }
-    inputs = {role: Path(p) if p else None for role, p in files.items()}
-    return save_image(result.image, output, result.record | file_fields(output, inputs))
+    fields = file_fields(output, {role: Path(p) if p else None for role, p in files.items()})
+    inputs = fields["inputs"]
+    if style:
+        inputs["styles"] = [input_files({"file": Path(p)})["file"] | {"scale": s} for p, s in map(split_scale, style)]
+    if len(images) > 1:  # every reference file with its hash and weight, in order
+        used = result.record["conditioning"]["references"]
+        files_used = input_files({str(i): Path(p) for i, p in enumerate(images)})
+        inputs["reference_images"] = [files_used[str(i)] | {"weight": r["weight"]} for i, r in enumerate(used)]
+    return save_image(result.image, output, result.record | fields)
+
+
+def _style_output(output: str | Path) -> Path:
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise UserError(f"a style file is written as safetensors: give an output ending in .safetensors ({output})")
+    return output
+
+
+def style_extract_file(
+    config: Config,
+    image: str | Path,
+    output: str | Path,
+    *,
+    neutral: str | Path | None = None,
+    text: str | None = None,
+) -> dict[str, Any]:
+    """The style `vl.blend` transfers from `image` (+ `text` after it, as generation puts the prompt) with these
+    settings (`compose.extract_style`): VL rows extracted as generation extracts a reference, passed through
+    `vl.adapter`; with `style_delta`, `neutral` (required) is subtracted. Written to `output` (safetensors) with
+    the settings it depends on (`assemble.style_settings`), the models and the source hashes."""
+    output, v = _style_output(output), config.vl
+    if v.blend == "style_delta" and neutral is None:
+        raise UserError("vl.blend 'style_delta' needs a neutral image ('neutral'): the style is the delta from it")
+    if neutral is not None and v.blend != "style_delta":
+        raise UserError(f"a neutral image only acts with vl.blend 'style_delta' (vl.blend is '{v.blend}')")
+    gen = Generator(config)
+    check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
+    rows, _ = gen.extract(load_image(image, "image"), text)
+    options = blend_options(v)
+    if neutral is not None:
+        options["neutral"] = gen.extract(load_image(neutral, "neutral image"), text)[0]
+    (rows,), adapter = adapted(gen.components, config, [rows])
+    if adapter is not None and "neutral" in options:
+        options["neutral"] = adapted(gen.components, config, [options["neutral"]])[0][0]
+    style = extract_style(v.blend, rows, options)
+    sources = [input_files({"image": Path(image)})["image"] | {"weight": 1.0}]
+    if neutral is not None:
+        sources[0]["neutral"] = input_files({"neutral": Path(neutral)})["neutral"]
+    style = replace(style, settings=style.settings | style_settings(gen.components, config), sources=tuple(sources))
+    tensors, meta = style_tensors(style)
+    meta |= {"text": text, "models": {"vl": gen.components.vl.identity}, "versions": library_versions()}
+    save_tensors(output, tensors, meta)
+    return {"output": str(output), "mode": style.mode, "kind": style.kind, "settings": style.settings}
+
+
+def style_combine_file(styles: list[str], output: str | Path) -> dict[str, Any]:
+    """The weighted combination of style files `FILE[:WEIGHT]` (`compose.combine_styles`: refused when their blend
+    kind, layer, token mode, normalisation, model, width, adapter or extraction options differ) into `output`."""
+    output = _style_output(output)
+    if not styles:
+        raise UserError("give the style files to combine, as FILE:WEIGHT")
+    combined = combine_styles(load_styles(styles)[0])
+    tensors, meta = style_tensors(combined)
+    used = [{"file": p, "weight": w} for p, w in map(split_scale, styles)]
+    meta |= {"combined": used, "versions": library_versions()}
+    save_tensors(output, tensors, meta)
+    return {"output": str(output), "mode": combined.mode, "parts": len(combined.parts)}
 
 
 def extract_file(config: Config, image: str | Path, output: str | Path, text: str | None = None) -> dict[str, Any]:
