@@ -13,8 +13,10 @@ the largest component's, not the sum.
 
 from __future__ import annotations
 
+import re
 import warnings
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 from .adapter import Adapter, check_use
@@ -22,7 +24,7 @@ from .cache import TensorCache
 from .config import PLACEMENT_KEYS, Config, VLConfig
 from .errors import UserError
 from .files import sha256_file
-from .models import load_pipeline, read_model_json, release_memory
+from .models import check_lora, load_pipeline, parse_lora, read_model_json, release_memory
 from .stats import ReferenceStats
 from .text import TextEncoder
 from .vl import VLEmbeddingExtractor
@@ -51,6 +53,7 @@ class Components:
         self._stats: dict[tuple[int, float], ReferenceStats] = {}
         self._stats_files: dict[str, ReferenceStats] = {}
         self._adapters: dict[str, tuple[Adapter, dict[str, Any]]] = {}
+        self._loras: dict[str, tuple[str, str]] = {}  # resolved LoRA path -> (adapter name, sha256)
 
     def differences(self, config: Config) -> list[str]:
         """The `COMPONENT_KEYS` whose value in `config` differs from these components' (none: they serve it)."""
@@ -80,6 +83,39 @@ class Components:
             s["models.zimage"], s["generation.device"], s["generation.dtype"], s["models.trust_remote_code"]
         )
 
+    def dit(self, loras: list[str]) -> tuple[Any, list[dict[str, Any]]]:
+        """The pipeline with exactly `loras` (`generation.loras` items, `FILE[:SCALE]`) active, and what acted:
+        `[{path, sha256, scale}]` of the LoRAs whose scale is not 0. Each file is checked (`models.check_lora`)
+        and loaded once (diffusers' `load_lora_weights`, which converts the trainers' key layouts); scales are
+        the adapters' weights (`set_adapters`), so changing them between runs reloads nothing. No LoRA: the
+        loaded adapters are disabled."""
+        pipe = self.pipeline
+        names, weights, acted = [], [], []
+        for item in loras:
+            path, scale = parse_lora(item)
+            name, sha256 = self._lora(pipe, path)
+            names.append(name)
+            weights.append(scale)
+            if scale != 0:
+                acted.append({"path": path, "sha256": sha256, "scale": scale})
+        if names:
+            pipe.enable_lora()
+            pipe.set_adapters(names, adapter_weights=weights)
+        elif self._loras:
+            pipe.disable_lora()
+        return pipe, acted
+
+    def _lora(self, pipe, path: str) -> tuple[str, str]:
+        key = str(Path(path).expanduser().resolve())
+        if key not in self._loras:
+            check_lora(path, pipe.transformer)
+            name = f"lora{len(self._loras)}_{re.sub(r'[^A-Za-z0-9]+', '_', Path(path).stem)}"
+            with warnings.catch_warnings():  # peft warns that a second adapter joins the first: intended here
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                pipe.load_lora_weights(key, adapter_name=name)
+            self._loras[key] = name, sha256_file(Path(key))
+        return self._loras[key]
+
     @cached_property
     def caption_width(self) -> int:
         """The DiT's caption width (`cap_feat_dim`), read from its config without loading it."""
@@ -94,6 +130,8 @@ class Components:
         """Drop these components (their forward passes still count) and return their memory."""
         for name in names:
             component = self.__dict__.pop(name, None)
+            if name == "pipeline":
+                self._loras.clear()  # the adapters went with it
             if name in self._released_passes and component is not None:
                 self._released_passes[name] += component.forward_passes
         release_memory()

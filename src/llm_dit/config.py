@@ -16,6 +16,7 @@ implements the modes (`blend.BLEND_MODES`, `stats.NORMALIZATION_MODES`, `vl.TOKE
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .blend import BLEND_MODES, CAPTION_LIMIT, RESAMPLE_MODES
 from .errors import UserError
+from .models import parse_lora
 from .schedule import parse_schedule
 from .stats import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
 from .text import LONG_PROMPT_MODES
@@ -91,6 +93,18 @@ class GenerationConfig(_Section):
     shift: float = Field(3.0, gt=0.0)
     seed: int = Field(0, ge=0)
     strength: float = Field(0.9, gt=0.0, le=1.0)
+    loras: list[str] = []  # LoRA files of the DiT, each FILE or FILE:SCALE (scale 1 when not given)
+
+    @field_validator("loras")
+    @classmethod
+    def _lora_items(cls, v: list[str]) -> list[str]:
+        paths = [parse_lora(item) for item in v]
+        for item, (path, scale) in zip(v, paths, strict=True):
+            if not path or not math.isfinite(scale):
+                raise ValueError(f"'{item}' is not FILE or FILE:SCALE with a finite scale")
+        if len({path for path, _ in paths}) != len(paths):
+            raise ValueError("a LoRA file is given twice: give each file once, with its scale")
+        return v
 
     @field_validator("width", "height")
     @classmethod

@@ -142,6 +142,50 @@ def load_pipeline(path_or_id: str, device: str, dtype: str, trust_remote_code: b
     return pipe.to(dev)
 
 
+def parse_lora(item: str) -> tuple[str, float]:
+    """`FILE[:SCALE]` -> `(FILE, SCALE)`; scale 1.0 when the text after the last `:` is not a number."""
+    path, sep, scale = item.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(scale)
+        except ValueError:
+            pass
+    return item, 1.0
+
+
+def check_lora(path: str, transformer: torch.nn.Module) -> None:
+    """Refuse, before the pipeline is touched, a file that is not a LoRA of this Z-Image transformer. diffusers'
+    converter (`ZImagePipeline.lora_state_dict`: kohya, ComfyUI/ai-toolkit `diffusion_model.` + `.alpha`, peft, the
+    original fused `qkv` tree) gives `transformer.<module>.lora_A/B` keys; each must name a Linear of the
+    transformer with matching in/out width. A failed `load_lora_weights` would leave an empty peft wrapper behind
+    and fail with errors that differ per trainer."""
+    from diffusers import ZImagePipeline
+
+    if not Path(path).is_file():
+        raise ModelError(f"LoRA file not found: {path}")
+    try:
+        state = ZImagePipeline.lora_state_dict(path)
+    except Exception as e:  # the converter's errors vary per format: all one message
+        raise ModelError(f"{path} is not a Z-Image LoRA: {str(e).splitlines()[0][:200]}") from None
+    modules = dict(transformer.named_modules())
+
+    def fits(key: str, value: torch.Tensor) -> bool:
+        name, _, kind = key.removeprefix("transformer.").rpartition(".lora_")
+        module = modules.get(name) if key.startswith("transformer.") else None
+        module = getattr(module, "base_layer", module)  # a layer that already carries LoRAs wraps the Linear
+        if not isinstance(module, torch.nn.Linear) or value.ndim != 2:
+            return False
+        return value.shape[1] == module.in_features if kind.startswith("A") else value.shape[0] == module.out_features
+
+    bad = [key for key, value in state.items() if not fits(key, value)]
+    if bad or not state:
+        example = f" (e.g. {bad[0]})" if bad else ""
+        raise ModelError(
+            f"{path} is not a LoRA of this Z-Image transformer: {len(bad)} of {len(state)} tensors fit no "
+            f"layer of it{example}"
+        )
+
+
 def load_model(model_class, path_or_id: str, device: torch.device, dtype: torch.dtype, **kwargs):
     """`model_class.from_pretrained(...)` on `device` in eval mode; loading failures become one-line errors."""
     try:

@@ -51,6 +51,15 @@ def adapter_or_none(item: str) -> str | None:
     return None if item == "none" else item
 
 
+def lora_set(item: str) -> list[str]:
+    """One LoRA set: `FILE[:SCALE]` items joined by `,` (`--lora` splits them first), or `none` for no LoRA."""
+    return [] if item == "none" else [s.strip() for s in item.split(",") if s.strip()]
+
+
+def flatten(sets: list[list[str]]) -> list[str]:
+    return [item for s in sets for item in s]
+
+
 @dataclass(frozen=True)
 class Option:
     """One row of the table. `kind` is the type of the value (of each item, for a list option); `item` converts
@@ -109,6 +118,9 @@ OPTIONS: tuple[Option, ...] = (
       axis_help="Seeds: every run is repeated per seed", examples=("0", "1")),
     row("generation.guidance", "--guidance", "CFG scale, 0 = off", "generation", float),
     row("generation.shift", "--shift", "Scheduler shift", "generation training", float),
+    row("generation.loras", "--lora", "LoRA of the DiT, FILE or FILE:SCALE (scale 1 by default)", "generation",
+      many=True, item=lora_set, join=flatten, metavar="file[:scale]", axis="--lora-sets", axis_sep=";",
+      axis_help="LoRA sets to vary, each FILE[:SCALE],... or 'none'", examples=("a.safetensors:0.8", "b.safetensors")),
     # conditioning: how V is extracted and blended
     row("vl.alpha", "--alpha", "Blend strength", "conditioning", float, axis="--alphas", examples=("0.3", "0.6")),
     row("vl.blend", "--blend", "Blend mode (docs/methods.md)", "conditioning", axis="--blend-modes",

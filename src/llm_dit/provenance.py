@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
+from .models import parse_lora
 from .schedule import parse_schedule
 
 
@@ -135,6 +136,12 @@ def _strength(c: Config, f: Facts) -> str | None:
     return None if f.img2img else "no init image: text-to-image"
 
 
+def _loras(c: Config, f: Facts) -> str | None:
+    if not c.generation.loras:
+        return "no LoRA"
+    return None if any(parse_lora(item)[1] for item in c.generation.loras) else "every LoRA scale is 0"
+
+
 def _acts(c: Config, f: Facts) -> str | None:
     return None
 
@@ -160,6 +167,7 @@ RULES: dict[str, Rule] = {
     "generation.shift": _acts,
     "generation.seed": _acts,
     "generation.strength": _strength,
+    "generation.loras": _loras,
     "vl.device": _extracted,
     "vl.dtype": _extracted,
     "vl.hidden_layer": _both(_extracted, _single_layer),

@@ -104,6 +104,8 @@ def sidecar(p: Prepared, rendered: Rendered | None = None) -> dict[str, Any]:
     models = {"zimage": model_identity(p.config.models.zimage)}
     if happened.extracted:
         models["vl"] = model_identity(p.config.models.vl)
+    if rendered is not None and rendered.loras:
+        models["loras"] = rendered.loras
     g = p.config.generation
     img2img = None
     if p.init_image is not None:

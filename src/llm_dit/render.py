@@ -122,6 +122,7 @@ class Rendered:
     seconds: float
     alphas_used: list[float] | None = None  # the alpha in force at each step, under a schedule
     injected_blocks: list[int] = field(default_factory=list)  # DiT blocks that received C (DiT injection)
+    loras: list[dict[str, Any]] = field(default_factory=list)  # LoRAs that acted: path, sha256, scale
 
 
 def render(pipe, batch: list[Prepared]) -> Rendered:
