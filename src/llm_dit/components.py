@@ -31,7 +31,13 @@ from .vl import VLEmbeddingExtractor
 
 Name = Literal["text_encoder", "vl", "pipeline"]
 NAMES: tuple[Name, ...] = ("text_encoder", "vl", "pipeline")
-COMPONENT_KEYS = ("models.zimage", "models.vl", "models.trust_remote_code", *sorted(PLACEMENT_KEYS))
+COMPONENT_KEYS = (
+    "models.zimage",
+    "models.vl",
+    "models.trust_remote_code",
+    "models.transformer",
+    *sorted(PLACEMENT_KEYS),
+)
 """The config keys a `Components` depends on; every other key may differ between the runs it serves."""
 
 _EARLIER: dict[str, tuple[Name, ...]] = {"vl": ("text_encoder",), "pipeline": ("text_encoder", "vl")}
@@ -80,7 +86,11 @@ class Components:
         """The diffusers Z-Image pipeline without its text encoder (`models.load_pipeline`)."""
         s = self.settings
         return load_pipeline(
-            s["models.zimage"], s["generation.device"], s["generation.dtype"], s["models.trust_remote_code"]
+            s["models.zimage"],
+            s["generation.device"],
+            s["generation.dtype"],
+            s["models.trust_remote_code"],
+            s["models.transformer"],
         )
 
     def dit(self, loras: list[str]) -> tuple[Any, list[dict[str, Any]]]:

@@ -71,6 +71,7 @@ class ModelsConfig(_Section):
     vl: str = "Qwen/Qwen3-VL-4B-Instruct"
     low_memory: bool = False
     trust_remote_code: bool = False
+    transformer: str | None = None  # a single-file DiT (.safetensors or .gguf) in place of models.zimage's
 
 
 class EncoderConfig(_Section):

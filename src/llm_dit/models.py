@@ -125,16 +125,89 @@ def check_vl(path_or_id: str) -> dict:
     return config
 
 
-def load_pipeline(path_or_id: str, device: str, dtype: str, trust_remote_code: bool = False):
+def file_identity(path: str) -> dict[str, str]:
+    """What names a single weight file in records: the path as given, the resolved path and a fingerprint of its
+    name, size and first and last 64 KiB (as `model_identity` for a folder; no full hash of a multi-GB file)."""
+    file = Path(path).expanduser().resolve()
+    state = ((str(file), file.stat().st_size, file.stat().st_mtime_ns),)
+    return {**dict(_fingerprint(path, file.parent, state)), "path": str(file)}
+
+
+def _header_shapes(path: Path) -> dict[str, torch.Tensor]:
+    """`{name: empty meta tensor of the stored logical shape}` from a safetensors or GGUF header (no weights read)."""
+    if path.suffix == ".gguf":
+        try:
+            import gguf
+        except ImportError:
+            raise ModelError(f"{path} is a GGUF file: install the gguf package (pip install 'gguf>=0.10')") from None
+        tensors = gguf.GGUFReader(str(path)).tensors
+        return {t.name: torch.empty(tuple(reversed(t.shape.tolist())), device="meta") for t in tensors}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
+
+
+def check_transformer_file(path: str, zimage: str) -> None:
+    """Refuse a single-file DiT that is not the transformer `zimage`'s config describes, from the file's header
+    alone: diffusers' conversion of the original (ComfyUI) key layout runs on meta tensors and the result must have
+    exactly the keys and shapes of the config's model. diffusers itself fails late on such a file ("Cannot copy
+    out of meta tensor")."""
+    from diffusers import ZImageTransformer2DModel
+    from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
+
+    file = Path(path).expanduser()
+    if file.suffix not in (".safetensors", ".gguf") or not file.is_file():
+        raise ModelError(f"models.transformer must be an existing .safetensors or .gguf file: {path}")
+    try:
+        got = convert_z_image_transformer_checkpoint_to_diffusers(_header_shapes(file))
+    except ModelError:
+        raise
+    except Exception as e:  # an unreadable header or a layout the converter cannot read: one message
+        raise ModelError(f"{path} is not a Z-Image transformer file: {str(e).splitlines()[0][:200]}") from None
+    with torch.device("meta"):
+        config = ZImageTransformer2DModel.load_config(local_folder(zimage) / "transformer")
+        want = ZImageTransformer2DModel.from_config(config).state_dict()
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got) if want[k].shape != got[k].shape)
+    if missing or unexpected or wrong:
+        example = (wrong or missing or unexpected)[0]
+        raise ModelError(
+            f"{path} is not a transformer of {zimage}'s Z-Image configuration: {len(missing)} tensors missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} of another shape (e.g. {example})"
+        )
+
+
+def load_transformer(path: str, zimage: str, dtype: torch.dtype):
+    """A single-file DiT (`models.transformer`): `from_single_file` with the configuration of `zimage`'s
+    `transformer/` (offline; without it diffusers would fetch Z-Image-Turbo's config from the hub), `.gguf`
+    through diffusers' GGUF quantisation (weights stay quantised, dequantised per layer in `dtype`)."""
+    from diffusers import GGUFQuantizationConfig, ZImageTransformer2DModel
+
+    check_transformer_file(path, zimage)
+    quant = {"quantization_config": GGUFQuantizationConfig(compute_dtype=dtype)} if path.endswith(".gguf") else {}
+    try:
+        file, config = str(Path(path).expanduser()), str(local_folder(zimage))
+        return ZImageTransformer2DModel.from_single_file(file, config=config, subfolder="transformer", dtype=dtype, **quant)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the transformer file {path}: {str(e).splitlines()[0]}") from None
+
+
+def load_pipeline(
+    path_or_id: str, device: str, dtype: str, trust_remote_code: bool = False, transformer: str | None = None
+):
     """The diffusers `ZImagePipeline` (DiT, VAE, scheduler, tokenizer) without its text encoder: llm-dit encodes
-    prompts itself and loads the encoder exactly once (`text.TextEncoder`)."""
+    prompts itself and loads the encoder exactly once (`text.TextEncoder`). `transformer`: a single-file DiT
+    (`load_transformer`) in place of the folder's."""
     from diffusers import ZImagePipeline
 
     check_zimage(path_or_id)
     dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    parts = {"transformer": load_transformer(transformer, path_or_id, dt)} if transformer else {}
     try:
         pipe = ZImagePipeline.from_pretrained(
-            path_or_id, dtype=resolve_dtype(dtype, dev), text_encoder=None, trust_remote_code=trust_remote_code
+            path_or_id, dtype=dt, text_encoder=None, trust_remote_code=trust_remote_code, **parts
         )
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load Z-Image from {path_or_id}: {str(e).splitlines()[0]}") from None

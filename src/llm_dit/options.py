@@ -95,8 +95,8 @@ def row(key: str, flags: str, help: str, tags: str, kind: type = str, **kw: Any)
     return Option(key, tuple(flags.split()), help, tuple(tags.split()), kind, **kw)
 
 
-# Tags: config (--config, --profile), zoo (--models), zimage, vl-model, low-memory; generation (generate's
-# generation.* flags), training (train-adapter's), conditioning (generate's vl.* flags), extraction (extract's),
+# Tags: config (--config, --profile), zoo (--models), zimage, vl-model, low-memory, dit (how the DiT loads);
+# generation (generate's generation.* flags), training (train-adapter's), conditioning (generate's vl.* flags), extraction (extract's),
 # vl-rows (steer's and train-adapter's), encoder (encode's); inputs (generate's files), sweep (a sweep's inputs),
 # run (how a sweep runs), scoring (metrics), inspect.
 # fmt: off
@@ -108,6 +108,8 @@ OPTIONS: tuple[Option, ...] = (
     row("models.zimage", "--zimage", "Z-Image folder or hub id", "zimage"),
     row("models.vl", "--vl", "Qwen3-VL folder or hub id", "vl-model"),
     row("models.low_memory", "--low-memory/--no-low-memory", "Release components after use", "low-memory", bool),
+    row("models.transformer", "--transformer", "Single-file DiT (.safetensors or .gguf) in place of the Z-Image "
+      "folder's", "dit", Path),
     # generation
     row("generation.strength", "--strength", "Img2img strength", "generation", float, axis="--strengths",
       examples=("0.5", "0.75")),
@@ -182,6 +184,7 @@ PANELS = {
     "zimage": "Configuration and models",
     "vl-model": "Configuration and models",
     "low-memory": "Configuration and models",
+    "dit": "Configuration and models",
     "generation": "Generation settings",
     "training": "Generation settings",
     "conditioning": "Conditioning settings",

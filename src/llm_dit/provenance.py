@@ -142,6 +142,10 @@ def _loras(c: Config, f: Facts) -> str | None:
     return None if any(parse_lora(item)[1] for item in c.generation.loras) else "every LoRA scale is 0"
 
 
+def _transformer(c: Config, f: Facts) -> str | None:
+    return None if c.models.transformer else "unset: the DiT of models.zimage"
+
+
 def _acts(c: Config, f: Facts) -> str | None:
     return None
 
@@ -151,6 +155,7 @@ RULES: dict[str, Rule] = {
     "models.vl": _extracted,
     "models.low_memory": _acts,
     "models.trust_remote_code": _acts,
+    "models.transformer": _transformer,
     "encoder.device": _text_rows,
     "encoder.dtype": _text_rows,
     "encoder.hidden_layer": _text_rows,
