@@ -188,7 +188,8 @@ def load_transformer(path: str, zimage: str, dtype: torch.dtype):
     quant = {"quantization_config": GGUFQuantizationConfig(compute_dtype=dtype)} if path.endswith(".gguf") else {}
     try:
         file, config = str(Path(path).expanduser()), str(local_folder(zimage))
-        return ZImageTransformer2DModel.from_single_file(file, config=config, subfolder="transformer", dtype=dtype, **quant)
+        model = ZImageTransformer2DModel.from_single_file
+        return model(file, config=config, subfolder="transformer", dtype=dtype, **quant)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load the transformer file {path}: {str(e).splitlines()[0]}") from None
 
