@@ -97,8 +97,8 @@ def row(key: str, flags: str, help: str, tags: str, kind: type = str, **kw: Any)
 
 # Tags: config (--config, --profile), zoo (--models), zimage, vl-model, low-memory, dit (how the DiT loads);
 # generation (generate's generation.* flags), training (train-adapter's), conditioning (generate's vl.* flags),
-# extraction (extract's), vl-rows (steer's and train-adapter's), encoder (encode's); inputs (generate's files), sweep (a sweep's inputs),
-# run (how a sweep runs), scoring (metrics), inspect.
+# extraction (extract's), vl-rows (steer's and train-adapter's), encoder (encode's); inputs (generate's files),
+# sweep (a sweep's inputs), run (how a sweep runs), scoring (metrics), inspect.
 # fmt: off
 OPTIONS: tuple[Option, ...] = (
     # where the config comes from, and the models
