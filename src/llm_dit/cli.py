@@ -88,7 +88,7 @@ def config_show(given: Given) -> None:
 
 
 @app.command()
-@takes(*MODELS, "low-memory", "dit", "generation", "conditioning", "inputs")
+@takes(*MODELS, "low-memory", "dit", "quantization", "generation", "conditioning", "inputs")
 def generate(
     given: Given,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to draw.")],
@@ -222,7 +222,7 @@ def train_adapter_cmd(
 
 
 @app.command()
-@takes(*MODELS, "low-memory", "dit", "generation", "conditioning", "sweep", "run", axes=True)
+@takes(*MODELS, "low-memory", "dit", "quantization", "generation", "conditioning", "sweep", "run", axes=True)
 def sweep(
     given: Given,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Sweep directory.")] = None,

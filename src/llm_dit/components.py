@@ -24,7 +24,7 @@ from .cache import TensorCache
 from .config import PLACEMENT_KEYS, Config, VLConfig
 from .errors import UserError
 from .files import sha256_file
-from .models import check_lora, load_pipeline, parse_lora, read_model_json, release_memory
+from .models import check_lora, check_offload, load_pipeline, parse_lora, read_model_json, release_memory
 from .stats import ReferenceStats
 from .text import TextEncoder
 from .vl import VLEmbeddingExtractor
@@ -36,6 +36,10 @@ COMPONENT_KEYS = (
     "models.vl",
     "models.trust_remote_code",
     "models.transformer",
+    "models.offload",
+    "models.compile",
+    "models.encoder_quantization",
+    "models.vl_quantization",
     *sorted(PLACEMENT_KEYS),
 )
 """The config keys a `Components` depends on; every other key may differ between the runs it serves."""
@@ -54,6 +58,7 @@ class Components:
 
     def __init__(self, config: Config, cache: TensorCache | None = None) -> None:
         self.settings = component_settings(config)
+        check_offload(self.settings["models.offload"])  # before any model loads
         self.cache = cache
         self._released_passes = {"text_encoder": 0, "vl": 0}
         self._stats: dict[tuple[int, float], ReferenceStats] = {}
@@ -69,16 +74,23 @@ class Components:
     def text_encoder(self) -> TextEncoder:
         """Z-Image's tokenizer and text encoder (weights on the first cache miss)."""
         s = self.settings
+        key = "models.encoder_quantization"
         return TextEncoder.from_pretrained(
-            s["models.zimage"], s["encoder.device"], s["encoder.dtype"], self.cache, s["models.trust_remote_code"]
+            s["models.zimage"],
+            s["encoder.device"],
+            s["encoder.dtype"],
+            self.cache,
+            s["models.trust_remote_code"],
+            (s[key], key),
         )
 
     @cached_property
     def vl(self) -> VLEmbeddingExtractor:
         """The Qwen3-VL extractor (weights on the first cache miss)."""
         s = self.settings
+        key = "models.vl_quantization"
         return VLEmbeddingExtractor.from_pretrained(
-            s["models.vl"], s["vl.device"], s["vl.dtype"], self.cache, s["models.trust_remote_code"]
+            s["models.vl"], s["vl.device"], s["vl.dtype"], self.cache, s["models.trust_remote_code"], (s[key], key)
         )
 
     @cached_property
@@ -91,6 +103,8 @@ class Components:
             s["generation.dtype"],
             s["models.trust_remote_code"],
             s["models.transformer"],
+            s["models.offload"],
+            s["models.compile"],
         )
 
     def dit(self, loras: list[str]) -> tuple[Any, list[dict[str, Any]]]:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .blend import BLEND_MODES, CAPTION_LIMIT, RESAMPLE_MODES
 from .errors import UserError
-from .models import parse_lora
+from .models import OFFLOADS, QUANTIZATIONS, parse_lora
 from .schedule import parse_schedule
 from .stats import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
 from .text import LONG_PROMPT_MODES
@@ -42,6 +42,8 @@ OutlierMode = Literal[OUTLIER_MODES]
 SinkRowMode = Literal[SINK_ROW_MODES]
 BlendModeName = Literal[tuple(BLEND_MODES)]
 ResampleMode = Literal[RESAMPLE_MODES]
+Offload = Literal[OFFLOADS]
+Quantization = Literal[QUANTIZATIONS]
 
 # Settings that change only where and when things run, never the numbers a run produces (up to dtype rounding): the
 # only keys a packaged hardware profile (e.g. `rtx4090`) may set.
@@ -72,6 +74,10 @@ class ModelsConfig(_Section):
     low_memory: bool = False
     trust_remote_code: bool = False
     transformer: str | None = None  # a single-file DiT (.safetensors or .gguf) in place of models.zimage's
+    offload: Offload = "none"  # diffusers' CPU offload of the DiT + VAE (needs an accelerator)
+    compile: bool = False  # torch.compile the DiT's repeated blocks
+    encoder_quantization: Quantization = "none"  # the text encoder's weights: bitsandbytes 8bit/4bit, torchao int8
+    vl_quantization: Quantization = "none"  # Qwen3-VL's weights, vision tower included
 
 
 class EncoderConfig(_Section):

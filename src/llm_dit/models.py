@@ -12,6 +12,7 @@ import ctypes
 import functools
 import gc
 import hashlib
+import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from functools import cached_property, partial
@@ -194,12 +195,35 @@ def load_transformer(path: str, zimage: str, dtype: torch.dtype):
         raise ModelError(f"cannot load the transformer file {path}: {str(e).splitlines()[0]}") from None
 
 
+OFFLOADS = ("none", "model", "sequential")
+"""`models.offload`: diffusers' model CPU offload (one component on the accelerator at a time) or sequential
+offload (layer by layer through accelerate hooks; least memory, slowest)."""
+
+
+def check_offload(offload: str) -> None:
+    """Refuse offload where there is no accelerator to offload to (diffusers would fail only at load time)."""
+    if check_choice(offload, OFFLOADS, "models.offload") != "none" and not torch.accelerator.is_available():
+        raise UserError(
+            f"models.offload = {offload} moves the DiT and VAE between the CPU and an accelerator, and this machine "
+            "has none (torch.accelerator.is_available() is False): use models.offload = none"
+        )
+
+
 def load_pipeline(
-    path_or_id: str, device: str, dtype: str, trust_remote_code: bool = False, transformer: str | None = None
+    path_or_id: str,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool = False,
+    transformer: str | None = None,
+    offload: str = "none",
+    compile: bool = False,
 ):
     """The diffusers `ZImagePipeline` (DiT, VAE, scheduler, tokenizer) without its text encoder: llm-dit encodes
     prompts itself and loads the encoder exactly once (`text.TextEncoder`). `transformer`: a single-file DiT
-    (`load_transformer`) in place of the folder's."""
+    (`load_transformer`) in place of the folder's. `offload` (`OFFLOADS`): diffusers' CPU offload instead of
+    placing the pipeline on `device`. `compile`: regional `torch.compile` of the DiT's repeated blocks
+    (`compile_repeated_blocks`: each block compiled once, reused by all 30; the first call pays the compile)."""
+    check_offload(offload)
     from diffusers import ZImagePipeline
 
     check_zimage(path_or_id)
@@ -213,7 +237,15 @@ def load_pipeline(
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load Z-Image from {path_or_id}: {str(e).splitlines()[0]}") from None
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(dev)
+    if offload == "model":
+        pipe.enable_model_cpu_offload()
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload()
+    else:
+        pipe.to(dev)
+    if compile:
+        pipe.transformer.compile_repeated_blocks()
+    return pipe
 
 
 def parse_lora(item: str) -> tuple[str, float]:
@@ -260,13 +292,42 @@ def check_lora(path: str, transformer: torch.nn.Module) -> None:
         )
 
 
+QUANTIZATIONS = ("none", "8bit", "4bit", "int8")
+"""Weight quantisation of the text encoder and Qwen3-VL through transformers' `quantization_config`: bitsandbytes
+8-bit (LLM.int8) and 4-bit (NF4), torchao int8 weight-only."""
+
+
+def quantization_config(kind: str, key: str):
+    """transformers' `quantization_config` for `kind` (`QUANTIZATIONS`; `none`: `None`). A backend that is not
+    installed is a one-line `UserError` naming `key`, before any weights load."""
+    if check_choice(kind, QUANTIZATIONS, key) == "none":
+        return None
+    from transformers import BitsAndBytesConfig, TorchAoConfig
+
+    if kind in ("8bit", "4bit"):
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise UserError(
+                f"{key} = {kind} needs bitsandbytes: pip install 'llm-dit[quant]' (or bitsandbytes>=0.46.1)"
+            )
+        return BitsAndBytesConfig(load_in_8bit=kind == "8bit", load_in_4bit=kind == "4bit")
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig
+    except ImportError:
+        raise UserError(f"{key} = {kind} needs torchao: pip install 'llm-dit[quant]' (or torchao)") from None
+    return TorchAoConfig(quant_type=Int8WeightOnlyConfig())
+
+
 def load_model(model_class, path_or_id: str, device: torch.device, dtype: torch.dtype, **kwargs):
-    """`model_class.from_pretrained(...)` on `device` in eval mode; loading failures become one-line errors."""
+    """`model_class.from_pretrained(...)` on `device` in eval mode; loading failures become one-line errors. With
+    a `quantization_config` the weights are quantised as they load, straight onto `device` (a quantised model
+    cannot be moved afterwards)."""
+    if kwargs.get("quantization_config") is not None:
+        kwargs["device_map"] = {"": device}
     try:
         model = model_class.from_pretrained(path_or_id, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load {model_class.__name__} from {path_or_id}: {str(e).splitlines()[0]}") from None
-    return model.to(device).eval()
+    return (model if "device_map" in kwargs else model.to(device)).eval()
 
 
 def release_memory() -> None:
@@ -286,6 +347,7 @@ class LazyEncoder:
 
     num_layers: int
     default_device = "auto"
+    quantization = "none"  # QUANTIZATIONS: in every cache key when not none (quantised weights give other rows)
 
     def __init__(
         self,
@@ -310,13 +372,19 @@ class LazyEncoder:
         dtype: str = "auto",
         cache: TensorCache | None = None,
         trust_remote_code: bool = False,
+        quantization: tuple[str, str] = ("none", ""),
     ) -> Self:
         """The tokenizer, config and processors of `path_or_id` now, its weights on the first cache miss. `device`
-        (default: the class's `default_device`) and `dtype` as `resolve_device` and `resolve_dtype` take them."""
+        (default: the class's `default_device`) and `dtype` as `resolve_device` and `resolve_dtype` take them;
+        `quantization` = (one of `QUANTIZATIONS`, the config key that chose it)."""
         dev = resolve_device(device or cls.default_device)
         dt = resolve_dtype(dtype, dev)
+        quant = quantization_config(*quantization)
         parts, load = cls._parts(path_or_id, trust_remote_code)
-        return cls(**parts, load=partial(load, device=dev, dtype=dt), dtype=dt, cache=cache, device=dev)
+        load = partial(load, device=dev, dtype=dt, **({"quantization_config": quant} if quant else {}))
+        encoder = cls(**parts, load=load, dtype=dt, cache=cache, device=dev)
+        encoder.quantization = quantization[0]
+        return encoder
 
     @classmethod
     def _parts(cls, path_or_id: str, trust_remote_code: bool) -> tuple[dict[str, Any], Callable[..., torch.nn.Module]]:
@@ -346,6 +414,8 @@ class LazyEncoder:
         for layer in layers:
             layer_position(layer, self.num_layers)
         base = {"model": self.identity, "dtype": str(self.dtype), "device": self.device.type, **key}
+        if self.quantization != "none":
+            base["quantization"] = self.quantization
         rows: dict[int, torch.Tensor] = {}
         for layer in layers:
             if self.cache and (hit := self.cache.get(kind, {**base, "layer": layer})):

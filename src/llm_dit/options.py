@@ -95,7 +95,8 @@ def row(key: str, flags: str, help: str, tags: str, kind: type = str, **kw: Any)
     return Option(key, tuple(flags.split()), help, tuple(tags.split()), kind, **kw)
 
 
-# Tags: config (--config, --profile), zoo (--models), zimage, vl-model, low-memory, dit (how the DiT loads);
+# Tags: config (--config, --profile), zoo (--models), zimage, vl-model, low-memory, dit (how the DiT loads),
+# quantization;
 # generation (generate's generation.* flags), training (train-adapter's), conditioning (generate's vl.* flags),
 # extraction (extract's), vl-rows (steer's and train-adapter's), encoder (encode's); inputs (generate's files),
 # sweep (a sweep's inputs), run (how a sweep runs), scoring (metrics), inspect.
@@ -110,6 +111,10 @@ OPTIONS: tuple[Option, ...] = (
     row("models.low_memory", "--low-memory/--no-low-memory", "Release components after use", "low-memory", bool),
     row("models.transformer", "--transformer", "Single-file DiT (.safetensors or .gguf) in place of the Z-Image "
       "folder's", "dit", Path),
+    row("models.offload", "--offload", "CPU offload of the DiT + VAE (needs an accelerator)", "dit"),
+    row("models.compile", "--compile/--no-compile", "torch.compile the DiT's repeated blocks", "dit", bool),
+    row("models.encoder_quantization", "--encoder-quantization", "Text-encoder weight quantisation", "quantization"),
+    row("models.vl_quantization", "--vl-quantization", "Qwen3-VL weight quantisation", "quantization"),
     # generation
     row("generation.strength", "--strength", "Img2img strength", "generation", float, axis="--strengths",
       examples=("0.5", "0.75")),
@@ -185,6 +190,7 @@ PANELS = {
     "vl-model": "Configuration and models",
     "low-memory": "Configuration and models",
     "dit": "Configuration and models",
+    "quantization": "Configuration and models",
     "generation": "Generation settings",
     "training": "Generation settings",
     "conditioning": "Conditioning settings",

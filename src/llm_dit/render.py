@@ -51,7 +51,7 @@ def denoise(
     """
     set_shift(pipe, gen.shift)
     dtype = pipe.transformer.dtype
-    device = pipe.transformer.device
+    device = pipe._execution_device  # with CPU offload the DiT waits on the CPU: the accelerator it runs on
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     kwargs: dict[str, Any] = {
         "prompt_embeds": [e.to(device, dtype) for e in prompt_embeds],
