@@ -11,7 +11,9 @@ A(·) below is ``align(·, n_t, resample)``.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import TypeAlias
 
@@ -123,6 +125,42 @@ def _shrunk_cov(x: Tensor, shrinkage: float) -> Tensor:
     c = xc.T @ xc / x.shape[0]
     d = c.shape[0]
     return (1 - shrinkage) * c + shrinkage * (c.trace() / d) * torch.eye(d, dtype=c.dtype, device=c.device)
+
+
+class DecompositionCache:
+    """The alpha-independent part of the costly modes (`whiten`'s eigendecompositions, `svd_style`'s SVD,
+    `gram`'s Adam iterations), kept per (mode, content of T and V, options) for the last `size` keys: a sweep over
+    alpha on one reference pays it once. `hits` and `misses` count lookups."""
+
+    def __init__(self, size: int = 16) -> None:
+        self.size, self.hits, self.misses = size, 0, 0
+        self._entries: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    def get(self, mode: str, tensors: tuple[Tensor, ...], options: tuple, compute: Callable[[], Tensor]) -> Tensor:
+        key = (mode, *map(_digest, tensors), options)
+        if key in self._entries:
+            self.hits += 1
+            self._entries.move_to_end(key)
+        else:
+            self.misses += 1
+            self._entries[key] = compute()
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.hits = self.misses = 0
+
+
+def _digest(x: Tensor) -> tuple:
+    """Content key of a tensor: dtype, shape and a BLAKE2 hash of its bytes (~10 ms for 1000 x 2560 float32)."""
+    data = x.detach().contiguous().cpu()
+    raw = data.view(torch.uint8) if data.dtype != torch.uint8 else data
+    return (str(x.dtype), tuple(x.shape), hashlib.blake2b(raw.numpy().tobytes(), digest_size=16).hexdigest())
+
+
+DECOMPOSITIONS = DecompositionCache()
 
 
 # ------------------------------------------------------------------------------------------- alignment
@@ -295,8 +333,12 @@ def svd_style(text: Tensor, vl: Tensor, alpha: float, *, k: int = 8) -> Tensor:
         return text.clone()
     t, v = text.float(), _f32(vl, text)
     k = min(k, *v.shape)
-    u, sv, wt = torch.linalg.svd(v, full_matrices=False)
-    s = (u[:, :k].mean(0) * sv[:k]) @ wt[:k]
+
+    def style() -> Tensor:
+        u, sv, wt = torch.linalg.svd(v, full_matrices=False)
+        return (u[:, :k].mean(0) * sv[:k]) @ wt[:k]
+
+    s = DECOMPOSITIONS.get("svd_style", (v,), (k,), style)
     return _finish(t + alpha * (s - t.mean(0)), text, "svd_style")
 
 
@@ -326,8 +368,12 @@ def whiten(text: Tensor, vl: Tensor, alpha: float, *, shrinkage: float = 0.1, re
         return text.clone()
     t, v = text.float(), _f32(vl, text)
     lam = float(shrinkage)
-    w, m = _sym_pow(_shrunk_cov(v, lam), -0.5), _sym_pow(_shrunk_cov(t, lam), 0.5)
-    recoloured = (v - v.mean(0)) @ w @ m + t.mean(0)
+
+    def recolour() -> Tensor:
+        w, m = _sym_pow(_shrunk_cov(v, lam), -0.5), _sym_pow(_shrunk_cov(t, lam), 0.5)
+        return (v - v.mean(0)) @ w @ m + t.mean(0)
+
+    recoloured = DECOMPOSITIONS.get("whiten", (t, v), (lam,), recolour)
     return _finish(alpha * align(recoloured, t.shape[0], resample) + (1 - alpha) * t, text, "whiten")
 
 
@@ -361,17 +407,21 @@ def gram(
     _check_resample("gram", resample, vl.shape[0], text.shape[0])
     if alpha == 0:
         return text.clone()
-    with torch.inference_mode(False), torch.enable_grad():
-        t = text.float()
-        r = t.square().mean().sqrt().clamp_min(EPS_STD)
-        t_hat, a_hat = t / r, _aligned(vl, text, resample) / r  # fresh tensors, safe under inference_mode
-        x = t_hat.clone().requires_grad_(True)
-        opt = torch.optim.Adam([x], lr=float(lr))
-        for _ in range(iterations):
-            opt.zero_grad()
-            _gram_loss(x, a_hat, t_hat).backward()
-            opt.step()
-        x = x.detach() * r
+    t = text.float()
+
+    def matched() -> Tensor:
+        with torch.inference_mode(False), torch.enable_grad():
+            r = t.square().mean().sqrt().clamp_min(EPS_STD)
+            t_hat, a_hat = t.clone() / r, _aligned(vl, text, resample) / r  # fresh tensors, safe under inference_mode
+            x = t_hat.clone().requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=float(lr))
+            for _ in range(iterations):
+                opt.zero_grad()
+                _gram_loss(x, a_hat, t_hat).backward()
+                opt.step()
+            return x.detach() * r
+
+    x = DECOMPOSITIONS.get("gram", (text, vl), (int(iterations), float(lr), resample), matched)
     return _finish(alpha * x + (1 - alpha) * t, text, "gram")
 
 

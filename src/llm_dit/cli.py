@@ -352,17 +352,26 @@ def demo(
 
 @app.command()
 def bench(
-    preset: Annotated[str, typer.Option("--preset", help="Model zoo preset: tiny or small.")] = "small",
+    preset: Annotated[
+        str, typer.Option("--preset", help="Model zoo preset: tiny or small; blend-cost: the model-free section.")
+    ] = "small",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions per figure (after one warm-up).", min=1)] = 5,
 ) -> None:
     """Benchmark against diffusers and the naive workflow; every figure is a ratio measured side by side."""
-    from .bench import SIZES, run_bench
+    from .bench import BLEND_COST, SIZES, print_blend_cost, run_bench, run_blend_cost
     from .files import write_json
 
-    if preset not in SIZES:
-        raise UserError(f"unknown preset '{preset}' (valid: {', '.join(SIZES)})")
-    result = run_bench(preset, repeats, progress=lambda step: console.print(f"[dim]bench: {step}[/]"))
+    if preset not in (*SIZES, BLEND_COST):
+        raise UserError(f"unknown preset '{preset}' (valid: {', '.join((*SIZES, BLEND_COST))})")
+    say = lambda step: console.print(f"[dim]bench: {step}[/]")  # noqa: E731
+    if preset == BLEND_COST:
+        result = run_blend_cost(repeats, progress=say)
+        if json_out is not None:
+            write_json(json_out, result)
+        print(print_blend_cost(result))
+        return
+    result = run_bench(preset, repeats, progress=say)
     if json_out is not None:
         write_json(json_out, result)
     for name, fig in result.items():

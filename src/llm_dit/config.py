@@ -127,6 +127,7 @@ class VLConfig(_Section):
     hidden_layer: int = -6
     layers: str | None = None  # weighted layers "-6:0.7,-16:0.3"; replaces hidden_layer when set
     token_mode: TokenMode = "full"
+    max_pixels: int | None = Field(None, ge=1024)  # cap on the reference's resized area (None: the processor's)
     system_prompt: str | None = None
     normalize: NormalizationMode = "none"
     clip_sigma: float | None = Field(None, gt=0.0)

@@ -135,6 +135,8 @@ OPTIONS: tuple[Option, ...] = (
     row("vl.resample", "--resample", "Length alignment", "conditioning"),
     row("vl.token_mode", "--token-mode", "VL rows to keep", "conditioning extraction vl-rows", axis="--token-modes",
       examples=("full", "image_only")),
+    row("vl.max_pixels", "--max-pixels", "Cap on the reference's resized area in pixels (image tokens = area / 1024)",
+      "conditioning extraction", int),
     row("vl.hidden_layer", "--vl-layer", "VL hidden layer", "conditioning vl-rows", int, axis="--layers",
       examples=("-2", "-6")),
     row("vl.hidden_layer", "--layer", "VL hidden layer (transformers' hidden_states index)", "extraction", int),

@@ -146,6 +146,10 @@ def _transformer(c: Config, f: Facts) -> str | None:
     return None if c.models.transformer else "unset: the DiT of models.zimage"
 
 
+def _max_pixels(c: Config, f: Facts) -> str | None:
+    return None if c.vl.max_pixels else "unset: the image processor's own limit"
+
+
 def _acts(c: Config, f: Facts) -> str | None:
     return None
 
@@ -182,6 +186,7 @@ RULES: dict[str, Rule] = {
     "vl.hidden_layer": _both(_extracted, _single_layer),
     "vl.layers": _both(_extracted, _layers),
     "vl.token_mode": _extracted,
+    "vl.max_pixels": _both(_extracted, _max_pixels),
     "vl.system_prompt": _extracted,
     "vl.normalize": _extracted,
     "vl.clip_sigma": _both(_extracted, _clip),
@@ -221,6 +226,7 @@ EXTRACTION_KEYS = (
     "vl.hidden_layer",
     "vl.layers",
     "vl.token_mode",
+    "vl.max_pixels",
     "vl.system_prompt",
     "vl.outlier_masking",
     "vl.outlier_threshold",
