@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,7 @@ from PIL import Image
 
 from .cache import TensorCache
 from .config import Config, load_config
+from .errors import UserError
 from .generate import Generator
 from .hooks import layer_position
 from .models import load_model, resolve_device, resolve_dtype
@@ -48,6 +50,7 @@ from .sweep import SweepSpec, expand, resolve_spec
 from .zoo import zoo_dir
 
 SIZES = {"tiny": 64, "small": 128}
+STAGES = ("text_encoder", "vl", "pipeline")  # the components a generation runs one after another
 BLEND_COST = "blend-cost"  # the model-free section: blend, normalisation, sinks, outliers, VL tokens at real sizes
 PROMPT = "a lighthouse on a cliff at sunset, watercolor"
 
@@ -80,23 +83,25 @@ def figure(numerator: float, denominator: float, ratio_is: str, target: str | No
     return out
 
 
-def bench_config(preset: str, **overrides: Any) -> Config:
+def bench_overrides(preset: str) -> dict[str, Any]:
     """The zoo preset's models at its size, 4 steps. The image-dependence check (`vl.image_check`) is off: it is
     a second extraction the naive workflow and the floors do not do, so with it the figures would compare unequal
     work."""
     root = zoo_dir(preset)
     size = SIZES[preset]
-    return load_config(
-        overrides={
-            "models.zimage": str(root / "zimage"),
-            "models.vl": str(root / "qwen3-vl"),
-            "generation.width": size,
-            "generation.height": size,
-            "generation.steps": 4,
-            "vl.image_check": False,
-            **overrides,
-        }
-    )
+    return {
+        "models.zimage": str(root / "zimage"),
+        "models.vl": str(root / "qwen3-vl"),
+        "generation.width": size,
+        "generation.height": size,
+        "generation.steps": 4,
+        "vl.image_check": False,
+    }
+
+
+def bench_config(preset: str, **overrides: Any) -> Config:
+    """`bench_overrides(preset)` and `overrides` as a config."""
+    return load_config(overrides=bench_overrides(preset) | overrides)
 
 
 def reference_image(preset: str) -> Image.Image:
@@ -267,22 +272,24 @@ def batched(preset: str, repeats: int, n: int = 4) -> dict[str, Any]:
 
 
 MEMORY_PROBE = """
-import json, sys
+import json, sys, time
 import torch
 import diffusers.pipelines.z_image.pipeline_z_image
 import transformers.models.qwen3.modeling_qwen3, transformers.models.qwen3_vl.modeling_qwen3_vl
-from llm_dit.bench import PROMPT, bench_config, reference_image
+from llm_dit.bench import PROMPT, reference_image
+from llm_dit.config import load_config
 from llm_dit.generate import Generator
 from llm_dit.render import denoise
 def status_mb(field):  # VmRSS now, VmHWM peak (per address space: unlike ru_maxrss, not inherited via fork)
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
-preset, what = sys.argv[1], sys.argv[2]
-torch.set_num_threads(1)
-gen = Generator(bench_config(preset, **{"models.low_memory": what == "staged"}), cache=False)
+overrides, what, threads = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(threads)
+gen = Generator(load_config(overrides=overrides | {"models.low_memory": what == "staged"}), cache=False)
 gen.components.text_encoder, gen.components.vl  # tokenizers and image processor: not part of any component's weights
-image = reference_image(preset)
+image = reference_image("")
 base = status_mb("VmRSS")
+t0 = time.perf_counter()
 if what == "text_encoder":
     gen.encode(PROMPT)
 elif what == "vl":
@@ -292,15 +299,19 @@ elif what == "pipeline":
     denoise(gen.components.pipeline, [torch.zeros(32, gen.components.caption_width)], g, [g.seed])
 else:
     gen.generate(PROMPT, image)
-print(json.dumps({"base_mb": base, "peak_mb": status_mb("VmHWM")}))
+seconds = round(time.perf_counter() - t0, 2)
+print(json.dumps({"base_mb": base, "peak_mb": status_mb("VmHWM"), "seconds": seconds}))
 """
 
 
-def memory_probe(preset: str, what: str) -> dict[str, float]:
+def memory_probe(overrides: dict[str, Any], what: str, threads: int | None = None) -> dict[str, float]:
+    """Base RSS, peak RSS (MB) and seconds of `what` (a stage of `STAGES`, `staged`: the low-memory generation,
+    `resident`: the generation with every component kept) in a fresh process with the config `overrides`."""
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    out = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, preset, what], capture_output=True, text=True, env=env, check=True
-    )
+    args = [json.dumps(overrides), what, str(threads or 1)]
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"memory probe '{what}' failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -308,7 +319,8 @@ def peak_memory(preset: str) -> dict[str, Any]:
     """Peak RSS above the post-import baseline of a low-memory reference-conditioned generation, against the
     largest single component's peak when it is loaded and run alone (its weights are paged in as they are used,
     so a component's resident size is measured while it works)."""
-    peaks = {name: memory_probe(preset, name) for name in ("text_encoder", "vl", "pipeline", "staged", "resident")}
+    overrides = bench_overrides(preset)
+    peaks = {name: memory_probe(overrides, name) for name in (*STAGES, "staged", "resident")}
     above = {name: m["peak_mb"] - m["base_mb"] for name, m in peaks.items()}
     components = {k: above[k] for k in ("text_encoder", "vl", "pipeline")}
     largest = max(components, key=components.get)
@@ -469,5 +481,211 @@ def run_bench(preset: str = "small", repeats: int = 5, progress: Callable[[str],
         out["batched_vs_sequential"] = batched(preset, repeats)
         say("peak memory")
         out["peak_memory_ratio"] = peak_memory(preset)
+    out["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- real-size memory
+
+REAL_SIZE = "real-size"
+# The real configurations (FACTS.md §1), applied to the tiny zoo's config files: sizes change, token ids and the
+# tokenizer stay the zoo's (they index into the real vocabulary size), so every loader and code path is the real one.
+_QWEN3_4B = {
+    "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-6,
+}  # fmt: skip
+REAL_CONFIGS: dict[str, dict[str, Any]] = {
+    "zimage/text_encoder": {**_QWEN3_4B, "max_position_embeddings": 40960, "tie_word_embeddings": True},
+    "zimage/transformer": {
+        "dim": 3840, "n_layers": 30, "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "cap_feat_dim": 2560,
+        "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
+    },
+    "zimage/vae": {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32},
+    "qwen3-vl": {
+        "tie_word_embeddings": True,
+        "text_config": {
+            **_QWEN3_4B, "max_position_embeddings": 262144,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                "mrope_interleaved": True},
+        },
+        "vision_config": {
+            "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2560,
+            "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17],
+        },
+    },
+}  # fmt: skip
+REAL_DISK_GB = 32.0  # 29.4 GB of bf16 safetensors (research-realckpt §6.2) and a margin
+REAL_RAM_GIB = 13.0  # staged peak ≈ 11.9 GiB (the DiT stage) and the VAE decode
+REAL_SIZE_PIXELS = 256  # output side: 256 DiT image tokens
+SHARD_BYTES = 2 << 30
+
+
+def meta_model(component: str, config: dict[str, Any]) -> torch.nn.Module:
+    """`component` (a key of `REAL_CONFIGS`) built from its config dict on the meta device: names and shapes only."""
+    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+    from transformers import AutoConfig, AutoModel, Qwen3VLForConditionalGeneration
+
+    with torch.device("meta"):
+        if component == "zimage/transformer":
+            return ZImageTransformer2DModel.from_config(config)
+        if component == "zimage/vae":
+            return AutoencoderKL.from_config(config)
+        cfg = AutoConfig.for_model(**config)
+        return Qwen3VLForConditionalGeneration(cfg) if component == "qwen3-vl" else AutoModel.from_config(cfg)
+
+
+def _merged(config: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    out = dict(config)
+    for key, value in updates.items():
+        out[key] = _merged(out.get(key, {}), value) if isinstance(value, dict) and key != "rope_parameters" else value
+    return out
+
+
+def real_config(component: str, config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a tiny zoo component's) with the real sizes of `REAL_CONFIGS`; per-layer lists the zoo's depth
+    wrote (`layer_types`) are dropped so transformers derives them for the real depth."""
+    out = _merged(config, REAL_CONFIGS[component])
+    for section in (out, out.get("text_config", {})):
+        section.pop("layer_types", None)
+    return out
+
+
+def _unique_tensors(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """`{name: shape}` of the persistent tensors a checkpoint stores, tied weights once (transformers re-ties)."""
+    tied = set(dict(model.named_parameters(remove_duplicate=False))) - set(dict(model.named_parameters()))
+    return {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in tied}
+
+
+def _fill(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Random bf16 weights of a trained model's scale: zero biases, unit norms, N(0, 0.02) elsewhere (made in row
+    blocks so the float32 temporary of the 742 MiB embedding never exists whole)."""
+    if name.endswith("bias"):
+        return torch.zeros(shape, dtype=torch.bfloat16)
+    if len(shape) == 1 and "norm" in name:
+        return torch.ones(shape, dtype=torch.bfloat16)
+    out = torch.empty(shape, dtype=torch.bfloat16)
+    for block in out.view(shape[0], -1).split(4096) if len(shape) else [out]:
+        block.copy_(torch.randn(block.shape, generator=gen) * 0.02)
+    return out
+
+
+def write_random_checkpoint(component: str, config: dict[str, Any], folder: Path, stem: str) -> int:
+    """Random bf16 weights for `config` in `folder`, written shard by shard (one shard in memory at a time) with the
+    index `from_pretrained` reads; returns the bytes written. The model is built on the meta device for its names."""
+    from safetensors.torch import save_file
+
+    model = meta_model(component, config)
+    tensors = _unique_tensors(model)
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in tensors.items():
+        nbytes = 2 * int(torch.Size(shape).numel())
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += nbytes
+    gen = torch.Generator().manual_seed(0)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, 1):
+        file = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: _fill(n, s, gen) for n, s in shard}, folder / file, metadata={"format": "pt"})
+        weight_map |= {n: file for n, _ in shard}
+        total += (folder / file).stat().st_size
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    return total
+
+
+def build_real_size(work: Path, scale: str = "real", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`work/zimage` and `work/qwen3-vl` with random bf16 weights: the tiny zoo's folders (tokenizer, scheduler,
+    processor, configs) with the configurations of `REAL_CONFIGS` (`scale="tiny"`: the zoo's own sizes, the dry
+    path that tests this code). A finished build is marked by `work/built.json` and reused."""
+    marker = work / "built.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("scale") == scale:
+        return json.loads(marker.read_text())
+    say = progress or (lambda _: None)
+    if work.exists():
+        shutil.rmtree(work)
+    zoo = zoo_dir("tiny")
+    shutil.copytree(zoo, work, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+    written: dict[str, Any] = {}
+    for component in REAL_CONFIGS:
+        folder = work / component
+        config = json.loads((folder / "config.json").read_text())
+        if scale == "real":
+            config = real_config(component, config)
+            (folder / "config.json").write_text(json.dumps(config, indent=2))
+        say(f"writing random bf16 weights: {component}")
+        t0 = time.perf_counter()
+        stem = "model" if component in ("qwen3-vl", "zimage/text_encoder") else "diffusion_pytorch_model"
+        nbytes = write_random_checkpoint(component, config, folder, stem)
+        written[component] = {"gb": round(nbytes / 1e9, 3), "write_s": round(time.perf_counter() - t0, 1)}
+    result = {"scale": scale, "components": written, "total_gb": round(sum(w["gb"] for w in written.values()), 2)}
+    marker.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _meminfo_gib(field: str) -> float:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 2**20
+
+
+def check_real_size(work: Path) -> dict[str, float]:
+    """Refuse (one line) before anything is written when `work`'s disk or the free RAM cannot hold the bench."""
+    work.mkdir(parents=True, exist_ok=True)
+    built = (work / "built.json").is_file()
+    disk = shutil.disk_usage(work).free / 1e9
+    ram = _meminfo_gib("MemAvailable")
+    if (disk < REAL_DISK_GB and not built) or ram < REAL_RAM_GIB:
+        raise UserError(
+            f"bench --preset {REAL_SIZE} needs {REAL_DISK_GB:g} GB free disk in {work} (has {disk:.1f}) and "
+            f"{REAL_RAM_GIB:g} GiB available RAM (has {ram:.1f}); it writes 29.4 GB of random bf16 weights and runs "
+            f"the 4 B encoders and the 6 B DiT one at a time on the CPU"
+        )
+    return {"disk_free_gb": round(disk, 1), "ram_available_gib": round(ram, 1)}
+
+
+def real_size_overrides(work: Path) -> dict[str, Any]:
+    """The low-memory bf16 pipeline on CPU at a small output size (2 steps) on the built folders."""
+    return {
+        "models.zimage": str(work / "zimage"),
+        "models.vl": str(work / "qwen3-vl"),
+        "encoder.device": "cpu",
+        "vl.device": "cpu",
+        "generation.device": "cpu",
+        "encoder.dtype": "bfloat16",
+        "vl.dtype": "bfloat16",
+        "generation.dtype": "bfloat16",
+        "generation.width": REAL_SIZE_PIXELS,
+        "generation.height": REAL_SIZE_PIXELS,
+        "generation.steps": 2,
+        "vl.image_check": False,
+    }
+
+
+def run_real_size(
+    work: Path, scale: str = "real", progress: Callable[[str], None] | None = None, threads: int | None = None
+) -> dict[str, Any]:
+    """The `real-size` preset: check disk and RAM (`check_real_size`; `scale="tiny"` skips it), build the folders,
+    then peak RSS above the post-import baseline of each stage alone (text encoder, VL model, DiT + VAE), each in
+    a fresh process, and of the whole low-memory generation, against the sum of the stages."""
+    say = progress or (lambda _: None)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"preset": REAL_SIZE, "scale": scale, "date": date.today().isoformat(), **machine()}
+    out["machine"]["ram_total_gib"] = round(_meminfo_gib("MemTotal"), 1)
+    out["resources"] = check_real_size(work) if scale == "real" else {}
+    out["build"] = build_real_size(work, scale, say)
+    overrides = real_size_overrides(work)
+    stages: dict[str, Any] = {}
+    for what in (*STAGES, "staged"):
+        say(f"peak memory: {what}")
+        m = memory_probe(overrides, what, threads)
+        stages[what] = {"peak_above_base_gib": round((m["peak_mb"] - m["base_mb"]) / 1024, 2), "seconds": m["seconds"]}
+    total = sum(stages[s]["peak_above_base_gib"] for s in STAGES)
+    out["stages"] = stages
+    out["sum_of_stages_gib"] = round(total, 2)
+    out["staged_vs_sum"] = figure(stages["staged"]["peak_above_base_gib"], total, "staged peak / sum of stages")
+    out["output_size"] = REAL_SIZE_PIXELS
     out["wall_time_s"] = round(time.perf_counter() - t0, 1)
     return out
