@@ -451,9 +451,11 @@ def vl_tokens(repeats: int) -> dict[str, Any]:
     return out
 
 
-def run_blend_cost(repeats: int = 5, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The `blend-cost` preset: `blend_cost` with the machine and versions."""
+def run_blend_cost(repeats: int = 5, progress: Callable[[str], None] | None = None, threads: int = 1) -> dict[str, Any]:
+    """The `blend-cost` preset: `blend_cost` with the machine and versions, on `threads` torch threads (default 1:
+    on a shared machine several threads per small op mostly measure the thread pool waiting for a busy core)."""
     (progress or (lambda _: None))("blend, normalisation, sinks, outliers and VL tokens at D = 2560")
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     out = {"preset": BLEND_COST, "repeats": repeats, "date": date.today().isoformat(), **machine()}
     out |= blend_cost(repeats)
