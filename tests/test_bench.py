@@ -10,6 +10,7 @@ FIGURES = (
     "sweep_vs_floor",
     "cache_rerun_time_ratio",
     "batched_vs_sequential",
+    "compiled_vs_eager",
     "peak_memory_ratio",
 )
 
@@ -31,6 +32,7 @@ def test_bench_reports_every_figure(cli, zoo, tmp_path):
     assert set(memory["component_mb"]) == {"text_encoder", "vl", "pipeline"}
     assert memory["largest_component"] == max(memory["component_mb"], key=memory["component_mb"].get)
     assert result["extraction_early_exit_speedup"]["decoder_layers_run_fraction"] == 3 / 8  # layer -6 of 8
+    assert result["compiled_vs_eager"]["max_pixel_difference"] <= 2  # compiled DiT = eager up to rounding
 
 
 def test_bench_rejects_an_unknown_preset(cli):

@@ -220,7 +220,7 @@ def planted(monkeypatch):
         where = [0, im_end_position(self.tokenizer, token_ids)]
         return {layer: plant(r, where) for layer, r in text_rows(self, token_ids, layers).items()}
 
-    def vl_hidden(self, image, text, layers, system_prompt=None):
+    def vl_hidden(self, image, text, layers, system_prompt=None, max_pixels=None):
         rows, ids, prompt, status = vl_rows(self, image, text, layers, system_prompt)
         where = [0] + ([ids.index(self.ids["pad"])] if self.ids["pad"] in ids else [])
         return {layer: plant(r, where) for layer, r in rows.items()}, ids, prompt, status

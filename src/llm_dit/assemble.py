@@ -120,6 +120,7 @@ def extraction_stats(components: Components, vl: VLConfig) -> Stats | None:
 
 EXTRACTION_ARGUMENTS = {
     "token_mode",
+    "max_pixels",
     "outlier_masking",
     "outlier_threshold",
     "system_prompt",

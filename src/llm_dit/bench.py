@@ -14,6 +14,8 @@ measurement cannot inherit another's allocations. Each figure states its ratio a
   timed alone); target <= 1.10.
 - `cache_rerun_forward_passes` (must be 0) and `cache_rerun_time_ratio`: a rerun into a new directory / the first.
 - `batched_vs_sequential`: N images in one diffusers call / N calls.
+- `compiled_vs_eager`: a generation with `models.compile` (regional compile of the DiT) / eager, after the first
+  compiled call (reported apart: it pays the compile), with the largest pixel difference of the two images.
 - `peak_memory_ratio`: peak of a low-memory reference-conditioned generation / the largest single component;
   target <= 1.15 (all-resident and staged peaks reported too).
 """
@@ -24,6 +26,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +42,7 @@ from PIL import Image
 
 from .cache import TensorCache
 from .config import Config, load_config
+from .errors import UserError
 from .generate import Generator
 from .hooks import layer_position
 from .models import load_model, resolve_device, resolve_dtype
@@ -48,6 +52,8 @@ from .sweep import SweepSpec, expand, resolve_spec
 from .zoo import model_settings
 
 SIZES = {"tiny": 64, "small": 128}
+STAGES = ("text_encoder", "vl", "pipeline")  # the components a generation runs one after another
+BLEND_COST = "blend-cost"  # the model-free section: blend, normalisation, sinks, outliers, VL tokens at real sizes
 PROMPT = "a lighthouse on a cliff at sunset, watercolor"
 
 
@@ -79,21 +85,23 @@ def figure(numerator: float, denominator: float, ratio_is: str, target: str | No
     return out
 
 
-def bench_config(preset: str, **overrides: Any) -> Config:
+def bench_overrides(preset: str) -> dict[str, Any]:
     """The zoo preset's models at its size, 4 steps. The image-dependence check (`vl.image_check`) is off: it is
     a second extraction the naive workflow and the floors do not do, so with it the figures would compare unequal
     work."""
     size = SIZES[preset]
-    return load_config(
-        overrides={
-            **model_settings(preset),
-            "generation.width": size,
-            "generation.height": size,
-            "generation.steps": 4,
-            "vl.image_check": False,
-            **overrides,
-        }
-    )
+    return {
+        **model_settings(preset),
+        "generation.width": size,
+        "generation.height": size,
+        "generation.steps": 4,
+        "vl.image_check": False,
+    }
+
+
+def bench_config(preset: str, **overrides: Any) -> Config:
+    """`bench_overrides(preset)` and `overrides` as a config."""
+    return load_config(overrides=bench_overrides(preset) | overrides)
 
 
 def reference_image(preset: str) -> Image.Image:
@@ -263,23 +271,42 @@ def batched(preset: str, repeats: int, n: int = 4) -> dict[str, Any]:
     return figure(together, sequential, "one call / N calls", unit=f"s for {n} images", batch=n)
 
 
+def compiled(preset: str, repeats: int) -> dict[str, Any]:
+    """`models.compile` end to end: a text-to-image with the DiT's repeated blocks compiled against eager on the
+    same settings, the first compiled call (which pays the compile) apart, and the largest pixel difference."""
+    import numpy as np
+
+    eager = Generator(bench_config(preset), cache=False)
+    fast = Generator(bench_config(preset, **{"models.compile": True}), cache=False)
+    first = timed_call(lambda: fast.generate(PROMPT))
+    difference = np.abs(
+        np.asarray(fast.generate(PROMPT).image, dtype=np.int16)
+        - np.asarray(eager.generate(PROMPT).image, dtype=np.int16)
+    ).max()
+    ours = median_time(lambda: fast.generate(PROMPT), repeats)
+    return figure(ours, median_time(lambda: eager.generate(PROMPT), repeats), "compiled / eager", unit="s per image",
+                  first_call_s=round(first, 2), max_pixel_difference=int(difference))  # fmt: skip
+
+
 MEMORY_PROBE = """
-import json, sys
+import json, sys, time
 import torch
 import diffusers.pipelines.z_image.pipeline_z_image
 import transformers.models.qwen3.modeling_qwen3, transformers.models.qwen3_vl.modeling_qwen3_vl
-from llm_dit.bench import PROMPT, bench_config, reference_image
+from llm_dit.bench import PROMPT, reference_image
+from llm_dit.config import load_config
 from llm_dit.generate import Generator
 from llm_dit.render import denoise
 def status_mb(field):  # VmRSS now, VmHWM peak (per address space: unlike ru_maxrss, not inherited via fork)
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
-preset, what = sys.argv[1], sys.argv[2]
-torch.set_num_threads(1)
-gen = Generator(bench_config(preset, **{"models.low_memory": what == "staged"}), cache=False)
+overrides, what, threads = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(threads)
+gen = Generator(load_config(overrides=overrides | {"models.low_memory": what == "staged"}), cache=False)
 gen.components.text_encoder, gen.components.vl  # tokenizers and image processor: not part of any component's weights
-image = reference_image(preset)
+image = reference_image("")
 base = status_mb("VmRSS")
+t0 = time.perf_counter()
 if what == "text_encoder":
     gen.encode(PROMPT)
 elif what == "vl":
@@ -289,15 +316,19 @@ elif what == "pipeline":
     denoise(gen.components.pipeline, [torch.zeros(32, gen.components.caption_width)], g, [g.seed])
 else:
     gen.generate(PROMPT, image)
-print(json.dumps({"base_mb": base, "peak_mb": status_mb("VmHWM")}))
+seconds = round(time.perf_counter() - t0, 2)
+print(json.dumps({"base_mb": base, "peak_mb": status_mb("VmHWM"), "seconds": seconds}))
 """
 
 
-def memory_probe(preset: str, what: str) -> dict[str, float]:
+def memory_probe(overrides: dict[str, Any], what: str, threads: int | None = None) -> dict[str, float]:
+    """Base RSS, peak RSS (MB) and seconds of `what` (a stage of `STAGES`, `staged`: the low-memory generation,
+    `resident`: the generation with every component kept) in a fresh process with the config `overrides`."""
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    out = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, preset, what], capture_output=True, text=True, env=env, check=True
-    )
+    args = [json.dumps(overrides), what, str(threads or 1)]
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], capture_output=True, text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f"memory probe '{what}' failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -305,7 +336,8 @@ def peak_memory(preset: str) -> dict[str, Any]:
     """Peak RSS above the post-import baseline of a low-memory reference-conditioned generation, against the
     largest single component's peak when it is loaded and run alone (its weights are paged in as they are used,
     so a component's resident size is measured while it works)."""
-    peaks = {name: memory_probe(preset, name) for name in ("text_encoder", "vl", "pipeline", "staged", "resident")}
+    overrides = bench_overrides(preset)
+    peaks = {name: memory_probe(overrides, name) for name in (*STAGES, "staged", "resident")}
     above = {name: m["peak_mb"] - m["base_mb"] for name, m in peaks.items()}
     components = {k: above[k] for k in ("text_encoder", "vl", "pipeline")}
     largest = max(components, key=components.get)
@@ -322,17 +354,154 @@ def peak_memory(preset: str) -> dict[str, Any]:
     )
 
 
+# Real dimensions (FACTS.md): Qwen3 / Qwen3-VL hidden size, VL rows of a ~1000-token reference, text rows of a prompt.
+REAL_D, VL_ROWS, TEXT_ROWS = 2560, 1000, 50
+BLEND_TARGET_MS = 50.0
+CACHED_MODES = ("svd_style", "whiten", "gram")  # their alpha-independent part is kept in blend.DECOMPOSITIONS
+RESOLUTIONS = (512, 1024, 1536, 2048)
+CAPPED_PIXELS = 1024 * 32 * 32  # vl.max_pixels for 1024 image tokens (patch 16 x merge 2 = 32 pixels a token)
+
+
+def blend_cost(repeats: int, d: int = REAL_D, vl_rows: int = VL_ROWS, text_rows: int = TEXT_ROWS) -> dict[str, Any]:
+    """Milliseconds per call at the real width: every blend mode (T 50 rows, V 1000 rows), each normalisation,
+    sink detection and outlier analysis on V. Rows are random with a few planted sink rows and outlier dimensions.
+    The cached modes report a cold call (cache cleared: the decomposition) and the warm median (what each further
+    alpha of a sweep costs), with the cache's hit count over the warm calls."""
+    from .blend import BLEND_MODES, DECOMPOSITIONS, blend
+    from .stats import (
+        NORMALIZATION_MODES,
+        OUTLIER_MODES,
+        ReferenceStats,
+        find_sinks,
+        get_outlier_dimensions,
+        mask_outlier_dimensions,
+        normalize,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    text = torch.randn(text_rows, d, generator=g)
+    vl = torch.randn(vl_rows, d, generator=g) * 3
+    vl[:3] *= 200  # attention-sink rows
+    vl[:, :4] *= 40  # outlier dimensions
+    neutral = torch.randn(vl_rows, d, generator=g) * 3
+    reference = ReferenceStats(torch.zeros(d), torch.ones(d), layer=-2, model="bench", prompt_count=1,
+                               token_count=text_rows)  # fmt: skip
+
+    def ms(fn: Callable[[], Any]) -> dict[str, float]:
+        """Median and minimum milliseconds over `repeats` calls after a warm-up: on a shared machine the minimum
+        is the closest to the code's own cost, the median what a user on that machine sees."""
+        fn()
+        runs = [timed_call(fn) for _ in range(repeats)]
+        return {"ms": round(1000 * statistics.median(runs), 2), "min_ms": round(1000 * min(runs), 2)}
+
+    modes: dict[str, Any] = {}
+    for mode in BLEND_MODES:
+        alpha = 1.0 if mode == "replace" else 0.3
+        options = {"neutral": neutral} if mode == "style_delta" else {}
+        call = lambda m=mode, a=alpha, o=options: blend(text, vl, m, a, **o)  # noqa: E731
+        row: dict[str, Any] = {}
+        if mode in CACHED_MODES:
+            DECOMPOSITIONS.clear()
+            row["first_ms"] = round(1000 * timed_call(call), 2)
+            hits = DECOMPOSITIONS.hits
+            row |= ms(call)
+            row["cache_hits"], row["cache_misses"] = DECOMPOSITIONS.hits - hits, DECOMPOSITIONS.misses
+        else:
+            row |= ms(call)
+        modes[mode] = row | {"target_ms": BLEND_TARGET_MS, "met": row["ms"] <= BLEND_TARGET_MS}
+    content = ~find_sinks(vl)
+    return {
+        "shapes": {"D": d, "vl_rows": vl_rows, "text_rows": text_rows},
+        "blend_ms": modes,
+        "normalize_ms": {
+            m: ms(lambda m=m: normalize(vl, m, reference, clip_sigma=3.0, content=content)) for m in NORMALIZATION_MODES
+        },
+        "sink_detection_ms": ms(lambda: find_sinks(vl)),
+        "outlier_analysis_ms": ms(lambda: get_outlier_dimensions(vl, 10.0, reference)),
+        "outlier_masking_ms": {
+            m: ms(lambda m=m: mask_outlier_dimensions(vl, 10.0, m, reference, content=content)) for m in OUTLIER_MODES
+        },
+        "vl_tokens": vl_tokens(repeats),
+    }
+
+
+def vl_tokens(repeats: int) -> dict[str, Any]:
+    """Image tokens and preprocessing time of a square reference per side length, with the Qwen3-VL image
+    processor's own limit and with `vl.max_pixels = CAPPED_PIXELS` (the tiny zoo's processor is the real one's:
+    patch 16, merge 2, 65,536 ... 16,777,216 pixels). Tokens come from `VLEmbeddingExtractor.prepare`, the path
+    every extraction takes."""
+    from .vl import VLEmbeddingExtractor
+
+    x = VLEmbeddingExtractor.from_pretrained(str(zoo_dir("tiny") / "qwen3-vl"), "cpu")
+    out: dict[str, Any] = {"max_pixels": CAPPED_PIXELS, "processor_size": dict(x.image_processor.size)}
+    for side in RESOLUTIONS:
+        image = reference_image("tiny").resize((side, side))
+        row = {}
+        for name, cap in (("default", None), ("capped", CAPPED_PIXELS)):
+            inputs, _ = x.prepare(image, PROMPT, None, cap)
+            grid = inputs["image_grid_thw"][0].tolist()
+            row[f"{name}_tokens"] = int(grid[0] * grid[1] * grid[2]) // (x.image_processor.merge_size**2)
+            row[f"{name}_grid"] = grid
+            x._prepared.clear()
+            prep = lambda c=cap, im=image: x._prepare(im, PROMPT, None, c)  # noqa: E731
+            row[f"{name}_preprocess_ms"] = round(1000 * median_time(prep, repeats), 1)
+        out[f"{side}x{side}"] = row
+    return out
+
+
+def run_blend_cost(repeats: int = 5, progress: Callable[[str], None] | None = None, threads: int = 1) -> dict[str, Any]:
+    """The `blend-cost` preset: `blend_cost` with the machine and versions, on `threads` torch threads (default 1:
+    on a shared machine several threads per small op mostly measure the thread pool waiting for a busy core)."""
+    (progress or (lambda _: None))("blend, normalisation, sinks, outliers and VL tokens at D = 2560")
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    out = {"preset": BLEND_COST, "repeats": repeats, "date": date.today().isoformat(), **machine()}
+    out |= blend_cost(repeats)
+    out["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def print_blend_cost(result: dict[str, Any]) -> str:
+    """The blend-cost result as the Markdown tables BENCHMARKS.md shows."""
+    lines = [
+        "| blend mode | median ms | min ms | first call, cache cold (ms) | median ≤ 50 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for mode, row in result["blend_ms"].items():
+        first = f"{row['first_ms']} (then {row['cache_hits']} cache hits)" if "first_ms" in row else ""
+        lines.append(f"| {mode} | {row['ms']} | {row['min_ms']} | {first} | {'met' if row['met'] else 'missed'} |")
+    steps = {f"normalize {m}": v for m, v in result["normalize_ms"].items()}
+    steps |= {"sink detection": result["sink_detection_ms"], "outlier analysis": result["outlier_analysis_ms"]}
+    steps |= {f"outlier masking {m}": v for m, v in result["outlier_masking_ms"].items()}
+    lines += ["", "| step | median ms | min ms |", "|---|---|---|"]
+    lines += [f"| {name} | {v['ms']} | {v['min_ms']} |" for name, v in steps.items()]
+    tokens = result["vl_tokens"]
+    capped = f"image tokens (vl.max_pixels = {tokens['max_pixels']})"
+    lines += ["", f"| reference | image tokens (processor limit) | {capped} |", "|---|---|---|"]
+    for side in RESOLUTIONS:
+        row = tokens[f"{side}x{side}"]
+        lines.append(f"| {side}² | {row['default_tokens']} | {row['capped_tokens']} |")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """The machine and library versions every bench result states."""
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1m": round(os.getloadavg()[0], 2),  # other processes on the machine when the run began
+        },
+        "versions": library_versions(),
+    }
+
+
 def run_bench(preset: str = "small", repeats: int = 5, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every figure for `preset`; see the module docstring."""
     say = progress or (lambda _: None)
     t0 = time.perf_counter()
-    out: dict[str, Any] = {
-        "preset": preset,
-        "repeats": repeats,
-        "date": date.today().isoformat(),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "versions": library_versions(),
-    }
+    out: dict[str, Any] = {"preset": preset, "repeats": repeats, "date": date.today().isoformat(), **machine()}
     with tempfile.TemporaryDirectory() as tmp:
         say("pipeline overhead vs diffusers")
         out["pipeline_overhead_vs_diffusers"] = pipeline_overhead(preset, repeats)
@@ -342,7 +511,215 @@ def run_bench(preset: str = "small", repeats: int = 5, progress: Callable[[str],
         out |= sweep_figures(preset, Path(tmp), repeats)
         say("batched vs sequential")
         out["batched_vs_sequential"] = batched(preset, repeats)
+        say("compiled DiT vs eager")
+        out["compiled_vs_eager"] = compiled(preset, repeats)
         say("peak memory")
         out["peak_memory_ratio"] = peak_memory(preset)
+    out["wall_time_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- real-size memory
+
+REAL_SIZE = "real-size"
+# The real configurations (FACTS.md §1), applied to the tiny zoo's config files: sizes change, token ids and the
+# tokenizer stay the zoo's (they index into the real vocabulary size), so every loader and code path is the real one.
+_QWEN3_4B = {
+    "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-6,
+}  # fmt: skip
+REAL_CONFIGS: dict[str, dict[str, Any]] = {
+    "zimage/text_encoder": {**_QWEN3_4B, "max_position_embeddings": 40960, "tie_word_embeddings": True},
+    "zimage/transformer": {
+        "dim": 3840, "n_layers": 30, "n_refiner_layers": 2, "n_heads": 30, "n_kv_heads": 30, "cap_feat_dim": 2560,
+        "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
+    },
+    "zimage/vae": {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32},
+    "qwen3-vl": {
+        "tie_word_embeddings": True,
+        "text_config": {
+            **_QWEN3_4B, "max_position_embeddings": 262144,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                "mrope_interleaved": True},
+        },
+        "vision_config": {
+            "depth": 24, "hidden_size": 1024, "intermediate_size": 4096, "num_heads": 16, "out_hidden_size": 2560,
+            "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17],
+        },
+    },
+}  # fmt: skip
+REAL_DISK_GB = 32.0  # 29.4 GB of bf16 safetensors (research-realckpt §6.2) and a margin
+REAL_RAM_GIB = 13.0  # staged peak ≈ 11.9 GiB (the DiT stage) and the VAE decode
+REAL_SIZE_PIXELS = 256  # output side: 256 DiT image tokens
+SHARD_BYTES = 2 << 30
+
+
+def meta_model(component: str, config: dict[str, Any]) -> torch.nn.Module:
+    """`component` (a key of `REAL_CONFIGS`) built from its config dict on the meta device: names and shapes only."""
+    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+    from transformers import AutoConfig, AutoModel, Qwen3VLForConditionalGeneration
+
+    with torch.device("meta"):
+        if component == "zimage/transformer":
+            return ZImageTransformer2DModel.from_config(config)
+        if component == "zimage/vae":
+            return AutoencoderKL.from_config(config)
+        cfg = AutoConfig.for_model(**config)
+        return Qwen3VLForConditionalGeneration(cfg) if component == "qwen3-vl" else AutoModel.from_config(cfg)
+
+
+def _merged(config: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    out = dict(config)
+    for key, value in updates.items():
+        out[key] = _merged(out.get(key, {}), value) if isinstance(value, dict) and key != "rope_parameters" else value
+    return out
+
+
+def real_config(component: str, config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a tiny zoo component's) with the real sizes of `REAL_CONFIGS`; per-layer lists the zoo's depth
+    wrote (`layer_types`) are dropped so transformers derives them for the real depth."""
+    out = _merged(config, REAL_CONFIGS[component])
+    for section in (out, out.get("text_config", {})):
+        section.pop("layer_types", None)
+    return out
+
+
+def _unique_tensors(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """`{name: shape}` of the persistent tensors a checkpoint stores, tied weights once (transformers re-ties)."""
+    tied = set(dict(model.named_parameters(remove_duplicate=False))) - set(dict(model.named_parameters()))
+    return {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in tied}
+
+
+def _fill(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Random bf16 weights of a trained model's scale: zero biases, unit norms, N(0, 0.02) elsewhere (made in row
+    blocks so the float32 temporary of the 742 MiB embedding never exists whole)."""
+    if name.endswith("bias"):
+        return torch.zeros(shape, dtype=torch.bfloat16)
+    if len(shape) == 1 and "norm" in name:
+        return torch.ones(shape, dtype=torch.bfloat16)
+    out = torch.empty(shape, dtype=torch.bfloat16)
+    for block in out.view(shape[0], -1).split(4096) if len(shape) else [out]:
+        block.copy_(torch.randn(block.shape, generator=gen) * 0.02)
+    return out
+
+
+def write_random_checkpoint(component: str, config: dict[str, Any], folder: Path, stem: str) -> int:
+    """Random bf16 weights for `config` in `folder`, written shard by shard (one shard in memory at a time) with the
+    index `from_pretrained` reads; returns the bytes written. The model is built on the meta device for its names."""
+    from safetensors.torch import save_file
+
+    model = meta_model(component, config)
+    tensors = _unique_tensors(model)
+    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in tensors.items():
+        nbytes = 2 * int(torch.Size(shape).numel())
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += nbytes
+    gen = torch.Generator().manual_seed(0)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, 1):
+        file = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: _fill(n, s, gen) for n, s in shard}, folder / file, metadata={"format": "pt"})
+        weight_map |= {n: file for n, _ in shard}
+        total += (folder / file).stat().st_size
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / f"{stem}.safetensors.index.json").write_text(json.dumps(index, indent=1))
+    return total
+
+
+def build_real_size(work: Path, scale: str = "real", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`work/zimage` and `work/qwen3-vl` with random bf16 weights: the tiny zoo's folders (tokenizer, scheduler,
+    processor, configs) with the configurations of `REAL_CONFIGS` (`scale="tiny"`: the zoo's own sizes, the dry
+    path that tests this code). A finished build is marked by `work/built.json` and reused."""
+    marker = work / "built.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("scale") == scale:
+        return json.loads(marker.read_text())
+    say = progress or (lambda _: None)
+    if work.exists():
+        shutil.rmtree(work)
+    zoo = zoo_dir("tiny")
+    shutil.copytree(zoo, work, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json"))
+    written: dict[str, Any] = {}
+    for component in REAL_CONFIGS:
+        folder = work / component
+        config = json.loads((folder / "config.json").read_text())
+        if scale == "real":
+            config = real_config(component, config)
+            (folder / "config.json").write_text(json.dumps(config, indent=2))
+        say(f"writing random bf16 weights: {component}")
+        t0 = time.perf_counter()
+        stem = "model" if component in ("qwen3-vl", "zimage/text_encoder") else "diffusion_pytorch_model"
+        nbytes = write_random_checkpoint(component, config, folder, stem)
+        written[component] = {"gb": round(nbytes / 1e9, 3), "write_s": round(time.perf_counter() - t0, 1)}
+    result = {"scale": scale, "components": written, "total_gb": round(sum(w["gb"] for w in written.values()), 2)}
+    marker.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _meminfo_gib(field: str) -> float:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 2**20
+
+
+def check_real_size(work: Path) -> dict[str, float]:
+    """Refuse (one line) before anything is written when `work`'s disk or the free RAM cannot hold the bench."""
+    work.mkdir(parents=True, exist_ok=True)
+    built = (work / "built.json").is_file()
+    disk = shutil.disk_usage(work).free / 1e9
+    ram = _meminfo_gib("MemAvailable")
+    if (disk < REAL_DISK_GB and not built) or ram < REAL_RAM_GIB:
+        raise UserError(
+            f"bench --preset {REAL_SIZE} needs {REAL_DISK_GB:g} GB free disk in {work} (has {disk:.1f}) and "
+            f"{REAL_RAM_GIB:g} GiB available RAM (has {ram:.1f}); it writes 29.4 GB of random bf16 weights and runs "
+            f"the 4 B encoders and the 6 B DiT one at a time on the CPU"
+        )
+    return {"disk_free_gb": round(disk, 1), "ram_available_gib": round(ram, 1)}
+
+
+def real_size_overrides(work: Path) -> dict[str, Any]:
+    """The low-memory bf16 pipeline on CPU at a small output size (2 steps) on the built folders."""
+    return {
+        "models.zimage": str(work / "zimage"),
+        "models.vl": str(work / "qwen3-vl"),
+        "encoder.device": "cpu",
+        "vl.device": "cpu",
+        "generation.device": "cpu",
+        "encoder.dtype": "bfloat16",
+        "vl.dtype": "bfloat16",
+        "generation.dtype": "bfloat16",
+        "generation.width": REAL_SIZE_PIXELS,
+        "generation.height": REAL_SIZE_PIXELS,
+        "generation.steps": 2,
+        "vl.image_check": False,
+    }
+
+
+def run_real_size(
+    work: Path, scale: str = "real", progress: Callable[[str], None] | None = None, threads: int | None = None
+) -> dict[str, Any]:
+    """The `real-size` preset: check disk and RAM (`check_real_size`; `scale="tiny"` skips it), build the folders,
+    then peak RSS above the post-import baseline of each stage alone (text encoder, VL model, DiT + VAE), each in
+    a fresh process, and of the whole low-memory generation, against the sum of the stages."""
+    say = progress or (lambda _: None)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"preset": REAL_SIZE, "scale": scale, "date": date.today().isoformat(), **machine()}
+    out["machine"]["ram_total_gib"] = round(_meminfo_gib("MemTotal"), 1)
+    out["resources"] = check_real_size(work) if scale == "real" else {}
+    out["build"] = build_real_size(work, scale, say)
+    overrides = real_size_overrides(work)
+    stages: dict[str, Any] = {}
+    for what in (*STAGES, "staged"):
+        say(f"peak memory: {what}")
+        m = memory_probe(overrides, what, threads)
+        stages[what] = {"peak_above_base_gib": round((m["peak_mb"] - m["base_mb"]) / 1024, 2), "seconds": m["seconds"]}
+    total = sum(stages[s]["peak_above_base_gib"] for s in STAGES)
+    out["stages"] = stages
+    out["sum_of_stages_gib"] = round(total, 2)
+    out["staged_vs_sum"] = figure(stages["staged"]["peak_above_base_gib"], total, "staged peak / sum of stages")
+    out["output_size"] = REAL_SIZE_PIXELS
     out["wall_time_s"] = round(time.perf_counter() - t0, 1)
     return out

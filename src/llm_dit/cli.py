@@ -9,6 +9,7 @@ traceback (`--debug` shows it), with the command's flags beside the config keys 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -139,7 +140,7 @@ def config_show(given: Given) -> None:
 
 
 @app.command()
-@takes(*MODELS, "low-memory", "generation", "conditioning", "inputs")
+@takes(*MODELS, "low-memory", "dit", "quantization", "generation", "conditioning", "inputs")
 def generate(
     given: Given,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to draw.")],
@@ -310,7 +311,7 @@ def train_adapter_cmd(
 
 
 @app.command()
-@takes(*MODELS, "low-memory", "generation", "conditioning", "sweep", "run", axes=True)
+@takes(*MODELS, "low-memory", "dit", "quantization", "generation", "conditioning", "sweep", "run", axes=True)
 def sweep(
     given: Given,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Sweep directory.")] = None,
@@ -565,17 +566,42 @@ def demo(
 
 @app.command()
 def bench(
-    preset: Annotated[str, typer.Option("--preset", help="Model zoo preset: tiny or small.")] = "small",
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            help="Model zoo preset: tiny or small; blend-cost: the model-free section; real-size: the real models' "
+            "memory (opt-in: 32 GB disk, 13 GiB RAM).",
+        ),
+    ] = "small",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions per figure (after one warm-up).", min=1)] = 5,
+    work: Annotated[
+        Path | None, typer.Option(help="real-size: folder for its 29.4 GB of weights (default: under $LLM_DIT_CACHE).")
+    ] = None,
 ) -> None:
     """Benchmark against diffusers and the naive workflow; every figure is a ratio measured side by side."""
-    from .bench import SIZES, run_bench
+    from .bench import BLEND_COST, REAL_SIZE, SIZES, print_blend_cost, run_bench, run_blend_cost, run_real_size
+    from .cache import cache_root
     from .files import write_json
 
-    if preset not in SIZES:
-        raise UserError(f"unknown preset '{preset}' (valid: {', '.join(SIZES)})")
-    result = run_bench(preset, repeats, progress=lambda step: console.print(f"[dim]bench: {step}[/]"))
+    presets = (*SIZES, BLEND_COST, REAL_SIZE)
+    if preset not in presets:
+        raise UserError(f"unknown preset '{preset}' (valid: {', '.join(presets)})")
+    say = lambda step: console.print(f"[dim]bench: {step}[/]")  # noqa: E731
+    if preset == REAL_SIZE:
+        result = run_real_size(work or cache_root() / REAL_SIZE, progress=say, threads=os.cpu_count())
+        if json_out is not None:
+            write_json(json_out, result)
+        print(json.dumps({k: result[k] for k in ("stages", "sum_of_stages_gib", "staged_vs_sum")}, indent=2))
+        return
+    if preset == BLEND_COST:
+        result = run_blend_cost(repeats, progress=say)
+        if json_out is not None:
+            write_json(json_out, result)
+        print(print_blend_cost(result))
+        return
+    result = run_bench(preset, repeats, progress=say)
     if json_out is not None:
         write_json(json_out, result)
     for name, fig in result.items():

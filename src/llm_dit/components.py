@@ -13,8 +13,10 @@ the largest component's, not the sum.
 
 from __future__ import annotations
 
+import re
 import warnings
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 from .adapter import Adapter, check_use
@@ -22,14 +24,24 @@ from .cache import TensorCache
 from .config import PLACEMENT_KEYS, Config, VLConfig
 from .errors import UserError
 from .files import sha256_file
-from .models import load_pipeline, read_model_json, release_memory
+from .models import check_lora, check_offload, load_pipeline, parse_lora, read_model_json, release_memory
 from .stats import ReferenceStats
 from .text import TextEncoder
 from .vl import VLEmbeddingExtractor
 
 Name = Literal["text_encoder", "vl", "pipeline"]
 NAMES: tuple[Name, ...] = ("text_encoder", "vl", "pipeline")
-COMPONENT_KEYS = ("models.zimage", "models.vl", "models.trust_remote_code", *sorted(PLACEMENT_KEYS))
+COMPONENT_KEYS = (
+    "models.zimage",
+    "models.vl",
+    "models.trust_remote_code",
+    "models.transformer",
+    "models.offload",
+    "models.compile",
+    "models.encoder_quantization",
+    "models.vl_quantization",
+    *sorted(PLACEMENT_KEYS),
+)
 """The config keys a `Components` depends on; every other key may differ between the runs it serves."""
 
 _EARLIER: dict[str, tuple[Name, ...]] = {"vl": ("text_encoder",), "pipeline": ("text_encoder", "vl")}
@@ -57,11 +69,13 @@ class Components:
 
     def __init__(self, config: Config, cache: TensorCache | None = None) -> None:
         self.settings = component_settings(config)
+        check_offload(self.settings["models.offload"])  # before any model loads
         self.cache = cache
         self._released_passes = {"text_encoder": 0, "vl": 0}
         self._stats: dict[tuple[int, float], ReferenceStats] = {}
         self._stats_files: dict[str, ReferenceStats] = {}
         self._adapters: dict[str, tuple[Adapter, dict[str, Any]]] = {}
+        self._loras: dict[str, tuple[str, str]] = {}  # resolved LoRA path -> (adapter name, sha256)
 
     def differences(self, config: Config) -> list[str]:
         """The `COMPONENT_KEYS` whose value in `config` differs from these components' (none: they serve it)."""
@@ -71,16 +85,23 @@ class Components:
     def text_encoder(self) -> TextEncoder:
         """Z-Image's tokenizer and text encoder (weights on the first cache miss)."""
         s = self.settings
+        key = "models.encoder_quantization"
         return TextEncoder.from_pretrained(
-            s["models.zimage"], s["encoder.device"], s["encoder.dtype"], self.cache, s["models.trust_remote_code"]
+            s["models.zimage"],
+            s["encoder.device"],
+            s["encoder.dtype"],
+            self.cache,
+            s["models.trust_remote_code"],
+            (s[key], key),
         )
 
     @cached_property
     def vl(self) -> VLEmbeddingExtractor:
         """The Qwen3-VL extractor (weights on the first cache miss)."""
         s = self.settings
+        key = "models.vl_quantization"
         return VLEmbeddingExtractor.from_pretrained(
-            s["models.vl"], s["vl.device"], s["vl.dtype"], self.cache, s["models.trust_remote_code"]
+            s["models.vl"], s["vl.device"], s["vl.dtype"], self.cache, s["models.trust_remote_code"], (s[key], key)
         )
 
     @cached_property
@@ -88,8 +109,47 @@ class Components:
         """The diffusers Z-Image pipeline without its text encoder (`models.load_pipeline`)."""
         s = self.settings
         return load_pipeline(
-            s["models.zimage"], s["generation.device"], s["generation.dtype"], s["models.trust_remote_code"]
+            s["models.zimage"],
+            s["generation.device"],
+            s["generation.dtype"],
+            s["models.trust_remote_code"],
+            s["models.transformer"],
+            s["models.offload"],
+            s["models.compile"],
         )
+
+    def dit(self, loras: list[str]) -> tuple[Any, list[dict[str, Any]]]:
+        """The pipeline with exactly `loras` (`generation.loras` items, `FILE[:SCALE]`) active, and what acted:
+        `[{path, sha256, scale}]` of the LoRAs whose scale is not 0. Each file is checked (`models.check_lora`)
+        and loaded once (diffusers' `load_lora_weights`, which converts the trainers' key layouts); scales are
+        the adapters' weights (`set_adapters`), so changing them between runs reloads nothing. No LoRA: the
+        loaded adapters are disabled."""
+        pipe = self.pipeline
+        names, weights, acted = [], [], []
+        for item in loras:
+            path, scale = parse_lora(item)
+            name, sha256 = self._lora(pipe, path)
+            names.append(name)
+            weights.append(scale)
+            if scale != 0:
+                acted.append({"path": path, "sha256": sha256, "scale": scale})
+        if names:
+            pipe.enable_lora()
+            pipe.set_adapters(names, adapter_weights=weights)
+        elif self._loras:
+            pipe.disable_lora()
+        return pipe, acted
+
+    def _lora(self, pipe, path: str) -> tuple[str, str]:
+        key = str(Path(path).expanduser().resolve())
+        if key not in self._loras:
+            check_lora(path, pipe.transformer)
+            name = f"lora{len(self._loras)}_{re.sub(r'[^A-Za-z0-9]+', '_', Path(path).stem)}"
+            with warnings.catch_warnings():  # peft warns that a second adapter joins the first: intended here
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                pipe.load_lora_weights(key, adapter_name=name)
+            self._loras[key] = name, sha256_file(Path(key))
+        return self._loras[key]
 
     @cached_property
     def caption_width(self) -> int:
@@ -104,6 +164,8 @@ class Components:
         """Drop these components (their forward passes still count) and return their memory."""
         for name in names:
             component = self.__dict__.pop(name, None)
+            if name == "pipeline":
+                self._loras.clear()  # the adapters went with it
             if name in self._released_passes and component is not None:
                 self._released_passes[name] += component.forward_passes
         release_memory()

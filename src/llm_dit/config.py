@@ -17,6 +17,7 @@ implements the modes (`blend.BLEND_MODES`, `stats.NORMALIZATION_MODES`, `vl.TOKE
 from __future__ import annotations
 
 import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .blend import BLEND_MODES, CAPTION_LIMIT, RESAMPLE_MODES
 from .errors import UserError
+from .models import OFFLOADS, QUANTIZATIONS, parse_lora
 from .schedule import parse_schedule
 from .stats import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
 from .text import LONG_PROMPT_MODES
@@ -41,6 +43,8 @@ OutlierMode = Literal[OUTLIER_MODES]
 SinkRowMode = Literal[SINK_ROW_MODES]
 BlendModeName = Literal[tuple(BLEND_MODES)]
 ResampleMode = Literal[RESAMPLE_MODES]
+Offload = Literal[OFFLOADS]
+Quantization = Literal[QUANTIZATIONS]
 
 # Settings that change only where and when things run, never the numbers a run produces (up to dtype rounding): the
 # only keys a packaged hardware profile (e.g. `rtx4090`) may set.
@@ -70,6 +74,11 @@ class ModelsConfig(_Section):
     vl: str = "Qwen/Qwen3-VL-4B-Instruct"
     low_memory: bool = False
     trust_remote_code: bool = False
+    transformer: str | None = None  # a single-file DiT (.safetensors or .gguf) in place of models.zimage's
+    offload: Offload = "none"  # diffusers' CPU offload of the DiT + VAE (needs an accelerator)
+    compile: bool = False  # torch.compile the DiT's repeated blocks
+    encoder_quantization: Quantization = "none"  # the text encoder's weights: bitsandbytes 8bit/4bit, torchao int8
+    vl_quantization: Quantization = "none"  # Qwen3-VL's weights, vision tower included
 
 
 class EncoderConfig(_Section):
@@ -92,6 +101,18 @@ class GenerationConfig(_Section):
     shift: float = Field(3.0, gt=0.0)
     seed: int = Field(0, ge=0)
     strength: float = Field(0.75, gt=0.0, le=1.0)  # skips int(N - N*strength) steps: acts from 4 steps up
+    loras: list[str] = []  # LoRA files of the DiT, each FILE or FILE:SCALE (scale 1 when not given)
+
+    @field_validator("loras")
+    @classmethod
+    def _lora_items(cls, v: list[str]) -> list[str]:
+        paths = [parse_lora(item) for item in v]
+        for item, (path, scale) in zip(v, paths, strict=True):
+            if not path or not math.isfinite(scale):
+                raise ValueError(f"'{item}' is not FILE or FILE:SCALE with a finite scale")
+        if len({path for path, _ in paths}) != len(paths):
+            raise ValueError("a LoRA file is given twice: give each file once, with its scale")
+        return v
 
     @field_validator("width", "height")
     @classmethod
@@ -107,6 +128,7 @@ class VLConfig(_Section):
     hidden_layer: int = -6
     layers: str | None = None  # weighted layers "-6:0.7,-16:0.3"; replaces hidden_layer when set
     token_mode: TokenMode = "full"
+    max_pixels: int | None = Field(None, ge=1024)  # cap on the reference's resized area (None: the processor's)
     system_prompt: str | None = None
     normalize: NormalizationMode = "none"
     clip_sigma: float | None = Field(None, gt=0.0)

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -180,8 +180,8 @@ class Generator:
         settings and init image, no per-step conditioning, no block injection), each with its record."""
         self.components.stage("pipeline")
         with timed(batch[0].times, "load"):
-            pipe = self.components.pipeline
-        rendered = render(pipe, batch)
+            pipe, loras = self.components.dit(batch[0].config.generation.loras)
+        rendered = replace(render(pipe, batch), loras=loras)
         for p in batch:
             p.times["denoise"] = rendered.seconds / len(batch)
         return [Result(image, records.sidecar(p, rendered)) for p, image in zip(batch, rendered.images, strict=True)]

@@ -60,6 +60,15 @@ def adapter_or_none(item: str) -> str | None:
     return None if item == "none" else item
 
 
+def lora_set(item: str) -> list[str]:
+    """One LoRA set: `FILE[:SCALE]` items joined by `,` (`--lora` splits them first), or `none` for no LoRA."""
+    return [] if item == "none" else [s.strip() for s in item.split(",") if s.strip()]
+
+
+def flatten(sets: list[list[str]]) -> list[str]:
+    return [item for s in sets for item in s]
+
+
 @dataclass(frozen=True)
 class Option:
     """One row of the table. `kind` is the type of the value (of each item, for a list option); `item` converts
@@ -95,10 +104,11 @@ def row(key: str, flags: str, help: str, tags: str, kind: type = str, **kw: Any)
     return Option(key, tuple(flags.split()), help, tuple(tags.split()), kind, **kw)
 
 
-# Tags: config (--config, --profile), zoo (--models), zimage, vl-model, low-memory; generation (generate's
-# generation.* flags), training (train-adapter's), conditioning (generate's vl.* flags), extraction (extract's),
-# vl-rows (steer's and train-adapter's), encoder (encode's); inputs (generate's files), sweep (a sweep's inputs),
-# run (how a sweep runs), scoring (metrics), inspect.
+# Tags: config (--config, --profile), zoo (--models), zimage, vl-model, low-memory, dit (how the DiT loads),
+# quantization;
+# generation (generate's generation.* flags), training (train-adapter's), conditioning (generate's vl.* flags),
+# extraction (extract's), vl-rows (steer's and train-adapter's), encoder (encode's); inputs (generate's files),
+# sweep (a sweep's inputs), run (how a sweep runs), scoring (metrics), inspect.
 # fmt: off
 OPTIONS: tuple[Option, ...] = (
     # where the config comes from, and the models
@@ -108,6 +118,12 @@ OPTIONS: tuple[Option, ...] = (
     row("models.zimage", "--zimage", "Z-Image folder or hub id", "zimage"),
     row("models.vl", "--vl", "Qwen3-VL folder or hub id", "vl-model"),
     row("models.low_memory", "--low-memory/--no-low-memory", "Release components after use", "low-memory", bool),
+    row("models.transformer", "--transformer", "Single-file DiT (.safetensors or .gguf) in place of the Z-Image "
+      "folder's", "dit", Path),
+    row("models.offload", "--offload", "CPU offload of the DiT + VAE (needs an accelerator)", "dit"),
+    row("models.compile", "--compile/--no-compile", "torch.compile the DiT's repeated blocks", "dit", bool),
+    row("models.encoder_quantization", "--encoder-quantization", "Text-encoder weight quantisation", "quantization"),
+    row("models.vl_quantization", "--vl-quantization", "Qwen3-VL weight quantisation", "quantization"),
     # generation
     row("generation.strength", "--strength", "Img2img strength", "generation", float, axis="--strengths",
       examples=("0.5", "0.75")),
@@ -118,6 +134,9 @@ OPTIONS: tuple[Option, ...] = (
       axis_help="Seeds: every run is repeated per seed", examples=("0", "1")),
     row("generation.guidance", "--guidance", "CFG scale, 0 = off", "generation eval", float),
     row("generation.shift", "--shift", "Scheduler shift", "generation training eval", float),
+    row("generation.loras", "--lora", "LoRA of the DiT, FILE or FILE:SCALE (scale 1 by default)", "generation eval",
+      many=True, item=lora_set, join=flatten, metavar="file[:scale]", axis="--lora-sets", axis_sep=";",
+      axis_help="LoRA sets to vary, each FILE[:SCALE],... or 'none'", examples=("a.safetensors:0.8", "b.safetensors")),
     # conditioning: how V is extracted and blended
     row("vl.alpha", "--alpha", "Blend strength", "conditioning", float, axis="--alphas", examples=("0.3", "0.6")),
     row("vl.blend", "--blend", "Blend mode (docs/methods.md)", "conditioning", axis="--blend-modes",
@@ -125,6 +144,8 @@ OPTIONS: tuple[Option, ...] = (
     row("vl.resample", "--resample", "Length alignment", "conditioning"),
     row("vl.token_mode", "--token-mode", "VL rows to keep", "conditioning extraction vl-rows", axis="--token-modes",
       examples=("full", "image_only")),
+    row("vl.max_pixels", "--max-pixels", "Cap on the reference's resized area in pixels (image tokens = area / 1024)",
+      "conditioning extraction", int),
     row("vl.hidden_layer", "--vl-layer", "VL hidden layer", "conditioning vl-rows", int, axis="--layers",
       examples=("-2", "-6")),
     row("vl.hidden_layer", "--layer", "VL hidden layer (transformers' hidden_states index)", "extraction", int),
@@ -225,6 +246,8 @@ PANELS = {
     "zimage": "Configuration and models",
     "vl-model": "Configuration and models",
     "low-memory": "Configuration and models",
+    "dit": "Configuration and models",
+    "quantization": "Configuration and models",
     "generation": "Generation settings",
     "training": "Generation settings",
     "conditioning": "Conditioning settings",

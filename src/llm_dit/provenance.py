@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
+from .models import parse_lora
 from .schedule import parse_schedule
 
 
@@ -136,6 +137,20 @@ def _strength(c: Config, f: Facts) -> str | None:
     return None if f.img2img else "no init image: text-to-image"
 
 
+def _loras(c: Config, f: Facts) -> str | None:
+    if not c.generation.loras:
+        return "no LoRA"
+    return None if any(parse_lora(item)[1] for item in c.generation.loras) else "every LoRA scale is 0"
+
+
+def _transformer(c: Config, f: Facts) -> str | None:
+    return None if c.models.transformer else "unset: the DiT of models.zimage"
+
+
+def _max_pixels(c: Config, f: Facts) -> str | None:
+    return None if c.vl.max_pixels else "unset: the image processor's own limit"
+
+
 def _acts(c: Config, f: Facts) -> str | None:
     return None
 
@@ -145,6 +160,11 @@ RULES: dict[str, Rule] = {
     "models.vl": _extracted,
     "models.low_memory": _acts,
     "models.trust_remote_code": _acts,
+    "models.transformer": _transformer,
+    "models.offload": _acts,
+    "models.compile": _acts,
+    "models.encoder_quantization": _text_rows,
+    "models.vl_quantization": _extracted,
     "encoder.device": _text_rows,
     "encoder.dtype": _text_rows,
     "encoder.hidden_layer": _text_rows,
@@ -161,11 +181,13 @@ RULES: dict[str, Rule] = {
     "generation.shift": _acts,
     "generation.seed": _acts,
     "generation.strength": _strength,
+    "generation.loras": _loras,
     "vl.device": _extracted,
     "vl.dtype": _extracted,
     "vl.hidden_layer": _both(_extracted, _single_layer),
     "vl.layers": _both(_extracted, _layers),
     "vl.token_mode": _extracted,
+    "vl.max_pixels": _both(_extracted, _max_pixels),
     "vl.system_prompt": _extracted,
     "vl.normalize": _extracted,
     "vl.clip_sigma": _both(_extracted, _clip),
@@ -205,6 +227,7 @@ EXTRACTION_KEYS = (
     "vl.hidden_layer",
     "vl.layers",
     "vl.token_mode",
+    "vl.max_pixels",
     "vl.system_prompt",
     "vl.outlier_masking",
     "vl.outlier_threshold",

@@ -28,7 +28,7 @@ from .blend import blend_stats
 from .config import Config, EncoderConfig
 from .files import sha256_file
 from .inject import injected_rows
-from .models import model_identity
+from .models import file_identity, model_identity
 from .provenance import Facts, extraction_settings, split_settings
 from .render import Prepared, Rendered, denoising_steps
 from .stats import describe
@@ -105,8 +105,12 @@ def sidecar(p: Prepared, rendered: Rendered | None = None) -> dict[str, Any]:
     happened = facts(p)
     settings, inactive = split_settings(p.config, happened)
     models = {"zimage": model_identity(p.config.models.zimage)}
+    if p.config.models.transformer:
+        models["transformer"] = file_identity(p.config.models.transformer)
     if happened.extracted:
         models["vl"] = model_identity(p.config.models.vl)
+    if rendered is not None and rendered.loras:
+        models["loras"] = rendered.loras
     g = p.config.generation
     img2img = None
     if p.init_image is not None:

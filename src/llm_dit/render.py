@@ -51,7 +51,7 @@ def denoise(
     """
     set_shift(pipe, gen.shift)
     dtype = pipe.transformer.dtype
-    device = pipe.transformer.device
+    device = pipe._execution_device  # with CPU offload the DiT waits on the CPU: the accelerator it runs on
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     kwargs: dict[str, Any] = {
         "prompt_embeds": [e.to(device, dtype) for e in prompt_embeds],
@@ -122,6 +122,7 @@ class Rendered:
     seconds: float
     alphas_used: list[float] | None = None  # the alpha in force at each step, under a schedule
     injected_blocks: list[int] = field(default_factory=list)  # DiT blocks that received C (DiT injection)
+    loras: list[dict[str, Any]] = field(default_factory=list)  # LoRAs that acted: path, sha256, scale
 
 
 def render(pipe, batch: list[Prepared]) -> Rendered:

@@ -124,10 +124,11 @@ def prime(components: Components, plan: Plan, inputs: Inputs) -> None:
     for e in plan.unique_extractions:
         with contextlib.suppress(UserError):
             image = inputs.image(e["image"], "reference image")
-            components.vl.hidden_rows(image, e["text"], e["layers"], e["system_prompt"])
+            components.vl.hidden_rows(image, e["text"], e["layers"], e["system_prompt"], e["max_pixels"])
     for e in plan.probe_extractions:
         with contextlib.suppress(UserError):
-            components.vl.hidden_rows(probe_image(tuple(e["probe"])), e["text"], e["layers"], e["system_prompt"])
+            probe = probe_image(tuple(e["probe"]))
+            components.vl.hidden_rows(probe, e["text"], e["layers"], e["system_prompt"], e["max_pixels"])
     for e in plan.unique_encodes:
         with contextlib.suppress(UserError):
             components.text_encoder.encode(e["prompt"], **e["encoder"])

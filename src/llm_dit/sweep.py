@@ -26,7 +26,7 @@ from .adapter import Adapter
 from .blend import BLEND_MODES
 from .compose import check_weights, equal_weights
 from .condition import parse_layer_weights
-from .config import Config, load_toml_model, with_overrides
+from .config import Config, VLConfig, load_toml_model, with_overrides
 from .errors import UserError, check_choice
 from .files import load_image
 from .hooks import layer_position
@@ -420,9 +420,9 @@ class Plan:
             v = cfg.vl
             layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
             for image in [*reference_paths(run["image"]), *filter(None, [run.get("neutral_image")])]:
-                key = json.dumps([image, run["prompt"], v.system_prompt])
+                key = json.dumps([image, run["prompt"], v.system_prompt, v.max_pixels])
                 entry = extractions.setdefault(
-                    key, {"image": image, "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
+                    key, {"image": image, "text": run["prompt"], "layers": [], **_extraction_inputs(v)}
                 )
                 entry["layers"] = sorted(set(entry["layers"]) | set(layers))
             for path in reference_paths(run["image"]) if v.image_check else []:
@@ -430,9 +430,9 @@ class Plan:
                     sizes[path] = inputs.size(path, "reference image")
                 if (size := sizes[path]) is None:
                     continue
-                key = json.dumps([size, run["prompt"], v.system_prompt])
+                key = json.dumps([size, run["prompt"], v.system_prompt, v.max_pixels])
                 entry = probes.setdefault(
-                    key, {"probe": list(size), "text": run["prompt"], "system_prompt": v.system_prompt, "layers": []}
+                    key, {"probe": list(size), "text": run["prompt"], "layers": [], **_extraction_inputs(v)}
                 )
                 entry["layers"] = sorted(set(entry["layers"]) | set(layers))
         return cls(runs, configs, list(extractions.values()), list(probes.values()), list(encodes.values()), sizes)
@@ -462,6 +462,11 @@ class Plan:
             "probe_extractions": self.probe_extractions,
             "unique_encodes": self.unique_encodes,
         }
+
+
+def _extraction_inputs(v: VLConfig) -> dict[str, Any]:
+    """The settings of a VL forward pass besides image, text and layers: the system prompt and `vl.max_pixels`."""
+    return {"system_prompt": v.system_prompt, "max_pixels": v.max_pixels}
 
 
 def refuse_image_free(plan: Plan) -> None:

@@ -254,19 +254,34 @@ class VLEmbeddingExtractor(LazyEncoder):
         return "thinking" if probe.endswith("<think>\n") else "instruct"
 
     def prepare(
-        self, image: Image.Image | None, text: str | None, system_prompt: str | None = None
+        self,
+        image: Image.Image | None,
+        text: str | None,
+        system_prompt: str | None = None,
+        max_pixels: int | None = None,
     ) -> tuple[dict[str, torch.Tensor], str]:
         """Model inputs and the rendered prompt: one image part (if any) followed by the text. The last few are
-        kept, keyed by the image's content hash, so a sweep preprocesses each reference once."""
+        kept, keyed by the image's content hash, so a sweep preprocesses each reference once. `max_pixels`
+        (`vl.max_pixels`) caps the area the image processor resizes the image to (`image_size`)."""
         key = (image_sha256(image) if image is not None else None, text, system_prompt, self.tokenizer.chat_template)
+        key += (max_pixels,)
         if key not in self._prepared:
-            self._prepared[key] = self._prepare(image, text, system_prompt)
+            self._prepared[key] = self._prepare(image, text, system_prompt, max_pixels)
             while len(self._prepared) > 8:
                 self._prepared.popitem(last=False)
         return self._prepared[key]
 
+    def image_size(self, max_pixels: int | None) -> dict[str, int]:
+        """The image processor's `size` (`shortest_edge`/`longest_edge`: the min and max resized AREA in pixels)
+        with `max_pixels` as the max (and the min lowered to it when above): Qwen-VL resizes a larger image down
+        to at most that many pixels, so a reference costs at most `max_pixels / (patch * merge)^2` image tokens."""
+        size = dict(self.image_processor.size)
+        if max_pixels is not None:
+            size = {"shortest_edge": min(size["shortest_edge"], max_pixels), "longest_edge": max_pixels}
+        return size
+
     def _prepare(
-        self, image: Image.Image | None, text: str | None, system_prompt: str | None
+        self, image: Image.Image | None, text: str | None, system_prompt: str | None, max_pixels: int | None
     ) -> tuple[dict[str, torch.Tensor], str]:
         content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
         if text:
@@ -276,7 +291,7 @@ class VLEmbeddingExtractor(LazyEncoder):
         prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         inputs: dict[str, torch.Tensor] = {}
         if image is not None:
-            vision = self.image_processor(images=[image], return_tensors="pt")
+            vision = self.image_processor(images=[image], return_tensors="pt", size=self.image_size(max_pixels))
             merge = self.image_processor.merge_size
             count = int(vision["image_grid_thw"][0].prod()) // (merge * merge)
             prompt = prompt.replace("<|image_pad|>", "<|image_pad|>" * count, 1)
@@ -293,10 +308,11 @@ class VLEmbeddingExtractor(LazyEncoder):
         text: str | None,
         layers: Sequence[int],
         system_prompt: str | None = None,
+        max_pixels: int | None = None,
     ) -> tuple[dict[int, torch.Tensor], list[int], str, str]:
         """Raw rows `[N, D]` (float32, CPU) of every layer in `layers` from at most one forward pass:
         `(rows_by_layer, token_ids, prompt, "hit" | "miss")`. Layers already cached are not recomputed."""
-        inputs, prompt = self.prepare(image, text, system_prompt)
+        inputs, prompt = self.prepare(image, text, system_prompt, max_pixels)
         ids = inputs["input_ids"][0].tolist()
 
         def forward(missing: list[int]) -> dict[int, torch.Tensor]:
@@ -311,6 +327,8 @@ class VLEmbeddingExtractor(LazyEncoder):
             "token_ids_sha256": hashlib.sha256(str(ids).encode()).hexdigest(),
             "image": image_sha256(image) if image is not None else None,
         }
+        if max_pixels is not None and image is not None:  # the resized pixels the rows come from
+            key["image_size"] = self.image_size(max_pixels)
         meta = {"prompt": prompt}
         rows, ran = self.cached_rows("vl", key, layers, forward, "VL extraction", _BROKEN, meta)
         return rows, ids, prompt, "miss" if ran else "hit"
@@ -340,6 +358,7 @@ class VLEmbeddingExtractor(LazyEncoder):
         hybrid_weight: float = 0.5,
         sink_ratio: float = SINK_RATIO,
         sink_rows: str = "exclude",
+        max_pixels: int | None = None,
     ) -> dict[int, VLEmbeddings]:
         """Extract every layer of `hidden_layers` from one forward pass.
 
@@ -355,7 +374,7 @@ class VLEmbeddingExtractor(LazyEncoder):
         check_sink_rows(sink_rows)
         if isinstance(image, str | Path):
             image = load_image(image, "reference image")
-        rows_by_layer, ids, prompt, status = self.hidden_rows(image, text, hidden_layers, system_prompt)
+        rows_by_layer, ids, prompt, status = self.hidden_rows(image, text, hidden_layers, system_prompt, max_pixels)
         spans = find_spans(ids, self.ids["start"], self.ids["end"], self.ids["pad"])
         keep = spans.rows(token_mode)
         pad = torch.zeros(spans.total, dtype=torch.bool)
@@ -382,6 +401,7 @@ class VLEmbeddingExtractor(LazyEncoder):
             "sink_ratio": sink_ratio,
             "sink_rows": sink_rows,
             "text": text,
+            "image_size": self.image_size(max_pixels) if image is not None else None,
         }
         out = {}
         for layer, rows in kept.items():
