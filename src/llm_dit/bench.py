@@ -49,7 +49,7 @@ from .models import load_model, resolve_device, resolve_dtype
 from .records import library_versions
 from .render import denoise
 from .sweep import SweepSpec, expand, resolve_spec
-from .zoo import model_settings
+from .zoo import model_settings, zoo_dir
 
 SIZES = {"tiny": 64, "small": 128}
 STAGES = ("text_encoder", "vl", "pipeline")  # the components a generation runs one after another
