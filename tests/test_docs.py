@@ -205,8 +205,11 @@ def run_doc(file: Path, cwd: Path) -> list[str]:
         lines = proc.stdout.strip().splitlines()
         problem = None
         if command.gpu and not has_gpu:
-            if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: "):
-                problem = "a GPU-only command must be refused on CPU with exit 2 and one `error:` line"
+            gpu_refusal = (
+                len(lines) == 1 and lines[0].startswith("error: ") and re.search(r"cuda|CUDA|accelerator", lines[0])
+            )
+            if proc.returncode != 2 or not gpu_refusal:  # refused for the GPU, not for a missing file or a typo
+                problem = "a GPU-only command must be refused on CPU with exit 2 and one `error:` line naming the GPU"
         elif command.expected is None and proc.returncode != 0:  # (a GPU command on a GPU machine runs as any other)
             problem = f"exited {proc.returncode}"
         if problem is None and command.expected is not None and not matches(command.expected, proc.stdout):

@@ -8,7 +8,17 @@ use, so `import llm_dit` stays light):
     result = gen.generate("a lighthouse", PIL.Image.open("style.png"))  # or Reference(image, neutral=...), ...
 """
 
+import logging
+import os
 from importlib import import_module, metadata
+
+# The one library-output policy (`models.quiet_libraries`) must hold from the first import: diffusers and the optional
+# quantisation backends (torchao, bitsandbytes) log warnings while being imported, before any model loads. A user's
+# own DIFFUSERS_VERBOSITY / TRANSFORMERS_VERBOSITY still wins.
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+for _name in ("torchao", "bitsandbytes", "torch.utils._pytree"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 __version__ = metadata.version("llm-dit")
 

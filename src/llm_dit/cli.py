@@ -407,8 +407,9 @@ def eval_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Eval directory.")] = None,
     as_json: Json = False,
 ) -> None:
-    """Compare methods (text, caption, img2img, VL conditioning...) on a suite of references x prompts x seeds:
-    every method on every cell, scored, paired statistics, eval.json and leaderboard.md. Prints their paths."""
+    """Compare methods (text, caption, img2img, VL conditioning...) on references x prompts x seeds.
+
+    Every method on every cell, scored, paired statistics, eval.json and leaderboard.md. Prints their paths."""
     from .evalmethods import methods_of
     from .evaluate import REFERENCES, run_eval
     from .experiment import EXECUTORS

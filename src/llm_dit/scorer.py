@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from .cache import cache_root
+from .config import MODELS_ENV
 from .embedders import ROLES, DualEncoder, Embedder, cosine_matrix, load_embedder, to_pil
 from .errors import UserError
 from .metrics import IMAGE_METRICS, METRICS, ImageLike, compute_image_metrics
@@ -61,7 +62,8 @@ def metric_models(spec: str | Sequence[str] | Mapping[str, str | None] | None) -
     """The metric-model set ``{role: id or folder, or None (off)}`` of a spec: ``None``/empty = none (model-free
     metrics only); items ``default`` (the real ids), ``tiny`` (the tiny zoo, no reward models) and
     ``ROLE=ID_OR_PATH`` or ``ROLE=none``, later items overriding earlier ones (``"tiny,dino=none"``); a mapping is
-    taken as given."""
+    taken as given. With ``$LLM_DIT_MODELS`` set (the model-location switch, `config.locate_models`), ``default``
+    means ``tiny``: the default metric-model ids resolve to the offline tiny metric models, as the generators' do."""
     if isinstance(spec, Mapping):
         items: list[str] = [f"{k}={'none' if v is None else v}" for k, v in spec.items()]
     elif isinstance(spec, str):
@@ -70,6 +72,8 @@ def metric_models(spec: str | Sequence[str] | Mapping[str, str | None] | None) -
         items = list(spec or [])
     out: dict[str, str | None] = {}
     for item in items:
+        if item == "default" and os.environ.get(MODELS_ENV):
+            item = "tiny"
         if item == "default":
             out |= {**DEFAULT_METRIC_MODELS, "csd": str(default_csd_dir())}
         elif item == "tiny":
