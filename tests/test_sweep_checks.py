@@ -216,3 +216,21 @@ def test_sigint_says_what_was_saved_and_how_to_resume(zoo, tmp_path):
     finished = subprocess.run([sys.executable, "-m", "llm_dit", *resume[1:]], capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     assert len(SweepDir(out).runs()) == 6 and all(x["status"] == "ok" for x in SweepDir(out).runs())
+
+
+def test_a_metric_device_this_machine_lacks_is_refused_before_the_sweep_runs(cli, zoo, tmp_path, monkeypatch):
+    """Found by the docs harness: `--metric-device cuda` without CUDA ran the whole sweep, then died in scoring with
+    a traceback. Now one line naming metric_device, exit 2, nothing written, no model loaded."""
+    import torch
+
+    from llm_dit import components
+
+    def no_models(*_args, **_kw):
+        raise AssertionError("a model loaded before the metric device was checked")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(components.Components, "__init__", no_models)
+    out = tmp_path / "out"
+    r = cli("sweep", "-i", REF, "--alphas", "0.3", "-p", "a", *TINY, "--metric-device", "cuda", "-o", out)
+    assert r.code == 2 and r.err.strip() == "error: metric_device: device 'cuda' requested but CUDA is not available"
+    assert not out.exists()

@@ -43,14 +43,14 @@ from .components import Components
 from .config import Config
 from .errors import UserError, check_choice
 from .evalmethods import Method, check_strengths, method_run
-from .experiment import EXECUTORS, run_sweep
+from .experiment import EXECUTORS, checked_plan, run_sweep
 from .files import atomic_write_text, load_image, write_json
 from .progress import progress_bar
 from .records import library_versions
 from .runner import OnResult
-from .scorer import MetricScorer, ScoreItem, metric_models
+from .scorer import MetricScorer, ScoreItem, check_metric_device, metric_models
 from .suite import Suite
-from .sweep import SweepSpec, expand, plan_sweep
+from .sweep import SweepSpec, expand
 from .sweepdir import SweepDir
 from .vl import STYLE_CAPTION_PROMPT, caption_image
 
@@ -314,13 +314,14 @@ def run_eval(
         raise UserError(f"'n_resamples' must be at least 100, got {n_resamples}")
     check_choice(executor, EXECUTORS, "executor")
     check_strengths(config, methods)
-    metric_models(metric_models_spec)  # a bad metric-model spec is refused before any work
+    metric_models(metric_models_spec)  # a bad metric-model spec or device is refused before any work
+    check_metric_device(metric_device)
     runs = SweepDir(out / RUNS)
     if runs.done() and not resume:
         raise UserError(f"{out} already holds an eval: finish it with 'resume', or use a new directory")
     captioned = any(m.kind == "caption" for m in methods)
     placeholder = {r.hash: "a caption" for r in suite.references}
-    plan_sweep(config, eval_spec(suite, methods, placeholder))  # every run checked before any model loads
+    checked_plan(config, eval_spec(suite, methods, placeholder))  # every run and input checked before any model loads
     captions = write_captions(config, suite, out / CAPTIONS, cache) if captioned else {}
     spec = eval_spec(suite, methods, captions)
     summary = run_sweep(

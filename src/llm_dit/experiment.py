@@ -29,6 +29,7 @@ from .errors import check_choice
 from .records import library_versions
 from .report import build_report
 from .runner import Job, OnResult, run_local, validate
+from .scorer import check_metric_device
 from .scoring import Metrics, write_metrics
 from .sweep import Inputs, Plan, SweepSpec, plan_sweep
 from .sweepdir import SweepDir
@@ -122,6 +123,7 @@ def run_experiment(
     """Run `spec` into `out_dir` (`run_sweep`, same arguments), score every finished run (`scoring.write_metrics`,
     with the metric models `metric_models` on `metric_device`: `scorer.metric_models`) and write `grid.png` and
     `report.html` (`report.build_report`)."""
+    check_metric_device(metric_device)  # refused before the sweep runs, not when scoring it
     inputs = Inputs()  # each input file read once: checked, run and scored
     summary = run_sweep(
         config,

@@ -92,6 +92,18 @@ def metric_models(spec: str | Sequence[str] | Mapping[str, str | None] | None) -
     return out
 
 
+def check_metric_device(device: str | torch.device | None) -> str:
+    """The metric models' device as a string; a device that is not a torch device, or is not on this machine
+    (`cuda` without CUDA), is one line naming `metric_device`, before any work (not after a sweep has run)."""
+    try:
+        resolved = torch.device(device or "cpu")
+    except RuntimeError:
+        raise UserError(f"metric_device: '{device}' is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"metric_device: device '{device}' requested but CUDA is not available")
+    return str(resolved)
+
+
 @dataclass
 class ScoreItem:
     """One image to score and its comparison inputs: ``prompt`` (prompt adherence, quality), ``reference`` (style,
@@ -137,10 +149,7 @@ class MetricScorer:
         if batch_size < 1:
             raise UserError(f"metric batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        try:
-            self.device = str(torch.device(device or "cpu"))
-        except RuntimeError:
-            raise UserError(f"metric_device: '{device}' is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+        self.device = check_metric_device(device)
         self.sources = metric_models(models)
         self.embedders: dict[str, Embedder] = {}
         self.rewards: dict[str, RewardModel] = {}
