@@ -25,7 +25,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("ranking", "runner", "tasks"),
     ("report", "distributed"),
     ("experiment",),
-    ("bench", "options"),
+    ("options",),
+    ("studio",),  # the HTTP surface: the option table's settings over the same API
+    ("bench",),  # measures the studio beside the rest
     ("cli",),
     ("__main__",),
 ]

@@ -351,6 +351,30 @@ def demo(
 
 
 @app.command()
+@takes(*MODELS, "low-memory", "generation", "conditioning")
+def studio(
+    given: Given,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; another than the loopback needs --token.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=0, max=65535)] = 7860,
+    workspace: Annotated[
+        Path, typer.Option("--workspace", help="Folder of inputs, uploads, outputs and sweeps; nothing outside it.")
+    ] = Path("studio"),
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="LLM_DIT_STUDIO_TOKEN", help="Every request must carry it (header or ?token=)."),
+    ] = None,
+) -> None:
+    """Serve the studio: a local web page and HTTP API over warm models (the settings given here are the page's
+    defaults). Stops with Ctrl-C."""
+    from .studio import check_bind, serve
+
+    check_bind(host, token)
+    serve(given.config(), workspace, host, port, token, say=lambda m: console.print(m, highlight=False))
+
+
+@app.command()
 def bench(
     preset: Annotated[str, typer.Option("--preset", help="Model zoo preset: tiny or small.")] = "small",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,

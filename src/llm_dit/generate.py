@@ -33,7 +33,7 @@ from .components import Components
 from .condition import Conditioning, Source, as_source, check_neutral, extracts
 from .config import Config
 from .errors import UserError
-from .render import Prepared, denoising_steps, render
+from .render import OnStep, Prepared, denoising_steps, render
 from .schedule import parse_schedule
 from .text import EncodedPrompt
 from .vl import VLEmbeddings
@@ -144,20 +144,27 @@ class Generator:
         alphas = alphas if varies else alphas[:1]
         return Prepared(prompt, cfg, cond, text.encoded, alphas, first, text.negative, init_image, times, dependence)
 
-    def render(self, batch: list[Prepared]) -> list[Result]:
+    def render(self, batch: list[Prepared], on_step: OnStep | None = None) -> list[Result]:
         """Run the DiT for prepared images, several in one diffusers call when they can share it (same generation
-        settings and init image, no per-step conditioning, no block injection), each with its record."""
+        settings and init image, no per-step conditioning, no block injection), each with its record; `on_step`
+        is called after each denoising step (`render.denoise`)."""
         self.components.stage("pipeline")
         with timed(batch[0].times, "load"):
             pipe = self.components.pipeline
-        rendered = render(pipe, batch)
+        rendered = render(pipe, batch, on_step)
         for p in batch:
             p.times["denoise"] = rendered.seconds / len(batch)
         return [Result(image, records.sidecar(p, rendered)) for p, image in zip(batch, rendered.images, strict=True)]
 
     def generate(
-        self, prompt: str, source: Source | Image.Image | None = None, *, init_image: Image.Image | None = None
+        self,
+        prompt: str,
+        source: Source | Image.Image | None = None,
+        *,
+        init_image: Image.Image | None = None,
+        on_step: OnStep | None = None,
     ) -> Result:
         """Text-to-image (image-to-image with `init_image`) for `prompt` conditioned by `source` with this
-        generator's config, alpha schedules and DiT injection included."""
-        return self.render([self.prepare(prompt, source, init_image=init_image)])[0]
+        generator's config, alpha schedules and DiT injection included; `on_step(done, total)` after each
+        denoising step."""
+        return self.render([self.prepare(prompt, source, init_image=init_image)], on_step)[0]
