@@ -211,11 +211,14 @@ class Job:
     run: Callable[[Job], dict[str, Any]]
     status: Literal["queued", "running", "done", "failed", "cancelled"] = "queued"
     created: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
     seconds: float | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     forward_passes: dict[str, int] | None = None
+    progress: dict[str, int] | None = None  # denoising steps done and total, of a generate job
     events: list[dict[str, Any]] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -224,7 +227,8 @@ class Job:
         return self.status in ("done", "failed", "cancelled")
 
     def as_dict(self) -> dict[str, Any]:
-        keys = ("id", "kind", "status", "created", "seconds", "request", "result", "error", "warnings")
+        keys = ("id", "kind", "status", "created", "started", "ended", "seconds", "request", "result", "error")
+        keys += ("warnings", "progress")
         return {k: getattr(self, k) for k in keys} | {"forward_passes": self.forward_passes}
 
 
@@ -305,6 +309,7 @@ class Studio:
 
         def on_step(done: int, total: int) -> None:
             with self.changed:
+                job.progress = {"step": done, "total": total}
                 self._event(job, "step", step=done, total=total)
             if job.cancel.is_set():
                 raise Cancelled
@@ -335,7 +340,7 @@ class Studio:
             with self.changed:
                 if job.cancel.is_set():
                     continue
-                job.status = "running"
+                job.status, job.started = "running", time.time()
                 self._event(job, "running")
             with self.busy:
                 self._run(job)
@@ -360,7 +365,7 @@ class Studio:
             job.seconds = round(time.perf_counter() - t0, 4)
             job.forward_passes = {k: after[k] - before[k] for k in after}
             job.warnings = list(dict.fromkeys(str(w.message) for w in caught))
-            job.status, job.result, job.error = status, result, error
+            job.status, job.result, job.error, job.ended = status, result, error, time.time()
             self._event(job, status, error=error, forward_passes=job.forward_passes, result=result)
             self._remember(job)
 
