@@ -157,15 +157,32 @@ def test_two_concurrent_generate_requests_queue_and_both_complete(client, refere
     assert not list((workspace / "outputs").glob(".*.tmp"))
 
 
-def test_cancel_a_queued_and_a_running_job(client, reference, workspace):
-    slow = {"prompt": PROMPT, "image": reference, "settings": {"generation.steps": 6}}
+def test_cancel_a_queued_and_a_running_job(client, reference, workspace, monkeypatch):
+    studio = client.app.state.studio
+    first_step, cancelled = threading.Event(), threading.Event()
+    step = studio.step
+
+    def held_after_the_first_step(job):  # the job waits after step 1 until the test has cancelled it
+        report = step(job)
+
+        def on_step(done: int, total: int) -> None:
+            if done == 1:
+                first_step.set()
+                cancelled.wait(30)
+            report(done, total)
+
+        return on_step
+
+    monkeypatch.setattr(studio, "step", held_after_the_first_step)
+    slow = {"prompt": PROMPT, "image": reference, "settings": {"generation.steps": 4}}
     running = client.post("/api/generate", json=slow).json()["id"]
     queued = client.post("/api/generate", json=slow).json()["id"]
     assert client.post(f"/api/jobs/{queued}/cancel").json()["status"] == "cancelled"
-    while not client.get(f"/api/jobs/{running}").json()["progress"]:
-        time.sleep(0.01)
-    client.post(f"/api/jobs/{running}/cancel")
-    assert wait(client, running)["status"] == "cancelled"
+    assert first_step.wait(120)
+    assert client.post(f"/api/jobs/{running}/cancel").status_code == 200
+    cancelled.set()
+    stopped = wait(client, running)
+    assert stopped["status"] == "cancelled" and stopped["progress"] == {"step": 1, "total": 4}
     assert wait(client, queued)["started"] is None  # never ran
     assert not (workspace / "outputs" / f"{running}.png").exists()
     assert not (workspace / "outputs" / f"{queued}.png").exists()
