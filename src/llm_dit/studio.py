@@ -182,8 +182,8 @@ def option_info(o: Option, config: Config) -> dict[str, Any]:
     }
     value = config.flat()[o.key]
     kind = {int: "integer", float: "number", bool: "boolean"}.get(o.kind, "string")
-    if o.many:
-        kind = "list"
+    if o.many:  # how the page sends a list option's items: a dict (KEY=VALUE items), a joined string, or a list
+        kind = {dict: "pairs", ",".join: "joined"}.get(o.join, f"list[{kind}]")  # type: ignore[call-overload]
     return {
         "key": o.key,
         "flags": list(o.flags),
