@@ -628,21 +628,14 @@ def create_app(
     def workspace_file(path: str) -> FileResponse:
         return FileResponse(studio.existing(path, "path"))
 
-    @app.post("/api/generate", status_code=202, summary="Queue one image (PNG + record in outputs/)")
-    def generate(req: GenerateRequest) -> dict[str, Any]:
-        return studio.generate(req).as_dict()
-
-    @app.post("/api/extract", status_code=202, summary="Queue a VL extraction (fills the cache; file in extractions/)")
-    def extract(req: ExtractRequest) -> dict[str, Any]:
-        return studio.extract(req).as_dict()
-
-    @app.post("/api/inspect", status_code=202, summary="Queue `llm-dit inspect` of an image and prompt")
-    def inspect(req: InspectRequest) -> dict[str, Any]:
-        return studio.inspect(req).as_dict()
-
-    @app.post("/api/sweeps", status_code=202, summary="Queue a sweep with metrics, grid and report (sweeps/NAME)")
-    def sweep(req: SweepRequest) -> dict[str, Any]:
-        return studio.sweep(req).as_dict()
+    queued = {  # path: (Studio method, request model, summary)
+        "generate": (studio.generate, GenerateRequest, "Queue one image (PNG + record in outputs/)"),
+        "extract": (studio.extract, ExtractRequest, "Queue a VL extraction (fills the cache; file in extractions/)"),
+        "inspect": (studio.inspect, InspectRequest, "Queue `llm-dit inspect` of an image and prompt"),
+        "sweeps": (studio.sweep, SweepRequest, "Queue a sweep with metrics, grid and report (sweeps/NAME)"),
+    }
+    for path, (submit, model, summary) in queued.items():
+        app.add_api_route(f"/api/{path}", job_route(submit, model), methods=["POST"], status_code=202, summary=summary)
 
     @app.get("/api/jobs", summary="Every job of this session")
     def jobs() -> list[dict[str, Any]]:
@@ -703,6 +696,17 @@ def serve(
         f"llm-dit studio on http://{shown}:{port}/{'?token=…' if token else ''} (workspace {Path(workspace).resolve()})"
     )
     server.run()
+
+
+def job_route(submit: Callable[[Any], Job], model: type[BaseModel]) -> Callable[..., dict[str, Any]]:
+    """An endpoint that validates a `model` body and queues its job (`submit`), answering with the job."""
+
+    def route(req: Any) -> dict[str, Any]:
+        return submit(req).as_dict()
+
+    route.__annotations__ = {"req": model, "return": dict[str, Any]}
+    route.__name__ = submit.__name__
+    return route
 
 
 def output_of(job: Job, what: str) -> str:
