@@ -16,6 +16,11 @@ measurement cannot inherit another's allocations. Each figure states its ratio a
 - `batched_vs_sequential`: N images in one diffusers call / N calls.
 - `peak_memory_ratio`: peak of a low-memory reference-conditioned generation / the largest single component;
   target <= 1.15 (all-resident and staged peaks reported too).
+- `studio_rerender_vs_dit`: in `llm-dit studio` (its HTTP API, in-process), the time from a request with a changed
+  alpha to the new PNG served / the DiT + VAE time of that image (`denoise` of the same caption rows); target
+  <= 1.05, with the re-renders' VL and text forward passes (must be 0).
+- `studio_first_image_vs_generate`: the studio's first image of a new reference + prompt (models warm, nothing
+  cached), request to PNG served / `Generator.generate` of the same work in a warm process; target <= 1.05.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from PIL import Image
 
 from .cache import TensorCache
 from .config import Config, load_config
+from .errors import check_choice
 from .generate import Generator
 from .hooks import layer_position
 from .models import load_model, resolve_device, resolve_dtype
@@ -324,8 +330,77 @@ def peak_memory(preset: str) -> dict[str, Any]:
     )
 
 
-def run_bench(preset: str = "small", repeats: int = 5, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every figure for `preset`; see the module docstring."""
+def studio_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
+    """The studio against the work it cannot avoid, interleaved: a re-render (changed alpha) against `denoise` of
+    the same caption rows, and a first image (new prompt, so nothing is cached) against `Generator.generate` of it
+    on warm models with a cache of its own."""
+    from fastapi.testclient import TestClient
+
+    from .condition import Reference
+    from .studio import create_app
+
+    cfg = bench_config(preset)
+    image = reference_image(preset)
+    reference_image(preset).save(work / "reference.png")
+    warm = Generator(cfg, cache=TensorCache(work / "generate-cache"))
+    with TestClient(create_app(cfg, work / "studio")) as client:
+        upload = client.post("/api/uploads", files={"file": ("r.png", (work / "reference.png").read_bytes())})
+        ref = upload.json()["path"]
+
+        def served(prompt: str, alpha: float) -> tuple[float, dict[str, Any]]:
+            t0 = time.perf_counter()
+            job = client.post("/api/generate", json={"prompt": prompt, "image": ref, "settings": {"vl.alpha": alpha}})
+            job_id = job.json()["id"]
+            client.get(f"/api/jobs/{job_id}/events")  # returns when the job has finished
+            png = client.get(f"/api/jobs/{job_id}/image")
+            seconds = time.perf_counter() - t0
+            done = client.get(f"/api/jobs/{job_id}").json()
+            if done["status"] != "done" or png.status_code != 200:
+                raise RuntimeError(f"studio job {job_id}: {done['status']} {done['error']}")
+            return seconds, done
+
+        served(PROMPT, 0.3), warm.generate("warm-up", Reference(image))  # loads every model on both sides
+        cond, _ = client.app.state.studio.generator.condition(PROMPT, Reference(image))  # cached: no pass
+        pipe, g = client.app.state.studio.generator.components.pipeline, cfg.generation
+        rerender, dit, passes = [], [], {"vl": 0, "text": 0}
+        first, generate = [], []
+        for i in range(repeats):
+            alpha = 0.35 + 0.5 * i / max(1, repeats)
+            seconds, done = served(PROMPT, alpha)
+            rerender.append(seconds)
+            passes = {k: passes[k] + done["forward_passes"][k] for k in passes}
+            dit.append(timed_call(lambda a=alpha: denoise(pipe, [cond.at(a)], g, [g.seed])))
+            first.append(served(f"{PROMPT}, studio {i}", 0.3)[0])
+            generate.append(timed_call(lambda i=i: warm.generate(f"{PROMPT}, generate {i}", Reference(image))))
+    re_s, dit_s = statistics.median(rerender), statistics.median(dit)
+    first_s, gen_s = statistics.median(first), statistics.median(generate)
+    return {
+        "studio_rerender_vs_dit": figure(
+            re_s,
+            dit_s,
+            "changed alpha to PNG served / DiT + VAE",
+            "<=1.05",
+            unit="s per image",
+            rerender_forward_passes=passes,
+            zero_passes=passes == {"vl": 0, "text": 0},
+        ),
+        "studio_first_image_vs_generate": figure(
+            first_s, gen_s, "studio first image / warm generate", "<=1.05", unit="s per image"
+        ),
+    }
+
+
+FIGURES = ("pipeline", "early_exit", "sweep", "batched", "memory", "studio")
+"""The groups of figures `run_bench` can be limited to (`only`)."""
+
+
+def run_bench(
+    preset: str = "small",
+    repeats: int = 5,
+    progress: Callable[[str], None] | None = None,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    """Every figure for `preset` (or those of the groups `only`, names of `FIGURES`); see the module docstring."""
     say = progress or (lambda _: None)
     t0 = time.perf_counter()
     out: dict[str, Any] = {
@@ -335,16 +410,28 @@ def run_bench(preset: str = "small", repeats: int = 5, progress: Callable[[str],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "versions": library_versions(),
     }
+    for name in only or ():
+        check_choice(name, FIGURES, "figure group")
+    wanted = set(only or FIGURES)
     with tempfile.TemporaryDirectory() as tmp:
-        say("pipeline overhead vs diffusers")
-        out["pipeline_overhead_vs_diffusers"] = pipeline_overhead(preset, repeats)
-        say("extraction early exit")
-        out["extraction_early_exit_speedup"] = early_exit(preset, repeats)
-        say("sweep vs naive, floor and cached rerun")
-        out |= sweep_figures(preset, Path(tmp), repeats)
-        say("batched vs sequential")
-        out["batched_vs_sequential"] = batched(preset, repeats)
-        say("peak memory")
-        out["peak_memory_ratio"] = peak_memory(preset)
+        if "pipeline" in wanted:
+            say("pipeline overhead vs diffusers")
+            out["pipeline_overhead_vs_diffusers"] = pipeline_overhead(preset, repeats)
+        if "early_exit" in wanted:
+            say("extraction early exit")
+            out["extraction_early_exit_speedup"] = early_exit(preset, repeats)
+        if "sweep" in wanted:
+            say("sweep vs naive, floor and cached rerun")
+            out |= sweep_figures(preset, Path(tmp), repeats)
+        if "batched" in wanted:
+            say("batched vs sequential")
+            out["batched_vs_sequential"] = batched(preset, repeats)
+        if "memory" in wanted:
+            say("peak memory")
+            out["peak_memory_ratio"] = peak_memory(preset)
+        if "studio" in wanted:
+            say("studio re-render and first image")
+            (Path(tmp) / "studio").mkdir()
+            out |= studio_figures(preset, Path(tmp) / "studio", repeats)
     out["wall_time_s"] = round(time.perf_counter() - t0, 1)
     return out

@@ -379,6 +379,10 @@ def bench(
     preset: Annotated[str, typer.Option("--preset", help="Model zoo preset: tiny or small.")] = "small",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions per figure (after one warm-up).", min=1)] = 5,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Only these groups of figures (repeatable), e.g. studio; a wrong name lists them."),
+    ] = None,
 ) -> None:
     """Benchmark against diffusers and the naive workflow; every figure is a ratio measured side by side."""
     from .bench import SIZES, run_bench
@@ -386,15 +390,19 @@ def bench(
 
     if preset not in SIZES:
         raise UserError(f"unknown preset '{preset}' (valid: {', '.join(SIZES)})")
-    result = run_bench(preset, repeats, progress=lambda step: console.print(f"[dim]bench: {step}[/]"))
+    result = run_bench(preset, repeats, progress=lambda step: console.print(f"[dim]bench: {step}[/]"), only=only)
     if json_out is not None:
         write_json(json_out, result)
     for name, fig in result.items():
         if isinstance(fig, dict) and "ratio" in fig:
             met = "" if "met" not in fig else ("  ok" if fig["met"] else "  MISSED")
             print(f"{name:34} ratio {fig['ratio']:<8} target {fig.get('target', '-'):<7}{met}")
-    rerun = result["cache_rerun_forward_passes"]
-    print(f"{'cache_rerun_forward_passes':34} vl {rerun['vl']} text {rerun['text']}")
+    for name, passes in (
+        ("cache_rerun_forward_passes", result.get("cache_rerun_forward_passes")),
+        ("studio_rerender_forward_passes", result.get("studio_rerender_vs_dit", {}).get("rerender_forward_passes")),
+    ):
+        if passes is not None:
+            print(f"{name:34} vl {passes['vl']} text {passes['text']}")
 
 
 def _quiet_libraries() -> None:
