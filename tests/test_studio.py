@@ -114,9 +114,14 @@ def test_rerender_with_another_alpha_blend_or_extracted_layer_runs_no_forward_pa
     assert len(pixels) == len(images) == 4  # each setting changed the image
 
 
-def test_a_generate_job_streams_its_steps_and_serves_png_and_record(client, reference, workspace):
+def test_a_generate_job_streams_its_steps_and_serves_png_and_record(client, reference, workspace, monkeypatch):
     job = generate(client, reference)
+    studio = client.app.state.studio
+    waits, wait_for = [], studio.changed.wait_for
+    monkeypatch.setattr(studio, "KEEPALIVE_S", 0.05)
+    monkeypatch.setattr(studio.changed, "wait_for", lambda *a, **kw: waits.append(wait_for(*a, **kw)) or waits[-1])
     events = client.get(f"/api/jobs/{job['id']}/events")
+    assert False not in waits  # the stream of a finished job ends after its last event, no keep-alive wait
     assert events.headers["content-type"].startswith("text/event-stream")
     data = [json.loads(line[6:]) for line in events.text.splitlines() if line.startswith("data: ")]
     assert [e["type"] for e in data] == ["queued", "running", "step", "step", "done"]

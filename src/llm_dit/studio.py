@@ -235,6 +235,8 @@ class Job:
 class Studio:
     """The warm generator, the workspace and the one worker thread that runs jobs in order."""
 
+    KEEPALIVE_S = 15.0  # an event stream with nothing new sends a comment this often
+
     def __init__(self, config: Config, workspace: str | Path) -> None:
         self.config = config
         self.root = Path(workspace).resolve()
@@ -391,12 +393,12 @@ class Studio:
         sent = 0
         while True:
             with self.changed:
-                self.changed.wait_for(lambda n=sent: len(job.events) > n, timeout=15)
+                self.changed.wait_for(lambda n=sent: len(job.events) > n, timeout=self.KEEPALIVE_S)
                 new, done = job.events[sent:], job.finished
                 sent += len(new)
             for e in new:
                 yield f"event: {e['type']}\ndata: {json.dumps(e, default=str)}\n\n"
-            if done and not new:
+            if done:  # its last event is sent
                 return
             if not new:
                 yield ": waiting\n\n"
