@@ -208,6 +208,17 @@ def test_extract_inspect_and_release(client, reference, workspace):
     assert released["loaded"] == [] and released["forward_passes"]["vl"] > 0  # counts survive the release
 
 
+def test_low_memory_staging_holds_in_the_studio(zoo, tmp_path):
+    from llm_dit.studio import create_app
+
+    with TestClient(create_app(tiny_config(zoo, **{"models.low_memory": True}), tmp_path)) as c:
+        ref = c.post("/api/uploads", files={"file": ("r.png", png((5, 90, 5)), "image/png")}).json()["path"]
+        job = generate(c, ref, **{"generation.seed": 7})  # a new reference: both encoders run, then the DiT
+        components = c.get("/api/components").json()
+    assert job["status"] == "done" and job["forward_passes"]["vl"] >= 1
+    assert components["low_memory"] and components["loaded"] == ["pipeline"]  # encoders released before the DiT
+
+
 def test_sweep_launch_writes_a_report_the_browser_lists(client, reference, workspace):
     body = {"name": "alpha", "prompts": [PROMPT], "images": [reference], "axes": {"vl.alpha": [0.3, 0.6]}}
     job = wait(client, client.post("/api/sweeps", json=body).json()["id"])

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
 
 from .blend import ALPHA_MAX, ALPHA_VALUES
+from .cache import TensorCache
 from .config import Config, with_overrides
 from .errors import UserError
 from .experiment import run_experiment
@@ -237,11 +238,11 @@ class Studio:
 
     KEEPALIVE_S = 15.0  # an event stream with nothing new sends a comment this often
 
-    def __init__(self, config: Config, workspace: str | Path) -> None:
+    def __init__(self, config: Config, workspace: str | Path, cache: TensorCache | None = None) -> None:
         self.config = config
         self.root = Path(workspace).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.generator = Generator(config)  # the CLI's default tensor cache
+        self.generator = Generator(config, cache)  # default: the CLI's tensor cache
         self.jobs: dict[str, Job] = {}
         self.changed = threading.Condition()
         self.busy = threading.Lock()  # held while a job runs (release waits for none)
@@ -250,6 +251,7 @@ class Studio:
         self._prefix = time.strftime("%Y%m%d-%H%M%S")
         self.history_file = self.root / ".studio" / "history.json"
         self.history: list[dict[str, Any]] = self._read_history()
+        self._history_lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name="llm-dit-studio-worker", daemon=True)
         self._worker.start()
 
@@ -326,10 +328,12 @@ class Studio:
             if job.status == "running" and job.kind != "generate":
                 raise Conflict(f"a running {job.kind} job cannot be stopped; only queued jobs and generate jobs can")
             job.cancel.set()
-            if job.status == "queued":
-                job.status = "cancelled"
+            dropped = job.status == "queued"  # else the worker stops it after its current step
+            if dropped:
+                job.status, job.ended = "cancelled", time.time()
                 self._event(job, "cancelled")
-                self._remember(job)
+        if dropped:
+            self._remember(job)
         return job
 
     def close(self) -> None:
@@ -369,7 +373,7 @@ class Studio:
             job.warnings = list(dict.fromkeys(str(w.message) for w in caught))
             job.status, job.result, job.error, job.ended = status, result, error, time.time()
             self._event(job, status, error=error, forward_passes=job.forward_passes, result=result)
-            self._remember(job)
+        self._remember(job)  # after the event: the client need not wait for the history's fsync
 
     # history ----------------------------------------------------------------------------------------------
 
@@ -381,12 +385,13 @@ class Studio:
         return []
 
     def _remember(self, job: Job) -> None:
-        """Add a finished job to the history file (atomically rewritten; call with `self.changed` held)."""
+        """Add a finished job to the history file (atomically rewritten, one writer at a time)."""
         entry = job.as_dict()
         if job.kind == "inspect" and entry["result"]:  # a report is large: the job keeps it
             entry["result"] = {"layers": list(entry["result"].get("layers", {}))}
-        self.history.append(entry)
-        write_json(self.history_file, self.history)
+        with self._history_lock:
+            self.history.append(entry)
+            write_json(self.history_file, self.history)
 
     def events(self, job: Job) -> Iterator[str]:
         """The job's events as server-sent events, from the first, until it is finished."""
@@ -536,13 +541,19 @@ def settings_of(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_app(
-    config: Config, workspace: str | Path, token: str | None = None, *, max_upload_mb: float = MAX_UPLOAD_MB
+    config: Config,
+    workspace: str | Path,
+    token: str | None = None,
+    *,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    cache: TensorCache | None = None,
 ) -> FastAPI:
     """The studio app over `config` (the models it keeps warm and the default of every setting) and the
     `workspace` folder (inputs the client names, uploads, outputs, sweeps). With `token`, every request must carry
     it: header `Authorization: Bearer TOKEN` or `X-Token`, query `?token=` (the page; it sets a cookie so the
-    page's own requests carry it) or that cookie."""
-    studio = Studio(config, workspace)
+    page's own requests carry it) or that cookie. `cache`: the tensor cache (default: the CLI's, under
+    `$LLM_DIT_CACHE`)."""
+    studio = Studio(config, workspace, cache)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
