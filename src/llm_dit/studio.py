@@ -348,10 +348,17 @@ class Studio:
                     continue
                 job.status, job.started = "running", time.time()
                 self._event(job, "running")
-            with self.busy:
-                self._run(job)
+            with self.busy:  # released before the job's end is published: a client told "done" finds it free
+                outcome = self._run(job)
+            with self.changed:
+                for key, value in outcome.items():
+                    setattr(job, key, value)
+                job.ended = time.time()
+                self._event(job, job.status, error=job.error, forward_passes=job.forward_passes, result=job.result)
+            self._remember(job)  # after the event: the client need not wait for the history's fsync
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> dict[str, Any]:
+        """Run the job; what it reports (status, result, error, warnings, seconds, forward passes)."""
         before = self.generator.components.forward_passes()
         t0 = time.perf_counter()
         status, result, error = "done", None, None
@@ -367,13 +374,14 @@ class Studio:
                 traceback.print_exc()
                 status, error = "failed", f"{type(e).__name__}: {e}"
         after = self.generator.components.forward_passes()
-        with self.changed:
-            job.seconds = round(time.perf_counter() - t0, 4)
-            job.forward_passes = {k: after[k] - before[k] for k in after}
-            job.warnings = list(dict.fromkeys(str(w.message) for w in caught))
-            job.status, job.result, job.error, job.ended = status, result, error, time.time()
-            self._event(job, status, error=error, forward_passes=job.forward_passes, result=result)
-        self._remember(job)  # after the event: the client need not wait for the history's fsync
+        return {
+            "status": status,
+            "result": result,
+            "error": error,
+            "warnings": list(dict.fromkeys(str(w.message) for w in caught)),
+            "seconds": round(time.perf_counter() - t0, 4),
+            "forward_passes": {k: after[k] - before[k] for k in after},
+        }
 
     # history ----------------------------------------------------------------------------------------------
 
