@@ -289,9 +289,14 @@ def test_file_urls_outside_the_workspace_are_refused(client, workspace, url):
     assert error_of(r)
 
 
-def test_setting_paths_must_be_workspace_files(client):
+def test_setting_paths_must_be_workspace_files(client, reference):
     r = client.post("/api/generate", json={"prompt": PROMPT, "settings": {"vl.adapter": "../a.safetensors"}})
     assert r.status_code == 403 and "'vl.adapter'" in error_of(r)
+    sweep = {"name": "adapters", "prompts": [PROMPT], "images": [reference]}
+    r = client.post("/api/sweeps", json=sweep | {"axes": {"vl.adapter": [None, "/etc/passwd"]}})
+    assert r.status_code == 403 and "'axes.vl.adapter'" in error_of(r)
+    r = client.post("/api/sweeps", json=sweep | {"settings": {"vl.reference_stats": "../s.safetensors"}})
+    assert r.status_code == 403 and "'vl.reference_stats'" in error_of(r)
 
 
 # ------------------------------------------------------------------------------------------------- uploads

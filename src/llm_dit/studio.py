@@ -279,14 +279,20 @@ class Studio:
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
-    def config_for(self, settings: BaseModel) -> Config:
-        """The studio's config with a request's settings as one precedence level (validated by the config); path
-        settings (statistics, adapter files) must be workspace files."""
+    def settings_for(self, settings: BaseModel, axes: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+        """`{config key: value}` a request set, with the values of path settings (statistics, adapter files), and
+        of their sweep axes in `axes` (changed in place), checked to be workspace files."""
         given = given_settings(settings)
         for o in setting_options():
             if o.kind is Path and given.get(o.key):
                 given[o.key] = str(self.existing(given[o.key], f"'{o.key}'"))
-        return with_overrides(self.config, given, "the request's settings")
+            if o.kind is Path and axes and o.key in axes:
+                axes[o.key] = [v and str(self.existing(str(v), f"'axes.{o.key}'")) for v in axes[o.key]]
+        return given
+
+    def config_for(self, settings: BaseModel) -> Config:
+        """The studio's config with a request's settings as one precedence level (validated by the config)."""
+        return with_overrides(self.config, self.settings_for(settings), "the request's settings")
 
     # jobs -------------------------------------------------------------------------------------------------
 
@@ -455,12 +461,14 @@ class Studio:
         out = self.inside(f"sweeps/{req.name}", "'name'")
         if out.exists():
             raise Conflict(f"sweeps/{req.name} exists: choose another 'name'")
-        axes_keys = {o.key for o in OPTIONS if o.axis}
+        axes_keys = sorted({o.key for o in OPTIONS if o.axis})
         if unknown := [k for k in req.axes if k not in axes_keys]:
             raise UserError(f"'axes' has keys no sweep varies: {', '.join(unknown)} (valid: {', '.join(axes_keys)})")
         images = [str(self.existing(p, "'images'")) for p in req.images]
+        axes = dict(req.axes)
+        fixed = self.settings_for(req.settings, axes)
         base = SweepSpec(prompts=req.prompts, images=images, seeds=req.seeds, baseline=req.baseline, name=req.name)
-        spec = resolve_spec(base, req.preset, req.axes, given_settings(req.settings))
+        spec = resolve_spec(base, req.preset, axes, fixed)
         plan_sweep(self.config, spec)  # refuses runs that could not act, before the job queues
 
         def run(job: Job) -> dict[str, Any]:
