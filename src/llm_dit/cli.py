@@ -375,14 +375,12 @@ def studio(
 
 
 @app.command()
+@takes("bench")
 def bench(
+    given: Given,
     preset: Annotated[str, typer.Option("--preset", help="Model zoo preset: tiny or small.")] = "small",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures to this JSON file.")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repetitions per figure (after one warm-up).", min=1)] = 5,
-    only: Annotated[
-        list[str] | None,
-        typer.Option("--only", help="Only these groups of figures (repeatable), e.g. studio; a wrong name lists them."),
-    ] = None,
 ) -> None:
     """Benchmark against diffusers and the naive workflow; every figure is a ratio measured side by side."""
     from .bench import SIZES, run_bench
@@ -390,7 +388,8 @@ def bench(
 
     if preset not in SIZES:
         raise UserError(f"unknown preset '{preset}' (valid: {', '.join(SIZES)})")
-    result = run_bench(preset, repeats, progress=lambda step: console.print(f"[dim]bench: {step}[/]"), only=only)
+    say = lambda step: console.print(f"[dim]bench: {step}[/]")  # noqa: E731
+    result = run_bench(preset, repeats, progress=say, only=given.get("only"))
     if json_out is not None:
         write_json(json_out, result)
     for name, fig in result.items():

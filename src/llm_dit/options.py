@@ -89,7 +89,7 @@ def row(key: str, flags: str, help: str, tags: str, kind: type = str, **kw: Any)
 # Tags: config (--config, --profile), zoo (--models), zimage, vl-model, low-memory; generation (generate's
 # generation.* flags), training (train-adapter's), conditioning (generate's vl.* flags), extraction (extract's),
 # vl-rows (steer's and train-adapter's), encoder (encode's); inputs (generate's files), sweep (a sweep's inputs),
-# run (how a sweep runs), scoring (metrics), inspect.
+# run (how a sweep runs), scoring (metrics), inspect, bench.
 # fmt: off
 OPTIONS: tuple[Option, ...] = (
     # where the config comes from, and the models
@@ -157,6 +157,9 @@ OPTIONS: tuple[Option, ...] = (
       minimum=1),
     row("executor", "--executor", f"Where runs execute: {', '.join(EXECUTORS)}.", "run", default="local"),
     row("clip_model", "--clip-model", "CLIP/SigLIP id or path for model-based metrics (optional).", "run scoring"),
+    # bench
+    row("only", "--only", "Only these groups of figures, e.g. studio (a wrong name lists them).", "bench",
+      many=True, metavar="group", examples=("studio", "sweep")),
     # inspect
     row("layers", "--layers", f"Hidden layers (default: {', '.join(map(str, INSPECT_LAYERS))} and the configured VL "
       "layers).", "inspect", int, many=True, examples=("-2", "-6")),
