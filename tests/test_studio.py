@@ -14,15 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient  # the studio extra: `make setup` installs it
 from PIL import Image
 
 from llm_dit.errors import UserError
 from llm_dit.options import OPTIONS, command_params
 
 from .conftest import tiny_config
-
-fastapi_testclient = pytest.importorskip("fastapi.testclient", reason="the studio extra (make setup installs it)")
-TestClient = fastapi_testclient.TestClient
 
 PROMPT = "a house by the sea"
 
