@@ -134,8 +134,10 @@ def test_executors_sit_below_one_entry_point():
     assert not importers["runner"] & {"distributed", "experiment"}
     assert "runner" in importers["distributed"]
     assert sorted(m for m, names in importers.items() if "distributed" in names) == ["experiment"]
-    # above it only: the benchmark and the command line (cli, and options, whose --executor help lists EXECUTORS)
-    assert sorted(m for m, names in importers.items() if "experiment" in names) == ["bench", "cli", "options"]
+    # above it only: the benchmark, the command line (cli, and options, whose --executor help lists EXECUTORS) and
+    # the studio (its sweep launch)
+    importing = sorted(m for m, names in importers.items() if "experiment" in names)
+    assert importing == ["bench", "cli", "options", "studio"]
 
 
 def test_the_plan_resolves_each_run_config_once(zoo, tmp_path, monkeypatch):
