@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,ray,datasets,quant]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray,datasets,quant,studio]"
 	touch $(STAMP)
 
 demo: setup

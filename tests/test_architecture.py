@@ -27,7 +27,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("report", "distributed"),
     ("experiment",),
     ("evaluate",),  # llm-dit eval: a sweep of methods x cells, scored and compared
-    ("bench", "options"),
+    ("options",),
+    ("studio",),  # the HTTP surface: the option table's settings over the same API
+    ("bench",),  # measures the studio beside the rest
     ("cli",),
     ("__main__",),
 ]

@@ -12,6 +12,8 @@ FIGURES = (
     "batched_vs_sequential",
     "compiled_vs_eager",
     "peak_memory_ratio",
+    "studio_rerender_vs_dit",
+    "studio_first_image_vs_generate",
 )
 
 
@@ -28,6 +30,8 @@ def test_bench_reports_every_figure(cli, zoo, tmp_path):
         assert name in r.out
     rerun = result["cache_rerun_forward_passes"]
     assert (rerun["vl"], rerun["text"]) == (0, 0) and rerun["first_run"] == {"vl": 1, "text": 1}
+    studio = result["studio_rerender_vs_dit"]
+    assert studio["rerender_forward_passes"] == {"vl": 0, "text": 0} and studio["zero_passes"]
     memory = result["peak_memory_ratio"]
     assert set(memory["component_mb"]) == {"text_encoder", "vl", "pipeline"}
     assert memory["largest_component"] == max(memory["component_mb"], key=memory["component_mb"].get)
@@ -38,3 +42,17 @@ def test_bench_reports_every_figure(cli, zoo, tmp_path):
 def test_bench_rejects_an_unknown_preset(cli):
     r = cli("bench", "--preset", "huge")
     assert r.code == 2 and "valid: tiny, small" in r.err
+
+
+def test_bench_runs_only_the_figures_asked_for(cli, zoo, tmp_path):
+    out = tmp_path / "bench.json"
+    r = cli("bench", "--preset", "tiny", "--repeats", "1", "--only", "studio", "--json", out)
+    assert r.code == 0, r.err
+    result = json.loads(out.read_text())
+    assert {k for k in result if isinstance(result[k], dict) and "ratio" in result[k]} == {
+        "studio_rerender_vs_dit",
+        "studio_first_image_vs_generate",
+    }
+    assert "studio_rerender_forward_passes     vl 0 text 0" in r.out
+    bad = cli("bench", "--preset", "tiny", "--only", "speed")
+    assert bad.code == 2 and "unknown figure group 'speed'; valid: pipeline" in bad.err

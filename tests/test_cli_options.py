@@ -67,7 +67,12 @@ def test_the_table_gives_the_commands_their_list_options():
     assert ("sweep", ("-i", "--image")) in found and ("generate", ("--inject-layers",)) in found
     assert ("generate", ("--blend-option",)) in found and ("sweep", ("--blend-option",)) in found
     # every command that takes the conditioning settings takes all of their list options
-    assert {n for n, p in list_options() if p.flags == ("--vl-layers",)} == {"generate", "sweep", "style extract"}
+    assert {n for n, p in list_options() if p.flags == ("--vl-layers",)} == {
+        "generate",
+        "sweep",
+        "style extract",
+        "studio",
+    }
 
 
 @pytest.mark.parametrize(("command", "param"), list_options(), ids=lambda v: getattr(v, "name", v))

@@ -135,9 +135,9 @@ def test_executors_sit_below_one_entry_point():
     assert "runner" in importers["distributed"]
     assert sorted(m for m, names in importers.items() if "distributed" in names) == ["experiment"]
     # above it only: the benchmark, the eval (whose every (method, cell) is a run of one sweep) and the command line
-    # (cli, and options, whose --executor help lists EXECUTORS)
+    # (cli, and options, whose --executor help lists EXECUTORS) and the studio (its sweep launch)
     above = sorted(m for m, names in importers.items() if "experiment" in names)
-    assert above == ["bench", "cli", "evaluate", "options"]
+    assert above == ["bench", "cli", "evaluate", "options", "studio"]
 
 
 def test_the_plan_resolves_each_run_config_once(zoo, tmp_path, monkeypatch):

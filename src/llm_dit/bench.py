@@ -18,6 +18,11 @@ measurement cannot inherit another's allocations. Each figure states its ratio a
   compiled call (reported apart: it pays the compile), with the largest pixel difference of the two images.
 - `peak_memory_ratio`: peak of a low-memory reference-conditioned generation / the largest single component;
   target <= 1.15 (all-resident and staged peaks reported too).
+- `studio_rerender_vs_dit`: in `llm-dit studio` (its HTTP API, in-process), the time from a request with a changed
+  alpha to the new PNG served / the DiT + VAE time of that image (its `denoise` call, from its record); target
+  <= 1.05, with the re-renders' VL and text forward passes (must be 0) and `denoise` of the same rows timed alone.
+- `studio_first_image_vs_generate`: the studio's first image of a new reference + prompt (models warm, nothing
+  cached), request to PNG served / `Generator.generate` of the same work in a warm process; target <= 1.05.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from PIL import Image
 
 from .cache import TensorCache
 from .config import Config, load_config
-from .errors import UserError
+from .errors import UserError, check_choice
 from .generate import Generator
 from .hooks import layer_position
 from .models import load_model, resolve_device, resolve_dtype
@@ -497,24 +502,132 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_bench(preset: str = "small", repeats: int = 5, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Every figure for `preset`; see the module docstring."""
+def studio_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
+    """The studio against the work it cannot avoid, interleaved: a re-render (changed alpha) against the DiT + VAE
+    time of that image, and a first image (new prompt, nothing cached) against `Generator.generate` of the same
+    work on warm models. Every model call runs on the studio's worker thread (`on_worker`): torch's CPU thread pools
+    belong to the thread that calls, and two pools on the same cores slow each other."""
+    from fastapi.testclient import TestClient
+
+    from .condition import Reference
+    from .studio import create_app
+
+    cfg = bench_config(preset)
+    image = reference_image(preset)
+    reference_image(preset).save(work / "reference.png")
+    warm = Generator(cfg, cache=TensorCache(work / "generate-cache"))
+    with TestClient(create_app(cfg, work / "studio", cache=TensorCache(work / "studio-cache"))) as client:
+        studio = client.app.state.studio
+        upload = client.post("/api/uploads", files={"file": ("r.png", (work / "reference.png").read_bytes())})
+        ref = upload.json()["path"]
+
+        def served(prompt: str, alpha: float) -> tuple[float, dict[str, Any]]:
+            t0 = time.perf_counter()
+            job = client.post("/api/generate", json={"prompt": prompt, "image": ref, "settings": {"vl.alpha": alpha}})
+            job_id = job.json()["id"]
+            client.get(f"/api/jobs/{job_id}/events")  # returns when the job has finished
+            png = client.get(f"/api/jobs/{job_id}/image")
+            seconds = time.perf_counter() - t0
+            done = client.get(f"/api/jobs/{job_id}").json()
+            if done["status"] != "done" or png.status_code != 200:
+                raise RuntimeError(f"studio job {job_id}: {done['status']} {done['error']}")
+            return seconds, done
+
+        served(PROMPT, 0.3)
+        on_worker(studio, lambda: warm.generate("warm-up", Reference(image)))  # every model loaded on both sides
+        cond, _ = studio.generator.condition(PROMPT, Reference(image))  # cached: no pass
+        pipe, g = studio.generator.components.pipeline, cfg.generation
+        rerender, dit, alone, passes = [], [], [], {"vl": 0, "text": 0}
+        first, generate, first_passes = [], [], {"studio": {"vl": 0, "text": 0}, "generate": {"vl": 0, "text": 0}}
+        for i in range(repeats):
+            alpha = 0.35 + 0.5 * i / max(1, repeats)
+            seconds, done = served(PROMPT, alpha)
+            rerender.append(seconds)
+            dit.append(done["result"]["timings_s"]["denoise"])  # the DiT + VAE time of that image
+            passes = {k: passes[k] + done["forward_passes"][k] for k in passes}
+            alone.append(on_worker(studio, lambda a=alpha: denoise(pipe, [cond.at(a)], g, [g.seed])))
+            seconds, done = served(f"{PROMPT}, studio {i}", 0.3)
+            first.append(seconds)
+            before = warm.components.forward_passes()
+            generate.append(on_worker(studio, lambda i=i: warm.generate(f"{PROMPT}, generate {i}", Reference(image))))
+            after = warm.components.forward_passes()
+            for k in ("vl", "text"):
+                first_passes["studio"][k] += done["forward_passes"][k]
+                first_passes["generate"][k] += after[k] - before[k]
+    re_s, dit_s = statistics.median(rerender), statistics.median(dit)
+    first_s, gen_s = statistics.median(first), statistics.median(generate)
+    return {
+        "studio_rerender_vs_dit": figure(
+            re_s,
+            dit_s,
+            "changed alpha to PNG served / DiT + VAE",
+            "<=1.05",
+            unit="s per image",
+            rerender_forward_passes=passes,
+            zero_passes=passes == {"vl": 0, "text": 0},
+            denoise_alone_s=round(statistics.median(alone), 5),
+        ),
+        "studio_first_image_vs_generate": figure(
+            first_s,
+            gen_s,
+            "studio first image / warm generate",
+            "<=1.05",
+            unit="s per image",
+            forward_passes=first_passes,  # both sides run the same passes (nothing cached)
+        ),
+    }
+
+
+def on_worker(studio: Any, fn: Callable[[], Any]) -> float:
+    """Wall time of `fn` run as a job on the studio's worker thread, where its own jobs run."""
+    job = studio.submit("bench", {}, lambda _: {"seconds": timed_call(fn)})
+    with studio.changed:
+        studio.changed.wait_for(lambda: job.finished)
+    if job.status != "done":
+        raise RuntimeError(f"bench job failed: {job.error}")
+    return job.result["seconds"]
+
+
+FIGURES = ("pipeline", "early_exit", "sweep", "batched", "compiled", "memory", "studio")
+"""The groups of figures `run_bench` can be limited to (`only`)."""
+
+
+def run_bench(
+    preset: str = "small",
+    repeats: int = 5,
+    progress: Callable[[str], None] | None = None,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    """Every figure for `preset` (or those of the groups `only`, names of `FIGURES`); see the module docstring."""
     say = progress or (lambda _: None)
     t0 = time.perf_counter()
     out: dict[str, Any] = {"preset": preset, "repeats": repeats, "date": date.today().isoformat(), **machine()}
+    for name in only or ():
+        check_choice(name, FIGURES, "figure group")
+    wanted = set(only or FIGURES)
     with tempfile.TemporaryDirectory() as tmp:
-        say("pipeline overhead vs diffusers")
-        out["pipeline_overhead_vs_diffusers"] = pipeline_overhead(preset, repeats)
-        say("extraction early exit")
-        out["extraction_early_exit_speedup"] = early_exit(preset, repeats)
-        say("sweep vs naive, floor and cached rerun")
-        out |= sweep_figures(preset, Path(tmp), repeats)
-        say("batched vs sequential")
-        out["batched_vs_sequential"] = batched(preset, repeats)
-        say("compiled DiT vs eager")
-        out["compiled_vs_eager"] = compiled(preset, repeats)
-        say("peak memory")
-        out["peak_memory_ratio"] = peak_memory(preset)
+        if "pipeline" in wanted:
+            say("pipeline overhead vs diffusers")
+            out["pipeline_overhead_vs_diffusers"] = pipeline_overhead(preset, repeats)
+        if "early_exit" in wanted:
+            say("extraction early exit")
+            out["extraction_early_exit_speedup"] = early_exit(preset, repeats)
+        if "sweep" in wanted:
+            say("sweep vs naive, floor and cached rerun")
+            out |= sweep_figures(preset, Path(tmp), repeats)
+        if "batched" in wanted:
+            say("batched vs sequential")
+            out["batched_vs_sequential"] = batched(preset, repeats)
+        if "compiled" in wanted:
+            say("compiled DiT vs eager")
+            out["compiled_vs_eager"] = compiled(preset, repeats)
+        if "memory" in wanted:
+            say("peak memory")
+            out["peak_memory_ratio"] = peak_memory(preset)
+        if "studio" in wanted:
+            say("studio re-render and first image")
+            (Path(tmp) / "studio").mkdir()
+            out |= studio_figures(preset, Path(tmp) / "studio", repeats)
     out["wall_time_s"] = round(time.perf_counter() - t0, 1)
     return out
 

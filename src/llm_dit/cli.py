@@ -566,7 +566,33 @@ def demo(
 
 
 @app.command()
+@takes(*MODELS, "low-memory", "generation", "conditioning")
+def studio(
+    given: Given,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; another than the loopback needs --token.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=0, max=65535)] = 7860,
+    workspace: Annotated[
+        Path, typer.Option("--workspace", help="Folder of inputs, uploads, outputs and sweeps; nothing outside it.")
+    ] = Path("studio"),
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar="LLM_DIT_STUDIO_TOKEN", help="Every request must carry it (header or ?token=)."),
+    ] = None,
+) -> None:
+    """Serve the studio: a local web page and HTTP API over warm models (the settings given here are the page's
+    defaults). Stops with Ctrl-C."""
+    from .studio import check_bind, serve
+
+    check_bind(host, token)
+    serve(given.config(), workspace, host, port, token, say=lambda m: console.print(m, highlight=False))
+
+
+@app.command()
+@takes("bench")
 def bench(
+    given: Given,
     preset: Annotated[
         str,
         typer.Option(
@@ -602,15 +628,19 @@ def bench(
             write_json(json_out, result)
         print(print_blend_cost(result))
         return
-    result = run_bench(preset, repeats, progress=say)
+    result = run_bench(preset, repeats, progress=say, only=given.get("only"))
     if json_out is not None:
         write_json(json_out, result)
     for name, fig in result.items():
         if isinstance(fig, dict) and "ratio" in fig:
             met = "" if "met" not in fig else ("  ok" if fig["met"] else "  MISSED")
             print(f"{name:34} ratio {fig['ratio']:<8} target {fig.get('target', '-'):<7}{met}")
-    rerun = result["cache_rerun_forward_passes"]
-    print(f"{'cache_rerun_forward_passes':34} vl {rerun['vl']} text {rerun['text']}")
+    for name, passes in (
+        ("cache_rerun_forward_passes", result.get("cache_rerun_forward_passes")),
+        ("studio_rerender_forward_passes", result.get("studio_rerender_vs_dit", {}).get("rerender_forward_passes")),
+    ):
+        if passes is not None:
+            print(f"{name:34} vl {passes['vl']} text {passes['text']}")
 
 
 def main() -> None:

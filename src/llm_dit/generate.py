@@ -37,7 +37,7 @@ from .compose import linearity
 from .condition import Conditioning, Reference, Source, Styled, as_source, check_neutral, extracts, neutral_of
 from .config import Config
 from .errors import UserError
-from .render import Prepared, denoising_steps, render
+from .render import OnStep, Prepared, denoising_steps, render
 from .text import EncodedPrompt
 from .vl import VLEmbeddings
 
@@ -175,13 +175,14 @@ class Generator:
         alphas = alphas if varies else alphas[:1]
         return Prepared(prompt, cfg, cond, text.encoded, alphas, first, negative_rows, init_image, times, dependence)
 
-    def render(self, batch: list[Prepared]) -> list[Result]:
+    def render(self, batch: list[Prepared], on_step: OnStep | None = None) -> list[Result]:
         """Run the DiT for prepared images, several in one diffusers call when they can share it (same generation
-        settings and init image, no per-step conditioning, no block injection), each with its record."""
+        settings and init image, no per-step conditioning, no block injection), each with its record; `on_step`
+        is called after each denoising step (`render.denoise`)."""
         self.components.stage("pipeline")
         with timed(batch[0].times, "load"):
             pipe, loras = self.components.dit(batch[0].config.generation.loras)
-        rendered = replace(render(pipe, batch), loras=loras)
+        rendered = replace(render(pipe, batch, on_step), loras=loras)
         for p in batch:
             p.times["denoise"] = rendered.seconds / len(batch)
         return [Result(image, records.sidecar(p, rendered)) for p, image in zip(batch, rendered.images, strict=True)]
@@ -193,7 +194,9 @@ class Generator:
         *,
         init_image: Image.Image | None = None,
         negative: Reference | Image.Image | None = None,
+        on_step: OnStep | None = None,
     ) -> Result:
         """Text-to-image (image-to-image with `init_image`) for `prompt` conditioned by `source` with this
-        generator's config, alpha schedules and DiT injection included; `negative`: see `prepare`."""
-        return self.render([self.prepare(prompt, source, init_image=init_image, negative=negative)])[0]
+        generator's config, alpha schedules and DiT injection included; `negative`: see `prepare`; `on_step(done,
+        total)` after each denoising step."""
+        return self.render([self.prepare(prompt, source, init_image=init_image, negative=negative)], on_step)[0]

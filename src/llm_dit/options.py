@@ -108,7 +108,7 @@ def row(key: str, flags: str, help: str, tags: str, kind: type = str, **kw: Any)
 # quantization;
 # generation (generate's generation.* flags), training (train-adapter's), conditioning (generate's vl.* flags),
 # extraction (extract's), vl-rows (steer's and train-adapter's), encoder (encode's); inputs (generate's files),
-# sweep (a sweep's inputs), run (how a sweep runs), scoring (metrics), inspect.
+# sweep (a sweep's inputs), run (how a sweep runs), scoring (metrics), inspect, bench.
 # fmt: off
 OPTIONS: tuple[Option, ...] = (
     # where the config comes from, and the models
@@ -233,6 +233,9 @@ OPTIONS: tuple[Option, ...] = (
       "paired difference >= -TOL) and still beat caption.", "eval", float, default=ADHERENCE_TOLERANCE, quoted=True),
     row("n_resamples", "--resamples", "Bootstrap resamples.", "eval", int, default=N_RESAMPLES, minimum=100),
     row("bootstrap_seed", "--bootstrap-seed", "Seed of the bootstrap.", "eval", int, default=0),
+    # bench
+    row("only", "--only", "Only these groups of figures, e.g. studio (a wrong name lists them).", "bench",
+      many=True, metavar="group", examples=("studio", "sweep")),
     # inspect
     row("layers", "--layers", f"Hidden layers (default: {', '.join(map(str, INSPECT_LAYERS))} and the configured VL "
       "layers).", "inspect", int, many=True, examples=("-2", "-6")),

@@ -24,6 +24,9 @@ from .inject import inject_conditioning
 from .schedule import schedule_callback
 from .text import EncodedPrompt
 
+OnStep = Callable[[int, int], None]
+"""Progress of one denoise call: `on_step(steps done, total steps)`."""
+
 
 def set_shift(pipe, shift: float) -> None:
     """Give the pipeline a flow-match scheduler with `shift` (a no-op when it already has it)."""
@@ -41,13 +44,15 @@ def denoise(
     negative_prompt_embeds: list[torch.Tensor] | None = None,
     init_image: Image.Image | None = None,
     callback: Callable[..., dict] | None = None,
+    on_step: OnStep | None = None,
 ) -> list[Image.Image]:
     """One diffusers call for `len(prompt_embeds)` images, image i seeded with a CPU generator `seeds[i]`.
 
     `guidance > 0` needs `negative_prompt_embeds` (one per prompt). `callback` is passed as diffusers'
     `callback_on_step_end` with `prompt_embeds` among its tensor inputs, so it can change the conditioning
     per step. With `init_image` this is image-to-image at `gen.strength` (the init image is resized to the output
-    size with Lanczos first: diffusers' img2img requires the two to match).
+    size with Lanczos first: diffusers' img2img requires the two to match). `on_step(done, total)` is called after
+    each denoising step (through the same diffusers callback; an exception it raises stops the call).
     """
     set_shift(pipe, gen.shift)
     dtype = pipe.transformer.dtype
@@ -63,6 +68,8 @@ def denoise(
     }
     if gen.guidance > 0:
         kwargs["negative_prompt_embeds"] = [e.to(device, dtype) for e in negative_prompt_embeds or []]
+    if on_step is not None:
+        callback = with_progress(callback, on_step)
     if callback is not None:
         kwargs["callback_on_step_end"] = callback
         kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
@@ -76,6 +83,17 @@ def denoise(
     if init_image.size != (gen.width, gen.height):
         init_image = init_image.resize((gen.width, gen.height), Image.Resampling.LANCZOS)
     return img2img(image=init_image, strength=gen.strength, **kwargs).images
+
+
+def with_progress(callback: Callable[..., dict] | None, on_step: OnStep) -> Callable[..., dict]:
+    """diffusers' step callback `callback` (or none) that also reports `on_step(done, total)` after each step."""
+
+    def step_end(pipe, i: int, t, kwargs: dict) -> dict:
+        out = callback(pipe, i, t, kwargs) if callback is not None else {}
+        on_step(i + 1, pipe.num_timesteps)
+        return out
+
+    return step_end
 
 
 def denoising_steps(gen: GenerationConfig, img2img: bool) -> int:
@@ -125,12 +143,12 @@ class Rendered:
     loras: list[dict[str, Any]] = field(default_factory=list)  # LoRAs that acted: path, sha256, scale
 
 
-def render(pipe, batch: list[Prepared]) -> Rendered:
+def render(pipe, batch: list[Prepared], on_step: OnStep | None = None) -> Rendered:
     """Run the DiT once for `batch` (several images only when they can share the call: `Prepared.batchable_with`).
 
     Per-step alphas: the pipeline starts from the first step's rows and a step callback swaps in `C(α_i)`.
     DiT injection: the pipeline gets T and block hooks give the chosen blocks C. Otherwise each image's rows as
-    they are."""
+    they are. `on_step`: see `denoise`."""
     head = batch[0]
     if not all(p.batchable_with(head) for p in batch[1:]):
         raise UserError("these images cannot share one diffusers call (different generation settings)")
@@ -153,6 +171,7 @@ def render(pipe, batch: list[Prepared]) -> Rendered:
             negative_prompt_embeds=negative,
             init_image=head.init_image,
             callback=callback,
+            on_step=on_step,
         )
     return Rendered(
         images,

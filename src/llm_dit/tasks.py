@@ -30,12 +30,19 @@ from .records import (
     input_files,
     library_versions,
 )
+from .render import OnStep
 from .stats import ReferenceStats
 from .steer import DIRECTIONS, load_direction, save_direction
 from .text import STATS_PROMPTS
 from .vl import pick_reference
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def generator_for(config: Config, warm: Generator | None) -> Generator:
+    """A generator for `config`: on the components of `warm` (a long-lived process's loaded models and cache, e.g.
+    the studio's) when given, else a new one."""
+    return warm.with_config(config) if warm is not None else Generator(config)
 
 
 def generate_file(
@@ -53,13 +60,16 @@ def generate_file(
     embeddings: str | Path | None = None,
     negative_image: str | Path | None = None,
     style: list[str] | None = None,
+    generator: Generator | None = None,
+    on_step: OnStep | None = None,
 ) -> Path:
     """One image into `output` (PNG) and its sidecar, conditioned by at most one of `image` (a reference, or several
     combined by `reference_weights`: default 1/n each),
     `vl_embeddings` (VL rows of `extract`), `embeddings` (caption rows used as they are) and `steer` (a direction
     file); `neutral_image` or `neutral_embeddings` for style_delta; `init_image` for image-to-image;
     `negative_image` for CFG's negative rows (guidance > 0); `style`: style files `FILE[:SCALE]`
-    (`style_extract_file`), combined. The record lists every input file with its SHA-256."""
+    (`style_extract_file`), combined. The record lists every input file with its SHA-256. `generator`: warm
+    components to use (`generator_for`); `on_step`: progress after each denoising step."""
     output = Path(output)
     if output.suffix.lower() != ".png":
         raise UserError(f"output must be a .png file: {output}")
@@ -81,7 +91,9 @@ def generate_file(
     )
     init = load_image(init_image, "init image") if init_image else None
     negative = load_image(negative_image, "negative image") if negative_image else None
-    result = Generator(config).generate(prompt, source, init_image=init, negative=negative)
+    result = generator_for(config, generator).generate(
+        prompt, source, init_image=init, negative=negative, on_step=on_step
+    )
     files = {
         "reference_image": images[0] if len(images) == 1 else None,
         "init_image": init_image,
@@ -161,10 +173,13 @@ def style_combine_file(styles: list[str], output: str | Path) -> dict[str, Any]:
     return {"output": str(output), "mode": combined.mode, "parts": len(combined.parts)}
 
 
-def extract_file(config: Config, image: str | Path, output: str | Path, text: str | None = None) -> dict[str, Any]:
+def extract_file(
+    config: Config, image: str | Path, output: str | Path, text: str | None = None, generator: Generator | None = None
+) -> dict[str, Any]:
     """VL rows of `image` + `text` with the `vl` settings (weighted layers combined) into a safetensors file;
-    returns a summary (output, cache hit or miss, shape, layer, token mode, spans, variant, masked dims, sinks)."""
-    rows, extracted = Generator(config).extract(load_image(image, "reference image"), text)
+    returns a summary (output, cache hit or miss, shape, layer, token mode, spans, variant, masked dims, sinks).
+    `generator`: warm components to use (`generator_for`)."""
+    rows, extracted = generator_for(config, generator).extract(load_image(image, "reference image"), text)
     e = next(iter(extracted.values()))
     meta = extraction_metadata(rows, extracted, layer_weights(config.vl), Path(image))
     save_tensors(output, {"embeddings": rows}, meta)
@@ -211,11 +226,17 @@ def stats_file(
     return result
 
 
-def inspect_image(config: Config, image: str | Path, prompt: str, layers: list[int] | None = None) -> dict[str, Any]:
+def inspect_image(
+    config: Config,
+    image: str | Path,
+    prompt: str,
+    layers: list[int] | None = None,
+    generator: Generator | None = None,
+) -> dict[str, Any]:
     """`diagnostics.inspect_layers` of `image` + `prompt` at `layers` (default: `INSPECT_LAYERS` and the layers
     generation would extract), each against its reference statistics; `settings` lists the config keys that
-    acted."""
-    components = Generator(config).components
+    acted. `generator`: warm components to use (`generator_for`)."""
+    components = generator_for(config, generator).components
     v, enc = config.vl, config.encoder
     # acted: the prompt templates, the statistics the ratios use and, without `layers`, the configured VL layers
     acted: dict[str, Any] = {}
