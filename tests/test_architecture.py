@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("generate", "grid", "scoring", "evalmethods"),
     ("ranking", "runner", "tasks"),
     ("report", "distributed"),
-    ("experiment",),
+    ("experiment", "evalreport"),  # evalreport: an eval's report.html (on the sweep report's templates)
     ("evaluate",),  # llm-dit eval: a sweep of methods x cells, scored and compared
     ("bench", "options"),
     ("cli",),
