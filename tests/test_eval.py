@@ -310,7 +310,7 @@ def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path)
     assert {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()} == stamps  # not written again
     data = load_eval(out).data
     assert data["sweep"]["ran_now"] == 12 - len(done) and all(r["status"] == "ok" for r in data["runs"])
-    assert finished.stdout.split() == [str(out / EVAL), str(out / "leaderboard.md")]
+    assert finished.stdout.split() == [str(out / EVAL), str(out / "leaderboard.md"), str(out / "report.html")]
 
 
 def test_style_captions_are_words_even_from_a_random_model(zoo):
