@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("generate", "grid", "scoring", "evalmethods"),
     ("ranking", "runner", "tasks", "composability"),
     ("report", "distributed"),
-    ("experiment",),
+    ("experiment", "evalreport"),  # evalreport: an eval's report.html (on the sweep report's templates)
     ("evaluate",),  # llm-dit eval: a sweep of methods x cells, scored and compared
     ("options",),
     ("studio",),  # the HTTP surface: the option table's settings over the same API

@@ -8,6 +8,7 @@ FIGURES = (
     "extraction_early_exit_speedup",
     "sweep_speedup_vs_naive",
     "sweep_vs_floor",
+    "eval_vs_floor",
     "cache_rerun_time_ratio",
     "batched_vs_sequential",
     "compiled_vs_eager",

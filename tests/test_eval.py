@@ -310,7 +310,7 @@ def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path)
     assert {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()} == stamps  # not written again
     data = load_eval(out).data
     assert data["sweep"]["ran_now"] == 12 - len(done) and all(r["status"] == "ok" for r in data["runs"])
-    assert finished.stdout.split() == [str(out / EVAL), str(out / "leaderboard.md")]
+    assert finished.stdout.split() == [str(out / EVAL), str(out / "leaderboard.md"), str(out / "report.html")]
 
 
 def test_style_captions_are_words_even_from_a_random_model(zoo):
@@ -347,3 +347,26 @@ def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
     assert data["primary"] == {"style": "color_hist_similarity", "adherence": None}
     assert data["verdicts"]["steer"]["reason"] == "undecided: no paired prompt-adherence metric against caption"
     assert data["leaderboard"][0]["status"] == "unmeasured: no paired prompt-adherence metric"
+
+
+def test_eval_with_failed_runs_writes_its_results_and_exits_3(cli, zoo, tmp_path, monkeypatch):
+    """Like sweep: a run that fails does not stop the eval (eval.json, leaderboard and report are written), and the
+    command exits 3 (`cli.RUNS_FAILED`) saying how many failed and that --resume retries them."""
+    from llm_dit import runner
+
+    real = runner.render_batch
+
+    def render_batch(gen, prepared):
+        if prepared[0].config.vl.alpha == 0.7:
+            raise RuntimeError("simulated render failure")
+        return real(gen, prepared)
+
+    monkeypatch.setattr(runner, "render_batch", render_batch)
+    out = tmp_path / "failed"
+    r = cli("eval", "--suite", "builtin", "--references", "1", "--prompts", "1", *TINY, "--method",
+            "vl:alpha=0.3,0.7", "--resamples", "200", "-o", out)  # fmt: skip
+    assert r.code == 3, r.err
+    assert "1 of 4 runs failed" in r.err and "--resume" in r.err
+    data = load_eval(out).data
+    assert [x["status"] for x in data["runs"] if x["method"] == "vl alpha=0.7"] == ["failed"]
+    assert (out / "leaderboard.md").is_file()

@@ -12,6 +12,10 @@ measurement cannot inherit another's allocations. Each figure states its ratio a
   sweep; target >= 3.
 - `sweep_vs_floor`: the sweep / its floor (load each model once, the unique forward passes, the generations, each
   timed alone); target <= 1.10.
+- `eval_vs_floor`: `llm-dit eval` (text and two VL alphas on 1 reference x 2 prompts, tiny metric models: sweep,
+  scoring, bootstrap statistics, eval.json, leaderboard and report.html) / its floor (the generation floor as above
+  plus the metric forward passes: a fresh scorer loading each metric model once and embedding each distinct image
+  and prompt once); target <= 1.10.
 - `cache_rerun_forward_passes` (must be 0) and `cache_rerun_time_ratio`: a rerun into a new directory / the first.
 - `batched_vs_sequential`: N images in one diffusers call / N calls.
 - `compiled_vs_eager`: a generation with `models.compile` (regional compile of the DiT) / eager, after the first
@@ -263,6 +267,73 @@ def floor_time(cfg: Config, spec: SweepSpec, image: Image.Image) -> float:
         denoise(gen.components.pipeline, [c], g, [g.seed])
         total += time.perf_counter() - t0
     return total
+
+
+EVAL_ALPHAS = (0.3, 0.6)
+EVAL_PROMPTS = 2
+
+
+def eval_figure(preset: str, work: Path, repeats: int) -> dict[str, Any]:
+    """An eval against its floor (`eval_floor_time`), interleaved, each a median after a warm-up."""
+    from .evalmethods import Method, parse_method
+    from .evaluate import run_eval
+    from .scorer import _shared_embedder
+    from .suite import load_suite
+
+    cfg = bench_config(preset)
+    suite = load_suite("builtin", references=1, prompts=EVAL_PROMPTS)
+    methods = [Method(name="text", kind="text"), *parse_method("vl:alpha=" + ",".join(map(str, EVAL_ALPHAS)))]
+    count = itertools.count()
+
+    def evaluate() -> None:
+        i = next(count)
+        _shared_embedder.cache_clear()  # metric models are kept per process: both sides load them
+        run_eval(cfg, suite, methods, work / f"eval{i}", metric_models_spec="tiny", cache=TensorCache(work / f"ec{i}"))
+
+    evaluate(), eval_floor_time(cfg, suite, work)  # warm-up
+    eval_t, floor_t = [], []
+    for _ in range(repeats):
+        eval_t.append(timed_call(evaluate))
+        floor_t.append(eval_floor_time(cfg, suite, work))
+    runs = EVAL_PROMPTS * (1 + len(EVAL_ALPHAS))
+    return figure(statistics.median(eval_t), statistics.median(floor_t), "eval / floor", "<=1.10",
+                  unit=f"s for {runs} runs, scored")  # fmt: skip
+
+
+def eval_floor_time(cfg: Config, suite: Any, work: Path) -> float:
+    """The irreducible work of `eval_figure`'s eval, each piece timed alone: load each model once, per prompt one
+    VL forward pass and one text encode, the generations (text, then each alpha) from precomputed conditioning; then
+    a fresh metric scorer (each metric model loaded once, each distinct image and prompt embedded once, batched)."""
+    from .blend import blend
+    from .files import load_image
+    from .scorer import MetricScorer, ScoreItem, _shared_embedder
+
+    gen = Generator(cfg, cache=False)
+    ref = suite.references[0].path
+    image = load_image(ref, "reference image")
+    layer = cfg.vl.hidden_layer
+    g = cfg.generation
+    total = 0.0
+    t0 = time.perf_counter()
+    _ = gen.components.vl.model, gen.components.text_encoder.model, gen.components.pipeline
+    total += time.perf_counter() - t0
+    items = []
+    for p, prompt in enumerate(suite.prompts):
+        t0 = time.perf_counter()
+        rows, _, _, _ = gen.components.vl.hidden_rows(image, prompt, [layer])
+        text = gen.encode(prompt).embeddings
+        conds = [text] + [blend(text, rows[layer], cfg.vl.blend, a) for a in EVAL_ALPHAS]
+        outs = [denoise(gen.components.pipeline, [c], g, [suite.seeds[0]])[0] for c in conds]
+        total += time.perf_counter() - t0
+        paths = []
+        for k, im in enumerate(outs):
+            paths.append(work / f"floor-{p}-{k}.png")
+            im.save(paths[-1])
+        items += [ScoreItem(path, prompt, ref, None if k == 0 else paths[0]) for k, path in enumerate(paths)]
+    _shared_embedder.cache_clear()  # metric models are kept per process: both sides load them, as a fresh eval does
+    t0 = time.perf_counter()
+    MetricScorer("tiny").score(items)
+    return total + time.perf_counter() - t0
 
 
 def batched(preset: str, repeats: int, n: int = 4) -> dict[str, Any]:
@@ -588,7 +659,7 @@ def on_worker(studio: Any, fn: Callable[[], Any]) -> float:
     return job.result["seconds"]
 
 
-FIGURES = ("pipeline", "early_exit", "sweep", "batched", "compiled", "memory", "studio")
+FIGURES = ("pipeline", "early_exit", "sweep", "eval", "batched", "compiled", "memory", "studio")
 """The groups of figures `run_bench` can be limited to (`only`)."""
 
 
@@ -615,6 +686,9 @@ def run_bench(
         if "sweep" in wanted:
             say("sweep vs naive, floor and cached rerun")
             out |= sweep_figures(preset, Path(tmp), repeats)
+        if "eval" in wanted:
+            say("eval vs floor")
+            out["eval_vs_floor"] = eval_figure(preset, Path(tmp), repeats)
         if "batched" in wanted:
             say("batched vs sequential")
             out["batched_vs_sequential"] = batched(preset, repeats)

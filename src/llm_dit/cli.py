@@ -409,9 +409,10 @@ def eval_command(
 ) -> None:
     """Compare methods (text, caption, img2img, VL conditioning...) on references x prompts x seeds.
 
-    Every method on every cell, scored, paired statistics, eval.json and leaderboard.md. Prints their paths."""
+    Every method on every cell, scored, paired statistics, eval.json, leaderboard.md and report.html. Prints their
+    paths; exits 3 when runs failed (everything else written; --resume retries them)."""
     from .evalmethods import methods_of
-    from .evaluate import REFERENCES, run_eval
+    from .evaluate import REFERENCES, RUNS, run_eval
     from .experiment import EXECUTORS
     from .suite import load_suite
 
@@ -462,11 +463,13 @@ def eval_command(
         f"{', '.join(k for k, v in data['verdicts'].items() if v['better']) or 'none'}"
     )
     if as_json:
-        paths = {"eval": str(result.eval_json), "leaderboard": str(result.leaderboard)}
+        paths = {"eval": str(result.eval_json), "leaderboard": str(result.leaderboard), "report": str(result.report)}
         print(json.dumps(paths | {"verdicts": data["verdicts"], "leaderboard_rows": data["leaderboard"]}, indent=2))
     else:
         print(result.eval_json)
         print(result.leaderboard)
+        print(result.report)
+    exit_if_runs_failed(sweep, output / RUNS)
 
 
 def sweep_spec(
@@ -522,12 +525,20 @@ def metrics(given: Given, sweep_dir: SweepDirArg) -> None:
 
 
 @app.command()
-def report(sweep_dir: SweepDirArg) -> None:
-    """Rebuild grid.png and report.html for a sweep directory."""
+def report(
+    directory: Annotated[Path, typer.Argument(help="A sweep directory, or an eval directory (with eval.json).")],
+) -> None:
+    """Rebuild grid.png and report.html for a sweep directory, or report.html for an eval directory."""
+    from .evalreport import write_eval_report
+    from .evaluate import EVAL, load_eval
     from .report import build_report
     from .sweepdir import SweepDir
 
-    for path in build_report(SweepDir.existing(sweep_dir)):
+    if (directory / EVAL).is_file():
+        result = load_eval(directory)
+        print(write_eval_report(result.dir, result.data))
+        return
+    for path in build_report(SweepDir.existing(directory)):
         print(path)
 
 

@@ -43,6 +43,7 @@ from .components import Components
 from .config import Config
 from .errors import UserError, check_choice
 from .evalmethods import Method, check_strengths, method_run
+from .evalreport import REPORT, write_eval_report
 from .experiment import EXECUTORS, checked_plan, run_sweep
 from .files import atomic_write_text, load_image, write_json
 from .progress import progress_bar
@@ -78,6 +79,10 @@ class EvalResult:
     @property
     def leaderboard(self) -> Path:
         return self.dir / LEADERBOARD
+
+    @property
+    def report(self) -> Path:
+        return self.dir / REPORT
 
     def image(self, method: str, cell: dict[str, Any]) -> Path | None:
         """The image file of `method` on `cell` (an item of `data["cells"]`), or None when that run failed."""
@@ -300,7 +305,8 @@ def run_eval(
     on_result: OnResult | None = None,
 ) -> EvalResult:
     """Run `methods` (`evalmethods.methods_of`; `text` first) on every cell of `suite` into the eval directory
-    `out_dir`, score them and compare them; writes `eval.json` and `leaderboard.md` and returns `EvalResult`.
+    `out_dir`, score them and compare them; writes `eval.json`, `leaderboard.md` and `report.html`; returns
+    `EvalResult`.
     Every run is checked before any model loads; `resume` finishes an eval already in `out_dir` (finished runs are
     kept). `executor`, `batch_size`, `cache`, `on_result`: as `experiment.run_sweep`. `metric_models_spec`,
     `metric_device`: the metric models (`scorer.metric_models`); `tolerance`: how much prompt adherence a method may
@@ -378,4 +384,5 @@ def run_eval(
     data["leaderboard"] = leaderboard(methods, stats, primary, tolerance)
     write_json(out / EVAL, data)
     atomic_write_text(out / LEADERBOARD, leaderboard_markdown(data))
+    write_eval_report(out, data)
     return EvalResult(out, data)

@@ -115,6 +115,12 @@ def _asset(name: str) -> Markup:
 _TEMPLATES.globals["asset"] = _asset
 
 
+def render_template(template: str, **data: Any) -> str:
+    """Render the package template `template` (autoescape on, `asset` inlines report.css/report.js): one template per
+    report kind (a sweep's `report.html.j2`, an eval's `eval_report.html.j2`), one shared stylesheet."""
+    return _TEMPLATES.get_template(template).render(**data)
+
+
 def progress(runs: list[dict[str, Any]], planned: int) -> str:
     """How far a sweep got: `3 of 8 runs done; 1 failed; 4 not run` (runs planned: `planned`, else the runs with
     a result)."""
@@ -133,7 +139,8 @@ def render_report(sweep_dir: str | os.PathLike[str]) -> str:
     best, skipped = best_runs(runs, metrics)
     by_id = {str(r.get("id")): r for r in runs}
     pairs = baseline_pairs(runs)
-    return _TEMPLATES.get_template("report.html.j2").render(
+    return render_template(
+        "report.html.j2",
         name=str(summary.get("name") or sweep_dir.name),
         summary=[(str(k), fmt_value(v)) for k, v in summary.items()],
         progress=progress(runs, len(sweep.plan())),
@@ -196,7 +203,7 @@ def _fmt_metric(v: Any) -> str:
     return f"{v:.4g}" if math.isfinite(v) else str(v)
 
 
-def _data_uri(path: Path | None, side: int = 160) -> str | None:
+def data_uri(path: Path | None, side: int = 160) -> str | None:
     """A small JPEG thumbnail of `path` as a data: URI (for images outside the sweep directory)."""
     im = thumbnail(path, side)
     if im is None:
@@ -209,7 +216,7 @@ def _data_uri(path: Path | None, side: int = 160) -> str | None:
 def _references(sweep_dir: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each distinct reference image once: its file name and a data: URI thumbnail (None if unreadable)."""
     paths = dict.fromkeys(p for r in runs for p in reference_paths(r.get("image")))
-    return [{"name": Path(p).name, "uri": _data_uri(resolve_image(sweep_dir, p))} for p in paths]
+    return [{"name": Path(p).name, "uri": data_uri(resolve_image(sweep_dir, p))} for p in paths]
 
 
 def _run(run: dict[str, Any]) -> dict[str, str]:
