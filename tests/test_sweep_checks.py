@@ -46,6 +46,7 @@ def _bad_file(tmp_path, name: str, data: bytes = b"not what it should be"):
         ("bad-adapter", "adapter file"),
         ("adapter-width", "has width 32, the DiT caption width is 64"),
         ("missing-reference-stats", "reference stats file not found"),
+        ("missing-lora", "LoRA file not found"),  # found by the docs harness: each run failed, exit 3
     ],
 )
 @pytest.mark.parametrize("dry", [True, False], ids=["dry-run", "run"])
@@ -65,6 +66,7 @@ def test_sweep_refuses_a_bad_input_or_setting_before_any_model_loads(
         "missing-steer": ["--steer", tmp_path / "nothere.safetensors", "--alphas", "0.5,1"],
         "bad-adapter": [*image, "--alphas", "0.3", "--adapter", _bad_file(tmp_path, "a.safetensors")],
         "adapter-width": [*image, "--alphas", "0.3", "--adapter", Adapter(32, "affine").save(tmp_path / "w.st")],
+        "missing-lora": [*image, "--alphas", "0.3", "--lora-sets", f"none;{tmp_path / 'nothere.safetensors'}:0.5"],
         "missing-reference-stats": [
             *image,
             "--alphas",
@@ -234,3 +236,6 @@ def test_a_metric_device_this_machine_lacks_is_refused_before_the_sweep_runs(cli
     r = cli("sweep", "-i", REF, "--alphas", "0.3", "-p", "a", *TINY, "--metric-device", "cuda", "-o", out)
     assert r.code == 2 and r.err.strip() == "error: metric_device: device 'cuda' requested but CUDA is not available"
     assert not out.exists()
+    r = cli("sweep", "-i", REF, "--alphas", "0.3", "-p", "a", *TINY, "--profile", "rtx4090", "-o", out)
+    assert r.code == 2 and "device 'cuda' requested but CUDA is not available" in r.err  # the models' device too
+    assert len(r.err.strip().splitlines()) == 1 and not out.exists()

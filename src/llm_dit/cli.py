@@ -592,8 +592,9 @@ def studio(
         typer.Option("--token", envvar="LLM_DIT_STUDIO_TOKEN", help="Every request must carry it (header or ?token=)."),
     ] = None,
 ) -> None:
-    """Serve the studio: a local web page and HTTP API over warm models (the settings given here are the page's
-    defaults). Stops with Ctrl-C."""
+    """Serve the studio: a local web page and HTTP API over warm models.
+
+    The settings given here are the page's defaults. Stops with Ctrl-C."""
     from .studio import check_bind, serve
 
     check_bind(host, token)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .adapter import check_use
@@ -26,6 +27,7 @@ from .config import Config
 from .errors import UserError
 from .generate import Generator, Result
 from .imagedep import probe_image
+from .models import parse_lora, resolve_device
 from .progress import progress_bar
 from .render import Prepared
 from .sweep import Inputs, Plan, reference_paths
@@ -98,11 +100,16 @@ def validate(plan: Plan, inputs: Inputs) -> None:
     """Check every input and every run's settings before any model loads: each file a run names is read once into
     `inputs` (images decoded, steering directions, adapters and reference statistics loaded and checked), and each
     run's settings go through `assemble.refuse` with every alpha its schedule uses, as `Generator.prepare` checks
-    one image, plus the adapter's width and trained settings (`adapter.check_use`). `UserError` naming the first
-    bad run."""
+    one image, plus its devices, its LoRA files and the adapter's width and trained settings (`adapter.check_use`).
+    `UserError` naming the first bad run."""
     for run in plan.runs:
         config = plan.config(run)
         try:
+            for device in {config.encoder.device, config.vl.device, config.generation.device}:
+                resolve_device(device)  # a device this machine lacks (cuda without CUDA), before any run
+            for path, _ in map(parse_lora, config.generation.loras):
+                if not Path(path).expanduser().is_file():
+                    raise UserError(f"LoRA file not found: {path}")
             source = run_source(run, inputs)
             init = inputs.image(run["init_image"], "init image")
             refuse(config, source, step_alphas(config, init is not None))
