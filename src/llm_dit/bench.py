@@ -659,8 +659,24 @@ def on_worker(studio: Any, fn: Callable[[], Any]) -> float:
     return job.result["seconds"]
 
 
-FIGURES = ("pipeline", "early_exit", "sweep", "eval", "batched", "compiled", "memory", "studio")
-"""The groups of figures `run_bench` can be limited to (`only`)."""
+def _studio(preset: str, tmp: Path, repeats: int) -> dict[str, Any]:
+    (tmp / "studio").mkdir()
+    return studio_figures(preset, tmp / "studio", repeats)
+
+
+FIGURE_GROUPS: dict[str, tuple[str, Callable[[str, Path, int], dict[str, Any]]]] = {
+    "pipeline": ("pipeline overhead vs diffusers",
+                 lambda p, _, r: {"pipeline_overhead_vs_diffusers": pipeline_overhead(p, r)}),
+    "early_exit": ("extraction early exit", lambda p, _, r: {"extraction_early_exit_speedup": early_exit(p, r)}),
+    "sweep": ("sweep vs naive, floor and cached rerun", sweep_figures),
+    "eval": ("eval vs floor", lambda p, t, r: {"eval_vs_floor": eval_figure(p, t, r)}),
+    "batched": ("batched vs sequential", lambda p, _, r: {"batched_vs_sequential": batched(p, r)}),
+    "compiled": ("compiled DiT vs eager", lambda p, _, r: {"compiled_vs_eager": compiled(p, r)}),
+    "memory": ("peak memory", lambda p, _, r: {"peak_memory_ratio": peak_memory(p)}),
+    "studio": ("studio re-render and first image", _studio),
+}  # fmt: skip
+"""Each group of figures `run_bench` measures (in this order; `only` limits it): what it says, and the figures."""
+FIGURES = tuple(FIGURE_GROUPS)
 
 
 def run_bench(
@@ -677,31 +693,10 @@ def run_bench(
         check_choice(name, FIGURES, "figure group")
     wanted = set(only or FIGURES)
     with tempfile.TemporaryDirectory() as tmp:
-        if "pipeline" in wanted:
-            say("pipeline overhead vs diffusers")
-            out["pipeline_overhead_vs_diffusers"] = pipeline_overhead(preset, repeats)
-        if "early_exit" in wanted:
-            say("extraction early exit")
-            out["extraction_early_exit_speedup"] = early_exit(preset, repeats)
-        if "sweep" in wanted:
-            say("sweep vs naive, floor and cached rerun")
-            out |= sweep_figures(preset, Path(tmp), repeats)
-        if "eval" in wanted:
-            say("eval vs floor")
-            out["eval_vs_floor"] = eval_figure(preset, Path(tmp), repeats)
-        if "batched" in wanted:
-            say("batched vs sequential")
-            out["batched_vs_sequential"] = batched(preset, repeats)
-        if "compiled" in wanted:
-            say("compiled DiT vs eager")
-            out["compiled_vs_eager"] = compiled(preset, repeats)
-        if "memory" in wanted:
-            say("peak memory")
-            out["peak_memory_ratio"] = peak_memory(preset)
-        if "studio" in wanted:
-            say("studio re-render and first image")
-            (Path(tmp) / "studio").mkdir()
-            out |= studio_figures(preset, Path(tmp) / "studio", repeats)
+        for name, (label, measure) in FIGURE_GROUPS.items():
+            if name in wanted:
+                say(label)
+                out |= measure(preset, Path(tmp), repeats)
     out["wall_time_s"] = round(time.perf_counter() - t0, 1)
     return out
 
