@@ -9,6 +9,9 @@ no file of the repo is written. The rules (also in docs/cli.md, "Examples are te
 - ```` ```bash setup ```` blocks are installation steps: never run (they would change this machine's Python), and
   may hold only `pip install` and `make setup` lines, so nothing else can hide in them. A `pip` command anywhere
   else is an error.
+- ```` ```bash server ```` blocks start a server that runs until stopped, or talk to one (`llm-dit studio`,
+  `ssh`, `curl`): never run (a server would not return); they may hold only those commands. The studio's own tests
+  start it and drive it (tests/test_studio.py, tests/test_studio_page.py).
 - ```` ```bash ```` blocks: every command must exit 0. Assignments, `export`, `.`/`source` and `cd` lines are kept
   as state for the file's later commands. `make TARGET` runs as `make -n TARGET` (the target exists and what it runs
   is shown; `make test` must not recurse into itself).
@@ -60,6 +63,7 @@ class Command:
 
 INSTALLERS = re.compile(r"^(sudo\s+)?(pip3?|python3?\s+-m\s+pip|apt(-get)?|conda|uv)\s")
 SETUP = re.compile(r"^(pip install\s|make setup$)")
+SERVER = re.compile(r"^([A-Z_]+=(\$\([^)]*\)|\S+)\s+)?(llm-dit studio\b|ssh\s|curl\s)")
 
 
 @dataclass
@@ -117,6 +121,10 @@ def doc_commands(file: Path) -> list[Command]:
             for line, text in _logical(block.lines, block.line):
                 if text.strip() and not text.lstrip().startswith("#"):
                     assert SETUP.match(text), f"{file}:{line}: only `pip install` and `make setup` in a setup block"
+        elif block.info == "bash server":
+            for line, text in _logical(block.lines, block.line):
+                if text.strip() and not text.lstrip().startswith("#"):
+                    assert SERVER.match(text), f"{file}:{line}: only `llm-dit studio`, `ssh`, `curl` in a server block"
         elif block.lang == "bash":
             for line, text in _logical(block.lines, block.line):
                 if text.strip() and not text.lstrip().startswith("#"):
