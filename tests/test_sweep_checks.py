@@ -201,7 +201,10 @@ def test_spec_file_paths_resolve_against_the_spec_files_folder(cli, zoo, tmp_pat
 def test_sigint_says_what_was_saved_and_how_to_resume(zoo, tmp_path):
     """A real SIGINT to a sweep in a subprocess (as Ctrl-C sends): before, it exited 130 silently."""
     out = tmp_path / "i"
-    args = ["sweep", "--alphas", "0.1,0.2,0.3,0.4,0.5", "-i", str(REF), "-p", "a mill", *TINY, "-o", str(out)]
+    alphas = ",".join(
+        f"{a / 40:g}" for a in range(1, 40)
+    )  # 39 variants + 1 baseline: too many to finish before the signal
+    args = ["sweep", "--alphas", alphas, "-i", str(REF), "-p", "a mill", *TINY, "-o", str(out)]
     cmd = [sys.executable, "-m", "llm_dit", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
     deadline = time.time() + 120
@@ -212,12 +215,12 @@ def test_sigint_says_what_was_saved_and_how_to_resume(zoo, tmp_path):
     assert proc.returncode == 130, err
     done = sum(x["status"] == "ok" for x in SweepDir(out).runs())
     lines = [line for line in err.splitlines() if line.startswith("interrupted:")]
-    assert len(lines) == 1 and f"interrupted: {done} of 6 runs saved in {out}; resume with: " in lines[0], err
+    assert len(lines) == 1 and f"interrupted: {done} of 40 runs saved in {out}; resume with: " in lines[0], err
     resume = shlex.split(lines[0].split("resume with: ", 1)[1])
     assert resume[0] == "llm-dit" and resume[1:] == [*args, "--resume"]
     finished = subprocess.run([sys.executable, "-m", "llm_dit", *resume[1:]], capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
-    assert len(SweepDir(out).runs()) == 6 and all(x["status"] == "ok" for x in SweepDir(out).runs())
+    assert len(SweepDir(out).runs()) == 40 and all(x["status"] == "ok" for x in SweepDir(out).runs())
 
 
 def test_a_metric_device_this_machine_lacks_is_refused_before_the_sweep_runs(cli, zoo, tmp_path, monkeypatch):
