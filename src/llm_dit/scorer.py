@@ -29,6 +29,7 @@ from .config import MODELS_ENV
 from .embedders import ROLES, DualEncoder, Embedder, cosine_matrix, load_embedder, to_pil
 from .errors import UserError
 from .metrics import IMAGE_METRICS, METRICS, ImageLike, compute_image_metrics
+from .models import resolve_device
 from .reward import REWARD_MODELS, RewardModel, reward_status
 
 __all__ = [
@@ -99,8 +100,10 @@ def check_metric_device(device: str | torch.device | None) -> str:
         resolved = torch.device(device or "cpu")
     except RuntimeError:
         raise UserError(f"metric_device: '{device}' is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"metric_device: device '{device}' requested but CUDA is not available")
+    try:
+        resolve_device(str(device or "cpu"))  # the one check that the device exists on this machine
+    except UserError as e:
+        raise UserError(f"metric_device: {e}") from None
     return str(resolved)
 
 
