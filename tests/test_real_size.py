@@ -41,6 +41,11 @@ def test_the_real_size_path_runs_end_to_end_at_the_tiny_configurations(zoo, tmp_
     result = bench.run_real_size(tmp_path / "real", scale="tiny")
     assert set(result["stages"]) == {"text_encoder", "vl", "pipeline", "staged"}
     assert all(s["peak_above_base_gib"] > 0 for s in result["stages"].values())
+    for stage in bench.STAGES:  # each stage also probed with every weight read first
+        assert result["stages"][stage]["all_weights_peak_above_base_gib"] > 0
+    assert result["all_weights_staged_peak_gib"] == max(
+        result["stages"][s]["all_weights_peak_above_base_gib"] for s in bench.STAGES
+    )
     fig = result["staged_vs_sum"]
     assert fig["denominator"] == pytest.approx(sum(result["stages"][s]["peak_above_base_gib"] for s in bench.STAGES))
     index = json.loads(
@@ -48,3 +53,22 @@ def test_the_real_size_path_runs_end_to_end_at_the_tiny_configurations(zoo, tmp_
     )
     assert index["weight_map"] and result["build"]["components"]["qwen3-vl"]["gb"] > 0
     assert bench.build_real_size(tmp_path / "real", "tiny") == result["build"]  # reused, not rewritten
+
+
+def test_touch_weights_makes_memory_mapped_weights_resident_and_counts_each_tensor_once(tmp_path):
+    """A 64 MiB bf16 weight loaded from safetensors is memory-mapped: not resident until read. `touch_weights` reads
+    it (RSS grows by about its size) and reports its size once, though two modules share it (tied weights)."""
+    from safetensors.torch import load_file, save_file
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    save_file({"weight": torch.full((8192, 4096), 0.5, dtype=torch.bfloat16)}, tmp_path / "w.safetensors")
+    a, b = torch.nn.Linear(4096, 8192, bias=False), torch.nn.Linear(4096, 8192, bias=False)
+    a.load_state_dict(load_file(tmp_path / "w.safetensors"), assign=True)
+    b.weight = a.weight
+    before = rss_mib()
+    size = bench.touch_weights([a, b])
+    assert size == 64.0
+    assert rss_mib() - before > 56  # the pages were read in (the mapping was not resident before)

@@ -369,7 +369,7 @@ import json, sys, time
 import torch
 import diffusers.pipelines.z_image.pipeline_z_image
 import transformers.models.qwen3.modeling_qwen3, transformers.models.qwen3_vl.modeling_qwen3_vl
-from llm_dit.bench import PROMPT, reference_image
+from llm_dit.bench import PROMPT, reference_image, stage_modules, touch_weights
 from llm_dit.config import load_config
 from llm_dit.generate import Generator
 from llm_dit.render import denoise
@@ -377,12 +377,14 @@ def status_mb(field):  # VmRSS now, VmHWM peak (per address space: unlike ru_max
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 overrides, what, threads = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+what, _, touch = what.partition("+")
 torch.set_num_threads(threads)
 gen = Generator(load_config(overrides=overrides | {"models.low_memory": what == "staged"}), cache=False)
 gen.components.text_encoder, gen.components.vl  # tokenizers and image processor: not part of any component's weights
 image = reference_image("")
 base = status_mb("VmRSS")
 t0 = time.perf_counter()
+weights = touch_weights(stage_modules(gen.components, what)) if touch else None
 if what == "text_encoder":
     gen.encode(PROMPT)
 elif what == "vl":
@@ -393,13 +395,39 @@ elif what == "pipeline":
 else:
     gen.generate(PROMPT, image)
 seconds = round(time.perf_counter() - t0, 2)
-print(json.dumps({"base_mb": base, "peak_mb": status_mb("VmHWM"), "seconds": seconds}))
+print(json.dumps({"base_mb": base, "peak_mb": status_mb("VmHWM"), "seconds": seconds, "weights_mb": weights}))
 """
+WEIGHTS = "+weights"  # a probe suffix: every weight of the stage read once before it runs (`touch_weights`)
+
+
+def stage_modules(components: Any, stage: str) -> list[torch.nn.Module]:
+    """The modules whose weights `stage` (one of `STAGES`) holds: the text encoder, Qwen3-VL, or the DiT and VAE."""
+    if stage == "text_encoder":
+        return [components.text_encoder.model]
+    if stage == "vl":
+        return [components.vl.model]
+    return [components.pipeline.transformer, components.pipeline.vae]
+
+
+def touch_weights(modules: list[torch.nn.Module]) -> float:
+    """Read every parameter and buffer of `modules` once and return their size in MB (each tensor once).
+
+    Safetensors weights on the CPU are memory-mapped: a page counts in RSS only once it is read, so a stage that
+    indexes a few embedding rows or stops after its deepest layer leaves the rest on disk. Moving a model to a GPU
+    copies every weight; reading them all first makes the CPU peak count them as the GPU's would."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for t in (*module.parameters(), *module.buffers()):
+            if t.data_ptr() not in seen and t.numel():
+                t.detach().sum()  # reads every page of the tensor, allocates one scalar
+                seen[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values()) / 2**20
 
 
 def memory_probe(overrides: dict[str, Any], what: str, threads: int | None = None) -> dict[str, float]:
     """Base RSS, peak RSS (MB) and seconds of `what` (a stage of `STAGES`, `staged`: the low-memory generation,
-    `resident`: the generation with every component kept) in a fresh process with the config `overrides`."""
+    `resident`: the generation with every component kept; a stage with the suffix `WEIGHTS` reads all its weights
+    first and also returns their size, `weights_mb`) in a fresh process with the config `overrides`."""
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
     args = [json.dumps(overrides), what, str(threads or 1)]
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], capture_output=True, text=True, env=env)
@@ -880,12 +908,18 @@ def real_size_overrides(work: Path) -> dict[str, Any]:
     }
 
 
+def _gib(mb: float) -> float:
+    return round(mb / 1024, 2)
+
+
 def run_real_size(
     work: Path, scale: str = "real", progress: Callable[[str], None] | None = None, threads: int | None = None
 ) -> dict[str, Any]:
     """The `real-size` preset: check disk and RAM (`check_real_size`; `scale="tiny"` skips it), build the folders,
     then peak RSS above the post-import baseline of each stage alone (text encoder, VL model, DiT + VAE), each in
-    a fresh process, and of the whole low-memory generation, against the sum of the stages."""
+    a fresh process, and of the whole low-memory generation, against the sum of the stages. Each stage is probed
+    twice: as it runs (memory-mapped weights count only once read) and with every weight read first
+    (`touch_weights`: what a GPU holds, since moving a model there copies all of it), with the weights' size."""
     say = progress or (lambda _: None)
     t0 = time.perf_counter()
     out: dict[str, Any] = {"preset": REAL_SIZE, "scale": scale, "date": date.today().isoformat(), **machine()}
@@ -897,11 +931,22 @@ def run_real_size(
     for what in (*STAGES, "staged"):
         say(f"peak memory: {what}")
         m = memory_probe(overrides, what, threads)
-        stages[what] = {"peak_above_base_gib": round((m["peak_mb"] - m["base_mb"]) / 1024, 2), "seconds": m["seconds"]}
-    total = sum(stages[s]["peak_above_base_gib"] for s in STAGES)
+        stages[what] = {"peak_above_base_gib": _gib(m["peak_mb"] - m["base_mb"]), "seconds": m["seconds"]}
+        if what in STAGES:
+            say(f"peak memory: {what}, every weight read first")
+            w = memory_probe(overrides, what + WEIGHTS, threads)
+            stages[what] |= {
+                "weights_gib": _gib(w["weights_mb"]),
+                "all_weights_peak_above_base_gib": _gib(w["peak_mb"] - w["base_mb"]),
+            }
     out["stages"] = stages
-    out["sum_of_stages_gib"] = round(total, 2)
-    out["staged_vs_sum"] = figure(stages["staged"]["peak_above_base_gib"], total, "staged peak / sum of stages")
+    out["sum_of_stages_gib"] = round(sum(stages[s]["peak_above_base_gib"] for s in STAGES), 2)
+    out["staged_vs_sum"] = figure(
+        stages["staged"]["peak_above_base_gib"], out["sum_of_stages_gib"], "staged peak / sum of stages"
+    )
+    all_weights = {s: stages[s]["all_weights_peak_above_base_gib"] for s in STAGES}
+    out["all_weights_sum_gib"] = round(sum(all_weights.values()), 2)
+    out["all_weights_staged_peak_gib"] = max(all_weights.values())  # stages run one at a time, each released
     out["output_size"] = REAL_SIZE_PIXELS
     out["wall_time_s"] = round(time.perf_counter() - t0, 1)
     return out
