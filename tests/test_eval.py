@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from llm_dit.comparison import clustered_ci
 from llm_dit.errors import UserError
 from llm_dit.evalmethods import (
     OMNI_REFUSAL,
@@ -189,7 +190,9 @@ def test_each_method_on_each_cell_is_one_listed_run_and_text_runs_are_shared():
 
 def test_run_eval_refuses_before_any_model_loads(zoo, tmp_path):
     cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
-    suite = load_suite("builtin", references=1, prompts=1)
+    suite = load_suite("builtin", references=1, prompts=2)
+    with pytest.raises(UserError, match="at least two cells"):
+        run_eval(cfg, load_suite("builtin", references=1, prompts=1), methods_of(["vl"]), tmp_path / "one")
     with pytest.raises(UserError, match="first method must be 'text'"):
         run_eval(cfg, suite, parse_method("vl"), tmp_path / "a")
     with pytest.raises(UserError, match="metric_models"):
@@ -209,7 +212,7 @@ def quick_eval(tmp_path_factory, zoo):
 
     out = tmp_path_factory.mktemp("eval") / "quick"
     argv = sys.argv
-    sys.argv = ["llm-dit", "eval", "--suite", "builtin", "--quick", *TINY, "--resamples", "500", "-o", str(out)]
+    sys.argv = ["llm-dit", "eval", "--suite", "builtin", "--quick", *TINY, "-o", str(out)]
     try:
         with pytest.raises(SystemExit) as e:
             main()
@@ -259,6 +262,10 @@ def test_statistics_pair_cells_and_the_verdict_follows_the_caption_differences(q
     diffs = [runs[("vl", c["id"])]["csd"] - runs[("caption", c["id"])]["csd"] for c in data["cells"]]
     vs = data["stats"]["vl"]["vs_caption"]["csd"]
     assert vs["mean"] == pytest.approx(sum(diffs) / len(diffs)) and vs["n"] == 4 and vs["low"] <= vs["high"]
+    cells = data["cells"]  # 2 references x 2 prompts: clustered by both, t with 1 degree of freedom
+    low, high, g = clustered_ci(diffs, [c["reference"] for c in cells], [c["prompt"] for c in cells])
+    assert (vs["low"], vs["high"], vs["clusters"]) == (pytest.approx(low), pytest.approx(high), g) and g == 2
+    assert "cluster-robust" in data["settings"]["ci"]
     adherence = data["stats"]["vl"]["vs_caption"]["clip_t"]
     better = vs["low"] > 0 and adherence["low"] >= -data["settings"]["tolerance"]
     assert data["verdicts"]["vl"]["better"] == better
@@ -268,7 +275,7 @@ def test_statistics_pair_cells_and_the_verdict_follows_the_caption_differences(q
 
 
 def test_a_finished_eval_is_refused_without_resume_and_resumes_without_work(cli, quick_eval):
-    args = ["eval", "--suite", "builtin", "--quick", *TINY, "--resamples", "500", "-o", quick_eval]
+    args = ["eval", "--suite", "builtin", "--quick", *TINY, "-o", quick_eval]
     r = cli(*args)
     assert r.code == 2 and "already holds an eval" in r.err and "--resume" in r.err
     before = (quick_eval / "captions.json").stat().st_mtime_ns
@@ -287,13 +294,15 @@ def test_eval_refusals_are_one_line_exit_2(cli, zoo, tmp_path):
     assert r.code == 2 and "skips no denoising step" in r.err
     r = cli("eval", "--suite", tmp_path / "none", *TINY, "-o", tmp_path / "n")
     assert r.code == 2 and "'suite' (--suite)" in r.err
-    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+    r = cli("eval", "--suite", "builtin", "--references", "1", "--prompts", "1", *TINY, "-o", tmp_path / "one")
+    assert r.code == 2 and "at least two cells" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists() and not (tmp_path / "one").exists()
 
 
 def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "llm_dit", "eval", "--suite", "builtin", "--references", "1", "--prompts", "3"]
-    cmd += [*TINY, "--method", "vl:alpha=0.3,0.6", "--resamples", "200", "-o", str(out)]
+    cmd += [*TINY, "--method", "vl:alpha=0.3,0.6", "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.time() + 180
     while time.time() < deadline and len(SweepDir(out / RUNS).lines()) < 2 and proc.poll() is None:
@@ -336,9 +345,8 @@ def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
         tmp_path / "d.safetensors", torch.randn(64, generator=torch.Generator().manual_seed(0)), {}
     )
     cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
-    suite = load_suite("builtin", references=1, prompts=1)
-    result = run_eval(cfg, suite, methods_of(steer=str(direction)), tmp_path / "e", metric_models_spec=None,
-                      n_resamples=100)  # fmt: skip
+    suite = load_suite("builtin", references=1, prompts=2)
+    result = run_eval(cfg, suite, methods_of(steer=str(direction)), tmp_path / "e", metric_models_spec=None)
     data = result.data
     steer = next(r for r in data["runs"] if r["method"] == "steer")
     assert steer["status"] == "ok" and "dino_kept" not in steer["metrics"] and "ssim_to_baseline" in steer["metrics"]
@@ -363,10 +371,10 @@ def test_eval_with_failed_runs_writes_its_results_and_exits_3(cli, zoo, tmp_path
 
     monkeypatch.setattr(runner, "render_batch", render_batch)
     out = tmp_path / "failed"
-    r = cli("eval", "--suite", "builtin", "--references", "1", "--prompts", "1", *TINY, "--method",
-            "vl:alpha=0.3,0.7", "--resamples", "200", "-o", out)  # fmt: skip
+    r = cli("eval", "--suite", "builtin", "--references", "1", "--prompts", "2", *TINY, "--method",
+            "vl:alpha=0.3,0.7", "-o", out)  # fmt: skip
     assert r.code == 3, r.err
-    assert "1 of 4 runs failed" in r.err and "--resume" in r.err
+    assert "2 of 8 runs failed" in r.err and "--resume" in r.err
     data = load_eval(out).data
-    assert [x["status"] for x in data["runs"] if x["method"] == "vl alpha=0.7"] == ["failed"]
+    assert [x["status"] for x in data["runs"] if x["method"] == "vl alpha=0.7"] == ["failed", "failed"]
     assert (out / "leaderboard.md").is_file()

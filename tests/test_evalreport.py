@@ -77,7 +77,7 @@ def eval_dir(tmp_path_factory, zoo):
 
     out = tmp_path_factory.mktemp("evalreport") / "e"
     args = ["eval", "--suite", "builtin", "--references", "1", "--prompts", "2", *TINY]
-    args += ["--method", "vl:alpha=0.3,0.6", "--resamples", "200", "-o", str(out)]
+    args += ["--method", "vl:alpha=0.3,0.6", "-o", str(out)]
     with pytest.MonkeyPatch.context() as m:
         m.setattr("sys.argv", ["llm-dit", *args])
         with pytest.raises(SystemExit) as e:

@@ -13,7 +13,7 @@ measurement cannot inherit another's allocations. Each figure states its ratio a
 - `sweep_vs_floor`: the sweep / its floor (load each model once, the unique forward passes, the generations, each
   timed alone); target <= 1.10.
 - `eval_vs_floor`: `llm-dit eval` (text and two VL alphas on 1 reference x 2 prompts, tiny metric models: sweep,
-  scoring, bootstrap statistics, eval.json, leaderboard and report.html) / its floor (the generation floor as above
+  scoring, clustered statistics, eval.json, leaderboard and report.html) / its floor (the generation floor as above
   plus the metric forward passes: a fresh scorer loading each metric model once and embedding each distinct image
   and prompt once); target <= 1.10.
 - `cache_rerun_forward_passes` (must be 0) and `cache_rerun_time_ratio`: a rerun into a new directory / the first.

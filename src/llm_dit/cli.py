@@ -452,8 +452,6 @@ def eval_command(
         metric_models_spec=run["metric_models"] or "default",
         metric_device=run["metric_device"] or "cpu",
         tolerance=e["tolerance"],
-        n_resamples=e["n_resamples"],
-        seed=e["bootstrap_seed"],
     )
     data = result.data
     sweep = data["sweep"]

@@ -1,47 +1,57 @@
-"""Paired statistics of an eval: per-method means with bootstrap confidence intervals, paired differences between
-methods over the cells they share, and the verdict "better than caption". Pure numpy; seeded, so an eval's numbers
-are reproducible.
+"""Paired statistics of an eval: per-method means with confidence intervals, paired differences between methods over
+the cells they share, and the verdict "better than caption".
 
-The bootstrap is scipy's (`scipy.stats.bootstrap`, `paired=True`, `method="BCa"`, 9999 resamples) without scipy:
-resampling indices of the per-cell differences d_i = m(method, cell) - m(baseline, cell) and taking the mean is
-exactly scipy's paired resampling of (method, baseline) with statistic `mean(a) - mean(b)`, and with the same seed
-it draws the same indices. BCa (Efron & Tibshirani 1993, §14.3) corrects the percentile interval for bias (z0, from
-the share of resampled means below the estimate) and skew (the acceleration a, from the jackknife). All-equal
-values have no spread to resample: their interval is the value itself (scipy returns NaN there).
+An eval's cells cross references with prompts (and seeds). Cells that share a reference are correlated (a method
+works better on some references than on others), and so are cells that share a prompt, so treating cells as
+independent (a plain bootstrap over cells) gives intervals that are far too narrow: with 8 references x 24 prompts
+and a reference effect as large as the cell noise, a 95% interval over cells covers the true mean 46% of the time
+(`tests/test_comparison.py` measures it). The intervals here are two-way cluster-robust (Cameron, Gelbach &
+Miller 2011, "Robust inference with multiway clustering", JBES 29(2)): for the mean theta of n values d_i, and a
+grouping g with G groups,
 
-Cells that share a reference or a prompt are correlated; resampling cells treats them as independent, so the
-intervals are narrower than a cluster bootstrap's. Every estimate carries its number of cells; an eval also records
-its number of references next to it.
+    V_g = G / (G - 1) * sum_k (sum_{i in group k} (d_i - theta))^2 / n^2
+
+    V = max(V_reference + V_prompt - V_cell, V_cell)    (a cell: one reference with one prompt, its seeds together)
+    CI = theta -/+ t_{G-1}(1 - (1 - level) / 2) * sqrt(V),   G = min(G_reference, G_prompt)
+
+The floor V_cell (every cell independent) guards the small-sample case the difference can fall to or below 0 in
+(Cameron, Gelbach & Miller replace such a V by max(V_reference, V_prompt), which is below V_cell there). A factor
+with a single level carries no variation and leaves the sum (one reference: clustered by prompt only); with a
+single reference and a single prompt the seeds are the independent units. On crossed random effects (8 x 24, 400
+draws per case, tests) this interval covers at 95-99%, where clustering by reference alone drops to 83% when prompts
+carry the variation.
+Statistics in float64 on the metric values (float32 cosines), scipy's Student t quantile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from statistics import NormalDist
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from .errors import UserError
 
-N_RESAMPLES = 9999
 LEVEL = 0.95
+CI_METHOD = "two-way cluster-robust t (references x prompts; Cameron, Gelbach & Miller 2011)"
 ADHERENCE_TOLERANCE = 0.01
 """How much prompt adherence (the CLIP-T cosine, or SigLIP-T's) a method may lose against caption and still be
 called better: the lower bound of the paired difference's CI must be >= -0.01 (a cosine difference; CLIP ViT-L/14
 scores of matching prompts sit around 0.25-0.30, so 0.01 is a few percent of the score)."""
-BOOTSTRAP_METHODS = ("bca", "percentile")
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over `n` cells and its confidence interval [`low`, `high`] at `level`."""
+    """A mean over `n` cells and its confidence interval [`low`, `high`] at `level`; `clusters` is the G whose
+    t quantile (G - 1 degrees of freedom) set the interval's width."""
 
     mean: float
     low: float
     high: float
     n: int
     level: float = LEVEL
+    clusters: int = 0
 
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
@@ -50,62 +60,70 @@ class Estimate:
         return asdict(self)
 
 
-def bootstrap_ci(
+def cluster_variance(values: np.ndarray, groups: Sequence[Hashable]) -> tuple[float, int]:
+    """`(V_g, G)`: the cluster-robust variance of the mean of `values` for the grouping `groups` (one label per
+    value), V_g = G / (G - 1) * sum_k (sum_{i in k} (d_i - theta))^2 / n^2, and the number of groups G (>= 2)."""
+    ids: dict[Hashable, int] = {}
+    index = np.asarray([ids.setdefault(label, len(ids)) for label in groups])
+    n, g = values.size, len(ids)
+    sums = np.bincount(index, weights=values - values.mean(), minlength=g)
+    return float(g / (g - 1) * (sums**2).sum() / n**2), g
+
+
+def clustered_ci(
     values: Sequence[float] | np.ndarray,
-    *,
-    n_resamples: int = N_RESAMPLES,
+    references: Sequence[Hashable],
+    prompts: Sequence[Hashable],
     level: float = LEVEL,
-    method: str = "bca",
-    seed: int = 0,
-) -> tuple[float, float]:
-    """The bootstrap confidence interval at `level` of the mean of `values` (`method` "bca" or "percentile"),
-    with `n_resamples` resamples drawn from `numpy.random.default_rng(seed)`; all-equal values give (value, value)."""
-    if method not in BOOTSTRAP_METHODS:
-        raise UserError(f"bootstrap method '{method}' is not one of {', '.join(BOOTSTRAP_METHODS)}")
+) -> tuple[float, float, int]:
+    """`(low, high, G)`: the two-way cluster-robust t interval at `level` of the mean of `values`, clustered by
+    `references` and `prompts` (one label of each per value; the module docstring has the formula). All-equal
+    values give (value, value)."""
     d = np.asarray(values, dtype=np.float64)
-    n = d.size
-    if n == 0:
-        raise UserError("a confidence interval needs at least one value")
+    if d.size < 2:
+        raise UserError("a confidence interval needs at least two values (two references, prompts or seeds)")
     if not np.isfinite(d).all():
         raise UserError("a confidence interval needs finite values")
+    if len(references) != d.size or len(prompts) != d.size:
+        raise UserError("a confidence interval needs one reference and one prompt label per value")
+    factors = [list(f) for f in (references, prompts) if len(set(f)) > 1]
     theta = float(d.mean())
-    if np.ptp(d) == 0:  # nothing to resample: BCa's acceleration would be 0/0
-        return theta, theta
-    idx = np.random.default_rng(seed).integers(0, n, (n_resamples, n))
-    means = d[idx].mean(axis=1)
-    alpha = (1 - level) / 2
-    lo, hi = alpha, 1 - alpha
-    if method == "bca":
-        normal = NormalDist()
-        share = ((means < theta).sum() + (means <= theta).sum()) / (2 * n_resamples)
-        z0 = normal.inv_cdf(min(max(share, 1 / (2 * n_resamples)), 1 - 1 / (2 * n_resamples)))
-        jack = (d.sum() - d) / (n - 1)
-        u = (n - 1) * (jack.mean() - jack)
-        spread = (u**2).sum()
-        a = (u**3).sum() / (6 * spread**1.5) if spread > 0 else 0.0
-        za = normal.inv_cdf(alpha)
-        lo = normal.cdf(z0 + (z0 + za) / (1 - a * (z0 + za)))
-        hi = normal.cdf(z0 + (z0 - za) / (1 - a * (z0 - za)))
-    low, high = np.quantile(means, [lo, hi])
-    return float(low), float(high)
+    if len(factors) == 2:
+        (v_r, g_r), (v_p, g_p) = (cluster_variance(d, f) for f in factors)
+        v_cell, _ = cluster_variance(d, list(zip(*factors, strict=True)))
+        variance, g = max(v_r + v_p - v_cell, v_cell), min(g_r, g_p)
+    else:  # one factor varies, or none (the seeds of one cell are the units)
+        variance, g = cluster_variance(d, factors[0] if factors else list(range(d.size)))
+    half = float(student_t.ppf(1 - (1 - level) / 2, g - 1)) * variance**0.5
+    return theta - half, theta + half, g
 
 
-def estimate(values: Sequence[float] | np.ndarray, **kw: object) -> Estimate:
-    """The mean of `values` and its bootstrap CI (`bootstrap_ci`'s keywords)."""
-    d = np.asarray(values, dtype=np.float64)
-    low, high = bootstrap_ci(d, **kw)  # type: ignore[arg-type]
-    return Estimate(float(d.mean()), low, high, int(d.size), float(kw.get("level", LEVEL)))  # type: ignore[arg-type]
+def cell_factors(cell: Hashable) -> tuple[Hashable, Hashable]:
+    """The (reference, prompt) of an eval cell key `(reference hash, prompt, seed)`."""
+    return cell[0], cell[1]  # type: ignore[index]
+
+
+def estimate(
+    cells: Mapping[Hashable, float],
+    level: float = LEVEL,
+    factors: Callable[[Hashable], tuple[Hashable, Hashable]] = cell_factors,
+) -> Estimate:
+    """The mean of the values of `cells` (cell key -> value) and its clustered CI (`clustered_ci`), each cell's
+    reference and prompt read from its key by `factors`."""
+    keys = list(cells)
+    d = np.asarray([cells[k] for k in keys], dtype=np.float64)
+    references, prompts = zip(*map(factors, keys), strict=True) if keys else ((), ())
+    low, high, g = clustered_ci(d, references, prompts, level)
+    return Estimate(float(d.mean()), low, high, int(d.size), level, g)
 
 
 def paired_difference(
-    method: Mapping[Hashable, float], baseline: Mapping[Hashable, float], **kw: object
+    method: Mapping[Hashable, float], baseline: Mapping[Hashable, float], level: float = LEVEL
 ) -> Estimate | None:
-    """The mean of `method[cell] - baseline[cell]` over the cells both have, with its bootstrap CI (cells paired
-    by their key: reference, prompt and seed); None when they share no cell."""
-    cells = [c for c in method if c in baseline]
-    if not cells:
-        return None
-    return estimate([method[c] - baseline[c] for c in cells], **kw)
+    """The mean of `method[cell] - baseline[cell]` over the cells both have, with its clustered CI (`estimate`;
+    cells paired by their key: reference, prompt and seed); None when they share fewer than two cells."""
+    cells = {c: method[c] - baseline[c] for c in method if c in baseline}
+    return estimate(cells, level) if len(cells) >= 2 else None
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from typing import Any
 from .cache import TensorCache
 from .comparison import (
     ADHERENCE_TOLERANCE,
+    CI_METHOD,
     LEVEL,
-    N_RESAMPLES,
     Estimate,
     Verdict,
     adherence_kept,
@@ -175,12 +175,10 @@ def compare_methods(
     primary: dict[str, str | None],
     *,
     tolerance: float,
-    n_resamples: int,
-    seed: int,
 ) -> tuple[dict[str, Any], dict[str, Verdict]]:
-    """Per method: each metric's mean and CI over cells, paired differences against `text` and `caption` (cells
-    paired by reference, prompt and seed); and each method's verdict against caption (`comparison.better_than`)."""
-    kw = {"n_resamples": n_resamples, "seed": seed}
+    """Per method: each metric's mean and clustered CI over cells, paired differences against `text` and `caption`
+    (cells paired by reference, prompt and seed); and each method's verdict against caption
+    (`comparison.better_than`). A metric measured on fewer than two cells has no interval and is left out."""
     values: dict[str, dict[str, dict[tuple, float]]] = {}
     for (method, cell), metrics in scores.items():
         for name, value in metrics.items():
@@ -198,10 +196,11 @@ def compare_methods(
                 continue
             entry[label] = {}
             for name, cells in own.items():
-                if (d := paired_difference(cells, values.get(against, {}).get(name, {}), **kw)) is not None:
+                if (d := paired_difference(cells, values.get(against, {}).get(name, {}))) is not None:
                     entry[label][name] = d.as_dict()
         for name, cells in own.items():
-            entry["metrics"][name] = estimate(list(cells.values()), **kw).as_dict()
+            if len(cells) >= 2:
+                entry["metrics"][name] = estimate(cells).as_dict()
         stats[m.name] = entry
         if m.kind in ("text", "caption"):
             continue
@@ -264,10 +263,10 @@ def leaderboard_markdown(data: dict[str, Any]) -> str:
         "",
         f"{suite['cells']} cells = {len(suite['references'])} references x {len(suite['prompts'])} prompts x "
         f"{len(suite['seeds'])} seeds. Style: `{p['style']}`; prompt adherence: `{p['adherence']}`. Differences are "
-        f"paired by cell (reference, prompt, seed) against `text`, mean [{s['level']:.0%} {s['bootstrap']} CI].",
+        f"paired by cell (reference, prompt, seed) against `text`, mean [{s['level']:.0%} CI], the CI {s['ci']}: "
+        "cells sharing a reference or a prompt are correlated, so few references or prompts give wide intervals.",
         f"A method is ranked only when its prompt adherence is kept (CI lower bound >= -{s['tolerance']}) and its "
-        "style gain's CI lies above 0; `text` is the reference, never ranked. Cells sharing a reference are "
-        f"correlated: with {len(suite['references'])} references the CIs are optimistic.",
+        "style gain's CI lies above 0; `text` is the reference, never ranked.",
         "",
         f"| rank | method | style gain ({p['style']}) | prompt adherence ({p['adherence']}) | content leak "
         f"({leak or '–'}) | content kept ({kept or '–'}) | vs caption |",
@@ -299,8 +298,6 @@ def run_eval(
     metric_models_spec: Any = "default",
     metric_device: str = "cpu",
     tolerance: float = ADHERENCE_TOLERANCE,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = 0,
     cache: TensorCache | None = None,
     on_result: OnResult | None = None,
 ) -> EvalResult:
@@ -310,14 +307,14 @@ def run_eval(
     Every run is checked before any model loads; `resume` finishes an eval already in `out_dir` (finished runs are
     kept). `executor`, `batch_size`, `cache`, `on_result`: as `experiment.run_sweep`. `metric_models_spec`,
     `metric_device`: the metric models (`scorer.metric_models`); `tolerance`: how much prompt adherence a method may
-    lose and still be better than caption; `n_resamples`, `seed`: the bootstrap's."""
+    lose and still be better than caption (`comparison`: the intervals are clustered by reference and prompt)."""
     out = Path(out_dir)
     if not methods or methods[0].kind != "text" or methods[0].settings:
         raise UserError("an eval's first method must be 'text' (every other method is paired with it)")
     if tolerance < 0:
         raise UserError(f"'tolerance' must be >= 0, got {tolerance}")
-    if n_resamples < 100:
-        raise UserError(f"'n_resamples' must be at least 100, got {n_resamples}")
+    if len(suite.cells()) < 2:
+        raise UserError("an eval needs at least two cells (references x prompts x seeds) for its intervals")
     check_choice(executor, EXECUTORS, "executor")
     check_strengths(config, methods)
     metric_models(metric_models_spec)  # a bad metric-model spec or device is refused before any work
@@ -339,9 +336,7 @@ def run_eval(
     scores = score_runs(suite, methods, ids, runs, scorer)
     primary = {"style": first_metric(STYLE_METRICS, scorer.metrics)}
     primary["adherence"] = first_metric(ADHERENCE_METRICS, scorer.metrics)
-    stats, verdicts = compare_methods(
-        suite, methods, scores, primary, tolerance=tolerance, n_resamples=n_resamples, seed=seed
-    )
+    stats, verdicts = compare_methods(suite, methods, scores, primary, tolerance=tolerance)
     records = {r["id"]: r for r in runs.runs()}
     cells = [{"id": i, **c.as_dict()} for i, c in enumerate(suite.cells())]
     run_rows = []
@@ -371,9 +366,7 @@ def run_eval(
         "settings": {
             "tolerance": tolerance,
             "level": LEVEL,
-            "n_resamples": n_resamples,
-            "seed": seed,
-            "bootstrap": "BCa",
+            "ci": CI_METHOD,
             "pairing": "cells (reference hash, prompt, seed)",
         },
         "models": {"zimage": config.models.zimage, "vl": config.models.vl},

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 
-from .comparison import ADHERENCE_TOLERANCE, N_RESAMPLES
+from .comparison import ADHERENCE_TOLERANCE
 from .config import Config, load_config
 from .diagnostics import INSPECT_LAYERS
 from .errors import UserError
@@ -231,8 +231,6 @@ OPTIONS: tuple[Option, ...] = (
       quoted=True),
     row("tolerance", "--adherence-tolerance", "Prompt-adherence loss a method may show (CI lower bound of the "
       "paired difference >= -TOL) and still beat caption.", "eval", float, default=ADHERENCE_TOLERANCE, quoted=True),
-    row("n_resamples", "--resamples", "Bootstrap resamples.", "eval", int, default=N_RESAMPLES, minimum=100),
-    row("bootstrap_seed", "--bootstrap-seed", "Seed of the bootstrap.", "eval", int, default=0),
     # bench
     row("only", "--only", "Only these groups of figures, e.g. studio (a wrong name lists them).", "bench",
       many=True, metavar="group", examples=("studio", "sweep")),
