@@ -258,3 +258,21 @@ def test_sweep_runs_on_style_files_with_a_shared_baseline(cli, refs, tmp_path):
         assert x["style"] == [f"{style}:0.5"] and x["record"]["conditioning"]["styles"][0]["scale"] == 0.5
     r = cli("sweep", *TINY, "-p", "x", "-i", refs["a"], "--style", style, "--dry-run")
     assert r.code == 2 and "instead of 'images'" in r.err
+
+
+def test_a_sweep_refuses_a_style_file_of_other_settings_before_any_run(cli, refs, tmp_path):
+    """A style extracted at layer -6 in a sweep whose blend axis includes a mode of another kind, or at another
+    layer: one line naming the run and the setting, exit 2, no run directory (not one failed run per variant)."""
+    style = tmp_path / "s.safetensors"
+    assert (
+        cli("style", "extract", "--models", "tiny", "--blend", "adain_per_dim", "-i", refs["a"], "-o", style).code == 0
+    )
+    for args, message in (
+        (["--blend", "adain_per_dim", "--layers", "-6,-2"], "made with layers"),
+        (["--blend", "adain_per_dim", "--blend-modes", "adain_per_dim,adain"], "cannot apply"),
+    ):
+        out = tmp_path / message.replace(" ", "_")
+        r = cli("sweep", *TINY, "-p", "a fox", "--style", style, "--alphas", "0.3", *args, "-o", out)
+        assert r.code == 2, r.err
+        assert message in r.err and "sweep run '" in r.err and len(r.err.strip().splitlines()) == 1
+        assert not out.exists()

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .blend import CAPTION_LIMIT, check_alpha, check_options, mode_options, replace_rows
-from .components import Components
+from .components import Components, caption_width
 from .compose import KINDS, combine_styles, extract_style
 from .condition import (
     CaptionRows,
@@ -273,25 +273,25 @@ STYLE_SETTINGS = ("layers", "token_mode", "normalize", "model", "width", "adapte
 """What a style file depends on beyond its blend kind and extraction options (`style_settings`)."""
 
 
-def style_settings(components: Components, config: Config) -> dict[str, Any]:
+def style_settings(config: Config) -> dict[str, Any]:
     """The settings a style made with `config` carries and is checked against when combined or applied: the VL
     layers and weights, token mode, normalisation, the VL model's fingerprint, the width of its rows (the DiT
-    caption width) and the adapter file's SHA-256 (None: no adapter)."""
+    caption width, read from `models.zimage`'s config) and the adapter file's SHA-256 (None: no adapter)."""
     v = config.vl
     return {
         "layers": {str(layer): w for layer, w in layer_weights(v).items()},
         "token_mode": v.token_mode,
         "normalize": v.normalize,
         "model": model_identity(config.models.vl)["fingerprint"],
-        "width": components.caption_width,
+        "width": caption_width(config.models.zimage),
         "adapter": sha256_file(v.adapter) if v.adapter else None,
     }
 
 
-def check_styles(components: Components, config: Config, source: Styled) -> None:
+def check_styles(config: Config, source: Styled) -> None:
     """Refuse, before any model loads, style files that do not fit these settings: another blend kind, or another
     layer, token mode, normalisation, model, width or adapter (`STYLE_SETTINGS`)."""
-    blend, expected = config.vl.blend, style_settings(components, config)
+    blend, expected = config.vl.blend, style_settings(config)
     for style, _, label in source.named():
         if KINDS[blend] != style.kind:
             raise UserError(

@@ -119,7 +119,7 @@ class Generator:
         source = as_source(source)
         check_neutral(self.config.vl.blend, source)  # before any model loads
         if isinstance(source, Styled):
-            check_styles(self.components, self.config, source)
+            check_styles(self.config, source)
         text = encode_text(self.components, self.config, prompt, source)
         negative_text = None if negative is None else encode_text(self.components, self.config, "", negative)
         if extracts(source) or negative is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapter import check_use
-from .assemble import refuse, step_alphas
+from .assemble import check_styles, refuse, step_alphas
 from .cache import TensorCache
 from .components import Components, caption_width, check_adapter_width
 from .compose import load_styles
@@ -100,7 +100,8 @@ def validate(plan: Plan, inputs: Inputs) -> None:
     """Check every input and every run's settings before any model loads: each file a run names is read once into
     `inputs` (images decoded, steering directions, adapters and reference statistics loaded and checked), and each
     run's settings go through `assemble.refuse` with every alpha its schedule uses, as `Generator.prepare` checks
-    one image, plus its devices, its LoRA files and the adapter's width and trained settings (`adapter.check_use`).
+    one image, plus its devices, its LoRA files, its style files (`assemble.check_styles`) and the adapter's width
+    and trained settings (`adapter.check_use`).
     `UserError` naming the first bad run."""
     for run in plan.runs:
         config = plan.config(run)
@@ -113,6 +114,8 @@ def validate(plan: Plan, inputs: Inputs) -> None:
             source = run_source(run, inputs)
             init = inputs.image(run["init_image"], "init image")
             refuse(config, source, step_alphas(config, init is not None))
+            if isinstance(source, Styled):
+                check_styles(config, source)  # made with these settings, as `Generator.prepare` checks one image
             v = config.vl
             if isinstance(source, Reference):
                 if v.adapter:

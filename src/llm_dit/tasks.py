@@ -152,7 +152,7 @@ def style_extract_file(
     sources = [input_files({"image": Path(image)})["image"] | {"weight": 1.0}]
     if neutral is not None:
         sources[0]["neutral"] = input_files({"neutral": Path(neutral)})["neutral"]
-    style = replace(style, settings=style.settings | style_settings(gen.components, config), sources=tuple(sources))
+    style = replace(style, settings=style.settings | style_settings(config), sources=tuple(sources))
     tensors, meta = style_tensors(style)
     meta |= {"text": text, "models": {"vl": gen.components.vl.identity}, "versions": library_versions()}
     save_tensors(output, tensors, meta)
