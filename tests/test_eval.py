@@ -378,3 +378,27 @@ def test_eval_with_failed_runs_writes_its_results_and_exits_3(cli, zoo, tmp_path
     data = load_eval(out).data
     assert [x["status"] for x in data["runs"] if x["method"] == "vl alpha=0.7"] == ["failed", "failed"]
     assert (out / "leaderboard.md").is_file()
+
+
+def test_an_eval_with_captions_loads_the_vl_model_once(zoo, tmp_path, monkeypatch):
+    """The captioning VL model is the one the sweep extracts with: one Qwen3-VL load for captions and every vl run
+    (the text encoder and the pipeline each load once too)."""
+    import llm_dit.text
+    import llm_dit.vl
+    from llm_dit.cache import TensorCache
+
+    loads: list[str] = []
+    for module in (llm_dit.vl, llm_dit.text):
+        real = module.load_model
+
+        def counted(model_class, *args, _real=real, **kwargs):
+            loads.append(model_class.__name__)
+            return _real(model_class, *args, **kwargs)
+
+        monkeypatch.setattr(module, "load_model", counted)
+    cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
+    suite = load_suite("builtin", references=2, prompts=1)
+    cache = TensorCache(tmp_path / "cache")  # empty: every forward pass runs
+    result = run_eval(cfg, suite, methods_of(["vl"]), tmp_path / "e", metric_models_spec=None, cache=cache)
+    assert result.data["captions"]["captions"] and result.data["sweep"]["completed"] == 5
+    assert loads.count("Qwen3VLForConditionalGeneration") == 1 and loads.count("AutoModel") == 1

@@ -23,6 +23,7 @@ from llm_dit.options import OPTIONS, command_params
 from .conftest import tiny_config
 
 PROMPT = "a house by the sea"
+LOCAL = "http://127.0.0.1"  # a loopback Host, as a browser on this machine sends it (the app refuses others)
 
 
 def png(color=(200, 30, 30), size=(48, 48), fmt="PNG") -> bytes:
@@ -40,7 +41,7 @@ def workspace(tmp_path_factory) -> Path:
 def client(zoo, workspace):
     from llm_dit.studio import create_app
 
-    with TestClient(create_app(tiny_config(zoo), workspace)) as c:
+    with TestClient(create_app(tiny_config(zoo), workspace), base_url=LOCAL) as c:
         yield c
 
 
@@ -210,7 +211,7 @@ def test_extract_inspect_and_release(client, reference, workspace):
 def test_low_memory_staging_holds_in_the_studio(zoo, tmp_path):
     from llm_dit.studio import create_app
 
-    with TestClient(create_app(tiny_config(zoo, **{"models.low_memory": True}), tmp_path)) as c:
+    with TestClient(create_app(tiny_config(zoo, **{"models.low_memory": True}), tmp_path), base_url=LOCAL) as c:
         ref = c.post("/api/uploads", files={"file": ("r.png", png((5, 90, 5)), "image/png")}).json()["path"]
         job = generate(c, ref, **{"generation.seed": 7})  # a new reference: both encoders run, then the DiT
         components = c.get("/api/components").json()
@@ -229,6 +230,26 @@ def test_sweep_launch_writes_a_report_the_browser_lists(client, reference, works
     assert again.status_code == 409 and "exists" in error_of(again)
     bad = client.post("/api/sweeps", json=body | {"name": "b", "axes": {"vl.sink_ratio": [2.0]}})
     assert bad.status_code == 400 and "vl.sink_ratio" in error_of(bad)
+
+
+def test_a_studio_sweep_runs_on_the_warm_models(zoo, tmp_path, monkeypatch):
+    """After a generate has loaded everything, a sweep launched from the studio loads no model again: the DiT
+    pipeline is loaded once, and the sweep's prompt and reference come from the warm components' cache."""
+    import llm_dit.components
+    from llm_dit.studio import create_app
+
+    loads = []
+    real = llm_dit.components.load_pipeline
+    monkeypatch.setattr(llm_dit.components, "load_pipeline", lambda *a, **k: loads.append(a) or real(*a, **k))
+    with TestClient(create_app(tiny_config(zoo), tmp_path), base_url=LOCAL) as c:
+        ref = c.post("/api/uploads", files={"file": ("r.png", png((90, 5, 5)), "image/png")}).json()["path"]
+        assert generate(c, ref)["status"] == "done"
+        body = {"name": "warm", "prompts": [PROMPT], "images": [ref], "axes": {"vl.alpha": [0.3, 0.6]}}
+        job = wait(c, c.post("/api/sweeps", json=body).json()["id"])
+        assert job["status"] == "done", job["error"]
+        summary = job["result"]["summary"]
+        assert summary["completed"] == 3 and summary["vl_forward_passes"] == summary["text_forward_passes"] == 0
+        assert len(loads) == 1 and c.get("/api/components").json()["loaded"]
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
@@ -320,7 +341,7 @@ def bomb() -> bytes:
 def test_bad_uploads_are_refused_and_leave_nothing(zoo, tmp_path, data, status, says):
     from llm_dit.studio import create_app
 
-    with TestClient(create_app(tiny_config(zoo), tmp_path, max_upload_mb=0.25)) as c:
+    with TestClient(create_app(tiny_config(zoo), tmp_path, max_upload_mb=0.25), base_url=LOCAL) as c:
         r = c.post("/api/uploads", files={"file": ("x.png", data, "image/png")})
     assert r.status_code == status and says in error_of(r)
     assert not list((tmp_path / "uploads").glob("*"))  # nor a temp file
@@ -329,7 +350,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(zoo, tmp_path, data, status, 
 def test_an_upload_is_stored_by_content_hash(zoo, tmp_path):
     from llm_dit.studio import create_app
 
-    with TestClient(create_app(tiny_config(zoo), tmp_path)) as c:
+    with TestClient(create_app(tiny_config(zoo), tmp_path), base_url=LOCAL) as c:
         a = c.post("/api/uploads", files={"file": ("a.jpg", png(fmt="JPEG"), "image/jpeg")}).json()
         b = c.post("/api/uploads", files={"file": ("b.jpg", png(fmt="JPEG"), "image/jpeg")}).json()
         listed = c.get("/api/files").json()["files"]
@@ -343,7 +364,7 @@ def test_an_upload_is_stored_by_content_hash(zoo, tmp_path):
 def test_a_token_is_required_on_every_request(zoo, tmp_path):
     from llm_dit.studio import create_app
 
-    with TestClient(create_app(tiny_config(zoo), tmp_path, token="s3cret")) as c:
+    with TestClient(create_app(tiny_config(zoo), tmp_path, token="s3cret"), base_url=LOCAL) as c:
         for url in ("/", "/api/options", "/openapi.json", "/api/jobs", "/files/x.png"):
             r = c.get(url)
             assert r.status_code == 401 and error_of(r) == "missing or wrong token", url
@@ -355,6 +376,21 @@ def test_a_token_is_required_on_every_request(zoo, tmp_path):
         assert c.get("/api/options").status_code == 200  # the page's own requests carry the cookie
         c.cookies.clear()
         assert c.get("/api/options").status_code == 401
+
+
+def test_without_a_token_only_loopback_host_names_are_served(zoo, tmp_path):
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends `Host: evil.example`. Without
+    a token that is refused (400); loopback names pass; with a token (which the page cannot know) any name may."""
+    from llm_dit.studio import create_app
+
+    with TestClient(create_app(tiny_config(zoo), tmp_path), base_url=LOCAL) as c:
+        for host in ("127.0.0.1:7860", "localhost:7860", "[::1]:7860", "localhost"):
+            assert c.get("/api/options", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example:7860", "evil.example", "127.0.0.1.evil.example"):
+            r = c.get("/api/options", headers={"Host": host})
+            assert r.status_code == 400 and "host" in r.text.lower(), host
+    with TestClient(create_app(tiny_config(zoo), tmp_path, token="t"), base_url="http://studio.lan") as c:
+        assert c.get("/api/options", headers={"X-Token": "t"}).status_code == 200
 
 
 def test_binding_beyond_the_loopback_needs_a_token(cli):

@@ -615,7 +615,8 @@ def studio_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     image = reference_image(preset)
     reference_image(preset).save(work / "reference.png")
     warm = Generator(cfg, cache=TensorCache(work / "generate-cache"))
-    with TestClient(create_app(cfg, work / "studio", cache=TensorCache(work / "studio-cache"))) as client:
+    app = create_app(cfg, work / "studio", cache=TensorCache(work / "studio-cache"))
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a loopback Host, as a browser on this machine
         studio = client.app.state.studio
         upload = client.post("/api/uploads", files={"file": ("r.png", (work / "reference.png").read_bytes())})
         ref = upload.json()["path"]

@@ -109,10 +109,10 @@ def eval_spec(suite: Suite, methods: Sequence[Method], captions: dict[str, str])
     return SweepSpec(name=f"eval {suite.name}", baseline=False, runs=runs)
 
 
-def write_captions(config: Config, suite: Suite, path: Path, cache: TensorCache | None) -> dict[str, str]:
+def write_captions(config: Config, suite: Suite, path: Path, components: Components) -> dict[str, str]:
     """The style caption of each reference (`vl.caption_image` with `STYLE_CAPTION_PROMPT`, greedy), generated once
-    with the VL model and kept in `path` after each one (a rerun reuses those of the same model and instruction).
-    An empty caption is refused: the caption method would be the text method under another name."""
+    with the VL model of `components` and kept in `path` after each one (a rerun reuses those of the same model and
+    instruction). An empty caption is refused: the caption method would be the text method under another name."""
     model = config.models.vl
     try:
         kept = json.loads(path.read_text())
@@ -122,7 +122,7 @@ def write_captions(config: Config, suite: Suite, path: Path, cache: TensorCache 
     captions: dict[str, str] = dict(kept.get("captions", {})) if same else {}
     todo = [r for r in suite.references if r.hash not in captions]
     if todo:
-        extractor = Components(config, cache).vl
+        extractor = components.vl
         with progress_bar() as progress:
             task = progress.add_task("captions", total=len(todo))
             for ref in todo:
@@ -325,11 +325,15 @@ def run_eval(
     captioned = any(m.kind == "caption" for m in methods)
     placeholder = {r.hash: "a caption" for r in suite.references}
     checked_plan(config, eval_spec(suite, methods, placeholder))  # every run and input checked before any model loads
-    captions = write_captions(config, suite, out / CAPTIONS, cache) if captioned else {}
+    components = Components(config, TensorCache() if cache is None else cache)  # captions and local runs share it
+    captions = write_captions(config, suite, out / CAPTIONS, components) if captioned else {}
+    if executor != "local":
+        components.release("vl")  # Ray workers load their own
     spec = eval_spec(suite, methods, captions)
     summary = run_sweep(
-        config, spec, runs, resume=resume, executor=executor, batch_size=batch_size, on_result=on_result, cache=cache
-    )
+        config, spec, runs, resume=resume, executor=executor, batch_size=batch_size, on_result=on_result,
+        components=components if executor == "local" else None, cache=None if executor == "local" else cache,
+    )  # fmt: skip
     ids = {(m.name, c.key): run_id_of(method_run(m, c, captions.get(c.reference.hash))) for c in suite.cells()
            for m in methods}  # fmt: skip
     scorer = MetricScorer(metric_models_spec, metric_device)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache import TensorCache
+from .components import Components
 from .config import Config
 from .distributed import run_on_ray
 from .errors import check_choice
@@ -70,12 +71,15 @@ def run_sweep(
     on_result: OnResult | None = None,
     cache: TensorCache | None = None,
     inputs: Inputs | None = None,
+    components: Components | None = None,
 ) -> dict[str, Any]:
     """Run `spec` into the sweep directory `out_dir` with `base` as every run's config below its own settings;
     returns the summary (also written as `sweep.json`). `resume`: finish a sweep already in `out_dir` (its done
     runs are kept); `batch_size`: runs per diffusers call when they can share one; `executor`: a name of
     `EXECUTORS`; `on_result`: called with each result line as it is written; `cache`: the tensor cache (default:
-    the one under `$LLM_DIT_CACHE`); `inputs`: where the input files are read into (`checked_plan`)."""
+    the one under `$LLM_DIT_CACHE`); `inputs`: where the input files are read into (`checked_plan`); `components`:
+    models already loaded for `base` that the local executor generates with instead of loading its own (the eval's
+    captioning VL model, the studio's warm models; Ray workers always load their own)."""
     execute = EXECUTORS[check_choice(executor, EXECUTORS, "executor")]
     inputs = inputs if inputs is not None else Inputs()
     work = checked_plan(base, spec, inputs)  # refuses before anything is written or loaded
@@ -85,7 +89,7 @@ def run_sweep(
             sweep.check_plan(base.model_dump(), work.runs)
         todo = work.only(set(work.configs) - sweep.done())
         sweep.write_spec(spec.model_dump(), base.model_dump(), work.runs)
-        stats = execute(Job(base, todo, sweep, batch_size, on_result, cache, inputs))
+        stats = execute(Job(base, todo, sweep, batch_size, on_result, cache, inputs, components))
         finished = sweep.runs()
         summary = {
             "name": spec.name,
@@ -119,6 +123,7 @@ def run_experiment(
     metric_device: str = "cpu",
     cache: TensorCache | None = None,
     on_result: OnResult | None = None,
+    components: Components | None = None,
 ) -> ExperimentResult:
     """Run `spec` into `out_dir` (`run_sweep`, same arguments), score every finished run (`scoring.write_metrics`,
     with the metric models `metric_models` on `metric_device`: `scorer.metric_models`) and write `grid.png` and
@@ -135,6 +140,7 @@ def run_experiment(
         on_result=on_result,
         cache=cache,
         inputs=inputs,
+        components=components,
     )
     metrics = write_metrics(out_dir, metric_models, metric_device, inputs)
     grid, report = build_report(out_dir)

@@ -57,13 +57,18 @@ class Stats:
         passes = {k: v + other.forward_passes[k] for k, v in self.forward_passes.items()}
         return Stats(passes, self.cache_hits + other.cache_hits, self.cache_misses + other.cache_misses)
 
+    def __sub__(self, other: Stats) -> Stats:
+        passes = {k: v - other.forward_passes[k] for k, v in self.forward_passes.items()}
+        return Stats(passes, self.cache_hits - other.cache_hits, self.cache_misses - other.cache_misses)
+
 
 @dataclass(frozen=True)
 class Job:
     """What an executor is given: the base config (what its generators load), the plan of the runs to do (each
     with its resolved config), the sweep directory to write their results into, runs per diffusers call when they
     can share one, a callback for each result line as it is written, and the tensor cache (default: the one under
-    `$LLM_DIT_CACHE`) and the input files already read (`validate`), so none is decoded twice."""
+    `$LLM_DIT_CACHE`) and the input files already read (`validate`), so none is decoded twice. `components`: models
+    already loaded for `base` (with their own cache), which the local executor uses instead of loading its own."""
 
     base: Config
     plan: Plan
@@ -72,6 +77,7 @@ class Job:
     on_result: OnResult | None = None
     cache: TensorCache | None = None
     inputs: Inputs | None = None  # the files `validate` read (default: read again)
+    components: Components | None = None
 
 
 def run_source(run: Run, inputs: Inputs) -> Source:
@@ -201,7 +207,8 @@ def finish(
 def run_local(job: Job) -> Stats:
     """The local executor: prime, then generate the job's runs in this process with a progress bar; a failing run
     is recorded and the sweep goes on."""
-    gen = Generator(job.base, job.cache)
+    gen = Generator(job.base, components=job.components) if job.components else Generator(job.base, job.cache)
+    before = Stats.of(gen)  # warm components bring the counts of what they ran before this job
     inputs = job.inputs or Inputs()
     prime(gen.components, job.plan, inputs)
     with progress_bar() as progress:
@@ -210,4 +217,4 @@ def run_local(job: Job) -> Stats:
             for run, result, error in run_batch(gen, batch, inputs):
                 finish(job.sweep, run, result, error, job.on_result)
             progress.advance(task, len(batch))
-    return Stats.of(gen)
+    return Stats.of(gen) - before

@@ -43,16 +43,17 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .blend import ALPHA_MAX, ALPHA_VALUES
 from .cache import TensorCache
 from .config import Config, with_overrides
 from .errors import UserError
-from .experiment import run_experiment
+from .experiment import checked_plan, run_experiment
 from .files import load_image, write_json
 from .generate import Generator
 from .options import OPTIONS, Option, choices
-from .sweep import PRESETS, SweepSpec, plan_sweep, resolve_spec
+from .sweep import PRESETS, SweepSpec, resolve_spec
 from .tasks import IMAGE_SUFFIXES, extract_file, generate_file, inspect_image
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -469,10 +470,10 @@ class Studio:
         fixed = self.settings_for(req.settings, axes)
         base = SweepSpec(prompts=req.prompts, images=images, seeds=req.seeds, baseline=req.baseline, name=req.name)
         spec = resolve_spec(base, req.preset, axes, fixed)
-        plan_sweep(self.config, spec)  # refuses runs that could not act, before the job queues
+        checked_plan(self.config, spec)  # every input and run's settings checked before the job queues
 
-        def run(job: Job) -> dict[str, Any]:
-            result = run_experiment(self.config, spec, out, cache=self.generator.cache)
+        def run(job: Job) -> dict[str, Any]:  # on the studio's warm models (the worker thread runs one job at a time)
+            result = run_experiment(self.config, spec, out, components=self.generator.components)
             return {
                 "summary": result.summary,
                 "report": self.relative(result.report),
@@ -568,7 +569,7 @@ def create_app(
     `workspace` folder (inputs the client names, uploads, outputs, sweeps). With `token`, every request must carry
     it: header `Authorization: Bearer TOKEN` or `X-Token`, query `?token=` (the page; it sets a cookie so the
     page's own requests carry it) or that cookie. `cache`: the tensor cache (default: the CLI's, under
-    `$LLM_DIT_CACHE`)."""
+    `$LLM_DIT_CACHE`). Without a token only loopback Host names are served (`LOCAL_HOSTS`; others get 400)."""
     studio = Studio(config, workspace, cache)
 
     @contextlib.asynccontextmanager
@@ -584,6 +585,8 @@ def create_app(
     )
     app.state.studio = studio
     limit = int(max_upload_mb * 2**20)
+    if token is None:  # loopback only: refuse other Host names, so a web page cannot reach it by DNS rebinding
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOCAL_HOSTS, "[::1]"])
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, e: UserError) -> JSONResponse:
