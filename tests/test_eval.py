@@ -402,3 +402,20 @@ def test_an_eval_with_captions_loads_the_vl_model_once(zoo, tmp_path, monkeypatc
     result = run_eval(cfg, suite, methods_of(["vl"]), tmp_path / "e", metric_models_spec=None, cache=cache)
     assert result.data["captions"]["captions"] and result.data["sweep"]["completed"] == 5
     assert loads.count("Qwen3VLForConditionalGeneration") == 1 and loads.count("AutoModel") == 1
+
+
+def test_the_generation_models_are_released_before_the_metric_models_score(zoo, tmp_path, monkeypatch):
+    """The eval's shared components hold the DiT and the encoders after the sweep; they are released before the
+    metric models load, so on one GPU the two never share its memory."""
+    import llm_dit.evaluate as evaluate
+    from llm_dit.components import Components
+
+    events: list[tuple] = []
+    release, score = Components.release, evaluate.score_runs
+    monkeypatch.setattr(Components, "release", lambda self, *n: events.append(("release", n)) or release(self, *n))
+    monkeypatch.setattr(evaluate, "score_runs", lambda *a, **k: events.append(("score",)) or score(*a, **k))
+    cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
+    run_eval(cfg, load_suite("builtin", references=1, prompts=2), methods_of(["vl"]), tmp_path / "e",
+             metric_models_spec="tiny")  # fmt: skip
+    last_release = max(i for i, e in enumerate(events) if e[0] == "release")
+    assert events.index(("score",)) > last_release and "pipeline" in events[last_release][1]

@@ -334,6 +334,7 @@ def run_eval(
         config, spec, runs, resume=resume, executor=executor, batch_size=batch_size, on_result=on_result,
         components=components if executor == "local" else None, cache=None if executor == "local" else cache,
     )  # fmt: skip
+    components.release(*components.loaded())  # the metric models get the memory the generators held
     ids = {(m.name, c.key): run_id_of(method_run(m, c, captions.get(c.reference.hash))) for c in suite.cells()
            for m in methods}  # fmt: skip
     scorer = MetricScorer(metric_models_spec, metric_device)
