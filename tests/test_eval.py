@@ -240,6 +240,8 @@ def test_quick_eval_runs_every_method_on_every_cell(quick_eval):
     assert data["primary"] == {"style": "csd", "adherence": "clip_t"}
     assert data["models"]["vl"].endswith("qwen3-vl") and data["metrics"]["models"]["csd"]["source"]
     assert set(data["verdicts"]) == {"img2img strength=0.5", "vl"}
+    assert set(data["timings"]) == {"captions", "sweep", "release", "scoring", "statistics", "report"}
+    assert all(t >= 0 for t in data["timings"].values()) and data["timings"]["sweep"] > 0
     assert result.leaderboard.read_text().startswith("# Eval leaderboard: builtin")
     assert result.image("vl", data["cells"][0]).is_file()
 

@@ -284,11 +284,14 @@ def eval_figure(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     suite = load_suite("builtin", references=1, prompts=EVAL_PROMPTS)
     methods = [Method(name="text", kind="text"), *parse_method("vl:alpha=" + ",".join(map(str, EVAL_ALPHAS)))]
     count = itertools.count()
+    phases: list[dict[str, float]] = []
 
     def evaluate() -> None:
         i = next(count)
         _shared_embedder.cache_clear()  # metric models are kept per process: both sides load them
-        run_eval(cfg, suite, methods, work / f"eval{i}", metric_models_spec="tiny", cache=TensorCache(work / f"ec{i}"))
+        result = run_eval(cfg, suite, methods, work / f"eval{i}", metric_models_spec="tiny",
+                          cache=TensorCache(work / f"ec{i}"))  # fmt: skip
+        phases.append(result.data["timings"])
 
     evaluate(), eval_floor_time(cfg, suite, work)  # warm-up
     eval_t, floor_t = [], []
@@ -296,14 +299,23 @@ def eval_figure(preset: str, work: Path, repeats: int) -> dict[str, Any]:
         eval_t.append(timed_call(evaluate))
         floor_t.append(eval_floor_time(cfg, suite, work))
     runs = EVAL_PROMPTS * (1 + len(EVAL_ALPHAS))
-    return figure(statistics.median(eval_t), statistics.median(floor_t), "eval / floor", "<=1.10",
-                  unit=f"s for {runs} runs, scored")  # fmt: skip
+    timed_phases = phases[1:]  # the warm-up's left out
+    return figure(
+        statistics.median(eval_t),
+        statistics.median(sum(f.values()) for f in floor_t),
+        "eval / floor",
+        "<=1.10",
+        unit=f"s for {runs} runs, scored",
+        eval_phases_s={k: round(statistics.median(p[k] for p in timed_phases), 3) for k in timed_phases[0]},
+        floor_phases_s={k: round(statistics.median(f[k] for f in floor_t), 3) for k in floor_t[0]},
+    )
 
 
-def eval_floor_time(cfg: Config, suite: Any, work: Path) -> float:
-    """The irreducible work of `eval_figure`'s eval, each piece timed alone: load each model once, per prompt one
-    VL forward pass and one text encode, the generations (text, then each alpha) from precomputed conditioning; then
-    a fresh metric scorer (each metric model loaded once, each distinct image and prompt embedded once, batched)."""
+def eval_floor_time(cfg: Config, suite: Any, work: Path) -> dict[str, float]:
+    """The irreducible work of `eval_figure`'s eval, each piece timed alone, in seconds: `generation` (load each
+    model once, per prompt one VL forward pass and one text encode, the generations, text then each alpha, from
+    precomputed conditioning) and `scoring` (a fresh metric scorer: each metric model loaded once, each distinct
+    image and prompt embedded once, batched)."""
     from .blend import blend
     from .files import load_image
     from .scorer import MetricScorer, ScoreItem, _shared_embedder
@@ -333,7 +345,7 @@ def eval_floor_time(cfg: Config, suite: Any, work: Path) -> float:
     _shared_embedder.cache_clear()  # metric models are kept per process: both sides load them, as a fresh eval does
     t0 = time.perf_counter()
     MetricScorer("tiny").score(items)
-    return total + time.perf_counter() - t0
+    return {"generation": total, "scoring": time.perf_counter() - t0}
 
 
 def batched(preset: str, repeats: int, n: int = 4) -> dict[str, Any]:

@@ -43,9 +43,10 @@ from .components import Components
 from .config import Config
 from .errors import UserError, check_choice
 from .evalmethods import Method, check_strengths, method_run
-from .evalreport import REPORT, write_eval_report
+from .evalreport import REPORT, render_eval_report
 from .experiment import EXECUTORS, checked_plan, run_sweep
 from .files import atomic_write_text, load_image, write_json
+from .generate import timed
 from .progress import progress_bar
 from .records import library_versions
 from .runner import OnResult
@@ -325,23 +326,29 @@ def run_eval(
     captioned = any(m.kind == "caption" for m in methods)
     placeholder = {r.hash: "a caption" for r in suite.references}
     checked_plan(config, eval_spec(suite, methods, placeholder))  # every run and input checked before any model loads
-    components = Components(config, TensorCache() if cache is None else cache)  # captions and local runs share it
-    captions = write_captions(config, suite, out / CAPTIONS, components) if captioned else {}
-    if executor != "local":
-        components.release("vl")  # Ray workers load their own
+    times: dict[str, float] = {}  # seconds per phase of this call (a resumed eval's sweep runs only what was left)
+    with timed(times, "captions"):
+        components = Components(config, TensorCache() if cache is None else cache)  # captions and local runs share it
+        captions = write_captions(config, suite, out / CAPTIONS, components) if captioned else {}
+        if executor != "local":
+            components.release("vl")  # Ray workers load their own
     spec = eval_spec(suite, methods, captions)
-    summary = run_sweep(
-        config, spec, runs, resume=resume, executor=executor, batch_size=batch_size, on_result=on_result,
-        components=components if executor == "local" else None, cache=None if executor == "local" else cache,
-    )  # fmt: skip
-    components.release(*components.loaded())  # the metric models get the memory the generators held
+    with timed(times, "sweep"):
+        summary = run_sweep(
+            config, spec, runs, resume=resume, executor=executor, batch_size=batch_size, on_result=on_result,
+            components=components if executor == "local" else None, cache=None if executor == "local" else cache,
+        )  # fmt: skip
+    with timed(times, "release"):
+        components.release(*components.loaded())  # the metric models get the memory the generators held
     ids = {(m.name, c.key): run_id_of(method_run(m, c, captions.get(c.reference.hash))) for c in suite.cells()
            for m in methods}  # fmt: skip
-    scorer = MetricScorer(metric_models_spec, metric_device)
-    scores = score_runs(suite, methods, ids, runs, scorer)
+    with timed(times, "scoring"):
+        scorer = MetricScorer(metric_models_spec, metric_device)
+        scores = score_runs(suite, methods, ids, runs, scorer)
     primary = {"style": first_metric(STYLE_METRICS, scorer.metrics)}
     primary["adherence"] = first_metric(ADHERENCE_METRICS, scorer.metrics)
-    stats, verdicts = compare_methods(suite, methods, scores, primary, tolerance=tolerance)
+    with timed(times, "statistics"):
+        stats, verdicts = compare_methods(suite, methods, scores, primary, tolerance=tolerance)
     records = {r["id"]: r for r in runs.runs()}
     cells = [{"id": i, **c.as_dict()} for i, c in enumerate(suite.cells())]
     run_rows = []
@@ -380,7 +387,10 @@ def run_eval(
         "versions": library_versions(),
     }
     data["leaderboard"] = leaderboard(methods, stats, primary, tolerance)
+    with timed(times, "report"):
+        html = render_eval_report(out, data)
+    data["timings"] = {k: round(v, 3) for k, v in times.items()}
     write_json(out / EVAL, data)
     atomic_write_text(out / LEADERBOARD, leaderboard_markdown(data))
-    write_eval_report(out, data)
+    atomic_write_text(out / REPORT, html)
     return EvalResult(out, data)
