@@ -227,7 +227,12 @@ def test_sweep_launch_writes_a_report_the_browser_lists(client, reference, works
     assert job["result"]["report"] in client.get("/api/files", params={"kind": "reports"}).json()["files"]
     assert "<html" in client.get(f"/files/{job['result']['report']}").text.lower()
     again = client.post("/api/sweeps", json=body)
-    assert again.status_code == 409 and "exists" in error_of(again)
+    assert again.status_code == 409 and "exists" in error_of(again) and "'resume'" in error_of(again)
+    resumed = wait(client, client.post("/api/sweeps", json=body | {"resume": True}).json()["id"])
+    assert resumed["status"] == "done", resumed["error"]
+    assert resumed["result"]["summary"]["ran_now"] == 0 and resumed["result"]["summary"]["completed"] == 3
+    other = client.post("/api/sweeps", json=body | {"resume": True, "axes": {"vl.alpha": [0.3, 0.9]}})
+    assert other.status_code == 400 and "runs differ" in error_of(other)
     bad = client.post("/api/sweeps", json=body | {"name": "b", "axes": {"vl.sink_ratio": [2.0]}})
     assert bad.status_code == 400 and "vl.sink_ratio" in error_of(bad)
 

@@ -54,6 +54,7 @@ from .files import load_image, write_json
 from .generate import Generator
 from .options import OPTIONS, Option, choices
 from .sweep import PRESETS, SweepSpec, resolve_spec
+from .sweepdir import SweepDir
 from .tasks import IMAGE_SUFFIXES, extract_file, generate_file, inspect_image
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -166,6 +167,8 @@ class SweepRequest(BaseModel):
     settings: Settings = Field(default_factory=Settings)  # type: ignore[valid-type]
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
+    resume: bool = Field(False, description="Finish the sweep in sweeps/NAME: its finished runs are kept, its "
+                         "failed ones retried; a different plan is refused.")  # fmt: skip
 
 
 def given_settings(settings: BaseModel) -> dict[str, Any]:
@@ -460,8 +463,8 @@ class Studio:
     def sweep(self, req: SweepRequest) -> Job:
         """A sweep into `sweeps/NAME` (`experiment.run_experiment`), planned and checked before it queues."""
         out = self.inside(f"sweeps/{req.name}", "'name'")
-        if out.exists():
-            raise Conflict(f"sweeps/{req.name} exists: choose another 'name'")
+        if out.exists() and not req.resume:
+            raise Conflict(f"sweeps/{req.name} exists: choose another 'name', or set 'resume' to finish it")
         axes_keys = sorted({o.key for o in OPTIONS if o.axis})
         if unknown := [k for k in req.axes if k not in axes_keys]:
             raise UserError(f"'axes' has keys no sweep varies: {', '.join(unknown)} (valid: {', '.join(axes_keys)})")
@@ -470,10 +473,12 @@ class Studio:
         fixed = self.settings_for(req.settings, axes)
         base = SweepSpec(prompts=req.prompts, images=images, seeds=req.seeds, baseline=req.baseline, name=req.name)
         spec = resolve_spec(base, req.preset, axes, fixed)
-        checked_plan(self.config, spec)  # every input and run's settings checked before the job queues
+        plan = checked_plan(self.config, spec)  # every input and run's settings checked before the job queues
+        if req.resume:
+            SweepDir(out).check_plan(self.config.model_dump(), plan.runs)  # the sweep it started, not another
 
         def run(job: Job) -> dict[str, Any]:  # on the studio's warm models (the worker thread runs one job at a time)
-            result = run_experiment(self.config, spec, out, components=self.generator.components)
+            result = run_experiment(self.config, spec, out, resume=req.resume, components=self.generator.components)
             return {
                 "summary": result.summary,
                 "report": self.relative(result.report),
