@@ -128,6 +128,43 @@ def test_negative_image_without_guidance_is_refused(cli, refs, tmp_path):
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
+def test_a_sweep_with_a_negative_image_equals_generate_and_its_baseline_keeps_the_empty_prompt(cli, refs, tmp_path):
+    """`sweep --negative-image`: every reference run's image equals `generate --negative-image` with the same
+    settings, its record names the negative image; the text-only baseline (the comparison) has none."""
+    base = [*TINY, "--guidance", "2", "--blend", "adain_per_dim", "-p", "a fox", "-i", refs["a"]]
+    out = tmp_path / "s"
+    r = cli("sweep", *base, "--negative-image", refs["b"], "--alphas", "0.3,0.6", "-o", out)
+    assert r.code == 0, r.err
+    lines = SweepDir(out).lines()
+    variants = [x for x in lines if x["kind"] == "variant"]
+    [baseline] = [x for x in lines if x["kind"] == "baseline"]
+    assert len(variants) == 2 and all(x["status"] == "ok" for x in lines)
+    assert "negative_image" not in baseline and baseline["record"]["conditioning"].get("negative") is None
+    for x in variants:
+        assert (
+            x["negative_image"] == str(refs["b"]) and x["record"]["conditioning"]["negative"]["source"] == "reference"
+        )
+    alpha = variants[1]["settings"]["vl.alpha"]
+    single = tmp_path / "g.png"
+    r = cli("generate", *base, "--negative-image", refs["b"], "--alpha", str(alpha), "-o", single)
+    assert r.code == 0, r.err
+    assert rgb(single).tobytes() == rgb(out / variants[1]["output"]).tobytes()
+    plain = tmp_path / "plain.png"
+    assert cli("generate", *base, "--alpha", str(alpha), "-o", plain).code == 0
+    assert rgb(single).tobytes() != rgb(plain).tobytes()  # the negative image acted
+
+
+def test_a_sweep_refuses_a_negative_image_it_cannot_use_before_any_run(cli, refs, tmp_path):
+    for args, message in (
+        (["-i", refs["a"]], "--guidance"),  # CFG off
+        (["--guidance", "2"], "no run has one"),  # no reference run
+    ):
+        out = tmp_path / message.strip("-").replace(" ", "_")
+        r = cli("sweep", *TINY, "-p", "x", *args, "--negative-image", refs["b"], "-o", out)
+        assert r.code == 2 and message in r.err and len(r.err.strip().splitlines()) == 1, r.err
+        assert not out.exists()
+
+
 # -------------------------------------------------------------------------------------------------- style files
 
 

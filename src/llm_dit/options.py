@@ -185,7 +185,7 @@ OPTIONS: tuple[Option, ...] = (
       "inputs sweep", many=True, sep=None, metavar="file[:scale]", quoted=True,
       examples=("a.safetensors", "b.safetensors:0.5")),
     row("negative_image", "--negative-image", "CFG's negative rows: the empty prompt blended with this image "
-      "(needs --guidance > 0).", "inputs", Path, quoted=True),
+      "(needs --guidance > 0); in a sweep, of every run with a reference image.", "inputs sweep", Path, quoted=True),
     # a sweep's inputs (SweepSpec fields) and how it runs
     row("images", "-i --image", "Reference images, each its own run; A.png+B.png is one run on a reference set.",
       "sweep", many=True, metavar="path", quoted=True, examples=("A.png", "B.png+C.png")),

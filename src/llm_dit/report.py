@@ -366,6 +366,7 @@ def _details(run: dict[str, Any], metrics: dict[str, dict[str, float]], pairs: d
         ("reference image", run.get("image")),
         ("reference weights", run.get("reference_weights")),
         ("neutral image", run.get("neutral_image")),
+        ("negative image", run.get("negative_image")),
         ("init image", run.get("init_image")),
         ("compared with baseline", pairs.get(rid)),
         ("output", run.get("output")),

@@ -22,7 +22,7 @@ from .assemble import check_styles, refuse, step_alphas
 from .cache import TensorCache
 from .components import Components, caption_width, check_adapter_width
 from .compose import load_styles
-from .condition import Reference, Source, Steering, Styled, Text
+from .condition import Reference, Source, Steering, Styled, Text, neutral_of
 from .config import Config
 from .errors import UserError
 from .generate import Generator, Result
@@ -99,7 +99,15 @@ def prepare_run(gen: Generator, run: Run, config: Config, inputs: Inputs) -> Pre
     """Prepare the run's conditioning with its resolved `config`, on the generator's components."""
     source = run_source(run, inputs)
     init = inputs.image(run["init_image"], "init image")
-    return gen.with_config(config).prepare(run["prompt"], source, init_image=init)
+    return gen.with_config(config).prepare(
+        run["prompt"], source, init_image=init, negative=run_negative(run, source, inputs)
+    )
+
+
+def run_negative(run: Run, source: Source, inputs: Inputs) -> Reference | None:
+    """CFG's negative reference of a run (`negative_image`, with the run's neutral image), or None."""
+    image = inputs.image(run.get("negative_image") or None, "negative image")
+    return None if image is None else Reference(image, neutral_of(source))
 
 
 def validate(plan: Plan, inputs: Inputs) -> None:
@@ -119,7 +127,7 @@ def validate(plan: Plan, inputs: Inputs) -> None:
                     raise UserError(f"LoRA file not found: {path}")
             source = run_source(run, inputs)
             init = inputs.image(run["init_image"], "init image")
-            refuse(config, source, step_alphas(config, init is not None))
+            refuse(config, source, step_alphas(config, init is not None), run_negative(run, source, inputs))
             if isinstance(source, Styled):
                 check_styles(config, source)  # made with these settings, as `Generator.prepare` checks one image
             v = config.vl
@@ -191,7 +199,7 @@ def finish(
 ) -> None:
     """Write a run's image (atomically), then its result line: a line on disk means a complete run."""
     fields = ("id", "kind", "label", "prompt", "image", "reference_weights", "init_image", "steer", "style")
-    fields += ("neutral_image",)
+    fields += ("neutral_image", "negative_image")
     fields += ("baseline", "settings")
     line = {k: run[k] for k in fields if k in run}
     if result is not None:

@@ -41,8 +41,8 @@ from .vl import TOKEN_MODES
 # `vl.*` key. The run fields below are the conditioning's sources. Everything else (generation.*, encoder.*, the
 # prompt, the init image) is shared by a run and its text-only baseline. The one definition of "conditioning".
 CONDITIONING_SECTION = "vl"
-CONDITIONING_FIELDS = ("image", "reference_weights", "steer", "style", "neutral_image")
-OPTIONAL_FIELDS = ("reference_weights", "style")  # in a run only when it uses them (so older run ids stay)
+CONDITIONING_FIELDS = ("image", "reference_weights", "steer", "style", "neutral_image", "negative_image")
+OPTIONAL_FIELDS = ("reference_weights", "style", "negative_image")  # in a run only when used (older run ids stay)
 SET_SEP = "+"  # `a.png+b.png`: one run conditioned on a reference set (the images combined by weight)
 
 
@@ -91,6 +91,7 @@ class SweepSpec(BaseModel):
     steer: str | None = None  # a steering direction file: runs are conditioned by it instead of the image
     style: list[str] = []  # style files FILE[:SCALE], combined: runs are conditioned by them instead of an image
     neutral_image: str | None = None  # the unstyled reference of runs with blend style_delta (used by no other run)
+    negative_image: str | None = None  # CFG's negative rows of every reference run: "" blended with this image
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
     runs: list[ListedRun] = []
@@ -120,7 +121,7 @@ class SweepSpec(BaseModel):
         return self.model_copy(update=update)
 
 
-PATH_FIELDS = ("images", "init_image", "neutral_image", "steer")
+PATH_FIELDS = ("images", "init_image", "neutral_image", "negative_image", "steer")
 """`SweepSpec` fields that name input files."""
 PATH_SETTINGS = ("vl.adapter", "vl.reference_stats")
 """Settings a sweep may set whose values name input files."""
@@ -238,7 +239,8 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     baseline (`baseline_of`) in `baseline`, and that baseline precedes the first variant paired with it. Duplicates
     (e.g. a baseline shared by several variants) appear once. A variant with a reference image gets the spec's
     `neutral_image` when its settings choose `vl.blend = style_delta` or leave the blend to the profile
-    (`check_runs` refuses a neutral image given to a run whose resolved blend is not style_delta). The listed
+    (`check_runs` refuses a neutral image given to a run whose resolved blend is not style_delta), and its
+    `negative_image` (CFG's negative rows; its text-only baseline keeps the empty prompt's). The listed
     runs (`runs`) follow, as they are."""
     # a one-valued axis is a fixed setting: it applies to the baselines too and stays out of the labels
     fixed = {**spec.fixed, **{k: v[0] for k, v in spec.axes.items() if len(v) == 1}}
@@ -272,6 +274,8 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
             group["reference_weights"] = weights
         if spec.style:
             group["style"] = list(spec.style)
+        if spec.negative_image and image is not None and not spec.steer and not spec.style:
+            group["negative_image"] = spec.negative_image
         settings_base = {**fixed, "generation.seed": seed}
         for variant, combo in itertools.product(variants, combos):
             settings = {**settings_base, **{k: v for k, v in variant.items() if k != "label"}, **combo}
@@ -419,7 +423,8 @@ class Plan:
                 continue
             v = cfg.vl
             layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
-            for image in [*reference_paths(run["image"]), *filter(None, [run.get("neutral_image")])]:
+            extra = filter(None, [run.get("neutral_image"), run.get("negative_image")])
+            for image in [*reference_paths(run["image"]), *extra]:
                 key = json.dumps([image, run["prompt"], v.system_prompt, v.max_pixels])
                 entry = extractions.setdefault(
                     key, {"image": image, "text": run["prompt"], "layers": [], **_extraction_inputs(v)}
@@ -535,15 +540,18 @@ def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
         raise UserError(
             "'neutral_image' is used only by runs with a reference image and blend style_delta: no run has one"
         )
+    if spec.negative_image and not any(run.get("negative_image") for run in plan.runs):
+        raise UserError("'negative_image' is used only by runs conditioned on a reference image: no run has one")
 
 
 def plan(base: Config, runs: list[dict[str, Any]], inputs: Inputs | None = None) -> Plan:
     """The work `runs` need (`Plan`), deduplicated: each run's config resolved once (`run_config`); each unique
     (image, text, VL system prompt) extracted once with all its layers in one forward pass (a style_delta run's
-    neutral image too); so is each unique (probe size, text, VL system prompt) of the image-dependence check
-    (`vl.image_check`: the probe is a noise image of the reference's size); each unique (prompt, encoder settings)
-    encoded once. Refuses a run with a bad setting (naming the run) and runs that are image-free by construction.
-    `inputs`: where the reference images are decoded (once each; the executor reuses them)."""
+    neutral image and a run's negative image too); so is each unique (probe size, text, VL system prompt) of the
+    image-dependence check (`vl.image_check`: the probe is a noise image of the reference's size); each unique
+    (prompt, encoder settings) encoded once. Refuses a run with a bad setting (naming the run) and runs that are
+    image-free by construction. `inputs`: where the reference images are decoded (once each; the executor reuses
+    them)."""
     work = Plan.of(runs, {run["id"]: run_config(base, run) for run in runs}, inputs or Inputs())
     refuse_image_free(work)
     return work

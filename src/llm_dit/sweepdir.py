@@ -229,7 +229,7 @@ def _differing_values(new: list[Record], gone: list[Record]) -> str:
         got = [(r.get("settings") or {}).get(field) if key != field else r.get(field) for r in runs]
         return sorted({json.dumps(v, default=str) for v in got})
 
-    keys = ["prompt", "image", "init_image", "steer", "neutral_image"]
+    keys = ["prompt", "image", "init_image", "steer", "neutral_image", "negative_image"]
     keys += sorted({f"settings:{k}" for r in new + gone for k in (r.get("settings") or {})})
     differ = [
         f"{key.removeprefix('settings:')} {', '.join(values(new, key))} now, {', '.join(values(gone, key))} there"
