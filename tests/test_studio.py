@@ -233,6 +233,15 @@ def test_sweep_launch_writes_a_report_the_browser_lists(client, reference, works
     assert resumed["result"]["summary"]["ran_now"] == 0 and resumed["result"]["summary"]["completed"] == 3
     other = client.post("/api/sweeps", json=body | {"resume": True, "axes": {"vl.alpha": [0.3, 0.9]}})
     assert other.status_code == 400 and "runs differ" in error_of(other)
+    negative = body | {"name": "neg", "negative_image": reference, "settings": {"generation.guidance": 2.0}}
+    job = wait(client, client.post("/api/sweeps", json=negative).json()["id"])
+    assert job["status"] == "done", job["error"]
+    lines = [json.loads(x) for x in (workspace / "sweeps/neg/results.jsonl").read_text().splitlines()]
+    assert {x.get("negative_image") for x in lines if x["kind"] == "variant"} == {str(workspace / reference)}
+    off = client.post("/api/sweeps", json=negative | {"name": "off", "settings": {}})
+    assert off.status_code == 400 and "guidance" in error_of(off)
+    missing = client.post("/api/sweeps", json=body | {"name": "m", "negative_image": "nope.png"})
+    assert missing.status_code == 404 and "'negative_image'" in error_of(missing)
     bad = client.post("/api/sweeps", json=body | {"name": "b", "axes": {"vl.sink_ratio": [2.0]}})
     assert bad.status_code == 400 and "vl.sink_ratio" in error_of(bad)
 

@@ -165,6 +165,9 @@ class SweepRequest(BaseModel):
     preset: str | None = Field(None, description=f"A built-in sweep: {', '.join(PRESETS)}.")
     axes: dict[str, list[Any]] = Field(default_factory=dict, description="Config key -> values to vary.")
     settings: Settings = Field(default_factory=Settings)  # type: ignore[valid-type]
+    neutral_image: str | None = Field(None, description="The unstyled reference of style_delta runs, a workspace path.")
+    negative_image: str | None = Field(None, description="CFG's negative image of every reference run (needs "
+                                       "generation.guidance > 0), a workspace path.")  # fmt: skip
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
     resume: bool = Field(False, description="Finish the sweep in sweeps/NAME: its finished runs are kept, its "
@@ -469,9 +472,16 @@ class Studio:
         if unknown := [k for k in req.axes if k not in axes_keys]:
             raise UserError(f"'axes' has keys no sweep varies: {', '.join(unknown)} (valid: {', '.join(axes_keys)})")
         images = [str(self.existing(p, "'images'")) for p in req.images]
+        files = {
+            key: str(self.existing(path, f"'{key}'"))
+            for key, path in (("neutral_image", req.neutral_image), ("negative_image", req.negative_image))
+            if path
+        }
         axes = dict(req.axes)
         fixed = self.settings_for(req.settings, axes)
-        base = SweepSpec(prompts=req.prompts, images=images, seeds=req.seeds, baseline=req.baseline, name=req.name)
+        base = SweepSpec(
+            prompts=req.prompts, images=images, seeds=req.seeds, baseline=req.baseline, name=req.name, **files
+        )
         spec = resolve_spec(base, req.preset, axes, fixed)
         plan = checked_plan(self.config, spec)  # every input and run's settings checked before the job queues
         if req.resume:
