@@ -100,16 +100,18 @@ def to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_gguf(state: dict[str, torch.Tensor], path: Path) -> Path:
-    """`state` as GGUF: Q8_0 where a 2-D weight's rows are a multiple of the 32-value block, else F32."""
+def write_gguf(state: dict[str, torch.Tensor], path: Path, qtype: str = "Q8_0") -> Path:
+    """`state` as GGUF: `qtype` (gguf-py writes Q8_0, Q4_0, Q5_0...; not the K-quants) where a 2-D weight's rows
+    are a multiple of the 32-value block, else F32."""
     import gguf
 
+    kind = gguf.GGMLQuantizationType[qtype]
     writer = gguf.GGUFWriter(str(path), arch="z_image")
     for k, v in state.items():
         a = v.float().numpy()
         if a.ndim == 2 and a.shape[-1] % 32 == 0 and k.endswith(".weight"):
-            q = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)
-            writer.add_tensor(k, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            q = gguf.quants.quantize(a, kind)
+            writer.add_tensor(k, q, raw_shape=q.shape, raw_dtype=kind)
         else:
             writer.add_tensor(k, a)
     writer.write_header_to_file()

@@ -35,6 +35,8 @@ def files(zoo, tmp_path_factory):
     prefixed["model.diffusion_model.norm_final.weight"] = torch.ones(64)
     save_file(prefixed, out / "zimage_comfy.safetensors")
     write_gguf(orig, out / "zimage_Q8_0.gguf")
+    write_gguf(orig, out / "zimage_Q4_0.gguf", "Q4_0")
+    save_file(dequantized(out / "zimage_Q4_0.gguf"), out / "zimage_Q4_0_dequantized.safetensors")
     wider = ZImageTransformer2DModel.from_config({**base.config, "dim": 128, "cap_feat_dim": 64, "n_heads": 4})
     save_file(to_original(wider.state_dict()), out / "wider.safetensors")
     write_gguf({"double_blocks.0.img_attn.qkv.weight": torch.randn(96, 32)}, out / "flux.gguf")
@@ -64,10 +66,33 @@ def test_a_single_file_transformer_in_the_original_layout_gives_the_folders_imag
     assert reference.record["inactive_settings"]["models.transformer"] == "unset: the DiT of models.zimage"
 
 
-def test_a_gguf_transformer_stays_quantised(zoo, files):
-    gen = Generator(tiny_config(zoo, **{"models.transformer": str(files / "zimage_Q8_0.gguf")}), cache=False)
+def dequantized(path) -> dict[str, torch.Tensor]:
+    """The tensors of a GGUF file dequantized by gguf-py itself (float32, the original layout)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return {
+        t.name: torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
+        for t in reader.tensors
+    }
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
+def test_a_gguf_transformer_stays_quantised(zoo, files, qtype):
+    gen = Generator(tiny_config(zoo, **{"models.transformer": str(files / f"zimage_{qtype}.gguf")}), cache=False)
     to_q = gen.components.pipeline.transformer.layers[0].attention.to_q
-    assert type(to_q).__name__ == "GGUFLinear" and to_q.weight.quant_type.name == "Q8_0"
+    assert type(to_q).__name__ == "GGUFLinear" and to_q.weight.quant_type.name == qtype
+
+
+def test_a_4_bit_gguf_gives_the_image_of_its_weights_dequantized_by_gguf(zoo, files):
+    """Q4_0 moves the weights far from the folder's (4 bits), so the image is compared with the one the same
+    weights give dequantized by gguf-py and loaded as a float file: what diffusers computes from the 4-bit blocks."""
+
+    def image(name):
+        cfg = tiny_config(zoo, **{"models.transformer": str(files / name)})
+        return pixels(Generator(cfg, cache=False).generate(PROMPT).image)
+
+    assert np.abs(image("zimage_Q4_0.gguf") - image("zimage_Q4_0_dequantized.safetensors")).max() <= 1
 
 
 @pytest.mark.parametrize(("name", "why"), [("wider.safetensors", "of another shape"), ("flux.gguf", "missing")])
