@@ -289,6 +289,25 @@ def test_a_finished_eval_is_refused_without_resume_and_resumes_without_work(cli,
     assert (quick_eval / "captions.json").stat().st_mtime_ns == before  # captions reused, not regenerated
 
 
+def test_a_schema_1_eval_json_is_refused_and_resume_recomputes_it(cli, quick_eval, tmp_path):
+    """A schema-1 eval.json (bootstrap intervals) is refused by `report` in one line that says what to do; doing
+    it (the same eval with --resume) reruns nothing and writes a schema-2 file."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(quick_eval, old)
+    data = json.loads((old / EVAL).read_text())
+    data["schema"] = "llm-dit eval 1"
+    data["settings"] = {"tolerance": 0.01, "level": 0.95, "n_resamples": 9999, "seed": 0, "bootstrap": "BCa"}
+    (old / EVAL).write_text(json.dumps(data))
+    r = cli("report", old)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "--resume" in r.err and "earlier" in r.err
+    r = cli("eval", "--suite", "builtin", "--quick", *TINY, "-o", old, "--resume")
+    assert r.code == 0, r.err
+    again = load_eval(old).data
+    assert again["sweep"]["ran_now"] == 0 and "cluster-robust" in again["settings"]["ci"]
+
+
 def test_eval_refusals_are_one_line_exit_2(cli, zoo, tmp_path):
     r = cli("eval", "--suite", "builtin", "--quick", *TINY, "--method", "omni", "-o", tmp_path / "o")
     assert r.code == 2 and "in 'omni' (--omni); none are public" in r.err and "Traceback" not in r.err

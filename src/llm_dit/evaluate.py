@@ -56,7 +56,8 @@ from .sweep import SweepSpec, expand
 from .sweepdir import SweepDir
 from .vl import STYLE_CAPTION_PROMPT, caption_image
 
-SCHEMA = "llm-dit eval 1"
+SCHEMA = "llm-dit eval 2"  # 2: CIs clustered by reference and prompt (`settings.ci`), `timings`
+OLD_SCHEMAS = {"llm-dit eval 1": "bootstrap intervals over cells"}
 RUNS, CAPTIONS, EVAL, LEADERBOARD, REFERENCES = "runs", "captions.json", "eval.json", "leaderboard.md", "references"
 STYLE_METRICS = ("csd", "clip_i", "color_hist_similarity")
 """The style metric the verdict and the ranking use: the first one the scorer computes."""
@@ -98,6 +99,11 @@ def load_eval(path: str | os.PathLike[str]) -> EvalResult:
         data = json.loads((folder / EVAL).read_text())
     except (OSError, json.JSONDecodeError):
         raise UserError(f"not an eval directory (no readable {EVAL}): {folder}") from None
+    if isinstance(data, dict) and (old := OLD_SCHEMAS.get(data.get("schema"))):  # type: ignore[arg-type]
+        raise UserError(
+            f"{folder / EVAL} was written by an earlier llm-dit ({data['schema']}: {old}): run the same eval again "
+            "with --resume to recompute its statistics (its finished runs are kept)"
+        )
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise UserError(f"{folder / EVAL} is not an llm-dit eval ({SCHEMA}) file")
     return EvalResult(folder, data)
