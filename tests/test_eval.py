@@ -308,6 +308,21 @@ def test_a_schema_1_eval_json_is_refused_and_resume_recomputes_it(cli, quick_eva
     assert again["sweep"]["ran_now"] == 0 and "cluster-robust" in again["settings"]["ci"]
 
 
+def test_a_dry_run_checks_everything_writes_nothing_and_plans_what_the_eval_runs(cli, quick_eval, tmp_path):
+    out = tmp_path / "dry"
+    r = cli("eval", "--suite", "builtin", "--quick", *TINY, "-o", out, "--dry-run", "--json")
+    assert r.code == 0, r.err
+    plan, ran = json.loads(r.out), load_eval(quick_eval).data
+    assert plan["runs"] == ran["sweep"]["runs"] == 14 and plan["cells"] == 4 and plan["captions"] == 2
+    # vl on 2 references x 2 prompts: 4 extractions; one noise probe per (size, prompt): 2 (the references share
+    # a size); encodes: the 2 prompts, and each with each reference's caption: 6
+    assert (plan["unique_extractions"], plan["probe_extractions"], plan["unique_encodes"]) == (4, 2, 6)
+    assert plan["methods"] == [m["name"] for m in ran["methods"]]
+    assert not out.exists()
+    r = cli("eval", "--suite", "builtin", "--quick", *TINY, "--method", "vl:hidden_layer=-40", "--dry-run")
+    assert r.code == 2 and "hidden_layer" in r.err and len(r.err.strip().splitlines()) == 1
+
+
 def test_eval_refusals_are_one_line_exit_2(cli, zoo, tmp_path):
     r = cli("eval", "--suite", "builtin", "--quick", *TINY, "--method", "omni", "-o", tmp_path / "o")
     assert r.code == 2 and "in 'omni' (--omni); none are public" in r.err and "Traceback" not in r.err

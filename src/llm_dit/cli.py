@@ -405,21 +405,25 @@ def exit_if_runs_failed(summary: dict, out_dir: Path) -> None:
 def eval_command(
     given: Given,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Eval directory.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything, print the plan and stop.")] = False,
     as_json: Json = False,
 ) -> None:
     """Compare methods (text, caption, img2img, VL conditioning...) on references x prompts x seeds.
 
     Every method on every cell, scored, paired statistics, eval.json, leaderboard.md and report.html. Prints their
     paths; exits 3 when runs failed (everything else written; --resume retries them)."""
+    import tempfile
+
     from .evalmethods import methods_of
-    from .evaluate import REFERENCES, RUNS, run_eval
+    from .evaluate import REFERENCES, RUNS, plan_eval, run_eval
     from .experiment import EXECUTORS
     from .suite import load_suite
 
     e, run = given.of("eval"), given.of("run")
     check_choice(run["executor"], EXECUTORS, "executor")
-    if output is None:
+    if output is None and not dry_run:
         raise UserError("give the eval directory with --output/-o")
+    scratch = tempfile.TemporaryDirectory(prefix="llm-dit-eval-") if dry_run else None  # a dry run writes nothing
     suite = load_suite(
         e["suite"],
         references=e["references"],
@@ -430,7 +434,7 @@ def eval_command(
         image_column=e["image_column"],
         prompt_column=e["prompt_column"],
         split=e["split"],
-        store=output / REFERENCES,
+        store=Path(scratch.name) if scratch else output / REFERENCES,  # type: ignore[operator]
     )
     methods = methods_of(
         e["methods"] or (),
@@ -441,6 +445,20 @@ def eval_command(
         spec=e["eval_spec"],
         omni=e["omni"],
     )
+    if dry_run:
+        plan = plan_eval(given.config("models", "generation"), suite, methods, tolerance=e["tolerance"],
+                         metric_models_spec=run["metric_models"] or "default",
+                         metric_device=run["metric_device"] or "cpu")  # fmt: skip
+        if as_json:
+            print(json.dumps(plan, indent=2))
+        else:
+            print(
+                f"{plan['runs']} runs ({plan['cells']} cells x {len(plan['methods'])} methods, text runs shared by "
+                f"the references), {plan['captions']} style captions, {plan['unique_extractions']} unique VL "
+                f"extractions + {plan['probe_extractions']} image-check probe extractions, {plan['unique_encodes']} "
+                "unique text encodes"
+            )
+        return
     result = run_eval(
         given.config("models", "generation"),
         suite,

@@ -293,6 +293,40 @@ def leaderboard_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plan_eval(
+    config: Config,
+    suite: Suite,
+    methods: Sequence[Method],
+    *,
+    metric_models_spec: Any = "default",
+    metric_device: str = "cpu",
+    tolerance: float = ADHERENCE_TOLERANCE,
+) -> dict[str, Any]:
+    """What `run_eval` will run, checked as it checks before any model loads (the methods, the cells, every run's
+    settings and input files, the metric models and device), loading no model and writing nothing: what
+    `eval --dry-run` prints. Returns the counts: cells, methods, runs (a `text` run of a prompt and seed is shared by
+    every reference), the style captions to write, and the sweep's forward passes (`sweep.Plan.passes`)."""
+    if not methods or methods[0].kind != "text" or methods[0].settings:
+        raise UserError("an eval's first method must be 'text' (every other method is paired with it)")
+    if tolerance < 0:
+        raise UserError(f"'tolerance' must be >= 0, got {tolerance}")
+    if len(suite.cells()) < 2:
+        raise UserError("an eval needs at least two cells (references x prompts x seeds) for its intervals")
+    check_strengths(config, methods)
+    metric_models(metric_models_spec)  # a bad metric-model spec or device is refused before any work
+    check_metric_device(metric_device)
+    captioned = any(m.kind == "caption" for m in methods)
+    placeholder = {r.hash: f"the caption of {r.hash}" for r in suite.references}  # distinct, as real ones are
+    work = checked_plan(config, eval_spec(suite, methods, placeholder))  # every run and input, before any model
+    return {
+        "cells": len(suite.cells()),
+        "methods": [m.name for m in methods],
+        "runs": len(work.runs),
+        "captions": len(suite.references) if captioned else 0,
+        **work.passes(),
+    }
+
+
 def run_eval(
     config: Config,
     suite: Suite,
@@ -316,22 +350,13 @@ def run_eval(
     `metric_device`: the metric models (`scorer.metric_models`); `tolerance`: how much prompt adherence a method may
     lose and still be better than caption (`comparison`: the intervals are clustered by reference and prompt)."""
     out = Path(out_dir)
-    if not methods or methods[0].kind != "text" or methods[0].settings:
-        raise UserError("an eval's first method must be 'text' (every other method is paired with it)")
-    if tolerance < 0:
-        raise UserError(f"'tolerance' must be >= 0, got {tolerance}")
-    if len(suite.cells()) < 2:
-        raise UserError("an eval needs at least two cells (references x prompts x seeds) for its intervals")
     check_choice(executor, EXECUTORS, "executor")
-    check_strengths(config, methods)
-    metric_models(metric_models_spec)  # a bad metric-model spec or device is refused before any work
-    check_metric_device(metric_device)
+    plan_eval(config, suite, methods, metric_models_spec=metric_models_spec, metric_device=metric_device,
+              tolerance=tolerance)  # fmt: skip
     runs = SweepDir(out / RUNS)
     if runs.done() and not resume:
         raise UserError(f"{out} already holds an eval: finish it with 'resume', or use a new directory")
     captioned = any(m.kind == "caption" for m in methods)
-    placeholder = {r.hash: "a caption" for r in suite.references}
-    checked_plan(config, eval_spec(suite, methods, placeholder))  # every run and input checked before any model loads
     times: dict[str, float] = {}  # seconds per phase of this call (a resumed eval's sweep runs only what was left)
     with timed(times, "captions"):
         components = Components(config, TensorCache() if cache is None else cache)  # captions and local runs share it
