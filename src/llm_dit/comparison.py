@@ -25,7 +25,7 @@ Statistics in float64 on the metric values (float32 cosines), scipy's Student t 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -99,27 +99,17 @@ def clustered_ci(
     return theta - half, theta + half, g
 
 
-def cell_factors(cell: Hashable) -> tuple[Hashable, Hashable]:
-    """The (reference, prompt) of an eval cell key `(reference hash, prompt, seed)`."""
-    return cell[0], cell[1]  # type: ignore[index]
-
-
-def estimate(
-    cells: Mapping[Hashable, float],
-    level: float = LEVEL,
-    factors: Callable[[Hashable], tuple[Hashable, Hashable]] = cell_factors,
-) -> Estimate:
-    """The mean of the values of `cells` (cell key -> value) and its clustered CI (`clustered_ci`), each cell's
-    reference and prompt read from its key by `factors`."""
+def estimate(cells: Mapping[tuple, float], level: float = LEVEL) -> Estimate:
+    """The mean of the values of `cells` (eval cell key `(reference hash, prompt, seed)` -> value) and its
+    clustered CI (`clustered_ci`) by the keys' references and prompts."""
     keys = list(cells)
     d = np.asarray([cells[k] for k in keys], dtype=np.float64)
-    references, prompts = zip(*map(factors, keys), strict=True) if keys else ((), ())
-    low, high, g = clustered_ci(d, references, prompts, level)
+    low, high, g = clustered_ci(d, [k[0] for k in keys], [k[1] for k in keys], level)
     return Estimate(float(d.mean()), low, high, int(d.size), level, g)
 
 
 def paired_difference(
-    method: Mapping[Hashable, float], baseline: Mapping[Hashable, float], level: float = LEVEL
+    method: Mapping[tuple, float], baseline: Mapping[tuple, float], level: float = LEVEL
 ) -> Estimate | None:
     """The mean of `method[cell] - baseline[cell]` over the cells both have, with its clustered CI (`estimate`;
     cells paired by their key: reference, prompt and seed); None when they share fewer than two cells."""

@@ -52,7 +52,7 @@ from .records import library_versions
 from .runner import OnResult
 from .scorer import MetricScorer, ScoreItem, check_metric_device, metric_models
 from .suite import Suite
-from .sweep import SweepSpec, expand
+from .sweep import Inputs, SweepSpec, expand
 from .sweepdir import SweepDir
 from .vl import STYLE_CAPTION_PROMPT, caption_image
 
@@ -301,11 +301,13 @@ def plan_eval(
     metric_models_spec: Any = "default",
     metric_device: str = "cpu",
     tolerance: float = ADHERENCE_TOLERANCE,
+    inputs: Inputs | None = None,
 ) -> dict[str, Any]:
     """What `run_eval` will run, checked as it checks before any model loads (the methods, the cells, every run's
-    settings and input files, the metric models and device), loading no model and writing nothing: what
-    `eval --dry-run` prints. Returns the counts: cells, methods, runs (a `text` run of a prompt and seed is shared by
-    every reference), the style captions to write, and the sweep's forward passes (`sweep.Plan.passes`)."""
+    settings and input files, read into `inputs`, the metric models and device), loading no model and writing
+    nothing: what `eval --dry-run` prints. Returns the counts: cells, methods, runs (a `text` run of a prompt and
+    seed is shared by every reference), the style captions to write, and the sweep's forward passes
+    (`sweep.Plan.passes`)."""
     if not methods or methods[0].kind != "text" or methods[0].settings:
         raise UserError("an eval's first method must be 'text' (every other method is paired with it)")
     if tolerance < 0:
@@ -317,7 +319,7 @@ def plan_eval(
     check_metric_device(metric_device)
     captioned = any(m.kind == "caption" for m in methods)
     placeholder = {r.hash: f"the caption of {r.hash}" for r in suite.references}  # distinct, as real ones are
-    work = checked_plan(config, eval_spec(suite, methods, placeholder))  # every run and input, before any model
+    work = checked_plan(config, eval_spec(suite, methods, placeholder), inputs)  # every run and input, no model
     return {
         "cells": len(suite.cells()),
         "methods": [m.name for m in methods],
@@ -351,12 +353,13 @@ def run_eval(
     lose and still be better than caption (`comparison`: the intervals are clustered by reference and prompt)."""
     out = Path(out_dir)
     check_choice(executor, EXECUTORS, "executor")
-    plan_eval(config, suite, methods, metric_models_spec=metric_models_spec, metric_device=metric_device,
-              tolerance=tolerance)  # fmt: skip
+    inputs = Inputs()  # each input file read once: checked, then run
+    plan = plan_eval(config, suite, methods, metric_models_spec=metric_models_spec, metric_device=metric_device,
+                     tolerance=tolerance, inputs=inputs)  # fmt: skip
     runs = SweepDir(out / RUNS)
     if runs.done() and not resume:
         raise UserError(f"{out} already holds an eval: finish it with 'resume', or use a new directory")
-    captioned = any(m.kind == "caption" for m in methods)
+    captioned = plan["captions"] > 0
     times: dict[str, float] = {}  # seconds per phase of this call (a resumed eval's sweep runs only what was left)
     with timed(times, "captions"):
         components = Components(config, TensorCache() if cache is None else cache)  # captions and local runs share it
@@ -367,7 +370,7 @@ def run_eval(
     with timed(times, "sweep"):
         summary = run_sweep(
             config, spec, runs, resume=resume, executor=executor, batch_size=batch_size, on_result=on_result,
-            components=components if executor == "local" else None, cache=None if executor == "local" else cache,
+            cache=cache, inputs=inputs, components=components if executor == "local" else None,
         )  # fmt: skip
     with timed(times, "release"):
         components.release(*components.loaded())  # the metric models get the memory the generators held
