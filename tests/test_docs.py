@@ -17,7 +17,9 @@ no file of the repo is written. The rules (also in docs/cli.md, "Examples are te
   is shown; `make test` must not recurse into itself).
 - ```` ```console ```` blocks: `$ COMMAND` lines run, and what they print (stdout and stderr, in order) must equal
   the lines below them, except that `...` stands for any text within a line, and a line that is only `...` for any
-  number of lines. `$?` is the previous command's exit code.
+  number of lines, and that decimal numbers (with a point or an exponent) are compared as numbers, to a relative
+  tolerance of `FLOAT_RTOL` (1e-5: float32 values differ in their last digits between CPUs and thread counts);
+  integers and all other text exactly. `$?` is the previous command's exit code.
 - A command ending in `# GPU` needs a GPU: on a machine without one it must be refused cleanly (exit 2, one
   `error:` line).
 - Other fences (```` ``` ```` synopses, `toml`, `json`, `python`) are not run.
@@ -26,6 +28,7 @@ A failing command is reported with its file and line.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -147,20 +150,50 @@ def doc_commands(file: Path) -> list[Command]:
     return commands
 
 
-def output_pattern(expected: list[str]) -> re.Pattern[str]:
-    """`expected` as a regex: `...` = any text within a line; a line that is only `...` = any number of lines."""
-    parts = []
+# A decimal number standing alone (not part of a name such as `rtx4090` or a version such as `0.0.0.0`).
+DECIMAL = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?!\.?\w)")
+NUMBER = r"([-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)"
+FLOAT_RTOL = 1e-5  # float32 carries ~7 significant digits; kernels differ in the last one or two
+
+
+def _is_float(token: str) -> bool:
+    return any(c in token for c in ".eE")
+
+
+def _literal(piece: str) -> tuple[str, list[float]]:
+    """`piece` as a regex in which each float is a captured number (compared later); the floats it shows."""
+    pattern, floats, end = [], [], 0
+    for m in DECIMAL.finditer(piece):
+        if _is_float(m.group()):
+            pattern += [re.escape(piece[end : m.start()]), NUMBER]
+            floats.append(float(m.group()))
+            end = m.end()
+    pattern.append(re.escape(piece[end:]))
+    return "".join(pattern), floats
+
+
+def output_pattern(expected: list[str]) -> tuple[re.Pattern[str], list[float]]:
+    """`expected` as a regex (`...` = any text within a line; a line that is only `...` = any number of lines) and
+    the floats it shows, in order: each is a captured group of the regex."""
+    parts, floats = [], []
     for line in expected:
         if line.strip() == "...":
             parts.append(r"(?:[^\n]*\n)*?")
-        else:
-            parts.append(".*?".join(re.escape(piece) for piece in line.rstrip().split("...")) + r"\n")
-    return re.compile("".join(parts), re.DOTALL)
+            continue
+        pieces = [_literal(piece) for piece in line.rstrip().split("...")]
+        parts.append(".*?".join(p for p, _ in pieces) + r"\n")
+        floats += [f for _, fs in pieces for f in fs]
+    return re.compile("".join(parts), re.DOTALL), floats
 
 
 def matches(expected: list[str], actual: str) -> bool:
+    """Whether `actual` is what `expected` shows: text exactly, floats to `FLOAT_RTOL`."""
     text = "\n".join(line.rstrip() for line in actual.splitlines()) + "\n" if actual else ""
-    return output_pattern(expected).fullmatch(text) is not None
+    pattern, floats = output_pattern(expected)
+    found = pattern.fullmatch(text)
+    return found is not None and all(
+        math.isclose(float(got), want, rel_tol=FLOAT_RTOL) for got, want in zip(found.groups(), floats, strict=True)
+    )
 
 
 def scratch_root(tmp: Path) -> Path:
@@ -274,6 +307,20 @@ def test_output_check_is_exact_except_for_the_ellipsis() -> None:
     assert matches(["took ... s", "..."], "took 3.2 s\nmore\nlines\n")
     assert matches(["x", "...", "z"], "x\nz\n")
     assert not matches(["took ... s"], "took 3\n")
+
+
+def test_floats_compare_as_numbers_to_the_stated_tolerance_and_all_else_exactly() -> None:
+    doc = ['{"median_max_abs": 0.13108424842357635, "count": 2}']
+    assert matches(doc, '{"median_max_abs": 0.13108423352241516, "count": 2}\n')  # the 8th significant digit
+    assert not matches(doc, '{"median_max_abs": 0.13208424842357635, "count": 2}\n')  # the 3rd
+    assert not matches(doc, '{"median_max_abs": 0.13108424842357635, "count": 3}\n')  # integers exactly
+    assert not matches(doc, '{"median_max_abs": "0.131084248", "count": 2}\n')  # quotes are text
+    assert matches(["│ image │ 258 │ -0.003206 │ 0.05445 │"], "│ image │ 258 │ -0.0032060001 │ 0.05445 │\n")
+    assert not matches(["│ image │ 258 │ -0.003206 │"], "│ image │ 258 │ 0.003206 │\n")  # the sign counts
+    assert matches(["scale 1e-05 ... done"], "scale 1.0000001e-05 then done\n")
+    assert not matches(["rtx4090 v0.1.0 at 0.0.0.0"], "rtx4091 v0.1.0 at 0.0.0.0\n")  # names and versions: text
+    assert not matches(["rtx4090 v0.1.0 at 0.0.0.0"], "rtx4090 v0.1.1 at 0.0.0.0\n")
+    assert not matches(["bound 0.5"], "bound 0.5000\nmore\n")
 
 
 def test_console_output_belongs_to_a_command_of_its_own_block(tmp_path: Path) -> None:
