@@ -57,6 +57,18 @@ def test_demo_stdout_is_its_two_paths(zoo, tmp_path):
     assert Path(record["inputs"]["reference_image"]["path"]).name == "demo_reference.png"
 
 
+def test_a_cold_cache_prints_the_result_alone_whatever_the_cpu(tmp_path):
+    """A first run builds the tiny zoo into an empty cache and imports every library for the first time. Before:
+    transformers' "Writing model shards" bars (cold cache only) and, on CPUs with AVX512-BF16, bitsandbytes' Hub
+    kernel lookup warning "Skipping publisher trust check ..." (offline mode only) reached the output, so what a
+    command printed depended on the machine and the cache."""
+    env = {**os.environ, "LLM_DIT_MODELS": "tiny", "LLM_DIT_CACHE": str(tmp_path / "cold"), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "llm_dit", "generate", "-p", "x", *TINY, "-o", "x.png"]
+    r = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, check=False)
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout, r.stderr) == ("x.png\n", "")
+
+
 def test_every_file_a_record_names_is_absolute_and_resolved(cli, zoo, tmp_path, monkeypatch):
     """records.file_fields: one path rule. Before: `output` was the path as given (relative) beside absolute
     `inputs` and `models` paths."""

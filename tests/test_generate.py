@@ -18,41 +18,33 @@ def diffusers_image(zoo, **kwargs):
     return pipe(**kwargs).images[0]
 
 
-def test_cli_generate_is_pixel_identical_to_diffusers(cli, zoo, tmp_path):
-    out = tmp_path / "a.png"
-    r = cli(
-        "generate",
-        "--zimage",
-        zoo / "zimage",
-        "-p",
-        "a red fox",
-        "--steps",
-        2,
-        "--width",
-        64,
-        "--height",
-        64,
-        "--seed",
-        7,
-        "--guidance",
-        0,
-        "-o",
-        out,
-    )
-    assert r.code == 0, r.err
-    ref = diffusers_image(
-        zoo,
-        prompt="a red fox",
-        height=64,
-        width=64,
-        num_inference_steps=2,
-        guidance_scale=0.0,
-        generator=torch.Generator("cpu").manual_seed(7),
-    )
+def test_cli_generate_is_pixel_identical_to_diffusers_on_the_same_text_rows(cli, zoo, tmp_path):
+    """The generation path (scheduler, DiT, VAE) is diffusers' own: given the caption rows `llm-dit encode` writes,
+    diffusers' ZImagePipeline makes the CLI's image pixel for pixel (same kernels on the same shapes, so bit-exact
+    on any CPU). The text encoding itself is diffusers' up to float32 rounding only: diffusers pads the prompt to
+    512 tokens with an attention mask, llm-dit encodes it unpadded, and the two matrix shapes round differently
+    (3-5e-8 here), which can flip a pixel by one level; so rows are compared to rounding and the end-to-end image
+    from the prompt to one level."""
+    from diffusers import ZImagePipeline
+    from safetensors.torch import load_file
+
+    small = ["--zimage", zoo / "zimage", "--steps", 2, "--width", 64, "--height", 64, "--seed", 7, "--guidance", 0]
+    out, rows_file = tmp_path / "a.png", tmp_path / "t.safetensors"
+    assert cli("generate", *small, "-p", "a red fox", "-o", out).code == 0
+    assert cli("encode", "--zimage", zoo / "zimage", "-p", "a red fox", "-o", rows_file).code == 0
+    rows = load_file(rows_file)["embeddings"]
+    pipe = ZImagePipeline.from_pretrained(zoo / "zimage")
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe.encode_prompt("a red fox", do_classifier_free_guidance=False)[0][0]
+    torch.testing.assert_close(rows, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
+
     ours = np.asarray(Image.open(out))
-    assert ours.shape == (64, 64, 3)
-    assert np.array_equal(ours, np.asarray(ref))
-    assert ours.std() > 1  # not a blank image
+    kwargs = dict(height=64, width=64, num_inference_steps=2, guidance_scale=0.0)
+    same_rows = pipe(prompt_embeds=[rows], generator=torch.Generator("cpu").manual_seed(7), **kwargs).images[0]
+    assert ours.shape == (64, 64, 3) and ours.std() > 1  # not a blank image
+    assert np.array_equal(ours, np.asarray(same_rows))
+    from_prompt = pipe(prompt="a red fox", generator=torch.Generator("cpu").manual_seed(7), **kwargs).images[0]
+    assert np.abs(ours.astype(int) - np.asarray(from_prompt).astype(int)).max() <= 1
 
 
 def test_sidecar_records_settings_models_versions_and_timings(cli, zoo, tmp_path):

@@ -13,11 +13,12 @@ import os
 from importlib import import_module, metadata
 
 # The one library-output policy (`models.quiet_libraries`) must hold from the first import: diffusers and the optional
-# quantisation backends (torchao, bitsandbytes) log warnings while being imported, before any model loads. A user's
-# own DIFFUSERS_VERBOSITY / TRANSFORMERS_VERBOSITY still wins.
+# quantisation backends (torchao, bitsandbytes) log warnings while being imported, before any model loads; on a CPU
+# with AVX512-BF16, importing bitsandbytes asks `kernels` for a Hub kernel, which warns in offline mode (so what is
+# printed would depend on the CPU). A user's own DIFFUSERS_VERBOSITY / TRANSFORMERS_VERBOSITY still wins.
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-for _name in ("torchao", "bitsandbytes", "torch.utils._pytree"):
+for _name in ("torchao", "bitsandbytes", "kernels", "torch.utils._pytree"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 __version__ = metadata.version("llm-dit")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .cache import cache_root
+from .models import quiet_libraries
 
 ZOO_FORMAT = 2  # bump when the built folders change shape
 
@@ -479,6 +480,7 @@ def build_zoo(out: str | Path, preset: str = "tiny") -> Path:
     """Write `out/zimage` and `out/qwen3-vl` for `preset`; returns `out`."""
     spec = PRESETS[preset]
     out = Path(out)
+    quiet_libraries()  # a cold cache builds the zoo inside a command: no "Writing model shards" bars in its output
     tokenizer = build_tokenizer(spec.vocab_target)
     build_zimage(spec, tokenizer).save_pretrained(out / "zimage")
 
