@@ -16,8 +16,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "progress"),  # foundations
     ("numerics", "files", "hooks", "metrics"),
     ("cache", "stats", "schedule", "steer", "comparison"),  # pure maths on rows, schedules, directions, statistics
-    ("blend", "models", "zoo"),
-    ("compose",),  # blend modes split into extract / combine / apply (several references, style files)
+    ("blend", "models"),
+    ("compose", "zoo"),  # blend modes split into extract / combine / apply; the tiny zoo (built quietly: `models`)
     ("inject", "condition", "text", "vl", "embedders", "csd"),  # conditioning maths, encoders, metric models
     ("imagedep", "adapter", "diagnostics", "config", "metriczoo", "reward"),
     ("provenance", "components", "render", "sweepdir", "scorer", "suite"),
