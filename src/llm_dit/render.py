@@ -4,6 +4,11 @@
 llm-dit never re-implements the sampling loop. `render` runs prepared images: it chooses how the conditioning
 reaches the DiT first (the caption rows as they are, a step callback for an alpha schedule, or block hooks for DiT
 injection) and then makes that one `denoise` call.
+
+Nothing non-finite becomes an image: `denoise` watches the latents after every denoising step (`watch_latents`)
+and the decoded pixels before they are quantised (`check_pixels`), and a NaN/Inf in either fails the call with
+`numerics.NonFiniteError` naming the stage (the DiT, or the VAE), so no PNG is written (before, NaN became an
+all-black image recorded as a success).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .condition import Conditioning
 from .config import Config, GenerationConfig
 from .errors import UserError
 from .inject import inject_conditioning
+from .numerics import NonFiniteError
 from .schedule import schedule_callback
 from .text import EncodedPrompt
 
@@ -53,6 +59,11 @@ def denoise(
     per step. With `init_image` this is image-to-image at `gen.strength` (the init image is resized to the output
     size with Lanczos first: diffusers' img2img requires the two to match). `on_step(done, total)` is called after
     each denoising step (through the same diffusers callback; an exception it raises stops the call).
+
+    Non-finite output fails the call (`NonFiniteError`, one line): latents after any step (`watch_latents`, checked
+    at the last step, before the VAE runs) or decoded pixels (`check_pixels`). The pipeline returns float pixels
+    (`output_type="np"`) and they become PIL images by the same `numpy_to_pil` its `"pil"` output uses, so the
+    images are bit for bit what `output_type="pil"` gives.
     """
     set_shift(pipe, gen.shift)
     dtype = pipe.transformer.dtype
@@ -70,11 +81,11 @@ def denoise(
         kwargs["negative_prompt_embeds"] = [e.to(device, dtype) for e in negative_prompt_embeds or []]
     if on_step is not None:
         callback = with_progress(callback, on_step)
-    if callback is not None:
-        kwargs["callback_on_step_end"] = callback
-        kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
+    kwargs["callback_on_step_end"] = watch_latents(callback)
+    kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
+    kwargs["output_type"] = "np"
     if init_image is None:
-        return pipe(**kwargs).images
+        return check_pixels(pipe, pipe(**kwargs).images)
     from diffusers import ZImageImg2ImgPipeline
 
     img2img = ZImageImg2ImgPipeline.from_pipe(pipe)
@@ -82,7 +93,65 @@ def denoise(
     # diffusers encodes the init image at its own size; it must match the output size, so resize it first
     if init_image.size != (gen.width, gen.height):
         init_image = init_image.resize((gen.width, gen.height), Image.Resampling.LANCZOS)
-    return img2img(image=init_image, strength=gen.strength, **kwargs).images
+    return check_pixels(img2img, img2img(image=init_image, strength=gen.strength, **kwargs).images)
+
+
+NON_FINITE_HINT = "a broken checkpoint, or fp16 overflow (try generation.dtype float32); no image written"
+
+
+def which_images(bad: list[bool]) -> str:
+    """The images of a batch flagged in `bad`, e.g. `" (image 2 of 3 in this call)"`; `""` for a batch of one."""
+    if len(bad) == 1:
+        return ""
+    listed = ", ".join(str(i + 1) for i, b in enumerate(bad) if b)
+    return f" (image{'s' if sum(bad) > 1 else ''} {listed} of {len(bad)} in this call)"
+
+
+def watch_latents(callback: Callable[..., dict] | None) -> Callable[..., dict]:
+    """diffusers' step callback `callback` (or none) that also watches the latents each step leaves.
+
+    Per image b of the batch and step i (0-based), `first_b = min{i : latents_b after step i has a NaN/Inf}` (or
+    none), kept on the latents' device so no step waits for the accelerator; at the last step (`i + 1 =
+    pipe.num_timesteps`, before the VAE decodes) one read of `first` and, when any image has one,
+    `NonFiniteError`: "generation: the DiT produced non-finite latents (NaN/Inf) at step first_b + 1 of N". A NaN
+    never leaves the latents again (the Euler step adds to them), so the last step alone would find it; `first`
+    says where it started."""
+    first: list[torch.Tensor] = []
+
+    def step_end(pipe, i: int, t, kwargs: dict) -> dict:
+        out = callback(pipe, i, t, kwargs) if callback is not None else {}
+        latents = out.get("latents", kwargs["latents"])
+        bad = ~torch.isfinite(latents.flatten(1)).all(1)
+        if not first:
+            first.append(torch.full(bad.shape, -1, dtype=torch.long, device=bad.device))
+        first[0] = torch.where(bad & (first[0] < 0), i, first[0])
+        if i + 1 == pipe.num_timesteps:
+            steps = first[0].tolist()
+            if any(s >= 0 for s in steps):
+                at = min(s for s in steps if s >= 0) + 1
+                raise NonFiniteError(
+                    f"generation: the DiT produced non-finite latents (NaN/Inf) at step {at} of "
+                    f"{pipe.num_timesteps}{which_images([s >= 0 for s in steps])}: {NON_FINITE_HINT}"
+                )
+        return out
+
+    return step_end
+
+
+def check_pixels(pipe, pixels) -> list[Image.Image]:
+    """The decoded float pixels `[B, H, W, 3]` in [0, 1] (diffusers' `output_type="np"`) as PIL images, converted
+    by the pipeline's own `image_processor.numpy_to_pil` (`round(255·x)` as uint8, what its `"pil"` output does);
+    `NonFiniteError` naming the VAE when any value is NaN/Inf (the clamp to [0, 1] keeps NaN, and the cast would
+    make it 0: black)."""
+    import numpy as np
+
+    finite = np.isfinite(pixels.reshape(len(pixels), -1)).all(1)
+    if not finite.all():
+        raise NonFiniteError(
+            f"generation: the VAE decoded non-finite pixels (NaN/Inf){which_images([not f for f in finite])}: "
+            f"{NON_FINITE_HINT}"
+        )
+    return pipe.image_processor.numpy_to_pil(pixels)
 
 
 def with_progress(callback: Callable[..., dict] | None, on_step: OnStep) -> Callable[..., dict]:

@@ -28,6 +28,7 @@ from .errors import UserError
 from .generate import Generator, Result
 from .imagedep import probe_image
 from .models import parse_lora, resolve_device
+from .numerics import NonFiniteError
 from .progress import progress_bar
 from .render import Prepared
 from .sweep import Inputs, Plan, reference_paths
@@ -185,13 +186,22 @@ def run_batch(gen: Generator, batch: list[Step], inputs: Inputs) -> list[Outcome
             ready.append((run, prepare_run(gen, run, config, inputs)))
         except Exception as e:
             outcomes.append((run, None, e))
-    if ready:
-        try:
-            results = render_batch(gen, [p for _, p in ready])
-            outcomes += [(run, result, None) for (run, _), result in zip(ready, results, strict=True)]
-        except Exception as e:
-            outcomes += [(run, None, e) for run, _ in ready]
-    return outcomes
+    return outcomes + (render_ready(gen, ready) if ready else [])
+
+
+def render_ready(gen: Generator, ready: list[tuple[Run, Prepared]]) -> list[Outcome]:
+    """Render prepared runs (`render_batch`); an error fails them all, except a non-finite output
+    (`numerics.NonFiniteError`) of a call several runs shared: then each is rendered alone, so only the runs whose
+    own output is NaN/Inf fail (the others get the image they get alone)."""
+    try:
+        results = render_batch(gen, [p for _, p in ready])
+        return [(run, result, None) for (run, _), result in zip(ready, results, strict=True)]
+    except NonFiniteError as e:
+        if len(ready) == 1:
+            return [(ready[0][0], None, e)]
+        return [outcome for one in ready for outcome in render_ready(gen, [one])]
+    except Exception as e:
+        return [(run, None, e) for run, _ in ready]
 
 
 def finish(
