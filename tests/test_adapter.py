@@ -334,7 +334,7 @@ def test_common_block_is_the_shared_tail_or_what_a_longer_template_leaves_of_it(
 def test_paired_rows_align_caption_positions_and_pool_the_image(zoo, extractor):
     te = TextEncoder.from_pretrained(str(zoo / "zimage"), "cpu", "float32")
     img, caption = picture(64, 7), "a red fox in the snow"
-    x, y = paired_rows(extractor, te, img, caption, hidden_layer=-3, text_layer=-2)
+    x, y, sinks = paired_rows(extractor, te, img, caption, hidden_layer=-3, text_layer=-2)
     vl = extractor.extract(img, caption, -3, token_mode="full")
     text = te.encode(caption, hidden_layer=-2)
     after = vl.token_ids[vl.spans.after[0] :]
@@ -343,6 +343,7 @@ def test_paired_rows_align_caption_positions_and_pool_the_image(zoo, extractor):
     assert n == tail > 0  # the whole shared tail, as diagnostics aligns it
     assert n >= len(te.tokenizer(caption, add_special_tokens=False).input_ids)  # the whole caption is in
     assert x.shape == y.shape == (n + 1, D) and x.dtype == y.dtype == torch.float32
+    assert sinks == {"pair_rows": n + 1, "dropped": 0, "pooled_left_out": {"vl": 0, "text": 0}}  # random weights
     torch.testing.assert_close(x[:n], vl.embeddings[-n:], rtol=0, atol=0)
     torch.testing.assert_close(y[:n], text.embeddings[-n:].float(), rtol=0, atol=0)
     pad = vl.embeddings[slice(*vl.spans.image_pad)].mean(0)

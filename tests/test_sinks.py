@@ -476,3 +476,92 @@ def test_extraction_records_sinks_in_the_embeddings_file(cli, zoo, tmp_path, pla
     assert tensors["embeddings"].shape[0] == meta["spans"]["total"] - 2
     assert json.loads(r.out)["sinks"]["rows"][1]["token"] == "<|image_pad|>"
     assert not find_sinks(tensors["embeddings"]).any()
+
+
+# ----------------------------------------------------------------------------------------- adapter training
+
+
+def test_train_adapter_leaves_sink_rows_out_of_the_ridge_fit(cli, zoo, tmp_path, planted, monkeypatch):
+    """Before: `paired_rows` read raw rows, so the ridge fit regressed T's planted <|im_end|> sink rows and pooled
+    the planted image-pad sink into the image row; the fitted adapter missed the content rows by ~300x their norm
+    (0.21 without the sinks). Now a pair row that is a sink in either sequence is dropped, the pooled row is made of
+    content rows, and the adapter file says how many were left out."""
+    from llm_dit.adapter import Adapter, paired_rows
+
+    refs = REPO / "examples" / "reference-images"
+    captions = {"house2.png": "a cartoon house", "sunset.png": "a desert at sunset", "test_scene.png": "a street"}
+    data = tmp_path / "images"
+    data.mkdir()
+    for name in captions:
+        Image.open(refs / name).convert("RGB").resize((64, 64)).save(data / name)
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    out = tmp_path / "a.safetensors"
+    r = cli("train-adapter", "--models", "tiny", "--images", data, "--captions", tmp_path / "captions.json", "-o", out)
+    assert r.code == 0, r.err
+    adapter, meta = Adapter.load(out)
+
+    # the pairs the rows give without the planted sinks: what the adapter should map
+    monkeypatch.setattr(TextEncoder, "hidden_rows", planted["text"])
+    monkeypatch.setattr(VLEmbeddingExtractor, "hidden_rows", planted["vl"])
+    gen = generator(zoo)
+    pairs = [
+        paired_rows(gen.components.vl, gen.components.text_encoder, Image.open(data / n).convert("RGB"), c)
+        for n, c in captions.items()
+    ]
+    x, y = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    with torch.no_grad():
+        error = float((adapter(x) - y).norm() / y.norm())
+    assert error < 1.0, error  # 296 with the sink rows in the fit, 0.21 without
+
+    # one <|im_end|> row per caption (a sink of the text sequence) dropped; one image-pad sink per image pooled out
+    assert meta["sinks"] == {
+        "ratio": 20.0,
+        "pair_rows": len(x),
+        "dropped": 3,
+        "pooled_left_out": {"vl": 3, "text": 3},
+    }, meta["sinks"]
+    assert meta["settings"]["vl.sink_ratio"] == 20.0
+
+
+def test_stats_sink_report_shows_whether_the_threshold_separates_sinks_from_content(cli, zoo, tmp_path, planted):
+    """`stats --sink-report`: the distribution of each row's max |x| over its prompt's median row max, what lies
+    above `vl.sink_ratio`, and whether that threshold sits in a clear gap; a threshold above the (planted) sinks is
+    said not to separate them, with the gap to move it into."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog on a hill\n")
+    base = ["stats", "--models", "tiny", "--layer", "-6", "--prompts", prompts, "--sink-report"]
+    r = cli(*base, "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert (report["layer"], report["prompts"], report["ratio"], report["above"]) == (-6, 2, 20.0, 4)
+    assert report["rows"] == sum(report["histogram"].values())
+    assert report["smallest_sink"] > 1000 and report["largest_content"] < 5  # planted at ~3000x the median
+    assert report["gap"] == pytest.approx(report["smallest_sink"] / report["largest_content"])
+    assert report["separates"] is True and report["suggested_ratio"] is None
+    assert [s["token"] for s in report["lowest_sinks"]] and {s["dims"][0][0] for s in report["lowest_sinks"]} == {1}
+    q, highest = report["quantiles"], max(s["ratio"] for s in report["lowest_sinks"])
+    assert q["50%"] <= q["90%"] <= q["99%"] <= q["max"] == pytest.approx(highest)
+
+    text = cli(*base)
+    assert text.code == 0, text.err
+    assert "4 of " in text.out and "above vl.sink_ratio 20" in text.out and "separates" in text.out, text.out
+    assert not list(tmp_path.glob("*.safetensors"))  # a report alone writes no file
+
+    # a threshold above the sinks: nothing is above it, and the report says where the gap is
+    config = tmp_path / "c.toml"
+    config.write_text("[default.vl]\nsink_ratio = 5000.0\n")
+    r = cli(*base, "--config", config, "--json")
+    assert r.code == 0, r.err
+    high = json.loads(r.out)
+    assert high["above"] == 0 and high["separates"] is False and high["smallest_sink"] is None
+    low, top = high["widest_gap"]
+    assert low < 5 and top > 1000 and low < high["suggested_ratio"] < top
+    text = cli(*base, "--config", config)
+    assert "does not separate" in text.out and "vl.sink_ratio" in text.out, text.out
+
+    # the report and the statistics file in one call; without either, one clear error
+    out = tmp_path / "s.safetensors"
+    r = cli(*base, "-o", out)
+    assert r.code == 0 and out.is_file() and r.out.strip().endswith(str(out)), r.out
+    r = cli("stats", "--models", "tiny", "--layer", "-6")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "--sink-report" in r.err, r.err

@@ -31,7 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from .errors import UserError, check_choice
 from .files import load_image, load_tensors, save_tensors
 from .numerics import check_number, check_rows
+from .stats import SINK_RATIO, find_sinks
 from .text import TextEncoder, render_prompt
 from .vl import DEFAULT_CAPTION_PROMPT, VLEmbeddingExtractor, caption_image, find_spans
 
@@ -50,6 +51,7 @@ __all__ = [
     "DEFAULT_CAPTION_PROMPT",
     "SPACE_KEYS",
     "Adapter",
+    "PairedRows",
     "TrainingSample",
     "caption_image",
     "check_raw_rows",
@@ -314,6 +316,16 @@ def common_block(a: Sequence[int], b: Sequence[int]) -> tuple[int, int, int]:
     return best
 
 
+class PairedRows(NamedTuple):
+    """What `paired_rows` gives: the pairs `x` (Qwen3-VL rows) and `y` (text-encoder rows), and `sinks`: the pair
+    rows there were (`pair_rows`, the pooled one included), how many were `dropped` as attention sinks, and how many
+    rows of each side were left out of the pooled pair (`pooled_left_out`: `{"vl": k, "text": k}`)."""
+
+    x: Tensor
+    y: Tensor
+    sinks: dict[str, Any]
+
+
 def paired_rows(
     extractor: VLEmbeddingExtractor,
     text_encoder: TextEncoder,
@@ -325,16 +337,24 @@ def paired_rows(
     system_prompt: str | None = None,
     text_system_prompt: str | None = None,
     think_block: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """Training pairs `(x, y)`, each `[n + 1, D]` float32: Qwen3-VL rows in, text-encoder rows out.
+    sink_ratio: float = SINK_RATIO,
+) -> PairedRows:
+    """Training pairs `(x, y)`, each `[m + 1, D]` float32: Qwen3-VL rows in, text-encoder rows out, and what the
+    attention sinks left out (`PairedRows.sinks`).
 
-    Rows 0..n−1: the Qwen3-VL rows (layer `hidden_layer`, raw: no masking or normalisation; the VL template with
+    Rows 0..m−1: the Qwen3-VL rows (layer `hidden_layer`, raw: no masking or normalisation; the VL template with
     `system_prompt`) of image + caption at the caption's positions — the text after the image block
     (`spans.after`) — against the text encoder's rows (layer `text_layer`, rendered with `text_system_prompt` and
     `think_block` as `text.render_prompt` does) of the same caption at the same tokens: the two token sequences are
     aligned on the run they share (`common_block`: the caption and the template's closing tokens, i.e. the shared
-    tail), n its length. Row n, the pooled pair: the mean of the image-pad rows against the mean of those n
+    tail), n its length. Row m, the pooled pair: the mean of the image-pad rows against the mean of those
     text-encoder rows (not of the whole encoding: the template's opening rows are the same for every caption).
+
+    Attention sinks (`stats.find_sinks` with `r = sink_ratio`, config `vl.sink_ratio`, applied once to each whole
+    sequence: `S_v` of the VL rows, `S_t` of the text rows) are not content, so nothing is fitted on them: of the n
+    aligned positions k, the pair is kept when `k ∉ S_v ∧ k ∉ S_t` (m of them, `dropped = n − m`); the pooled pair
+    is `mean{v_i : i image pad, i ∉ S_v}` against `mean{t_k : k aligned, k ∉ S_t}` (`pooled_left_out`: the rows
+    of each side left out of those means).
     """
     if isinstance(image, str | Path):
         image = load_image(image, "training image")
@@ -354,10 +374,21 @@ def paired_rows(
     if v.shape[1] != te_rows.shape[1]:
         raise UserError(f"Qwen3-VL width {v.shape[1]} does not match the text encoder width {te_rows.shape[1]}")
     start = spans.after[0] + i
-    caption_rows = te_rows[j : j + n]
-    x = torch.cat([v[start : start + n], v[slice(*spans.image_pad)].mean(0, keepdim=True)])
-    y = torch.cat([caption_rows, caption_rows.mean(0, keepdim=True)])
-    return x, y
+    v_sinks, t_sinks = find_sinks(v, sink_ratio), find_sinks(te_rows, sink_ratio)
+    caption_sinks = t_sinks[j : j + n]
+    keep = ~(v_sinks[start : start + n] | caption_sinks)
+    pad = slice(*spans.image_pad)
+    pad_content = v[pad][~v_sinks[pad]]
+    caption_content = te_rows[j : j + n][~caption_sinks]
+    if len(pad_content) == 0 or len(caption_content) == 0:
+        raise UserError(
+            f"paired_rows: every {'image-pad' if len(pad_content) == 0 else 'caption'} row is an attention sink "
+            f"(vl.sink_ratio {sink_ratio:g}): nothing is left to pool; raise vl.sink_ratio"
+        )
+    x = torch.cat([v[start : start + n][keep], pad_content.mean(0, keepdim=True)])
+    y = torch.cat([te_rows[j : j + n][keep], caption_content.mean(0, keepdim=True)])
+    left_out = {"vl": int(v_sinks[pad].sum()), "text": int(caption_sinks.sum())}
+    return PairedRows(x, y, {"pair_rows": n + 1, "dropped": int((~keep).sum()), "pooled_left_out": left_out})
 
 
 # ----------------------------------------------------------------------------------------------- flow matching
@@ -658,10 +689,12 @@ def train_adapter(
     missing from `captions` are written by the Qwen3-VL model. Returns the adapter and its metadata.
 
     The config acts as generation would use the adapter: `vl.hidden_layer` and `vl.system_prompt` on the VL rows,
-    `encoder.hidden_layer`, `encoder.system_prompt` and `encoder.think_block` on the text rows, and for fine-tuning
-    `vl.token_mode` (the rows it trains on), `generation.width`/`height` (latent size), `generation.shift` (noise
-    levels) and `generation.seed` (noise and sample draws). Weighted layers, masking and normalisation are refused
-    (`check_raw_rows`) before any model loads. `settings` in the metadata holds exactly the config keys that acted.
+    `encoder.hidden_layer`, `encoder.system_prompt` and `encoder.think_block` on the text rows, `vl.sink_ratio` on
+    both (attention-sink rows are left out of the ridge fit: `paired_rows`; `sinks` in the metadata counts them),
+    and for fine-tuning `vl.token_mode` (the rows it trains on), `generation.width`/`height` (latent size),
+    `generation.shift` (noise levels) and `generation.seed` (noise and sample draws). Weighted layers, masking and
+    normalisation are refused (`check_raw_rows`) before any model loads. `settings` in the metadata holds exactly the
+    config keys that acted.
     """
     cfg, components = gen.config, gen.components
     v, enc, g = cfg.vl, cfg.encoder, cfg.generation
@@ -688,13 +721,15 @@ def train_adapter(
             system_prompt=v.system_prompt,
             text_system_prompt=enc.system_prompt,
             think_block=enc.think_block,
+            sink_ratio=v.sink_ratio,
         )
         for name, img in pictures.items()
     ]
-    adapter = ridge_fit(torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]), lam, kind, rank)
+    adapter = ridge_fit(torch.cat([p.x for p in pairs]), torch.cat([p.y for p in pairs]), lam, kind, rank)
     settings: dict[str, Any] = {
         "vl.hidden_layer": layer,
         "vl.system_prompt": v.system_prompt,
+        "vl.sink_ratio": v.sink_ratio,
         "encoder.hidden_layer": enc.hidden_layer,
         "encoder.system_prompt": enc.system_prompt,
         "encoder.think_block": enc.think_block,
@@ -710,6 +745,12 @@ def train_adapter(
         "images": sorted(pictures),
         "finetune_steps": steps,
         "lr": lr,
+        "sinks": {  # what the ridge fit left out (`paired_rows`)
+            "ratio": v.sink_ratio,
+            "pair_rows": sum(p.sinks["pair_rows"] for p in pairs),
+            "dropped": sum(p.sinks["dropped"] for p in pairs),
+            "pooled_left_out": {k: sum(p.sinks["pooled_left_out"][k] for p in pairs) for k in ("vl", "text")},
+        },
     }
     if steps > 0:
         if checkpoint_dir is None:
