@@ -332,6 +332,35 @@ def test_setting_paths_must_be_workspace_files(client, reference):
     assert r.status_code == 403 and "'vl.reference_stats'" in error_of(r)
 
 
+def test_lora_paths_are_workspace_files(client, workspace, zoo, tmp_path, monkeypatch):
+    """Before: `generation.loras` took any path (absolute, `..`) and resolved a relative one against the studio's
+    working directory, not the workspace. Now each LoRA item is a workspace file like every other path setting."""
+    from diffusers import ZImageTransformer2DModel
+
+    from .checkpoints import lora_state, write_peft_lora
+
+    state = lora_state(ZImageTransformer2DModel.from_pretrained(zoo / "zimage", subfolder="transformer"))
+    (workspace / "loras").mkdir(exist_ok=True)
+    (tmp_path / "loras").mkdir()
+    inside = write_peft_lora(state, workspace / "loras" / "in.safetensors")
+    outside = write_peft_lora(state, tmp_path / "loras" / "out.safetensors")
+    monkeypatch.chdir(tmp_path)  # the working directory holds loras/out.safetensors; the workspace does not
+    for item in (str(outside), f"{outside}:0.5", "../loras/out.safetensors", f"loras/{'../' * 3}x.safetensors"):
+        r = client.post("/api/generate", json={"prompt": PROMPT, "settings": {"generation.loras": [item]}})
+        assert r.status_code == 403 and "'generation.loras'" in error_of(r) and "workspace" in error_of(r), item
+    cwd_only = {"generation.loras": ["loras/out.safetensors"]}  # a file of the working directory, not the workspace
+    r = client.post("/api/generate", json={"prompt": PROMPT, "settings": cwd_only})
+    assert r.status_code == 404 and "'generation.loras' not found in the workspace" in error_of(r)
+    sweep = {"name": "loras", "prompts": [PROMPT]}
+    r = client.post("/api/sweeps", json=sweep | {"axes": {"generation.loras": [[], [f"{outside}:0.5"]]}})
+    assert r.status_code == 403 and "'axes.generation.loras'" in error_of(r)
+
+    job = generate(client, None, **{"generation.loras": ["loras/in.safetensors:0.5"]})
+    assert job["status"] == "done", job["error"]
+    record = json.loads((workspace / job["result"]["record"]).read_text())
+    assert [(x["path"], x["scale"]) for x in record["models"]["loras"]] == [(str(inside), 0.5)]
+
+
 # ------------------------------------------------------------------------------------------------- uploads
 
 

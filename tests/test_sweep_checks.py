@@ -242,3 +242,26 @@ def test_a_metric_device_this_machine_lacks_is_refused_before_the_sweep_runs(cli
     r = cli("sweep", "-i", REF, "--alphas", "0.3", "-p", "a", *TINY, "--profile", "rtx4090", "-o", out)
     assert r.code == 2 and "device 'cuda' requested but CUDA is not available" in r.err  # the models' device too
     assert len(r.err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("dry", [True, False], ids=["dry-run", "run"])
+def test_a_listed_run_with_vl_settings_and_no_image_is_refused(cli, zoo, tmp_path, dry):
+    """Before: a spec's `[[runs]]` entry could set `vl.*` with no reference image and was accepted; the settings
+    could not act (nothing to blend), yet the record listed them as the run's."""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'prompts = ["a boat"]\n\n[[runs]]\nprompt = "a house"\nlabel = "plain"\n\n'
+        '[[runs]]\nprompt = "a house"\nlabel = "warm"\nsettings = {"vl.alpha" = 0.3, "generation.steps" = 2}\n'
+    )
+    out = tmp_path / "out"
+    r = cli("sweep", "--spec", spec, *TINY, *(["--dry-run"] if dry else ["-o", out]))
+    assert r.code == 2, (r.code, r.err)
+    assert len(r.err.strip().splitlines()) == 1 and "Traceback" not in r.err, r.err
+    assert "run 'warm' sets vl.alpha" in r.err and "reference image" in r.err, r.err
+    assert not out.exists()
+    # with an image (or a steering direction) the same settings act, and are accepted
+    spec.write_text(
+        f'prompts = ["a boat"]\n\n[[runs]]\nprompt = "a house"\nimage = "{REF}"\nlabel = "warm"\n'
+        'settings = {"vl.alpha" = 0.3}\n'
+    )
+    assert cli("sweep", "--spec", spec, *TINY, "--dry-run").code == 0

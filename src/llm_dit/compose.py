@@ -31,6 +31,7 @@ clamped at 0 (the rows collapse to the mean in that dimension).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,6 +333,34 @@ def load_styles(items: Sequence[str | Path]) -> tuple[list[tuple[Style, float]],
     for path, _ in styles:
         loaded.setdefault(path, load_style(path))
     return [(loaded[p], scale) for p, scale in styles], [p for p, _ in styles]
+
+
+def style_texts(named: Sequence[tuple[Style, float, str]], prompt: str) -> tuple[list[dict[str, Any]], str | None]:
+    """Whether each style file `(style, scale, label)` was extracted with `prompt` as its VL text, as generation
+    extracts a reference (the prompt after the image): only then can it equal conditioning on its image bit for
+    bit. Per file `{"text", "text_matches_prompt"}`: the text its sources were extracted with (one text, or the list
+    when they differ) and `True`/`False`, or `None` when it cannot matter (token mode `image_only`: the image rows
+    precede the text in causal attention) or is unknown (a source without a recorded `text`, from an older
+    llm-dit). Returns those and a note naming every file made with another text (None when none is), which is also
+    issued as a warning."""
+    fields, notes = [], []
+    for style, _, label in named:
+        texts = [src.get("text", ...) for src in style.sources]
+        known = bool(texts) and ... not in texts
+        shown = (texts[0] if len(set(texts)) == 1 else texts) if known else None
+        matches = None if not known or style.settings.get("token_mode") == "image_only" else set(texts) == {prompt}
+        fields.append({"text": shown, "text_matches_prompt": matches})
+        if matches is False:
+            said = " and ".join("no text" if t is None else repr(t) for t in dict.fromkeys(texts))
+            notes.append(
+                f"style file {label} was extracted with the text {said}, not this prompt {prompt!r}: its rows are "
+                "not this prompt's, so it does not equal conditioning on its image (extract it with the prompt as "
+                "its text, style extract --text, for that)"
+            )
+    note = "; ".join(notes) or None
+    if note:
+        warnings.warn(note, stacklevel=3)
+    return fields, note
 
 
 def linearity(base: Tensor, combined: Tensor, singles: Sequence[Tensor], weights: Sequence[float]) -> dict | None:

@@ -52,6 +52,7 @@ from .errors import UserError
 from .experiment import checked_plan, run_experiment
 from .files import load_image, write_json
 from .generate import Generator
+from .models import parse_lora
 from .options import OPTIONS, Option, choices
 from .sweep import PRESETS, SweepSpec, resolve_spec
 from .sweepdir import SweepDir
@@ -95,6 +96,9 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- request models
+
+LORAS = "generation.loras"
+"""The setting whose items `FILE[:SCALE]` name files: each FILE is a workspace path (`Studio.loras`)."""
 
 
 def setting_options() -> list[Option]:
@@ -287,15 +291,33 @@ class Studio:
         return path.relative_to(self.root).as_posix()
 
     def settings_for(self, settings: BaseModel, axes: dict[str, list[Any]] | None = None) -> dict[str, Any]:
-        """`{config key: value}` a request set, with the values of path settings (statistics, adapter files), and
-        of their sweep axes in `axes` (changed in place), checked to be workspace files."""
+        """`{config key: value}` a request set, with the values of path settings (statistics, adapter files, the
+        files of LoRA items), and of their sweep axes in `axes` (changed in place), checked to be workspace files."""
         given = given_settings(settings)
         for o in setting_options():
             if o.kind is Path and given.get(o.key):
                 given[o.key] = str(self.existing(given[o.key], f"'{o.key}'"))
             if o.kind is Path and axes and o.key in axes:
                 axes[o.key] = [v and str(self.existing(str(v), f"'axes.{o.key}'")) for v in axes[o.key]]
+        if given.get(LORAS):
+            given[LORAS] = self.loras(given[LORAS], f"'{LORAS}'")
+        if axes and LORAS in axes:
+            axes[LORAS] = [self.loras(v, f"'axes.{LORAS}'") for v in axes[LORAS]]
         return given
+
+    def loras(self, items: Any, label: str) -> Any:
+        """LoRA items `FILE[:SCALE]` (`models.parse_lora`) with each FILE a workspace file (`existing`: relative
+        to the workspace, never outside it), given as its absolute path with the item's scale; a value that is not
+        a list of items is left to the config's validation."""
+        if not isinstance(items, list):
+            return items
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                path, _ = parse_lora(item)
+                item = str(self.existing(path, label)) + item[len(path) :]
+            out.append(item)
+        return out
 
     def config_for(self, settings: BaseModel) -> Config:
         """The studio's config with a request's settings as one precedence level (validated by the config)."""

@@ -484,16 +484,25 @@ def refuse_image_free(plan: Plan) -> None:
 
 
 def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
-    """Refuse, before any work, runs that could not do what they say (`UserError`, one line): a VL layer beyond
-    the Qwen3-VL model's depth, a DiT block beyond the transformer's, a `style_delta` run without a neutral image,
-    a neutral image given to a run that does not use style_delta or to no run at all. Depths are read from the
-    models' config files (no weights load)."""
+    """Refuse, before any work, runs that could not do what they say (`UserError`, one line): a run that sets
+    conditioning settings (`vl.*`) with nothing they act on (no reference image, steering direction or style file:
+    a listed run of `runs`, which `resolve_spec` does not see), a VL layer beyond the Qwen3-VL model's depth, a DiT
+    block beyond the transformer's, a `style_delta` run without a neutral image, a neutral image given to a run
+    that does not use style_delta or to no run at all. Depths are read from the models' config files (no weights
+    load)."""
     vl_depth = functools.cache(lambda: int(check_vl(base.models.vl)["text_config"]["num_hidden_layers"]))
     dit_blocks = functools.cache(
         lambda: int(read_model_json(base.models.zimage, "transformer/config.json", "a Z-Image folder")["n_layers"])
     )
     beyond: dict[str, set[int]] = {}
     for run in plan.runs:
+        unconditioned = run["image"] is None and not run["steer"] and not run.get("style")
+        if run["kind"] == "variant" and unconditioned and (keys := sorted(filter(is_conditioning, run["settings"]))):
+            raise UserError(
+                f"sweep run '{run['label']}' sets {', '.join(keys)}, and has no reference image: conditioning "
+                "settings act only on a reference image (or a steering direction or style files); give the run "
+                "an 'image' or leave them out"
+            )
         if run["kind"] != "variant" or (run["image"] is None and not run["steer"]):
             continue
         v = plan.config(run).vl
