@@ -18,7 +18,7 @@ from PIL import Image
 
 from .blend import CAPTION_LIMIT, check_alpha, check_options, mode_options, replace_rows
 from .components import Components, caption_width
-from .compose import KINDS, combine_styles, extract_style
+from .compose import KINDS, combine_styles, extract_style, style_texts
 from .condition import (
     CaptionRows,
     Conditioning,
@@ -39,7 +39,7 @@ from .condition import (
 from .config import Config, EncoderConfig, VLConfig
 from .errors import UserError
 from .files import sha256_file
-from .imagedep import PROBE_SEED, describe_probe, image_free_by_construction, measure, not_checked, probe_image
+from .imagedep import PROBE_SEED, describe_probe, measure, not_checked, probe_image, source_image_free
 from .models import model_identity
 from .numerics import check_rows, require_finite
 from .render import denoising_steps
@@ -53,7 +53,8 @@ Stats = dict[int, ReferenceStats] | ReferenceStats
 
 def refuse(config: Config, source: Source, alphas: list[float], negative: Reference | None = None) -> None:
     """Settings and inputs that cannot act as they say, refused before any model loads: a schedule with DiT
-    injection, settings whose caption rows cannot depend on a reference image (`imagedep`), unknown blend options,
+    injection, settings whose caption rows cannot depend on the image (`imagedep.source_image_free`: a reference,
+    given VL rows as their file says they were extracted, style files), unknown blend options,
     alphas outside the blend's range, and a negative reference without CFG."""
     v = config.vl
     if negative is not None:
@@ -71,7 +72,7 @@ def refuse(config: Config, source: Source, alphas: list[float], negative: Refere
         check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
     if v.inject_layers and parse_schedule(v.alpha_schedule).kind != "constant":
         raise UserError("an alpha schedule and DiT block injection cannot be combined; choose one")
-    if isinstance(source, Reference) and (reason := image_free_by_construction(v)):
+    if reason := source_image_free(v, source):
         raise UserError(reason)
     if isinstance(source, Reference):
         _ = source.weighting  # weights that do not fit the images are refused here, before any model loads
@@ -192,7 +193,7 @@ def build_conditioning(
             combine = steer_conditioning(t, direction, text.sinks, v.sink_rows)
             return Conditioning(t, source.kind, combine, {"sinks": dict(text.sinks_record)})
         case Styled():
-            return style_conditioning(config, text, source)
+            return style_conditioning(config, text, source, prompt)
     return blend_vl(components, config, prompt, text, source)
 
 
@@ -276,9 +277,11 @@ STYLE_SETTINGS = ("layers", "token_mode", "normalize", "model", "width", "adapte
 def style_settings(config: Config) -> dict[str, Any]:
     """The settings a style made with `config` carries and is checked against when combined or applied: the VL
     layers and weights, token mode, normalisation, the VL model's fingerprint, the width of its rows (the DiT
-    caption width, read from `models.zimage`'s config) and the adapter file's SHA-256 (None: no adapter)."""
+    caption width, read from `models.zimage`'s config) and the adapter file's SHA-256 (None: no adapter). With
+    per-dim or hybrid normalisation also `clip_sigma` (and `hybrid_weight` for hybrid): recorded for
+    `imagedep.style_made_with`, not compared when applied."""
     v = config.vl
-    return {
+    settings = {
         "layers": {str(layer): w for layer, w in layer_weights(v).items()},
         "token_mode": v.token_mode,
         "normalize": v.normalize,
@@ -286,6 +289,11 @@ def style_settings(config: Config) -> dict[str, Any]:
         "width": caption_width(config.models.zimage),
         "adapter": sha256_file(v.adapter) if v.adapter else None,
     }
+    if v.normalize in ("per_dim", "hybrid"):
+        settings["clip_sigma"] = v.clip_sigma
+    if v.normalize == "hybrid":
+        settings["hybrid_weight"] = v.hybrid_weight
+    return settings
 
 
 def check_styles(config: Config, source: Styled) -> None:
@@ -307,14 +315,16 @@ def check_styles(config: Config, source: Styled) -> None:
                 )
 
 
-def style_conditioning(config: Config, text: TextSide, source: Styled) -> Conditioning:
-    """T blended by `vl.blend` with the combination of the style files at their scales (`check_styles` first)."""
+def style_conditioning(config: Config, text: TextSide, source: Styled, prompt: str = "") -> Conditioning:
+    """T blended by `vl.blend` with the combination of the style files at their scales (`check_styles` first); the
+    record notes a file extracted with another text than `prompt` (`compose.style_texts`)."""
     t, v = text.encoded.embeddings, config.vl
     options = blend_options(v)
     style = combine_styles(list(source.styles))
+    texts, note = style_texts(source.named(), prompt)
     files = [
-        {"file": label, "scale": scale, "mode": s.mode, "settings": s.settings, "sources": list(s.sources)}
-        for s, scale, label in source.named()
+        {"file": label, "scale": scale, "mode": s.mode, "settings": s.settings, "sources": list(s.sources)} | t
+        for (s, scale, label), t in zip(source.named(), texts, strict=True)
     ]
     record = {
         "blend": v.blend,
@@ -322,7 +332,7 @@ def style_conditioning(config: Config, text: TextSide, source: Styled) -> Condit
         "sinks": dict(text.sinks_record),
         "styles": files,
         "resample": options.get("resample"),
-    }
+    } | ({"note": note} if note else {})
     return Conditioning(t, source.kind, blend_conditioning(t, style, v.blend, options, text.sinks, v.sink_rows), record)
 
 
@@ -336,9 +346,15 @@ def image_dependence(
     alphas: list[float],
 ) -> dict[str, Any]:
     """The `image_dependence` record (`llm_dit.imagedep`): `cond` assembled once more with the probe image in place
-    of the reference (same size, so the same token counts), compared at every alpha used. With several references
-    the probe replaces every one of them (each by the noise image of its own size, weights kept): the check asks
-    whether the caption rows depend on the reference images at all."""
+    of the reference (same size, so the same token counts), compared at every alpha used after the DiT's caption
+    norm (`Components.caption_norm`). With several references the probe replaces every one of them (each by the
+    noise image of its own size, weights kept): the check asks whether the caption rows depend on the reference
+    images at all."""
+    if isinstance(source, VLRows | Styled):
+        given = "style files" if isinstance(source, Styled) else "given VL rows"
+        if isinstance(source, VLRows) and source.extraction is None:
+            return not_checked(f"{given} of unknown extraction settings: no image to replace by the probe")
+        return not_checked(f"{given}: no image to replace by the probe (as extracted, not image-free by construction)")
     if not isinstance(source, Reference):
         return not_checked("not conditioned on a reference image")
     if not config.vl.image_check:
@@ -353,4 +369,4 @@ def image_dependence(
     described = describe_probe(images[0].size, seed)
     if len(images) > 1:
         described += f", in place of each of the {len(images)} references (at its own size)"
-    return measure(cond.at, probe.at, cond.text, alphas, described)
+    return measure(cond.at, probe.at, cond.text, alphas, described, components.caption_norm)

@@ -19,12 +19,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from .adapter import Adapter, check_use
 from .cache import TensorCache
 from .config import PLACEMENT_KEYS, Config, VLConfig
 from .errors import UserError
 from .files import sha256_file
-from .models import check_lora, check_offload, load_pipeline, parse_lora, read_model_json, release_memory
+from .imagedep import NORM_KEY, CaptionNorm
+from .models import (
+    check_lora,
+    check_offload,
+    load_pipeline,
+    local_folder,
+    parse_lora,
+    read_model_json,
+    release_memory,
+)
 from .stats import ReferenceStats
 from .text import TextEncoder
 from .vl import VLEmbeddingExtractor
@@ -56,6 +67,56 @@ def component_settings(config: Config) -> dict[str, Any]:
 def caption_width(zimage: str) -> int:
     """The caption width (`cap_feat_dim`) of the Z-Image DiT at `zimage`, read from its config without loading it."""
     return read_model_json(zimage, "transformer/config.json", "a Z-Image folder")["cap_feat_dim"]
+
+
+def caption_norm(zimage: str, transformer: str | None = None) -> CaptionNorm:
+    """The DiT's caption RMSNorm (`imagedep.CaptionNorm`) without loading the DiT: `eps` = `norm_eps` of
+    `zimage`'s `transformer/config.json` (diffusers' default 1e-5 when absent), the scale `g` = the one vector
+    `imagedep.NORM_KEY` read from the checkpoint: the safetensors files of `zimage`'s `transformer/` (headers
+    searched, one tensor read), or the single-file DiT `transformer` (.safetensors, or .gguf dequantised by
+    gguf-py; ComfyUI's `model.diffusion_model.` prefix accepted, as diffusers' converter strips it). When the
+    vector cannot be found or read the norm falls back to unit scale, and its `source` says so (it goes into the
+    record)."""
+    config = read_model_json(zimage, "transformer/config.json", "a Z-Image folder")
+    eps = float(config.get("norm_eps", 1e-5))
+    where = transformer or f"{zimage} transformer/"
+    try:
+        weight = _norm_vector(zimage, transformer)
+    except Exception as e:  # any unreadable checkpoint: the fallback, recorded
+        return CaptionNorm(None, eps, f"unit scale (fallback: cannot read {NORM_KEY} from {where}: {e})")
+    if weight is None:
+        return CaptionNorm(None, eps, f"unit scale (fallback: {where} has no {NORM_KEY})")
+    return CaptionNorm(weight.float().flatten().contiguous(), eps, f"{NORM_KEY} of {where}")
+
+
+def _norm_vector(zimage: str, transformer: str | None) -> torch.Tensor | None:
+    """`imagedep.NORM_KEY` of the DiT checkpoint (see `caption_norm`), or None when no file holds it."""
+    from safetensors import safe_open
+
+    def named(key: str) -> bool:
+        return key.removeprefix("model.diffusion_model.") == NORM_KEY
+
+    if transformer:
+        file = Path(transformer).expanduser()
+        if file.suffix == ".gguf":
+            import gguf
+            import numpy as np
+
+            for t in gguf.GGUFReader(str(file)).tensors:
+                if named(t.name):
+                    data = np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+                    return torch.from_numpy(data)
+            return None
+        files = [file]
+    else:
+        folder = local_folder(zimage) / "transformer"
+        files = sorted(folder.glob("*.safetensors"))
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if named(key):
+                    return f.get_tensor(key)
+    return None
 
 
 def check_adapter_width(path: str, adapter: Adapter, width: int) -> None:
@@ -155,6 +216,11 @@ class Components:
     def caption_width(self) -> int:
         """The DiT's caption width (`cap_feat_dim`), read from its config without loading it."""
         return caption_width(self.settings["models.zimage"])
+
+    @cached_property
+    def caption_norm(self) -> CaptionNorm:
+        """The DiT's caption RMSNorm (`caption_norm`): one vector read from the checkpoint, once."""
+        return caption_norm(self.settings["models.zimage"], self.settings["models.transformer"])
 
     def loaded(self) -> list[Name]:
         """The components held now."""

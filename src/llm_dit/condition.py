@@ -16,7 +16,7 @@ dropped before the blend (`drop_sinks`, or at extraction).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -68,10 +68,13 @@ class Reference:
 
 @dataclass(frozen=True, eq=False)
 class VLRows:
-    """V given as rows `[n, D]` (e.g. from `llm-dit extract`): no extraction runs. `neutral` as for `Reference`."""
+    """V given as rows `[n, D]` (e.g. from `llm-dit extract`): no extraction runs. `neutral` as for `Reference`.
+    `extraction`: the metadata of the file the rows came from (its `settings`, `layer_weights`), when known: what
+    `imagedep.source_image_free` judges them by."""
 
     rows: torch.Tensor
     neutral: Image.Image | torch.Tensor | None = None
+    extraction: Mapping[str, Any] | None = None
     kind: ClassVar[str] = "vl_embeddings"
 
 
@@ -131,14 +134,16 @@ def source_of(
     direction: torch.Tensor | None = None,
     neutral: Image.Image | torch.Tensor | None = None,
     styles: Styled | None = None,
+    vl_extraction: Mapping[str, Any] | None = None,
 ) -> Source:
     """The one source of inputs that arrive as optional values (command-line files): at most one of them, and
-    `neutral` only with a reference image or VL rows. `reference` may be several images, combined by `weights`."""
+    `neutral` only with a reference image or VL rows. `reference` may be several images, combined by `weights`.
+    `vl_extraction`: the metadata of the file `vl_rows` came from (`VLRows.extraction`)."""
     made = [
         source
         for source in (
             None if reference is None else Reference(reference, neutral, weights),
-            None if vl_rows is None else VLRows(vl_rows, neutral),
+            None if vl_rows is None else VLRows(vl_rows, neutral, vl_extraction),
             None if caption_rows is None else CaptionRows(caption_rows),
             None if direction is None else Steering(direction),
             styles,

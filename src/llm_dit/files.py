@@ -176,7 +176,12 @@ def load_tensors(path: str | Path, label: str = "embeddings file") -> tuple[dict
 def load_embeddings(path: str | Path, label: str = "embeddings file") -> torch.Tensor:
     """The `embeddings` tensor of a file written by `llm-dit extract` or `llm-dit encode` (checked later against
     the DiT's caption width by `numerics.check_rows`)."""
-    tensors, _ = load_tensors(path, label)
+    return load_embeddings_file(path, label)[0]
+
+
+def load_embeddings_file(path: str | Path, label: str = "embeddings file") -> tuple[torch.Tensor, dict]:
+    """`load_embeddings` and the file's metadata (`llm-dit extract`: how the rows were extracted)."""
+    tensors, meta = load_tensors(path, label)
     if "embeddings" not in tensors:
         raise UserError(f"{label} {path} has no 'embeddings' tensor (has: {', '.join(tensors) or 'none'})")
-    return tensors["embeddings"]
+    return tensors["embeddings"], meta

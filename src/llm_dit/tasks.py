@@ -20,8 +20,9 @@ from .condition import Styled, source_of
 from .config import Config
 from .diagnostics import INSPECT_LAYERS, inspect_layers
 from .errors import UserError, check_choice
-from .files import load_embeddings, load_image, read_lines, save_image, save_tensors
+from .files import load_embeddings, load_embeddings_file, load_image, read_lines, save_image, save_tensors
 from .generate import Generator
+from .imagedep import image_free_by_construction
 from .records import (
     direction_metadata,
     encoding_metadata,
@@ -31,9 +32,9 @@ from .records import (
     library_versions,
 )
 from .render import OnStep
-from .stats import ReferenceStats
+from .stats import ReferenceStats, sink_report
 from .steer import DIRECTIONS, load_direction, save_direction
-from .text import STATS_PROMPTS
+from .text import STATS_PROMPTS, render_prompt
 from .vl import pick_reference
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -80,10 +81,12 @@ def generate_file(
         raise UserError("'reference_weights' weigh reference images: give them with 'image'")
     weights = None if reference_weights is None else check_weights(reference_weights, len(images))
     neutral_rows = load_embeddings(neutral_embeddings, "neutral embeddings") if neutral_embeddings else None
+    vl_rows, vl_meta = load_embeddings_file(vl_embeddings, "VL embeddings") if vl_embeddings else (None, None)
     source = source_of(
         reference=[load_image(p, "reference image") for p in images] or None,
         weights=weights,
-        vl_rows=load_embeddings(vl_embeddings, "VL embeddings") if vl_embeddings else None,
+        vl_rows=vl_rows,
+        vl_extraction=vl_meta,
         caption_rows=load_embeddings(embeddings, "embeddings") if embeddings else None,
         direction=load_direction(steer)[0] if steer else None,
         neutral=load_image(neutral_image, "neutral image") if neutral_image else neutral_rows,
@@ -135,6 +138,8 @@ def style_extract_file(
     `vl.adapter`; with `style_delta`, `neutral` (required) is subtracted. Written to `output` (safetensors) with
     the settings it depends on (`assemble.style_settings`), the models and the source hashes."""
     output, v = _style_output(output), config.vl
+    if reason := image_free_by_construction(v):
+        raise UserError(reason)
     if v.blend == "style_delta" and neutral is None:
         raise UserError("vl.blend 'style_delta' needs a neutral image ('neutral'): the style is the delta from it")
     if neutral is not None and v.blend != "style_delta":
@@ -149,7 +154,7 @@ def style_extract_file(
     if adapter is not None and "neutral" in options:
         options["neutral"] = adapted(gen.components, config, [options["neutral"]])[0][0]
     style = extract_style(v.blend, rows, options)
-    sources = [input_files({"image": Path(image)})["image"] | {"weight": 1.0}]
+    sources = [input_files({"image": Path(image)})["image"] | {"weight": 1.0, "text": text}]
     if neutral is not None:
         sources[0]["neutral"] = input_files({"neutral": Path(neutral)})["neutral"]
     style = replace(style, settings=style.settings | style_settings(config), sources=tuple(sources))
@@ -213,17 +218,36 @@ def encode_file(config: Config, prompt: str, output: str | Path) -> dict[str, An
     }
 
 
+def stats_prompts(prompts: str | Path | None) -> tuple[str, ...]:
+    """The built-in statistics prompts, or those of the file `prompts` (one a line; at least one)."""
+    lines = STATS_PROMPTS if prompts is None else tuple(read_lines(prompts, "prompts file"))
+    if not lines:
+        raise UserError(f"prompts file has no prompts: {prompts}")
+    return lines
+
+
 def stats_file(
     config: Config, output: str | Path, layer: int = -2, prompts: str | Path | None = None
 ) -> ReferenceStats:
     """Per-dimension statistics of the text encoder's content rows at `layer` (attention sinks left out, by
     `vl.sink_ratio`) over the built-in prompts or those of the file `prompts` (one a line), saved to `output`."""
-    lines = STATS_PROMPTS if prompts is None else tuple(read_lines(prompts, "prompts file"))
-    if not lines:
-        raise UserError(f"prompts file has no prompts: {prompts}")
+    lines = stats_prompts(prompts)
     result = Generator(config).components.text_encoder.reference_stats([layer], lines, config.vl.sink_ratio)[layer]
     result.save(output)
     return result
+
+
+def sink_report_of(config: Config, layer: int = -2, prompts: str | Path | None = None) -> dict[str, Any]:
+    """`stats.sink_report` of the text encoder's rows at `layer` for the prompts `stats_file` uses (the same
+    rendering, the same rows): whether `vl.sink_ratio` separates this model's attention sinks from its content
+    rows. Adds the `layer`, the `model` and the number of `prompts`."""
+    lines = stats_prompts(prompts)
+    encoder = Generator(config).components.text_encoder
+    tok = encoder.tokenizer
+    ids = [tok(render_prompt(tok, prompt), add_special_tokens=False).input_ids for prompt in lines]
+    rows = [encoder.hidden_rows(i, [layer])[layer] for i in ids]
+    report = sink_report(rows, config.vl.sink_ratio, token=lambda p, position: tok.decode([ids[p][position]]))
+    return {"layer": layer, "model": encoder.identity["id"], "prompts": len(lines)} | report
 
 
 def inspect_image(
