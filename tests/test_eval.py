@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from scipy.stats import t as student_t
 
-from llm_dit.comparison import clustered_ci
+from llm_dit.comparison import clustered_ci, single_level_factor
 from llm_dit.errors import UserError
 from llm_dit.evalmethods import (
     OMNI_REFUSAL,
@@ -38,6 +39,7 @@ TINY = ["--models", "tiny", *SMALL, "--metric-models", "tiny"]
 EXAMPLES = REPO / "examples" / "reference-images"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+PLAIN = {"text": "text", "caption": "caption"}  # the baselines of a method that sets only what it compares
 
 
 # ------------------------------------------------------------------------------------------------------ suites
@@ -124,7 +126,7 @@ def test_methods_text_first_defaults_presets_and_refusals(tmp_path):
     names = [m.name for m in given]
     assert names[:2] == ["text", "caption"] and names.count("text") == 1
     assert "token token_mode=image_only" in names and "img2img strength=0.7" in names
-    assert given[-1] == Method(name="adapter", kind="vl", settings={"vl.adapter": "a.st"})
+    assert given[-1] == Method(name="adapter", kind="vl", settings={"vl.adapter": "a.st"}, baselines=PLAIN)
     assert len(preset_methods("vl_only_vs_qwen3")) == 3
     with pytest.raises(UserError, match="needs a steering direction"):
         preset_methods("steering")
@@ -135,11 +137,12 @@ def test_methods_text_first_defaults_presets_and_refusals(tmp_path):
     with pytest.raises(UserError, match=r"sets generation\.seed"):
         methods_of(["vl:seed=3"])
     assert [m.name for m in methods_of(["vl:alpha=0.3"])][:2] == ["text", "caption"]  # the baselines, always
-    with pytest.raises(UserError, match=r"sets generation\.steps: every method runs at the eval's generation"):
-        methods_of(["vl:steps=4"])  # a method may not differ from its baselines in what it does not compare
+    steps = {m.name: m for m in methods_of(["vl:steps=4"])}  # its own text and caption at 4 steps (matched)
+    assert steps["vl steps=4"].baselines == {"text": "text steps=4", "caption": "caption steps=4"}
+    assert steps["text steps=4"].settings == steps["caption steps=4"].settings == {"generation.steps": 4}
     spec = tmp_path / "eval.toml"
     spec.write_text('[[method]]\nname = "strong"\nkind = "vl"\nsettings = {"vl.alpha" = 0.8}\n')
-    assert methods_of(spec=spec)[2] == Method(name="strong", kind="vl", settings={"vl.alpha": 0.8})
+    assert methods_of(spec=spec)[2] == Method(name="strong", kind="vl", settings={"vl.alpha": 0.8}, baselines=PLAIN)
     spec.write_text('[[method]]\nname = "x"\nkind = "vl"\ncolour = 1\n')
     with pytest.raises(UserError, match=r"eval spec .*colour"):
         methods_of(spec=spec)
@@ -237,7 +240,7 @@ def test_quick_eval_runs_every_method_on_every_cell(quick_eval):
         assert r["prompt"] == expected
         assert ("dino_kept" in r["metrics"]) == (r["method"] != "text")  # content kept: against text's image
         assert {"clip_t", "csd", "clip_i", "dino_leak"} <= set(r["metrics"])
-    assert data["primary"] == {"style": "csd", "adherence": "clip_t"}
+    assert data["primary"] == {"style": "csd", "adherence": "clip_t", "leak": "dino_leak", "style_fallback": None}
     assert data["models"]["vl"].endswith("qwen3-vl") and data["metrics"]["models"]["csd"]["source"]
     assert set(data["verdicts"]) == {"img2img strength=0.5", "vl"}
     assert set(data["timings"]) == {"captions", "sweep", "release", "scoring", "statistics", "report"}
@@ -269,8 +272,24 @@ def test_statistics_pair_cells_and_the_verdict_follows_the_caption_differences(q
     assert (vs["low"], vs["high"], vs["clusters"]) == (pytest.approx(low), pytest.approx(high), g) and g == 2
     assert "cluster-robust" in data["settings"]["ci"]
     adherence = data["stats"]["vl"]["vs_caption"]["clip_t"]
-    better = vs["low"] > 0 and adherence["low"] >= -data["settings"]["tolerance"]
-    assert data["verdicts"]["vl"]["better"] == better
+    # the verdict, recomputed: one-sided clustered t p-values, Holm over the family, by hand
+    family = data["settings"]["family"]
+    assert family == ["img2img strength=0.5", "vl"]
+
+    def p_of(metric: str) -> dict[str, float]:
+        es = {m: data["stats"][m]["vs_caption"][metric] for m in family}
+        return {m: float(student_t.sf(e["mean"] / e["se"], e["clusters"] - 1)) for m, e in es.items()}
+
+    def holm_of(metric: str) -> dict[str, float]:
+        (first, p1), (second, p2) = sorted(p_of(metric).items(), key=lambda kv: kv[1])
+        return {first: min(1.0, 2 * p1), second: max(min(1.0, 2 * p1), p2)}
+
+    style, leak = holm_of("csd"), p_of("dino_leak")  # the leak test guards the claim: not adjusted
+    assert data["verdicts"]["vl"]["style_p_holm"] == pytest.approx(style["vl"])
+    assert data["verdicts"]["vl"]["leak_p"] == pytest.approx(leak["vl"])
+    tol = data["settings"]["tolerance"]
+    better = style["vl"] <= 0.025 and adherence["low"] >= -tol and leak["vl"] > 0.025
+    assert data["verdicts"]["vl"]["better"] == better and data["settings"]["alpha"] == 0.025
     assert "vs_text" not in data["stats"]["text"] and "vs_caption" not in data["stats"]["caption"]
     ranked = [r for r in data["leaderboard"] if "rank" in r]
     assert all(r["style_gain"]["low"] > 0 for r in ranked) and "text" not in {r["method"] for r in data["leaderboard"]}
@@ -291,7 +310,8 @@ def test_a_finished_eval_is_refused_without_resume_and_resumes_without_work(cli,
 
 def test_a_schema_1_eval_json_is_refused_and_resume_recomputes_it(cli, quick_eval, tmp_path):
     """A schema-1 eval.json (bootstrap intervals) is refused by `report` in one line that says what to do; doing
-    it (the same eval with --resume) reruns nothing and writes a schema-2 file."""
+    it (the same eval with --resume) reruns nothing and writes a current file. A schema-2 file (verdicts without
+    family-wise correction) is refused the same way."""
     import shutil
 
     old = tmp_path / "old"
@@ -306,6 +326,10 @@ def test_a_schema_1_eval_json_is_refused_and_resume_recomputes_it(cli, quick_eva
     assert r.code == 0, r.err
     again = load_eval(old).data
     assert again["sweep"]["ran_now"] == 0 and "cluster-robust" in again["settings"]["ci"]
+    data["schema"] = "llm-dit eval 2"
+    (old / EVAL).write_text(json.dumps(data))
+    r = cli("report", old)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "family-wise" in r.err and "--resume" in r.err
 
 
 def test_a_dry_run_checks_everything_writes_nothing_and_plans_what_the_eval_runs(cli, quick_eval, tmp_path):
@@ -388,9 +412,11 @@ def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
     assert steer["status"] == "ok" and "dino_kept" not in steer["metrics"] and "ssim_to_baseline" in steer["metrics"]
     record = next(r for r in SweepDir(tmp_path / "e" / RUNS).runs() if r["label"] == "steer")
     assert record["steer"] == str(direction) and record["image"] is None
-    assert data["primary"] == {"style": "color_hist_similarity", "adherence": None}
-    assert data["verdicts"]["steer"]["reason"] == "undecided: no paired prompt-adherence metric against caption"
-    assert data["leaderboard"][0]["status"] == "unmeasured: no paired prompt-adherence metric"
+    assert data["primary"]["style"] == "color_hist_similarity" and data["primary"]["adherence"] is None
+    assert data["primary"]["style_fallback"].startswith("color_hist_similarity is a fallback style metric (colour")
+    # one reference: means, no verdict and no rank (comparison.single_level_factor)
+    assert data["verdicts"]["steer"]["reason"] == f"no verdict: {single_level_factor(1, 2)}"
+    assert data["leaderboard"][0]["status"] == "not ranked: the suite has 1 reference"
 
 
 def test_eval_with_failed_runs_writes_its_results_and_exits_3(cli, zoo, tmp_path, monkeypatch):

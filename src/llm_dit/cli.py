@@ -227,15 +227,33 @@ STATS_SINK_LINES = 12
 @takes(*TEXT_MODEL)
 def stats(
     given: Given,
-    output: Output,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="safetensors file to write.")] = None,
     layer: Annotated[int, typer.Option("--layer", help="Hidden layer.")] = -2,
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Text file, one prompt a line.")] = None,
+    sink_report: Annotated[
+        bool,
+        typer.Option(
+            "--sink-report",
+            help="Print how the rows' max |x| over the median row's is distributed and whether vl.sink_ratio "
+            "separates the attention sinks from the content rows (-o optional).",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the sink report as JSON.")] = False,
 ) -> None:
     """Per-dimension reference statistics of the text encoder at one layer (default: built-in prompt set)."""
-    from .stats import sink_lines
-    from .tasks import stats_file
+    from .stats import sink_lines, sink_report_lines
+    from .tasks import sink_report_of, stats_file
 
+    if output is None and not sink_report:
+        raise UserError("give the statistics file to write with --output/-o, or --sink-report to print the report")
+    if as_json and not sink_report:
+        raise UserError("--json prints the sink report: give --sink-report too")
     cfg = given.config()
+    if sink_report:
+        report = sink_report_of(cfg, layer, prompts)
+        print(json.dumps(report, indent=2) if as_json else "\n".join(sink_report_lines(report)))
+        if output is None:
+            return
     result = stats_file(cfg, output, layer, prompts)
     sinks = json.loads(result.metadata["sinks"])
     say = f"layer {layer}: {len(sinks)} attention-sink row(s) of {result.token_count + len(sinks)} left out"
@@ -444,6 +462,7 @@ def eval_command(
         steer=e["steer"],
         spec=e["eval_spec"],
         omni=e["omni"],
+        base=given.config("models", "generation"),
     )
     if dry_run:
         plan = plan_eval(given.config("models", "generation"), suite, methods, tolerance=e["tolerance"],
@@ -458,6 +477,10 @@ def eval_command(
                 f"extractions + {plan['probe_extractions']} image-check probe extractions, {plan['unique_encodes']} "
                 "unique text encodes"
             )
+            for name, pair in plan["baselines"].items():
+                print(f"matched baselines: {name} against {' and '.join(pair.values())}")
+        if plan["no_verdicts"]:
+            console.print(f"note: no verdicts: {plan['no_verdicts']}", highlight=False, soft_wrap=True)
         return
     result = run_eval(
         given.config("models", "generation"),
@@ -473,10 +496,13 @@ def eval_command(
     )
     data = result.data
     sweep = data["sweep"]
+    better = ", ".join(k for k, v in data["verdicts"].items() if v["better"]) or "none"
     console.print(
         f"{sweep['completed']}/{sweep['runs']} runs done ({sweep['failed']} failed) over {data['suite']['cells']} "
         f"cells x {len(data['methods'])} methods; better than caption: "
-        f"{', '.join(k for k, v in data['verdicts'].items() if v['better']) or 'none'}"
+        + (f"no verdicts ({data['settings']['no_verdicts']})" if data["settings"]["no_verdicts"] else better),
+        highlight=False,
+        soft_wrap=True,
     )
     if as_json:
         paths = {"eval": str(result.eval_json), "leaderboard": str(result.leaderboard), "report": str(result.report)}

@@ -11,6 +11,12 @@ A method is a name, a kind and its settings (one value per key). Kinds:
 | `steer` | the prompt with a steering direction (`steer` = the direction file) | `vl.*`, `generation.*` |
 | `omni` | Z-Image Omni (diffusers `ZImageOmniPipeline`) with the reference | refused (see `omni_weights`) |
 
+A method differs from its `text` and `caption` baselines only in what it compares (`compared`: its conditioning,
+`sweep.is_conditioning`, and an img2img method's strength). Any other setting (`encoder.think_block`,
+`generation.steps`, ...) gives it its own matched baselines: `text` and `caption` methods with the same
+other settings (`methods_of` adds them, named like `text think_block=True`; `Method.baselines` names them), so what
+the setting does to every method is not credited to the image.
+
 Written on the command line as `KIND[:KEY=V1,V2[:KEY=V1,V2...]]`, e.g. `vl:alpha=0.3,0.5:blend=adain` (values of
 a key are crossed into one method each, named by its label, e.g. `vl alpha=0.3 blend=adain`; a short key is a
 `vl.*` field, else a `generation.*` one; values whose text holds `,` or `:`, such as `vl.layers`, go in an eval
@@ -34,6 +40,8 @@ from .suite import Cell
 from .sweep import ListedRun, is_conditioning, preset_spec, run_config
 
 KINDS = ("text", "caption", "img2img", "vl", "steer", "omni")
+BASELINES = ("text", "caption")
+"""The kinds every other method is paired with (each method with the pair of its `shared_settings`)."""
 DEFAULT_METHODS = ("text", "caption", "img2img:strength=0.5", "vl")
 """What an eval compares when no method is given: the prompt alone, the caption, image-to-image at strength 0.5
 (it skips half the steps at any step count), and VL conditioning with the profile's settings."""
@@ -52,6 +60,19 @@ class Method(BaseModel):
     kind: str
     settings: dict[str, Any] = {}
     steer: str | None = None
+    baselines: dict[str, str] = {}
+    """The methods it is paired with, `{"text": NAME, "caption": NAME}` (`methods_of` sets them; empty: the plain
+    `text` and `caption`)."""
+
+    def baseline(self, kind: str) -> str:
+        """The name of this method's `text` or `caption` baseline (`kind`)."""
+        return self.baselines.get(kind, kind)
+
+    def pairs(self) -> dict[str, str]:
+        """`{baseline kind: its name}` of the baselines this method is compared with: `text` and `caption`; a
+        `caption` method only `text`, a `text` method none."""
+        kinds = BASELINES[: BASELINES.index(self.kind)] if self.kind in BASELINES else BASELINES
+        return {kind: self.baseline(kind) for kind in kinds}
 
 
 class EvalSpec(BaseModel):
@@ -75,6 +96,24 @@ def setting_key(key: str) -> str:
         if key in Config.model_fields[section].annotation.model_fields:  # type: ignore[union-attr]
             return f"{section}.{key}"
     raise UserError(f"method setting '{key}' is no vl.* or generation.* setting")
+
+
+def compared(kind: str, key: str) -> bool:
+    """Whether setting `key` of a `kind` method is part of what the eval compares, so its `text` and `caption`
+    baselines do not share it: a conditioning setting (`sweep.is_conditioning`, the sweep's rule for what a run's
+    baseline drops) or an img2img method's `generation.strength` (it acts only with the init image)."""
+    return is_conditioning(key) or (kind == "img2img" and key == "generation.strength")
+
+
+def shared_settings(method: Method, base: Config | None = None) -> dict[str, Any]:
+    """The settings of `method` its baselines must share (every one not `compared`), less those equal to the
+    eval's config `base` (resolved by `sweep.run_config`): already what the plain `text` and `caption` run at."""
+    shared = {k: v for k, v in method.settings.items() if not compared(method.kind, k)}
+    if base is None or not shared:
+        return shared
+    flat = base.flat()
+    return {k: v for k, v in shared.items() if run_config(base, {"id": method.name, "settings": {k: v}}).flat()
+            .get(k, v) != flat.get(k)}  # fmt: skip
 
 
 def setting_value(text: str) -> Any:
@@ -161,13 +200,20 @@ def methods_of(
     steer: str | None = None,
     spec: str | Path | None = None,
     omni: str | Path | None = None,
+    base: Config | None = None,
 ) -> list[Method]:
-    """The methods of an eval: `text` and `caption` first (always: the baselines every verdict needs), then those
-    of the spec file, `items` (`parse_method`), the
+    """The methods of an eval: `text` and `caption` first (always: the baselines every verdict needs), then the
+    matched baselines, then those of the spec file, `items` (`parse_method`), the
     presets, image-to-image at each strength, the trained `adapter` (a `vl` method), the steering direction `steer`;
     `DEFAULT_METHODS` when none is given. Names must be unique; `omni` is refused unless `omni` is an Omni
-    folder (and then refused as not run yet: no Omni method may claim a result it did not produce)."""
+    folder (and then refused as not run yet: no Omni method may claim a result it did not produce).
+
+    Matched baselines: a method with settings other than what it compares (`shared_settings`, against the eval's
+    config `base` when given) is paired with a `text` and a `caption` method of those settings (a given one, else
+    added, named `label(kind, settings)`); `Method.baselines` names each method's pair."""
     methods = list(EvalSpec.from_toml(spec).method) if spec is not None else []
+    if given := [m.name for m in methods if m.baselines]:
+        raise UserError(f"method {given[0]!r} sets 'baselines': the eval pairs each method with its matched baselines")
     for item in items:
         methods += parse_method(item)
     for name in presets:
@@ -183,11 +229,6 @@ def methods_of(
     if any(m.kind == "omni" for m in methods) or omni is not None:
         omni_weights(omni)
         raise UserError("the omni method is not implemented yet (the Z-Image Omni weights in 'omni' were found)")
-    methods = [m for m in methods if m.settings or m.kind not in ("text", "caption")]
-    methods = [Method(name="text", kind="text"), Method(name="caption", kind="caption"), *methods]
-    names = [m.name for m in methods]
-    if dupes := sorted({n for n in names if names.count(n) > 1}):
-        raise UserError(f"two methods named {', '.join(map(repr, dupes))}: give each a different name or settings")
     for m in methods:
         check_choice(m.kind, KINDS, "method kind")
         if m.kind == "steer" and not m.steer:
@@ -198,15 +239,43 @@ def methods_of(
             )
         if m.kind == "img2img" and "generation.strength" not in m.settings:
             raise UserError(f"method '{m.name}' (img2img) needs a strength: img2img:strength=0.5")
-        if other := [k for k in m.settings if k.startswith("generation.") and k != "generation.strength"]:
-            raise UserError(
-                f"method '{m.name}' sets {', '.join(other)}: every method runs at the eval's generation settings "
-                "(set them for the whole eval, e.g. --steps), so it differs from text and caption only in what it "
-                "compares"
-            )
+        if m.kind != "img2img" and "generation.strength" in m.settings:
+            raise UserError(f"method '{m.name}' sets generation.strength: it acts only in img2img methods")
         if "generation.seed" in m.settings:
             raise UserError(f"method '{m.name}' sets generation.seed: the suite's seeds are every method's seeds")
-    return methods
+    return matched(methods, base)
+
+
+def matched(methods: Sequence[Method], base: Config | None = None) -> list[Method]:
+    """`text`, `caption`, then per group of `shared_settings` other than none (in first-seen order) its `text`
+    and `caption` (the first given one, else a new one), then the other methods; each with its `baselines` (a
+    `caption` method: its `text`; a `text` method: none). A given `text` or `caption` without settings is the
+    plain one (dropped: it is always there)."""
+    groups: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        if shared := shared_settings(m, base):
+            groups.setdefault(json.dumps(shared, sort_keys=True, default=str), shared)
+    baselines: dict[tuple[str, str], Method] = {(kind, "{}"): Method(name=kind, kind=kind) for kind in BASELINES}
+    for key, shared in groups.items():
+        for kind in BASELINES:
+            given = next((m for m in methods if m.kind == kind and _group(m, base) == key), None)
+            baselines[(kind, key)] = given or Method(name=label(kind, shared), kind=kind, settings=shared)
+
+    def paired(m: Method) -> Method:
+        key = _group(m, base)
+        return m.model_copy(update={"baselines": {kind: baselines[(kind, key)].name for kind in m.pairs()}})
+
+    chosen = {id(m) for m in baselines.values()}
+    out = [paired(m) for m in baselines.values()]
+    out += [paired(m) for m in methods if id(m) not in chosen and (m.settings or m.kind not in BASELINES)]
+    names = [m.name for m in out]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise UserError(f"two methods named {', '.join(map(repr, dupes))}: give each a different name or settings")
+    return out
+
+
+def _group(method: Method, base: Config | None) -> str:
+    return json.dumps(shared_settings(method, base), sort_keys=True, default=str)
 
 
 def method_run(method: Method, cell: Cell, caption: str | None = None) -> ListedRun:

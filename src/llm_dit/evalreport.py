@@ -4,7 +4,10 @@
   adherence (CLIP-T): one point per method with its 95% CI in both axes, the Pareto front joined, every point named;
 * metric-against-alpha curves for the VL methods that differ only in `vl.alpha`, each metric with its CI band;
 * per-cell image strips (reference | text | caption | methods...);
-* the leaderboard, the verdicts against caption with the tolerance, the model ids and library versions.
+* the leaderboard, the verdicts against caption with the tolerance, the model ids and library versions;
+* above them, the notes every output of an eval states (`notes`, which leaderboard.md states too): a fallback
+  style metric, a suite that gets no verdicts, methods with image-free runs (badged in the strips as in a sweep's
+  grid), matched baselines.
 
 The figures are drawn from pure functions of `eval.json` (`pareto_points`, `alpha_curves`) with matplotlib's Agg
 canvas (`matplotlib.figure.Figure`, no pyplot: no global backend state) as PNG. The page is the jinja2 template
@@ -22,12 +25,20 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_text
+from .grid import IMAGE_FREE_BADGE
 from .report import data_uri, render_template
 
 REPORT = "report.html"
 ALPHA = "vl.alpha"
 LABELLED = ("text", "caption")
 """The kinds whose points the Pareto chart always names (the baselines every verdict is against)."""
+
+
+def style_label(primary: dict[str, Any]) -> str:
+    """The style metric's name as every output shows it: `csd`, or e.g. `clip_i, a fallback` when
+    `primary["style_fallback"]` says it is a fallback."""
+    style = str(primary.get("style"))
+    return f"{style}, a fallback" if primary.get("style_fallback") else style
 
 
 @dataclass(frozen=True)
@@ -219,17 +230,42 @@ def _strips(folder: Path, data: dict[str, Any], side: int) -> list[dict[str, Any
         path = Path(ref["path"]) if ref.get("path") else None
         if path is not None and not path.is_absolute():
             path = folder / path
-        images = [{"label": f"reference {ref.get('name', '')}".strip(), "uri": data_uri(path, side)}]
+        images = [{"label": f"reference {ref.get('name', '')}".strip(), "uri": data_uri(path, side), "badge": None}]
         for m in data["methods"]:
             run = runs.get((m["name"], cell["id"]), {})
             uri = data_uri(folder / run["image"], side) if run.get("image") else None
-            images.append({"label": m["name"], "uri": uri, "status": run.get("status", "not run")})
+            free = (run.get("image_dependence") or {}).get("image_free") is True
+            images.append({"label": m["name"], "uri": uri, "status": run.get("status", "not run"),
+                           "badge": IMAGE_FREE_BADGE if free else None})  # fmt: skip
         strips.append({"id": cell["id"], "prompt": cell["prompt"], "seed": cell["seed"], "images": images})
     return strips
 
 
+def notes(data: dict[str, Any]) -> list[str]:
+    """The lines every output of an eval states above its numbers (leaderboard.md, report.html): the style metric's
+    fallback, a suite refused for verdicts, the methods with image-free runs, the matched baselines."""
+    p, s = data["primary"], data["settings"]
+    out = []
+    if p.get("style_fallback"):
+        out.append(f"Style metric fallback: {p['style_fallback']}.")
+    if s.get("no_verdicts"):
+        out.append(f"No verdicts or ranks: {s['no_verdicts']}.")
+    if free := {k: v for k, v in data.get("image_free", {}).items() if v}:
+        listed = ", ".join(f"{k} ({v} runs)" for k, v in free.items())
+        out.append(f"No image effect (image-free runs, no rank, no verdict): {listed}.")
+    matched = [
+        f"{m['name']} against {' and '.join(m['baselines'].values())}"
+        for m in data["methods"]
+        if m.get("baselines") and set(m["baselines"].values()) - {"text", "caption"}
+    ]
+    if matched:
+        out.append(f"Matched baselines (same settings but what is compared): {'; '.join(matched)}.")
+    return out
+
+
 def render_eval_report(folder: str | Path, data: dict[str, Any], thumb: int = 192) -> str:
     """The report HTML of an eval directory `folder` whose data (`eval.json`) is `data`."""
+
     folder = Path(folder)
     p = data["primary"]
     points = pareto_points(data)
@@ -255,6 +291,7 @@ def render_eval_report(folder: str | Path, data: dict[str, Any], thumb: int = 19
             "style_gain": _ci(r["style_gain"]),
             "adherence": _ci(r["adherence"]),
             "verdict": verdicts.get(r["method"]),
+            "image_free": bool(r.get("image_free_runs")),
         }
         for r in data["leaderboard"]
     ]
@@ -262,6 +299,7 @@ def render_eval_report(folder: str | Path, data: dict[str, Any], thumb: int = 19
     means = [
         {
             "method": m["name"],
+            "image_free": bool(data["stats"][m["name"]].get("image_free_runs")),
             "cells": [_ci(data["stats"][m["name"]]["metrics"].get(n), "") for n in data["metrics"]["metrics"]],
         }
         for m in data["methods"]
@@ -272,8 +310,11 @@ def render_eval_report(folder: str | Path, data: dict[str, Any], thumb: int = 19
         name=data["suite"]["name"],
         suite=data["suite"],
         primary=p,
+        style=style_label(p),
+        notes=notes(data),
+        badge=IMAGE_FREE_BADGE,
         settings=s,
-        pareto={"uri": pareto_figure(points, p["style"], p["adherence"]), "points": points} if points else None,
+        pareto={"uri": pareto_figure(points, style_label(p), p["adherence"]), "points": points} if points else None,
         alpha_plots=alpha_plots,
         strips=_strips(folder, data, thumb),
         rows=rows,

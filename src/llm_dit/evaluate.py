@@ -14,7 +14,7 @@ DIR/
 ├── references/       the images of a datasets suite, one PNG per distinct image
 ├── runs/             the sweep directory (sweepdir.SweepDir) of every (method, cell) run
 ├── eval.json         everything machine-readable (`load_eval` reads it)
-└── leaderboard.md    the methods ranked by style gain with prompt adherence kept, and the verdicts vs caption
+└── leaderboard.md    the methods sorted by the style gain's lower bound (not a tested ranking), the verdicts vs caption
 ```
 """
 
@@ -30,23 +30,28 @@ from typing import Any
 from .cache import TensorCache
 from .comparison import (
     ADHERENCE_TOLERANCE,
+    ALPHA,
     CI_METHOD,
     LEVEL,
     Estimate,
+    Metrics,
+    Paired,
     Verdict,
-    adherence_kept,
-    better_than,
+    adherence_status,
     estimate,
+    family_verdicts,
     paired_difference,
+    single_level_factor,
 )
 from .components import Components
 from .config import Config
 from .errors import UserError, check_choice
 from .evalmethods import Method, check_strengths, method_run
-from .evalreport import REPORT, render_eval_report
+from .evalreport import REPORT, notes, render_eval_report, style_label
 from .experiment import EXECUTORS, checked_plan, run_sweep
 from .files import atomic_write_text, load_image, write_json
 from .generate import timed
+from .grid import image_free
 from .progress import progress_bar
 from .records import library_versions
 from .runner import OnResult
@@ -56,11 +61,27 @@ from .sweep import Inputs, SweepSpec, expand
 from .sweepdir import SweepDir
 from .vl import STYLE_CAPTION_PROMPT, caption_image
 
-SCHEMA = "llm-dit eval 2"  # 2: CIs clustered by reference and prompt (`settings.ci`), `timings`
-OLD_SCHEMAS = {"llm-dit eval 1": "bootstrap intervals over cells"}
+SCHEMA = "llm-dit eval 3"
+"""3: verdicts Holm-corrected over the methods compared and needing no worse content leak (`settings.correction`),
+none for a suite of one reference or prompt (`settings.no_verdicts`), matched baselines (`methods[].baselines`),
+image dependence (`runs[].image_dependence`, `image_free`), the style metric's fallback (`primary.style_fallback`).
+2: CIs clustered by reference and prompt (`settings.ci`), `timings`."""
+OLD_SCHEMAS = {
+    "llm-dit eval 1": "bootstrap intervals over cells",
+    "llm-dit eval 2": "verdicts without family-wise correction, content leak or image dependence",
+}
 RUNS, CAPTIONS, EVAL, LEADERBOARD, REFERENCES = "runs", "captions.json", "eval.json", "leaderboard.md", "references"
 STYLE_METRICS = ("csd", "clip_i", "color_hist_similarity")
-"""The style metric the verdict and the ranking use: the first one the scorer computes."""
+"""The style metric the verdict and the ranking use: the first one the scorer computes; any but the first is a
+fallback (`STYLE_FALLBACKS`), labelled as one in every output (`evalreport.style_label`)."""
+STYLE_FALLBACKS = {
+    "clip_i": "CLIP image similarity, which rewards copying the reference's content as much as its style",
+    "color_hist_similarity": "colour histograms, which see only colours",
+}
+LEAK_METRIC = "dino_leak"
+"""The content-leak metric a verdict of better needs not shown worse than caption's."""
+IMAGE_FREE = "no image effect"
+"""The status and verdict of a method with a run whose record says the image has no effect on it."""
 ADHERENCE_METRICS = ("clip_t", "siglip_t")
 """The prompt-adherence metric the verdict and the ranking use: the first one the scorer computes."""
 CAPTION_TOKENS = 60
@@ -156,15 +177,15 @@ def score_runs(
 ) -> dict[tuple[str, tuple], dict[str, Any]]:
     """Every finished (method, cell) run's metrics (`scorer.score`, one batched call): prompt adherence to the
     cell's prompt (not the caption-extended one), style and content leak against the cell's reference, content
-    kept against the `text` image of the same cell."""
+    kept against the image of the method's `text` baseline (`Method.baseline`) on the same cell."""
     done = {r["id"]: r for r in sweep.runs() if r.get("status") == "ok"}
     keys, items = [], []
     for cell in suite.cells():
-        text = done.get(ids[("text", cell.key)])
         for m in methods:
             run = done.get(ids[(m.name, cell.key)])
             if run is None:
                 continue
+            text = done.get(ids.get((m.baseline("text"), cell.key), ""))
             baseline = None if m.kind == "text" or text is None else sweep.path / text["output"]
             keys.append((m.name, cell.key))
             items.append(ScoreItem(sweep.path / run["output"], cell.prompt, cell.reference.path, baseline))
@@ -175,6 +196,47 @@ def first_metric(names: Sequence[str], computed: Sequence[str]) -> str | None:
     return next((n for n in names if n in computed), None)
 
 
+def primary_metrics(scorer: MetricScorer) -> dict[str, str | None]:
+    """The metrics the verdicts and the order use (eval.json `primary`): `style` (the first of `STYLE_METRICS`
+    computed), `adherence` (of `ADHERENCE_METRICS`), `leak` (`LEAK_METRIC`, when computed) and `style_fallback`:
+    None for `csd`, else the one line saying the style metric is a fallback, what it measures and why csd is not
+    there."""
+    style = first_metric(STYLE_METRICS, scorer.metrics)
+    fallback = None
+    if style is not None and style != STYLE_METRICS[0]:
+        why = scorer.unavailable.get("csd", "no csd metric model was given")
+        fallback = f"{style} is a fallback style metric ({STYLE_FALLBACKS[style]}): csd was not computed ({why})"
+    return {
+        "style": style,
+        "adherence": first_metric(ADHERENCE_METRICS, scorer.metrics),
+        "leak": LEAK_METRIC if LEAK_METRIC in scorer.metrics else None,
+        "style_fallback": fallback,
+    }
+
+
+ORDER = "sorted by the lower bound of the style gain's CI against text: an order, not a tested ranking"
+"""What the leaderboard's order is (no pairwise tests between methods back it)."""
+
+
+def correction(family: int) -> str:
+    """How the verdicts are decided (eval.json `settings.correction`, the leaderboard, the report)."""
+    return (
+        f"one-sided paired tests against caption, clustered t with G - 1 degrees of freedom: the style gain "
+        f"Holm-corrected over the {family} method{'s' if family != 1 else ''} compared (family-wise alpha "
+        f"{ALPHA:g}); the content leak ({LEAK_METRIC}), a guard, at alpha {ALPHA:g} uncorrected"
+    )
+
+
+def image_free_note(entry: dict[str, Any]) -> str:
+    """The one line a method with image-free runs (its `stats` entry) gets as its leaderboard status and its
+    verdict: it gets no rank and no verdict."""
+    runs = entry["image_free_runs"]
+    return (
+        f"{IMAGE_FREE}: the image has no effect on {runs} of its {max(entry['cells'], runs)} runs "
+        "(image_dependence.image_free in their records)"
+    )
+
+
 def compare_methods(
     suite: Suite,
     methods: Sequence[Method],
@@ -182,10 +244,14 @@ def compare_methods(
     primary: dict[str, str | None],
     *,
     tolerance: float,
+    image_free_runs: dict[str, int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Verdict]]:
-    """Per method: each metric's mean and clustered CI over cells, paired differences against `text` and `caption`
-    (cells paired by reference, prompt and seed); and each method's verdict against caption
-    (`comparison.better_than`). A metric measured on fewer than two cells has no interval and is left out."""
+    """Per method: each metric's mean and clustered CI over cells, paired differences against its `text` and
+    `caption` baselines (`Method.pairs`; cells paired by reference, prompt and seed); and each method's verdict
+    against its caption (`comparison.family_verdicts`: Holm over the methods tested, content leak not worse). No
+    verdict for a method with image-free runs (`image_free_runs`: method -> count), nor for any in a suite with
+    one reference or prompt (`comparison.single_level_factor`). A metric measured on fewer than two cells has no
+    interval and is left out."""
     values: dict[str, dict[str, dict[tuple, float]]] = {}
     for (method, cell), metrics in scores.items():
         for name, value in metrics.items():
@@ -193,57 +259,78 @@ def compare_methods(
                 values.setdefault(method, {}).setdefault(name, {})[cell] = float(value)
     stats: dict[str, Any] = {}
     verdicts: dict[str, Verdict] = {}
-    has_caption = any(m.kind == "caption" for m in methods)
-    caption = next((m.name for m in methods if m.kind == "caption"), None)
+    names = {m.name for m in methods}
+    refused = single_level_factor(len(suite.references), len(suite.prompts))
+    paired: dict[str, Paired] = {}
     for m in methods:
         own = values.get(m.name, {})
         entry: dict[str, Any] = {"cells": len({c for v in own.values() for c in v}), "metrics": {}}
-        for against, label in (("text", "vs_text"), (caption, "vs_caption")):
-            if against is None or against == m.name:
+        for kind, against in m.pairs().items():
+            if against not in names:
                 continue
-            entry[label] = {}
-            for name, cells in own.items():
-                if (d := paired_difference(cells, values.get(against, {}).get(name, {}))) is not None:
-                    entry[label][name] = d.as_dict()
-        for name, cells in own.items():
-            if len(cells) >= 2:
-                entry["metrics"][name] = estimate(cells).as_dict()
+            entry[f"vs_{kind}"] = {}
+            for name, by_cell in own.items():
+                if (d := paired_difference(by_cell, values.get(against, {}).get(name, {}))) is not None:
+                    entry[f"vs_{kind}"][name] = d.as_dict()
+        for name, by_cell in own.items():
+            if len(by_cell) >= 2:
+                entry["metrics"][name] = estimate(by_cell).as_dict()
+        entry["image_free_runs"] = (image_free_runs or {}).get(m.name, 0)
         stats[m.name] = entry
         if m.kind in ("text", "caption"):
             continue
-        if not has_caption:
+        if entry["image_free_runs"]:
+            verdicts[m.name] = Verdict(False, image_free_note(entry))
+        elif refused:
+            verdicts[m.name] = Verdict(False, f"no verdict: {refused}")
+        elif m.baseline("caption") not in names:
             verdicts[m.name] = Verdict(False, "undecided: no caption method in this eval")
-            continue
-        vs = entry.get("vs_caption", {})
-        style, adherence = (vs.get(primary[k] or "") for k in ("style", "adherence"))
-        verdicts[m.name] = better_than(
-            Estimate(**style) if style else None, Estimate(**adherence) if adherence else None, tolerance
-        )
-    return stats, verdicts
+        else:
+            vs = entry.get("vs_caption", {})
+            style, adherence, leak = (vs.get(primary.get(k) or "") for k in ("style", "adherence", "leak"))
+            paired[m.name] = Paired(*(Estimate(**e) if e else None for e in (style, adherence, leak)))
+    metrics = Metrics(style_label(primary), str(primary.get("adherence")), str(primary.get("leak") or LEAK_METRIC))
+    against = {m.name: m.baseline("caption") for m in methods}
+    verdicts |= family_verdicts(paired, tolerance, against, metrics)
+    return stats, {m.name: verdicts[m.name] for m in methods if m.name in verdicts}
 
 
 def leaderboard(
-    methods: Sequence[Method], stats: dict[str, Any], primary: dict[str, str | None], tolerance: float
+    methods: Sequence[Method],
+    stats: dict[str, Any],
+    primary: dict[str, str | None],
+    tolerance: float,
+    refused: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The methods ranked by what the question allows: only a method whose prompt adherence against `text` is kept
-    (its CI lower bound >= -tolerance) and whose style gain against `text` lies above 0 is ranked, by the gain's
-    CI lower bound (a conservative ranking); the others follow unranked with the reason. `text` itself is the
-    reference (gain 0 by definition) and is never ranked: doing nothing wins nothing."""
+    """The methods in the order of what the question allows: a method is placed (`rank`) only when its prompt
+    adherence against its `text` is kept (CI lower bound >= -tolerance), its style gain against `text` lies
+    above 0, no run of it is image-free and the suite is not `refused` (`comparison.single_level_factor`); placed
+    methods are sorted by the gain's CI lower bound, an order, not a tested ranking (no pairwise tests between
+    methods). The others follow unplaced with the reason. `text` methods are the reference (gain 0 by
+    definition), never placed: doing nothing wins nothing."""
     rows: list[dict[str, Any]] = []
     for m in methods:
         if m.kind == "text":
             continue
         vs = stats[m.name].get("vs_text", {})
         gain, adh = vs.get(primary["style"] or ""), vs.get(primary["adherence"] or "")
-        if gain is None:
+        free = stats[m.name].get("image_free_runs", 0)
+        if free:
+            status = image_free_note(stats[m.name])
+        elif refused:
+            status = f"not ranked: {refused.partition(':')[0]}"
+        elif gain is None:
             status = "unmeasured: no paired style metric against text"
-        elif not adherence_kept(Estimate(**adh) if adh else None, tolerance):
-            status = "prompt adherence lost" if adh else "unmeasured: no paired prompt-adherence metric"
+        elif not adh:
+            status = "unmeasured: no paired prompt-adherence metric"
+        elif lost := adherence_status(Estimate(**adh), tolerance):
+            status = lost
         elif gain["low"] <= 0:
             status = "no style gain (CI includes 0)"
         else:
             status = "ranked"
-        rows.append({"method": m.name, "kind": m.kind, "status": status, "style_gain": gain, "adherence": adh})
+        rows.append({"method": m.name, "kind": m.kind, "text": m.baseline("text"), "status": status,
+                     "style_gain": gain, "adherence": adh, "image_free_runs": free})  # fmt: skip
     ranked = sorted((r for r in rows if r["status"] == "ranked"), key=lambda r: -r["style_gain"]["low"])
     for i, r in enumerate(ranked, 1):
         r["rank"] = i
@@ -264,19 +351,23 @@ def leaderboard_markdown(data: dict[str, Any]) -> str:
     p, stats, suite = data["primary"], data["stats"], data["suite"]
     s = data["settings"]
     kept = next((n for n in ("dino_kept", "ssim_to_baseline") if n in data["metrics"]["metrics"]), None)
-    leak = "dino_leak" if "dino_leak" in data["metrics"]["metrics"] else None
+    leak = LEAK_METRIC if LEAK_METRIC in data["metrics"]["metrics"] else None
+    style = style_label(p)
     lines = [
         f"# Eval leaderboard: {suite['name']}",
         "",
         f"{suite['cells']} cells = {len(suite['references'])} references x {len(suite['prompts'])} prompts x "
-        f"{len(suite['seeds'])} seeds. Style: `{p['style']}`; prompt adherence: `{p['adherence']}`. Differences are "
-        f"paired by cell (reference, prompt, seed) against `text`, mean [{s['level']:.0%} CI], the CI {s['ci']}: "
-        "cells sharing a reference or a prompt are correlated, so few references or prompts give wide intervals.",
-        f"A method is ranked only when its prompt adherence is kept (CI lower bound >= -{s['tolerance']}) and its "
-        "style gain's CI lies above 0; `text` is the reference, never ranked.",
+        f"{len(suite['seeds'])} seeds. Style: `{style}`; prompt adherence: `{p['adherence']}`. Differences are "
+        f"paired by cell (reference, prompt, seed) against each method's `text`, mean [{s['level']:.0%} CI], the CI "
+        f"{s['ci']}: cells sharing a reference or a prompt are correlated, so few references or prompts give wide "
+        "intervals.",
+        *(f"**{n}**" for n in notes(data)),
+        f"A method is placed only when its prompt adherence is kept (CI lower bound >= -{s['tolerance']}) and its "
+        f"style gain's CI lies above 0; `text` is the reference, never placed. Order: {s['order']}.",
+        f"Verdicts: {s['correction']}.",
         "",
-        f"| rank | method | style gain ({p['style']}) | prompt adherence ({p['adherence']}) | content leak "
-        f"({leak or '–'}) | content kept ({kept or '–'}) | vs caption |",
+        f"| order (by lower bound) | method | style gain ({style}) | prompt adherence ({p['adherence']}) | content "
+        f"leak ({leak or '–'}) | content kept ({kept or '–'}) | vs caption |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in data["leaderboard"]:
@@ -307,9 +398,14 @@ def plan_eval(
     settings and input files, read into `inputs`, the metric models and device), loading no model and writing
     nothing: what `eval --dry-run` prints. Returns the counts: cells, methods, runs (a `text` run of a prompt and
     seed is shared by every reference), the style captions to write, and the sweep's forward passes
-    (`sweep.Plan.passes`)."""
+    (`sweep.Plan.passes`); the matched baselines (`baselines`: method -> its `text` and `caption`, for each method
+    not paired with the plain ones) and why the suite gets no verdicts (`no_verdicts`, or None)."""
     if not methods or methods[0].kind != "text" or methods[0].settings:
         raise UserError("an eval's first method must be 'text' (every other method is paired with it)")
+    names = {m.name for m in methods}
+    for m in methods:
+        if missing := [b for b in m.baselines.values() if b not in names]:
+            raise UserError(f"method '{m.name}' is paired with '{missing[0]}', which is no method of this eval")
     if tolerance < 0:
         raise UserError(f"'tolerance' must be >= 0, got {tolerance}")
     if len(suite.cells()) < 2:
@@ -326,6 +422,8 @@ def plan_eval(
         "runs": len(work.runs),
         "captions": len(suite.references) if captioned else 0,
         **work.passes(),
+        "baselines": {m.name: m.pairs() for m in methods if set(m.pairs().values()) - {"text", "caption"}},
+        "no_verdicts": single_level_factor(len(suite.references), len(suite.prompts)),
     }
 
 
@@ -379,11 +477,12 @@ def run_eval(
     with timed(times, "scoring"):
         scorer = MetricScorer(metric_models_spec, metric_device)
         scores = score_runs(suite, methods, ids, runs, scorer)
-    primary = {"style": first_metric(STYLE_METRICS, scorer.metrics)}
-    primary["adherence"] = first_metric(ADHERENCE_METRICS, scorer.metrics)
-    with timed(times, "statistics"):
-        stats, verdicts = compare_methods(suite, methods, scores, primary, tolerance=tolerance)
+    primary = primary_metrics(scorer)
     records = {r["id"]: r for r in runs.runs()}
+    free = {m.name: sum(image_free(records.get(ids[(m.name, c.key)], {})) for c in suite.cells()) for m in methods}
+    with timed(times, "statistics"):
+        stats, verdicts = compare_methods(suite, methods, scores, primary, tolerance=tolerance, image_free_runs=free)
+    family = [k for k, v in verdicts.items() if v.family]
     cells = [{"id": i, **c.as_dict()} for i, c in enumerate(suite.cells())]
     run_rows = []
     for i, cell in enumerate(suite.cells()):
@@ -394,6 +493,7 @@ def run_eval(
             row["prompt"] = rec.get("prompt")
             row["image"] = f"{RUNS}/{rec['output']}" if rec.get("status") == "ok" else None
             row["error"] = rec.get("error")
+            row["image_dependence"] = (rec.get("record") or {}).get("image_dependence")
             row["metrics"] = scores.get((m.name, cell.key))
             run_rows.append(row)
     data = {
@@ -409,18 +509,24 @@ def run_eval(
         "primary": primary,
         "stats": stats,
         "verdicts": {k: v.as_dict() for k, v in verdicts.items()},
+        "image_free": {k: v for k, v in free.items() if v},
         "settings": {
             "tolerance": tolerance,
             "level": LEVEL,
             "ci": CI_METHOD,
             "pairing": "cells (reference hash, prompt, seed)",
+            "alpha": ALPHA,
+            "correction": correction(len(family)),
+            "family": family,
+            "no_verdicts": single_level_factor(len(suite.references), len(suite.prompts)),
+            "order": ORDER,
         },
         "models": {"zimage": config.models.zimage, "vl": config.models.vl},
         "config": config.model_dump(mode="json"),
         "sweep": summary,
         "versions": library_versions(),
     }
-    data["leaderboard"] = leaderboard(methods, stats, primary, tolerance)
+    data["leaderboard"] = leaderboard(methods, stats, primary, tolerance, data["settings"]["no_verdicts"])
     with timed(times, "report"):
         html = render_eval_report(out, data)
     data["timings"] = {k: round(v, 3) for k, v in times.items()}
