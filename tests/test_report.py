@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from llm_dit.report import (
+    best_runs,
     build_report,
     grid_layout,
     render_grid,
@@ -457,6 +458,72 @@ def test_report_best_run_per_metric_excludes_baselines_and_undirected(tmp_path: 
     assert re.search(r'data-metric="high_frequency_energy">[^<]*not ranked', text)
     assert re.search(r'data-metric="ssim_to_baseline">[^<]*not ranked \(content kept: doing nothing scores best', text)
     assert re.search(r'data-metric="color_hist_similarity">[^<]*not ranked \(style', text)
+
+
+EASY, HARD = "an easy fox", "a hard fox"
+
+
+def planted_prompt_sweep(tmp_path: Path, failed: tuple[str, int] | None = None):
+    """Two prompts x steps {8, 30} x alpha {0.3, 0.7} on one reference, each variant with its steps-matched text-only
+    baseline. The easy prompt and 30 steps lower every run's grid artefacts, baselines included; the planted effect
+    of the conditioning against its own baseline is the same in both prompts: alpha 0.3 at 8 steps -0.30 (the only
+    setting that removes artefacts), 8/0.7 +0.20, 30/0.3 +0.10, 30/0.7 +0.02. The lowest raw value (0.12) is the easy
+    prompt's 30/0.7, best only because of its prompt and its steps. `failed`: (prompt, steps) of a baseline that
+    failed."""
+    runs = spec_runs(
+        prompts=[EASY, HARD],
+        images=[str(make_reference(tmp_path))],
+        axes={"generation.steps": [8, 30], "vl.alpha": [0.3, 0.7]},
+    )
+    level = {(EASY, 8): 0.5, (EASY, 30): 0.1, (HARD, 8): 3.0, (HARD, 30): 2.0}
+    effect = {(8, 0.3): -0.30, (8, 0.7): 0.20, (30, 0.3): 0.10, (30, 0.7): 0.02}
+    ids: dict[tuple[str, str, int, float | None], str] = {}
+    metrics = {}
+    for r in runs:
+        steps, alpha = r["settings"]["generation.steps"], r["settings"].get("vl.alpha")
+        value = level[(r["prompt"], steps)] + (effect[(steps, alpha)] if r["kind"] == "variant" else 0.0)
+        metrics[r["id"]] = {"grid_artifact_score": value}
+        ids[(r["kind"], r["prompt"], steps, alpha)] = r["id"]
+    broken = {ids[("baseline", *failed, None)]: "RuntimeError: out of memory"} if failed else None
+    sweep = tmp_path / "sweep"
+    finish(sweep, runs, metrics=metrics, failed=broken)
+    return sweep, runs, metrics, ids
+
+
+def test_best_run_is_ranked_within_its_block_by_effect_against_its_own_baseline(tmp_path: Path) -> None:
+    sweep, runs, metrics, ids = planted_prompt_sweep(tmp_path)
+    raw_best = min((r for r in variants(runs)), key=lambda r: metrics[r["id"]]["grid_artifact_score"])
+    # the planted trap: the lowest raw value, from a run worse than its own baseline
+    assert raw_best["id"] == ids[("variant", EASY, 30, 0.7)]
+    right = [ids[("variant", p, 8, 0.3)] for p in (EASY, HARD)]  # -0.30 against its own baseline, in each prompt
+    text = write_report(sweep).read_text()
+    named = re.findall(r'<tr class="best" data-metric="grid_artifact_score" data-run="([^"]+)"', text)
+    assert named == right and raw_best["id"] not in named  # one best per block, never the raw-value trap
+    best, skipped = best_runs(SweepDir(sweep).runs(), metrics)
+    assert not skipped
+    assert [(b.block.prompt, b.run_id, b.baseline_id, b.compared) for b in best] == [
+        (p, ids[("variant", p, 8, 0.3)], ids[("baseline", p, 8, None)], 4) for p in (EASY, HARD)
+    ]
+    assert [b.effect for b in best] == [pytest.approx(-0.30)] * 2
+    assert re.findall(r'<tr class="best" [^>]*data-baseline="([^"]+)"', text) == [b.baseline_id for b in best]
+    rule = "Ranked by the best effect against its own text-only baseline (run − baseline), within the same prompt,"
+    assert rule + " reference image and seed" in " ".join(text.split())
+    section = text[text.index('id="best-runs"') : text.index("</table>", text.index('id="best-runs"'))]
+    assert section.count(">-0.3<") == 2 and section.count("better than its baseline") == 2
+
+
+def test_a_run_whose_baseline_failed_is_not_ranked_by_its_raw_value(tmp_path: Path) -> None:
+    # the hard prompt's 8-step baseline failed: its two 8-step variants have no effect to rank, so the block's best
+    # is the better of the 30-step ones by effect (30/0.7: +0.02), and the report says two were left out
+    sweep, _, metrics, ids = planted_prompt_sweep(tmp_path, failed=(HARD, 8))
+    text = " ".join(write_report(sweep).read_text().split())
+    named = re.findall(r'<tr class="best" data-metric="grid_artifact_score" data-run="([^"]+)"', text)
+    assert named == [ids[("variant", EASY, 8, 0.3)], ids[("variant", HARD, 30, 0.7)]]
+    assert "+2 not ranked: no measured baseline" in text and "worse than its baseline" in text
+    best, _ = best_runs(SweepDir(sweep).runs(), metrics)
+    hard = next(b for b in best if b.block.prompt == HARD)
+    assert (hard.run_id, hard.compared, hard.unpaired) == (ids[("variant", HARD, 30, 0.7)], 2, 2)
+    assert hard.effect == pytest.approx(0.02)
 
 
 def test_report_last_record_per_id_wins(tmp_path: Path) -> None:

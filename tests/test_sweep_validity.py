@@ -423,7 +423,11 @@ def test_report_ranks_no_baseline_no_image_free_run_and_no_style_or_content_metr
     metrics = json.loads((sweep / "metrics.json").read_text())
     best, skipped = best_runs(runs, metrics)
     # the baseline (-1.0) and the image-free alpha 0.7 (0.05) have fewer artefacts, alpha 1.0 was not measured
-    assert best == {"grid_artifact_score": (ids["0.5"], 0.10)}
+    # ranked by effect against the shared baseline (-1.0): 0.5's +1.10 beats 0.3's +1.20 and 0.1's +1.30
+    assert [(b.metric, b.run_id, b.value, b.baseline_id) for b in best] == [
+        ("grid_artifact_score", ids["0.5"], 0.10, ids["base"])
+    ]
+    assert best[0].effect == pytest.approx(1.10) and best[0].compared == 3
     assert "doing nothing scores best" in skipped["ssim_to_baseline"] and "style" in skipped["color_hist_similarity"]
     text = build_report(sweep)[1].read_text()
     assert dict(re.findall(r'<tr class="best" data-metric="([^"]+)" data-run="([^"]+)"', text)) == {

@@ -5,8 +5,8 @@ their metrics (`{run_id: {metric: value}}`, optional) and the summary. From thos
 
 * `write_grid` draws the runs as `grid.png` (`grid.grid_layout` arranges them, `grid.render_grid` draws).
 * `write_report` writes `report.html`: the summary, the grid, a sortable table of runs with their varying settings
-  and metrics, the best run per ranked metric and the style-against-content trade-offs (`ranking.py`), and every
-  run's resolved settings and conditioning record.
+  and metrics, the best run per ranked metric and block by its effect against its own baseline and the
+  style-against-content trade-offs (`ranking.py`), and every run's resolved settings and conditioning record.
 
 The page is rendered from the jinja2 template `templates/report.html.j2` with autoescape on: this module prepares
 plain data (strings, numbers, lists, dicts) and the template writes all markup, so all user text (prompts, labels,
@@ -52,7 +52,7 @@ from .grid import (
     value_key,
 )
 from .metrics import MetricInfo
-from .ranking import METRICS, TradeOff, best_runs, metric_names, tradeoffs
+from .ranking import METRICS, RANKING_RULE, Best, TradeOff, best_runs, metric_names, tradeoffs
 from .sweep import baseline_pairs, reference_paths, varying_keys
 from .sweepdir import SweepDir
 
@@ -146,7 +146,8 @@ def render_report(sweep_dir: str | os.PathLike[str]) -> str:
         progress=progress(runs, len(sweep.plan())),
         references=_references(sweep_dir, runs),
         has_grid=sweep.grid.is_file(),
-        best=[_best_row(name, by_id[rid], value) for name, (rid, value) in best.items()],
+        best=[_best_row(b, by_id) for b in best],
+        ranking_rule=RANKING_RULE,
         skipped=list(skipped.items()),
         tradeoffs=[_tradeoff(t, by_id) for t in tradeoffs(runs, metrics)],
         composition=_composition(composability(sweep_dir, runs, metrics, pairs)),
@@ -225,15 +226,27 @@ def _run(run: dict[str, Any]) -> dict[str, str]:
     return {"id": rid, "label": fmt_value(run.get("label") or rid)}
 
 
-def _best_row(name: str, run: dict[str, Any], value: float) -> dict[str, Any]:
-    info = METRICS[name]
-    direction = "higher" if info.higher_is_better else "lower"
+def _best_row(best: Best, by_id: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One row of the best-run table: the metric, its block, the run, its effect against its own baseline (signed,
+    and whether that is better or worse than the baseline), its value, the baseline's value and how many runs of the
+    block were compared."""
+    info = METRICS[best.metric]
+    sign = 1.0 if info.higher_is_better else -1.0
+    gain = sign * best.effect
     return {
-        "metric": name,
+        "metric": best.metric,
         "measures": info.measures,
-        "direction": direction,
-        "run": _run(run),
-        "value": _fmt_metric(value),
+        "direction": "higher" if info.higher_is_better else "lower",
+        "block": best.block.title,
+        "where": best.block.subtitle,
+        "run": _run(by_id[best.run_id]),
+        "effect": f"{best.effect:+.4g}" if best.effect else "0",
+        "against": "better than" if gain > 0 else "worse than" if gain < 0 else "equal to",
+        "value": _fmt_metric(best.value),
+        "baseline": best.baseline_id,
+        "baseline_value": _fmt_metric(best.baseline_value),
+        "compared": best.compared,
+        "unpaired": best.unpaired,
     }
 
 
