@@ -24,14 +24,14 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def zoo(_isolated_cache: Path) -> Path:
     """The cached tiny zoo folder with `zimage/` and `qwen3-vl/`."""
-    from llm_dit.zoo import zoo_dir
+    from llm_dit.models.zoo import zoo_dir
 
     return zoo_dir("tiny")
 
 
 def tiny_config(zoo: Path, **overrides):
     """The tiny zoo's two models at 64x64 pixels and 2 steps, plus dotted `overrides`."""
-    from llm_dit.config import load_config
+    from llm_dit.config.settings import load_config
 
     base = {"models.zimage": str(zoo / "zimage"), "models.vl": str(zoo / "qwen3-vl")}
     return load_config(
@@ -48,8 +48,8 @@ class CliResult:
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """Run `llm-dit ARGS...` in-process through the real entry point (`llm_dit.cli.main`)."""
-    from llm_dit.cli import main
+    """Run `llm-dit ARGS...` in-process through the real entry point (`llm_dit.cli.app.main`)."""
+    from llm_dit.cli.app import main
 
     def run(*args: str) -> CliResult:
         monkeypatch.setattr(sys, "argv", ["llm-dit", *map(str, args)])

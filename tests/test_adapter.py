@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from llm_dit.adapter import (
+from llm_dit.adapter.adapter import (
     CHECKPOINT_NAME,
     Adapter,
     TrainingSample,
@@ -23,10 +23,10 @@ from llm_dit.adapter import (
     shift_sigmas,
     velocity_target,
 )
-from llm_dit.cache import TensorCache
-from llm_dit.errors import UserError
-from llm_dit.text import TextEncoder
-from llm_dit.vl import VLEmbeddingExtractor, caption_image
+from llm_dit.core.cache import TensorCache
+from llm_dit.core.errors import UserError
+from llm_dit.models.text import TextEncoder
+from llm_dit.models.vl import VLEmbeddingExtractor, caption_image
 
 D = 64  # the tiny zoo's hidden size = DiT caption width
 
@@ -372,7 +372,7 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from llm_dit.sweepdir import SweepDir
+    from llm_dit.sweep.dir import SweepDir
 
     from .conftest import REPO
 

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_dit.blend import (
+from llm_dit.maths.blend import (
     BLEND_MODES,
     RESAMPLE_MODES,
     BlendError,

@@ -1,4 +1,4 @@
-"""The command line from one option table (`llm_dit.options`): every list option of every command accepts `a,b`
+"""The command line from one option table (`llm_dit.config.options`): every list option of every command accepts `a,b`
 and repeated flags alike, errors name the flags beside the config keys, and docs/cli.md documents exactly the
 flags the commands have."""
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import typer
 
-from llm_dit.cli import app
-from llm_dit.options import OPTIONS, Param, command_params, split_items, with_flags
+from llm_dit.cli.app import app
+from llm_dit.config.options import OPTIONS, Param, command_params, split_items, with_flags
 
 from .conftest import REPO
 
@@ -225,9 +225,9 @@ def test_sweep_takes_every_settings_flag_of_generate_as_a_fixed_value_or_an_axis
 
 def test_help_of_every_mode_option_lists_the_modules_mode_tuple(cli):
     """The valid values in --help come from the tuples the modes are defined by (and typer renders every help)."""
-    from llm_dit.blend import BLEND_MODES, RESAMPLE_MODES
-    from llm_dit.stats import NORMALIZATION_MODES, OUTLIER_MODES
-    from llm_dit.vl import TOKEN_MODES
+    from llm_dit.maths.blend import BLEND_MODES, RESAMPLE_MODES
+    from llm_dit.maths.stats import NORMALIZATION_MODES, OUTLIER_MODES
+    from llm_dit.models.vl import TOKEN_MODES
 
     modes = {
         "vl.blend": tuple(BLEND_MODES),

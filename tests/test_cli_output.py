@@ -100,7 +100,7 @@ def commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple
     return found
 
 
-ALL = commands(typer.main.get_command(__import__("llm_dit.cli", fromlist=["app"]).app))
+ALL = commands(typer.main.get_command(__import__("llm_dit.cli.app", fromlist=["app"]).app))
 
 
 @pytest.mark.parametrize("path,command", ALL, ids=[" ".join(p) or "llm-dit" for p, _ in ALL])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from llm_dit.comparison import (
+from llm_dit.core.errors import UserError
+from llm_dit.eval.statistics import (
     Estimate,
     Paired,
     adherence_kept,
@@ -20,7 +21,6 @@ from llm_dit.comparison import (
     family_verdicts,
     paired_difference,
 )
-from llm_dit.errors import UserError
 
 
 def test_the_clustered_interval_on_a_hand_computed_two_by_two():

@@ -6,14 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-import llm_dit.render
-from llm_dit.cache import TensorCache
-from llm_dit.components import Components
-from llm_dit.condition import CaptionRows, Reference, Steering, Text, VLRows, as_source, source_of
-from llm_dit.config import VLConfig, with_overrides
-from llm_dit.errors import UserError
-from llm_dit.generate import Generator
-from llm_dit.text import TextEncoder
+import llm_dit.generation.render
+from llm_dit.conditioning.source import CaptionRows, Reference, Steering, Text, VLRows, as_source, source_of
+from llm_dit.config.settings import VLConfig, with_overrides
+from llm_dit.core.cache import TensorCache
+from llm_dit.core.errors import UserError
+from llm_dit.generation.components import Components
+from llm_dit.generation.generate import Generator
+from llm_dit.models.text import TextEncoder
 
 from .conftest import REPO, tiny_config
 
@@ -46,9 +46,9 @@ def test_low_memory_stages_before_every_dit_call_not_only_the_first(zoo, tmp_pat
     the second image reloads are released again before its DiT runs)."""
     gen = Generator(tiny_config(zoo, **{"models.low_memory": True}), TensorCache(tmp_path / "cache"))
     held = []
-    denoise = llm_dit.render.denoise
+    denoise = llm_dit.generation.render.denoise
     monkeypatch.setattr(
-        llm_dit.render, "denoise", lambda *a, **k: held.append(gen.components.loaded()) or denoise(*a, **k)
+        llm_dit.generation.render, "denoise", lambda *a, **k: held.append(gen.components.loaded()) or denoise(*a, **k)
     )
     gen.generate("a fox", rgb())
     gen.generate("a red fox", rgb())
@@ -119,8 +119,10 @@ def test_the_source_is_one_typed_value(zoo):
 )
 def test_render_makes_one_diffusers_call_whatever_carries_the_conditioning(zoo, monkeypatch, settings):
     calls = []
-    denoise = llm_dit.render.denoise
-    monkeypatch.setattr(llm_dit.render, "denoise", lambda *a, **k: calls.append(k.get("callback")) or denoise(*a, **k))
+    denoise = llm_dit.generation.render.denoise
+    monkeypatch.setattr(
+        llm_dit.generation.render, "denoise", lambda *a, **k: calls.append(k.get("callback")) or denoise(*a, **k)
+    )
     record = Generator(tiny_config(zoo, **settings), cache=False).generate("a fox", rgb()).record["conditioning"]
     assert len(calls) == 1
     assert (calls[0] is not None) == ("alpha_schedule" in str(settings)) == ("alphas_used" in record)

@@ -1,4 +1,4 @@
-"""Composition maths (`llm_dit.compose`): extract/combine/apply equal `blend` for one reference, and each kind's
+"""Composition maths (`llm_dit.maths.compose`): extract/combine/apply equal `blend` for one reference, and each kind's
 weighted combination (negative weights included) on known numbers."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_dit.blend import BLEND_MODES, BlendError, _gram_loss, blend
-from llm_dit.compose import (
+from llm_dit.core.errors import UserError
+from llm_dit.maths.blend import BLEND_MODES, BlendError, _gram_loss, blend
+from llm_dit.maths.compose import (
     KINDS,
     apply_style,
     check_weights,
@@ -17,7 +18,6 @@ from llm_dit.compose import (
     style_from_tensors,
     style_tensors,
 )
-from llm_dit.errors import UserError
 
 MODES = tuple(BLEND_MODES)
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.blend import BLEND_MODES
-from llm_dit.compose import combine_styles, load_style, load_styles
-from llm_dit.condition import Reference, Styled
-from llm_dit.errors import UserError
-from llm_dit.files import load_tensors, save_tensors
-from llm_dit.generate import Generator
-from llm_dit.sweepdir import SweepDir
-from llm_dit.tasks import style_extract_file
-from llm_dit.zoo import zoo_dir
+from llm_dit.conditioning.source import Reference, Styled
+from llm_dit.core.errors import UserError
+from llm_dit.core.files import load_tensors, save_tensors
+from llm_dit.generation.generate import Generator
+from llm_dit.generation.tasks import style_extract_file
+from llm_dit.maths.blend import BLEND_MODES
+from llm_dit.maths.compose import combine_styles, load_style, load_styles
+from llm_dit.models.zoo import zoo_dir
+from llm_dit.sweep.dir import SweepDir
 
 from .conftest import REPO, tiny_config
 

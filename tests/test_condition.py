@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.condition import Reference, combine_layers, parse_layer_weights
-from llm_dit.errors import UserError
-from llm_dit.files import load_tensors
-from llm_dit.generate import Generator
+from llm_dit.conditioning.source import Reference, combine_layers, parse_layer_weights
+from llm_dit.core.errors import UserError
+from llm_dit.core.files import load_tensors
+from llm_dit.generation.generate import Generator
 
 from .conftest import REPO, tiny_config
 
@@ -60,9 +60,9 @@ def test_default_strength_acts_at_the_default_steps(cli, zoo, tmp_path, recwarn)
 
 
 def test_strength_sweep_values_each_skip_a_step_at_its_steps():
-    from llm_dit.config import Config
-    from llm_dit.render import denoising_steps
-    from llm_dit.sweep import SweepSpec, expand, resolve_spec, run_config
+    from llm_dit.config.settings import Config
+    from llm_dit.generation.render import denoising_steps
+    from llm_dit.sweep.spec import SweepSpec, expand, resolve_spec, run_config
 
     spec = resolve_spec(SweepSpec(prompts=["a"], images=["x.png"]), "strength_sweep", {}, {})
     configs = [run_config(Config(), r).generation for r in expand(spec) if r["kind"] == "variant"]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_dit.config import Config, ConfigError, default_config_path, load_config, with_overrides
+from llm_dit.config.settings import Config, ConfigError, default_config_path, load_config, with_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -164,11 +164,11 @@ def test_mode_fields_are_built_from_the_modules_mode_lists():
     """Each mode list and limit is defined once, in the module that implements it; config's types come from it."""
     from typing import get_args
 
-    from llm_dit.blend import BLEND_MODES, CAPTION_LIMIT, RESAMPLE_MODES
-    from llm_dit.config import EncoderConfig, VLConfig
-    from llm_dit.stats import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
-    from llm_dit.text import LONG_PROMPT_MODES
-    from llm_dit.vl import TOKEN_MODES
+    from llm_dit.config.settings import EncoderConfig, VLConfig
+    from llm_dit.maths.blend import BLEND_MODES, CAPTION_LIMIT, RESAMPLE_MODES
+    from llm_dit.maths.stats import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
+    from llm_dit.models.text import LONG_PROMPT_MODES
+    from llm_dit.models.vl import TOKEN_MODES
 
     fields = {**VLConfig.model_fields, **{f"encoder.{k}": v for k, v in EncoderConfig.model_fields.items()}}
     for key, modes in {
@@ -191,8 +191,8 @@ def test_text_encode_takes_the_encoder_settings_with_the_config_defaults():
     """`TextEncoder.encode` takes explicit settings (text.py sits below config.py), defaulting as config does."""
     import inspect
 
-    from llm_dit.config import EncoderConfig
-    from llm_dit.text import TextEncoder
+    from llm_dit.config.settings import EncoderConfig
+    from llm_dit.models.text import TextEncoder
 
     params = inspect.signature(TextEncoder.encode).parameters
     defaults = EncoderConfig().model_dump(exclude={"device", "dtype"})

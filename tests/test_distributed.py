@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llm_dit.distributed import remote_error, worker_count, worker_env
-from llm_dit.errors import UserError
-from llm_dit.sweepdir import SweepDir
+from llm_dit.core.errors import UserError
+from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.distributed import remote_error, worker_count, worker_env
 
 from .conftest import REPO
 

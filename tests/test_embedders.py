@@ -1,4 +1,4 @@
-"""Tests for llm_dit.embedders (dual encoders) and the tiny CLIP of llm_dit.metriczoo, built offline once per module."""
+"""Tests for scoring.embedders (dual encoders) and the tiny CLIP of scoring.metriczoo, built offline once per module."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.embedders import DualEncoder, cosine_matrix, load_embedder
-from llm_dit.errors import UserError
-from llm_dit.metriczoo import build_clip_tokenizer, build_tiny_clip
+from llm_dit.core.errors import UserError
+from llm_dit.scoring.embedders import DualEncoder, cosine_matrix, load_embedder
+from llm_dit.scoring.metriczoo import build_clip_tokenizer, build_tiny_clip
 
 PROMPT_A = "a photo of a cat"
 PROMPT_B = "a blurry mountain at night, oil painting"

@@ -15,9 +15,8 @@ import pytest
 from PIL import Image
 from scipy.stats import t as student_t
 
-from llm_dit.comparison import clustered_ci, single_level_factor
-from llm_dit.errors import UserError
-from llm_dit.evalmethods import (
+from llm_dit.core.errors import UserError
+from llm_dit.eval.methods import (
     OMNI_REFUSAL,
     Method,
     check_strengths,
@@ -26,11 +25,12 @@ from llm_dit.evalmethods import (
     parse_method,
     preset_methods,
 )
-from llm_dit.evaluate import EVAL, RUNS, eval_spec, load_eval, run_eval
-from llm_dit.scorer import MetricScorer, ScoreItem
-from llm_dit.suite import BUILTIN_PROMPTS, QUICK, builtin_references, load_suite
-from llm_dit.sweep import expand
-from llm_dit.sweepdir import SweepDir
+from llm_dit.eval.run import EVAL, RUNS, eval_spec, load_eval, run_eval
+from llm_dit.eval.statistics import clustered_ci, single_level_factor
+from llm_dit.eval.suite import BUILTIN_PROMPTS, QUICK, builtin_references, load_suite
+from llm_dit.scoring.scorer import MetricScorer, ScoreItem
+from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.spec import expand
 
 from .conftest import REPO, tiny_config
 
@@ -211,7 +211,7 @@ def test_run_eval_refuses_before_any_model_loads(zoo, tmp_path):
 @pytest.fixture(scope="module")
 def quick_eval(tmp_path_factory, zoo):
     """`llm-dit eval --suite builtin --quick` on the tiny zoo with the tiny metric models (every method but omni)."""
-    from llm_dit.cli import main
+    from llm_dit.cli.app import main
 
     out = tmp_path_factory.mktemp("eval") / "quick"
     argv = sys.argv
@@ -383,9 +383,9 @@ def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path)
 
 
 def test_style_captions_are_words_even_from_a_random_model(zoo):
-    from llm_dit.components import Components
-    from llm_dit.files import load_image
-    from llm_dit.vl import STYLE_CAPTION_PROMPT, blank_token_ids, caption_image
+    from llm_dit.core.files import load_image
+    from llm_dit.generation.components import Components
+    from llm_dit.models.vl import STYLE_CAPTION_PROMPT, blank_token_ids, caption_image
 
     extractor = Components(tiny_config(zoo)).vl
     blank = set(blank_token_ids(extractor.tokenizer))
@@ -399,7 +399,7 @@ def test_style_captions_are_words_even_from_a_random_model(zoo):
 def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
     import torch
 
-    from llm_dit.steer import save_direction
+    from llm_dit.maths.steer import save_direction
 
     direction = save_direction(
         tmp_path / "d.safetensors", torch.randn(64, generator=torch.Generator().manual_seed(0)), {}
@@ -445,12 +445,12 @@ def test_eval_with_failed_runs_writes_its_results_and_exits_3(cli, zoo, tmp_path
 def test_an_eval_with_captions_loads_the_vl_model_once(zoo, tmp_path, monkeypatch):
     """The captioning VL model is the one the sweep extracts with: one Qwen3-VL load for captions and every vl run
     (the text encoder and the pipeline each load once too)."""
-    import llm_dit.text
-    import llm_dit.vl
-    from llm_dit.cache import TensorCache
+    import llm_dit.models.text
+    import llm_dit.models.vl
+    from llm_dit.core.cache import TensorCache
 
     loads: list[str] = []
-    for module in (llm_dit.vl, llm_dit.text):
+    for module in (llm_dit.models.vl, llm_dit.models.text):
         real = module.load_model
 
         def counted(model_class, *args, _real=real, **kwargs):
@@ -469,8 +469,8 @@ def test_an_eval_with_captions_loads_the_vl_model_once(zoo, tmp_path, monkeypatc
 def test_the_generation_models_are_released_before_the_metric_models_score(zoo, tmp_path, monkeypatch):
     """The eval's shared components hold the DiT and the encoders after the sweep; they are released before the
     metric models load, so on one GPU the two never share its memory."""
-    import llm_dit.evaluate as evaluate
-    from llm_dit.components import Components
+    import llm_dit.eval.run as evaluate
+    from llm_dit.generation.components import Components
 
     events: list[tuple] = []
     release, score = Components.release, evaluate.score_runs

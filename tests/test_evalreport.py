@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_dit.evalreport import REPORT, alpha_curves, pareto_points
-from llm_dit.evaluate import load_eval
+from llm_dit.eval.run import load_eval
+from llm_dit.report.eval_report import REPORT, alpha_curves, pareto_points
 
 from .test_eval import TINY
 from .test_report import page_requests, run_chromium
@@ -73,7 +73,7 @@ def test_alpha_curves_join_vl_methods_that_differ_only_in_alpha():
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory, zoo):
     """A tiny eval with two VL alphas: text, caption, vl alpha=0.3, vl alpha=0.6 on 1 reference x 2 prompts."""
-    from llm_dit.cli import main
+    from llm_dit.cli.app import main
 
     out = tmp_path_factory.mktemp("evalreport") / "e"
     args = ["eval", "--suite", "builtin", "--references", "1", "--prompts", "2", *TINY]

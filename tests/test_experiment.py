@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llm_dit import sweep as sweep_module
-from llm_dit.cache import TensorCache
-from llm_dit.config import load_config
-from llm_dit.errors import UserError
-from llm_dit.experiment import run_experiment, run_sweep
-from llm_dit.sweep import SweepSpec, resolve_spec
-from llm_dit.sweepdir import SweepDir
+from llm_dit.config.settings import load_config
+from llm_dit.core.cache import TensorCache
+from llm_dit.core.errors import UserError
+from llm_dit.experiment.run import run_experiment, run_sweep
+from llm_dit.sweep import spec as sweep_module
+from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.spec import SweepSpec, resolve_spec
 
 from .conftest import REPO, tiny_config
 
@@ -57,11 +57,11 @@ def imports(module: Path) -> set[str]:
 
 
 def test_only_sweepdir_names_the_sweep_directory_files_or_takes_its_lock():
-    """No module but `sweepdir` opens results.jsonl, metrics.json, sweep.json or spec.json: none names them in code
+    """No module but `sweep.dir` opens results.jsonl, metrics.json, sweep.json or spec.json: none names them in code
     (docstrings may), and none but it locks (filelock; no fcntl anywhere)."""
     offenders = []
     for path in sorted(SRC.rglob("*.py")):
-        if path.name == "sweepdir.py":
+        if path == SRC / "sweep" / "dir.py":
             continue
         text = path.read_text()
         tree = ast.parse(text)
@@ -73,7 +73,7 @@ def test_only_sweepdir_names_the_sweep_directory_files_or_takes_its_lock():
         if re.search(r"^\s*(import|from) (fcntl|filelock)\b", text, re.M):
             offenders.append(f"{path.name}: takes a lock")
     assert offenders == []
-    assert "fcntl" not in (SRC / "sweepdir.py").read_text()
+    assert "fcntl" not in (SRC / "sweep" / "dir.py").read_text()
 
 
 def test_a_sweep_holding_the_directory_in_another_process_locks_out_a_second_one(zoo, tmp_path):
@@ -83,7 +83,7 @@ def test_a_sweep_holding_the_directory_in_another_process_locks_out_a_second_one
     holder = textwrap.dedent(
         f"""
         import sys
-        from llm_dit.sweepdir import SweepDir
+        from llm_dit.sweep.dir import SweepDir
         with SweepDir({str(out)!r}).writing():
             print("holding", flush=True)
             sys.stdin.readline()

@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from llm_dit.files import load_tensors
+from llm_dit.core.files import load_tensors
 
 from .conftest import REPO
 
@@ -25,7 +25,7 @@ def test_extract_json_reports_miss_then_hit_with_identical_tensors(cli, zoo, tmp
 
 
 def test_extract_image_only_rows_equal_transformers_forward(cli, zoo, tmp_path):
-    from llm_dit.vl import VLEmbeddingExtractor
+    from llm_dit.models.vl import VLEmbeddingExtractor
 
     out = tmp_path / "e.safetensors"
     r = cli(
@@ -48,7 +48,7 @@ def test_extract_image_only_rows_equal_transformers_forward(cli, zoo, tmp_path):
     assert r.code == 0, r.err
     rows = load_tensors(out)[0]["embeddings"]
     x = VLEmbeddingExtractor.from_pretrained(str(zoo / "qwen3-vl"))
-    from llm_dit.files import load_image
+    from llm_dit.core.files import load_image
 
     inputs, _ = x.prepare(load_image(REF), "a house")
     with torch.no_grad():
@@ -67,7 +67,7 @@ def test_encode_json_cache_and_layer(cli, zoo, tmp_path):
 
 
 def test_stats_command_writes_same_layer_statistics(cli, zoo, tmp_path):
-    from llm_dit.stats import ReferenceStats
+    from llm_dit.maths.stats import ReferenceStats
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\na dog on a hill\n\n")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llm_dit.sweepdir import SweepDir
+from llm_dit.sweep.dir import SweepDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

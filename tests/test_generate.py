@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.config import load_config
-from llm_dit.generate import Generator
-from llm_dit.render import denoise
+from llm_dit.config.settings import load_config
+from llm_dit.generation.generate import Generator
+from llm_dit.generation.render import denoise
 
 
 def diffusers_image(zoo, **kwargs):

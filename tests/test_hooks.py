@@ -3,8 +3,8 @@ import re
 import pytest
 import torch
 
-from llm_dit.errors import UserError
-from llm_dit.hooks import capture_hidden_states, layer_position
+from llm_dit.core.errors import UserError
+from llm_dit.models.hooks import capture_hidden_states, layer_position
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Image dependence: settings the image cannot change are refused, every other reference-conditioned image is
-measured against a noise probe and flagged when its caption rows do not depend on the image (llm_dit.imagedep)."""
+measured against a noise probe and flagged when its caption rows do not depend on the image (conditioning.imagedep)."""
 
 import json
 import warnings
@@ -10,14 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from llm_dit.assemble import build_conditioning
-from llm_dit.cache import TensorCache
-from llm_dit.compose import Style, load_style
-from llm_dit.condition import Reference, VLRows
-from llm_dit.config import VLConfig, load_config
-from llm_dit.errors import UserError
-from llm_dit.generate import Generator
-from llm_dit.imagedep import (
+from llm_dit.conditioning.imagedep import (
     PROBE_SEED,
     SHARE_FLOOR,
     SIZE_FLOOR,
@@ -28,8 +21,15 @@ from llm_dit.imagedep import (
     probe_image,
     share_and_size,
 )
-from llm_dit.sweepdir import SweepDir
-from llm_dit.vl import image_sha256
+from llm_dit.conditioning.source import Reference, VLRows
+from llm_dit.config.settings import VLConfig, load_config
+from llm_dit.core.cache import TensorCache
+from llm_dit.core.errors import UserError
+from llm_dit.generation.assemble import build_conditioning
+from llm_dit.generation.generate import Generator
+from llm_dit.maths.compose import Style, load_style
+from llm_dit.models.vl import image_sha256
+from llm_dit.sweep.dir import SweepDir
 
 from .conftest import REPO, tiny_config
 
@@ -152,7 +152,7 @@ def test_measure_flags_each_floor_and_names_it():
 def test_a_change_that_only_rescales_rows_is_invisible_to_the_dit():
     """Issue 22.5: row-wise adain on zero-mean rows only rescales each row of T, which the DiT's caption RMSNorm
     undoes. On raw rows the probe changes the blend by a large share; after the norm the change is nil."""
-    from llm_dit.blend import blend
+    from llm_dit.maths.blend import blend
 
     gen = torch.Generator().manual_seed(0)
     t, v, w = (torch.randn(6, 32, generator=gen) for _ in range(3))
@@ -399,7 +399,7 @@ def test_the_caption_norm_is_the_dits_cap_embedder_norm(zoo):
     """Same function as the loaded DiT's `cap_embedder[0]`, eps included, on the tiny zoo."""
     from diffusers import ZImageTransformer2DModel
 
-    from llm_dit.components import caption_norm
+    from llm_dit.generation.components import caption_norm
 
     dit = ZImageTransformer2DModel.from_pretrained(zoo / "zimage", subfolder="transformer")
     norm = caption_norm(str(zoo / "zimage"))
@@ -413,8 +413,8 @@ def test_the_caption_norm_is_the_dits_cap_embedder_norm(zoo):
 
 @pytest.mark.parametrize("layout", ["folder", "sharded", "comfy.safetensors", "dit_Q8_0.gguf"])
 def test_the_learned_scale_is_read_from_every_checkpoint_layout(zoo, dits, layout):
-    from llm_dit.components import caption_norm
-    from llm_dit.models import load_transformer
+    from llm_dit.generation.components import caption_norm
+    from llm_dit.models.loading import load_transformer
 
     out, dit = dits
     if layout in ("folder", "sharded"):
@@ -429,7 +429,7 @@ def test_the_learned_scale_is_read_from_every_checkpoint_layout(zoo, dits, layou
 
 
 def test_a_checkpoint_without_the_norm_falls_back_to_unit_scale_and_says_so(zoo, dits, tmp_path):
-    from llm_dit.components import caption_norm
+    from llm_dit.generation.components import caption_norm
 
     out, _ = dits
     norm = caption_norm(str(zoo / "zimage"), str(out / "no_norm.safetensors"))
@@ -464,7 +464,7 @@ def test_a_tiny_alpha_is_below_the_size_floor_and_flagged_through_the_cli(cli, z
 
 
 def test_a_sweep_flags_its_tiny_alpha_run_only(cli, zoo, tmp_path):
-    from llm_dit.grid import image_free
+    from llm_dit.report.grid import image_free
 
     out = tmp_path / "s"
     r = cli("sweep", "--alphas", "0.0001,0.3", "-i", REF, "-p", "a tower", *TINY, "-o", out)
@@ -522,7 +522,7 @@ def test_given_vl_rows_extracted_per_dim_are_refused_with_a_moment_only_blend(cl
 def test_a_style_file_that_is_image_free_is_refused_when_applied(cli, zoo, tmp_path):
     """A file made before the extraction refused (here: a none-normalised file relabelled per_dim, as such a file
     would read) is refused by generate and by a sweep, nothing written."""
-    from llm_dit.files import load_tensors, save_tensors
+    from llm_dit.core.files import load_tensors, save_tensors
 
     made, style, out = tmp_path / "made.safetensors", tmp_path / "old.safetensors", tmp_path / "x.png"
     assert cli("style", "extract", "--models", "tiny", "-i", REF, "-t", "a fox", "-o", made).code == 0
@@ -544,8 +544,8 @@ def test_a_style_file_that_is_image_free_is_refused_when_applied(cli, zoo, tmp_p
 def test_every_source_follows_the_one_rule(settings):
     """`source_image_free` judges a reference by the run's settings, given rows by their file's extraction
     settings with the run's blend, a style file by its own settings and mode: one rule, one wording."""
-    from llm_dit.condition import Styled
-    from llm_dit.imagedep import source_image_free
+    from llm_dit.conditioning.imagedep import source_image_free
+    from llm_dit.conditioning.source import Styled
 
     vl = VLConfig(**settings)
     reason = image_free_by_construction(vl)

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from llm_dit.blend import align
-from llm_dit.config import GenerationConfig
-from llm_dit.errors import UserError
-from llm_dit.inject import block_indices, inject_conditioning, second_stream_blocks
-from llm_dit.render import denoise
+from llm_dit.config.settings import GenerationConfig
+from llm_dit.core.errors import UserError
+from llm_dit.generation.render import denoise
+from llm_dit.maths.blend import align
+from llm_dit.models.inject import block_indices, inject_conditioning, second_stream_blocks
 
 GEN = GenerationConfig(width=64, height=64, steps=4, guidance=0.0)
 CFG = GenerationConfig(width=64, height=64, steps=3, guidance=2.0)
@@ -16,7 +16,7 @@ IMAGE, CAPTION = slice(0, 32), slice(32, 64)
 
 @pytest.fixture(scope="module")
 def pipe(zoo):
-    from llm_dit.models import load_pipeline
+    from llm_dit.models.loading import load_pipeline
 
     return load_pipeline(str(zoo / "zimage"), "cpu", "float32")
 

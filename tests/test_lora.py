@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from llm_dit.config import ConfigError, with_overrides
-from llm_dit.generate import Generator
+from llm_dit.config.settings import ConfigError, with_overrides
+from llm_dit.generation.generate import Generator
 
 from .checkpoints import hand_merge, lora_state, write_comfy_lora, write_flux_lora, write_peft_lora
 from .conftest import tiny_config
@@ -63,7 +63,7 @@ def test_lora_changes_the_image_scale_zero_is_none_and_equals_the_hand_merge(zoo
     assert np.abs(pixels(part.image) - pixels(merged.generate(PROMPT).image)).max() <= 1  # uint8 rounding only
 
     # records: each file's sha256 and scale, only what acted
-    from llm_dit.files import sha256_file
+    from llm_dit.core.files import sha256_file
 
     assert part.record["models"]["loras"] == [{"path": str(peft_file), "sha256": sha256_file(peft_file), "scale": 0.7}]
     assert part.record["settings"]["generation.loras"] == [f"{peft_file}:0.7"]

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from llm_dit.components import Components
-from llm_dit.errors import UserError
-from llm_dit.generate import Generator
+from llm_dit.core.errors import UserError
+from llm_dit.generation.components import Components
+from llm_dit.generation.generate import Generator
 
 from .conftest import tiny_config
 
@@ -97,7 +97,7 @@ def test_quantised_encoders_load_and_run_on_cpu(zoo, kind, layer):
 def test_quantised_rows_are_cached_apart_from_float_rows(zoo, tmp_path):
     """The tensor cache key carries the quantisation: a float run's cached rows never serve a quantised run."""
     pytest.importorskip("torchao", reason="the llm-dit[quant] extra")
-    from llm_dit.cache import TensorCache
+    from llm_dit.core.cache import TensorCache
 
     cache = TensorCache(tmp_path / "cache")
     Generator(tiny_config(zoo), cache=cache).encode(PROMPT)

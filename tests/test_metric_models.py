@@ -1,4 +1,4 @@
-"""The model-based metrics (llm_dit.scorer, embedders, csd, reward) on the tiny metric zoo: each equals a direct
+"""The model-based metrics (llm_dit.scoring.scorer, embedders, csd, reward) on the tiny metric zoo: each equals a direct
 computation with the library's own classes (CSD: an independent OpenAI-layout forward of the original checkpoint),
 known answers, embed-once caching, the CSD pickle safety and usable-vs-installed quality packages."""
 
@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from llm_dit import reward
-from llm_dit.csd import convert_csd, load_csd_checkpoint
-from llm_dit.embedders import load_embedder
-from llm_dit.errors import UserError
-from llm_dit.metrics import METRICS
-from llm_dit.metriczoo import build_tiny_csd_checkpoint, metric_zoo_dir, tiny_csd_state
-from llm_dit.scorer import MetricScorer, ScoreItem, default_csd_dir, metric_models
+from llm_dit.core.errors import UserError
+from llm_dit.scoring import reward
+from llm_dit.scoring.csd import convert_csd, load_csd_checkpoint
+from llm_dit.scoring.embedders import load_embedder
+from llm_dit.scoring.image_metrics import METRICS
+from llm_dit.scoring.metriczoo import build_tiny_csd_checkpoint, metric_zoo_dir, tiny_csd_state
+from llm_dit.scoring.scorer import MetricScorer, ScoreItem, default_csd_dir, metric_models
 
 PROMPTS = ["a photo of a cat", "a blurry mountain at night, oil painting"]
 

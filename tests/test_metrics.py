@@ -1,4 +1,4 @@
-"""Sanity tests for llm_dit.metrics on synthetic images with known answers."""
+"""Sanity tests for llm_dit.scoring.image_metrics on synthetic images with known answers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from llm_dit.metrics import (
+from llm_dit.scoring.image_metrics import (
     IMAGE_METRICS,
     METRICS,
     MetricInfo,

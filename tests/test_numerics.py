@@ -1,5 +1,5 @@
 """Numbers that poison a run: NaN/Inf rows stop the run at the stage that made them, whatever the settings, and
-`whiten` refuses a singular VL covariance (llm_dit.numerics, blend.whiten)."""
+`whiten` refuses a singular VL covariance (llm_dit.core.numerics, blend.whiten)."""
 
 import math
 import re
@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from llm_dit.adapter import Adapter
-from llm_dit.blend import BlendError, _shrunk_cov, _sym_pow, blend, whiten
-from llm_dit.config import load_config
-from llm_dit.errors import UserError, check_choice
-from llm_dit.generate import Generator
-from llm_dit.numerics import NonFiniteError, check_number, check_rows, require_finite
+from llm_dit.adapter.adapter import Adapter
+from llm_dit.config.settings import load_config
+from llm_dit.core.errors import UserError, check_choice
+from llm_dit.core.numerics import NonFiniteError, check_number, check_rows, require_finite
+from llm_dit.generation.generate import Generator
+from llm_dit.maths.blend import BlendError, _shrunk_cov, _sym_pow, blend, whiten
 
 from .conftest import REPO
 
@@ -77,9 +77,9 @@ def test_every_row_taking_api_refuses_bad_rows_with_the_one_validator(zoo):
     words, after their own label."""
     from diffusers import ZImagePipeline
 
-    from llm_dit.inject import inject_conditioning
-    from llm_dit.stats import normalize
-    from llm_dit.steer import apply_direction, direction_mean_difference
+    from llm_dit.maths.stats import normalize
+    from llm_dit.maths.steer import apply_direction, direction_mean_difference
+    from llm_dit.models.inject import inject_conditioning
 
     cube, rows = torch.ones(2, 3, 64), torch.ones(3, 64)
     pipe = ZImagePipeline.from_pretrained(zoo / "zimage")

@@ -1,10 +1,10 @@
-"""The one progress bar (llm_dit.progress): what it shows, where, and that nothing else builds one."""
+"""The one progress bar (llm_dit.core.progress): what it shows, where, and that nothing else builds one."""
 
 import ast
 from pathlib import Path
 
 import llm_dit
-from llm_dit.progress import progress_bar
+from llm_dit.core.progress import progress_bar
 
 
 def test_progress_bar_columns_and_stderr(monkeypatch):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import llm_dit.bench as bench
+import llm_dit.bench.harness as bench
 
 
 @pytest.mark.parametrize(("disk_gb", "ram_gib"), [(5.0, 20.0), (100.0, 4.0)])

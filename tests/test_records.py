@@ -1,4 +1,4 @@
-"""Records say what acted (llm_dit.provenance): `settings` holds the settings that acted for this image,
+"""Records say what acted (llm_dit.generation.provenance): `settings` holds the settings that acted for this image,
 `inactive_settings` every other one with its reason; schedules and DiT injection record what the DiT received."""
 
 import inspect
@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.condition import CaptionRows, VLRows
-from llm_dit.config import Config
-from llm_dit.generate import Generator
-from llm_dit.inject import padded
-from llm_dit.provenance import EXTRACTION_KEYS, RULES, extraction_settings
-from llm_dit.records import conditioning, direction_metadata, sidecar
+from llm_dit.conditioning.source import CaptionRows, VLRows
+from llm_dit.config.settings import Config
+from llm_dit.generation.generate import Generator
+from llm_dit.generation.provenance import EXTRACTION_KEYS, RULES, extraction_settings
+from llm_dit.generation.records import conditioning, direction_metadata, sidecar
+from llm_dit.models.inject import padded
 
 from .conftest import REPO, tiny_config
 

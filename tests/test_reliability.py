@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.errors import UserError
-from llm_dit.files import atomic_write_bytes, load_image, save_tensors
+from llm_dit.core.errors import UserError
+from llm_dit.core.files import atomic_write_bytes, load_image, save_tensors
 
 from .conftest import REPO
 
@@ -142,7 +142,7 @@ def test_wrong_family_and_missing_models(cli, zoo, tmp_path):
 def test_vl_width_that_differs_from_the_dit_caption_width(cli, zoo, tmp_path):
     from dataclasses import replace
 
-    from llm_dit.zoo import PRESETS, build_tokenizer, build_vl_model
+    from llm_dit.models.zoo import PRESETS, build_tokenizer, build_vl_model
 
     spec = replace(PRESETS["tiny"], hidden=32, intermediate=64, head_dim=8, heads=4, mrope_section=(2, 1, 1))
     tok = build_tokenizer(spec.vocab_target)
@@ -230,7 +230,7 @@ def test_no_pickle_loading_anywhere_in_the_package():
     pattern = re.compile(r"torch\.load\(|pickle\.loads?\(|import pickle|weights_only\s*=\s*False")
     offenders = [p.name for p in src.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == ["csd.py"]
-    text = (src / "csd.py").read_text()
+    text = (src / "scoring" / "csd.py").read_text()
     text = text[text.index("def load_csd_checkpoint(") :]  # the code, not the module docstring
     loads = re.findall(r"torch\.load\(([^)]*)\)", text)
     assert loads and all("weights_only=True" in args for args in loads)
@@ -242,7 +242,7 @@ def test_no_pickle_loading_anywhere_in_the_package():
 
 
 def test_trust_remote_code_is_off_by_default():
-    from llm_dit.config import Config
+    from llm_dit.config.settings import Config
 
     assert Config().models.trust_remote_code is False
 
@@ -257,7 +257,7 @@ def test_sweep_output_names_cannot_escape_the_directory(cli, zoo, tmp_path):
 
 
 def _ids(out: Path) -> set[str]:
-    from llm_dit.sweepdir import SweepDir
+    from llm_dit.sweep.dir import SweepDir
 
     return {r["id"] for r in SweepDir(out).lines()}
 

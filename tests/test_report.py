@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llm_dit.report import (
+from llm_dit.report.sweep_report import (
     best_runs,
     build_report,
     grid_layout,
@@ -30,8 +30,8 @@ from llm_dit.report import (
     write_grid,
     write_report,
 )
-from llm_dit.sweep import PRESETS, SweepSpec, expand, run_id
-from llm_dit.sweepdir import SweepDir
+from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.spec import PRESETS, SweepSpec, expand, run_id
 
 DEFAULTS = {
     "generation.steps": 8,

@@ -5,18 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from llm_dit.blend import interpolate
-from llm_dit.config import GenerationConfig
-from llm_dit.errors import UserError
-from llm_dit.render import denoise
-from llm_dit.schedule import SCHEDULES, Schedule, parse_schedule, schedule_callback
+from llm_dit.config.settings import GenerationConfig
+from llm_dit.core.errors import UserError
+from llm_dit.generation.render import denoise
+from llm_dit.maths.blend import interpolate
+from llm_dit.maths.schedule import SCHEDULES, Schedule, parse_schedule, schedule_callback
 
 GEN = GenerationConfig(width=64, height=64, steps=4, guidance=0.0)
 
 
 @pytest.fixture(scope="module")
 def pipe(zoo):
-    from llm_dit.models import load_pipeline
+    from llm_dit.models.loading import load_pipeline
 
     return load_pipeline(str(zoo / "zimage"), "cpu", "float32")
 

@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.adapter import Adapter, train_adapter
-from llm_dit.cache import TensorCache
-from llm_dit.condition import Reference, parse_layer_weights, source_of
-from llm_dit.config import PLACEMENT_KEYS, ConfigError, default_config_path, load_config
-from llm_dit.errors import UserError
-from llm_dit.files import load_tensors
-from llm_dit.generate import Generator
-from llm_dit.steer import direction_mean_difference, load_direction
-from llm_dit.sweep import plan, run_config
-from llm_dit.sweepdir import SweepDir
+from llm_dit.adapter.adapter import Adapter, train_adapter
+from llm_dit.conditioning.source import Reference, parse_layer_weights, source_of
+from llm_dit.config.settings import PLACEMENT_KEYS, ConfigError, default_config_path, load_config
+from llm_dit.core.cache import TensorCache
+from llm_dit.core.errors import UserError
+from llm_dit.core.files import load_tensors
+from llm_dit.generation.generate import Generator
+from llm_dit.maths.steer import direction_mean_difference, load_direction
+from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.spec import plan, run_config
 
 from .conftest import REPO
 
@@ -303,7 +303,7 @@ def test_cli_vl_layer_and_sweep_layers_axis_beat_a_profile_vl_layers(cli, zoo, t
 
 
 def test_extract_records_weighted_layers_as_such_and_layer_beats_them(cli, zoo, tmp_path):
-    from llm_dit.stats import describe
+    from llm_dit.maths.stats import describe
 
     profile = config_file(tmp_path, '[default.vl]\nlayers = "-6:0.7,-3:0.3"\n')
     base = ["extract", "--models", "tiny", "--config", profile, "-i", REF, "-t", "a house"]
@@ -336,7 +336,7 @@ def test_packaged_profiles_other_than_default_change_only_placement():
 
 def test_default_long_prompt_is_interpolated_not_cut(zoo):
     """text.py's docstring: over max_length tokens, every token is encoded and the rows resampled (diffusers cuts)."""
-    from llm_dit.text import TextEncoder, shorten
+    from llm_dit.models.text import TextEncoder, shorten
 
     enc = TextEncoder.from_pretrained(str(zoo / "zimage"))
     long = " ".join(["a red fox in a snowy forest at sunset, watercolor painting"] * 50)

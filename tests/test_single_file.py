@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from llm_dit.config import with_overrides
-from llm_dit.generate import Generator
-from llm_dit.models import ModelError, check_transformer_file
+from llm_dit.config.settings import with_overrides
+from llm_dit.generation.generate import Generator
+from llm_dit.models.loading import ModelError, check_transformer_file
 
 from .checkpoints import to_original, write_gguf
 from .conftest import tiny_config

@@ -16,14 +16,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from llm_dit.blend import ALPHA_VALUES, BLEND_MODES, blend
-from llm_dit.compose import extract_style
-from llm_dit.condition import WHOLE_TEXT_MODES, Steering, VLRows, blend_conditioning, drop_sinks, steer_conditioning
-from llm_dit.config import ConfigError, load_config
-from llm_dit.errors import UserError
-from llm_dit.files import load_tensors
-from llm_dit.generate import Generator
-from llm_dit.stats import (
+from llm_dit.conditioning.source import (
+    WHOLE_TEXT_MODES,
+    Steering,
+    VLRows,
+    blend_conditioning,
+    drop_sinks,
+    steer_conditioning,
+)
+from llm_dit.config.settings import ConfigError, load_config
+from llm_dit.core.errors import UserError
+from llm_dit.core.files import load_tensors
+from llm_dit.generation.generate import Generator
+from llm_dit.maths.blend import ALPHA_VALUES, BLEND_MODES, blend
+from llm_dit.maths.compose import extract_style
+from llm_dit.maths.stats import (
     ReferenceStats,
     StatsError,
     compute_reference_stats,
@@ -36,9 +43,9 @@ from llm_dit.stats import (
     shipped_stats,
     std_ratios,
 )
-from llm_dit.steer import apply_direction
-from llm_dit.text import TextEncoder, render_prompt
-from llm_dit.vl import VLEmbeddingExtractor
+from llm_dit.maths.steer import apply_direction
+from llm_dit.models.text import TextEncoder, render_prompt
+from llm_dit.models.vl import VLEmbeddingExtractor
 
 from .conftest import REPO, tiny_config
 
@@ -486,7 +493,7 @@ def test_train_adapter_leaves_sink_rows_out_of_the_ridge_fit(cli, zoo, tmp_path,
     the planted image-pad sink into the image row; the fitted adapter missed the content rows by ~300x their norm
     (0.21 without the sinks). Now a pair row that is a sink in either sequence is dropped, the pooled row is made of
     content rows, and the adapter file says how many were left out."""
-    from llm_dit.adapter import Adapter, paired_rows
+    from llm_dit.adapter.adapter import Adapter, paired_rows
 
     refs = REPO / "examples" / "reference-images"
     captions = {"house2.png": "a cartoon house", "sunset.png": "a desert at sunset", "test_scene.png": "a street"}

@@ -1,4 +1,4 @@
-"""Tests for llm_dit.stats: shipped reference statistics, normalisation and outlier masking."""
+"""Tests for llm_dit.maths.stats: shipped reference statistics, normalisation and outlier masking."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from llm_dit.stats import (
+from llm_dit.maths.stats import (
     NORMALIZATION_MODES,
     OUTLIER_MODES,
     ReferenceStats,

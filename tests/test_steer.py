@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from llm_dit.errors import UserError
-from llm_dit.files import save_tensors
-from llm_dit.steer import (
+from llm_dit.core.errors import UserError
+from llm_dit.core.files import save_tensors
+from llm_dit.maths.steer import (
     apply_direction,
     direction_mean_difference,
     direction_pca,

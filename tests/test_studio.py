@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient  # the studio extra: `make setup` installs it
 from PIL import Image
 
-from llm_dit.errors import UserError
-from llm_dit.options import OPTIONS, command_params
+from llm_dit.config.options import OPTIONS, command_params
+from llm_dit.core.errors import UserError
 
 from .conftest import tiny_config
 
@@ -39,7 +39,7 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(zoo, workspace):
-    from llm_dit.studio import create_app
+    from llm_dit.studio.app import create_app
 
     with TestClient(create_app(tiny_config(zoo), workspace), base_url=LOCAL) as c:
         yield c
@@ -209,7 +209,7 @@ def test_extract_inspect_and_release(client, reference, workspace):
 
 
 def test_low_memory_staging_holds_in_the_studio(zoo, tmp_path):
-    from llm_dit.studio import create_app
+    from llm_dit.studio.app import create_app
 
     with TestClient(create_app(tiny_config(zoo, **{"models.low_memory": True}), tmp_path), base_url=LOCAL) as c:
         ref = c.post("/api/uploads", files={"file": ("r.png", png((5, 90, 5)), "image/png")}).json()["path"]
@@ -249,12 +249,14 @@ def test_sweep_launch_writes_a_report_the_browser_lists(client, reference, works
 def test_a_studio_sweep_runs_on_the_warm_models(zoo, tmp_path, monkeypatch):
     """After a generate has loaded everything, a sweep launched from the studio loads no model again: the DiT
     pipeline is loaded once, and the sweep's prompt and reference come from the warm components' cache."""
-    import llm_dit.components
-    from llm_dit.studio import create_app
+    import llm_dit.generation.components
+    from llm_dit.studio.app import create_app
 
     loads = []
-    real = llm_dit.components.load_pipeline
-    monkeypatch.setattr(llm_dit.components, "load_pipeline", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = llm_dit.generation.components.load_pipeline
+    monkeypatch.setattr(
+        llm_dit.generation.components, "load_pipeline", lambda *a, **k: loads.append(a) or real(*a, **k)
+    )
     with TestClient(create_app(tiny_config(zoo), tmp_path), base_url=LOCAL) as c:
         ref = c.post("/api/uploads", files={"file": ("r.png", png((90, 5, 5)), "image/png")}).json()["path"]
         assert generate(c, ref)["status"] == "done"
@@ -382,7 +384,7 @@ def bomb() -> bytes:
     ],
 )
 def test_bad_uploads_are_refused_and_leave_nothing(zoo, tmp_path, data, status, says):
-    from llm_dit.studio import create_app
+    from llm_dit.studio.app import create_app
 
     with TestClient(create_app(tiny_config(zoo), tmp_path, max_upload_mb=0.25), base_url=LOCAL) as c:
         r = c.post("/api/uploads", files={"file": ("x.png", data, "image/png")})
@@ -391,7 +393,7 @@ def test_bad_uploads_are_refused_and_leave_nothing(zoo, tmp_path, data, status, 
 
 
 def test_an_upload_is_stored_by_content_hash(zoo, tmp_path):
-    from llm_dit.studio import create_app
+    from llm_dit.studio.app import create_app
 
     with TestClient(create_app(tiny_config(zoo), tmp_path), base_url=LOCAL) as c:
         a = c.post("/api/uploads", files={"file": ("a.jpg", png(fmt="JPEG"), "image/jpeg")}).json()
@@ -405,7 +407,7 @@ def test_an_upload_is_stored_by_content_hash(zoo, tmp_path):
 
 
 def test_a_token_is_required_on_every_request(zoo, tmp_path):
-    from llm_dit.studio import create_app
+    from llm_dit.studio.app import create_app
 
     with TestClient(create_app(tiny_config(zoo), tmp_path, token="s3cret"), base_url=LOCAL) as c:
         for url in ("/", "/api/options", "/openapi.json", "/api/jobs", "/files/x.png"):
@@ -424,7 +426,7 @@ def test_a_token_is_required_on_every_request(zoo, tmp_path):
 def test_without_a_token_only_loopback_host_names_are_served(zoo, tmp_path):
     """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends `Host: evil.example`. Without
     a token that is refused (400); loopback names pass; with a token (which the page cannot know) any name may."""
-    from llm_dit.studio import create_app
+    from llm_dit.studio.app import create_app
 
     with TestClient(create_app(tiny_config(zoo), tmp_path), base_url=LOCAL) as c:
         for host in ("127.0.0.1:7860", "localhost:7860", "[::1]:7860", "localhost"):
@@ -437,7 +439,7 @@ def test_without_a_token_only_loopback_host_names_are_served(zoo, tmp_path):
 
 
 def test_binding_beyond_the_loopback_needs_a_token(cli):
-    from llm_dit.studio import check_bind
+    from llm_dit.studio.app import check_bind
 
     check_bind("127.0.0.1", None)
     check_bind("0.0.0.0", "t")

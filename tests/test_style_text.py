@@ -52,7 +52,7 @@ def test_a_style_file_applied_with_another_prompt_is_noted_and_warned(cli, zoo, 
 
 
 def test_text_does_not_matter_with_image_only_rows_or_is_unknown_in_older_files(cli, zoo, tmp_path, recwarn):
-    from llm_dit.files import load_tensors, save_tensors
+    from llm_dit.core.files import load_tensors, save_tensors
 
     style = extract(cli, tmp_path / "img.safetensors", "-t", "a fox", "--token-mode", "image_only")
     recwarn.clear()

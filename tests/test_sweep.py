@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llm_dit.report import grid_layout
-from llm_dit.sweep import PRESETS, SweepSpec, expand, resolve_spec
-from llm_dit.sweepdir import SweepDir
+from llm_dit.report.sweep_report import grid_layout
+from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.spec import PRESETS, SweepSpec, expand, resolve_spec
 
 from .conftest import REPO
 

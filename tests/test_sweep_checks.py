@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from llm_dit.adapter import Adapter
-from llm_dit.sweepdir import SweepDir
+from llm_dit.adapter.adapter import Adapter
+from llm_dit.sweep.dir import SweepDir
 
 from .conftest import REPO
 
@@ -164,7 +164,7 @@ def test_spec_file_paths_resolve_against_the_spec_files_folder(cli, zoo, tmp_pat
     """Before: a spec's image (and every other input) path was read from the current directory, so a spec beside
     its images only worked when run from its own folder."""
 
-    from llm_dit.sweep import SweepSpec
+    from llm_dit.sweep.spec import SweepSpec
 
     folder = tmp_path / "study"
     (folder / "refs").mkdir(parents=True)

@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.blend import CAPTION_LIMIT, BlendError, align, blend, replace
-from llm_dit.config import Config
-from llm_dit.errors import UserError
-from llm_dit.metrics import METRICS, grid_artifact_score, pareto_optimal, ssim
-from llm_dit.report import METRICS as REPORT_METRICS
-from llm_dit.report import best_runs, build_report, grid_layout, render_grid, tradeoffs
-from llm_dit.sweep import (
+from llm_dit.config.settings import Config
+from llm_dit.core.errors import UserError
+from llm_dit.maths.blend import CAPTION_LIMIT, BlendError, align, blend, replace
+from llm_dit.report.sweep_report import METRICS as REPORT_METRICS
+from llm_dit.report.sweep_report import best_runs, build_report, grid_layout, render_grid, tradeoffs
+from llm_dit.scoring.image_metrics import METRICS, grid_artifact_score, pareto_optimal, ssim
+from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.spec import (
     PRESETS,
     SweepSpec,
     baseline_of,
@@ -29,7 +30,6 @@ from llm_dit.sweep import (
     resolve_spec,
     run_config,
 )
-from llm_dit.sweepdir import SweepDir
 
 from .conftest import REPO
 from .test_metrics import noise_image, smooth_image, with_lines
@@ -196,9 +196,9 @@ def test_replace_gives_the_dit_the_vl_rows_themselves():
 
 
 def test_vl_only_run_conditions_on_every_vl_row_and_records_it(zoo):
-    from llm_dit.config import load_config
-    from llm_dit.files import load_image
-    from llm_dit.generate import Generator
+    from llm_dit.config.settings import load_config
+    from llm_dit.core.files import load_image
+    from llm_dit.generation.generate import Generator
 
     cfg = load_config(
         overrides={"models.zimage": str(zoo / "zimage"), "models.vl": str(zoo / "qwen3-vl"), "vl.blend": "replace"}

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llm_dit.text import TextEncoder, attention_pool, render_prompt, shorten
+from llm_dit.models.text import TextEncoder, attention_pool, render_prompt, shorten
 
 LONG = " ".join(["a red fox in a snowy forest at sunset, watercolor painting"] * 8)
 

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from llm_dit.comparison import (
+from llm_dit.config.settings import load_config
+from llm_dit.eval.methods import compared, methods_of, preset_methods, shared_settings
+from llm_dit.eval.run import IMAGE_FREE, compare_methods, leaderboard, load_eval, primary_metrics
+from llm_dit.eval.statistics import (
     ADHERENCE_LOST,
     ADHERENCE_NOT_SHOWN,
     ALPHA,
@@ -30,12 +33,9 @@ from llm_dit.comparison import (
     paired_difference,
     single_level_factor,
 )
-from llm_dit.config import load_config
-from llm_dit.evalmethods import compared, methods_of, preset_methods, shared_settings
-from llm_dit.evalreport import REPORT, style_label
-from llm_dit.evaluate import IMAGE_FREE, compare_methods, leaderboard, load_eval, primary_metrics
-from llm_dit.suite import load_suite
-from llm_dit.sweep import baseline_of, is_conditioning
+from llm_dit.eval.suite import load_suite
+from llm_dit.report.eval_report import REPORT, style_label
+from llm_dit.sweep.spec import baseline_of, is_conditioning
 
 from .test_eval import SMALL, TINY
 
@@ -270,7 +270,7 @@ def test_the_matching_rule_is_the_sweeps():
                 "encoder.system_prompt": "x", "models.low_memory": True}  # fmt: skip
     run = {"prompt": "p", "image": "a.png", "init_image": None, "steer": None, "neutral_image": None,
            "kind": "variant", "label": "x", "settings": settings}  # fmt: skip
-    from llm_dit.evalmethods import Method
+    from llm_dit.eval.methods import Method
 
     assert shared_settings(Method(name="m", kind="vl", settings=settings)) == baseline_of(run)["settings"]
     assert all(compared("vl", k) == is_conditioning(k) for k in settings)
@@ -297,7 +297,7 @@ def test_the_dry_run_shows_the_matched_baselines(cli, zoo):
 @pytest.fixture(scope="module")
 def matched_eval(tmp_path_factory, zoo):
     """2 references x 2 prompts: an image-free method (alpha 0) and one with a think block, without CSD."""
-    from llm_dit.cli import main
+    from llm_dit.cli.app import main
 
     out = tmp_path_factory.mktemp("verdicts") / "e"
     args = ["eval", "--suite", "builtin", "--quick", "--models", "tiny", *SMALL, "--metric-models", "tiny,csd=none"]
@@ -328,7 +328,7 @@ def test_an_image_free_method_is_flagged_in_every_output(matched_eval):
 
 
 def test_matched_baselines_run_with_the_methods_settings_and_are_what_it_is_compared_with(matched_eval):
-    from llm_dit.sweepdir import SweepDir
+    from llm_dit.sweep.dir import SweepDir
 
     data = load_eval(matched_eval).data
     method = next(m for m in data["methods"] if m["name"] == "vl think_block=True")

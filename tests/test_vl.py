@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.cache import TensorCache
-from llm_dit.errors import UserError
-from llm_dit.stats import ReferenceStats, compute_reference_stats
-from llm_dit.vl import TOKEN_MODES, VLEmbeddingExtractor, find_spans, pick_reference
+from llm_dit.core.cache import TensorCache
+from llm_dit.core.errors import UserError
+from llm_dit.maths.stats import ReferenceStats, compute_reference_stats
+from llm_dit.models.vl import TOKEN_MODES, VLEmbeddingExtractor, find_spans, pick_reference
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_spans_with_system_prompt_and_thinking_template(extractor):
     assert ids[sys.spans.image[0]] == extractor.ids["start"] and ids[sys.spans.image[1] - 1] == extractor.ids["end"]
     assert plain.variant == "instruct"
 
-    from llm_dit.zoo import QWEN3_VL_THINKING_CHAT_TEMPLATE
+    from llm_dit.models.zoo import QWEN3_VL_THINKING_CHAT_TEMPLATE
 
     original = extractor.tokenizer.chat_template
     extractor.tokenizer.chat_template = QWEN3_VL_THINKING_CHAT_TEMPLATE

@@ -3,7 +3,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from llm_dit.zoo import SPECIAL_TOKENS, build_zoo, zoo_dir
+from llm_dit.models.zoo import SPECIAL_TOKENS, build_zoo, zoo_dir
 
 
 def test_diffusers_loads_and_runs_the_zimage_folder(zoo):
