@@ -18,6 +18,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("llm-dit-cache")
     os.environ["LLM_DIT_CACHE"] = str(root)
     os.environ["HF_HUB_OFFLINE"] = "1"
+    # torch.compile's kernels too: inductor's shared cache (/tmp/torchinductor_$USER) returned kernels compiled under
+    # another thread count, which aborted the process under OMP_NUM_THREADS=1 (torch 2.13)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("torchinductor"))
     return root
 
 
@@ -75,3 +78,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def signalling_cli(signal_name: str, method: str, count: int) -> list[str]:
+    """The command of an `llm-dit` process that sends itself the real signal `signal_name` (SIGINT as Ctrl-C
+    sends, SIGKILL as a crash) right after its `count`-th call of `SweepDir.method` returns (`append_result`: after
+    that many result lines are saved; `write_spec`: once the plan is written, before any run): append the CLI's
+    arguments. The interrupt then always lands mid-sweep; a test that watched the directory from outside and then
+    signalled raced the sweep, whose tiny runs are fast, and lost on a loaded machine."""
+    program = f"""
+import os, signal, sys
+from llm_dit.sweep.dir import SweepDir
+calls, real = [], SweepDir.{method}
+def signalling(self, *args, **kwargs):
+    out = real(self, *args, **kwargs)
+    calls.append(1)
+    if len(calls) == {count}:
+        os.kill(os.getpid(), signal.{signal_name})
+    return out
+SweepDir.{method} = signalling
+from llm_dit.cli.app import main
+sys.argv = ["llm-dit", *sys.argv[1:]]
+main()
+"""
+    return [sys.executable, "-c", program]

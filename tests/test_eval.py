@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,7 @@ from llm_dit.scoring.scorer import MetricScorer, ScoreItem
 from llm_dit.sweep.dir import SweepDir
 from llm_dit.sweep.spec import expand
 
-from .conftest import REPO, tiny_config
+from .conftest import REPO, signalling_cli, tiny_config
 
 SMALL = ["--width", "32", "--height", "32", "--steps", "2"]
 TINY = ["--models", "tiny", *SMALL, "--metric-models", "tiny"]
@@ -361,16 +359,13 @@ def test_eval_refusals_are_one_line_exit_2(cli, zoo, tmp_path):
 
 def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "llm_dit", "eval", "--suite", "builtin", "--references", "1", "--prompts", "3"]
-    cmd += [*TINY, "--method", "vl:alpha=0.3,0.6", "-o", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 180
-    while time.time() < deadline and len(SweepDir(out / RUNS).lines()) < 2 and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    args = ["eval", "--suite", "builtin", "--references", "1", "--prompts", "3"]
+    args += [*TINY, "--method", "vl:alpha=0.3,0.6", "-o", str(out)]
+    killed = subprocess.run([*signalling_cli("SIGKILL", "append_result", 2), *args], capture_output=True, check=False)
+    assert killed.returncode == -9
     done = {r["id"]: r["output"] for r in SweepDir(out / RUNS).lines()}
-    assert 2 <= len(done) < 12 and not (out / EVAL).exists()  # killed mid-sweep, before scoring
+    assert len(done) == 2 and not (out / EVAL).exists()  # killed mid-sweep, before scoring
+    cmd = [sys.executable, "-m", "llm_dit", *args]
     stamps = {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()}
     finished = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=os.environ.copy())
     assert finished.returncode == 0, finished.stderr

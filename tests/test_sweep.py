@@ -1,9 +1,7 @@
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from llm_dit.report.sweep_report import grid_layout
 from llm_dit.sweep.dir import SweepDir
 from llm_dit.sweep.spec import PRESETS, SweepSpec, expand, resolve_spec
 
-from .conftest import REPO
+from .conftest import REPO, signalling_cli
 
 REF = REPO / "examples" / "reference-images" / "test_scene.png"
 TINY = ["--models", "tiny", "--width", "32", "--height", "32", "--steps", "2"]
@@ -129,32 +127,17 @@ def test_existing_directory_needs_resume_and_a_second_sweep_is_locked_out(cli, z
         os.close(fd)
 
 
-@pytest.mark.parametrize("kill_after", [0, 1, 3], ids=["while_priming", "after_first", "after_third"])
-def test_sigkill_then_resume_runs_everything_exactly_once(zoo, tmp_path, kill_after):
+@pytest.mark.parametrize(
+    "method, count", [("write_spec", 1), ("append_result", 1), ("append_result", 3)],
+    ids=["while_priming", "after_first", "after_third"],
+)  # fmt: skip
+def test_sigkill_then_resume_runs_everything_exactly_once(zoo, tmp_path, method, count):
     out = tmp_path / "k"
-    cmd = [
-        sys.executable,
-        "-m",
-        "llm_dit",
-        "sweep",
-        "--alphas",
-        "0.1,0.2,0.3,0.4,0.5",
-        "-i",
-        str(REF),
-        "-p",
-        "a mill",
-        *TINY,
-        "-o",
-        str(out),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.time() + 120
-    ready = (lambda: (out / "spec.json").exists()) if kill_after == 0 else (lambda: len(results(out)) >= kill_after)
-    while time.time() < deadline and not ready() and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(results(out)) < 6  # killed before the end
+    args = ["sweep", "--alphas", "0.1,0.2,0.3,0.4,0.5", "-i", str(REF), "-p", "a mill", *TINY, "-o", str(out)]
+    killed = subprocess.run([*signalling_cli("SIGKILL", method, count), *args], capture_output=True, check=False)
+    assert killed.returncode == -9
+    assert len(results(out)) == (0 if method == "write_spec" else count)  # killed mid-sweep
+    cmd = [sys.executable, "-m", "llm_dit", *args]
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=os.environ.copy())
     assert done.returncode == 0, done.stderr
     rows = results(out)

@@ -7,20 +7,17 @@ End-to-end runs use the tiny zoo at 32x32 px and 2 steps."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from llm_dit.adapter.adapter import Adapter
 from llm_dit.sweep.dir import SweepDir
 
-from .conftest import REPO
+from .conftest import REPO, signalling_cli
 
 REF = REPO / "examples" / "reference-images" / "test_scene.png"
 OTHER = REPO / "examples" / "reference-images" / "sunset.png"
@@ -199,21 +196,17 @@ def test_spec_file_paths_resolve_against_the_spec_files_folder(cli, zoo, tmp_pat
 
 
 def test_sigint_says_what_was_saved_and_how_to_resume(zoo, tmp_path):
-    """A real SIGINT to a sweep in a subprocess (as Ctrl-C sends): before, it exited 130 silently."""
+    """A real SIGINT to a sweep in a subprocess, mid-sweep (after its first result): before, it exited 130
+    silently."""
     out = tmp_path / "i"
-    alphas = ",".join(
-        f"{a / 40:g}" for a in range(1, 40)
-    )  # 39 variants + 1 baseline: too many to finish before the signal
+    alphas = ",".join(f"{a / 40:g}" for a in range(1, 40))  # 39 variants + 1 baseline
     args = ["sweep", "--alphas", alphas, "-i", str(REF), "-p", "a mill", *TINY, "-o", str(out)]
-    cmd = [sys.executable, "-m", "llm_dit", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    deadline = time.time() + 120
-    while time.time() < deadline and len(SweepDir(out).lines()) < 1 and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=120)[1]
+    cmd = [*signalling_cli("SIGINT", "append_result", 1), *args]
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    err = proc.stderr
     assert proc.returncode == 130, err
     done = sum(x["status"] == "ok" for x in SweepDir(out).runs())
+    assert 1 <= done < 40  # interrupted mid-sweep
     lines = [line for line in err.splitlines() if line.startswith("interrupted:")]
     assert len(lines) == 1 and f"interrupted: {done} of 40 runs saved in {out}; resume with: " in lines[0], err
     resume = shlex.split(lines[0].split("resume with: ", 1)[1])
