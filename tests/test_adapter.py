@@ -448,7 +448,7 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
 def test_an_empty_caption_names_the_image_and_the_fix(cli, zoo, tmp_path, monkeypatch):
     """Before: `paired_rows needs a non-empty caption` (no image, no fix) when the VL model wrote an empty caption,
     and an empty caption in a captions file was silently replaced by the VL model's."""
-    from llm_dit import adapter as adapter_module
+    from llm_dit.adapter import adapter as adapter_module
 
     from .conftest import REPO
 

@@ -200,32 +200,12 @@ def test_text_encode_takes_the_encoder_settings_with_the_config_defaults():
 
 
 def test_modules_below_config_never_import_it():
-    """config.py builds its types from blend/stats/schedule/text/vl: none of them (or what they import) may import
-    config, at module level or inside a function, or the package would have an import cycle."""
-    import ast
+    """config builds its types from the mode names in core.modes: no module of the packages below it (core, maths,
+    models) imports config, at module level or inside a function, or the package would have an import cycle."""
+    from .test_architecture import imports, modules
 
-    import llm_dit
-
-    root = Path(llm_dit.__file__).parent
-
-    def imports(name: str) -> set[str]:
-        tree = ast.parse((root / f"{name}.py").read_text())
-        found = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found |= {node.module} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("llm_dit."):
-                found.add(node.module.removeprefix("llm_dit."))
-        return found
-
-    below, todo = set(), sorted(imports("config"))
-    while todo:
-        name = todo.pop()
-        if name not in below:
-            below.add(name)
-            todo += sorted(imports(name))
-    assert {"blend", "stats", "schedule", "text", "vl"} <= below
-    assert "config" not in below, sorted(m for m in below if "config" in imports(m))
+    below = {n: p for n, p in modules().items() if n.split(".")[0] in ("core", "maths", "models")}
+    assert below and not {n: d for n, p in below.items() if (d := {i for i in imports(n, p) if i.startswith("config")})}
 
 
 def test_models_env_locates_the_default_hub_ids_in_the_zoo_and_leaves_given_paths_alone(zoo, monkeypatch, tmp_path):

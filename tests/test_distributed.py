@@ -66,7 +66,7 @@ def test_ray_resume_reruns_lost_lines_and_failed_runs_with_identical_images(cli,
     """A local sweep with an ok, a failing (at render time) and an ok variant loses its last line; `--executor ray
     --resume` redoes exactly the lost run and retries the failed one (on a Ray instance it starts and shuts down),
     writing the same image for the lost run."""
-    from llm_dit import runner
+    from llm_dit.sweep import runner
 
     assert not ray.is_initialized()
     out = tmp_path / "r"

@@ -417,7 +417,7 @@ def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
 def test_eval_with_failed_runs_writes_its_results_and_exits_3(cli, zoo, tmp_path, monkeypatch):
     """Like sweep: a run that fails does not stop the eval (eval.json, leaderboard and report are written), and the
     command exits 3 (`cli.RUNS_FAILED`) saying how many failed and that --resume retries them."""
-    from llm_dit import runner
+    from llm_dit.sweep import runner
 
     real = runner.render_batch
 

@@ -130,14 +130,16 @@ def test_reading_results_skips_torn_lines_and_the_last_record_of_an_id_wins(tmp_
 def test_executors_sit_below_one_entry_point():
     """runner (the steps and the local executor) imports no executor and no entry point; only experiment imports
     the Ray executor; nothing below experiment imports it."""
-    importers = {p.stem: imports(p) for p in SRC.glob("*.py")}
-    assert not importers["runner"] & {"distributed", "experiment"}
-    assert "runner" in importers["distributed"]
-    assert sorted(m for m, names in importers.items() if "distributed" in names) == ["experiment"]
-    # above it only: the benchmark, the eval (whose every (method, cell) is a run of one sweep) and the command line
-    # (cli, and options, whose --executor help lists EXECUTORS) and the studio (its sweep launch)
-    above = sorted(m for m, names in importers.items() if "experiment" in names)
-    assert above == ["bench", "cli", "evaluate", "options", "studio"]
+    from .test_architecture import imports, modules
+
+    importers = {name: imports(name, path) for name, path in modules().items()}
+    assert not importers["sweep.runner"] & {"sweep.distributed", "experiment.run"}
+    assert "sweep.runner" in importers["sweep.distributed"]
+    assert sorted(m for m, names in importers.items() if "sweep.distributed" in names) == ["experiment.run"]
+    # above it only: the benchmark, the eval (whose every (method, cell) is a run of one sweep), the command line
+    # and the studio (its sweep launch)
+    above = sorted(m for m, names in importers.items() if "experiment.run" in names)
+    assert above == ["bench.harness", "cli.app", "eval.run", "studio.app"]
 
 
 def test_the_plan_resolves_each_run_config_once(zoo, tmp_path, monkeypatch):

@@ -30,7 +30,7 @@ def test_progress_bar_is_silent_when_stderr_is_not_a_terminal(capfd):
 def test_no_other_module_builds_a_progress_bar():
     root = Path(llm_dit.__file__).parent
     users = set()
-    for path in root.glob("*.py"):
+    for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "rich.progress":
                 users.add(path.name)

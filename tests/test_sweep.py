@@ -88,7 +88,7 @@ def test_three_layers_two_alphas_cost_one_forward_pass_each_and_zero_on_rerun(cl
 
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(cli, zoo, tmp_path, monkeypatch):
     """A run that fails at render time (settings and inputs are checked before any work: test_sweep_checks.py)."""
-    from llm_dit import runner
+    from llm_dit.sweep import runner
 
     real = runner.render_batch
 

@@ -74,7 +74,7 @@ def test_sweep_refuses_a_bad_input_or_setting_before_any_model_loads(
             tmp_path / "nothere.safetensors",
         ],
     }[case]
-    from llm_dit import components
+    from llm_dit.generation import components
 
     def no_models(*_args, **_kw):
         raise AssertionError("a model loaded before the sweep's inputs and settings were checked")
@@ -90,7 +90,7 @@ def test_sweep_refuses_a_bad_input_or_setting_before_any_model_loads(
 def test_each_input_image_is_decoded_once_per_sweep(cli, zoo, tmp_path, monkeypatch):
     """Checking the inputs, planning the image-check probes, running and scoring share one decoded image (before:
     the plan, the runner and the scoring each decoded it)."""
-    from llm_dit import sweep
+    from llm_dit.sweep import spec as sweep
 
     decoded: list[str] = []
     real = sweep.load_image
@@ -109,7 +109,7 @@ def test_each_input_image_is_decoded_once_per_sweep(cli, zoo, tmp_path, monkeypa
 @pytest.fixture
 def flaky(monkeypatch):
     """Make the run labelled `alpha=0.6` fail once, as a run can at render time (out of memory, a library error)."""
-    from llm_dit import runner
+    from llm_dit.sweep import runner
 
     real, failed = runner.prepare_run, []
 
@@ -221,7 +221,7 @@ def test_a_metric_device_this_machine_lacks_is_refused_before_the_sweep_runs(cli
     a traceback. Now one line naming metric_device, exit 2, nothing written, no model loaded."""
     import torch
 
-    from llm_dit import components
+    from llm_dit.generation import components
 
     def no_models(*_args, **_kw):
         raise AssertionError("a model loaded before the metric device was checked")
