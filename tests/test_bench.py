@@ -15,6 +15,7 @@ FIGURES = (
     "peak_memory_ratio",
     "studio_rerender_vs_dit",
     "studio_first_image_vs_generate",
+    "cli_help_vs_typer",
 )
 
 

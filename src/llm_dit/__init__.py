@@ -10,7 +10,7 @@ use, so `import llm_dit` stays light):
 
 import logging
 import os
-from importlib import import_module, metadata
+from importlib import import_module
 
 # The one library-output policy (`models.quiet_libraries`) must hold from the first import: diffusers and the optional
 # quantisation backends (torchao, bitsandbytes) log warnings while being imported, before any model loads; on a CPU
@@ -20,8 +20,6 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 for _name in ("torchao", "bitsandbytes", "kernels", "torch.utils._pytree"):
     logging.getLogger(_name).setLevel(logging.ERROR)
-
-__version__ = metadata.version("llm-dit")
 
 _EXPORTS = {
     "load_config": "config.settings",
@@ -51,6 +49,10 @@ __all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str):
+    if name == "__version__":  # importlib.metadata costs a CLI start ~0.1 s: read only when asked for
+        from importlib import metadata
+
+        return metadata.version("llm-dit")
     if name in _EXPORTS:
         return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'llm_dit' has no attribute '{name}'")

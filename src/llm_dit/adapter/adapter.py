@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..core.errors import UserError, check_choice
 from ..core.files import load_image, load_tensors, save_tensors
+from ..core.modes import ADAPTER_KINDS
 from ..core.numerics import check_number, check_rows
 from ..maths.stats import SINK_RATIO, find_sinks
 from ..models.text import TextEncoder, render_prompt
@@ -71,7 +72,6 @@ __all__ = [
     "velocity_target",
 ]
 
-ADAPTER_KINDS = ("linear", "low_rank", "affine")
 DEFAULT_RANK = 32
 FILE_KIND = "adapter"
 CHECKPOINT_KIND = "adapter_checkpoint"

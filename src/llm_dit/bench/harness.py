@@ -27,6 +27,8 @@ measurement cannot inherit another's allocations. Each figure states its ratio a
   <= 1.05, with the re-renders' VL and text forward passes (must be 0) and `denoise` of the same rows timed alone.
 - `studio_first_image_vs_generate`: the studio's first image of a new reference + prompt (models warm, nothing
   cached), request to PNG served / `Generator.generate` of the same work in a warm process; target <= 1.05.
+- `cli_help_vs_typer`: the wall time of `llm-dit --help` in a fresh process / that of `python -c "import typer,
+  rich"` (the CLI framework's own floor), the two run in turn; target <= 2.5.
 """
 
 from __future__ import annotations
@@ -700,6 +702,24 @@ def on_worker(studio: Any, fn: Callable[[], Any]) -> float:
     return job.result["seconds"]
 
 
+def cli_help(repeats: int) -> dict[str, Any]:
+    """`cli_help_vs_typer`: median wall time of `python -m llm_dit --help` / of `python -c "import typer, rich"`,
+    each a fresh process, run in turn (A B A B ...) after one warm-up of each."""
+    import subprocess
+    import sys
+
+    def run(command: list[str]) -> Callable[[], Any]:
+        return lambda: subprocess.run(command, capture_output=True, check=True)
+
+    ours, floor = run([sys.executable, "-m", "llm_dit", "--help"]), run([sys.executable, "-c", "import typer, rich"])
+    ours(), floor()
+    pairs = [(timed_call(ours), timed_call(floor)) for _ in range(repeats)]
+    return figure(
+        statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+        "llm-dit --help / python -c 'import typer, rich' (fresh processes, wall seconds)", "<=2.5",
+    )  # fmt: skip
+
+
 def _studio(preset: str, tmp: Path, repeats: int) -> dict[str, Any]:
     (tmp / "studio").mkdir()
     return studio_figures(preset, tmp / "studio", repeats)
@@ -715,6 +735,7 @@ FIGURE_GROUPS: dict[str, tuple[str, Callable[[str, Path, int], dict[str, Any]]]]
     "compiled": ("compiled DiT vs eager", lambda p, _, r: {"compiled_vs_eager": compiled(p, r)}),
     "memory": ("peak memory", lambda p, _, r: {"peak_memory_ratio": peak_memory(p)}),
     "studio": ("studio re-render and first image", _studio),
+    "cli": ("CLI start", lambda _, __, r: {"cli_help_vs_typer": cli_help(r)}),
 }  # fmt: skip
 """Each group of figures `run_bench` measures (in this order; `only` limits it): what it says, and the figures."""
 FIGURES = tuple(FIGURE_GROUPS)

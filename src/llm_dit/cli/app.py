@@ -1,6 +1,7 @@
 """The `llm-dit` command: a thin layer over the Python API. Each command parses its options (the settings ones from
 the one table in `config.options`), resolves the config, makes one API call and prints the result: paths and JSON
-on stdout, messages on stderr.
+on stdout, messages on stderr. A command resolves its settings before it imports the feature it calls, so help,
+flag and choice errors and bad settings never wait for torch (tests/test_cli_start.py).
 
 Every failure caused by input (a file, a value, a model) is a `UserError`: one line on stderr, exit code 2, no
 traceback (`--debug` shows it), with the command's flags beside the config keys it names (`options.with_flags`).
@@ -22,11 +23,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..adapter.adapter import ADAPTER_KINDS
 from ..config.options import Given, reset_active, resolve_config, takes, with_flags
 from ..core.errors import UserError, check_choice
-from ..maths.steer import DIRECTIONS
-from ..models.zoo import PRESETS as ZOO_PRESETS
+from ..core.modes import ADAPTER_KINDS, DIRECTION_METHODS, ZOO_PRESETS
 
 if TYPE_CHECKING:
     from ..sweep.spec import SweepSpec
@@ -147,12 +146,13 @@ def generate(
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write (a .json sidecar goes next to it).")],
 ) -> None:
     """Generate one image; writes OUTPUT and OUTPUT.json with every setting that made it."""
+    config = given.config()
     from ..generation.tasks import generate_file
 
     inputs = given.of("inputs")
     if inputs["neutral_image"] and inputs["neutral_embeddings"]:
         raise UserError("give one of --neutral-image, --neutral-embeddings")
-    print(generate_file(given.config(), prompt, output, **inputs))
+    print(generate_file(config, prompt, output, **inputs))
 
 
 @app.command()
@@ -167,9 +167,10 @@ def extract(
     """Extract Qwen3-VL rows of one layer for an image (+ text) into a safetensors file.
 
     With vl.layers, the weighted sum of its layers."""
+    config = given.config()
     from ..generation.tasks import extract_file
 
-    summary = extract_file(given.config(), image, output, text)
+    summary = extract_file(config, image, output, text)
     print(json.dumps(summary) if as_json else output)
 
 
@@ -187,9 +188,10 @@ def style_extract(
 ) -> None:
     """Extract the style vl.blend transfers from an image (moments, style vector, rows or delta) into a file that
     generate and sweep apply with --style."""
+    config = given.config()
     from ..generation.tasks import style_extract_file
 
-    summary = style_extract_file(given.config(), image, output, neutral=neutral, text=text)
+    summary = style_extract_file(config, image, output, neutral=neutral, text=text)
     print(json.dumps(summary) if as_json else output)
 
 
@@ -214,9 +216,10 @@ def encode(
     as_json: Json = False,
 ) -> None:
     """Encode a prompt with Z-Image's text encoder (caption rows as the DiT sees them) into a safetensors file."""
+    config = given.config()
     from ..generation.tasks import encode_file
 
-    summary = encode_file(given.config(), prompt, output)
+    summary = encode_file(config, prompt, output)
     print(json.dumps(summary) if as_json else output)
 
 
@@ -241,14 +244,14 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print the sink report as JSON.")] = False,
 ) -> None:
     """Per-dimension reference statistics of the text encoder at one layer (default: built-in prompt set)."""
-    from ..generation.tasks import sink_report_of, stats_file
-    from ..maths.stats import sink_lines, sink_report_lines
-
     if output is None and not sink_report:
         raise UserError("give the statistics file to write with --output/-o, or --sink-report to print the report")
     if as_json and not sink_report:
         raise UserError("--json prints the sink report: give --sink-report too")
     cfg = given.config()
+    from ..generation.tasks import sink_report_of, stats_file
+    from ..maths.stats import sink_lines, sink_report_lines
+
     if sink_report:
         report = sink_report_of(cfg, layer, prompts)
         print(json.dumps(report, indent=2) if as_json else "\n".join(sink_report_lines(report)))
@@ -275,9 +278,11 @@ def inspect_cmd(
 ) -> None:
     """Compare VL rows with the text encoder's, per layer: spans, statistics, outliers, image influence."""
     from ..generation.diagnostics import print_report
+
+    config = given.config()
     from ..generation.tasks import inspect_image
 
-    report = inspect_image(given.config(), image, prompt, given.get("layers"))
+    report = inspect_image(config, image, prompt, given.get("layers"))
     if as_json:
         print(json.dumps(report, indent=2))
     else:
@@ -290,12 +295,15 @@ def steer(
     given: Given,
     pairs: Annotated[Path, typer.Option("--pairs", help="TOML: \\[\\[pairs]] prompt/positive/negative, or two sets.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Direction file (safetensors).")],
-    method: Annotated[str, typer.Option("--method", help=f"One of: {', '.join(DIRECTIONS)}.")] = "mean_difference",
+    method: Annotated[
+        str, typer.Option("--method", help=f"One of: {', '.join(DIRECTION_METHODS)}.")
+    ] = "mean_difference",
 ) -> None:
     """Build a steering direction from contrastive VL extractions (styled vs neutral images, same prompt)."""
+    config = given.config()
     from ..generation.tasks import steer_file
 
-    print(steer_file(given.config(), pairs, output, method))
+    print(steer_file(config, pairs, output, method))
 
 
 @app.command("train-adapter")
@@ -316,13 +324,12 @@ def train_adapter_cmd(
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the checkpoint.")] = True,
 ) -> None:
     """Train a small adapter from Qwen3-VL rows to the DiT's caption space (ridge init, optional fine-tuning)."""
+    config = given.config()
     from ..generation.tasks import train_adapter_file
 
     training = {"kind": kind, "rank": rank, "lam": lam, "steps": finetune_steps, "lr": lr, "resume": resume}
     try:
-        path = train_adapter_file(
-            given.config(), images, output, captions=captions, checkpoint_dir=checkpoint_dir, **training
-        )
+        path = train_adapter_file(config, images, output, captions=captions, checkpoint_dir=checkpoint_dir, **training)
     except UserError as e:  # --captions is this command's own option, not one of the table's
         raise UserError(str(e).replace("'captions'", "'captions' (--captions)", 1)) from None
     print(path)

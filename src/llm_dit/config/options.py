@@ -26,9 +26,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import typer
 
 from ..core.errors import UserError
-from ..core.modes import ADHERENCE_TOLERANCE, EXECUTOR_NAMES, INSPECT_LAYERS
-from ..maths.schedule import SCHEDULES
-from ..models.zoo import PRESETS as ZOO_PRESETS
+from ..core.modes import ADHERENCE_TOLERANCE, EXECUTOR_NAMES, INSPECT_LAYERS, SCHEDULES, ZOO_PRESETS
 from .settings import Config, load_config
 
 

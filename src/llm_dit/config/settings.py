@@ -11,7 +11,7 @@ are overridden: profiles, keyword overrides (CLI flags) and each sweep run's set
 level that sets either wins, and one level setting both is an error.
 
 The mode lists and limits are not written here: each field's type is built from the tuple of the module that
-implements the modes (`blend.BLEND_MODES`, `stats.NORMALIZATION_MODES`, `vl.TOKEN_MODES`, ...).
+implements the modes (`core.modes`: `BLEND_MODE_NAMES`, `NORMALIZATION_MODES`, `TOKEN_MODES`, ...).
 """
 
 from __future__ import annotations
@@ -28,12 +28,21 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..core.errors import UserError
-from ..maths.blend import BLEND_MODES, CAPTION_LIMIT, RESAMPLE_MODES
+from ..core.modes import (
+    BLEND_MODE_NAMES,
+    CAPTION_LIMIT,
+    LONG_PROMPT_MODES,
+    NORMALIZATION_MODES,
+    OFFLOADS,
+    OUTLIER_MODES,
+    QUANTIZATIONS,
+    RESAMPLE_MODES,
+    SINK_RATIO,
+    SINK_ROW_MODES,
+    TOKEN_MODES,
+    parse_lora,
+)
 from ..maths.schedule import parse_schedule
-from ..maths.stats import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
-from ..models.loading import OFFLOADS, QUANTIZATIONS, parse_lora
-from ..models.text import LONG_PROMPT_MODES
-from ..models.vl import TOKEN_MODES
 
 # Field types built from the modules' own mode lists (`Literal[("a", "b")]` is `Literal["a", "b"]`).
 LongPromptMode = Literal[LONG_PROMPT_MODES]
@@ -41,7 +50,7 @@ TokenMode = Literal[TOKEN_MODES]
 NormalizationMode = Literal[NORMALIZATION_MODES]
 OutlierMode = Literal[OUTLIER_MODES]
 SinkRowMode = Literal[SINK_ROW_MODES]
-BlendModeName = Literal[tuple(BLEND_MODES)]
+BlendModeName = Literal[BLEND_MODE_NAMES]
 ResampleMode = Literal[RESAMPLE_MODES]
 Offload = Literal[OFFLOADS]
 Quantization = Literal[QUANTIZATIONS]

@@ -18,10 +18,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from numbers import Integral, Real
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where rows are checked, so `check_number` (settings) stays torch-free
+    import torch
 
 
 class NonFiniteError(UserError):
@@ -33,6 +35,8 @@ def require_finite(
 ) -> torch.Tensor:
     """`rows` unchanged if every value is finite, else `error` naming `stage` and counting the bad values (one
     line; `hint` is appended)."""
+    import torch
+
     finite = torch.isfinite(rows)
     if bool(finite.all()):
         return rows
@@ -54,6 +58,8 @@ def check_rows(
     """`rows` unchanged if it is a floating-point tensor `[n, D]` with n, D >= 1, `D == width` (when given;
     `width_of` says whose width that is) and, with `finite`, no NaN/Inf; else `error` (default `UserError`, and
     `NonFiniteError` for NaN/Inf) in one line that starts with `label` and names the shape, dtype or widths."""
+    import torch
+
     fail = error or UserError
     if not isinstance(rows, torch.Tensor):
         raise fail(f"{label} must be a torch.Tensor, got {type(rows).__name__}")

@@ -27,13 +27,13 @@ from ..config.settings import PLACEMENT_KEYS, Config, VLConfig
 from ..core.cache import TensorCache
 from ..core.errors import UserError
 from ..core.files import sha256_file
+from ..core.modes import parse_lora
 from ..maths.stats import ReferenceStats
 from ..models.loading import (
     check_lora,
     check_offload,
     load_pipeline,
     local_folder,
-    parse_lora,
     read_model_json,
     release_memory,
 )

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config.settings import Config
+from ..core.modes import parse_lora
 from ..maths.schedule import parse_schedule
-from ..models.loading import parse_lora
 
 
 @dataclass(frozen=True)

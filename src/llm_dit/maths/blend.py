@@ -22,13 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core.errors import UserError, check_choice
+from ..core.modes import CAPTION_LIMIT, RESAMPLE_MODES
 from ..core.numerics import check_number, check_rows, require_finite
 from .stats import describe
 
-RESAMPLE_MODES = ("area", "linear", "nearest", "truncate")
 # The most caption rows Z-Image's DiT takes: it pads a caption to a multiple of 32 and starts the image's RoPE
 # positions after it (caption positions from 1) on an axis of 1536 entries, so a caption has at most 1504 rows.
-CAPTION_LIMIT = 1504
 EPS_STD = 1e-6
 EPS_EIG = 1e-8
 EPS_NORM = 1e-12

@@ -21,13 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..core.errors import UserError, check_choice
+from ..core.modes import SCHEDULES
+
+if TYPE_CHECKING:
+    from torch import Tensor
 from ..core.numerics import check_number
 
-SCHEDULES = ("constant", "linear", "cosine", "step", "list")
 _ARITY = {
     "constant": (0, "no values"),
     "linear": (2, "START,END"),

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..core.errors import UserError, check_choice
 from ..core.files import atomic_write_bytes
+from ..core.modes import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
 from ..core.numerics import check_number, check_rows, require_finite
 
 __all__ = [
@@ -73,19 +74,14 @@ __all__ = [
     "std_ratios",
 ]
 
-NORMALIZATION_MODES: tuple[str, ...] = ("none", "global", "per_dim", "hybrid")
-OUTLIER_MODES: tuple[str, ...] = ("none", "zero", "clamp", "scale", "reference")
 STD_EPS = 1e-6
 """Floor applied to every standard deviation used as a divisor."""
 
 SHIPPED_STATS_FILE = "qwen3-4b_layer-2_stats.safetensors"
 """Packaged example statistics of real Qwen3-4B ``hidden_states[-2]``, sink-contaminated (``llm_dit/data/README.md``);
 never used unless loaded explicitly with :func:`shipped_stats`."""
-SINK_RATIO = 20.0
-"""Default ``r`` of :func:`find_sinks` (config ``vl.sink_ratio``)."""
 SINK_TOP_DIMS = 3
 """Dimensions listed per sink row by :func:`describe_sinks`."""
-SINK_ROW_MODES: tuple[str, ...] = ("exclude", "include")
 """What happens to sink rows (config ``vl.sink_rows``): ``exclude`` keeps T's sink rows out of every blend
 (unchanged) and drops V's; ``include`` blends them as content. Statistics use content rows either way."""
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 import torch
 
 from ..core.errors import UserError, check_choice
+from ..core.modes import OFFLOADS, QUANTIZATIONS
 from ..core.numerics import require_finite
 from .hooks import layer_position
 
@@ -208,7 +209,6 @@ def load_transformer(path: str, zimage: str, dtype: torch.dtype):
         raise ModelError(f"cannot load the transformer file {path}: {str(e).splitlines()[0]}") from None
 
 
-OFFLOADS = ("none", "model", "sequential")
 """`models.offload`: diffusers' model CPU offload (one component on the accelerator at a time) or sequential
 offload (layer by layer through accelerate hooks; least memory, slowest)."""
 
@@ -262,17 +262,6 @@ def load_pipeline(
     return pipe
 
 
-def parse_lora(item: str) -> tuple[str, float]:
-    """`FILE[:SCALE]` -> `(FILE, SCALE)`; scale 1.0 when the text after the last `:` is not a number."""
-    path, sep, scale = item.rpartition(":")
-    if sep and path:
-        try:
-            return path, float(scale)
-        except ValueError:
-            pass
-    return item, 1.0
-
-
 def check_lora(path: str, transformer: torch.nn.Module) -> None:
     """Refuse, before the pipeline is touched, a file that is not a LoRA of this Z-Image transformer. diffusers'
     converter (`ZImagePipeline.lora_state_dict`: kohya, ComfyUI/ai-toolkit `diffusion_model.` + `.alpha`, peft, the
@@ -306,7 +295,6 @@ def check_lora(path: str, transformer: torch.nn.Module) -> None:
         )
 
 
-QUANTIZATIONS = ("none", "8bit", "4bit", "int8")
 """Weight quantisation of the text encoder and Qwen3-VL through transformers' `quantization_config`: bitsandbytes
 8-bit (LLM.int8) and 4-bit (NF4), torchao int8 weight-only."""
 

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import UserError, check_choice
+from ..core.modes import LONG_PROMPT_MODES
 from ..core.numerics import check_number
 from ..maths.blend import CAPTION_LIMIT, align
 from ..maths.stats import SINK_RATIO, ReferenceStats, compute_reference_stats
 from .hooks import capture_hidden_states
 from .loading import LazyEncoder, check_zimage, load_model, model_identity
 
-LONG_PROMPT_MODES = ("truncate", "interpolate", "pool", "attention_pool")
 ATTENTION_POOL_TEMPERATURE = 0.1
 _BROKEN = "a broken checkpoint, or fp16 overflow (try encoder.dtype float32)"
 

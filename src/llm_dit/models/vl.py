@@ -31,6 +31,7 @@ from PIL import Image
 
 from ..core.errors import UserError, check_choice
 from ..core.files import load_image
+from ..core.modes import TOKEN_MODES
 from ..core.numerics import check_number
 from ..maths.blend import (
     blend_adain,
@@ -52,7 +53,6 @@ from ..maths.stats import (
 from .hooks import capture_hidden_states
 from .loading import LazyEncoder, check_vl, load_model, model_identity
 
-TOKEN_MODES = ("full", "text_only", "image_only", "image_no_markers")
 DEFAULT_CAPTION_PROMPT = "Describe this image in one sentence."
 STYLE_CAPTION_PROMPT = (
     "Describe only the visual style of this image in one sentence: its medium, colour palette, lighting and "

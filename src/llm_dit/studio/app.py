@@ -50,11 +50,11 @@ from ..config.settings import Config, with_overrides
 from ..core.cache import TensorCache
 from ..core.errors import UserError
 from ..core.files import load_image, write_json
+from ..core.modes import parse_lora
 from ..experiment.run import checked_plan, run_experiment
 from ..generation.generate import Generator
 from ..generation.tasks import IMAGE_SUFFIXES, extract_file, generate_file, inspect_image
 from ..maths.blend import ALPHA_MAX, ALPHA_VALUES
-from ..models.loading import parse_lora
 from ..sweep.dir import SweepDir
 from ..sweep.spec import PRESETS, SweepSpec, resolve_spec
 
@@ -306,7 +306,7 @@ class Studio:
         return given
 
     def loras(self, items: Any, label: str) -> Any:
-        """LoRA items `FILE[:SCALE]` (`models.parse_lora`) with each FILE a workspace file (`existing`: relative
+        """LoRA items `FILE[:SCALE]` (`core.modes.parse_lora`) with each FILE a workspace file (`existing`: relative
         to the workspace, never outside it), given as its absolute path with the item's scale; a value that is not
         a list of items is left to the config's validation."""
         if not isinstance(items, list):

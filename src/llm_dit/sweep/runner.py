@@ -23,6 +23,7 @@ from ..conditioning.source import Reference, Source, Steering, Styled, Text, neu
 from ..config.settings import Config
 from ..core.cache import TensorCache
 from ..core.errors import UserError
+from ..core.modes import parse_lora
 from ..core.numerics import NonFiniteError
 from ..core.progress import progress_bar
 from ..generation.assemble import check_styles, refuse, step_alphas
@@ -30,7 +31,7 @@ from ..generation.components import Components, caption_width, check_adapter_wid
 from ..generation.generate import Generator, Result
 from ..generation.render import Prepared
 from ..maths.compose import load_styles
-from ..models.loading import parse_lora, resolve_device
+from ..models.loading import resolve_device
 from .dir import SweepDir
 from .spec import Inputs, Plan, reference_paths
 
