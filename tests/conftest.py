@@ -85,9 +85,12 @@ def signalling_cli(signal_name: str, method: str, count: int) -> list[str]:
     sends, SIGKILL as a crash) right after its `count`-th call of `SweepDir.method` returns (`append_result`: after
     that many result lines are saved; `write_spec`: once the plan is written, before any run): append the CLI's
     arguments. The interrupt then always lands mid-sweep; a test that watched the directory from outside and then
-    signalled raced the sweep, whose tiny runs are fast, and lost on a loaded machine."""
+    signalled raced the sweep, whose tiny runs are fast, and lost on a loaded machine. SIGINT is handled as in an
+    interactive shell (KeyboardInterrupt) even when the suite runs as a background job, whose children inherit
+    SIGINT ignored."""
     program = f"""
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from llm_dit.sweep.dir import SweepDir
 calls, real = [], SweepDir.{method}
 def signalling(self, *args, **kwargs):
