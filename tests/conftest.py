@@ -49,19 +49,27 @@ class CliResult:
     err: str
 
 
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """Run `llm-dit ARGS...` in-process through the real entry point (`llm_dit.cli.app.main`)."""
+def run_main(*args: object) -> int:
+    """`llm-dit ARGS...` in-process through the real entry point (`llm_dit.cli.app.main`); its exit code. For
+    module-scoped fixtures, which cannot use the `cli` fixture."""
     from llm_dit.cli.app import main
 
-    def run(*args: str) -> CliResult:
-        monkeypatch.setattr(sys, "argv", ["llm-dit", *map(str, args)])
-        capsys.readouterr()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(sys, "argv", ["llm-dit", *map(str, args)])
         try:
             main()
-            code = 0
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `llm-dit ARGS...` in-process through the real entry point (`run_main`), capturing what it prints."""
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()
+        code = run_main(*args)
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
 

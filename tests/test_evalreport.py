@@ -13,6 +13,7 @@ import pytest
 from llm_dit.eval.run import load_eval
 from llm_dit.report.eval_report import REPORT, alpha_curves, pareto_points
 
+from .conftest import run_main
 from .test_eval import TINY
 from .test_report import page_requests, run_chromium
 
@@ -73,16 +74,10 @@ def test_alpha_curves_join_vl_methods_that_differ_only_in_alpha():
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory, zoo):
     """A tiny eval with two VL alphas: text, caption, vl alpha=0.3, vl alpha=0.6 on 1 reference x 2 prompts."""
-    from llm_dit.cli.app import main
-
     out = tmp_path_factory.mktemp("evalreport") / "e"
     args = ["eval", "--suite", "builtin", "--references", "1", "--prompts", "2", *TINY]
     args += ["--method", "vl:alpha=0.3,0.6", "-o", str(out)]
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr("sys.argv", ["llm-dit", *args])
-        with pytest.raises(SystemExit) as e:
-            main()
-    assert e.value.code in (0, None)
+    assert run_main(*args) == 0
     return out
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -37,6 +36,7 @@ from llm_dit.eval.suite import load_suite
 from llm_dit.report.eval_report import REPORT, style_label
 from llm_dit.sweep.spec import baseline_of, is_conditioning
 
+from .conftest import run_main
 from .test_eval import SMALL, TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -297,16 +297,10 @@ def test_the_dry_run_shows_the_matched_baselines(cli, zoo):
 @pytest.fixture(scope="module")
 def matched_eval(tmp_path_factory, zoo):
     """2 references x 2 prompts: an image-free method (alpha 0) and one with a think block, without CSD."""
-    from llm_dit.cli.app import main
-
     out = tmp_path_factory.mktemp("verdicts") / "e"
     args = ["eval", "--suite", "builtin", "--quick", "--models", "tiny", *SMALL, "--metric-models", "tiny,csd=none"]
     args += ["--method", "vl:alpha=0", "--method", "vl:encoder.think_block=true", "-o", str(out)]
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(sys, "argv", ["llm-dit", *args])
-        with pytest.raises(SystemExit) as e:
-            main()
-    assert e.value.code in (0, None)
+    assert run_main(*args) == 0
     return out
 
 
