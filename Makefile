@@ -24,8 +24,9 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		{ echo "the report test needs Debian's chromium: sudo apt-get install chromium"; exit 1; }
 
+# Two workers on the 2-core CI machine (tests/conftest.py gives each one thread); the 25 slowest tests are listed.
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --durations=25
 
 lint: setup
 	$(BIN)/ruff check src tests

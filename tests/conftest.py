@@ -1,9 +1,10 @@
-"""Shared fixtures: the tiny zoo (built once per test session, offline) and an in-process CLI runner."""
+"""Shared fixtures: the tiny zoo (built once per machine, offline) and an in-process CLI runner."""
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +17,33 @@ REPO = Path(__file__).resolve().parents[1]
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every test session gets its own llm-dit cache, so nothing depends on (or pollutes) the user's."""
     root = tmp_path_factory.mktemp("llm-dit-cache")
+    (root / "zoo").symlink_to(shared_zoo(), target_is_directory=True)
     os.environ["LLM_DIT_CACHE"] = str(root)
     os.environ["HF_HUB_OFFLINE"] = "1"
     # torch.compile's kernels too: inductor's shared cache (/tmp/torchinductor_$USER) returned kernels compiled under
     # another thread count, which aborted the process under OMP_NUM_THREADS=1 (torch 2.13)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("torchinductor"))
     return root
+
+
+def shared_zoo() -> Path:
+    """Where the sessions and xdist workers of this machine keep the built zoos (`$LLM_DIT_TEST_ZOO`, else a folder
+    in the system's temp dir). Sharing is safe: each build is keyed by its recipe and the library versions
+    (`zoo.zoo_key`) and installed atomically (`zoo.install_built`), so a session reuses a build only if it would
+    build the same bytes. Only the zoo is shared; every other cache entry stays per session."""
+    folder = Path(os.environ.get("LLM_DIT_TEST_ZOO") or Path(tempfile.gettempdir()) / f"llm-dit-test-zoo-{os.getuid()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_per_worker() -> None:
+    """Under `pytest -n N` each worker computes with one thread: N workers on N cores, not N x cores threads
+    fighting (the tiny models gain nothing from intra-op threads)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

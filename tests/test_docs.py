@@ -12,6 +12,10 @@ no file of the repo is written. The rules (also in docs/cli.md, "Examples are te
 - ```` ```bash server ```` blocks start a server that runs until stopped, or talk to one (`llm-dit studio`,
   `ssh`, `curl`): never run (a server would not return); they may hold only those commands. The studio's own tests
   start it and drive it (tests/test_studio.py, tests/test_studio_page.py).
+- Commands run as bash would run them: bash expands each line (variables, quotes, the doc's state); a line that
+  is one `llm-dit` command (no pipe, redirection, list or subshell) then runs in this process through the real entry
+  point (`llm_dit.cli.app.main`) with that argv, environment and folder, its stdout and stderr caught in order;
+  every other line runs in bash. (A fresh interpreter per command cost ~10 s of imports each: most of the suite.)
 - ```` ```bash ```` blocks: every command must exit 0. Assignments, `export`, `.`/`source` and `cd` lines are kept
   as state for the file's later commands. `make TARGET` runs as `make -n TARGET` (the target exists and what it runs
   is shown; `make test` must not recurse into itself).
@@ -28,9 +32,12 @@ A failing command is reported with its file and line.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -39,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, run_main
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LINKED = ("examples", "src", ".venv", "Makefile", "pyproject.toml")
@@ -210,6 +217,61 @@ def shell_line(command: Command) -> str:
     return command.text
 
 
+SHELL_SYNTAX = set("|&;<>()`")  # pipes, redirections, lists, subshells: the line runs in bash
+
+
+def in_process(text: str) -> bool:
+    """Whether `text` is one `llm-dit` command (after any `NAME=value` prefixes) with no shell syntax beyond words,
+    quotes and `$VAR`: it can run in this process once bash has expanded it."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError:  # unbalanced quotes: let bash say so
+        return False
+    if any(set(word) <= SHELL_SYNTAX for word in words):
+        return False
+    program = next((w for w in words if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", w)), "")
+    return program == "llm-dit"
+
+
+def expand(
+    state: list[str], last: int, text: str, cwd: Path, env: dict[str, str]
+) -> tuple[list[str], dict[str, str], Path]:
+    """What bash would run for `text` after the doc's `state` lines: its argv (words expanded and split by bash
+    itself), its environment (the exported variables, plus the line's `NAME=value` prefixes) and its folder."""
+    script = "\n".join([*state, f"(exit {last})", f"set -- {text}", 'printf "%s\\0" "$PWD" "$#" "$@"', "env -0"])
+    out = subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split("\0")
+    folder, count = Path(out[0]), int(out[1])
+    words, exported = out[2 : 2 + count], [v for v in out[2 + count :] if v]
+    own_env = dict(v.split("=", 1) for v in exported if "=" in v)
+    while words and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        own_env[name] = value
+    return words, own_env, folder
+
+
+def run_in_process(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """Run `argv` (`llm-dit ...`) through the real entry point in this process, in `cwd` with exactly `env` as the
+    environment; its exit code and what it printed (stdout and stderr, in order)."""
+    assert argv[0] == "llm-dit", argv
+    saved_env, saved_cwd = dict(os.environ), Path.cwd()
+    output = io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            code = run_main(*argv[1:])
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return code, output.getvalue()
+
+
 def run_doc(file: Path, cwd: Path) -> list[str]:
     """Run every command of `file` in order in `cwd`; the failures, each naming its file and line."""
     venv = str(REPO / ".venv" / "bin")
@@ -237,26 +299,30 @@ def run_doc(file: Path, cwd: Path) -> list[str]:
         if STATE.match(command.text) and command.expected is None:
             state.append(command.text)
             continue
-        script = "\n".join([*state, f"(exit {last})", shell_line(command)])
-        proc = subprocess.run(
-            ["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, timeout=TIMEOUT_S, check=False,
-        )  # fmt: skip
-        last = proc.returncode
-        lines = proc.stdout.strip().splitlines()
+        if in_process(command.text):
+            argv, own_env, folder = expand(state, last, command.text, cwd, env)
+            last, output = run_in_process(argv, own_env, folder)
+        else:
+            script = "\n".join([*state, f"(exit {last})", shell_line(command)])
+            proc = subprocess.run(
+                ["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, timeout=TIMEOUT_S, check=False,
+            )  # fmt: skip
+            last, output = proc.returncode, proc.stdout
+        lines = output.strip().splitlines()
         problem = None
         if command.gpu and not has_gpu:
             gpu_refusal = (
                 len(lines) == 1 and lines[0].startswith("error: ") and re.search(r"cuda|CUDA|accelerator", lines[0])
             )
-            if proc.returncode != 2 or not gpu_refusal:  # refused for the GPU, not for a missing file or a typo
+            if last != 2 or not gpu_refusal:  # refused for the GPU, not for a missing file or a typo
                 problem = "a GPU-only command must be refused on CPU with exit 2 and one `error:` line naming the GPU"
-        elif command.expected is None and proc.returncode != 0:  # (a GPU command on a GPU machine runs as any other)
-            problem = f"exited {proc.returncode}"
-        if problem is None and command.expected is not None and not matches(command.expected, proc.stdout):
+        elif command.expected is None and last != 0:  # (a GPU command on a GPU machine runs as any other)
+            problem = f"exited {last}"
+        if problem is None and command.expected is not None and not matches(command.expected, output):
             problem = "printed something else than the doc shows:\n--- doc\n" + "\n".join(command.expected)
         if problem:
-            failures.append(f"{command.where}: `{command.text}`: {problem}\n--- tool (exit {last})\n{proc.stdout}")
+            failures.append(f"{command.where}: `{command.text}`: {problem}\n--- tool (exit {last})\n{output}")
     return failures
 
 
@@ -343,3 +409,32 @@ def test_a_gpu_command_that_runs_or_fails_noisily_is_a_failure(tmp_path: Path) -
     doc.write_text("```bash\ntrue  # GPU\necho 'error: no cuda' >&2; exit 2  # GPU\n```\n")
     found = run_doc(doc, tmp_path)
     assert len(found) == 1 and found[0].split(": `")[0].endswith(":2")
+
+
+def test_llm_dit_lines_run_in_process_as_bash_would_run_them(tmp_path: Path) -> None:
+    assert in_process('llm-dit generate -p "a red fox" -o x.png')
+    assert in_process("LLM_DIT_CACHE=/tmp/c llm-dit config show")
+    assert not in_process("llm-dit config show > mine.toml")  # a redirection: bash runs it
+    assert not in_process("printf 'x' > b.toml && llm-dit config show --config b.toml")
+    assert not in_process("echo $?") and not in_process("make -n demo")
+    (tmp_path / "sub").mkdir()
+    state = ['SMALL="--steps 2 --width 64"', "export EXPORTED=1", "UNEXPORTED=2", "cd sub"]
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    argv, own_env, folder = expand(
+        state, 0, 'CACHE=/x llm-dit generate $SMALL -p "a fox" -o "$UNEXPORTED.png"', tmp_path, env
+    )
+    assert argv == ["llm-dit", "generate", "--steps", "2", "--width", "64", "-p", "a fox", "-o", "2.png"]
+    assert own_env["EXPORTED"] == "1" and own_env["CACHE"] == "/x" and "UNEXPORTED" not in own_env
+    assert folder == tmp_path / "sub"
+
+
+def test_an_in_process_command_prints_stdout_and_stderr_in_order_and_leaves_no_trace(tmp_path: Path) -> None:
+    before_env, before_cwd = dict(os.environ), Path.cwd()
+    env = {"NO_COLOR": "1", "LLM_DIT_CACHE": os.environ["LLM_DIT_CACHE"]}
+    argv = ["llm-dit", "generate", "--models", "tiny", "-p", "x", "-o", "x.png", "--width", "100"]
+    code, output = run_in_process(argv, env, tmp_path)
+    assert code == 2 and output.count("\n") == 1
+    assert output.startswith("error: bad value for 'generation.width' (--width)")
+    code, output = run_in_process(["llm-dit", "generate", "-p", "x", "--steps", "zero"], env, tmp_path)
+    assert code == 2 and "Usage: llm-dit generate [OPTIONS]" in output  # the program's own name, not pytest's
+    assert dict(os.environ) == before_env and Path.cwd() == before_cwd

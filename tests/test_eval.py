@@ -4,7 +4,6 @@ the leaderboard, refusals before any work, and resuming after SIGKILL without re
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -357,7 +356,7 @@ def test_eval_refusals_are_one_line_exit_2(cli, zoo, tmp_path):
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists() and not (tmp_path / "one").exists()
 
 
-def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path):
+def test_eval_resumes_after_sigkill_without_redoing_finished_runs(cli, zoo, tmp_path):
     out = tmp_path / "killed"
     args = ["eval", "--suite", "builtin", "--references", "1", "--prompts", "3"]
     args += [*TINY, "--method", "vl:alpha=0.3,0.6", "-o", str(out)]
@@ -365,16 +364,15 @@ def test_eval_resumes_after_sigkill_without_redoing_finished_runs(zoo, tmp_path)
     assert killed.returncode == -9
     done = {r["id"]: r["output"] for r in SweepDir(out / RUNS).lines()}
     assert len(done) == 2 and not (out / EVAL).exists()  # killed mid-sweep, before scoring
-    cmd = [sys.executable, "-m", "llm_dit", *args]
     stamps = {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()}
-    finished = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=os.environ.copy())
-    assert finished.returncode == 0, finished.stderr
+    finished = cli(*args, "--resume")  # in this process: only the killed half needs a process of its own
+    assert finished.code == 0, finished.err
     lines = SweepDir(out / RUNS).lines()
     assert len(lines) == len({r["id"] for r in lines}) == 12  # 3 cells x (text, caption, 2 vl): nothing run twice
     assert {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()} == stamps  # not written again
     data = load_eval(out).data
     assert data["sweep"]["ran_now"] == 12 - len(done) and all(r["status"] == "ok" for r in data["runs"])
-    assert finished.stdout.split() == [str(out / EVAL), str(out / "leaderboard.md"), str(out / "report.html")]
+    assert finished.out.split() == [str(out / EVAL), str(out / "leaderboard.md"), str(out / "report.html")]
 
 
 def test_style_captions_are_words_even_from_a_random_model(zoo):

@@ -10,7 +10,6 @@ import json
 import shlex
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -195,7 +194,7 @@ def test_spec_file_paths_resolve_against_the_spec_files_folder(cli, zoo, tmp_pat
     assert spec.variants == [{"vl.reference_stats": str(folder / "s.safetensors"), "label": "v"}]
 
 
-def test_sigint_says_what_was_saved_and_how_to_resume(zoo, tmp_path):
+def test_sigint_says_what_was_saved_and_how_to_resume(cli, zoo, tmp_path):
     """A real SIGINT to a sweep in a subprocess, mid-sweep (after its first result): before, it exited 130
     silently."""
     out = tmp_path / "i"
@@ -211,8 +210,8 @@ def test_sigint_says_what_was_saved_and_how_to_resume(zoo, tmp_path):
     assert len(lines) == 1 and f"interrupted: {done} of 40 runs saved in {out}; resume with: " in lines[0], err
     resume = shlex.split(lines[0].split("resume with: ", 1)[1])
     assert resume[0] == "llm-dit" and resume[1:] == [*args, "--resume"]
-    finished = subprocess.run([sys.executable, "-m", "llm_dit", *resume[1:]], capture_output=True, text=True)
-    assert finished.returncode == 0, finished.stderr
+    finished = cli(*resume[1:])  # the command it printed, run in this process
+    assert finished.code == 0, finished.err
     assert len(SweepDir(out).runs()) == 40 and all(x["status"] == "ok" for x in SweepDir(out).runs())
 
 

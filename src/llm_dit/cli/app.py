@@ -710,7 +710,7 @@ def main() -> None:
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
     reset_active()
     try:
-        app()
+        app(prog_name="llm-dit")  # the same name however it is started (`python -m`, a test runner)
     except UserError as e:
         if _state["debug"]:
             raise
