@@ -80,11 +80,16 @@ class Conflict(UserError):
     """The request conflicts with the state (a busy worker, a finished job, an existing sweep): HTTP 409."""
 
 
+class UploadTooLarge(UserError):
+    """An upload over the studio's limit (`max_upload_mb`): HTTP 413."""
+
+
 class Cancelled(Exception):
     """Raised inside a running job when its cancel was asked for."""
 
 
-STATUS = {Refused: 403, NotFound: 404, Conflict: 409}
+STATUS = {Refused: 403, NotFound: 404, Conflict: 409, UploadTooLarge: 413}
+"""The HTTP status of each studio error; any other `UserError` is 400."""
 
 
 def check_bind(host: str, token: str | None) -> None:
@@ -577,13 +582,6 @@ class Studio:
             found = (p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         inside = [p for p in found if p.is_file() and p.resolve().is_relative_to(self.root)]
         return [self.relative(p) for p in sorted(inside, key=lambda p: p.stat().st_mtime, reverse=True)]
-
-
-class UploadTooLarge(UserError):
-    """HTTP 413."""
-
-
-STATUS[UploadTooLarge] = 413
 
 
 def settings_of(record: dict[str, Any]) -> dict[str, Any]:
