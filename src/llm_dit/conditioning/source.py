@@ -57,13 +57,18 @@ class Reference:
         """The reference images (one or several)."""
         return (self.image,) if isinstance(self.image, Image.Image) else tuple(self.image)
 
+    def check(self) -> None:
+        """Refuse a reference without images, or whose `weights` do not fit them (`compose.check_weights`)."""
+        if not self.images:
+            raise UserError("a reference needs at least one image")
+        if self.weights is not None:
+            check_weights(list(self.weights), len(self.images))
+
     @property
     def weighting(self) -> list[float]:
-        """Each image's weight: `weights` checked (`compose.check_weights`), else 1/n each."""
-        n = len(self.images)
-        if n == 0:
-            raise UserError("a reference needs at least one image")
-        return equal_weights(n) if self.weights is None else check_weights(list(self.weights), n)
+        """Each image's weight: `weights` as numbers, else 1/n each (`check` first)."""
+        self.check()
+        return equal_weights(len(self.images)) if self.weights is None else [float(w) for w in self.weights]
 
 
 @dataclass(frozen=True, eq=False)
