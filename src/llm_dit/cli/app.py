@@ -4,7 +4,7 @@ on stdout, messages on stderr. A command resolves its settings before it imports
 flag and choice errors and bad settings never wait for torch (tests/test_cli_start.py).
 
 Every failure caused by input (a file, a value, a model) is a `UserError`: one line on stderr, exit code 2, no
-traceback (`--debug` shows it), with the command's flags beside the config keys it names (`options.with_flags`).
+traceback (`--debug` shows it), with the command's flags beside the config keys it names (`options.takes`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..config.options import Given, reset_active, resolve_config, takes, with_flags
+from ..config.options import Given, resolve_config, takes
 from ..core.errors import UserError, check_choice
 from ..core.modes import ADAPTER_KINDS, DIRECTION_METHODS, ZOO_PRESETS
 
@@ -705,14 +705,13 @@ def bench(
 
 
 def main() -> None:
-    """Console entry point: runs the app and turns `UserError` into one line (the keys it names followed by the
-    command's flags) and exit code 2."""
+    """Console entry point: runs the app and turns `UserError` into one line (`takes` has put the command's flags
+    beside the keys it names) and exit code 2."""
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"
-    reset_active()
     try:
         app()
     except UserError as e:
         if _state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] {escape(with_flags(str(e)))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
