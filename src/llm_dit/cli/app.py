@@ -18,45 +18,52 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from ..config.options import Given, resolve_config, takes
+from ..config.options import FLAG, Given, resolve_config, takes
 from ..core.errors import UserError, check_choice
 from ..core.modes import ADAPTER_KINDS, DIRECTION_METHODS, ZOO_PRESETS
 
 if TYPE_CHECKING:
+    from typer import Context
+
     from ..sweep.spec import SweepSpec
 
 
-def _flags_take_no_value() -> None:
-    """typer's rich help (0.29) shows a flag's type as if it took a value (`--json <bool>`, `--help <bool>`): a
-    flag (`--json`, `--low-memory/--no-low-memory`) shows none, as in click's plain help."""
-    from typer.core import TyperOption
+class HelpFlag:
+    """Shows `--help` as the flag it is (`FLAG`), as every other flag of this CLI: typer builds the help option
+    itself, without a metavar, and its rich help would show `--help <bool>`."""
 
-    shown = TyperOption.display_type_rich
-    if getattr(shown, "flags_take_no_value", False):
-        return
-
-    def display_type_rich(self: TyperOption, ctx: click.Context) -> str | None:
-        return None if self.is_flag else shown(self, ctx)
-
-    display_type_rich.flags_take_no_value = True  # type: ignore[attr-defined]
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    def get_help_option(self, ctx: Context) -> TyperOption | None:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = FLAG
+        return option
 
 
-_flags_take_no_value()
+class Command(HelpFlag, TyperCommand):
+    """A command of this CLI (`cls=` of every command)."""
+
+
+class Group(HelpFlag, TyperGroup):
+    """A command group of this CLI (`cls=` of every `typer.Typer`)."""
+
+
 app = typer.Typer(
+    cls=Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Condition Z-Image on a reference image through Qwen3-VL hidden states.",
 )
-models_app = typer.Typer(no_args_is_help=True, help="Build the offline random-weight models.")
-config_app = typer.Typer(no_args_is_help=True, help="Show the resolved configuration.")
-style_app = typer.Typer(no_args_is_help=True, help="Style files: what a blend mode transfers, extracted or combined.")
+models_app = typer.Typer(cls=Group, no_args_is_help=True, help="Build the offline random-weight models.")
+config_app = typer.Typer(cls=Group, no_args_is_help=True, help="Show the resolved configuration.")
+style_app = typer.Typer(
+    cls=Group, no_args_is_help=True, help="Style files: what a blend mode transfers, extracted or combined."
+)
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
 app.add_typer(style_app, name="style")
@@ -70,16 +77,16 @@ TEXT_MODEL = ("config", "zoo", "zimage")  # commands that run only the text enco
 
 Output = Annotated[Path, typer.Option("--output", "-o", help="safetensors file to write.")]
 RefImage = Annotated[Path, typer.Option("--image", "-i", help="Reference image.")]
-Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+Json = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.", metavar=FLAG)]
 SweepDirArg = Annotated[Path, typer.Argument(help="A sweep directory.")]
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.", metavar=FLAG)] = False) -> None:
     _state["debug"] = debug
 
 
-@models_app.command("tiny")
+@models_app.command("tiny", cls=Command)
 def models_tiny(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
     preset: Annotated[str, typer.Option("--preset", help=f"One of: {', '.join(ZOO_PRESETS)}.")] = "tiny",
@@ -98,7 +105,7 @@ def models_tiny(
     print(out / "qwen3-vl")
 
 
-@models_app.command("metrics")
+@models_app.command("metrics", cls=Command)
 def models_metrics(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")]) -> None:
     """Build the tiny random-weight metric models (CLIP, SigLIP, DINOv2, a CSD checkpoint and its conversion), offline:
     what --metric-models tiny uses."""
@@ -113,7 +120,7 @@ def models_metrics(out: Annotated[Path, typer.Option("--out", "-o", help="Folder
     print(out)
 
 
-@models_app.command("convert-csd")
+@models_app.command("convert-csd", cls=Command)
 def models_convert_csd(
     checkpoint: Annotated[Path, typer.Argument(help="CSD checkpoint (pytorch_model.bin / checkpoint.pth).")],
     out: Annotated[
@@ -129,7 +136,7 @@ def models_convert_csd(
     print(convert_csd(checkpoint, out or default_csd_dir()))
 
 
-@config_app.command("show")
+@config_app.command("show", cls=Command)
 @takes("config")
 def config_show(given: Given) -> None:
     """Print the resolved config of a profile as a config file (`--config` reads it back)."""
@@ -138,7 +145,7 @@ def config_show(given: Given) -> None:
     print(as_toml(given.config(), given.get("profile", "default")), end="")
 
 
-@app.command()
+@app.command(cls=Command)
 @takes(*MODELS, "low-memory", "dit", "quantization", "generation", "conditioning", "inputs")
 def generate(
     given: Given,
@@ -155,7 +162,7 @@ def generate(
     print(generate_file(config, prompt, output, **inputs))
 
 
-@app.command()
+@app.command(cls=Command)
 @takes(*MODELS, "extraction")
 def extract(
     given: Given,
@@ -174,7 +181,7 @@ def extract(
     print(json.dumps(summary) if as_json else output)
 
 
-@style_app.command("extract")
+@style_app.command("extract", cls=Command)
 @takes(*MODELS, "conditioning")
 def style_extract(
     given: Given,
@@ -195,7 +202,7 @@ def style_extract(
     print(json.dumps(summary) if as_json else output)
 
 
-@style_app.command("combine")
+@style_app.command("combine", cls=Command)
 def style_combine(
     styles: Annotated[list[str], typer.Argument(help="Style files FILE[:WEIGHT] (weight 1 when left out).")],
     output: Output,
@@ -207,7 +214,7 @@ def style_combine(
     print(output)
 
 
-@app.command()
+@app.command(cls=Command)
 @takes(*TEXT_MODEL, "encoder")
 def encode(
     given: Given,
@@ -226,7 +233,7 @@ def encode(
 STATS_SINK_LINES = 12
 
 
-@app.command()
+@app.command(cls=Command)
 @takes(*TEXT_MODEL)
 def stats(
     given: Given,
@@ -239,9 +246,10 @@ def stats(
             "--sink-report",
             help="Print how the rows' max |x| over the median row's is distributed and whether vl.sink_ratio "
             "separates the attention sinks from the content rows (-o optional).",
+            metavar=FLAG,
         ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the sink report as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the sink report as JSON.", metavar=FLAG)] = False,
 ) -> None:
     """Per-dimension reference statistics of the text encoder at one layer (default: built-in prompt set)."""
     if output is None and not sink_report:
@@ -268,7 +276,7 @@ def stats(
     print(output)
 
 
-@app.command("inspect")
+@app.command("inspect", cls=Command)
 @takes(*MODELS, "inspect")
 def inspect_cmd(
     given: Given,
@@ -289,7 +297,7 @@ def inspect_cmd(
         print_report(report, Console(soft_wrap=True))
 
 
-@app.command()
+@app.command(cls=Command)
 @takes(*MODELS, "vl-rows")
 def steer(
     given: Given,
@@ -306,7 +314,7 @@ def steer(
     print(steer_file(config, pairs, output, method))
 
 
-@app.command("train-adapter")
+@app.command("train-adapter", cls=Command)
 @takes(*MODELS, "vl-rows", "training")
 def train_adapter_cmd(
     given: Given,
@@ -321,7 +329,9 @@ def train_adapter_cmd(
     finetune_steps: Annotated[int, typer.Option(help="Flow-matching steps through the frozen DiT (0 = none).")] = 0,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-3,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoints (default: OUTPUT.ckpt/).")] = None,
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the checkpoint.")] = True,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from the checkpoint.", metavar=FLAG)
+    ] = True,
 ) -> None:
     """Train a small adapter from Qwen3-VL rows to the DiT's caption space (ridge init, optional fine-tuning)."""
     config = given.config()
@@ -335,18 +345,24 @@ def train_adapter_cmd(
     print(path)
 
 
-@app.command()
+@app.command(cls=Command)
 @takes(*MODELS, "low-memory", "dit", "quantization", "generation", "conditioning", "sweep", "run", axes=True)
 def sweep(
     given: Given,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Sweep directory.")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="A built-in sweep (see --list-presets).")] = None,
     spec: Annotated[Path | None, typer.Option("--spec", help="Sweep spec TOML (fixed, axes, prompts...).")] = None,
-    list_presets: Annotated[bool, typer.Option("--list-presets", help="List presets with run counts.")] = False,
+    list_presets: Annotated[
+        bool, typer.Option("--list-presets", help="List presets with run counts.", metavar=FLAG)
+    ] = False,
     prompts_file: Annotated[Path | None, typer.Option(help="Text file, one prompt a line.")] = None,
-    img2img: Annotated[bool, typer.Option("--img2img", help="Start each run from its reference image.")] = False,
-    no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Leave out the pure-text baselines.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and stop.")] = False,
+    img2img: Annotated[
+        bool, typer.Option("--img2img", help="Start each run from its reference image.", metavar=FLAG)
+    ] = False,
+    no_baseline: Annotated[
+        bool, typer.Option("--no-baseline", help="Leave out the pure-text baselines.", metavar=FLAG)
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and stop.", metavar=FLAG)] = False,
     as_json: Json = False,
 ) -> None:
     """Run a sweep: every combination of the axes (plus the pure-text baseline) with metrics, grid and report."""
@@ -425,12 +441,14 @@ def exit_if_runs_failed(summary: dict, out_dir: Path) -> None:
         raise typer.Exit(RUNS_FAILED)
 
 
-@app.command(name="eval")
+@app.command(name="eval", cls=Command)
 @takes(*MODELS, "low-memory", "eval", "run")
 def eval_command(
     given: Given,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Eval directory.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything, print the plan and stop.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check everything, print the plan and stop.", metavar=FLAG)
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Compare methods (text, caption, img2img, VL conditioning...) on references x prompts x seeds.
@@ -561,7 +579,7 @@ def print_presets() -> None:
         print(f"{name:18} {len(expand(probe)):3d} runs per {per} (baselines included); needs {needs}")
 
 
-@app.command()
+@app.command(cls=Command)
 @takes("scoring")
 def metrics(given: Given, sweep_dir: SweepDirArg) -> None:
     """Recompute metrics.json for a sweep directory."""
@@ -573,7 +591,7 @@ def metrics(given: Given, sweep_dir: SweepDirArg) -> None:
     print(json.dumps(metrics, indent=2))
 
 
-@app.command()
+@app.command(cls=Command)
 def report(
     directory: Annotated[Path, typer.Argument(help="A sweep directory, or an eval directory (with eval.json).")],
 ) -> None:
@@ -591,7 +609,7 @@ def report(
         print(path)
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Where to write the demo outputs.")] = Path("out/demo"),
     image: Annotated[Path | None, typer.Option("--image", "-i", help="Reference image.")] = None,
@@ -625,7 +643,7 @@ def demo(
     exit_if_runs_failed(sweep.summary, out / "sweep")
 
 
-@app.command()
+@app.command(cls=Command)
 @takes(*MODELS, "low-memory", "generation", "conditioning")
 def studio(
     given: Given,
@@ -650,7 +668,7 @@ def studio(
     serve(given.config(), workspace, host, port, token, say=lambda m: console.print(m, highlight=False))
 
 
-@app.command()
+@app.command(cls=Command)
 @takes("bench")
 def bench(
     given: Given,

@@ -94,6 +94,11 @@ class Option:
         return "." in self.key
 
 
+FLAG = ""
+"""The metavar of a flag (an option that takes no value, `--json`): nothing. Without one, typer's rich help (0.29)
+shows a flag's type as if it took a value (`--json <bool>`); click's plain help shows none."""
+
+
 def row(key: str, flags: str, help: str, tags: str, kind: type = str, **kw: Any) -> Option:
     """A row of the table on one line: `flags` and `tags` are space-separated."""
     return Option(key, tuple(flags.split()), help, tuple(tags.split()), kind, **kw)
@@ -339,7 +344,7 @@ class Param:
             help += f" {sep.capitalize()} or repeated." if sep else " Repeatable."
         kind = list[str] if self.many else o.kind
         item = o.metavar or {int: "int", float: "float"}.get(o.item or o.kind, "text")
-        metavar = f"<{item}{self.sep or ''}...>" if self.many else None
+        metavar = f"<{item}{self.sep or ''}...>" if self.many else FLAG if o.kind is bool else None
         info = typer.Option(*self.flags, help=help, rich_help_panel=panel, min=o.minimum, metavar=metavar)
         return inspect.Parameter(
             self.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=Annotated[kind | None, info]
