@@ -378,39 +378,6 @@ def compiled(preset: str, repeats: int) -> dict[str, Any]:
                   first_call_s=round(first, 2), max_pixel_difference=int(difference))  # fmt: skip
 
 
-MEMORY_PROBE = """
-import json, sys, time
-import torch
-import diffusers.pipelines.z_image.pipeline_z_image
-import transformers.models.qwen3.modeling_qwen3, transformers.models.qwen3_vl.modeling_qwen3_vl
-from llm_dit.bench.harness import PROMPT, reference_image, stage_modules, touch_weights
-from llm_dit.config.settings import load_config
-from llm_dit.generation.generate import Generator
-from llm_dit.generation.render import denoise
-def status_mb(field):  # VmRSS now, VmHWM peak (per address space: unlike ru_maxrss, not inherited via fork)
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
-overrides, what, threads = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-what, _, touch = what.partition("+")
-torch.set_num_threads(threads)
-gen = Generator(load_config(overrides=overrides | {"models.low_memory": what == "staged"}), cache=False)
-gen.components.text_encoder, gen.components.vl  # tokenizers and image processor: not part of any component's weights
-image = reference_image("")
-base = status_mb("VmRSS")
-t0 = time.perf_counter()
-weights = touch_weights(stage_modules(gen.components, what)) if touch else None
-if what == "text_encoder":
-    gen.encode(PROMPT)
-elif what == "vl":
-    gen.extract(image, PROMPT)
-elif what == "pipeline":
-    g = gen.config.generation
-    denoise(gen.components.pipeline, [torch.zeros(32, gen.components.caption_width)], g, [g.seed])
-else:
-    gen.generate(PROMPT, image)
-seconds = round(time.perf_counter() - t0, 2)
-print(json.dumps({"base_mb": base, "peak_mb": status_mb("VmHWM"), "seconds": seconds, "weights_mb": weights}))
-"""
 WEIGHTS = "+weights"  # a probe suffix: every weight of the stage read once before it runs (`touch_weights`)
 
 
@@ -444,7 +411,8 @@ def memory_probe(overrides: dict[str, Any], what: str, threads: int | None = Non
     first and also returns their size, `weights_mb`) in a fresh process with the config `overrides`."""
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
     args = [json.dumps(overrides), what, str(threads or 1)]
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *args], capture_output=True, text=True, env=env)
+    probe = [sys.executable, "-m", "llm_dit.bench.memory_probe", *args]  # the program is bench/memory_probe.py
+    out = subprocess.run(probe, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"memory probe '{what}' failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
