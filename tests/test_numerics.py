@@ -77,7 +77,7 @@ def test_every_row_taking_api_refuses_bad_rows_with_the_one_validator(zoo):
     words, after their own label."""
     from diffusers import ZImagePipeline
 
-    from llm_dit.maths.stats import normalize
+    from llm_dit.maths.normalize import normalize
     from llm_dit.maths.steer import apply_direction, direction_mean_difference
     from llm_dit.models.inject import inject_conditioning
 

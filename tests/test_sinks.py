@@ -30,19 +30,11 @@ from llm_dit.core.files import load_tensors
 from llm_dit.generation.generate import Generator
 from llm_dit.maths.blend import ALPHA_VALUES, BLEND_MODES, blend
 from llm_dit.maths.compose import extract_style
-from llm_dit.maths.stats import (
-    ReferenceStats,
-    StatsError,
-    compute_reference_stats,
-    describe,
-    describe_sinks,
-    find_sinks,
-    get_outlier_dimensions,
-    mask_outlier_dimensions,
-    normalize,
-    shipped_stats,
-    std_ratios,
-)
+from llm_dit.maths.normalize import normalize
+from llm_dit.maths.outliers import get_outlier_dimensions, mask_outlier_dimensions, std_ratios
+from llm_dit.maths.refstats import ReferenceStats, compute_reference_stats, shipped_stats
+from llm_dit.maths.sinks import describe_sinks, find_sinks
+from llm_dit.maths.stats import StatsError, describe
 from llm_dit.maths.steer import apply_direction
 from llm_dit.models.text import TextEncoder, render_prompt
 from llm_dit.models.vl import VLEmbeddingExtractor
@@ -409,7 +401,7 @@ def test_the_shipped_example_is_flagged_and_never_a_default():
     # nothing but its own definition loads it
     for path in (REPO / "src" / "llm_dit").rglob("*.py"):
         uses = re.findall(r"shipped_stats\(", path.read_text())
-        assert len(uses) == (1 if path.name == "stats.py" else 0), path  # the `def` line only
+        assert len(uses) == (1 if path.name == "refstats.py" else 0), path  # the `def` line only
 
 
 # ------------------------------------------------------------------------------------- stats and inspect

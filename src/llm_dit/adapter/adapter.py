@@ -42,7 +42,7 @@ from ..core.errors import UserError, check_choice
 from ..core.files import load_image, load_tensors, save_tensors
 from ..core.modes import ADAPTER_KINDS
 from ..core.numerics import check_number, check_rows
-from ..maths.stats import SINK_RATIO, find_sinks
+from ..maths.sinks import SINK_RATIO, find_sinks
 from ..models.text import TextEncoder, render_prompt
 from ..models.vl import DEFAULT_CAPTION_PROMPT, VLEmbeddingExtractor, caption_image, find_spans
 
@@ -350,7 +350,7 @@ def paired_rows(
     tail), n its length. Row m, the pooled pair: the mean of the image-pad rows against the mean of those
     text-encoder rows (not of the whole encoding: the template's opening rows are the same for every caption).
 
-    Attention sinks (`stats.find_sinks` with `r = sink_ratio`, config `vl.sink_ratio`, applied once to each whole
+    Attention sinks (`sinks.find_sinks` with `r = sink_ratio`, config `vl.sink_ratio`, applied once to each whole
     sequence: `S_v` of the VL rows, `S_t` of the text rows) are not content, so nothing is fitted on them: of the n
     aligned positions k, the pair is kept when `k ∉ S_v ∧ k ∉ S_t` (m of them, `dropped = n − m`); the pooled pair
     is `mean{v_i : i image pad, i ∉ S_v}` against `mean{t_k : k aligned, k ∉ S_t}` (`pooled_left_out`: the rows

@@ -454,15 +454,10 @@ def blend_cost(repeats: int, d: int = REAL_D, vl_rows: int = VL_ROWS, text_rows:
     The cached modes report a cold call (cache cleared: the decomposition) and the warm median (what each further
     alpha of a sweep costs), with the cache's hit count over the warm calls."""
     from ..maths.blend import BLEND_MODES, DECOMPOSITIONS, blend
-    from ..maths.stats import (
-        NORMALIZATION_MODES,
-        OUTLIER_MODES,
-        ReferenceStats,
-        find_sinks,
-        get_outlier_dimensions,
-        mask_outlier_dimensions,
-        normalize,
-    )
+    from ..maths.normalize import NORMALIZATION_MODES, normalize
+    from ..maths.outliers import OUTLIER_MODES, get_outlier_dimensions, mask_outlier_dimensions
+    from ..maths.refstats import ReferenceStats
+    from ..maths.sinks import find_sinks
 
     g = torch.Generator().manual_seed(0)
     text = torch.randn(text_rows, d, generator=g)

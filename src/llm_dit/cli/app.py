@@ -258,7 +258,7 @@ def stats(
         raise UserError("--json prints the sink report: give --sink-report too")
     cfg = given.config()
     from ..generation.tasks import sink_report_of, stats_file
-    from ..maths.stats import sink_lines, sink_report_lines
+    from ..maths.sinks import sink_lines, sink_report_lines
 
     if sink_report:
         report = sink_report_of(cfg, layer, prompts)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..core.errors import UserError
 from ..maths.compose import Style, apply_style, check_weights, equal_weights
-from ..maths.stats import describe_sinks, find_sinks
+from ..maths.sinks import describe_sinks, find_sinks
 from ..maths.steer import apply_direction
 
 WHOLE_TEXT_MODES = ("concat", "replace")
@@ -239,7 +239,7 @@ class Conditioning:
 def find_sink_rows(
     rows: torch.Tensor, ratio: float, sink_rows: str, role: str, token: Callable[[int], str] | None = None
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Sink mask of one tensor (`stats.find_sinks`, once) and its record: `stats.describe_sinks` plus `action`,
+    """Sink mask of one tensor (`sinks.find_sinks`, once) and its record: `sinks.describe_sinks` plus `action`,
     what is done with them: `unchanged` (T, exclude), `dropped` (V, exclude) or `blended` (include)."""
     mask = find_sinks(rows, ratio)
     action = "blended" if sink_rows == "include" else ("unchanged" if role == "text" else "dropped")

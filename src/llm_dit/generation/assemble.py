@@ -40,8 +40,8 @@ from ..core.files import sha256_file
 from ..core.numerics import check_rows, require_finite
 from ..maths.blend import CAPTION_LIMIT, check_alpha, check_options, mode_options, replace_rows
 from ..maths.compose import KINDS, combine_styles, extract_style, style_texts
+from ..maths.refstats import ReferenceStats
 from ..maths.schedule import parse_schedule
-from ..maths.stats import ReferenceStats
 from ..models.loading import model_identity
 from ..models.text import EncodedPrompt
 from ..models.vl import VLEmbeddings, image_sha256

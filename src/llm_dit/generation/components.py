@@ -28,7 +28,7 @@ from ..core.cache import TensorCache
 from ..core.errors import UserError
 from ..core.files import sha256_file
 from ..core.modes import parse_lora
-from ..maths.stats import ReferenceStats
+from ..maths.refstats import ReferenceStats
 from ..models.loading import (
     check_lora,
     check_offload,

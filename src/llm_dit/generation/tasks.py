@@ -21,7 +21,8 @@ from ..core.files import load_embeddings, load_embeddings_file, load_image, read
 from ..core.modes import INSPECT_LAYERS
 from ..maths.blend import check_options
 from ..maths.compose import check_weights, combine_styles, extract_style, load_styles, split_scale, style_tensors
-from ..maths.stats import ReferenceStats, sink_report
+from ..maths.refstats import ReferenceStats
+from ..maths.sinks import sink_report
 from ..maths.steer import DIRECTIONS, load_direction, save_direction
 from ..models.text import STATS_PROMPTS, render_prompt
 from ..models.vl import pick_reference
@@ -239,7 +240,7 @@ def stats_file(
 
 
 def sink_report_of(config: Config, layer: int = -2, prompts: str | Path | None = None) -> dict[str, Any]:
-    """`stats.sink_report` of the text encoder's rows at `layer` for the prompts `stats_file` uses (the same
+    """`sinks.sink_report` of the text encoder's rows at `layer` for the prompts `stats_file` uses (the same
     rendering, the same rows): whether `vl.sink_ratio` separates this model's attention sinks from its content
     rows. Adds the `layer`, the `model` and the number of `prompts`."""
     lines = stats_prompts(prompts)

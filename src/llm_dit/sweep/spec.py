@@ -30,7 +30,9 @@ from ..core.errors import UserError, check_choice
 from ..core.files import load_image
 from ..maths.blend import BLEND_MODES
 from ..maths.compose import check_weights, equal_weights
-from ..maths.stats import NORMALIZATION_MODES, OUTLIER_MODES, ReferenceStats
+from ..maths.normalize import NORMALIZATION_MODES
+from ..maths.outliers import OUTLIER_MODES
+from ..maths.refstats import ReferenceStats
 from ..maths.steer import load_direction
 from ..models.hooks import layer_position
 from ..models.inject import block_indices
