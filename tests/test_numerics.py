@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from llm_dit.adapter.adapter import Adapter
+from llm_dit.adapter.model import Adapter
 from llm_dit.config.settings import load_config
 from llm_dit.core.errors import UserError, check_choice
 from llm_dit.core.numerics import NonFiniteError, check_number, check_rows, require_finite

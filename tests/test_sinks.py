@@ -485,7 +485,8 @@ def test_train_adapter_leaves_sink_rows_out_of_the_ridge_fit(cli, zoo, tmp_path,
     the planted image-pad sink into the image row; the fitted adapter missed the content rows by ~300x their norm
     (0.21 without the sinks). Now a pair row that is a sink in either sequence is dropped, the pooled row is made of
     content rows, and the adapter file says how many were left out."""
-    from llm_dit.adapter.adapter import Adapter, paired_rows
+    from llm_dit.adapter.fit import paired_rows
+    from llm_dit.adapter.model import Adapter
 
     refs = REPO / "examples" / "reference-images"
     captions = {"house2.png": "a cartoon house", "sunset.png": "a desert at sunset", "test_scene.png": "a street"}

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..adapter.adapter import read_captions, train_adapter
+from ..adapter.train import read_captions, train_adapter
 from ..conditioning.imagedep import image_free_by_construction
 from ..conditioning.source import Styled, source_of
 from ..config.settings import Config
@@ -341,7 +341,7 @@ def train_adapter_file(
     **training: Any,
 ) -> Path:
     """An adapter trained on the images of the folder `images` (`IMAGE_SUFFIXES`) with `captions` (missing ones
-    are written by the VL model) into `output`; `training` are `adapter.train_adapter`'s settings (kind, rank,
+    are written by the VL model) into `output`; `training` are `adapter.train.train_adapter`'s settings (kind, rank,
     lam, steps, lr, resume); checkpoints in `checkpoint_dir` (default: OUTPUT.ckpt/)."""
     folder, output = Path(images), Path(output)
     if not folder.is_dir():
