@@ -687,7 +687,10 @@ def bench(
     ] = None,
 ) -> None:
     """Benchmark against diffusers and the naive workflow; every figure is a ratio measured side by side."""
-    from ..bench.harness import BLEND_COST, REAL_SIZE, SIZES, print_blend_cost, run_bench, run_blend_cost, run_real_size
+    from ..bench.blend_cost import BLEND_COST, print_blend_cost, run_blend_cost
+    from ..bench.figures import run_bench
+    from ..bench.harness import SIZES
+    from ..bench.real_size import REAL_SIZE, run_real_size
     from ..core.cache import cache_root
     from ..core.files import write_json
 
