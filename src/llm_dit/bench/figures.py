@@ -187,6 +187,14 @@ def sweep_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     }
 
 
+def load_time(gen: Generator) -> float:
+    """Seconds to load each model of `gen` once: the VL model, the text encoder and the pipeline (a floor's first
+    piece; the components load on first use)."""
+    t0 = time.perf_counter()
+    _ = gen.components.vl.model, gen.components.text_encoder.model, gen.components.pipeline
+    return time.perf_counter() - t0
+
+
 def floor_time(cfg: Config, spec: SweepSpec, image: Image.Image) -> float:
     """The irreducible work of the sweep, each piece timed alone: load each model once, one VL forward pass with
     all layers, one text encode, and the generations from precomputed conditioning."""
@@ -195,10 +203,7 @@ def floor_time(cfg: Config, spec: SweepSpec, image: Image.Image) -> float:
     gen = Generator(cfg, cache=False)
     runs = expand(spec)
     layers = sorted({r["settings"]["vl.hidden_layer"] for r in runs})
-    total = 0.0
-    t0 = time.perf_counter()
-    _ = gen.components.vl.model, gen.components.text_encoder.model, gen.components.pipeline
-    total += time.perf_counter() - t0
+    total = load_time(gen)
     t0 = time.perf_counter()
     rows, _, _, _ = gen.components.vl.hidden_rows(image, PROMPT, layers)
     total += time.perf_counter() - t0
@@ -272,10 +277,7 @@ def eval_floor_time(cfg: Config, suite: Any, work: Path) -> dict[str, float]:
     image = load_image(ref, "reference image")
     layer = cfg.vl.hidden_layer
     g = cfg.generation
-    total = 0.0
-    t0 = time.perf_counter()
-    _ = gen.components.vl.model, gen.components.text_encoder.model, gen.components.pipeline
-    total += time.perf_counter() - t0
+    total = load_time(gen)
     items = []
     for p, prompt in enumerate(suite.prompts):
         t0 = time.perf_counter()

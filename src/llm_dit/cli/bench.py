@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from ..config.options import Given, takes
 from ..core.errors import UserError
 from .common import console
-
-if TYPE_CHECKING:
-    pass
 
 
 @takes("bench")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,9 +15,6 @@ from ..config.options import FLAG, Given, takes
 from ..core.errors import UserError
 from ..core.modes import ADAPTER_KINDS, DIRECTION_METHODS
 from .common import MODELS, TEXT_MODEL, Json, Output, RefImage
-
-if TYPE_CHECKING:
-    pass
 
 
 @takes(*MODELS, "low-memory", "dit", "quantization", "generation", "conditioning", "inputs")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -11,8 +11,13 @@ from ..config.options import Given, takes
 from ..core.errors import UserError
 from ..core.modes import ZOO_PRESETS
 
-if TYPE_CHECKING:
-    pass
+
+def new_folder(out: Path) -> None:
+    """Refuse an output folder that holds anything; remove an empty one, which the installer creates whole."""
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output folder is not empty: {out}")
+    if out.exists():
+        out.rmdir()
 
 
 def models_tiny(
@@ -24,10 +29,7 @@ def models_tiny(
 
     if preset not in ZOO_PRESETS:
         raise UserError(f"unknown preset '{preset}' (valid: {', '.join(ZOO_PRESETS)})")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder is not empty: {out}")
-    if out.exists():
-        out.rmdir()
+    new_folder(out)
     install_zoo(out, preset)
     print(out / "zimage")
     print(out / "qwen3-vl")
@@ -39,10 +41,7 @@ def models_metrics(out: Annotated[Path, typer.Option("--out", "-o", help="Folder
     from ..models.zoo import install_built
     from ..scoring.metriczoo import build_metric_zoo
 
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder is not empty: {out}")
-    if out.exists():
-        out.rmdir()
+    new_folder(out)
     install_built(out, build_metric_zoo, {"name": "metrics"})
     print(out)
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from ..config.options import Given, takes
 from .common import MODELS, console
-
-if TYPE_CHECKING:
-    pass
 
 
 @takes(*MODELS, "low-memory", "generation", "conditioning")
