@@ -344,7 +344,12 @@ class Param:
             help += f" {sep.capitalize()} or repeated." if sep else " Repeatable."
         kind = list[str] if self.many else o.kind
         item = o.metavar or {int: "int", float: "float"}.get(o.item or o.kind, "text")
-        metavar = f"<{item}{self.sep or ''}...>" if self.many else FLAG if o.kind is bool else None
+        if self.many:
+            metavar = f"<{item}{self.sep or ''}...>"
+        elif o.kind is bool:
+            metavar = FLAG  # a flag takes no value
+        else:
+            metavar = None
         info = typer.Option(*self.flags, help=help, rich_help_panel=panel, min=o.minimum, metavar=metavar)
         return inspect.Parameter(
             self.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=Annotated[kind | None, info]
@@ -439,7 +444,10 @@ def takes(*tags: str, axes: bool = False) -> Callable[[Callable[..., Any]], Call
             try:
                 return func(**kwargs, given=Given(values, axes_given))
             except UserError as e:
-                raise UserError(with_flags(str(e), params)) from e
+                message = with_flags(str(e), params)
+                if message == str(e):
+                    raise
+                raise UserError(message) from e
 
         new = [p.parameter(panels[p.name] or None) for p in params]
         wrapper.__signature__ = inspect.Signature([*own, *new])  # type: ignore[attr-defined]
