@@ -22,7 +22,7 @@ from ..core.files import atomic_write_bytes
 from ..core.modes import SINK_RATIO
 from ..core.numerics import check_number
 from .sinks import check_sink_ratio, describe_sinks, find_sinks
-from .stats import TENSOR_KEYS, StatsError, as_float_tensor, check_embeddings, check_stats_tensors, mean_std, pooled_std
+from .stats import TENSOR_KEYS, StatsError, as_float_tensor, check_sequences, check_stats_tensors, mean_std, pooled_std
 
 __all__ = [
     "SHIPPED_STATS_FILE",
@@ -182,12 +182,8 @@ def compute_reference_stats(
     :func:`describe_sinks` row per sink, plus its ``prompt`` index; ``token(p, position)`` names its token).
     """
     r = check_sink_ratio(sink_ratio)
-    seqs = [rows] if isinstance(rows, Tensor) else list(rows)
-    if not seqs:
-        raise StatsError("no rows to compute reference statistics from")
     content, found = [], []
-    for p, seq in enumerate(seqs):
-        x = check_embeddings(seq)
+    for p, x in enumerate(check_sequences(rows, "no rows to compute reference statistics from")):
         sinks = find_sinks(x, r)
         name = (lambda pos, p=p: token(p, pos)) if token is not None else None
         found += [{"prompt": p, **row} for row in describe_sinks(x, sinks, r, token=name)["rows"]]

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..core.errors import check_choice
 from ..core.modes import SINK_RATIO, SINK_ROW_MODES
 from ..core.numerics import check_number, check_rows
-from .stats import StatsError, check_embeddings
+from .stats import StatsError, check_sequences
 
 __all__ = [
     "SINK_MARGIN",
@@ -167,12 +167,8 @@ def sink_report(
       geometric middle) when ``r`` does not separate and that gap is at least ``m²`` wide, else None.
     """
     r = check_sink_ratio(ratio)
-    seqs = [rows] if isinstance(rows, Tensor) else list(rows)
-    if not seqs:
-        raise StatsError("no rows to report on")
     xs, ratios, sinks, where = [], [], [], []
-    for p, seq in enumerate(seqs):
-        x = check_embeddings(seq)
+    for p, x in enumerate(check_sequences(rows, "no rows to report on")):
         xs.append(x)
         ratios.append(row_ratios(x))
         sinks.append(find_sinks(x, r))

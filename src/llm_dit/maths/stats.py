@@ -14,7 +14,7 @@ Notation: ``x`` embeddings ``[n, D]``, ``μ_d``/``σ_d`` the mean/std of column 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ __all__ = [
     "StatsError",
     "as_float_tensor",
     "check_embeddings",
+    "check_sequences",
     "check_stats_tensors",
     "check_width",
     "content_mask",
@@ -112,6 +113,15 @@ def check_embeddings(emb: Any, *, check_finite: bool = True) -> Tensor:
     ``check_finite``: checked after the cast, which can overflow)."""
     x = check_rows(emb, "embeddings", finite=False, error=StatsError).detach().to(torch.float32)
     return require_finite(x, "embeddings", error=StatsError) if check_finite else x
+
+
+def check_sequences(rows: Tensor | Sequence[Tensor], empty: str) -> list[Tensor]:
+    """Each sequence of ``rows`` (one ``[n_p, D]`` tensor per prompt; a single tensor is one sequence) checked and
+    cast by :func:`check_embeddings`; ``StatsError(empty)`` when there is none."""
+    seqs = [rows] if isinstance(rows, Tensor) else list(rows)
+    if not seqs:
+        raise StatsError(empty)
+    return [check_embeddings(seq) for seq in seqs]
 
 
 def check_width(width: int, ref_width: int) -> None:
