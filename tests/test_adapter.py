@@ -6,20 +6,18 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from llm_dit.adapter.adapter import (
+from llm_dit.adapter.fit import common_block, paired_rows, ridge_fit
+from llm_dit.adapter.model import Adapter
+from llm_dit.adapter.train import (
     CHECKPOINT_NAME,
-    Adapter,
     TrainingSample,
-    common_block,
     draw_step,
     finetune,
     flow_matching_loss,
     image_latents,
     model_timestep,
     noisy_latents,
-    paired_rows,
     predict_velocity,
-    ridge_fit,
     shift_sigmas,
     velocity_target,
 )
@@ -448,7 +446,7 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
 def test_an_empty_caption_names_the_image_and_the_fix(cli, zoo, tmp_path, monkeypatch):
     """Before: `paired_rows needs a non-empty caption` (no image, no fix) when the VL model wrote an empty caption,
     and an empty caption in a captions file was silently replaced by the VL model's."""
-    from llm_dit.adapter import adapter as adapter_module
+    from llm_dit.adapter import train as adapter_train
 
     from .conftest import REPO
 
@@ -457,7 +455,7 @@ def test_an_empty_caption_names_the_image_and_the_fix(cli, zoo, tmp_path, monkey
     for name in ("house2.png", "sunset.png"):
         Image.open(REPO / "examples" / "reference-images" / name).resize((64, 64)).save(data / name)
     args = ["train-adapter", "--models", "tiny", "--images", data, "-o", tmp_path / "a.safetensors"]
-    monkeypatch.setattr(adapter_module, "caption_image", lambda extractor, image: " ")
+    monkeypatch.setattr(adapter_train, "caption_image", lambda extractor, image: " ")
     r = cli(*args)
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
     assert "empty caption for training image house2.png, sunset.png" in r.err and "--captions" in r.err

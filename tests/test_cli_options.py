@@ -226,7 +226,8 @@ def test_sweep_takes_every_settings_flag_of_generate_as_a_fixed_value_or_an_axis
 def test_help_of_every_mode_option_lists_the_modules_mode_tuple(cli):
     """The valid values in --help come from the tuples the modes are defined by (and typer renders every help)."""
     from llm_dit.maths.blend import BLEND_MODES, RESAMPLE_MODES
-    from llm_dit.maths.stats import NORMALIZATION_MODES, OUTLIER_MODES
+    from llm_dit.maths.normalize import NORMALIZATION_MODES
+    from llm_dit.maths.outliers import OUTLIER_MODES
     from llm_dit.models.vl import TOKEN_MODES
 
     modes = {

@@ -166,7 +166,9 @@ def test_mode_fields_are_built_from_the_modules_mode_lists():
 
     from llm_dit.config.settings import EncoderConfig, VLConfig
     from llm_dit.maths.blend import BLEND_MODES, CAPTION_LIMIT, RESAMPLE_MODES
-    from llm_dit.maths.stats import NORMALIZATION_MODES, OUTLIER_MODES, SINK_RATIO, SINK_ROW_MODES
+    from llm_dit.maths.normalize import NORMALIZATION_MODES
+    from llm_dit.maths.outliers import OUTLIER_MODES
+    from llm_dit.maths.sinks import SINK_RATIO, SINK_ROW_MODES
     from llm_dit.models.text import LONG_PROMPT_MODES
     from llm_dit.models.vl import TOKEN_MODES
 

@@ -139,7 +139,7 @@ def test_executors_sit_below_one_entry_point():
     # above it only: the benchmark, the eval (whose every (method, cell) is a run of one sweep), the command line
     # and the studio (its sweep launch)
     above = sorted(m for m, names in importers.items() if "experiment.run" in names)
-    assert above == ["bench.harness", "cli.app", "eval.run", "studio.app"]
+    assert above == ["bench.figures", "cli.runs", "eval.run", "studio.jobs"]
 
 
 def test_the_plan_resolves_each_run_config_once(zoo, tmp_path, monkeypatch):

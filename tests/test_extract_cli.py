@@ -67,7 +67,7 @@ def test_encode_json_cache_and_layer(cli, zoo, tmp_path):
 
 
 def test_stats_command_writes_same_layer_statistics(cli, zoo, tmp_path):
-    from llm_dit.maths.stats import ReferenceStats
+    from llm_dit.maths.refstats import ReferenceStats
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\na dog on a hill\n\n")

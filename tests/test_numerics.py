@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from llm_dit.adapter.adapter import Adapter
+from llm_dit.adapter.model import Adapter
 from llm_dit.config.settings import load_config
 from llm_dit.core.errors import UserError, check_choice
 from llm_dit.core.numerics import NonFiniteError, check_number, check_rows, require_finite
@@ -77,7 +77,7 @@ def test_every_row_taking_api_refuses_bad_rows_with_the_one_validator(zoo):
     words, after their own label."""
     from diffusers import ZImagePipeline
 
-    from llm_dit.maths.stats import normalize
+    from llm_dit.maths.normalize import normalize
     from llm_dit.maths.steer import apply_direction, direction_mean_difference
     from llm_dit.models.inject import inject_conditioning
 

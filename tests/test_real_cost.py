@@ -57,9 +57,10 @@ def test_max_pixels_caps_the_reference_tokens_and_is_recorded(zoo):
 
 
 def test_the_blend_cost_section_reports_every_mode_and_step(zoo):
-    from llm_dit.bench.harness import RESOLUTIONS, blend_cost
+    from llm_dit.bench.blend_cost import RESOLUTIONS, blend_cost
     from llm_dit.maths.blend import BLEND_MODES
-    from llm_dit.maths.stats import NORMALIZATION_MODES, OUTLIER_MODES
+    from llm_dit.maths.normalize import NORMALIZATION_MODES
+    from llm_dit.maths.outliers import OUTLIER_MODES
 
     result = blend_cost(1, d=32, vl_rows=40, text_rows=6)
     assert set(result["blend_ms"]) == set(BLEND_MODES)

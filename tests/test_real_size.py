@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-import llm_dit.bench.harness as bench
+import llm_dit.bench.real_size as bench
+from llm_dit.bench.harness import touch_weights
 
 
 @pytest.mark.parametrize(("disk_gb", "ram_gib"), [(5.0, 20.0), (100.0, 4.0)])
@@ -69,6 +70,6 @@ def test_touch_weights_makes_memory_mapped_weights_resident_and_counts_each_tens
     a.load_state_dict(load_file(tmp_path / "w.safetensors"), assign=True)
     b.weight = a.weight
     before = rss_mib()
-    size = bench.touch_weights([a, b])
+    size = touch_weights([a, b])
     assert size == 64.0
     assert rss_mib() - before > 56  # the pages were read in (the mapping was not resident before)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from llm_dit.adapter.adapter import Adapter, train_adapter
+from llm_dit.adapter.model import Adapter
+from llm_dit.adapter.train import train_adapter
 from llm_dit.conditioning.source import Reference, parse_layer_weights, source_of
 from llm_dit.config.settings import PLACEMENT_KEYS, ConfigError, default_config_path, load_config
 from llm_dit.core.cache import TensorCache

@@ -30,19 +30,11 @@ from llm_dit.core.files import load_tensors
 from llm_dit.generation.generate import Generator
 from llm_dit.maths.blend import ALPHA_VALUES, BLEND_MODES, blend
 from llm_dit.maths.compose import extract_style
-from llm_dit.maths.stats import (
-    ReferenceStats,
-    StatsError,
-    compute_reference_stats,
-    describe,
-    describe_sinks,
-    find_sinks,
-    get_outlier_dimensions,
-    mask_outlier_dimensions,
-    normalize,
-    shipped_stats,
-    std_ratios,
-)
+from llm_dit.maths.normalize import normalize
+from llm_dit.maths.outliers import get_outlier_dimensions, mask_outlier_dimensions, std_ratios
+from llm_dit.maths.refstats import ReferenceStats, compute_reference_stats, shipped_stats
+from llm_dit.maths.sinks import describe_sinks, find_sinks
+from llm_dit.maths.stats import StatsError, describe
 from llm_dit.maths.steer import apply_direction
 from llm_dit.models.text import TextEncoder, render_prompt
 from llm_dit.models.vl import VLEmbeddingExtractor
@@ -409,7 +401,7 @@ def test_the_shipped_example_is_flagged_and_never_a_default():
     # nothing but its own definition loads it
     for path in (REPO / "src" / "llm_dit").rglob("*.py"):
         uses = re.findall(r"shipped_stats\(", path.read_text())
-        assert len(uses) == (1 if path.name == "stats.py" else 0), path  # the `def` line only
+        assert len(uses) == (1 if path.name == "refstats.py" else 0), path  # the `def` line only
 
 
 # ------------------------------------------------------------------------------------- stats and inspect
@@ -493,7 +485,8 @@ def test_train_adapter_leaves_sink_rows_out_of_the_ridge_fit(cli, zoo, tmp_path,
     the planted image-pad sink into the image row; the fitted adapter missed the content rows by ~300x their norm
     (0.21 without the sinks). Now a pair row that is a sink in either sequence is dropped, the pooled row is made of
     content rows, and the adapter file says how many were left out."""
-    from llm_dit.adapter.adapter import Adapter, paired_rows
+    from llm_dit.adapter.fit import paired_rows
+    from llm_dit.adapter.model import Adapter
 
     refs = REPO / "examples" / "reference-images"
     captions = {"house2.png": "a cartoon house", "sunset.png": "a desert at sunset", "test_scene.png": "a street"}

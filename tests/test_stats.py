@@ -1,4 +1,4 @@
-"""Tests for llm_dit.maths.stats: shipped reference statistics, normalisation and outlier masking."""
+"""Tests for llm_dit.maths.refstats, .normalize and .outliers: shipped statistics, normalisation, outlier masking."""
 
 from __future__ import annotations
 
@@ -13,18 +13,10 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from llm_dit.maths.stats import (
-    NORMALIZATION_MODES,
-    OUTLIER_MODES,
-    ReferenceStats,
-    StatsError,
-    compute_reference_stats,
-    get_outlier_dimensions,
-    mask_outlier_dimensions,
-    normalize,
-    shipped_stats,
-    std_ratios,
-)
+from llm_dit.maths.normalize import NORMALIZATION_MODES, normalize
+from llm_dit.maths.outliers import OUTLIER_MODES, get_outlier_dimensions, mask_outlier_dimensions, std_ratios
+from llm_dit.maths.refstats import ReferenceStats, compute_reference_stats, shipped_stats
+from llm_dit.maths.stats import StatsError
 
 # Recorded in the source .json next to the .npz the shipped file was converted from.
 RECORDED_GLOBAL_STD = 61.09568786621094

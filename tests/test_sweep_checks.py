@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from llm_dit.adapter.adapter import Adapter
+from llm_dit.adapter.model import Adapter
 from llm_dit.sweep.dir import SweepDir
 
 from .conftest import REPO, signalling_cli

@@ -6,7 +6,7 @@ from PIL import Image
 
 from llm_dit.core.cache import TensorCache
 from llm_dit.core.errors import UserError
-from llm_dit.maths.stats import ReferenceStats, compute_reference_stats
+from llm_dit.maths.refstats import ReferenceStats, compute_reference_stats
 from llm_dit.models.vl import TOKEN_MODES, VLEmbeddingExtractor, find_spans, pick_reference
 
 

@@ -37,7 +37,7 @@ _EXPORTS = {
     "VLEmbeddingExtractor": "models.vl",
     "blend": "maths.blend",
     "BLEND_MODES": "maths.blend",
-    "ReferenceStats": "maths.stats",
+    "ReferenceStats": "maths.refstats",
     "SweepSpec": "sweep.spec",
     "run_sweep": "experiment.run",
     "run_experiment": "experiment.run",

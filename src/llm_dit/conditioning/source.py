@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..core.errors import UserError
 from ..maths.compose import Style, apply_style, check_weights, equal_weights
-from ..maths.stats import describe_sinks, find_sinks
+from ..maths.sinks import describe_sinks, find_sinks
 from ..maths.steer import apply_direction
 
 WHOLE_TEXT_MODES = ("concat", "replace")
@@ -57,13 +57,18 @@ class Reference:
         """The reference images (one or several)."""
         return (self.image,) if isinstance(self.image, Image.Image) else tuple(self.image)
 
+    def check(self) -> None:
+        """Refuse a reference without images, or whose `weights` do not fit them (`compose.check_weights`)."""
+        if not self.images:
+            raise UserError("a reference needs at least one image")
+        if self.weights is not None:
+            check_weights(list(self.weights), len(self.images))
+
     @property
     def weighting(self) -> list[float]:
-        """Each image's weight: `weights` checked (`compose.check_weights`), else 1/n each."""
-        n = len(self.images)
-        if n == 0:
-            raise UserError("a reference needs at least one image")
-        return equal_weights(n) if self.weights is None else check_weights(list(self.weights), n)
+        """Each image's weight: `weights` as numbers, else 1/n each (`check` first)."""
+        self.check()
+        return equal_weights(len(self.images)) if self.weights is None else [float(w) for w in self.weights]
 
 
 @dataclass(frozen=True, eq=False)
@@ -234,7 +239,7 @@ class Conditioning:
 def find_sink_rows(
     rows: torch.Tensor, ratio: float, sink_rows: str, role: str, token: Callable[[int], str] | None = None
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Sink mask of one tensor (`stats.find_sinks`, once) and its record: `stats.describe_sinks` plus `action`,
+    """Sink mask of one tensor (`sinks.find_sinks`, once) and its record: `sinks.describe_sinks` plus `action`,
     what is done with them: `unchanged` (T, exclude), `dropped` (V, exclude) or `blended` (include)."""
     mask = find_sinks(rows, ratio)
     action = "blended" if sink_rows == "include" else ("unchanged" if role == "text" else "dropped")

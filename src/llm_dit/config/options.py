@@ -8,8 +8,8 @@ of that axis. A key is either a config key (`vl.alpha`: dotted, applied with `co
 A command takes the options of some tags (`takes`): the decorator extends the command's signature with them (so
 typer builds the options and `--help` lists them, grouped in panels) and gives the command one `Given` instead:
 `{key: value}` of the options set on the command line, and a sweep's axes. Every list option accepts `a,b` and
-repeated flags, which accumulate (`split_items`, the one parser). Errors raised by the API name keys; `with_flags`
-(the CLI's error handler) puts the command's flags beside them.
+repeated flags, which accumulate (`split_items`, the one parser). Errors raised by the API name keys; as one leaves
+the command, `takes` puts the command's flags beside them (`with_flags`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -93,6 +92,11 @@ class Option:
     @property
     def config_key(self) -> bool:
         return "." in self.key
+
+
+FLAG = ""
+"""The metavar of a flag (an option that takes no value, `--json`): nothing. Without one, typer's rich help (0.29)
+shows a flag's type as if it took a value (`--json <bool>`); click's plain help shows none."""
 
 
 def row(key: str, flags: str, help: str, tags: str, kind: type = str, **kw: Any) -> Option:
@@ -340,7 +344,12 @@ class Param:
             help += f" {sep.capitalize()} or repeated." if sep else " Repeatable."
         kind = list[str] if self.many else o.kind
         item = o.metavar or {int: "int", float: "float"}.get(o.item or o.kind, "text")
-        metavar = f"<{item}{self.sep or ''}...>" if self.many else None
+        if self.many:
+            metavar = f"<{item}{self.sep or ''}...>"
+        elif o.kind is bool:
+            metavar = FLAG  # a flag takes no value
+        else:
+            metavar = None
         info = typer.Option(*self.flags, help=help, rich_help_panel=panel, min=o.minimum, metavar=metavar)
         return inspect.Parameter(
             self.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=Annotated[kind | None, info]
@@ -392,9 +401,6 @@ def resolve_config(
     return load_config(path, profile, given | (overrides or {}))
 
 
-_active: ContextVar[tuple[Param, ...]] = ContextVar("active options", default=())
-
-
 def command_params(tags: Iterable[str], axes: bool = False) -> tuple[list[Param], dict[str, str]]:
     """The options of the table's rows with any of `tags` (with `axes`, also each row's sweep axis; a fixed flag
     that is its own axis flag is only the axis) and each one's help panel."""
@@ -417,7 +423,8 @@ def command_params(tags: Iterable[str], axes: bool = False) -> tuple[list[Param]
 
 def takes(*tags: str, axes: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator of a command: adds the options of the table rows with any of `tags` (with `axes`, the sweep axes
-    too) to its signature, and calls it with `given: Given` in their place."""
+    too) to its signature, and calls it with `given: Given` in their place. A `UserError` the command raises is
+    raised again in the command line's words (`with_flags`)."""
     params, panels = command_params(tags, axes)
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -434,8 +441,13 @@ def takes(*tags: str, axes: bool = False) -> Callable[[Callable[..., Any]], Call
                 value = p.parse(kwargs.pop(p.name))
                 if value is not None:
                     (axes_given if p.axis else values)[p.option.key] = value
-            _active.set(tuple(params))
-            return func(**kwargs, given=Given(values, axes_given))
+            try:
+                return func(**kwargs, given=Given(values, axes_given))
+            except UserError as e:
+                message = with_flags(str(e), params)
+                if message == str(e):
+                    raise
+                raise UserError(message) from e
 
         new = [p.parameter(panels[p.name] or None) for p in params]
         wrapper.__signature__ = inspect.Signature([*own, *new])  # type: ignore[attr-defined]
@@ -446,27 +458,22 @@ def takes(*tags: str, axes: bool = False) -> Callable[[Callable[..., Any]], Call
     return decorate
 
 
-def reset_active() -> None:
-    """Forget the options of the last command that ran (before the next one)."""
-    _active.set(())
-
-
-def with_flags(message: str, params: Iterable[Param] | None = None) -> str:
-    """`message` of an API error in the command line's words, for the options of the command that raised it
-    (default: the last command that ran): a config key, or an argument the API quotes (`Option.quoted`), gets its
-    flags after its first quoted mention (`'vl.alpha'` -> `'vl.alpha' (--alpha)`, `'resume'` ->
-    `'resume' (--resume)`); a config key named only bare (inside a phrase such as `vl.blend 'style_delta'`) gets
-    them at the end (`(vl.blend: --blend)`)."""
-    params = tuple(_active.get() if params is None else params)
+def with_flags(message: str, params: Iterable[Param]) -> str:
+    """`message` of an API error in the command line's words, for `params`, the options of the command that raised
+    it: a config key, or an argument the API quotes (`Option.quoted`), gets its flags after its first quoted mention
+    (`'vl.alpha'` -> `'vl.alpha' (--alpha)`, `'resume'` -> `'resume' (--resume)`); a config key named only bare
+    (a word of its own, inside a phrase such as `vl.blend 'style_delta'`) gets them at the end
+    (`(vl.blend: --blend)`)."""
     flags: dict[str, list[str]] = {}
     for p in params:
         if p.option.config_key or p.option.quoted:
             flags.setdefault(p.option.key, []).append("/".join(p.flags))
+    words = set(re.findall(r"[\w.]+", message))  # `vl.blend` is one word, `vl.blend_options` another
     bare = []
     for key, names in flags.items():
         shown, quoted = ", ".join(dict.fromkeys(names)), f"'{key}'"
         if quoted in message:
             message = message.replace(quoted, f"{quoted} ({shown})", 1)
-        elif "." in key and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", message):
+        elif "." in key and key in words:
             bare.append(f"{key}: {shown}")
     return f"{message} ({'; '.join(bare)})" if bare else message

@@ -21,8 +21,10 @@ SCHEDULES = ("constant", "linear", "cosine", "step", "list")
 NORMALIZATION_MODES = ("none", "global", "per_dim", "hybrid")
 OUTLIER_MODES = ("none", "zero", "clamp", "scale", "reference")
 SINK_RATIO = 20.0
-"""A row is an attention sink when its max |x| exceeds this many times the median row's (`maths.stats.find_sinks`)."""
+"""A row is an attention sink when its max |x| exceeds this many times the median row's (`maths.sinks.find_sinks`)."""
 SINK_ROW_MODES = ("exclude", "include")
+"""What happens to sink rows (config ``vl.sink_rows``): ``exclude`` keeps T's sink rows out of every blend
+(unchanged) and drops V's; ``include`` blends them as content. Statistics use content rows either way."""
 DIRECTION_METHODS = ("mean_difference", "pca")
 
 # models

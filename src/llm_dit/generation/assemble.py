@@ -40,8 +40,8 @@ from ..core.files import sha256_file
 from ..core.numerics import check_rows, require_finite
 from ..maths.blend import CAPTION_LIMIT, check_alpha, check_options, mode_options, replace_rows
 from ..maths.compose import KINDS, combine_styles, extract_style, style_texts
+from ..maths.refstats import ReferenceStats
 from ..maths.schedule import parse_schedule
-from ..maths.stats import ReferenceStats
 from ..models.loading import model_identity
 from ..models.text import EncodedPrompt
 from ..models.vl import VLEmbeddings, image_sha256
@@ -68,14 +68,14 @@ def refuse(config: Config, source: Source, alphas: list[float], negative: Refere
                 "a negative image is blended with the vl settings of a reference conditioning: give a reference "
                 "image (or VL embeddings) too"
             )
-        _ = negative.weighting
+        negative.check()
         check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
     if v.inject_layers and parse_schedule(v.alpha_schedule).kind != "constant":
         raise UserError("an alpha schedule and DiT block injection cannot be combined; choose one")
     if reason := source_image_free(v, source):
         raise UserError(reason)
     if isinstance(source, Reference):
-        _ = source.weighting  # weights that do not fit the images are refused here, before any model loads
+        source.check()  # weights that do not fit the images are refused here, before any model loads
     if isinstance(source, Reference | VLRows | Styled):
         check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
         for a in set(alphas):

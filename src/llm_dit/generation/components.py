@@ -21,14 +21,14 @@ from typing import Any, Literal
 
 import torch
 
-from ..adapter.adapter import Adapter, check_use
+from ..adapter.model import Adapter, check_use
 from ..conditioning.imagedep import NORM_KEY, CaptionNorm
 from ..config.settings import PLACEMENT_KEYS, Config, VLConfig
 from ..core.cache import TensorCache
 from ..core.errors import UserError
 from ..core.files import sha256_file
 from ..core.modes import parse_lora
-from ..maths.stats import ReferenceStats
+from ..maths.refstats import ReferenceStats
 from ..models.loading import (
     check_lora,
     check_offload,
@@ -278,7 +278,7 @@ class Components:
 
     def adapter(self, path: str, config: Config) -> tuple[Adapter, dict[str, Any]]:
         """The trained adapter at `path` and its metadata (with the file's `sha256`), loaded once per path and
-        checked against `config` on every use (`adapter.check_use`: the settings it was trained with must match;
+        checked against `config` on every use (`adapter.model.check_use`: the settings it was trained with must match;
         a sweep changes them between runs)."""
         if path not in self._adapters:
             adapter, meta = Adapter.load(path)

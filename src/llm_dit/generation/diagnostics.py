@@ -9,7 +9,7 @@ statistics of the same layer; and the two measurements the research notes disagr
 - per-dimension Pearson correlation, over those prompt rows, between the VL rows (with the image) and the
   Qwen3-4B encoding of the same prompt at the same layer (mean and median over dimensions).
 
-Attention sinks are found once per sequence and layer (`stats.find_sinks`) in the VL rows with the image, the VL
+Attention sinks are found once per sequence and layer (`sinks.find_sinks`) in the VL rows with the image, the VL
 rows without it and the text encoder's rows; they are reported (position, token, dims, values) and left out of
 every statistic above (span statistics, std ratios, influence and correlation use content rows only).
 `print_report` shows a report in a terminal (`llm-dit inspect` without `--json`).
@@ -25,7 +25,10 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from ..maths.stats import SINK_RATIO, ReferenceStats, describe, describe_sinks, find_sinks, sink_lines, std_ratios
+from ..maths.outliers import std_ratios
+from ..maths.refstats import ReferenceStats
+from ..maths.sinks import SINK_RATIO, describe_sinks, find_sinks, sink_lines
+from ..maths.stats import describe
 from ..models.text import TextEncoder, render_prompt
 from ..models.vl import VLEmbeddingExtractor, find_spans
 
@@ -132,7 +135,7 @@ def inspect_layers(
 
 def print_report(report: dict[str, Any], out: Console) -> None:
     """An `inspect_layers` report for a terminal: per layer, a table of the spans (tokens, mean, std), then the std
-    ratios, image influence, correlation and attention sinks (one line each, `stats.sink_lines`)."""
+    ratios, image influence, correlation and attention sinks (one line each, `sinks.sink_lines`)."""
     for layer, r in report["layers"].items():
         table = Table(title=f"layer {layer}", show_header=True)
         for col in ("span", "tokens", "mean", "std"):

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..adapter.adapter import read_captions, train_adapter
+from ..adapter.train import read_captions, train_adapter
 from ..conditioning.imagedep import image_free_by_construction
 from ..conditioning.source import Styled, source_of
 from ..config.settings import Config
@@ -21,7 +21,8 @@ from ..core.files import load_embeddings, load_embeddings_file, load_image, read
 from ..core.modes import INSPECT_LAYERS
 from ..maths.blend import check_options
 from ..maths.compose import check_weights, combine_styles, extract_style, load_styles, split_scale, style_tensors
-from ..maths.stats import ReferenceStats, sink_report
+from ..maths.refstats import ReferenceStats
+from ..maths.sinks import sink_report
 from ..maths.steer import DIRECTIONS, load_direction, save_direction
 from ..models.text import STATS_PROMPTS, render_prompt
 from ..models.vl import pick_reference
@@ -239,7 +240,7 @@ def stats_file(
 
 
 def sink_report_of(config: Config, layer: int = -2, prompts: str | Path | None = None) -> dict[str, Any]:
-    """`stats.sink_report` of the text encoder's rows at `layer` for the prompts `stats_file` uses (the same
+    """`sinks.sink_report` of the text encoder's rows at `layer` for the prompts `stats_file` uses (the same
     rendering, the same rows): whether `vl.sink_ratio` separates this model's attention sinks from its content
     rows. Adds the `layer`, the `model` and the number of `prompts`."""
     lines = stats_prompts(prompts)
@@ -340,7 +341,7 @@ def train_adapter_file(
     **training: Any,
 ) -> Path:
     """An adapter trained on the images of the folder `images` (`IMAGE_SUFFIXES`) with `captions` (missing ones
-    are written by the VL model) into `output`; `training` are `adapter.train_adapter`'s settings (kind, rank,
+    are written by the VL model) into `output`; `training` are `adapter.train.train_adapter`'s settings (kind, rank,
     lam, steps, lr, resume); checkpoints in `checkpoint_dir` (default: OUTPUT.ckpt/)."""
     folder, output = Path(images), Path(output)
     if not folder.is_dir():

@@ -28,7 +28,8 @@ from ..core.errors import UserError, check_choice
 from ..core.modes import LONG_PROMPT_MODES
 from ..core.numerics import check_number
 from ..maths.blend import CAPTION_LIMIT, align
-from ..maths.stats import SINK_RATIO, ReferenceStats, compute_reference_stats
+from ..maths.refstats import ReferenceStats, compute_reference_stats
+from ..maths.sinks import SINK_RATIO
 from .hooks import capture_hidden_states
 from .loading import LazyEncoder, check_zimage, load_model, model_identity
 
@@ -189,7 +190,7 @@ class TextEncoder(LazyEncoder):
         self, layers: Sequence[int], prompts: Sequence[str] = STATS_PROMPTS, sink_ratio: float = SINK_RATIO
     ) -> dict[int, ReferenceStats]:
         """Per-dimension statistics of the caption rows (default rendering) of `prompts` at each layer, over content
-        rows only: each prompt's attention-sink rows (`stats.find_sinks`, ratio `sink_ratio`) are left out, and the
+        rows only: each prompt's attention-sink rows (`sinks.find_sinks`, ratio `sink_ratio`) are left out, and the
         metadata lists them (`sink_ratio`, `sink_count`, `sinks` with prompt, position, token and dims)."""
         per_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
         prompt_ids = []

@@ -40,16 +40,10 @@ from ..maths.blend import (
     blend_with_style_delta,
     compute_style_delta,
 )
-from ..maths.stats import (
-    SINK_RATIO,
-    check_sink_rows,
-    describe,
-    describe_sinks,
-    find_sinks,
-    get_outlier_dimensions,
-    mask_outlier_dimensions,
-    normalize,
-)
+from ..maths.normalize import normalize
+from ..maths.outliers import get_outlier_dimensions, mask_outlier_dimensions
+from ..maths.sinks import SINK_RATIO, check_sink_rows, describe_sinks, find_sinks
+from ..maths.stats import describe
 from .hooks import capture_hidden_states
 from .loading import LazyEncoder, check_vl, load_model, model_identity
 
@@ -171,7 +165,7 @@ class VLEmbeddings:
     image_sha256: str | None
     cache: str
     image_pad_rows: torch.Tensor = field(repr=False)  # bool [n]: which kept rows are image-pad rows
-    sinks: dict[str, Any] = field(default_factory=dict)  # stats.describe_sinks of this layer + "action"
+    sinks: dict[str, Any] = field(default_factory=dict)  # sinks.describe_sinks of this layer + "action"
     sink_rows: torch.Tensor | None = field(default=None, repr=False)  # bool [n]: sink rows still in `embeddings`
     outliers_unchanged: list[tuple[int, float]] = field(default_factory=list)  # flagged, left alone (clamp)
 
@@ -363,7 +357,7 @@ class VLEmbeddingExtractor(LazyEncoder):
         """Extract every layer of `hidden_layers` from one forward pass.
 
         `token_mode` picks rows (`TOKEN_MODES`). Attention sinks are then found once per layer on those rows
-        (`stats.find_sinks`, ratio `sink_ratio`); a row that is a sink at any of the layers counts as one at all of
+        (`sinks.find_sinks`, ratio `sink_ratio`); a row that is a sink at any of the layers counts as one at all of
         them, so every layer keeps the same rows. `sink_rows="exclude"` drops them; `"include"` keeps them, and
         masking and normalisation fit their statistics on the content rows only and apply to every row.
         `outlier_masking` (`none|zero|clamp|scale|reference`) then rewrites outlier dimensions of the image-pad rows

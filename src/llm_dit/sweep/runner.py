@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..adapter.adapter import check_use
+from ..adapter.model import check_use
 from ..conditioning.imagedep import probe_image
 from ..conditioning.source import Reference, Source, Steering, Styled, Text, neutral_of
 from ..config.settings import Config
@@ -117,7 +117,7 @@ def validate(plan: Plan, inputs: Inputs) -> None:
     `inputs` (images decoded, steering directions, adapters and reference statistics loaded and checked), and each
     run's settings go through `assemble.refuse` with every alpha its schedule uses, as `Generator.prepare` checks
     one image, plus its devices, its LoRA files, its style files (`assemble.check_styles`) and the adapter's width
-    and trained settings (`adapter.check_use`).
+    and trained settings (`adapter.model.check_use`).
     `UserError` naming the first bad run."""
     for run in plan.runs:
         config = plan.config(run)

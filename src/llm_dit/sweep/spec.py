@@ -22,7 +22,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..adapter.adapter import Adapter
+from ..adapter.model import Adapter
 from ..conditioning.imagedep import image_free_by_construction
 from ..conditioning.source import parse_layer_weights
 from ..config.settings import Config, VLConfig, load_toml_model, with_overrides
@@ -30,7 +30,9 @@ from ..core.errors import UserError, check_choice
 from ..core.files import load_image
 from ..maths.blend import BLEND_MODES
 from ..maths.compose import check_weights, equal_weights
-from ..maths.stats import NORMALIZATION_MODES, OUTLIER_MODES, ReferenceStats
+from ..maths.normalize import NORMALIZATION_MODES
+from ..maths.outliers import OUTLIER_MODES
+from ..maths.refstats import ReferenceStats
 from ..maths.steer import load_direction
 from ..models.hooks import layer_position
 from ..models.inject import block_indices
@@ -611,7 +613,7 @@ class Inputs:
         return self._directions[path]
 
     def adapter(self, path: str) -> tuple[Adapter, dict[str, Any]]:
-        """The adapter file at `path` and its metadata (`adapter.Adapter.load`: kind, tensors, values checked)."""
+        """The adapter file at `path` and its metadata (`adapter.model.Adapter.load`: kind, tensors, values checked)."""
         if path not in self._adapters:
             self._adapters[path] = Adapter.load(path)
         return self._adapters[path]

@@ -1,16 +1,5 @@
-"""A small trained bridge from Qwen3-VL rows to the DiT's caption space.
-
-Rows are row vectors: an adapter maps `x [n, D]` to `y = x W + b` (`D` is both the Qwen3-VL hidden size and the
-DiT's caption width). Three kinds:
-
-- `linear`: a full `W [D, D]` and `b [D]`;
-- `low_rank`: `W = I + U Vᵀ` with `U, V [D, r]`, plus `b` — a residual on the identity (initialised to it:
-  `U = 0`, `V` small and random, so gradients reach both);
-- `affine`: `y = x ⊙ s + t`, a scale and a shift per dimension.
-
-Two ways to fit one: `ridge_fit` in closed form on paired rows (`paired_rows`: Qwen3-VL rows of image + caption
-against the text encoder's rows of the same caption), and `finetune` through the frozen DiT with the
-flow-matching loss.
+"""Training an adapter: fine-tuning through the frozen DiT with the flow-matching loss, resumable from checkpoints,
+and `train_adapter`, the whole procedure (captions, ridge initialisation, optional fine-tuning) a command runs.
 
 Flow matching as diffusers runs Z-Image (`ZImagePipeline.__call__` + `FlowMatchEulerDiscreteScheduler.step`):
 the noisy latents at noise level σ ∈ [0, 1] are `x_σ = σ·ε + (1 − σ)·x₀`; the transformer gets the timestep
@@ -20,7 +9,7 @@ straight path is `dx_σ/dσ = ε − x₀`, so `noise_pred` must be `ε − x₀
 That is the training target (`velocity_target`): with it, one Euler step from σ to 0 gives
 `x_σ + σ·(x₀ − ε) = x₀` exactly.
 
-Checkpoints and adapter files are safetensors with JSON metadata (`files.save_tensors`); never pickle.
+Checkpoints are safetensors with JSON metadata (`files.save_tensors`); never pickle.
 """
 
 from __future__ import annotations
@@ -31,367 +20,41 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..core.errors import UserError, check_choice
+from ..core.errors import UserError
 from ..core.files import load_image, load_tensors, save_tensors
-from ..core.modes import ADAPTER_KINDS
 from ..core.numerics import check_number, check_rows
-from ..maths.stats import SINK_RATIO, find_sinks
-from ..models.text import TextEncoder, render_prompt
-from ..models.vl import DEFAULT_CAPTION_PROMPT, VLEmbeddingExtractor, caption_image, find_spans
+from ..models.vl import DEFAULT_CAPTION_PROMPT, caption_image
+from .fit import paired_rows, ridge_fit
+from .model import Adapter, check_raw_rows, tensor_shapes
 
 __all__ = [
-    "ADAPTER_KINDS",
     "CHECKPOINT_NAME",
     "DEFAULT_CAPTION_PROMPT",
-    "SPACE_KEYS",
-    "Adapter",
-    "PairedRows",
     "TrainingSample",
     "caption_image",
-    "check_raw_rows",
-    "check_use",
-    "common_block",
+    "draw_step",
     "finetune",
     "flow_matching_loss",
     "image_latents",
     "model_timestep",
     "noisy_latents",
-    "paired_rows",
     "predict_velocity",
-    "ridge_fit",
+    "read_captions",
     "samples_sha256",
     "shift_sigmas",
-    "trained_settings",
+    "train_adapter",
     "velocity_target",
 ]
 
-DEFAULT_RANK = 32
-FILE_KIND = "adapter"
 CHECKPOINT_KIND = "adapter_checkpoint"
 CHECKPOINT_NAME = "adapter.ckpt.safetensors"
-
-
-# ---------------------------------------------------------------------------------------------------- the module
-
-
-def check_kind(kind: str, dim: int, rank: int | None) -> int:
-    """Validate `kind`, `dim` and `rank`; the effective rank (`low_rank`: `rank` or min(32, D); else 0)."""
-    check_choice(kind, ADAPTER_KINDS, "adapter kind")
-    check_number(dim, "adapter width", lambda d: d >= 1, "a positive integer", integer=True)
-    if kind != "low_rank":
-        return 0
-    r = min(DEFAULT_RANK, dim) if rank is None else rank
-    return int(
-        check_number(r, "low-rank adapter rank", lambda x: 1 <= x <= dim, f"an integer in [1, {dim}]", integer=True)
-    )
-
-
-def tensor_shapes(kind: str, dim: int, rank: int) -> dict[str, tuple[int, ...]]:
-    """The parameters of an adapter kind and their shapes."""
-    if kind == "linear":
-        return {"weight": (dim, dim), "bias": (dim,)}
-    if kind == "low_rank":
-        return {"u": (dim, rank), "v": (dim, rank), "bias": (dim,)}
-    return {"scale": (dim,), "shift": (dim,)}
-
-
-class Adapter(nn.Module):
-    """`y = x W + b` on rows `[n, D]` (see the module docstring for the kinds); float32 parameters and maths,
-    output in the input's dtype and device. A new adapter is the identity map."""
-
-    def __init__(self, dim: int, kind: str = "linear", rank: int | None = None) -> None:
-        super().__init__()
-        self.rank = check_kind(kind, dim, rank)
-        self.kind = kind
-        self.dim = dim
-        if kind == "linear":
-            self.weight = nn.Parameter(torch.eye(dim))
-            self.bias = nn.Parameter(torch.zeros(dim))
-        elif kind == "low_rank":
-            g = torch.Generator().manual_seed(0)
-            self.u = nn.Parameter(torch.zeros(dim, self.rank))
-            self.v = nn.Parameter(torch.randn(dim, self.rank, generator=g) / math.sqrt(dim))
-            self.bias = nn.Parameter(torch.zeros(dim))
-        else:
-            self.scale = nn.Parameter(torch.ones(dim))
-            self.shift = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, rows: Tensor) -> Tensor:
-        check_rows(rows, "adapter input", width=self.dim, width_of="the adapter's width", finite=False)
-        device = next(self.parameters()).device
-        x = rows.to(device=device, dtype=torch.float32)
-        if self.kind == "linear":
-            y = x @ self.weight + self.bias
-        elif self.kind == "low_rank":
-            y = x + (x @ self.u) @ self.v.T + self.bias
-        else:
-            y = x * self.scale + self.shift
-        return y.to(device=rows.device, dtype=rows.dtype)
-
-    def matrix(self) -> Tensor:
-        """The effective `W [D, D]` (detached float32): `weight`, `I + U Vᵀ`, or `diag(scale)`."""
-        with torch.no_grad():
-            if self.kind == "linear":
-                return self.weight.detach().clone()
-            if self.kind == "low_rank":
-                return torch.eye(self.dim, device=self.u.device) + self.u @ self.v.T
-            return torch.diag(self.scale.detach())
-
-    def offset(self) -> Tensor:
-        """The effective `b [D]` (detached float32)."""
-        return (self.shift if self.kind == "affine" else self.bias).detach().clone()
-
-    def describe(self) -> dict[str, Any]:
-        return {"adapter_kind": self.kind, "rank": self.rank, "dim": self.dim}
-
-    def tensors(self) -> dict[str, Tensor]:
-        return {name: p.detach().float().cpu() for name, p in self.named_parameters()}
-
-    def set_tensors(self, tensors: dict[str, Tensor]) -> None:
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                p.copy_(tensors[name])
-
-    def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-        """Write the parameters and `meta` (the caller's: VL model, layer, token mode, training settings, data
-        hash, ...) plus `kind: "adapter"`, `adapter_kind`, `rank`, `dim` (these four win over the caller's)."""
-        return save_tensors(path, self.tensors(), {**(meta or {}), "kind": FILE_KIND, **self.describe()})
-
-    @classmethod
-    def load(cls, path: str | Path) -> tuple[Adapter, dict[str, Any]]:
-        """Read a file written by `save`, validated: its kind, the tensor names, shapes and values."""
-        tensors, meta = load_tensors(path, "adapter file")
-        if meta.get("kind") != FILE_KIND:
-            raise UserError(f"{path} is not an adapter file (kind: {meta.get('kind', 'none')})")
-        return cls.from_tensors(tensors, meta, f"adapter file {path}"), meta
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any], label: str) -> Adapter:
-        """An adapter from its parameters and the `adapter_kind`/`dim`/`rank` of `meta`, with one-line errors for
-        anything missing, misshapen or not finite."""
-        try:
-            adapter = cls(meta.get("dim"), meta.get("adapter_kind"), meta.get("rank") or None)
-        except UserError as e:
-            raise UserError(f"{label}: {e}") from None
-        expected = tensor_shapes(adapter.kind, adapter.dim, adapter.rank)
-        if missing := sorted(set(expected) - set(tensors)):
-            raise UserError(f"{label}: missing tensors {', '.join(missing)} (has: {', '.join(tensors) or 'none'})")
-        if extra := sorted(set(tensors) - set(expected)):
-            raise UserError(f"{label}: unexpected tensors {', '.join(extra)} for a {adapter.kind} adapter")
-        for name, shape in expected.items():
-            t = tensors[name]
-            if tuple(t.shape) != shape:
-                raise UserError(f"{label}: tensor '{name}' has shape {list(t.shape)}, expected {list(shape)}")
-            if not t.is_floating_point():
-                raise UserError(f"{label}: tensor '{name}' has dtype {t.dtype}, expected a float type")
-            if not torch.isfinite(t).all():
-                raise UserError(f"{label}: tensor '{name}' contains {int((~torch.isfinite(t)).sum())} NaN/Inf values")
-        adapter.set_tensors(tensors)
-        return adapter
-
-
-# ------------------------------------------------------------------------------------ settings it was trained for
-
-# The settings that define the rows an adapter maps from (Qwen3-VL side) and to (text-encoder side): used with other
-# values it would map rows it was never fitted on. `train_adapter` records the ones that acted in `settings`.
-SPACE_KEYS = (
-    "vl.hidden_layer",
-    "vl.token_mode",
-    "vl.system_prompt",
-    "encoder.hidden_layer",
-    "encoder.system_prompt",
-    "encoder.think_block",
-)
-_LEGACY_KEYS = {"hidden_layer": "vl.hidden_layer", "token_mode": "vl.token_mode", "text_layer": "encoder.hidden_layer"}
-
-
-def trained_settings(meta: dict[str, Any]) -> dict[str, Any]:
-    """The `SPACE_KEYS` an adapter file records (`settings`; files without it: the legacy `hidden_layer`,
-    `token_mode`, `text_layer` fields, when present)."""
-    if isinstance(meta.get("settings"), dict):
-        return {k: v for k, v in meta["settings"].items() if k in SPACE_KEYS}
-    return {key: meta[old] for old, key in _LEGACY_KEYS.items() if meta.get(old) is not None}
-
-
-def check_raw_rows(vl: Any, what: str) -> None:
-    """An adapter maps raw VL rows of one layer: refuse weighted layers, outlier masking and normalisation."""
-    if vl.layers:
-        raise UserError(f"{what} maps the rows of one VL layer (vl.hidden_layer): unset vl.layers ('{vl.layers}')")
-    if vl.normalize != "none" or vl.outlier_masking != "none":
-        raise UserError(f"{what} maps raw VL rows: set vl.normalize = 'none' and vl.outlier_masking = 'none'")
-
-
-def check_use(path: str | Path, meta: dict[str, Any], config: Any) -> None:
-    """Refuse to apply the adapter at `path` (metadata `meta`) under `config` (a `Config`) unless every setting it
-    was trained with (`trained_settings`) has the same value now and the rows are raw (`check_raw_rows`). Cheap:
-    run on every use, so a sweep that changes the layer or token mode between runs cannot reuse it unchecked."""
-    check_raw_rows(config.vl, f"adapter {path}")
-    now = config.flat()
-    differ = {k: v for k, v in trained_settings(meta).items() if now.get(k) != v}
-    if differ:
-        trained = ", ".join(f"{k} = {v!r}" for k, v in differ.items())
-        current = ", ".join(f"{k} = {now.get(k)!r}" for k in differ)
-        raise UserError(f"adapter {path} was trained with {trained}; this run has {current}: use the trained values")
-
-
-# ------------------------------------------------------------------------------------------ closed-form fitting
-
-
-def check_pairs(x: Tensor, y: Tensor) -> None:
-    """`x` and `y` as `ridge_fit` needs them: finite rows `[n, D]` (`numerics.check_rows`) of one shape, n >= 2."""
-    check_rows(x, "ridge_fit: x")
-    check_rows(y, "ridge_fit: y", width=x.shape[1], width_of="the width of x")
-    if x.shape != y.shape:
-        raise UserError(f"ridge_fit needs x and y of the same shape, got {list(x.shape)} and {list(y.shape)}")
-    if x.shape[0] < 2:
-        raise UserError(f"ridge_fit needs at least 2 row pairs, got {x.shape[0]}")
-
-
-def ridge_fit(x: Tensor, y: Tensor, lam: float, kind: str = "linear", rank: int | None = None) -> Adapter:
-    """The ridge regression of `y` on `x` with a bias, as an adapter of `kind` (float64 solve).
-
-    With `X = x − x̄`, `Y = y − ȳ` (column means over the n rows) and the bias `b = ȳ − x̄ W`:
-
-    - `linear`: `W = (XᵀX + λI)⁻¹ XᵀY`;
-    - `low_rank`: the ridge fit of the residual `Y − X` (so λ shrinks toward the identity, the kind's
-      initialisation; at λ = 0 it equals `linear`), `Δ = (XᵀX + λI)⁻¹ Xᵀ(Y − X)`, truncated to rank r by SVD:
-      `Δ = P S Qᵀ`, `U = P_r √S_r`, `V = Q_r √S_r`, `W = I + U Vᵀ` (b from the truncated W);
-    - `affine`: per dimension d, `s_d = Σᵢ X_id Y_id / (Σᵢ X_id² + λ)`, `t_d = ȳ_d − s_d x̄_d`.
-
-    λ ≥ 0 is in the units of the sums (it does not scale with n).
-    """
-    check_pairs(x, y)
-    check_number(lam, "ridge lambda", lambda x: x >= 0, "a finite number >= 0")
-    adapter = Adapter(x.shape[1], kind, rank)
-    xd, yd = x.double().cpu(), y.double().cpu()
-    x_mean, y_mean = xd.mean(0), yd.mean(0)
-    xc, yc = xd - x_mean, yd - y_mean
-    dim = adapter.dim
-    if kind == "affine":
-        scale = (xc * yc).sum(0) / ((xc * xc).sum(0) + lam)
-        scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale))  # constant input, λ = 0
-        adapter.set_tensors({"scale": scale.float(), "shift": (y_mean - scale * x_mean).float()})
-        return adapter
-    gram = xc.T @ xc + lam * torch.eye(dim, dtype=torch.float64)
-    target = yc if kind == "linear" else yc - xc
-    if lam == 0 and int(torch.linalg.matrix_rank(gram)) < dim:
-        raise UserError("ridge_fit: XᵀX is singular (fewer independent rows than dimensions); use lambda > 0")
-    w = torch.linalg.solve(gram, xc.T @ target)
-    if kind == "linear":
-        adapter.set_tensors({"weight": w.float(), "bias": (y_mean - x_mean @ w).float()})
-        return adapter
-    p, s, qh = torch.linalg.svd(w)
-    r = adapter.rank
-    root = s[:r].sqrt()
-    u, v = p[:, :r] * root, qh[:r].T * root
-    full = torch.eye(dim, dtype=torch.float64) + u @ v.T
-    adapter.set_tensors({"u": u.float(), "v": v.float(), "bias": (y_mean - x_mean @ full).float()})
-    return adapter
-
-
-# ------------------------------------------------------------------------------------------------- paired rows
-
-
-def common_block(a: Sequence[int], b: Sequence[int]) -> tuple[int, int, int]:
-    """The longest run of tokens that `a` and `b` share, `(start in a, start in b, length)` (ties: the latest in
-    `a`). For a caption rendered by two chat templates it is the caption plus the closing tokens both templates
-    write — the shared tail, or what is left of it when one template adds more (a Thinking model's `<think>`)."""
-    best = (len(a), len(b), 0)
-    run = [0] * (len(b) + 1)
-    for i in range(len(a)):
-        prev = 0
-        for j in range(len(b)):
-            here = run[j + 1]
-            run[j + 1] = prev + 1 if a[i] == b[j] else 0
-            prev = here
-            if run[j + 1] >= best[2] and run[j + 1] > 0:
-                best = (i + 1 - run[j + 1], j + 1 - run[j + 1], run[j + 1])
-    return best
-
-
-class PairedRows(NamedTuple):
-    """What `paired_rows` gives: the pairs `x` (Qwen3-VL rows) and `y` (text-encoder rows), and `sinks`: the pair
-    rows there were (`pair_rows`, the pooled one included), how many were `dropped` as attention sinks, and how many
-    rows of each side were left out of the pooled pair (`pooled_left_out`: `{"vl": k, "text": k}`)."""
-
-    x: Tensor
-    y: Tensor
-    sinks: dict[str, Any]
-
-
-def paired_rows(
-    extractor: VLEmbeddingExtractor,
-    text_encoder: TextEncoder,
-    image: Image.Image | str | Path,
-    caption: str,
-    hidden_layer: int = -6,
-    text_layer: int = -2,
-    *,
-    system_prompt: str | None = None,
-    text_system_prompt: str | None = None,
-    think_block: bool = False,
-    sink_ratio: float = SINK_RATIO,
-) -> PairedRows:
-    """Training pairs `(x, y)`, each `[m + 1, D]` float32: Qwen3-VL rows in, text-encoder rows out, and what the
-    attention sinks left out (`PairedRows.sinks`).
-
-    Rows 0..m−1: the Qwen3-VL rows (layer `hidden_layer`, raw: no masking or normalisation; the VL template with
-    `system_prompt`) of image + caption at the caption's positions — the text after the image block
-    (`spans.after`) — against the text encoder's rows (layer `text_layer`, rendered with `text_system_prompt` and
-    `think_block` as `text.render_prompt` does) of the same caption at the same tokens: the two token sequences are
-    aligned on the run they share (`common_block`: the caption and the template's closing tokens, i.e. the shared
-    tail), n its length. Row m, the pooled pair: the mean of the image-pad rows against the mean of those
-    text-encoder rows (not of the whole encoding: the template's opening rows are the same for every caption).
-
-    Attention sinks (`stats.find_sinks` with `r = sink_ratio`, config `vl.sink_ratio`, applied once to each whole
-    sequence: `S_v` of the VL rows, `S_t` of the text rows) are not content, so nothing is fitted on them: of the n
-    aligned positions k, the pair is kept when `k ∉ S_v ∧ k ∉ S_t` (m of them, `dropped = n − m`); the pooled pair
-    is `mean{v_i : i image pad, i ∉ S_v}` against `mean{t_k : k aligned, k ∉ S_t}` (`pooled_left_out`: the rows
-    of each side left out of those means).
-    """
-    if isinstance(image, str | Path):
-        image = load_image(image, "training image")
-    if not caption or not caption.strip():
-        raise UserError("paired_rows needs a non-empty caption")
-    vl_rows, ids, _, _ = extractor.hidden_rows(image, caption, [hidden_layer], system_prompt)
-    spans = find_spans(ids, extractor.ids["start"], extractor.ids["end"], extractor.ids["pad"])
-    if spans.image_pad is None or spans.image_pad[0] == spans.image_pad[1]:
-        raise UserError("paired_rows: the Qwen3-VL prompt has no image-pad rows")
-    tok = text_encoder.tokenizer
-    te_ids = tok(render_prompt(tok, caption, text_system_prompt, think_block), add_special_tokens=False).input_ids
-    i, j, n = common_block(ids[spans.after[0] :], te_ids)
-    if n == 0:
-        raise UserError("paired_rows: the Qwen3-VL and text-encoder token sequences share no caption tokens")
-    te_rows = text_encoder.hidden_rows(te_ids, [text_layer])[text_layer].float()
-    v = vl_rows[hidden_layer].float()
-    if v.shape[1] != te_rows.shape[1]:
-        raise UserError(f"Qwen3-VL width {v.shape[1]} does not match the text encoder width {te_rows.shape[1]}")
-    start = spans.after[0] + i
-    v_sinks, t_sinks = find_sinks(v, sink_ratio), find_sinks(te_rows, sink_ratio)
-    caption_sinks = t_sinks[j : j + n]
-    keep = ~(v_sinks[start : start + n] | caption_sinks)
-    pad = slice(*spans.image_pad)
-    pad_content = v[pad][~v_sinks[pad]]
-    caption_content = te_rows[j : j + n][~caption_sinks]
-    if len(pad_content) == 0 or len(caption_content) == 0:
-        raise UserError(
-            f"paired_rows: every {'image-pad' if len(pad_content) == 0 else 'caption'} row is an attention sink "
-            f"(vl.sink_ratio {sink_ratio:g}): nothing is left to pool; raise vl.sink_ratio"
-        )
-    x = torch.cat([v[start : start + n][keep], pad_content.mean(0, keepdim=True)])
-    y = torch.cat([te_rows[j : j + n][keep], caption_content.mean(0, keepdim=True)])
-    left_out = {"vl": int(v_sinks[pad].sum()), "text": int(caption_sinks.sum())}
-    return PairedRows(x, y, {"pair_rows": n + 1, "dropped": int((~keep).sum()), "pooled_left_out": left_out})
-
-
-# ----------------------------------------------------------------------------------------------- flow matching
 
 
 def shift_sigmas(u: Tensor, shift: float) -> Tensor:
@@ -635,9 +298,6 @@ def finetune(
                 save_checkpoint(path, adapter, optimizer, done, losses, run)
             bar.update(task, advance=1, loss=f"{losses[-1]:.4f}")
     return losses
-
-
-# ---------------------------------------------------------------------------------------------------- captions
 
 
 @torch.no_grad()
