@@ -21,11 +21,11 @@ GROUPS = {  # each group of `llm-dit bench --only` and the figures it reports
 def test_bench_measures_every_group_in_order(cli, tmp_path, monkeypatch):
     """`llm-dit bench` with no `--only` measures every group, in order, into one JSON (each group's own figures are
     measured for real below, one test per group, so the suite can spread them)."""
-    from llm_dit.bench import harness
+    from llm_dit.bench import figures
 
-    assert tuple(harness.FIGURE_GROUPS) == tuple(GROUPS)
+    assert tuple(figures.FIGURE_GROUPS) == tuple(GROUPS)
     ran = []
-    for name, (label, _) in list(harness.FIGURE_GROUPS.items()):
+    for name, (label, _) in list(figures.FIGURE_GROUPS.items()):
 
         def measure(preset, tmp, repeats, name=name):
             ran.append((name, preset, repeats))
@@ -33,13 +33,13 @@ def test_bench_measures_every_group_in_order(cli, tmp_path, monkeypatch):
                 figure: {"numerator": 2.0, "denominator": 1.0, "ratio": 2.0, "ratio_is": "x"} for figure in GROUPS[name]
             }
 
-        monkeypatch.setitem(harness.FIGURE_GROUPS, name, (label, measure))
+        monkeypatch.setitem(figures.FIGURE_GROUPS, name, (label, measure))
     out = tmp_path / "bench.json"
     r = cli("bench", "--preset", "tiny", "--repeats", "1", "--json", out)
     assert r.code == 0, r.err
     assert ran == [(name, "tiny", 1) for name in GROUPS]
     result = json.loads(out.read_text())
-    assert all(figure in result and figure in r.out for figures in GROUPS.values() for figure in figures)
+    assert all(figure in result and figure in r.out for names in GROUPS.values() for figure in names)
 
 
 @pytest.mark.parametrize("group", GROUPS)

@@ -93,7 +93,7 @@ def commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple
     """Every command and group of the app with its command line."""
     found = [(path, group)]
     for name, command in group.commands.items():
-        if isinstance(command, click.Group):
+        if hasattr(command, "commands"):  # a group (typer 0.29 builds them on its own copy of click)
             found += commands(command, (*path, name))
         else:
             found.append(((*path, name), command))

@@ -62,8 +62,9 @@ def style_extract(
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """Extract the style vl.blend transfers from an image (moments, style vector, rows or delta) into a file that
-    generate and sweep apply with --style."""
+    """Extract the style vl.blend transfers from an image into a file for --style.
+
+    The file holds what the blend mode reads (moments, style vector, rows or delta); generate and sweep apply it."""
     config = given.config()
     from ..generation.tasks import style_extract_file
 

@@ -36,8 +36,9 @@ def models_tiny(
 
 
 def models_metrics(out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")]) -> None:
-    """Build the tiny random-weight metric models (CLIP, SigLIP, DINOv2, a CSD checkpoint and its conversion), offline:
-    what --metric-models tiny uses."""
+    """Build the tiny random-weight metric models, offline: what --metric-models tiny uses.
+
+    CLIP, SigLIP, DINOv2, a CSD checkpoint and its conversion."""
     from ..models.zoo import install_built
     from ..scoring.metriczoo import build_metric_zoo
 
@@ -53,8 +54,9 @@ def models_convert_csd(
         typer.Option("--out", "-o", help="Folder to create (default: where --metric-models default looks)."),
     ] = None,
 ) -> None:
-    """Convert the published CSD checkpoint, without executing pickle code, to a CLIPVisionModelWithProjection
-    folder (the csd metric model)."""
+    """Convert the published CSD checkpoint to the csd metric model's folder, without running pickle code.
+
+    The folder is a CLIPVisionModelWithProjection."""
     from ..scoring.csd import convert_csd
     from ..scoring.scorer import default_csd_dir
 
