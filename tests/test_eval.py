@@ -28,6 +28,7 @@ from llm_dit.eval.statistics import clustered_ci, single_level_factor
 from llm_dit.eval.suite import BUILTIN_PROMPTS, QUICK, builtin_references, load_suite
 from llm_dit.scoring.scorer import MetricScorer, ScoreItem
 from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.runner import Session
 from llm_dit.sweep.spec import expand
 
 from .conftest import REPO, signalling_cli, tiny_config
@@ -456,7 +457,9 @@ def test_an_eval_with_captions_loads_the_vl_model_once(zoo, tmp_path, monkeypatc
     cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
     suite = load_suite("builtin", references=2, prompts=1)
     cache = TensorCache(tmp_path / "cache")  # empty: every forward pass runs
-    result = run_eval(cfg, suite, methods_of(["vl"]), tmp_path / "e", metric_models_spec=None, cache=cache)
+    result = run_eval(
+        cfg, suite, methods_of(["vl"]), tmp_path / "e", metric_models_spec=None, session=Session(cache=cache)
+    )
     assert result.data["captions"]["captions"] and result.data["sweep"]["completed"] == 5
     assert loads.count("Qwen3VLForConditionalGeneration") == 1 and loads.count("AutoModel") == 1
 

@@ -42,6 +42,10 @@ _EXPORTS = {
     "run_sweep": "experiment.run",
     "run_experiment": "experiment.run",
     "ExperimentResult": "experiment.run",
+    "checked_plan": "experiment.run",
+    "CheckedPlan": "sweep.runner",
+    "RunOptions": "sweep.runner",
+    "Session": "sweep.runner",
     "SweepDir": "sweep.dir",
     "UserError": "core.errors",
 }

@@ -59,11 +59,8 @@ class Reference:
 
     @property
     def weighting(self) -> list[float]:
-        """Each image's weight: `weights` checked (`compose.check_weights`), else 1/n each."""
-        n = len(self.images)
-        if n == 0:
-            raise UserError("a reference needs at least one image")
-        return equal_weights(n) if self.weights is None else check_weights(list(self.weights), n)
+        """Each image's weight: `weights` as floats, else 1/n each (checked by `check_reference_weights`)."""
+        return equal_weights(len(self.images)) if self.weights is None else [float(w) for w in self.weights]
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,7 +168,8 @@ def extracts(source: Source) -> bool:
 def check_neutral(blend: str, source: Source) -> None:
     """A neutral extraction acts only in `style_delta` on VL rows (a reference image or VL rows), and that mode
     needs one: refuse any other combination, before a model loads, rather than ignore the input (a neutral without
-    VL rows cannot be expressed: only `Reference` and `VLRows` carry one)."""
+    VL rows cannot be expressed: only `Reference` and `VLRows` carry one). The one rule and wording of style_delta's
+    neutral: `generate`, the Python API, sweeps (`assemble.check_source`) and `style extract` all refuse through it."""
     neutral = neutral_of(source) is not None
     if neutral and blend != "style_delta":
         raise UserError(
@@ -183,6 +181,17 @@ def check_neutral(blend: str, source: Source) -> None:
             "vl.blend 'style_delta' needs a neutral extraction (the `neutral` input: a neutral image or neutral "
             "embeddings)"
         )
+
+
+def check_reference_weights(reference: Reference) -> None:
+    """The rule of a reference's weights: at least one image, and `weights` (when given) one finite number per
+    image, not all zero (`compose.check_weights`). Checked once per image made (`assemble.check_source`), before
+    any model loads; `weighting` then reads them as they are."""
+    n = len(reference.images)
+    if n == 0:
+        raise UserError("a reference needs at least one image")
+    if reference.weights is not None:
+        check_weights(list(reference.weights), n)
 
 
 def parse_layer_weights(spec: str) -> dict[int, float]:

@@ -42,8 +42,8 @@ from ..report.eval_report import REPORT, notes, render_eval_report, style_label
 from ..report.grid import image_free
 from ..scoring.scorer import MetricScorer, ScoreItem, check_metric_device, metric_models
 from ..sweep.dir import SweepDir
-from ..sweep.runner import OnResult
-from ..sweep.spec import Inputs, SweepSpec, expand
+from ..sweep.runner import CheckedPlan, RunOptions, Session, with_prompts
+from ..sweep.spec import SweepSpec, expand
 from .methods import Method, check_strengths, method_run
 from .statistics import (
     ALPHA,
@@ -384,7 +384,7 @@ def leaderboard_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan_eval(
+def checked_eval(
     config: Config,
     suite: Suite,
     methods: Sequence[Method],
@@ -392,14 +392,11 @@ def plan_eval(
     metric_models_spec: Any = "default",
     metric_device: str = "cpu",
     tolerance: float = ADHERENCE_TOLERANCE,
-    inputs: Inputs | None = None,
-) -> dict[str, Any]:
-    """What `run_eval` will run, checked as it checks before any model loads (the methods, the cells, every run's
-    settings and input files, read into `inputs`, the metric models and device), loading no model and writing
-    nothing: what `eval --dry-run` prints. Returns the counts: cells, methods, runs (a `text` run of a prompt and
-    seed is shared by every reference), the style captions to write, and the sweep's forward passes
-    (`sweep.Plan.passes`); the matched baselines (`baselines`: method -> its `text` and `caption`, for each method
-    not paired with the plain ones) and why the suite gets no verdicts (`no_verdicts`, or None)."""
+) -> CheckedPlan:
+    """The sweep of an eval, checked before any model loads: the methods, the cells, the metric models and device
+    (`scorer.metric_models`), and every run and input file (`experiment.checked_plan`). Its `caption`
+    runs carry a placeholder caption of each reference until the VL model has written the real one
+    (`runner.with_prompts` then swaps them in, checking nothing again)."""
     if not methods or methods[0].kind != "text" or methods[0].settings:
         raise UserError("an eval's first method must be 'text' (every other method is paired with it)")
     names = {m.name for m in methods}
@@ -413,15 +410,33 @@ def plan_eval(
     check_strengths(config, methods)
     metric_models(metric_models_spec)  # a bad metric-model spec or device is refused before any work
     check_metric_device(metric_device)
-    captioned = any(m.kind == "caption" for m in methods)
     placeholder = {r.hash: f"the caption of {r.hash}" for r in suite.references}  # distinct, as real ones are
-    work = checked_plan(config, eval_spec(suite, methods, placeholder), inputs)  # every run and input, no model
+    return checked_plan(config, eval_spec(suite, methods, placeholder))  # every run and input, no model
+
+
+def plan_eval(
+    config: Config,
+    suite: Suite,
+    methods: Sequence[Method],
+    *,
+    metric_models_spec: Any = "default",
+    metric_device: str = "cpu",
+    tolerance: float = ADHERENCE_TOLERANCE,
+) -> dict[str, Any]:
+    """What `run_eval` will run, checked as it checks before any model loads (`checked_eval`), loading no model and
+    writing nothing: what `eval --dry-run` prints. Returns the counts: cells, methods, runs (a `text` run of a
+    prompt and seed is shared by every reference), the style captions to write, and the sweep's forward passes
+    (`sweep.Plan.passes`); the matched baselines (`baselines`: method -> its `text` and `caption`, for each method
+    not paired with the plain ones) and why the suite gets no verdicts (`no_verdicts`, or None)."""
+    work = checked_eval(config, suite, methods, metric_models_spec=metric_models_spec, metric_device=metric_device,
+                        tolerance=tolerance)  # fmt: skip
+    captioned = any(m.kind == "caption" for m in methods)
     return {
         "cells": len(suite.cells()),
         "methods": [m.name for m in methods],
-        "runs": len(work.runs),
+        "runs": len(work.plan.runs),
         "captions": len(suite.references) if captioned else 0,
-        **work.passes(),
+        **work.plan.passes(),
         "baselines": {m.name: m.pairs() for m in methods if set(m.pairs().values()) - {"text", "caption"}},
         "no_verdicts": single_level_factor(len(suite.references), len(suite.prompts)),
     }
@@ -433,43 +448,42 @@ def run_eval(
     methods: Sequence[Method],
     out_dir: str | os.PathLike[str],
     *,
-    resume: bool = False,
-    executor: str = "local",
-    batch_size: int = 1,
+    options: RunOptions | None = None,
     metric_models_spec: Any = "default",
     metric_device: str = "cpu",
     tolerance: float = ADHERENCE_TOLERANCE,
-    cache: TensorCache | None = None,
-    on_result: OnResult | None = None,
+    session: Session | None = None,
 ) -> EvalResult:
     """Run `methods` (`evalmethods.methods_of`; `text` first) on every cell of `suite` into the eval directory
     `out_dir`, score them and compare them; writes `eval.json`, `leaderboard.md` and `report.html`; returns
     `EvalResult`.
-    Every run is checked before any model loads; `resume` finishes an eval already in `out_dir` (finished runs are
-    kept). `executor`, `batch_size`, `cache`, `on_result`: as `experiment.run_sweep`. `metric_models_spec`,
+    Every run is checked once, before any model loads (`checked_eval`); `options.resume` finishes an eval already in
+    `out_dir` (finished runs are kept). `options`, `session`: as `experiment.run_sweep` (the session's components,
+    or new ones on its cache, write the captions and run the local executor's runs); `metric_models_spec`,
     `metric_device`: the metric models (`scorer.metric_models`); `tolerance`: how much prompt adherence a method may
     lose and still be better than caption (`comparison`: the intervals are clustered by reference and prompt)."""
     out = Path(out_dir)
-    check_choice(executor, EXECUTORS, "executor")
-    inputs = Inputs()  # each input file read once: checked, then run
-    plan = plan_eval(config, suite, methods, metric_models_spec=metric_models_spec, metric_device=metric_device,
-                     tolerance=tolerance, inputs=inputs)  # fmt: skip
+    options, session = options or RunOptions(), session or Session()
+    check_choice(options.executor, EXECUTORS, "executor")
+    work = checked_eval(config, suite, methods, metric_models_spec=metric_models_spec, metric_device=metric_device,
+                        tolerance=tolerance)  # fmt: skip
     runs = SweepDir(out / RUNS)
-    if runs.done() and not resume:
+    if runs.done() and not options.resume:
         raise UserError(f"{out} already holds an eval: finish it with 'resume', or use a new directory")
-    captioned = plan["captions"] > 0
+    captioned = any(m.kind == "caption" for m in methods)
     times: dict[str, float] = {}  # seconds per phase of this call (a resumed eval's sweep runs only what was left)
     with timed(times, "captions"):
-        components = Components(config, TensorCache() if cache is None else cache)  # captions and local runs share it
+        components = session.components  # captions and local runs share them
+        if components is None:
+            components = Components(config, TensorCache() if session.cache is None else session.cache)
         captions = write_captions(config, suite, out / CAPTIONS, components) if captioned else {}
-        if executor != "local":
+        if options.executor != "local":
             components.release("vl")  # Ray workers load their own
-    spec = eval_spec(suite, methods, captions)
+    if captioned:  # the caption runs' prompts with the real captions (no rule reads a prompt: nothing checked again)
+        work = with_prompts(work, eval_spec(suite, methods, captions))
     with timed(times, "sweep"):
-        summary = run_sweep(
-            config, spec, runs, resume=resume, executor=executor, batch_size=batch_size, on_result=on_result,
-            cache=cache, inputs=inputs, components=components if executor == "local" else None,
-        )  # fmt: skip
+        local = Session(components if options.executor == "local" else None, session.cache)
+        summary = run_sweep(config, work, runs, options=options, session=local)
     with timed(times, "release"):
         components.release(*components.loaded())  # the metric models get the memory the generators held
     ids = {(m.name, c.key): run_id_of(method_run(m, c, captions.get(c.reference.hash))) for c in suite.cells()
