@@ -46,6 +46,7 @@ _EXPORTS = {
     "CheckedPlan": "sweep.runner",
     "RunOptions": "sweep.runner",
     "Session": "sweep.runner",
+    "Scoring": "scoring.scorer",
     "SweepDir": "sweep.dir",
     "UserError": "core.errors",
 }

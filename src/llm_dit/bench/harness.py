@@ -282,7 +282,7 @@ def eval_figure(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     from ..eval.methods import Method, parse_method
     from ..eval.run import run_eval
     from ..eval.suite import load_suite
-    from ..scoring.scorer import _shared_embedder
+    from ..scoring.scorer import Scoring, _shared_embedder
     from ..sweep.runner import Session
 
     cfg = bench_config(preset)
@@ -294,7 +294,7 @@ def eval_figure(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     def evaluate() -> None:
         i = next(count)
         _shared_embedder.cache_clear()  # metric models are kept per process: both sides load them
-        result = run_eval(cfg, suite, methods, work / f"eval{i}", metric_models_spec="tiny",
+        result = run_eval(cfg, suite, methods, work / f"eval{i}", scoring=Scoring("tiny"),
                           session=Session(cache=TensorCache(work / f"ec{i}")))  # fmt: skip
         phases.append(result.data["timings"])
 

@@ -351,6 +351,7 @@ def sweep(
 ) -> None:
     """Run a sweep: every combination of the axes (plus the pure-text baseline) with metrics, grid and report."""
     from ..experiment.run import EXECUTORS, checked_plan, run_experiment
+    from ..scoring.scorer import Scoring
     from ..sweep.runner import RunOptions
 
     if list_presets:
@@ -376,8 +377,8 @@ def sweep(
         return
     try:
         options = RunOptions(run["resume"], run["executor"], run["batch_size"])
-        scoring = {"metric_models": run["metric_models"], "metric_device": run["metric_device"] or "cpu"}
-        result = run_experiment(cfg, resolved, output, options=options, **scoring)
+        scoring = Scoring(run["metric_models"], run["metric_device"] or "cpu")
+        result = run_experiment(cfg, resolved, output, options=options, scoring=scoring)
     except KeyboardInterrupt:
         resume = [] if run["resume"] else ["--resume"]
         interrupted(output, shlex.join(["llm-dit", *sys.argv[1:], *resume]))
@@ -446,11 +447,12 @@ def eval_command(
     from ..eval.run import REFERENCES, RUNS, plan_eval, run_eval
     from ..eval.suite import load_suite
     from ..experiment.run import EXECUTORS
+    from ..scoring.scorer import Scoring
     from ..sweep.runner import RunOptions
 
     e, run = given.of("eval"), given.of("run")
     check_choice(run["executor"], EXECUTORS, "executor")
-    scoring = {"metric_models_spec": run["metric_models"] or "default", "metric_device": run["metric_device"] or "cpu"}
+    scoring = Scoring(run["metric_models"] or "default", run["metric_device"] or "cpu")
     if output is None and not dry_run:
         raise UserError("give the eval directory with --output/-o")
     scratch = tempfile.TemporaryDirectory(prefix="llm-dit-eval-") if dry_run else None  # a dry run writes nothing
@@ -477,7 +479,9 @@ def eval_command(
         base=given.config("models", "generation"),
     )
     if dry_run:
-        plan = plan_eval(given.config("models", "generation"), suite, methods, tolerance=e["tolerance"], **scoring)
+        plan = plan_eval(
+            given.config("models", "generation"), suite, methods, scoring=scoring, tolerance=e["tolerance"]
+        )
         if as_json:
             print(json.dumps(plan, indent=2))
         else:
@@ -498,8 +502,8 @@ def eval_command(
         methods,
         output,
         options=RunOptions(run["resume"], run["executor"], run["batch_size"]),
+        scoring=scoring,
         tolerance=e["tolerance"],
-        **scoring,
     )
     data = result.data
     sweep = data["sweep"]
@@ -565,11 +569,13 @@ def print_presets() -> None:
 @takes("scoring")
 def metrics(given: Given, sweep_dir: SweepDirArg) -> None:
     """Recompute metrics.json for a sweep directory."""
+    from ..scoring.scorer import Scoring
     from ..scoring.sweep_metrics import write_metrics
     from ..sweep.dir import SweepDir
 
-    scoring = given.of("scoring")
-    metrics = write_metrics(SweepDir.existing(sweep_dir), scoring["metric_models"], scoring["metric_device"] or "cpu")
+    given_scoring = given.of("scoring")
+    scoring = Scoring(given_scoring["metric_models"], given_scoring["metric_device"] or "cpu")
+    metrics = write_metrics(SweepDir.existing(sweep_dir), scoring)
     print(json.dumps(metrics, indent=2))
 
 

@@ -40,7 +40,7 @@ from ..generation.records import library_versions
 from ..models.vl import STYLE_CAPTION_PROMPT, caption_image
 from ..report.eval_report import REPORT, notes, render_eval_report, style_label
 from ..report.grid import image_free
-from ..scoring.scorer import MetricScorer, ScoreItem, check_metric_device, metric_models
+from ..scoring.scorer import MetricScorer, ScoreItem, Scoring
 from ..sweep.dir import SweepDir
 from ..sweep.runner import CheckedPlan, RunOptions, Session, with_prompts
 from ..sweep.spec import SweepSpec, expand
@@ -85,6 +85,8 @@ IMAGE_FREE = "no image effect"
 ADHERENCE_METRICS = ("clip_t", "siglip_t")
 """The prompt-adherence metric the verdict and the ranking use: the first one the scorer computes."""
 CAPTION_TOKENS = 60
+DEFAULT_SCORING = Scoring("default")
+"""An eval's metric models unless given: the real ones (`scorer.DEFAULT_METRIC_MODELS`)."""
 
 
 @dataclass(frozen=True)
@@ -389,12 +391,11 @@ def checked_eval(
     suite: Suite,
     methods: Sequence[Method],
     *,
-    metric_models_spec: Any = "default",
-    metric_device: str = "cpu",
+    scoring: Scoring | None = None,
     tolerance: float = ADHERENCE_TOLERANCE,
 ) -> CheckedPlan:
     """The sweep of an eval, checked before any model loads: the methods, the cells, the metric models and device
-    (`scorer.metric_models`), and every run and input file (`experiment.checked_plan`). Its `caption`
+    (`scoring`, default `DEFAULT_SCORING`), and every run and input file (`experiment.checked_plan`). Its `caption`
     runs carry a placeholder caption of each reference until the VL model has written the real one
     (`runner.with_prompts` then swaps them in, checking nothing again)."""
     if not methods or methods[0].kind != "text" or methods[0].settings:
@@ -408,8 +409,7 @@ def checked_eval(
     if len(suite.cells()) < 2:
         raise UserError("an eval needs at least two cells (references x prompts x seeds) for its intervals")
     check_strengths(config, methods)
-    metric_models(metric_models_spec)  # a bad metric-model spec or device is refused before any work
-    check_metric_device(metric_device)
+    (scoring or DEFAULT_SCORING).check()  # a bad metric-model spec or device is refused before any work
     placeholder = {r.hash: f"the caption of {r.hash}" for r in suite.references}  # distinct, as real ones are
     return checked_plan(config, eval_spec(suite, methods, placeholder))  # every run and input, no model
 
@@ -419,8 +419,7 @@ def plan_eval(
     suite: Suite,
     methods: Sequence[Method],
     *,
-    metric_models_spec: Any = "default",
-    metric_device: str = "cpu",
+    scoring: Scoring | None = None,
     tolerance: float = ADHERENCE_TOLERANCE,
 ) -> dict[str, Any]:
     """What `run_eval` will run, checked as it checks before any model loads (`checked_eval`), loading no model and
@@ -428,8 +427,7 @@ def plan_eval(
     prompt and seed is shared by every reference), the style captions to write, and the sweep's forward passes
     (`sweep.Plan.passes`); the matched baselines (`baselines`: method -> its `text` and `caption`, for each method
     not paired with the plain ones) and why the suite gets no verdicts (`no_verdicts`, or None)."""
-    work = checked_eval(config, suite, methods, metric_models_spec=metric_models_spec, metric_device=metric_device,
-                        tolerance=tolerance)  # fmt: skip
+    work = checked_eval(config, suite, methods, scoring=scoring, tolerance=tolerance)
     captioned = any(m.kind == "caption" for m in methods)
     return {
         "cells": len(suite.cells()),
@@ -449,8 +447,7 @@ def run_eval(
     out_dir: str | os.PathLike[str],
     *,
     options: RunOptions | None = None,
-    metric_models_spec: Any = "default",
-    metric_device: str = "cpu",
+    scoring: Scoring | None = None,
     tolerance: float = ADHERENCE_TOLERANCE,
     session: Session | None = None,
 ) -> EvalResult:
@@ -459,14 +456,13 @@ def run_eval(
     `EvalResult`.
     Every run is checked once, before any model loads (`checked_eval`); `options.resume` finishes an eval already in
     `out_dir` (finished runs are kept). `options`, `session`: as `experiment.run_sweep` (the session's components,
-    or new ones on its cache, write the captions and run the local executor's runs); `metric_models_spec`,
-    `metric_device`: the metric models (`scorer.metric_models`); `tolerance`: how much prompt adherence a method may
-    lose and still be better than caption (`comparison`: the intervals are clustered by reference and prompt)."""
+    or new ones on its cache, write the captions and run the local executor's runs); `scoring`: the metric models
+    (default `Scoring("default")`); `tolerance`: how much prompt adherence a method may lose and still be better
+    than caption (`comparison`: the intervals are clustered by reference and prompt)."""
     out = Path(out_dir)
-    options, session = options or RunOptions(), session or Session()
+    options, scoring, session = options or RunOptions(), scoring or DEFAULT_SCORING, session or Session()
     check_choice(options.executor, EXECUTORS, "executor")
-    work = checked_eval(config, suite, methods, metric_models_spec=metric_models_spec, metric_device=metric_device,
-                        tolerance=tolerance)  # fmt: skip
+    work = checked_eval(config, suite, methods, scoring=scoring, tolerance=tolerance)
     runs = SweepDir(out / RUNS)
     if runs.done() and not options.resume:
         raise UserError(f"{out} already holds an eval: finish it with 'resume', or use a new directory")
@@ -489,7 +485,7 @@ def run_eval(
     ids = {(m.name, c.key): run_id_of(method_run(m, c, captions.get(c.reference.hash))) for c in suite.cells()
            for m in methods}  # fmt: skip
     with timed(times, "scoring"):
-        scorer = MetricScorer(metric_models_spec, metric_device)
+        scorer = scoring.scorer()
         scores = score_runs(suite, methods, ids, runs, scorer)
     primary = primary_metrics(scorer)
     records = {r["id"]: r for r in runs.runs()}

@@ -7,14 +7,14 @@ anything is written or any model loads: a `runner.CheckedPlan`, never checked ag
 `runner.run_local` or `distributed.run_on_ray`, which return the same `runner.Stats`) and writes the summary.
 `run_experiment` is `run_sweep`, then the metrics (`scoring.write_metrics`), then `grid.png` and `report.html`
 (`report.build_report`): what `llm-dit sweep` and `llm-dit demo` run, and what a notebook calls. Both take a spec or
-the plan `checked_plan` made of it, and small values instead of keyword lists: `RunOptions` (how it runs) and
-`Session` (what it reuses from this process).
+the plan `checked_plan` made of it, and three small values instead of keyword lists: `RunOptions` (how it runs),
+`Scoring` (the metric models) and `Session` (what it reuses from this process).
 
-    from llm_dit import RunOptions, SweepSpec, load_config, run_experiment
+    from llm_dit import RunOptions, Scoring, SweepSpec, load_config, run_experiment
     spec = SweepSpec(prompts=["a lighthouse"], images=["style.png"], axes={"vl.alpha": [0.3, 0.6]})
     result = run_experiment(load_config(), spec, "out/alpha")
     result.summary["completed"], result.metrics, result.report
-    again = run_experiment(load_config(), spec, "out/alpha", options=RunOptions(resume=True))
+    again = run_experiment(load_config(), spec, "out/alpha", options=RunOptions(resume=True), scoring=Scoring("tiny"))
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..core.errors import check_choice
 from ..core.modes import EXECUTOR_NAMES
 from ..generation.records import library_versions
 from ..report.sweep_report import build_report
-from ..scoring.scorer import check_metric_device
+from ..scoring.scorer import Scoring
 from ..scoring.sweep_metrics import Metrics, write_metrics
 from ..sweep.dir import SweepDir
 from ..sweep.distributed import run_on_ray
@@ -120,16 +120,16 @@ def run_experiment(
     out_dir: str | os.PathLike[str],
     *,
     options: RunOptions | None = None,
-    metric_models: list[str] | None = None,
-    metric_device: str = "cpu",
+    scoring: Scoring | None = None,
     session: Session | None = None,
 ) -> ExperimentResult:
     """Run `spec` into `out_dir` (`run_sweep`, same arguments), score every finished run (`scoring.write_metrics`
-    with the metric models `metric_models` on `metric_device`: `scorer.metric_models`) and write `grid.png` and
-    `report.html` (`report.build_report`)."""
-    check_metric_device(metric_device)  # refused before the sweep runs, not when scoring it
+    with `scoring`: the metric models and their device, checked before the sweep runs; default: model-free metrics
+    only) and write `grid.png` and `report.html` (`report.build_report`)."""
+    scoring = scoring or Scoring()
+    scoring.check()  # refused before the sweep runs, not when scoring it
     work = _checked(config, spec)  # each input file read once: checked, run and scored
     summary = run_sweep(config, work, out_dir, options=options, session=session)
-    metrics = write_metrics(out_dir, metric_models, metric_device, work.inputs)
+    metrics = write_metrics(out_dir, scoring, work.inputs)
     grid, report = build_report(out_dir)
     return ExperimentResult(summary, metrics, grid, report)
