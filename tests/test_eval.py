@@ -25,8 +25,9 @@ from llm_dit.eval.methods import (
 from llm_dit.eval.run import EVAL, RUNS, eval_spec, load_eval, run_eval
 from llm_dit.eval.statistics import clustered_ci, single_level_factor
 from llm_dit.eval.suite import BUILTIN_PROMPTS, QUICK, builtin_references, load_suite
-from llm_dit.scoring.scorer import MetricScorer, ScoreItem
+from llm_dit.scoring.scorer import MetricScorer, ScoreItem, Scoring
 from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.runner import Session
 from llm_dit.sweep.spec import expand
 
 from .conftest import REPO, signalling_cli, tiny_config
@@ -196,9 +197,9 @@ def test_run_eval_refuses_before_any_model_loads(zoo, tmp_path):
     with pytest.raises(UserError, match="first method must be 'text'"):
         run_eval(cfg, suite, parse_method("vl"), tmp_path / "a")
     with pytest.raises(UserError, match="metric_models"):
-        run_eval(cfg, suite, methods_of(["vl"]), tmp_path / "b", metric_models_spec="clip")
+        run_eval(cfg, suite, methods_of(["vl"]), tmp_path / "b", scoring=Scoring("clip"))
     with pytest.raises(UserError, match="hidden_layer"):  # the sweep's own checks: a layer beyond the model's depth
-        run_eval(cfg, suite, methods_of(["vl:hidden_layer=-40"]), tmp_path / "c", metric_models_spec="tiny")
+        run_eval(cfg, suite, methods_of(["vl:hidden_layer=-40"]), tmp_path / "c", scoring=Scoring("tiny"))
     assert not (tmp_path / "c" / "captions.json").exists() and not (tmp_path / "c" / RUNS).exists()
 
 
@@ -399,7 +400,7 @@ def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
     )
     cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
     suite = load_suite("builtin", references=1, prompts=2)
-    result = run_eval(cfg, suite, methods_of(steer=str(direction)), tmp_path / "e", metric_models_spec=None)
+    result = run_eval(cfg, suite, methods_of(steer=str(direction)), tmp_path / "e", scoring=Scoring(None))
     data = result.data
     steer = next(r for r in data["runs"] if r["method"] == "steer")
     assert steer["status"] == "ok" and "dino_kept" not in steer["metrics"] and "ssim_to_baseline" in steer["metrics"]
@@ -454,7 +455,9 @@ def test_an_eval_with_captions_loads_the_vl_model_once(zoo, tmp_path, monkeypatc
     cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
     suite = load_suite("builtin", references=2, prompts=1)
     cache = TensorCache(tmp_path / "cache")  # empty: every forward pass runs
-    result = run_eval(cfg, suite, methods_of(["vl"]), tmp_path / "e", metric_models_spec=None, cache=cache)
+    result = run_eval(
+        cfg, suite, methods_of(["vl"]), tmp_path / "e", scoring=Scoring(None), session=Session(cache=cache)
+    )
     assert result.data["captions"]["captions"] and result.data["sweep"]["completed"] == 5
     assert loads.count("Qwen3VLForConditionalGeneration") == 1 and loads.count("AutoModel") == 1
 
@@ -471,6 +474,6 @@ def test_the_generation_models_are_released_before_the_metric_models_score(zoo, 
     monkeypatch.setattr(evaluate, "score_runs", lambda *a, **k: events.append(("score",)) or score(*a, **k))
     cfg = tiny_config(zoo, **{"generation.steps": 2, "generation.width": 32, "generation.height": 32})
     run_eval(cfg, load_suite("builtin", references=1, prompts=2), methods_of(["vl"]), tmp_path / "e",
-             metric_models_spec="tiny")  # fmt: skip
+             scoring=Scoring("tiny"))  # fmt: skip
     last_release = max(i for i, e in enumerate(events) if e[0] == "release")
     assert events.index(("score",)) > last_release and "pipeline" in events[last_release][1]

@@ -18,9 +18,10 @@ from PIL import Image
 from llm_dit.config.settings import load_config
 from llm_dit.core.cache import TensorCache
 from llm_dit.core.errors import UserError
-from llm_dit.experiment.run import run_experiment, run_sweep
+from llm_dit.experiment.run import checked_plan, run_experiment, run_sweep
 from llm_dit.sweep import spec as sweep_module
 from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.runner import RunOptions, Session
 from llm_dit.sweep.spec import SweepSpec, resolve_spec
 
 from .conftest import REPO, tiny_config
@@ -153,9 +154,89 @@ def test_the_plan_resolves_each_run_config_once(zoo, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep_module, "run_config", counted)
     spec = small_spec(**{"vl.alpha": [0.3, 0.6]})
-    summary = run_sweep(tiny_config(zoo), spec, tmp_path / "s", cache=TensorCache(tmp_path / "cache"))
+    summary = run_sweep(tiny_config(zoo), spec, tmp_path / "s", session=Session(cache=TensorCache(tmp_path / "cache")))
     assert summary["completed"] == summary["runs"] == 3
     assert sorted(calls) == sorted(r["id"] for r in SweepDir(tmp_path / "s").runs())
+
+
+def counted(monkeypatch, function) -> list[tuple]:
+    """The arguments of every call of `function`, wherever a loaded llm_dit module binds it (modules import it by
+    name, so each binding is patched)."""
+    calls: list[tuple] = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        bound = getattr(module, function.__name__, None) if module.__name__.startswith("llm_dit") else None
+        if bound is function:
+            monkeypatch.setattr(module, function.__name__, counting)
+    return calls
+
+
+def test_each_rule_runs_once_per_run_of_a_sweep_and_once_per_image_of_the_api(zoo, tmp_path, monkeypatch):
+    """Issue 23: checking, priming and rendering a sweep apply each rule of one image once per run, through one
+    function per rule (before: the image-free rule 3 times per run, a reference set's weights up to 7 times,
+    style_delta's neutral twice in two wordings); `Generator.prepare` applies each once to what it is given."""
+    from llm_dit.conditioning import imagedep, source
+    from llm_dit.generation import assemble
+    from llm_dit.generation.generate import Generator
+    from llm_dit.maths import compose
+
+    rules = (
+        assemble.check_request,
+        imagedep.refuse_image_free,
+        source.check_reference_weights,
+        compose.check_weights,
+        source.check_neutral,
+    )
+    calls = {rule.__name__: counted(monkeypatch, rule) for rule in rules}
+    pair = f"{REF}+{REF.with_name('sunset.png')}"
+    on_the_set = {"images": [pair], "reference_weights": [[0.7, 0.3]]}
+    spec = small_spec(**{"vl.alpha": [0.3, 0.6]}).model_copy(update=on_the_set)
+    cache = TensorCache(tmp_path / "cache")
+    summary = run_sweep(tiny_config(zoo), spec, tmp_path / "s", options=RunOptions(batch_size=2),
+                        session=Session(cache=cache))  # fmt: skip
+    assert summary["completed"] == summary["runs"] == 3  # the text-only baseline and two alphas on the set
+    assert {name: len(c) for name, c in calls.items()} == {
+        "check_request": 3,
+        "refuse_image_free": 3,
+        "check_reference_weights": 2,  # the two runs on the reference set
+        "check_weights": 2,
+        "check_neutral": 3,
+    }
+    for c in calls.values():
+        c.clear()
+    images = [Image.open(p).convert("RGB") for p in pair.split("+")]
+    Generator(tiny_config(zoo), cache).prepare(PROMPT, source.Reference(images, weights=[0.8, 0.2]))
+    assert {name: len(c) for name, c in calls.items()} == dict.fromkeys(calls, 1)
+
+
+def test_an_eval_swaps_in_its_captions_without_checking_again(zoo, monkeypatch):
+    """`runner.with_prompts`: runs that differ only in their prompts (an eval's captions, written after every run
+    was checked) get new ids and forward passes, and reuse their checked requests: no rule runs again."""
+    from llm_dit.generation import assemble
+    from llm_dit.sweep.runner import with_prompts
+    from llm_dit.sweep.spec import ListedRun
+
+    placeholder = ListedRun(prompt="a fox. the caption", image=str(REF), label="caption")
+    spec = SweepSpec(runs=[placeholder, ListedRun(prompt="a fox", label="text")])
+    work = checked_plan(tiny_config(zoo), spec)
+    calls = counted(monkeypatch, assemble.check_request)
+    captioned = spec.model_copy(
+        update={"runs": [placeholder.model_copy(update={"prompt": "a fox. in ink"}), spec.runs[1]]}
+    )
+    swapped = with_prompts(work, captioned)
+    assert calls == [] and swapped.spec is captioned
+    assert [c.request.prompt for c in swapped.checked] == [r["prompt"] for r in swapped.plan.runs]
+    assert [r["prompt"] for r in swapped.plan.runs] == ["a fox. in ink", "a fox"]
+    assert swapped.plan.runs[0]["id"] != work.plan.runs[0]["id"] and swapped.plan.runs[1] == work.plan.runs[1]
+    assert swapped.checked[0].request.source is work.checked[0].request.source
+    assert {e["prompt"] for e in swapped.plan.unique_encodes} == {"a fox. in ink", "a fox"}
+    other = placeholder.model_copy(update={"settings": {"vl.alpha": 0.9}})
+    with pytest.raises(ValueError, match="more than its prompt"):
+        with_prompts(work, spec.model_copy(update={"runs": [other]}))
 
 
 def test_run_experiment_writes_what_the_cli_sweep_writes(cli, zoo, tmp_path, monkeypatch):
@@ -167,8 +248,8 @@ def test_run_experiment_writes_what_the_cli_sweep_writes(cli, zoo, tmp_path, mon
         load_config(overrides=models),
         small_spec(**{"vl.alpha": [0.3, 0.6]}),
         tmp_path / "api",
-        cache=TensorCache(tmp_path / "cache-api"),
-        on_result=seen.append,
+        options=RunOptions(on_result=seen.append),
+        session=Session(cache=TensorCache(tmp_path / "cache-api")),
     )
     monkeypatch.setenv("LLM_DIT_CACHE", str(tmp_path / "cache-cli"))
     args = ["--alphas", "0.3,0.6", "-i", REF, "-p", PROMPT, "--zimage", zoo / "zimage", "--vl", zoo / "qwen3-vl"]

@@ -222,10 +222,11 @@ def test_sweep_with_an_image_free_run_refuses_up_front(cli, zoo, tmp_path):
     out = tmp_path / "s"
     args = ["sweep", "--normalize", "none,per_dim", "-i", REF, "-p", "a fox", *TINY, "-o", out]
     r = cli(*args)
-    assert r.code == 2 and "vl.normalize=per_dim" in r.err and "image-free by construction" in r.err
+    assert r.code == 2 and "sweep run 'normalize=per_dim'" in r.err and "image-free by construction" in r.err
+    assert "vl.normalize = per_dim" in r.err and len(r.err.strip().splitlines()) == 1
     assert not (out / "results.jsonl").exists() and not (out / "spec.json").exists()
     r = cli(*args, "--dry-run")
-    assert r.code == 2 and "vl.normalize=per_dim" in r.err
+    assert r.code == 2 and "sweep run 'normalize=per_dim'" in r.err
     # the same axis with a blend that reads V's rows is accepted
     assert cli(*args, "--blend", "interpolate", "--dry-run").code == 0
 

@@ -24,7 +24,7 @@ from llm_dit.scoring.csd import convert_csd, load_csd_checkpoint
 from llm_dit.scoring.embedders import load_embedder
 from llm_dit.scoring.image_metrics import METRICS
 from llm_dit.scoring.metriczoo import build_tiny_csd_checkpoint, metric_zoo_dir, tiny_csd_state
-from llm_dit.scoring.scorer import MetricScorer, ScoreItem, default_csd_dir, metric_models
+from llm_dit.scoring.scorer import MetricScorer, ScoreItem, default_csd_dir, metric_model_set
 
 PROMPTS = ["a photo of a cat", "a blurry mountain at night, oil painting"]
 
@@ -276,17 +276,17 @@ def test_describe_records_models_and_precision(scorer: MetricScorer) -> None:
 
 
 def test_metric_models_spec(zoo_root: Path) -> None:
-    tiny = metric_models("tiny")
+    tiny = metric_model_set("tiny")
     assert tiny["clip"] == str(zoo_root / "clip") and tiny["image_reward"] is None
-    mixed = metric_models(["tiny", "siglip=none", "dino=/x/dino"])
+    mixed = metric_model_set(["tiny", "siglip=none", "dino=/x/dino"])
     assert mixed["siglip"] is None and mixed["dino"] == "/x/dino" and mixed["csd"] == str(zoo_root / "csd")
-    default = metric_models("default")
+    default = metric_model_set("default")
     assert default["clip"] == "openai/clip-vit-large-patch14" and default["dino"] == "facebook/dinov2-base"
     assert default["csd"] == str(default_csd_dir())
-    assert metric_models(None) == {} and metric_models([]) == {}
+    assert metric_model_set(None) == {} and metric_model_set([]) == {}
     for bad in ("huge", "clop=x", "clip="):
         with pytest.raises(UserError, match="ROLE=ID_OR_PATH") as info:
-            metric_models(bad)
+            metric_model_set(bad)
         assert "\n" not in str(info.value)
 
 

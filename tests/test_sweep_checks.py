@@ -112,11 +112,11 @@ def flaky(monkeypatch):
 
     real, failed = runner.prepare_run, []
 
-    def prepare_run(gen, run, config, inputs):
-        if run["label"] == "alpha=0.6" and not failed:
-            failed.append(run["id"])
+    def prepare_run(gen, checked):
+        if checked.run["label"] == "alpha=0.6" and not failed:
+            failed.append(checked.run["id"])
             raise RuntimeError("simulated failure")
-        return real(gen, run, config, inputs)
+        return real(gen, checked)
 
     monkeypatch.setattr(runner, "prepare_run", prepare_run)
     return failed

@@ -290,9 +290,9 @@ def test_style_delta_sweep_takes_a_neutral_image_and_gives_it_only_to_style_delt
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--blend-modes", "style_delta,interpolate"], "needs a neutral image"),
+        (["--blend-modes", "style_delta,interpolate"], "vl.blend 'style_delta' needs a neutral extraction"),
         (["--preset", "style_delta"], "needs a neutral image"),
-        (["--preset", "alpha", "--neutral-image", OTHER], "acts only with style_delta"),
+        (["--preset", "alpha", "--neutral-image", OTHER], "a neutral extraction only acts with vl.blend 'style_delta'"),
         (["--steps", "2,4", "--neutral-image", OTHER], "no run has one"),
     ],
     ids=["axis-without-neutral", "preset-without-neutral", "neutral-unused-by-blend", "neutral-without-runs"],

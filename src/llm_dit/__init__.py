@@ -42,6 +42,11 @@ _EXPORTS = {
     "run_sweep": "experiment.run",
     "run_experiment": "experiment.run",
     "ExperimentResult": "experiment.run",
+    "checked_plan": "experiment.run",
+    "CheckedPlan": "sweep.runner",
+    "RunOptions": "sweep.runner",
+    "Session": "sweep.runner",
+    "Scoring": "scoring.scorer",
     "SweepDir": "sweep.dir",
     "UserError": "core.errors",
 }

@@ -145,6 +145,7 @@ def naive_run(cfg: Config, image: Image.Image, layer: int, alpha: float) -> None
 def sweep_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     """Sweep against the naive workflow, against its floor, and a cached rerun (each a median after a warm-up)."""
     from ..experiment.run import run_sweep
+    from ..sweep.runner import Session
 
     image_path = work / "reference.png"
     reference_image(preset).save(image_path)
@@ -156,7 +157,8 @@ def sweep_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
 
     def sweep(cache_dir: Path | None = None) -> None:
         i = next(count)
-        last["summary"] = run_sweep(cfg, spec, work / f"sweep{i}", cache=TensorCache(cache_dir or work / f"cache{i}"))
+        cache = TensorCache(cache_dir or work / f"cache{i}")
+        last["summary"] = run_sweep(cfg, spec, work / f"sweep{i}", session=Session(cache=cache))
 
     def naive() -> None:
         for run in expand(spec):
@@ -230,7 +232,8 @@ def eval_figure(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     from ..eval.methods import Method, parse_method
     from ..eval.run import run_eval
     from ..eval.suite import load_suite
-    from ..scoring.scorer import _shared_embedder
+    from ..scoring.scorer import Scoring, _shared_embedder
+    from ..sweep.runner import Session
 
     cfg = bench_config(preset)
     suite = load_suite("builtin", references=1, prompts=EVAL_PROMPTS)
@@ -241,8 +244,8 @@ def eval_figure(preset: str, work: Path, repeats: int) -> dict[str, Any]:
     def evaluate() -> None:
         i = next(count)
         _shared_embedder.cache_clear()  # metric models are kept per process: both sides load them
-        result = run_eval(cfg, suite, methods, work / f"eval{i}", metric_models_spec="tiny",
-                          cache=TensorCache(work / f"ec{i}"))  # fmt: skip
+        result = run_eval(cfg, suite, methods, work / f"eval{i}", scoring=Scoring("tiny"),
+                          session=Session(cache=TensorCache(work / f"ec{i}")))  # fmt: skip
         phases.append(result.data["timings"])
 
     evaluate(), eval_floor_time(cfg, suite, work)  # warm-up

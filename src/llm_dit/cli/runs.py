@@ -41,6 +41,8 @@ def sweep(
 ) -> None:
     """Run a sweep: every combination of the axes (plus the pure-text baseline) with metrics, grid and report."""
     from ..experiment.run import EXECUTORS, checked_plan, run_experiment
+    from ..scoring.scorer import Scoring
+    from ..sweep.runner import RunOptions
 
     if list_presets:
         print_presets()
@@ -52,7 +54,7 @@ def sweep(
     resolved = sweep_spec(given, spec, preset, prompts_file, img2img, no_baseline)
     cfg = given.config("models")
     if dry_run:
-        work = checked_plan(cfg, resolved)
+        work = checked_plan(cfg, resolved).plan
         if as_json:
             print(json.dumps(work.as_dict() | {"run_list": work.runs}, indent=2, default=str))
         else:
@@ -64,7 +66,9 @@ def sweep(
             )
         return
     try:
-        result = run_experiment(cfg, resolved, output, **run)
+        options = RunOptions(run["resume"], run["executor"], run["batch_size"])
+        scoring = Scoring(run["metric_models"], run["metric_device"] or "cpu")
+        result = run_experiment(cfg, resolved, output, options=options, scoring=scoring)
     except KeyboardInterrupt:
         resume = [] if run["resume"] else ["--resume"]
         interrupted(output, shlex.join(["llm-dit", *sys.argv[1:], *resume]))
@@ -134,9 +138,12 @@ def eval_command(
     from ..eval.run import REFERENCES, RUNS, plan_eval, run_eval
     from ..eval.suite import load_suite
     from ..experiment.run import EXECUTORS
+    from ..scoring.scorer import Scoring
+    from ..sweep.runner import RunOptions
 
     e, run = given.of("eval"), given.of("run")
     check_choice(run["executor"], EXECUTORS, "executor")
+    scoring = Scoring(run["metric_models"] or "default", run["metric_device"] or "cpu")
     if output is None and not dry_run:
         raise UserError("give the eval directory with --output/-o")
     scratch = tempfile.TemporaryDirectory(prefix="llm-dit-eval-") if dry_run else None  # a dry run writes nothing
@@ -163,9 +170,9 @@ def eval_command(
         base=given.config("models", "generation"),
     )
     if dry_run:
-        plan = plan_eval(given.config("models", "generation"), suite, methods, tolerance=e["tolerance"],
-                         metric_models_spec=run["metric_models"] or "default",
-                         metric_device=run["metric_device"] or "cpu")  # fmt: skip
+        plan = plan_eval(
+            given.config("models", "generation"), suite, methods, scoring=scoring, tolerance=e["tolerance"]
+        )
         if as_json:
             print(json.dumps(plan, indent=2))
         else:
@@ -185,11 +192,8 @@ def eval_command(
         suite,
         methods,
         output,
-        resume=run["resume"],
-        executor=run["executor"],
-        batch_size=run["batch_size"],
-        metric_models_spec=run["metric_models"] or "default",
-        metric_device=run["metric_device"] or "cpu",
+        options=RunOptions(run["resume"], run["executor"], run["batch_size"]),
+        scoring=scoring,
         tolerance=e["tolerance"],
     )
     data = result.data
@@ -255,11 +259,13 @@ def print_presets() -> None:
 @takes("scoring")
 def metrics(given: Given, sweep_dir: SweepDirArg) -> None:
     """Recompute metrics.json for a sweep directory."""
+    from ..scoring.scorer import Scoring
     from ..scoring.sweep_metrics import write_metrics
     from ..sweep.dir import SweepDir
 
-    scoring = given.of("scoring")
-    metrics = write_metrics(SweepDir.existing(sweep_dir), scoring["metric_models"], scoring["metric_device"] or "cpu")
+    given_scoring = given.of("scoring")
+    scoring = Scoring(given_scoring["metric_models"], given_scoring["metric_device"] or "cpu")
+    metrics = write_metrics(SweepDir.existing(sweep_dir), scoring)
     print(json.dumps(metrics, indent=2))
 
 
@@ -290,6 +296,7 @@ def demo(
     report. Rerunning it finishes or reuses earlier work."""
     from ..experiment.run import run_experiment
     from ..generation.tasks import generate_file
+    from ..sweep.runner import RunOptions
     from ..sweep.spec import SweepSpec, resolve_spec
 
     ref = image or Path(str(resources.files("llm_dit") / "data" / "demo_reference.png"))
@@ -302,7 +309,7 @@ def demo(
 
     spec = resolve_spec(SweepSpec(prompts=[prompt], images=[str(ref)]), "vl_only_vs_qwen3", {}, small)
     try:
-        sweep = run_experiment(cfg, spec, out / "sweep", resume=True)
+        sweep = run_experiment(cfg, spec, out / "sweep", options=RunOptions(resume=True))
     except KeyboardInterrupt:  # the demo always resumes: the same command finishes it
         interrupted(out / "sweep", shlex.join(["llm-dit", *sys.argv[1:]]))
     console.print(

@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..core.errors import UserError
 from .source import Reference, Styled, VLRows, parse_layer_weights
 
 SIZE_FLOOR = 1e-2
@@ -172,6 +173,14 @@ def source_image_free(vl: Any, source: Any) -> str | None:
             if reason := image_free_by_construction(vl, style_made_with(style.settings)):
                 return f"style file {label} (as extracted): {reason}"
     return None
+
+
+def refuse_image_free(vl: Any, source: Any) -> None:
+    """The rule: a source whose caption rows cannot depend on the image (`source_image_free`) is refused with the
+    reason (`UserError`), before any model loads. Checked once per image made (`assemble.check_request`: generate,
+    the Python API, every sweep run) and by `style extract`."""
+    if reason := source_image_free(vl, source):
+        raise UserError(reason)
 
 
 @dataclass(frozen=True)

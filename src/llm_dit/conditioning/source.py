@@ -57,17 +57,9 @@ class Reference:
         """The reference images (one or several)."""
         return (self.image,) if isinstance(self.image, Image.Image) else tuple(self.image)
 
-    def check(self) -> None:
-        """Refuse a reference without images, or whose `weights` do not fit them (`compose.check_weights`)."""
-        if not self.images:
-            raise UserError("a reference needs at least one image")
-        if self.weights is not None:
-            check_weights(list(self.weights), len(self.images))
-
     @property
     def weighting(self) -> list[float]:
-        """Each image's weight: `weights` as numbers, else 1/n each (`check` first)."""
-        self.check()
+        """Each image's weight: `weights` as floats, else 1/n each (checked by `check_reference_weights`)."""
         return equal_weights(len(self.images)) if self.weights is None else [float(w) for w in self.weights]
 
 
@@ -176,7 +168,8 @@ def extracts(source: Source) -> bool:
 def check_neutral(blend: str, source: Source) -> None:
     """A neutral extraction acts only in `style_delta` on VL rows (a reference image or VL rows), and that mode
     needs one: refuse any other combination, before a model loads, rather than ignore the input (a neutral without
-    VL rows cannot be expressed: only `Reference` and `VLRows` carry one)."""
+    VL rows cannot be expressed: only `Reference` and `VLRows` carry one). The one rule and wording of style_delta's
+    neutral: `generate`, the Python API, sweeps (`assemble.check_source`) and `style extract` all refuse through it."""
     neutral = neutral_of(source) is not None
     if neutral and blend != "style_delta":
         raise UserError(
@@ -188,6 +181,17 @@ def check_neutral(blend: str, source: Source) -> None:
             "vl.blend 'style_delta' needs a neutral extraction (the `neutral` input: a neutral image or neutral "
             "embeddings)"
         )
+
+
+def check_reference_weights(reference: Reference) -> None:
+    """The rule of a reference's weights: at least one image, and `weights` (when given) one finite number per
+    image, not all zero (`compose.check_weights`). Checked once per image made (`assemble.check_source`), before
+    any model loads; `weighting` then reads them as they are."""
+    n = len(reference.images)
+    if n == 0:
+        raise UserError("a reference needs at least one image")
+    if reference.weights is not None:
+        check_weights(list(reference.weights), n)
 
 
 def parse_layer_weights(spec: str) -> dict[int, float]:

@@ -40,10 +40,10 @@ from ..generation.records import library_versions
 from ..models.vl import STYLE_CAPTION_PROMPT, caption_image
 from ..report.eval_report import REPORT, notes, render_eval_report, style_label
 from ..report.grid import image_free
-from ..scoring.scorer import MetricScorer, ScoreItem, check_metric_device, metric_models
+from ..scoring.scorer import MetricScorer, ScoreItem, Scoring
 from ..sweep.dir import SweepDir
-from ..sweep.runner import OnResult
-from ..sweep.spec import Inputs, SweepSpec, expand
+from ..sweep.runner import CheckedPlan, RunOptions, Session, with_prompts
+from ..sweep.spec import SweepSpec, expand
 from .methods import Method, check_strengths, method_run
 from .statistics import (
     ALPHA,
@@ -85,6 +85,8 @@ IMAGE_FREE = "no image effect"
 ADHERENCE_METRICS = ("clip_t", "siglip_t")
 """The prompt-adherence metric the verdict and the ranking use: the first one the scorer computes."""
 CAPTION_TOKENS = 60
+DEFAULT_SCORING = Scoring("default")
+"""An eval's metric models unless given: the real ones (`scorer.DEFAULT_METRIC_MODELS`)."""
 
 
 @dataclass(frozen=True)
@@ -384,22 +386,18 @@ def leaderboard_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan_eval(
+def checked_eval(
     config: Config,
     suite: Suite,
     methods: Sequence[Method],
     *,
-    metric_models_spec: Any = "default",
-    metric_device: str = "cpu",
+    scoring: Scoring | None = None,
     tolerance: float = ADHERENCE_TOLERANCE,
-    inputs: Inputs | None = None,
-) -> dict[str, Any]:
-    """What `run_eval` will run, checked as it checks before any model loads (the methods, the cells, every run's
-    settings and input files, read into `inputs`, the metric models and device), loading no model and writing
-    nothing: what `eval --dry-run` prints. Returns the counts: cells, methods, runs (a `text` run of a prompt and
-    seed is shared by every reference), the style captions to write, and the sweep's forward passes
-    (`sweep.Plan.passes`); the matched baselines (`baselines`: method -> its `text` and `caption`, for each method
-    not paired with the plain ones) and why the suite gets no verdicts (`no_verdicts`, or None)."""
+) -> CheckedPlan:
+    """The sweep of an eval, checked before any model loads: the methods, the cells, the metric models and device
+    (`scoring`, default `DEFAULT_SCORING`), and every run and input file (`experiment.checked_plan`). Its `caption`
+    runs carry a placeholder caption of each reference until the VL model has written the real one
+    (`runner.with_prompts` then swaps them in, checking nothing again)."""
     if not methods or methods[0].kind != "text" or methods[0].settings:
         raise UserError("an eval's first method must be 'text' (every other method is paired with it)")
     names = {m.name for m in methods}
@@ -411,17 +409,32 @@ def plan_eval(
     if len(suite.cells()) < 2:
         raise UserError("an eval needs at least two cells (references x prompts x seeds) for its intervals")
     check_strengths(config, methods)
-    metric_models(metric_models_spec)  # a bad metric-model spec or device is refused before any work
-    check_metric_device(metric_device)
-    captioned = any(m.kind == "caption" for m in methods)
+    (scoring or DEFAULT_SCORING).check()  # a bad metric-model spec or device is refused before any work
     placeholder = {r.hash: f"the caption of {r.hash}" for r in suite.references}  # distinct, as real ones are
-    work = checked_plan(config, eval_spec(suite, methods, placeholder), inputs)  # every run and input, no model
+    return checked_plan(config, eval_spec(suite, methods, placeholder))  # every run and input, no model
+
+
+def plan_eval(
+    config: Config,
+    suite: Suite,
+    methods: Sequence[Method],
+    *,
+    scoring: Scoring | None = None,
+    tolerance: float = ADHERENCE_TOLERANCE,
+) -> dict[str, Any]:
+    """What `run_eval` will run, checked as it checks before any model loads (`checked_eval`), loading no model and
+    writing nothing: what `eval --dry-run` prints. Returns the counts: cells, methods, runs (a `text` run of a
+    prompt and seed is shared by every reference), the style captions to write, and the sweep's forward passes
+    (`sweep.Plan.passes`); the matched baselines (`baselines`: method -> its `text` and `caption`, for each method
+    not paired with the plain ones) and why the suite gets no verdicts (`no_verdicts`, or None)."""
+    work = checked_eval(config, suite, methods, scoring=scoring, tolerance=tolerance)
+    captioned = any(m.kind == "caption" for m in methods)
     return {
         "cells": len(suite.cells()),
         "methods": [m.name for m in methods],
-        "runs": len(work.runs),
+        "runs": len(work.plan.runs),
         "captions": len(suite.references) if captioned else 0,
-        **work.passes(),
+        **work.plan.passes(),
         "baselines": {m.name: m.pairs() for m in methods if set(m.pairs().values()) - {"text", "caption"}},
         "no_verdicts": single_level_factor(len(suite.references), len(suite.prompts)),
     }
@@ -433,49 +446,46 @@ def run_eval(
     methods: Sequence[Method],
     out_dir: str | os.PathLike[str],
     *,
-    resume: bool = False,
-    executor: str = "local",
-    batch_size: int = 1,
-    metric_models_spec: Any = "default",
-    metric_device: str = "cpu",
+    options: RunOptions | None = None,
+    scoring: Scoring | None = None,
     tolerance: float = ADHERENCE_TOLERANCE,
-    cache: TensorCache | None = None,
-    on_result: OnResult | None = None,
+    session: Session | None = None,
 ) -> EvalResult:
     """Run `methods` (`evalmethods.methods_of`; `text` first) on every cell of `suite` into the eval directory
     `out_dir`, score them and compare them; writes `eval.json`, `leaderboard.md` and `report.html`; returns
     `EvalResult`.
-    Every run is checked before any model loads; `resume` finishes an eval already in `out_dir` (finished runs are
-    kept). `executor`, `batch_size`, `cache`, `on_result`: as `experiment.run_sweep`. `metric_models_spec`,
-    `metric_device`: the metric models (`scorer.metric_models`); `tolerance`: how much prompt adherence a method may
-    lose and still be better than caption (`comparison`: the intervals are clustered by reference and prompt)."""
+    Every run is checked once, before any model loads (`checked_eval`); `options.resume` finishes an eval already in
+    `out_dir` (finished runs are kept). `options`, `session`: as `experiment.run_sweep` (the session's components,
+    or new ones on its cache, write the captions and run the local executor's runs); `scoring`: the metric models
+    (default `Scoring("default")`); `tolerance`: how much prompt adherence a method may lose and still be better
+    than caption (`comparison`: the intervals are clustered by reference and prompt)."""
     out = Path(out_dir)
-    check_choice(executor, EXECUTORS, "executor")
-    inputs = Inputs()  # each input file read once: checked, then run
-    plan = plan_eval(config, suite, methods, metric_models_spec=metric_models_spec, metric_device=metric_device,
-                     tolerance=tolerance, inputs=inputs)  # fmt: skip
+    options, scoring, session = options or RunOptions(), scoring or DEFAULT_SCORING, session or Session()
+    check_choice(options.executor, EXECUTORS, "executor")
+    work = checked_eval(config, suite, methods, scoring=scoring, tolerance=tolerance)
     runs = SweepDir(out / RUNS)
-    if runs.done() and not resume:
+    if runs.done() and not options.resume:
         raise UserError(f"{out} already holds an eval: finish it with 'resume', or use a new directory")
-    captioned = plan["captions"] > 0
+    captioned = any(m.kind == "caption" for m in methods)
     times: dict[str, float] = {}  # seconds per phase of this call (a resumed eval's sweep runs only what was left)
     with timed(times, "captions"):
-        components = Components(config, TensorCache() if cache is None else cache)  # captions and local runs share it
+        components = session.components  # captions and local runs share them
+        if components is None:
+            components = Components(config, TensorCache() if session.cache is None else session.cache)
         captions = write_captions(config, suite, out / CAPTIONS, components) if captioned else {}
-        if executor != "local":
+        if options.executor != "local":
             components.release("vl")  # Ray workers load their own
-    spec = eval_spec(suite, methods, captions)
+    if captioned:  # the caption runs' prompts with the real captions (no rule reads a prompt: nothing checked again)
+        work = with_prompts(work, eval_spec(suite, methods, captions))
     with timed(times, "sweep"):
-        summary = run_sweep(
-            config, spec, runs, resume=resume, executor=executor, batch_size=batch_size, on_result=on_result,
-            cache=cache, inputs=inputs, components=components if executor == "local" else None,
-        )  # fmt: skip
+        local = Session(components if options.executor == "local" else None, session.cache)
+        summary = run_sweep(config, work, runs, options=options, session=local)
     with timed(times, "release"):
         components.release(*components.loaded())  # the metric models get the memory the generators held
     ids = {(m.name, c.key): run_id_of(method_run(m, c, captions.get(c.reference.hash))) for c in suite.cells()
            for m in methods}  # fmt: skip
     with timed(times, "scoring"):
-        scorer = MetricScorer(metric_models_spec, metric_device)
+        scorer = scoring.scorer()
         scores = score_runs(suite, methods, ids, runs, scorer)
     primary = primary_metrics(scorer)
     records = {r["id"]: r for r in runs.runs()}

@@ -4,8 +4,9 @@ The steps follow the components' stages, so `models.low_memory` can release each
 `encode_text` does everything the text encoder contributes to one image (T, T's attention-sink rows named by their
 tokens, the negative rows for CFG, the reference statistics an extraction reads); `build_conditioning` then
 extracts with the VL model (a reference or neutral image) or checks given rows, and blends. `image_dependence` is
-the same assembly with a noise probe in place of the reference (`conditioning.imagedep`). `refuse` rejects settings and
-inputs that could not do what they say, before any model loads.
+the same assembly with a noise probe in place of the reference (`conditioning.imagedep`). `check_request` rejects
+settings and inputs that could not do what they say, before any model loads: the one check of one image, whose
+`CheckedRequest` is then prepared without checking again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..conditioning.imagedep import PROBE_SEED, describe_probe, measure, not_checked, probe_image, source_image_free
+from ..conditioning.imagedep import PROBE_SEED, describe_probe, measure, not_checked, probe_image, refuse_image_free
 from ..conditioning.source import (
     CaptionRows,
     Conditioning,
@@ -26,11 +27,15 @@ from ..conditioning.source import (
     Styled,
     Text,
     VLRows,
+    as_source,
     blend_conditioning,
+    check_neutral,
+    check_reference_weights,
     combine_layers,
     drop_sinks,
     extracts,
     find_sink_rows,
+    neutral_of,
     parse_layer_weights,
     steer_conditioning,
 )
@@ -39,7 +44,7 @@ from ..core.errors import UserError
 from ..core.files import sha256_file
 from ..core.numerics import check_rows, require_finite
 from ..maths.blend import CAPTION_LIMIT, check_alpha, check_options, mode_options, replace_rows
-from ..maths.compose import KINDS, combine_styles, extract_style, style_texts
+from ..maths.compose import KINDS, combine_checked, combine_styles, extract_style, style_texts
 from ..maths.refstats import ReferenceStats
 from ..maths.schedule import parse_schedule
 from ..models.loading import model_identity
@@ -51,12 +56,51 @@ from .render import denoising_steps
 Stats = dict[int, ReferenceStats] | ReferenceStats
 
 
-def refuse(config: Config, source: Source, alphas: list[float], negative: Reference | None = None) -> None:
-    """Settings and inputs that cannot act as they say, refused before any model loads: a schedule with DiT
-    injection, settings whose caption rows cannot depend on the image (`imagedep.source_image_free`: a reference,
-    given VL rows as their file says they were extracted, style files), unknown blend options,
-    alphas outside the blend's range, and a negative reference without CFG."""
-    v = config.vl
+def check_source(config: Config, source: Source) -> None:
+    """What a source must fit before it is assembled with `config`, refused before any model loads: a reference's
+    weights (`source.check_reference_weights`), style_delta's neutral (`source.check_neutral`) and style files made
+    with these settings (`check_styles`). What `Generator.condition` checks; part of `check_request`."""
+    if isinstance(source, Reference):
+        check_reference_weights(source)
+    check_neutral(config.vl.blend, source)
+    if isinstance(source, Styled):
+        check_styles(config, source)
+
+
+@dataclass(frozen=True, eq=False)
+class CheckedRequest:
+    """One image's inputs checked against its config by `check_request`, before any model loads: what
+    `Generator.prepare_checked` prepares without checking anything again. `alphas`: the alpha of every denoising
+    step diffusers runs (`step_alphas`)."""
+
+    config: Config
+    prompt: str
+    source: Source
+    init_image: Image.Image | None
+    negative: Reference | None
+    alphas: tuple[float, ...]
+
+
+def check_request(
+    config: Config,
+    prompt: str,
+    source: Source | Image.Image | None = None,
+    *,
+    init_image: Image.Image | None = None,
+    negative: Reference | Image.Image | None = None,
+) -> CheckedRequest:
+    """`prompt` conditioned by `source` (a PIL image: `Reference(image)`; None: `Text()`) with `config`, checked:
+    the one place each rule of one image runs (`Generator.prepare` for the Python API, `runner.check_run` for each
+    sweep run). Refuses settings and inputs that cannot act as they say: the source's fit (`check_source`), a
+    negative reference (an image: blended with the source's neutral) without CFG or without VL rows to blend it
+    with, a schedule with DiT injection, settings whose caption rows cannot depend on the image
+    (`imagedep.refuse_image_free`: a reference, given VL rows as their file says they were extracted, style files),
+    unknown blend options and alphas outside the blend's range."""
+    source, v = as_source(source), config.vl
+    if isinstance(negative, Image.Image):
+        negative = Reference(negative, neutral_of(source))
+    alphas = step_alphas(config, init_image is not None)
+    check_source(config, source)
     if negative is not None:
         if config.generation.guidance <= 0:
             raise UserError(
@@ -68,23 +112,21 @@ def refuse(config: Config, source: Source, alphas: list[float], negative: Refere
                 "a negative image is blended with the vl settings of a reference conditioning: give a reference "
                 "image (or VL embeddings) too"
             )
-        negative.check()
-        check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
+        check_source(config, negative)
     if v.inject_layers and parse_schedule(v.alpha_schedule).kind != "constant":
         raise UserError("an alpha schedule and DiT block injection cannot be combined; choose one")
-    if reason := source_image_free(v, source):
-        raise UserError(reason)
-    if isinstance(source, Reference):
-        source.check()  # weights that do not fit the images are refused here, before any model loads
+    refuse_image_free(v, source)
     if isinstance(source, Reference | VLRows | Styled):
         check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
         for a in set(alphas):
             check_alpha(v.blend, a)
+    return CheckedRequest(config, prompt, source, init_image, negative, tuple(alphas))
 
 
 def step_alphas(config: Config, img2img: bool) -> list[float]:
     """The alpha of every denoising step diffusers runs for one image (`vl.alpha_schedule` over the steps it runs:
-    fewer with an init image, `render.denoising_steps`): what `refuse` checks and the schedule callback applies."""
+    fewer with an init image, `render.denoising_steps`): what `check_request` checks and the schedule callback
+    applies."""
     steps = denoising_steps(config.generation, img2img)
     return parse_schedule(config.vl.alpha_schedule).alphas(steps, config.vl.alpha)
 
@@ -242,7 +284,7 @@ def blend_vl(
         n_v = max(int(vl.shape[0]) for vl in rows)
         record["replace"] = replace_rows(n_v, int(options.get("max_rows", CAPTION_LIMIT)))
     styles = [extract_style(v.blend, vl, extraction) for vl in rows]
-    style = combine_styles(list(zip(styles, weights, strict=True)))
+    style = combine_checked(styles, weights)
     cond = Conditioning(t, source.kind, blend_conditioning(t, style, v.blend, options, text.sinks, v.sink_rows), record)
     if len(styles) > 1:  # each reference alone, for the composability measure (`compose.linearity`)
         cond.singles = tuple(blend_conditioning(t, s, v.blend, options, text.sinks, v.sink_rows) for s in styles)
@@ -316,7 +358,7 @@ def check_styles(config: Config, source: Styled) -> None:
 
 
 def style_conditioning(config: Config, text: TextSide, source: Styled, prompt: str = "") -> Conditioning:
-    """T blended by `vl.blend` with the combination of the style files at their scales (`check_styles` first); the
+    """T blended by `vl.blend` with the combination of the style files at their scales (checked: `check_styles`); the
     record notes a file extracted with another text than `prompt` (`compose.style_texts`)."""
     t, v = text.encoded.embeddings, config.vl
     options = blend_options(v)

@@ -1,8 +1,10 @@
 """Generation: a prompt and a conditioning source in, an image and the record of how it was made out.
 
-`Generator` is one `Config` plus the `Components` that serve it: `prepare` assembles the conditioning
-(`generation.assemble`) and checks it depends on the image, `render` runs the DiT (`generation.render`), and
-`generation.records` writes what happened. `with_config` gives the same components another config (a sweep's runs).
+`Generator` is one `Config` plus the `Components` that serve it: `prepare` checks what it is given
+(`assemble.check_request`), assembles the conditioning (`generation.assemble`) and measures how it depends on the
+image (`prepare_checked`: the same for a request checked already, e.g. a sweep run), `render` runs the DiT
+(`generation.render`), and `generation.records` writes what happened. `with_config` gives the same components
+another config (a sweep's runs).
 """
 
 from __future__ import annotations
@@ -17,16 +19,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from ..conditioning.source import (
-    Conditioning,
-    Reference,
-    Source,
-    Styled,
-    as_source,
-    check_neutral,
-    extracts,
-    neutral_of,
-)
+from ..conditioning.source import Conditioning, Reference, Source, as_source, extracts
 from ..config.settings import Config
 from ..core.cache import TensorCache
 from ..core.errors import UserError
@@ -35,17 +28,17 @@ from ..models.text import EncodedPrompt
 from ..models.vl import VLEmbeddings
 from . import records
 from .assemble import (
+    CheckedRequest,
     TextSide,
     blend_vl,
     build_conditioning,
-    check_styles,
+    check_request,
+    check_source,
     encode,
     encode_text,
     extract,
     extraction_stats,
     image_dependence,
-    refuse,
-    step_alphas,
 )
 from .components import Components
 from .render import OnStep, Prepared, denoising_steps, render
@@ -122,13 +115,17 @@ class Generator:
     ) -> tuple[Conditioning, TextSide]:
         """The conditioning of `prompt` by `source` (its `at(alpha)` gives the caption rows) and the text side it
         was built on; with `negative` (CFG's negative reference), also the negative conditioning
-        (`Conditioning.negative`: the empty prompt's rows blended with the negative images). Runs the text encoder's
-        whole share first, then (with a VL extraction) the low-memory stage that releases it before the VL model
-        loads."""
+        (`Conditioning.negative`: the empty prompt's rows blended with the negative images). The sources are
+        checked first (`assemble.check_source`: weights, neutral, style files), before any model loads."""
         source = as_source(source)
-        check_neutral(self.config.vl.blend, source)  # before any model loads
-        if isinstance(source, Styled):
-            check_styles(self.config, source)
+        for given in (source, negative):
+            if given is not None:
+                check_source(self.config, given)
+        return self._condition(prompt, source, negative)
+
+    def _condition(self, prompt: str, source: Source, negative: Reference | None) -> tuple[Conditioning, TextSide]:
+        """`condition` of sources already checked: runs the text encoder's whole share first, then (with a VL
+        extraction) the low-memory stage that releases it before the VL model loads."""
         text = encode_text(self.components, self.config, prompt, source)
         negative_text = None if negative is None else encode_text(self.components, self.config, "", negative)
         if extracts(source) or negative is not None:
@@ -148,23 +145,28 @@ class Generator:
     ) -> Prepared:
         """Everything one image needs before the DiT runs: the conditioning, the per-step alphas, the first step's
         caption rows, negative rows for CFG, the image-dependence check and a snapshot of the config. Settings that
-        cannot act are refused before any model loads. `negative` (a reference, or an image): CFG's negative rows
-        are the empty prompt's rows blended with it at the first step's alpha, instead of the empty prompt's rows
-        (needs generation.guidance > 0)."""
-        source, cfg, times = as_source(source), self.config, {}
+        cannot act are refused before any model loads (`assemble.check_request`). `negative` (a reference, or an
+        image): CFG's negative rows are the empty prompt's rows blended with it at the first step's alpha, instead
+        of the empty prompt's rows (needs generation.guidance > 0)."""
+        request = check_request(self.config, prompt, source, init_image=init_image, negative=negative)
+        return self.prepare_checked(request)
+
+    def prepare_checked(self, request: CheckedRequest) -> Prepared:
+        """`prepare` for a request `assemble.check_request` has checked against this generator's config (a
+        sweep's runs, checked with their plan): nothing is checked again."""
+        if request.config != self.config:
+            raise ValueError("the request was checked for another config: use with_config(request.config)")
+        prompt, source, init_image, negative = request.prompt, request.source, request.init_image, request.negative
+        cfg, alphas, times = self.config, list(request.alphas), {}
         g = cfg.generation
-        alphas = step_alphas(cfg, init_image is not None)
-        if isinstance(negative, Image.Image):
-            negative = Reference(negative, neutral_of(source))
-        refuse(cfg, source, alphas, negative)
         if init_image is not None and denoising_steps(g, True) == g.steps and g.strength < 1:
             warnings.warn(
                 f"strength {g.strength} at {g.steps} steps skips no denoising step in diffusers (it skips "
                 f"int(N - N*strength)), so the init image has no effect; lower the strength or raise the steps",
-                stacklevel=2,
+                stacklevel=3,
             )
         with timed(times, "condition"):
-            cond, text = self.condition(prompt, source, negative)
+            cond, text = self._condition(prompt, source, negative)
             first = cond.at(alphas[0])
             if cond.singles:  # several references: how linear the combination is, at the first alpha
                 singles = [single(cond.text, alphas[0]) for single in cond.singles]
@@ -179,7 +181,7 @@ class Generator:
         with timed(times, "image_check"):
             dependence = image_dependence(self.components, cfg, prompt, text, source, cond, alphas)
         if dependence["image_free"]:
-            warnings.warn(f"the image has no effect on this run: {dependence['reason']}", stacklevel=2)
+            warnings.warn(f"the image has no effect on this run: {dependence['reason']}", stacklevel=3)
         varies = cond.combine is not None and len(set(alphas)) > 1
         alphas = alphas if varies else alphas[:1]
         return Prepared(prompt, cfg, cond, text.encoded, alphas, first, negative_rows, init_image, times, dependence)

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter.train import read_captions, train_adapter
-from ..conditioning.imagedep import image_free_by_construction
-from ..conditioning.source import Styled, source_of
+from ..conditioning.imagedep import refuse_image_free
+from ..conditioning.source import Reference, Styled, check_neutral, source_of
 from ..config.settings import Config
 from ..core.errors import UserError, check_choice
 from ..core.files import load_embeddings, load_embeddings_file, load_image, read_lines, save_image, save_tensors
 from ..core.modes import INSPECT_LAYERS
 from ..maths.blend import check_options
-from ..maths.compose import check_weights, combine_styles, extract_style, load_styles, split_scale, style_tensors
+from ..maths.compose import combine_styles, extract_style, load_styles, split_scale, style_tensors
 from ..maths.refstats import ReferenceStats
 from ..maths.sinks import sink_report
 from ..maths.steer import DIRECTIONS, load_direction, save_direction
@@ -81,12 +81,11 @@ def generate_file(
     images = [] if image is None else [image] if isinstance(image, str | Path) else list(image)
     if reference_weights is not None and not images:
         raise UserError("'reference_weights' weigh reference images: give them with 'image'")
-    weights = None if reference_weights is None else check_weights(reference_weights, len(images))
     neutral_rows = load_embeddings(neutral_embeddings, "neutral embeddings") if neutral_embeddings else None
     vl_rows, vl_meta = load_embeddings_file(vl_embeddings, "VL embeddings") if vl_embeddings else (None, None)
     source = source_of(
         reference=[load_image(p, "reference image") for p in images] or None,
-        weights=weights,
+        weights=reference_weights,  # checked with the rest by `Generator.prepare`
         vl_rows=vl_rows,
         vl_extraction=vl_meta,
         caption_rows=load_embeddings(embeddings, "embeddings") if embeddings else None,
@@ -140,18 +139,17 @@ def style_extract_file(
     `vl.adapter`; with `style_delta`, `neutral` (required) is subtracted. Written to `output` (safetensors) with
     the settings it depends on (`assemble.style_settings`), the models and the source hashes."""
     output, v = _style_output(output), config.vl
-    if reason := image_free_by_construction(v):
-        raise UserError(reason)
-    if v.blend == "style_delta" and neutral is None:
-        raise UserError("vl.blend 'style_delta' needs a neutral image ('neutral'): the style is the delta from it")
-    if neutral is not None and v.blend != "style_delta":
-        raise UserError(f"a neutral image only acts with vl.blend 'style_delta' (vl.blend is '{v.blend}')")
+    picture = load_image(image, "image")
+    unstyled = None if neutral is None else load_image(neutral, "neutral image")
+    reference = Reference(picture, unstyled)
+    refuse_image_free(v, reference)  # the rules `generate` applies to the same image, before any model loads
+    check_neutral(v.blend, reference)
     gen = Generator(config)
     check_options(v.blend, [*v.blend_options, *(["neutral"] if v.blend == "style_delta" else [])])
-    rows, _ = gen.extract(load_image(image, "image"), text)
+    rows, _ = gen.extract(picture, text)
     options = blend_options(v)
-    if neutral is not None:
-        options["neutral"] = gen.extract(load_image(neutral, "neutral image"), text)[0]
+    if unstyled is not None:
+        options["neutral"] = gen.extract(unstyled, text)[0]
     (rows,), adapter = adapted(gen.components, config, [rows])
     if adapter is not None and "neutral" in options:
         options["neutral"] = adapted(gen.components, config, [options["neutral"]])[0][0]

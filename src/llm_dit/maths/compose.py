@@ -181,13 +181,19 @@ def _differs(a: Style, b: Style, key: str) -> bool:
 def combine_styles(weighted: Sequence[tuple[Style, float]]) -> Style:
     """The weighted combination of styles of one kind (formulas in the module docstring): `moments` and `vector`
     styles are summed now (Σ w_k·x_k); row-wise kinds keep each part with its weight multiplied by w_k and are
-    summed at apply time. One style with weight 1 is returned as it is (bit for bit the single reference)."""
+    summed at apply time. One style with weight 1 is returned as it is (bit for bit the single reference). The
+    weights are checked here (`check_weights`); `combine_checked` takes weights checked already."""
     if not weighted:
         raise UserError("no styles to combine")
-    styles = [s for s, _ in weighted]
-    _check_compatible(styles)
     weights = check_weights([w for _, w in weighted], len(weighted), "style", "style weights")
-    if len(weighted) == 1 and weights[0] == 1:
+    return combine_checked([s for s, _ in weighted], weights)
+
+
+def combine_checked(styles: Sequence[Style], weights: Sequence[float]) -> Style:
+    """`combine_styles` of `styles` with `weights` already checked (a reference's, by the conditioning's own
+    check), so no rule runs twice."""
+    _check_compatible(styles)
+    if len(styles) == 1 and weights[0] == 1:
         return styles[0]
     first = styles[0]
     parts = [(tensors, w * pw) for s, w in zip(styles, weights, strict=True) for tensors, pw in s.parts]

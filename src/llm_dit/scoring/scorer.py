@@ -1,8 +1,10 @@
 """Scoring images with every metric of the registry (`metrics.METRICS`): each metric model loaded once, each unique
 image embedded once per model (batched), similarities from the cached embeddings.
 
-``MetricScorer(models, device)`` loads the metric-model set ``models`` (``metric_models``: ``"default"`` = the real
-ids, ``"tiny"`` = the offline tiny zoo, ``"ROLE=ID_OR_PATH"`` / ``"ROLE=none"`` items override one role).
+``MetricScorer(metric_models, device)`` loads the metric-model set of the spec ``metric_models``
+(``metric_model_set``: ``"default"`` = the real ids, ``"tiny"`` = the offline tiny zoo, ``"ROLE=ID_OR_PATH"`` /
+``"ROLE=none"`` items override one role). ``Scoring(metric_models, metric_device)`` is what a sweep or an eval is
+scored with (checked before it runs).
 ``scorer.score(items)`` gives, per ``ScoreItem(image, prompt, reference, baseline)``, every metric whose inputs are
 present and whose model is loaded, in registry order (model-free ones always). An image is keyed by its pixels
 (sha256 of its 8-bit RGB bytes), so a reference shared by many cells, or the text-only image that is both scored
@@ -35,10 +37,12 @@ from .reward import REWARD_MODELS, RewardModel, reward_status
 __all__ = [
     "DEFAULT_METRIC_MODELS",
     "MODEL_ROLES",
+    "MetricModels",
     "MetricScorer",
     "ScoreItem",
+    "Scoring",
     "default_csd_dir",
-    "metric_models",
+    "metric_model_set",
 ]
 
 MODEL_ROLES = (*ROLES, *REWARD_MODELS)  # clip, siglip, csd, dino, image_reward, hpsv2
@@ -59,7 +63,11 @@ DEFAULT_METRIC_MODELS: dict[str, str] = {
 }
 
 
-def metric_models(spec: str | Sequence[str] | Mapping[str, str | None] | None) -> dict[str, str | None]:
+MetricModels = str | Sequence[str] | Mapping[str, str | None] | None
+"""A metric-model spec (`metric_models`, `--metric-models`): see `metric_model_set`."""
+
+
+def metric_model_set(spec: MetricModels) -> dict[str, str | None]:
     """The metric-model set ``{role: id or folder, or None (off)}`` of a spec: ``None``/empty = none (model-free
     metrics only); items ``default`` (the real ids), ``tiny`` (the tiny zoo, no reward models) and
     ``ROLE=ID_OR_PATH`` or ``ROLE=none``, later items overriding earlier ones (``"tiny,dino=none"``); a mapping is
@@ -107,6 +115,24 @@ def check_metric_device(device: str | torch.device | None) -> str:
     return str(resolved)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What a sweep or an eval is scored with: the metric models `metric_models` (a spec, `metric_model_set`: None
+    = model-free metrics only) on `metric_device`. `check` refuses a bad spec or device before anything runs."""
+
+    metric_models: MetricModels = None
+    metric_device: str = "cpu"
+
+    def check(self) -> None:
+        """`UserError` for a bad metric-model spec or device, before any work (not after a sweep has run)."""
+        metric_model_set(self.metric_models)
+        check_metric_device(self.metric_device)
+
+    def scorer(self) -> MetricScorer:
+        """A `MetricScorer` with these metric models on this device."""
+        return MetricScorer(self.metric_models, self.metric_device)
+
+
 @dataclass
 class ScoreItem:
     """One image to score and its comparison inputs: ``prompt`` (prompt adherence, quality), ``reference`` (style,
@@ -139,13 +165,13 @@ def _key(image: Image.Image) -> str:
 
 
 class MetricScorer:
-    """Every registered metric of images, with the metric models of ``models`` (see ``metric_models``) on ``device``
-    (each loaded once per process, shared between scorers); ``batch_size`` images per forward pass. Embeddings are
-    cached per scorer."""
+    """Every registered metric of images, with the metric models of ``metric_models`` (``metric_model_set``) on
+    ``device`` (each loaded once per process, shared between scorers); ``batch_size`` images per forward pass.
+    Embeddings are cached per scorer."""
 
     def __init__(
         self,
-        models: str | Sequence[str] | Mapping[str, str | None] | None = "default",
+        metric_models: MetricModels = "default",
         device: str | torch.device = "cpu",
         batch_size: int = 16,
     ) -> None:
@@ -153,7 +179,7 @@ class MetricScorer:
             raise UserError(f"metric batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.device = check_metric_device(device)
-        self.sources = metric_models(models)
+        self.sources = metric_model_set(metric_models)
         self.embedders: dict[str, Embedder] = {}
         self.rewards: dict[str, RewardModel] = {}
         self.unavailable: dict[str, str] = {}  # metric -> why it is not computed

@@ -1,36 +1,35 @@
 """Scoring a sweep: the metrics of every finished run, each variant measured against its own text-only baseline.
 
 Every metric of the registry (`metrics.METRICS`) through one `scorer.MetricScorer`: the model-free ones always, the
-model-based ones with the metric models given (`scorer.metric_models`). The runs come from the sweep directory and
+model-based ones with the metric models given (`scorer.Scoring`). The runs come from the sweep directory and
 the metrics go back into it (`sweepdir.SweepDir`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 from ..sweep.dir import SweepDir
 from ..sweep.spec import Inputs, baseline_pairs, reference_paths
-from .scorer import MetricScorer, ScoreItem
+from .scorer import ScoreItem, Scoring
 
 Metrics = dict[str, dict[str, float | None]]
 
 
 def write_metrics(
     sweep_dir: str | os.PathLike[str],
-    metric_models: str | Sequence[str] | None = None,
-    device: str = "cpu",
+    scoring: Scoring | None = None,
     inputs: Inputs | None = None,
 ) -> Metrics:
     """Metrics of every finished run of a sweep directory, written to its metrics file and returned as
     `{run id: {metric: value}}`: model-free (colour-histogram similarity to its reference image, SSIM to its own
     text-only baseline -- the one its record names: every non-conditioning setting equal --, grid-artifact score,
-    None where the image is too small to measure it, high-frequency energy) and, with `metric_models` (e.g.
-    `["tiny"]`, `["default"]`, `["clip=ID"]`), the model-based metrics whose model is given, on `device`.
-    `inputs`: the reference images already decoded (by the sweep)."""
+    None where the image is too small to measure it, high-frequency energy) and, with `scoring.metric_models` (e.g.
+    `["tiny"]`, `["default"]`, `["clip=ID"]`), the model-based metrics whose model is given, on
+    `scoring.metric_device` (default: model-free metrics only). `inputs`: the reference images already decoded (by
+    the sweep)."""
     sweep = SweepDir(sweep_dir)
-    scorer = MetricScorer(metric_models or None, device=device)
+    scorer = (scoring or Scoring()).scorer()
     runs = sweep.runs()
     pairs = baseline_pairs(runs)
     done = {r["id"]: r for r in runs if r["status"] == "ok"}

@@ -34,6 +34,7 @@ from ..experiment.run import checked_plan, run_experiment
 from ..generation.generate import Generator
 from ..generation.tasks import IMAGE_SUFFIXES, extract_file, generate_file, inspect_image
 from ..sweep.dir import SweepDir
+from ..sweep.runner import RunOptions, Session
 from ..sweep.spec import SweepSpec, resolve_spec
 from .requests import (
     LORAS,
@@ -361,12 +362,13 @@ class Studio:
             prompts=req.prompts, images=images, seeds=req.seeds, baseline=req.baseline, name=req.name, **files
         )
         spec = resolve_spec(base, req.preset, axes, fixed)
-        plan = checked_plan(self.config, spec)  # every input and run's settings checked before the job queues
+        plan = checked_plan(self.config, spec)  # every input and run checked before the job queues, and only then
         if req.resume:
-            SweepDir(out).check_plan(self.config.model_dump(), plan.runs)  # the sweep it started, not another
+            SweepDir(out).check_plan(self.config.model_dump(), plan.plan.runs)  # the sweep it started, not another
 
         def run(job: Job) -> dict[str, Any]:  # on the studio's warm models (the worker thread runs one job at a time)
-            result = run_experiment(self.config, spec, out, resume=req.resume, components=self.generator.components)
+            options, warm = RunOptions(resume=req.resume), Session(self.generator.components)
+            result = run_experiment(self.config, plan, out, options=options, session=warm)
             return {
                 "summary": result.summary,
                 "report": self.relative(result.report),

@@ -3,9 +3,10 @@
 Each `Worker` actor holds one `Generator` (one per GPU, or one on a CPU-only cluster). One actor first runs the
 plan's unique forward passes, which land in the shared on-disk tensor cache (`$LLM_DIT_CACHE`, passed on to the
 workers), so every other actor reads them from there instead of running them again. Actors then render the batches
-they are sent with the runner's own `run_batch`, and send back each run's PNG bytes and
-record, or its error. Only the driver writes results, through the runner's `finish`, as they come in: the same
-sweep directory, written the same atomic way, so a sweep resumes identically whichever executor ran it.
+they are sent (runs of the driver's `runner.CheckedPlan`, checked once there, pickled with their inputs) with the
+runner's own `run_batch`, and send back each run's PNG bytes and record, or its error. Only the driver writes
+results, through the runner's `finish`, as they come in: the same sweep directory, written the same atomic way, so a
+sweep resumes identically whichever executor ran it.
 `run_on_ray` takes the same `runner.Job` as the local executor and returns the same `runner.Stats`.
 
 Connects to the cluster at `$RAY_ADDRESS` when it is set, else starts a local Ray instance for the sweep (and shuts
@@ -33,7 +34,7 @@ from ..core.files import image_bytes
 from ..core.progress import progress_bar
 from ..generation.generate import Generator, Result
 from .dir import SweepDir
-from .runner import Job, OnResult, Stats, Step, batches, finish, prime, run_batch
+from .runner import CheckedRun, Job, OnResult, Stats, batches, finish, prime, run_batch
 from .spec import Inputs, Plan
 
 IN_FLIGHT = 2  # batches queued per actor, so an actor never waits for the driver between batches
@@ -87,13 +88,14 @@ class Worker:
     def prime(self, plan: Plan) -> None:
         prime(self.gen.components, plan, self.inputs)
 
-    def render(self, batch: list[Step]) -> list[Outcome]:
-        """The runner's batch step, returning what `finish` needs instead of writing it."""
+    def render(self, batch: list[CheckedRun]) -> list[Outcome]:
+        """The runner's batch step on checked runs (not checked again), returning what `finish` needs instead of
+        writing it."""
         return [
             (run["id"], image_bytes(result.image), result.record, None)
             if result is not None
             else (run["id"], None, None, (type(error).__name__, str(error)))
-            for run, result, error in run_batch(self.gen, batch, self.inputs)
+            for run, result, error in run_batch(self.gen, batch)
         ]
 
     def stats(self) -> Stats:
@@ -160,13 +162,13 @@ def _unwrap(ray, e: BaseException) -> BaseException:
 def _dispatch(
     ray,
     actors: list[Any],
-    steps: Iterator[list[Step]],
+    steps: Iterator[list[CheckedRun]],
     sweep: SweepDir,
     total: int,
     on_result: OnResult | None,
 ) -> None:
     """Keep every actor busy with batches; write each batch's results as soon as it comes back."""
-    pending: dict[Any, tuple[Any, list[Step]]] = {}
+    pending: dict[Any, tuple[Any, list[CheckedRun]]] = {}
 
     def submit(actor) -> None:
         if (batch := next(steps, None)) is not None:
@@ -182,7 +184,7 @@ def _dispatch(
             actor, batch = pending.pop(ref)
             outcomes = ray.get(ref)
             submit(actor)
-            by_id = {run["id"]: run for run, _ in batch}
+            by_id = {c.run["id"]: c.run for c in batch}
             for rid, png, record, error in outcomes:
                 if error is not None:
                     finish(sweep, by_id[rid], None, remote_error(*error), on_result)
@@ -199,7 +201,7 @@ def run_on_ray(job: Job, *, workers: int | None = None) -> Stats:
     does, and return their `Stats`, summed. The job's tensor cache root must be one path every actor can reach.
     `workers`: the number of actors (see `worker_count`)."""
     plan = job.plan
-    if not plan.runs:
+    if not plan.checked:
         return Stats()
     workers = worker_count(workers)
     ray = _import_ray()
@@ -207,10 +209,12 @@ def run_on_ray(job: Job, *, workers: int | None = None) -> Stats:
     started = _connect(ray, env)
     actors: list[Any] = []
     try:
-        root = str(Path(job.cache.root).absolute()) if job.cache is not None else None
-        actors = _start_workers(ray, job.base, workers, env, root)
-        ray.get(actors[0].prime.remote(plan))  # once: every other actor reads it from the shared cache
-        _dispatch(ray, actors, batches(plan, job.batch_size), job.sweep, len(plan.runs), job.on_result)
+        cache = job.session.cache
+        root = str(Path(cache.root).absolute()) if cache is not None else None
+        actors = _start_workers(ray, plan.base, workers, env, root)
+        ray.get(actors[0].prime.remote(plan.plan))  # once: every other actor reads it from the shared cache
+        steps = batches(plan, job.options.batch_size)
+        _dispatch(ray, actors, steps, job.sweep, len(plan.checked), job.options.on_result)
         return sum(ray.get([a.stats.remote() for a in actors]), Stats())
     except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
         raise _unwrap(ray, e) from None

@@ -1,19 +1,21 @@
 """Running a planned sweep: the steps every executor shares, and the local executor.
 
-The steps: `prime` runs the plan's unique forward passes once to fill the tensor cache; `run_batch` prepares and
-renders a batch of runs, each with the config the plan resolved for it; `finish` writes a run's result into the
-sweep directory (`sweepdir.SweepDir`: its image atomically, then its result line), so a sweep killed at any point
-resumes without losing or duplicating work.
+Before any of them, `check_plan` checks every run once (`check_run`: its files read, what it is made from through
+`assemble.check_request`) into a `CheckedPlan`, which nothing checks again. The steps: `prime` runs the plan's
+unique forward passes once to fill the tensor cache; `run_batch` prepares and renders a batch of checked runs, each
+with the config the plan resolved for it; `finish` writes a run's result into the sweep directory
+(`sweepdir.SweepDir`: its image atomically, then its result line), so a sweep killed at any point resumes without
+losing or duplicating work.
 
-An executor is given a `Job` (a plan's runs, the sweep directory to write them into, how) and returns `Stats`:
-`run_local` (this module) and `distributed.run_on_ray` alike; `experiment.run_sweep` chooses one.
+An executor is given a `Job` (a checked plan, the sweep directory to write it into, `RunOptions`, a `Session`) and
+returns `Stats`: `run_local` (this module) and `distributed.run_on_ray` alike; `experiment.run_sweep` chooses one.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +28,16 @@ from ..core.errors import UserError
 from ..core.modes import parse_lora
 from ..core.numerics import NonFiniteError
 from ..core.progress import progress_bar
-from ..generation.assemble import check_styles, refuse, step_alphas
+from ..generation.assemble import CheckedRequest, check_request
 from ..generation.components import Components, caption_width, check_adapter_width
 from ..generation.generate import Generator, Result
 from ..generation.render import Prepared
 from ..maths.compose import load_styles
 from ..models.loading import resolve_device
 from .dir import SweepDir
-from .spec import Inputs, Plan, reference_paths
+from .spec import Inputs, Plan, SweepSpec, expand, reference_paths, run_id
 
 Run = dict[str, Any]
-Step = tuple[Run, Config]  # a planned run and its resolved config
 OnResult = Callable[[dict[str, Any]], None]
 
 
@@ -65,21 +66,74 @@ class Stats:
 
 
 @dataclass(frozen=True)
-class Job:
-    """What an executor is given: the base config (what its generators load), the plan of the runs to do (each
-    with its resolved config), the sweep directory to write their results into, runs per diffusers call when they
-    can share one, a callback for each result line as it is written, and the tensor cache (default: the one under
-    `$LLM_DIT_CACHE`) and the input files already read (`validate`), so none is decoded twice. `components`: models
-    already loaded for `base` (with their own cache), which the local executor uses instead of loading its own."""
+class RunOptions:
+    """How a sweep runs, as `llm-dit sweep` and `eval` take it (`--resume`, `--executor`, `--batch-size`): `resume`
+    finishes a sweep already in its directory (its done runs are kept); `executor` is a name of
+    `experiment.EXECUTORS`; `batch_size`: runs per diffusers call when they can share one; `on_result`: called with
+    each result line as it is written."""
 
-    base: Config
-    plan: Plan
-    sweep: SweepDir
+    resume: bool = False
+    executor: str = "local"
     batch_size: int = 1
     on_result: OnResult | None = None
-    cache: TensorCache | None = None
-    inputs: Inputs | None = None  # the files `validate` read (default: read again)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a sweep reuses from the process that runs it: `components`, models already loaded for the sweep's base
+    config (the eval's captioning VL model, the studio's warm models; they bring their own cache), or else `cache`,
+    the tensor cache (default: the one under `$LLM_DIT_CACHE`). The local executor generates on them; Ray workers
+    load their own models and share only the cache's folder."""
+
     components: Components | None = None
+    cache: TensorCache | None = None
+
+    def generator(self, base: Config) -> Generator:
+        """A generator for `base`: on the session's components when given, else a new one with its cache."""
+        if self.components is not None:
+            return Generator(base, components=self.components)
+        return Generator(base, self.cache)
+
+
+@dataclass(frozen=True)
+class CheckedRun:
+    """One run of a `CheckedPlan`: the run as planned and what its image is made from, checked
+    (`assemble.check_request`: its resolved config, source, init image, negative reference and alphas)."""
+
+    run: Run
+    request: CheckedRequest
+
+
+@dataclass(frozen=True)
+class CheckedPlan:
+    """A sweep's plan with every input read and every run checked (`check_plan`), before any model loads: the
+    base config and spec it was made of, the plan (`spec.Plan`: runs, configs, forward passes), each run checked
+    (`CheckedRun`, in plan order) and the input files read (`inputs`, reused by priming and scoring). Made by
+    `experiment.checked_plan`; the executors, the eval and the studio run it without checking anything again.
+    Plain data (Ray sends its runs to workers)."""
+
+    base: Config
+    spec: SweepSpec
+    plan: Plan
+    checked: tuple[CheckedRun, ...]
+    inputs: Inputs
+
+    def only(self, ids: Collection[str]) -> CheckedPlan:
+        """The plan of the runs whose id is in `ids`, in the same order (checked already: not checked again)."""
+        checked = tuple(c for c in self.checked if c.run["id"] in ids)
+        return replace(self, plan=self.plan.only(ids), checked=checked)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What an executor is given: the checked plan of the runs to do (with the base config its generators load),
+    the sweep directory to write their results into, how to run them (`RunOptions`: batch size, a callback for
+    each result line) and what to reuse (`Session`: warm components or the tensor cache)."""
+
+    plan: CheckedPlan
+    sweep: SweepDir
+    options: RunOptions = RunOptions()
+    session: Session = Session()
 
 
 def run_source(run: Run, inputs: Inputs) -> Source:
@@ -97,51 +151,65 @@ def run_source(run: Run, inputs: Inputs) -> Source:
     return Text()
 
 
-def prepare_run(gen: Generator, run: Run, config: Config, inputs: Inputs) -> Prepared:
-    """Prepare the run's conditioning with its resolved `config`, on the generator's components."""
-    source = run_source(run, inputs)
-    init = inputs.image(run["init_image"], "init image")
-    return gen.with_config(config).prepare(
-        run["prompt"], source, init_image=init, negative=run_negative(run, source, inputs)
-    )
-
-
 def run_negative(run: Run, source: Source, inputs: Inputs) -> Reference | None:
     """CFG's negative reference of a run (`negative_image`, with the run's neutral image), or None."""
     image = inputs.image(run.get("negative_image") or None, "negative image")
     return None if image is None else Reference(image, neutral_of(source))
 
 
-def validate(plan: Plan, inputs: Inputs) -> None:
-    """Check every input and every run's settings before any model loads: each file a run names is read once into
-    `inputs` (images decoded, steering directions, adapters and reference statistics loaded and checked), and each
-    run's settings go through `assemble.refuse` with every alpha its schedule uses, as `Generator.prepare` checks
-    one image, plus its devices, its LoRA files, its style files (`assemble.check_styles`) and the adapter's width
-    and trained settings (`adapter.model.check_use`).
+def check_run(run: Run, config: Config, inputs: Inputs) -> CheckedRun:
+    """One run checked with its resolved `config` before any model loads, its files read once into `inputs`
+    (images decoded, steering directions, style files, adapters and reference statistics loaded): what it is made
+    from goes through `assemble.check_request`, the rules `Generator.prepare` applies to one image, and what only
+    a sweep's settings can get wrong besides: devices this machine lacks, LoRA files, the adapter's width and
+    trained settings (`adapter.model.check_use`). `UserError` naming the run."""
+    try:
+        for device in {config.encoder.device, config.vl.device, config.generation.device}:
+            resolve_device(device)  # a device this machine lacks (cuda without CUDA), before any run
+        for path, _ in map(parse_lora, config.generation.loras):
+            if not Path(path).expanduser().is_file():
+                raise UserError(f"LoRA file not found: {path}")
+        source = run_source(run, inputs)
+        init = inputs.image(run["init_image"], "init image")
+        negative = run_negative(run, source, inputs)
+        request = check_request(config, run["prompt"], source, init_image=init, negative=negative)
+        v = config.vl
+        if isinstance(source, Reference):
+            if v.adapter:
+                adapter, meta = inputs.adapter(v.adapter)
+                check_adapter_width(v.adapter, adapter, caption_width(config.models.zimage))
+                check_use(v.adapter, meta, config)
+            if v.reference_stats:
+                inputs.stats(v.reference_stats)
+    except UserError as e:
+        raise UserError(f"sweep run '{run['label']}': {e}") from None
+    return CheckedRun(run, request)
+
+
+def check_plan(base: Config, spec: SweepSpec, plan: Plan, inputs: Inputs) -> CheckedPlan:
+    """`plan` (of `spec` over `base`) with every run checked (`check_run`), each file read once into `inputs`;
     `UserError` naming the first bad run."""
-    for run in plan.runs:
-        config = plan.config(run)
-        try:
-            for device in {config.encoder.device, config.vl.device, config.generation.device}:
-                resolve_device(device)  # a device this machine lacks (cuda without CUDA), before any run
-            for path, _ in map(parse_lora, config.generation.loras):
-                if not Path(path).expanduser().is_file():
-                    raise UserError(f"LoRA file not found: {path}")
-            source = run_source(run, inputs)
-            init = inputs.image(run["init_image"], "init image")
-            refuse(config, source, step_alphas(config, init is not None), run_negative(run, source, inputs))
-            if isinstance(source, Styled):
-                check_styles(config, source)  # made with these settings, as `Generator.prepare` checks one image
-            v = config.vl
-            if isinstance(source, Reference):
-                if v.adapter:
-                    adapter, meta = inputs.adapter(v.adapter)
-                    check_adapter_width(v.adapter, adapter, caption_width(config.models.zimage))
-                    check_use(v.adapter, meta, config)
-                if v.reference_stats:
-                    inputs.stats(v.reference_stats)
-        except UserError as e:
-            raise UserError(f"sweep run '{run['label']}': {e}") from None
+    return CheckedPlan(base, spec, plan, tuple(check_run(run, plan.config(run), inputs) for run in plan.runs), inputs)
+
+
+def with_prompts(work: CheckedPlan, spec: SweepSpec) -> CheckedPlan:
+    """`work` for `spec`, whose runs are `work.spec`'s but for their prompts (an eval's `caption` runs, whose style
+    captions the VL model writes only after every run was checked): the runs planned anew (`spec.expand`; their
+    ids, their forward passes), each with its config and checked request reused under its new prompt, since no
+    rule reads the prompt: nothing is resolved or checked again. `ValueError` for a run that differs otherwise."""
+
+    def promptless(run: Run) -> str:
+        return run_id({**run, "prompt": None})
+
+    requests = {promptless(c.run): c.request for c in work.checked}
+    checked = []
+    for run in expand(spec):
+        if (request := requests.get(promptless(run))) is None:
+            raise ValueError(f"run '{run['label']}' differs from the checked plan's runs in more than its prompt")
+        checked.append(CheckedRun(run, replace(request, prompt=run["prompt"])))
+    configs = {c.run["id"]: c.request.config for c in checked}
+    plan = Plan.of([c.run for c in checked], configs, work.inputs)
+    return CheckedPlan(work.base, spec, plan, tuple(checked), work.inputs)
 
 
 def prime(components: Components, plan: Plan, inputs: Inputs) -> None:
@@ -160,11 +228,16 @@ def prime(components: Components, plan: Plan, inputs: Inputs) -> None:
             components.text_encoder.encode(e["prompt"], **e["encoder"])
 
 
-def batches(plan: Plan, size: int) -> Iterator[list[Step]]:
-    """The plan's runs with their configs, `size` at a time, in order."""
-    steps = [(run, plan.config(run)) for run in plan.runs]
-    for i in range(0, len(steps), size):
-        yield steps[i : i + size]
+def batches(plan: CheckedPlan, size: int) -> Iterator[list[CheckedRun]]:
+    """The plan's checked runs, `size` at a time, in order."""
+    for i in range(0, len(plan.checked), size):
+        yield list(plan.checked[i : i + size])
+
+
+def prepare_run(gen: Generator, checked: CheckedRun) -> Prepared:
+    """Prepare a checked run's conditioning with its resolved config, on the generator's components (nothing is
+    checked again: `Generator.prepare_checked`)."""
+    return gen.with_config(checked.request.config).prepare_checked(checked.request)
 
 
 def render_batch(gen: Generator, prepared: list[Prepared]) -> list[Result]:
@@ -177,16 +250,16 @@ def render_batch(gen: Generator, prepared: list[Prepared]) -> list[Result]:
 Outcome = tuple[Run, Result | None, Exception | None]
 
 
-def run_batch(gen: Generator, batch: list[Step], inputs: Inputs) -> list[Outcome]:
-    """Prepare and render one batch of runs: `(run, result, None)` or `(run, None, error)` for each, in order of
-    completion; a failing run (or a failing shared diffusers call) fails only its own runs."""
+def run_batch(gen: Generator, batch: list[CheckedRun]) -> list[Outcome]:
+    """Prepare and render one batch of checked runs: `(run, result, None)` or `(run, None, error)` for each, in
+    order of completion; a failing run (or a failing shared diffusers call) fails only its own runs."""
     outcomes: list[Outcome] = []
     ready: list[tuple[Run, Prepared]] = []
-    for run, config in batch:
+    for checked in batch:
         try:
-            ready.append((run, prepare_run(gen, run, config, inputs)))
+            ready.append((checked.run, prepare_run(gen, checked)))
         except Exception as e:
-            outcomes.append((run, None, e))
+            outcomes.append((checked.run, None, e))
     return outcomes + (render_ready(gen, ready) if ready else [])
 
 
@@ -226,14 +299,13 @@ def finish(
 def run_local(job: Job) -> Stats:
     """The local executor: prime, then generate the job's runs in this process with a progress bar; a failing run
     is recorded and the sweep goes on."""
-    gen = Generator(job.base, components=job.components) if job.components else Generator(job.base, job.cache)
+    gen = job.session.generator(job.plan.base)
     before = Stats.of(gen)  # warm components bring the counts of what they ran before this job
-    inputs = job.inputs or Inputs()
-    prime(gen.components, job.plan, inputs)
+    prime(gen.components, job.plan.plan, job.plan.inputs)
     with progress_bar() as progress:
-        task = progress.add_task("sweep", total=len(job.plan.runs))
-        for batch in batches(job.plan, job.batch_size):
-            for run, result, error in run_batch(gen, batch, inputs):
-                finish(job.sweep, run, result, error, job.on_result)
+        task = progress.add_task("sweep", total=len(job.plan.checked))
+        for batch in batches(job.plan, job.options.batch_size):
+            for run, result, error in run_batch(gen, batch):
+                finish(job.sweep, run, result, error, job.options.on_result)
             progress.advance(task, len(batch))
     return Stats.of(gen) - before

@@ -23,13 +23,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..adapter.model import Adapter
-from ..conditioning.imagedep import image_free_by_construction
 from ..conditioning.source import parse_layer_weights
 from ..config.settings import Config, VLConfig, load_toml_model, with_overrides
 from ..core.errors import UserError, check_choice
 from ..core.files import load_image
 from ..maths.blend import BLEND_MODES
-from ..maths.compose import check_weights, equal_weights
 from ..maths.normalize import NORMALIZATION_MODES
 from ..maths.outliers import OUTLIER_MODES
 from ..maths.refstats import ReferenceStats
@@ -241,7 +239,7 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     baseline (`baseline_of`) in `baseline`, and that baseline precedes the first variant paired with it. Duplicates
     (e.g. a baseline shared by several variants) appear once. A variant with a reference image gets the spec's
     `neutral_image` when its settings choose `vl.blend = style_delta` or leave the blend to the profile
-    (`check_runs` refuses a neutral image given to a run whose resolved blend is not style_delta), and its
+    (`runner.check_run` refuses a neutral image given to a run whose resolved blend is not style_delta), and its
     `negative_image` (CFG's negative rows; its text-only baseline keeps the empty prompt's). The listed
     runs (`runs`) follow, as they are."""
     # a one-valued axis is a fixed setting: it applies to the baselines too and stays out of the labels
@@ -476,22 +474,13 @@ def _extraction_inputs(v: VLConfig) -> dict[str, Any]:
     return {"system_prompt": v.system_prompt, "max_pixels": v.max_pixels}
 
 
-def refuse_image_free(plan: Plan) -> None:
-    """`UserError` naming the first reference-conditioned run whose settings are image-free by construction
-    (`imagedep.image_free_by_construction`): a sweep must not render a run the image cannot change."""
-    for run in filter(reference_conditioned, plan.runs):
-        if reason := image_free_by_construction(plan.config(run).vl):
-            own = ", ".join(f"{k}={v}" for k, v in run["settings"].items() if k != "generation.seed")
-            raise UserError(f"sweep run '{run['label']}' ({own or 'profile settings'}): {reason}")
-
-
 def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
     """Refuse, before any work, runs that could not do what they say (`UserError`, one line): a run that sets
     conditioning settings (`vl.*`) with nothing they act on (no reference image, steering direction or style file:
     a listed run of `runs`, which `resolve_spec` does not see), a VL layer beyond the Qwen3-VL model's depth, a DiT
-    block beyond the transformer's, a `style_delta` run without a neutral image, a neutral image given to a run
-    that does not use style_delta or to no run at all. Depths are read from the models' config files (no weights
-    load)."""
+    block beyond the transformer's, a neutral or negative image given to no run at all. Depths are read from the
+    models' config files (no weights load). What each run's image is made from is checked with its inputs, by the
+    rules `Generator.prepare` applies (`runner.check_run`)."""
     vl_depth = functools.cache(lambda: int(check_vl(base.models.vl)["text_config"]["num_hidden_layers"]))
     dit_blocks = functools.cache(
         lambda: int(read_model_json(base.models.zimage, "transformer/config.json", "a Z-Image folder")["n_layers"])
@@ -515,13 +504,6 @@ def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
                 raise UserError(f"run '{run['label']}': vl.inject_layers: {e}") from None
         if run["steer"]:
             continue
-        paths = reference_paths(run["image"])
-        if run.get("reference_weights") is not None or len(paths) > 1:
-            weights = run.get("reference_weights") or equal_weights(len(paths))
-            try:
-                check_weights(weights, len(paths))
-            except UserError as e:
-                raise UserError(f"reference set '{run['image']}': {e}") from None
         key, layers = (
             ("vl.layers", parse_layer_weights(v.layers)) if v.layers else ("vl.hidden_layer", [v.hidden_layer])
         )
@@ -530,16 +512,6 @@ def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
                 layer_position(layer, vl_depth())
             except UserError:
                 beyond.setdefault(key, set()).add(layer)
-        neutral, style_delta = run.get("neutral_image"), v.blend == "style_delta"
-        if style_delta and not neutral:
-            raise UserError(
-                f"run '{run['label']}' uses blend style_delta, which needs a neutral image: set 'neutral_image'"
-            )
-        if neutral and not style_delta:
-            raise UserError(
-                f"run '{run['label']}' uses blend {v.blend}: the neutral image acts only with style_delta "
-                "(set vl.blend = style_delta, or leave out 'neutral_image')"
-            )
     if beyond:
         depth = vl_depth()
         what = "; ".join(f"{k} {', '.join(map(str, sorted(b, reverse=True)))}" for k, b in beyond.items())
@@ -560,18 +532,15 @@ def plan(base: Config, runs: list[dict[str, Any]], inputs: Inputs | None = None)
     (image, text, VL system prompt) extracted once with all its layers in one forward pass (a style_delta run's
     neutral image and a run's negative image too); so is each unique (probe size, text, VL system prompt) of the
     image-dependence check (`vl.image_check`: the probe is a noise image of the reference's size); each unique
-    (prompt, encoder settings) encoded once. Refuses a run with a bad setting (naming the run) and runs that are
-    image-free by construction. `inputs`: where the reference images are decoded (once each; the executor reuses
-    them)."""
-    work = Plan.of(runs, {run["id"]: run_config(base, run) for run in runs}, inputs or Inputs())
-    refuse_image_free(work)
-    return work
+    (prompt, encoder settings) encoded once. Refuses a run with a bad setting (naming the run). `inputs`: where
+    the reference images are decoded (once each; the executor reuses them)."""
+    return Plan.of(runs, {run["id"]: run_config(base, run) for run in runs}, inputs or Inputs())
 
 
 def plan_sweep(base: Config, spec: SweepSpec, inputs: Inputs | None = None) -> Plan:
     """The plan of every run of `spec` (`expand`, `plan`), checked by `check_runs`: what a dry run shows and what
-    `experiment.run_sweep` runs (after `runner.validate` has read every input and checked every run's settings).
-    `inputs`: see `plan`."""
+    `experiment.run_sweep` runs (once `runner.check_plan` has read every input and checked every run: the
+    `runner.CheckedPlan` of `experiment.checked_plan`). `inputs`: see `plan`."""
     work = plan(base, expand(spec), inputs)
     check_runs(base, spec, work)
     return work
@@ -579,7 +548,7 @@ def plan_sweep(base: Config, spec: SweepSpec, inputs: Inputs | None = None) -> P
 
 class Inputs:
     """The files a sweep's runs name (reference, neutral and init images, steering directions, adapters, reference
-    statistics), each read once: validating a plan (`runner.validate`) reads them, the runs reuse them. `sizes`:
+    statistics), each read once: checking a plan (`runner.check_plan`) reads them, the runs reuse them. `sizes`:
     image sizes already known (a plan's `image_sizes`), so narrowing a plan decodes nothing."""
 
     def __init__(self, sizes: dict[str, tuple[int, int] | None] | None = None) -> None:
@@ -598,7 +567,7 @@ class Inputs:
         return self._images[path]
 
     def size(self, path: str | None, label: str) -> tuple[int, int] | None:
-        """The decoded size of an image file; None when there is none or it cannot be read (`runner.validate`
+        """The decoded size of an image file; None when there is none or it cannot be read (`runner.check_run`
         refuses it with the reason)."""
         if path is not None and path not in self._sizes:
             try:
