@@ -125,8 +125,8 @@ def test_sweep_layer_axis_cannot_reuse_an_adapter_trained_on_another_layer(cli, 
     assert r.code == 2 and "sweep run 'hidden_layer=-4'" in r.err, r.err
     r = cli("sweep", *SMALL, "-p", "a barn", "-i", REF, "--adapter", str(adapter), "--vl-layer", "-6", "-o", out)
     assert r.code == 0, r.err
-    runs = [x for x in SweepDir(out).lines() if x["kind"] != "baseline"]
-    assert runs[0]["status"] == "ok" and runs[0]["record"]["conditioning"]["adapter"]["path"] == str(adapter)
+    runs = [x for x in SweepDir(out).lines() if x.kind != "baseline"]
+    assert runs[0].status == "ok" and runs[0].record["conditioning"]["adapter"]["path"] == str(adapter)
 
 
 # --------------------------------------------------------------------------------------- steer, inspect, adapter

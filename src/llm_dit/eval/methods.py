@@ -36,7 +36,8 @@ from pydantic import BaseModel, ConfigDict
 from ..config.settings import Config, load_toml_model
 from ..core.errors import UserError, check_choice
 from ..generation.render import denoising_steps
-from ..sweep.spec import ListedRun, is_conditioning, preset_spec, run_config
+from ..sweep.run import is_conditioning
+from ..sweep.spec import ListedRun, preset_spec, run_config
 from .suite import Cell
 
 KINDS = ("text", "caption", "img2img", "vl", "steer", "omni")

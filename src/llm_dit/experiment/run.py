@@ -95,8 +95,8 @@ def run_sweep(
         summary = {
             "name": spec.name,
             "runs": len(work.runs),
-            "completed": sum(r["status"] == "ok" for r in finished),
-            "failed": sum(r["status"] == "failed" for r in finished),
+            "completed": sum(r.status == "ok" for r in finished),
+            "failed": sum(r.status == "failed" for r in finished),
             "ran_now": len(todo.runs),
             "vl_forward_passes": stats.forward_passes["vl"],
             "text_forward_passes": stats.forward_passes["text"],

@@ -15,7 +15,6 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..adapter.adapter import check_use
 from ..conditioning.imagedep import probe_image
@@ -33,11 +32,11 @@ from ..generation.render import Prepared
 from ..maths.compose import load_styles
 from ..models.loading import resolve_device
 from .dir import SweepDir
+from .run import Run, RunResult
 from .spec import Inputs, Plan, reference_paths
 
-Run = dict[str, Any]
 Step = tuple[Run, Config]  # a planned run and its resolved config
-OnResult = Callable[[dict[str, Any]], None]
+OnResult = Callable[[RunResult], None]
 
 
 @dataclass
@@ -85,30 +84,30 @@ class Job:
 def run_source(run: Run, inputs: Inputs) -> Source:
     """What conditions a run: its steering direction, its style files, its reference image or reference set
     (`a.png+b.png`, with its weights and the neutral image), or nothing."""
-    if run["kind"] == "variant":
-        if run.get("steer"):
-            return Steering(inputs.direction(run["steer"]))
-        if run.get("style"):
-            return Styled(*load_styles(run["style"]))
-        if run["image"] is not None:
-            neutral = inputs.image(run.get("neutral_image") or None, "neutral image")
-            images = [inputs.image(path, "reference image") for path in reference_paths(run["image"])]
-            return Reference(images[0] if len(images) == 1 else images, neutral, run.get("reference_weights"))
+    if run.kind == "variant":
+        if run.steer:
+            return Steering(inputs.direction(run.steer))
+        if run.style:
+            return Styled(*load_styles(run.style))
+        if run.image is not None:
+            neutral = inputs.image(run.neutral_image or None, "neutral image")
+            images = [inputs.image(path, "reference image") for path in reference_paths(run.image)]
+            return Reference(images[0] if len(images) == 1 else images, neutral, run.reference_weights)
     return Text()
 
 
 def prepare_run(gen: Generator, run: Run, config: Config, inputs: Inputs) -> Prepared:
     """Prepare the run's conditioning with its resolved `config`, on the generator's components."""
     source = run_source(run, inputs)
-    init = inputs.image(run["init_image"], "init image")
+    init = inputs.image(run.init_image, "init image")
     return gen.with_config(config).prepare(
-        run["prompt"], source, init_image=init, negative=run_negative(run, source, inputs)
+        run.prompt, source, init_image=init, negative=run_negative(run, source, inputs)
     )
 
 
 def run_negative(run: Run, source: Source, inputs: Inputs) -> Reference | None:
     """CFG's negative reference of a run (`negative_image`, with the run's neutral image), or None."""
-    image = inputs.image(run.get("negative_image") or None, "negative image")
+    image = inputs.image(run.negative_image or None, "negative image")
     return None if image is None else Reference(image, neutral_of(source))
 
 
@@ -128,7 +127,7 @@ def validate(plan: Plan, inputs: Inputs) -> None:
                 if not Path(path).expanduser().is_file():
                     raise UserError(f"LoRA file not found: {path}")
             source = run_source(run, inputs)
-            init = inputs.image(run["init_image"], "init image")
+            init = inputs.image(run.init_image, "init image")
             refuse(config, source, step_alphas(config, init is not None), run_negative(run, source, inputs))
             if isinstance(source, Styled):
                 check_styles(config, source)  # made with these settings, as `Generator.prepare` checks one image
@@ -141,7 +140,7 @@ def validate(plan: Plan, inputs: Inputs) -> None:
                 if v.reference_stats:
                     inputs.stats(v.reference_stats)
         except UserError as e:
-            raise UserError(f"sweep run '{run['label']}': {e}") from None
+            raise UserError(f"sweep run '{run.label}': {e}") from None
 
 
 def prime(components: Components, plan: Plan, inputs: Inputs) -> None:
@@ -209,15 +208,11 @@ def finish(
     sweep: SweepDir, run: Run, result: Result | None, error: BaseException | None, on_result: OnResult | None
 ) -> None:
     """Write a run's image (atomically), then its result line: a line on disk means a complete run."""
-    fields = ("id", "kind", "label", "prompt", "image", "reference_weights", "init_image", "steer", "style")
-    fields += ("neutral_image", "negative_image")
-    fields += ("baseline", "settings")
-    line = {k: run[k] for k in fields if k in run}
     if result is not None:
-        line |= {"status": "ok", "output": sweep.write_image(run["id"], result.image), "record": result.record}
+        line = RunResult.of(run, status="ok", output=sweep.write_image(run.id, result.image), record=result.record)
     else:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        line |= {"status": "failed", "error": f"{type(error).__name__}: {message}"}
+        line = RunResult.of(run, status="failed", error=f"{type(error).__name__}: {message}")
     sweep.append_result(line)
     if on_result is not None:
         on_result(line)
