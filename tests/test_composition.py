@@ -139,7 +139,7 @@ def test_a_sweep_with_a_negative_image_equals_generate_and_its_baseline_keeps_th
     variants = [x for x in lines if x.kind == "variant"]
     [baseline] = [x for x in lines if x.kind == "baseline"]
     assert len(variants) == 2 and all(x.status == "ok" for x in lines)
-    assert "negative_image" not in baseline and baseline["record"]["conditioning"].get("negative") is None
+    assert baseline.negative_image is None and baseline.record["conditioning"].get("negative") is None
     for x in variants:
         assert x.negative_image == str(refs["b"]) and x.record["conditioning"]["negative"]["source"] == "reference"
     alpha = variants[1].settings["vl.alpha"]

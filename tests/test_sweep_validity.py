@@ -72,7 +72,7 @@ def test_steps_by_alphas_gives_two_baselines_each_variant_names_its_own(cli, zoo
     for row in block.cells:
         base, *vs = [c for c in row if c is not None and c.kind != "reference"]
         assert base.kind == "baseline" and all(by_id[c.run_id].baseline == base.run_id for c in vs)
-        assert base.caption == f"text only · steps={by_id[base.run_id]['settings']['generation.steps']}"
+        assert base.caption == f"text only · steps={by_id[base.run_id].settings['generation.steps']}"
 
 
 def test_every_non_conditioning_setting_reaches_the_baseline_and_nothing_else():
