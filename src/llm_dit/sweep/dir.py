@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +202,9 @@ class SweepDir:
         records = _read_object(self.path / self.SPEC).get("runs")
         runs = []
         for record in records if isinstance(records, list) else []:
-            try:
-                runs.append(Run.from_record(record if isinstance(record, dict) else {}))
-            except ValueError:
-                continue
+            if isinstance(record, dict):
+                with suppress(ValueError):  # not a run's record
+                    runs.append(Run.from_record(record))
         return runs
 
     def summary(self) -> dict[str, Any]:
