@@ -438,9 +438,9 @@ def test_train_adapter_cli_then_generate_and_sweep_with_it(cli, zoo, tmp_path):
         sweep,
     )
     assert r.code == 0, r.err
-    rows = [x for x in SweepDir(sweep).lines() if x["kind"] == "variant"]
-    assert sorted(str(x["settings"]["vl.adapter"]) for x in rows) == sorted(["None", str(out)])
-    assert sum("adapter" in x["record"]["conditioning"] for x in rows) == 1
+    rows = [x for x in SweepDir(sweep).lines() if x.kind == "variant"]
+    assert sorted(str(x.settings["vl.adapter"]) for x in rows) == sorted(["None", str(out)])
+    assert sum("adapter" in x.record["conditioning"] for x in rows) == 1
 
 
 def test_an_empty_caption_names_the_image_and_the_fix(cli, zoo, tmp_path, monkeypatch):

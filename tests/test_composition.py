@@ -90,11 +90,11 @@ def test_multi_reference_sweep_runs_one_vl_pass_per_unique_reference(cli, refs, 
     assert r.code == 0, r.err
     summary = json.loads((out / "sweep.json").read_text())
     assert summary["completed"] == 9 and summary["vl_forward_passes"] == 3 + 1  # three references and one probe
-    variants = [x for x in SweepDir(out).lines() if x["kind"] == "variant"]
-    assert {tuple(x["reference_weights"]) for x in variants} == {(0.5, 0.5), (1.5, -0.5)}
+    variants = [x for x in SweepDir(out).lines() if x.kind == "variant"]
+    assert {tuple(x.reference_weights) for x in variants} == {(0.5, 0.5), (1.5, -0.5)}
     for x in variants:
-        used = x["record"]["conditioning"]["references"]
-        assert [u["weight"] for u in used] == x["reference_weights"]
+        used = x.record["conditioning"]["references"]
+        assert [u["weight"] for u in used] == x.reference_weights
     assert Image.open(out / "grid.png").size[1] > 0
 
 
@@ -136,19 +136,17 @@ def test_a_sweep_with_a_negative_image_equals_generate_and_its_baseline_keeps_th
     r = cli("sweep", *base, "--negative-image", refs["b"], "--alphas", "0.3,0.6", "-o", out)
     assert r.code == 0, r.err
     lines = SweepDir(out).lines()
-    variants = [x for x in lines if x["kind"] == "variant"]
-    [baseline] = [x for x in lines if x["kind"] == "baseline"]
-    assert len(variants) == 2 and all(x["status"] == "ok" for x in lines)
-    assert "negative_image" not in baseline and baseline["record"]["conditioning"].get("negative") is None
+    variants = [x for x in lines if x.kind == "variant"]
+    [baseline] = [x for x in lines if x.kind == "baseline"]
+    assert len(variants) == 2 and all(x.status == "ok" for x in lines)
+    assert baseline.negative_image is None and baseline.record["conditioning"].get("negative") is None
     for x in variants:
-        assert (
-            x["negative_image"] == str(refs["b"]) and x["record"]["conditioning"]["negative"]["source"] == "reference"
-        )
-    alpha = variants[1]["settings"]["vl.alpha"]
+        assert x.negative_image == str(refs["b"]) and x.record["conditioning"]["negative"]["source"] == "reference"
+    alpha = variants[1].settings["vl.alpha"]
     single = tmp_path / "g.png"
     r = cli("generate", *base, "--negative-image", refs["b"], "--alpha", str(alpha), "-o", single)
     assert r.code == 0, r.err
-    assert rgb(single).tobytes() == rgb(out / variants[1]["output"]).tobytes()
+    assert rgb(single).tobytes() == rgb(out / variants[1].output).tobytes()
     plain = tmp_path / "plain.png"
     assert cli("generate", *base, "--alpha", str(alpha), "-o", plain).code == 0
     assert rgb(single).tobytes() != rgb(plain).tobytes()  # the negative image acted
@@ -248,12 +246,12 @@ def test_composability_preset_runs_and_reports_linearity(cli, refs, tmp_path):
     r = cli("sweep", *TINY, "--preset", "composability", "-p", "a fox", "-i", refs["a"], "-i", refs["b"], "-o", out)
     assert r.code == 0, r.err
     lines = SweepDir(out).lines()
-    assert len(lines) == 16 and all(x["status"] == "ok" for x in lines)  # baseline + 3 blends x (a, b, 3 weights)
-    sets = [x for x in lines if "+" in (x["image"] or "")]
+    assert len(lines) == 16 and all(x.status == "ok" for x in lines)  # baseline + 3 blends x (a, b, 3 weights)
+    sets = [x for x in lines if "+" in (x.image or "")]
     assert len(sets) == 9
     for x in sets:
-        c = x["record"]["conditioning"]["composition"]
-        if x["settings"]["vl.blend"] in ("interpolate", "adain_per_dim"):  # affine in what they combine, Σw = 1
+        c = x.record["conditioning"]["composition"]
+        if x.settings["vl.blend"] in ("interpolate", "adain_per_dim"):  # affine in what they combine, Σw = 1
             assert c["residual"] < 1e-5 and c["cosine"] > 0.99999
         else:  # slerp: spherical, not linear
             assert c["residual"] > 1e-3
@@ -289,10 +287,10 @@ def test_sweep_runs_on_style_files_with_a_shared_baseline(cli, refs, tmp_path):
     )
     assert r.code == 0, r.err
     lines = SweepDir(out).lines()
-    variants = [x for x in lines if x["kind"] == "variant"]
-    assert len(lines) == 3 and len(variants) == 2 and all(x["status"] == "ok" for x in lines)
+    variants = [x for x in lines if x.kind == "variant"]
+    assert len(lines) == 3 and len(variants) == 2 and all(x.status == "ok" for x in lines)
     for x in variants:
-        assert x["style"] == [f"{style}:0.5"] and x["record"]["conditioning"]["styles"][0]["scale"] == 0.5
+        assert x.style == [f"{style}:0.5"] and x.record["conditioning"]["styles"][0]["scale"] == 0.5
     r = cli("sweep", *TINY, "-p", "x", "-i", refs["a"], "--style", style, "--dry-run")
     assert r.code == 2 and "instead of 'images'" in r.err
 

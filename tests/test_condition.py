@@ -65,7 +65,7 @@ def test_strength_sweep_values_each_skip_a_step_at_its_steps():
     from llm_dit.sweep.spec import SweepSpec, expand, resolve_spec, run_config
 
     spec = resolve_spec(SweepSpec(prompts=["a"], images=["x.png"]), "strength_sweep", {}, {})
-    configs = [run_config(Config(), r).generation for r in expand(spec) if r["kind"] == "variant"]
+    configs = [run_config(Config(), r).generation for r in expand(spec) if r.kind == "variant"]
     assert len(configs) == 4 and all(denoising_steps(g, True) < g.steps for g in configs)
 
 

@@ -82,22 +82,22 @@ def test_ray_resume_reruns_lost_lines_and_failed_runs_with_identical_images(cli,
         m.setattr(runner, "render_batch", render_batch)
         assert cli("sweep", *args, "-o", out).code == 3
     before = results(out)
-    assert [x["status"] for x in before] == ["ok", "ok", "failed"]  # baseline, interpolate, slerp
-    old = pixels(out / before[1]["output"])
+    assert [x.status for x in before] == ["ok", "ok", "failed"]  # baseline, interpolate, slerp
+    old = pixels(out / before[1].output)
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
     (out / "results.jsonl").write_text(lines[0] + lines[2])  # the interpolate run's line lost
-    (out / before[1]["output"]).unlink()
+    (out / before[1].output).unlink()
 
     r = cli("sweep", *args, "-o", out, "--resume", "--executor", "ray")
     assert r.code == 0, r.err
     assert not ray.is_initialized()  # the instance the executor started is gone
-    after = {x["id"]: x for x in SweepDir(out).runs()}
-    assert set(after) == {x["id"] for x in before} and all(x["status"] == "ok" for x in after.values())
-    assert after[before[0]["id"]] == before[0]
-    assert after[before[2]["id"]]["record"]["settings"]["vl.blend"] == "slerp"  # the failed run, retried
-    lost = after[before[1]["id"]]
-    assert lost["record"]["settings"] == before[1]["record"]["settings"]
-    assert np.abs(pixels(out / lost["output"]) - old).max() <= 1
+    after = {x.id: x for x in SweepDir(out).runs()}
+    assert set(after) == {x.id for x in before} and all(x.status == "ok" for x in after.values())
+    assert after[before[0].id] == before[0]
+    assert after[before[2].id].record["settings"]["vl.blend"] == "slerp"  # the failed run, retried
+    lost = after[before[1].id]
+    assert lost.record["settings"] == before[1].record["settings"]
+    assert np.abs(pixels(out / lost.output) - old).max() <= 1
     summary = json.loads((out / "sweep.json").read_text())
     assert (summary["executor"], summary["ran_now"], summary["completed"], summary["failed"]) == ("ray", 2, 3, 0)
     assert summary["vl_forward_passes"] == summary["text_forward_passes"] == 0  # the local sweep cached them
@@ -116,13 +116,13 @@ def test_two_ray_workers_match_the_local_executor_and_share_one_cache(cli, zoo, 
     assert cli("sweep", *args, "-o", tmp_path / "local").code == 0
 
     remote, local = results(tmp_path / "ray"), results(tmp_path / "local")
-    ids = [x["id"] for x in remote]
-    assert len(ids) == len(set(ids)) == 3 and set(ids) == {x["id"] for x in local}
-    assert all(x["status"] == "ok" for x in remote)
-    by_id = {x["id"]: x for x in local}
+    ids = [x.id for x in remote]
+    assert len(ids) == len(set(ids)) == 3 and set(ids) == {x.id for x in local}
+    assert all(x.status == "ok" for x in remote)
+    by_id = {x.id: x for x in local}
     for x in remote:
-        assert x["record"]["settings"] == by_id[x["id"]]["record"]["settings"]
-        diff = pixels(tmp_path / "ray" / x["output"]) - pixels(tmp_path / "local" / by_id[x["id"]]["output"])
+        assert x.record["settings"] == by_id[x.id].record["settings"]
+        diff = pixels(tmp_path / "ray" / x.output) - pixels(tmp_path / "local" / by_id[x.id].output)
         assert np.abs(diff).max() <= 1
     on_ray = json.loads((tmp_path / "ray" / "sweep.json").read_text())
     on_local = json.loads((tmp_path / "local" / "sweep.json").read_text())

@@ -178,7 +178,7 @@ def test_each_method_on_each_cell_is_one_listed_run_and_text_runs_are_shared():
     captions = {r.hash: f"style of {r.name}" for r in suite.references}
     runs = expand(eval_spec(suite, methods, captions))
     # text runs of a (prompt, seed) are shared by both references: 4 cells x 4 methods - 2 shared text runs
-    assert len(runs) == 14 == len({r["id"] for r in runs})
+    assert len(runs) == 14 == len({r.id for r in runs})
     cell = suite.cells()[0]
     by = {m.kind: method_run(m, cell, captions[cell.reference.hash]) for m in methods}
     assert by["text"].image is None and by["text"].init_image is None and by["text"].prompt == cell.prompt
@@ -363,13 +363,13 @@ def test_eval_resumes_after_sigkill_without_redoing_finished_runs(cli, zoo, tmp_
     args += [*TINY, "--method", "vl:alpha=0.3,0.6", "-o", str(out)]
     killed = subprocess.run([*signalling_cli("SIGKILL", "append_result", 2), *args], capture_output=True, check=False)
     assert killed.returncode == -9
-    done = {r["id"]: r["output"] for r in SweepDir(out / RUNS).lines()}
+    done = {r.id: r.output for r in SweepDir(out / RUNS).lines()}
     assert len(done) == 2 and not (out / EVAL).exists()  # killed mid-sweep, before scoring
     stamps = {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()}
     finished = cli(*args, "--resume")  # in this process: only the killed half needs a process of its own
     assert finished.code == 0, finished.err
     lines = SweepDir(out / RUNS).lines()
-    assert len(lines) == len({r["id"] for r in lines}) == 12  # 3 cells x (text, caption, 2 vl): nothing run twice
+    assert len(lines) == len({r.id for r in lines}) == 12  # 3 cells x (text, caption, 2 vl): nothing run twice
     assert {i: (out / RUNS / p).stat().st_mtime_ns for i, p in done.items()} == stamps  # not written again
     data = load_eval(out).data
     assert data["sweep"]["ran_now"] == 12 - len(done) and all(r["status"] == "ok" for r in data["runs"])
@@ -404,8 +404,8 @@ def test_a_steering_method_with_model_free_metrics_only(zoo, tmp_path):
     data = result.data
     steer = next(r for r in data["runs"] if r["method"] == "steer")
     assert steer["status"] == "ok" and "dino_kept" not in steer["metrics"] and "ssim_to_baseline" in steer["metrics"]
-    record = next(r for r in SweepDir(tmp_path / "e" / RUNS).runs() if r["label"] == "steer")
-    assert record["steer"] == str(direction) and record["image"] is None
+    record = next(r for r in SweepDir(tmp_path / "e" / RUNS).runs() if r.label == "steer")
+    assert record.steer == str(direction) and record.image is None
     assert data["primary"]["style"] == "color_hist_similarity" and data["primary"]["adherence"] is None
     assert data["primary"]["style_fallback"].startswith("color_hist_similarity is a fallback style metric (colour")
     # one reference: means, no verdict and no rank (comparison.single_level_factor)

@@ -21,6 +21,7 @@ from llm_dit.core.errors import UserError
 from llm_dit.experiment.run import checked_plan, run_experiment, run_sweep
 from llm_dit.sweep import spec as sweep_module
 from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.run import Run, RunResult
 from llm_dit.sweep.runner import RunOptions, Session
 from llm_dit.sweep.spec import SweepSpec, resolve_spec
 
@@ -110,18 +111,21 @@ def test_a_sweep_holding_the_directory_in_another_process_locks_out_a_second_one
 
 def test_reading_results_skips_torn_lines_and_the_last_record_of_an_id_wins(tmp_path):
     sweep = SweepDir(tmp_path)
-    sweep.append_result({"id": "a", "status": "failed"})
-    sweep.append_result({"id": "b", "status": "ok"})
-    sweep.append_result({"id": "a", "status": "ok"})
+    a, b, c = (Run(prompt=p) for p in "abc")
+    sweep.append_result(RunResult.of(a, status="failed", error="RuntimeError: boom"))
+    sweep.append_result(RunResult.of(b, status="ok", output=f"images/{b.id}.png"))
+    sweep.append_result(RunResult.of(a, status="ok", output=f"images/{a.id}.png"))
     with (tmp_path / "results.jsonl").open("a") as f:
+        f.write('{"id": "x", "status": "ok"}\n')  # not a result: no prompt
         f.write('{"id": "c", "sta')  # a crash mid-write
-    assert [(r["id"], r["status"]) for r in sweep.runs()] == [("a", "ok"), ("b", "ok")]
-    assert [r["id"] for r in sweep.lines()] == ["a", "b", "a"] and sweep.done() == {"a", "b"}
+    assert [(r.id, r.status) for r in sweep.runs()] == [(a.id, "ok"), (b.id, "ok")]
+    assert [r.id for r in sweep.lines()] == [a.id, b.id, a.id] and sweep.done() == {a.id, b.id}
     (tmp_path / ".x.png.1.tmp").write_bytes(b"half")
     with sweep.writing(resume=True):  # repairs: the torn line is cut, temp files go
-        sweep.append_result({"id": "c", "status": "ok"})
-    assert (tmp_path / "results.jsonl").read_text().splitlines()[-1] == '{"id": "c", "status": "ok"}'
-    assert not list(tmp_path.glob("*.tmp")) and sweep.done() == {"a", "b", "c"}
+        sweep.append_result(last := RunResult.of(c, status="ok", output=f"images/{c.id}.png"))
+    assert json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1]) == last.as_record()
+    assert sweep.lines()[-1] == last
+    assert not list(tmp_path.glob("*.tmp")) and sweep.done() == {a.id, b.id, c.id}
     assert sweep.summary() == {} and sweep.metrics() == {}  # absent: empty, not an error
 
 
@@ -149,14 +153,14 @@ def test_the_plan_resolves_each_run_config_once(zoo, tmp_path, monkeypatch):
     resolve = sweep_module.run_config
 
     def counted(base, run):
-        calls.append(run["id"])
+        calls.append(run.id)
         return resolve(base, run)
 
     monkeypatch.setattr(sweep_module, "run_config", counted)
     spec = small_spec(**{"vl.alpha": [0.3, 0.6]})
     summary = run_sweep(tiny_config(zoo), spec, tmp_path / "s", session=Session(cache=TensorCache(tmp_path / "cache")))
     assert summary["completed"] == summary["runs"] == 3
-    assert sorted(calls) == sorted(r["id"] for r in SweepDir(tmp_path / "s").runs())
+    assert sorted(calls) == sorted(r.id for r in SweepDir(tmp_path / "s").runs())
 
 
 def counted(monkeypatch, function) -> list[tuple]:
@@ -242,7 +246,7 @@ def test_an_eval_swaps_in_its_captions_without_checking_again(zoo, monkeypatch):
 def test_run_experiment_writes_what_the_cli_sweep_writes(cli, zoo, tmp_path, monkeypatch):
     """One API call runs, scores and reports a sweep: its summary, results, images, metrics, grid and report are the
     ones `llm-dit sweep` writes for the same sweep (each with a fresh tensor cache, so the counts compare)."""
-    seen: list[dict] = []
+    seen: list[RunResult] = []
     models = {"models.zimage": str(zoo / "zimage"), "models.vl": str(zoo / "qwen3-vl")}
     api = run_experiment(
         load_config(overrides=models),
@@ -271,13 +275,14 @@ def test_run_experiment_writes_what_the_cli_sweep_writes(cli, zoo, tmp_path, mon
     assert api.summary["completed"] == 3 and api.summary["vl_forward_passes"] == 2
 
     def lines(sweep: SweepDir) -> list[dict]:
-        return [{**x, "record": {**x["record"], "timings_s": None}} for x in sweep.lines()]
+        return [x.as_record() | {"record": {**(x.record or {}), "timings_s": None}} for x in sweep.lines()]
 
-    assert json.loads(json.dumps(seen, default=str)) == api_dir.lines()  # each line as it was written
+    written = json.loads(json.dumps([x.as_record() for x in seen], default=str))
+    assert written == [x.as_record() for x in api_dir.lines()]  # each line as it was written
     assert lines(api_dir) == lines(cli_dir)
     for x in api_dir.lines():
-        a = np.asarray(Image.open(api_dir.path / x["output"])).astype(int)
-        b = np.asarray(Image.open(cli_dir.path / x["output"])).astype(int)
+        a = np.asarray(Image.open(api_dir.path / str(x.output))).astype(int)
+        b = np.asarray(Image.open(cli_dir.path / str(x.output))).astype(int)
         assert np.abs(a - b).max() <= 1
     assert api.metrics == api_dir.metrics() == cli_dir.metrics() and len(api.metrics) == 3
     assert Image.open(api.grid).size == Image.open(cli_dir.grid).size

@@ -69,9 +69,9 @@ def test_a_sweep_records_a_non_finite_run_as_failed(cli, zoo, tmp_path):
     r = cli("sweep", *models(zoo, broken), "-p", "a fox", "--seeds", "0,1", "--batch-size", "2", *SIZE, "-o", out)
     assert r.code == 3, (r.code, r.err)
     runs = SweepDir(out).runs()
-    assert len(runs) == 2 and all(x["status"] == "failed" for x in runs), runs
-    assert all("the DiT produced non-finite latents" in x["error"] for x in runs)
-    assert not any("output" in x for x in runs) and not list((out / SweepDir.IMAGES).glob("*.png"))
+    assert len(runs) == 2 and all(x.status == "failed" for x in runs), runs
+    assert all("the DiT produced non-finite latents" in x.error for x in runs)
+    assert all(x.output is None for x in runs) and not list((out / SweepDir.IMAGES).glob("*.png"))
 
 
 def test_only_the_run_that_goes_non_finite_fails_in_a_shared_call(cli, zoo, tmp_path, monkeypatch):
@@ -93,9 +93,9 @@ def test_only_the_run_that_goes_non_finite_fails_in_a_shared_call(cli, zoo, tmp_
     out = tmp_path / "s"
     r = cli("sweep", "--models", "tiny", "-p", "a fox", "-p", long, "--batch-size", "2", *SIZE, "-o", out)
     assert r.code == 3, (r.code, r.err)
-    runs = {x["prompt"]: x for x in SweepDir(out).runs()}
-    assert runs["a fox"]["status"] == "ok" and (out / runs["a fox"]["output"]).is_file()
-    assert runs[long]["status"] == "failed" and "non-finite latents" in runs[long]["error"]
+    runs = {x.prompt: x for x in SweepDir(out).runs()}
+    assert runs["a fox"].status == "ok" and (out / runs["a fox"].output).is_file()
+    assert runs[long].status == "failed" and "non-finite latents" in runs[long].error
     alone = tmp_path / "alone.png"
     assert cli("generate", "--models", "tiny", "-p", "a fox", *SIZE, "-o", alone).code == 0
-    assert (out / runs["a fox"]["output"]).read_bytes() == alone.read_bytes()
+    assert (out / runs["a fox"].output).read_bytes() == alone.read_bytes()

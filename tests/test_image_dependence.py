@@ -346,8 +346,8 @@ def test_sweep_plans_one_probe_per_size_and_records_the_check(cli, zoo, tmp_path
     assert summary["vl_forward_passes"] == 3 and summary["plan"]["probe_extractions"] == 1
     rows = SweepDir(out).lines()
     for x in rows:
-        dep = x["record"]["image_dependence"]
-        if x["kind"] == "variant":
+        dep = x.record["image_dependence"]
+        if x.kind == "variant":
             assert dep["checked"] is True and dep["image_free"] is False and dep["relative_change"] > 0
         else:
             assert dep["checked"] is False
@@ -470,7 +470,7 @@ def test_a_sweep_flags_its_tiny_alpha_run_only(cli, zoo, tmp_path):
     out = tmp_path / "s"
     r = cli("sweep", "--alphas", "0.0001,0.3", "-i", REF, "-p", "a tower", *TINY, "-o", out)
     assert r.code == 0, r.err
-    flags = {x["settings"]["vl.alpha"]: image_free(x) for x in SweepDir(out).lines() if x["kind"] == "variant"}
+    flags = {x.settings["vl.alpha"]: image_free(x) for x in SweepDir(out).lines() if x.kind == "variant"}
     assert flags == {0.0001: True, 0.3: False}
 
 

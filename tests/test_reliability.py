@@ -259,7 +259,7 @@ def test_sweep_output_names_cannot_escape_the_directory(cli, zoo, tmp_path):
 def _ids(out: Path) -> set[str]:
     from llm_dit.sweep.dir import SweepDir
 
-    return {r["id"] for r in SweepDir(out).lines()}
+    return {r.id for r in SweepDir(out).lines()}
 
 
 def test_every_row_of_the_reliability_doc_names_an_existing_test():

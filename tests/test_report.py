@@ -7,6 +7,7 @@ colour per run, so a run's thumbnail can be found in grid.png by its colour. No 
 from __future__ import annotations
 
 import colorsys
+import hashlib
 import html
 import itertools
 import json
@@ -31,7 +32,8 @@ from llm_dit.report.sweep_report import (
     write_report,
 )
 from llm_dit.sweep.dir import SweepDir
-from llm_dit.sweep.spec import PRESETS, SweepSpec, expand, run_id
+from llm_dit.sweep.run import Run, RunResult
+from llm_dit.sweep.spec import PRESETS, SweepSpec, expand
 
 DEFAULTS = {
     "generation.steps": 8,
@@ -63,32 +65,30 @@ def make_reference(root: Path, name: str = "ref&co.png", color: tuple[int, int, 
     return path
 
 
-def spec_runs(preset: dict[str, Any] | None = None, **spec: Any) -> list[dict[str, Any]]:
+def spec_runs(preset: dict[str, Any] | None = None, **spec: Any) -> list[Run]:
     """Runs of a sweep spec (a preset's fields plus overrides), as `expand` makes them."""
     fields = {k: v for k, v in (preset or {}).items() if k in SweepSpec.model_fields}
     spec.setdefault("prompts", ["a red fox"])
     return expand(SweepSpec(**{**fields, **spec}))
 
 
-def manual_run(settings: dict[str, Any], label: str, *, salt: str, image: str | None = None) -> dict[str, Any]:
-    """A hand-made variant run (for layouts `expand` cannot produce, e.g. two runs with equal settings)."""
-    run = {
-        "prompt": "a red fox",
-        "image": image,
-        "init_image": None,
-        "kind": "variant",
-        "label": label,
-        "settings": {"generation.seed": 0, **settings},
-        "salt": salt,
-    }
-    run["id"] = run_id(run)
-    del run["salt"]
-    return run
+def manual_run(
+    settings: dict[str, Any], label: str, *, salt: str, image: str | None = None, prompt: str = "a red fox"
+) -> Run:
+    """A hand-made variant run (for layouts `expand` cannot produce, e.g. two runs with equal settings): `salt`
+    gives it an id of its own, as a record written by hand would have."""
+    run = Run(prompt=prompt, image=image, label=label, settings={"generation.seed": 0, **settings})
+    return Run.from_record(run.as_record() | {"id": hashlib.sha256((run.id + salt).encode()).hexdigest()[:12]})
+
+
+def done(runs: list[Run]) -> list[RunResult]:
+    """The runs as finished, each with its image (what the grid lays out); a result stays as it is."""
+    return [r if isinstance(r, RunResult) else RunResult.of(r, status="ok", output=f"images/{r.id}.png") for r in runs]
 
 
 def finish(
     sweep_dir: Path,
-    runs: list[dict[str, Any]],
+    runs: list[Run],
     *,
     failed: dict[str, str] | None = None,
     metrics: dict[str, dict[str, float]] | None = None,
@@ -97,23 +97,22 @@ def finish(
     """Write a finished sweep directory for `runs`: images, results.jsonl, metrics.json, sweep.json.
     Returns each run's image colour."""
     failed = failed or {}
-    colors = dict(zip((r["id"] for r in runs), palette(len(runs)), strict=True))
+    colors = dict(zip((r.id for r in runs), palette(len(runs)), strict=True))
     (sweep_dir / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for run in runs:
-        rec = {**run, "status": "failed" if run["id"] in failed else "ok"}
-        if run["id"] in failed:
-            rec["error"] = failed[run["id"]]
+        if run.id in failed:
+            result = RunResult.of(run, status="failed", error=failed[run.id])
         else:
-            rec["output"] = f"images/{run['id']}.png"
-            Image.new("RGB", IMAGE_SIZE, colors[run["id"]]).save(sweep_dir / rec["output"])
-            rec["record"] = {
-                "prompt": run["prompt"],
-                "settings": {**DEFAULTS, **run["settings"]},
-                "conditioning": {"source": "reference" if run["kind"] == "variant" else "text", "caption_rows": 17},
+            record = {
+                "prompt": run.prompt,
+                "settings": {**DEFAULTS, **run.settings},
+                "conditioning": {"source": "reference" if run.kind == "variant" else "text", "caption_rows": 17},
                 "timings_s": {"condition": 0.1, "denoise": 1.5},
             }
-        lines.append(json.dumps(rec))
+            result = RunResult.of(run, status="ok", output=f"images/{run.id}.png", record=record)
+            Image.new("RGB", IMAGE_SIZE, colors[run.id]).save(sweep_dir / str(result.output))
+        lines.append(json.dumps(result.as_record()))
     (sweep_dir / "results.jsonl").write_text("\n".join(lines) + "\n")
     if metrics is not None:
         (sweep_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -123,8 +122,8 @@ def finish(
     return colors
 
 
-def only_block(runs: list[dict[str, Any]]):
-    grid = grid_layout(runs)
+def only_block(runs: list[Run]):
+    grid = grid_layout(done(runs))
     assert len(grid.blocks) == 1
     return grid, grid.blocks[0]
 
@@ -133,12 +132,12 @@ def cell_ids(block) -> list[list[str | None]]:
     return [[None if c is None else (c.run_id or "REF") for c in row] for row in block.cells]
 
 
-def variants(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in runs if r["kind"] == "variant"]
+def variants(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.kind == "variant"]
 
 
-def baseline(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    (b,) = [r for r in runs if r["kind"] == "baseline"]
+def baseline(runs: list[Run]) -> Run:
+    (b,) = [r for r in runs if r.kind == "baseline"]
     return b
 
 
@@ -151,7 +150,7 @@ def test_no_varying_key_is_one_row_with_reference_and_baseline(tmp_path: Path) -
     assert grid.keys == []
     assert block.layout == "row"
     assert block.col_headers[:2] == ["reference", "baseline"]
-    assert cell_ids(block) == [["REF", baseline(runs)["id"], variants(runs)[0]["id"]]]
+    assert cell_ids(block) == [["REF", baseline(runs).id, variants(runs)[0].id]]
     assert block.cells[0][0].kind == "reference" and block.cells[0][0].caption == "ref&co.png"
 
 
@@ -159,7 +158,7 @@ def test_no_varying_key_keeps_run_order(tmp_path: Path) -> None:
     runs = [manual_run({"vl.alpha": 0.5}, f"take {i}", salt=str(i)) for i in range(3)]
     _, block = only_block(runs)
     assert block.layout == "row"
-    assert cell_ids(block) == [[r["id"] for r in runs]]  # no reference, no baseline column
+    assert cell_ids(block) == [[r.id for r in runs]]  # no reference, no baseline column
     assert "reference" not in block.col_headers and "baseline" not in block.col_headers
 
 
@@ -169,8 +168,8 @@ def test_one_key_is_one_row_with_a_column_per_value(tmp_path: Path) -> None:
     assert grid.keys == ["vl.alpha"]
     assert block.layout == "columns"
     assert block.col_headers == ["reference", "baseline", *(f"alpha={a}" for a in [0.1, 0.3, 0.5, 0.7, 1.0])]
-    by_alpha = {r["settings"]["vl.alpha"]: r["id"] for r in variants(runs)}
-    assert cell_ids(block) == [["REF", baseline(runs)["id"], *(by_alpha[a] for a in [0.1, 0.3, 0.5, 0.7, 1.0])]]
+    by_alpha = {r.settings["vl.alpha"]: r.id for r in variants(runs)}
+    assert cell_ids(block) == [["REF", baseline(runs).id, *(by_alpha[a] for a in [0.1, 0.3, 0.5, 0.7, 1.0])]]
 
 
 def test_axis_values_keep_the_asked_order_whatever_the_run_order(tmp_path: Path) -> None:
@@ -193,7 +192,7 @@ def test_a_partial_sweeps_report_says_how_many_runs_were_planned(tmp_path: Path)
     """Before: the report counted only the runs in results.jsonl (`4 (3 ok, 1 failed)`), not the 8 planned."""
     runs = spec_runs(axes={"vl.alpha": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}, baseline=False)
     SweepDir(tmp_path).write_spec({}, {}, runs)
-    finish(tmp_path, runs[:4], failed={runs[3]["id"]: "RuntimeError: out of memory"})
+    finish(tmp_path, runs[:4], failed={runs[3].id: "RuntimeError: out of memory"})
     write_report(tmp_path)
     assert "3 of 8 runs done; 1 failed; 4 not run" in (tmp_path / "report.html").read_text()
 
@@ -204,7 +203,7 @@ def test_outlier_preset_gives_five_distinct_cells_in_one_row(tmp_path: Path) -> 
     assert grid.keys == ["vl.outlier_masking"]
     assert len(block.cells) == 1
     row = block.cells[0][2:]
-    assert [c.run_id for c in row] == [r["id"] for r in variants(runs)]
+    assert [c.run_id for c in row] == [r.id for r in variants(runs)]
     assert len({c.run_id for c in row}) == 5
     assert block.col_headers[2:] == [f"outlier_masking={m}" for m in ["none", "zero", "clamp", "scale", "reference"]]
 
@@ -218,9 +217,9 @@ def test_two_keys_rows_by_first_columns_by_last(tmp_path: Path) -> None:
     assert block.col_headers == ["alpha=0.3", "alpha=0.5"]
     pos = block.positions()
     for run in runs:
-        r = ["interpolate", "adain", "adain_per_dim", "slerp"].index(run["settings"]["vl.blend"])
-        c = [0.3, 0.5].index(run["settings"]["vl.alpha"])
-        assert pos[run["id"]] == (r, c)
+        r = ["interpolate", "adain", "adain_per_dim", "slerp"].index(run.settings["vl.blend"])
+        c = [0.3, 0.5].index(run.settings["vl.alpha"])
+        assert pos[run.id] == (r, c)
 
 
 def test_three_keys_rows_are_combinations_of_all_but_the_last(tmp_path: Path) -> None:
@@ -238,18 +237,18 @@ def test_three_keys_rows_are_combinations_of_all_but_the_last(tmp_path: Path) ->
     assert block.col_headers == ["reference", "baseline", "alpha=0.3", "alpha=0.6"]
     assert len(block.cells) == 4 and all(len(row) == 4 for row in block.cells)
     # reference and baseline only in the first row; every run exactly once
-    assert cell_ids(block)[0][:2] == ["REF", baseline(runs)["id"]]
+    assert cell_ids(block)[0][:2] == ["REF", baseline(runs).id]
     assert all(row[:2] == [None, None] for row in cell_ids(block)[1:])
-    assert sorted(c.run_id for c in grid.run_cells()) == sorted(r["id"] for r in runs)
+    assert sorted(c.run_id for c in grid.run_cells()) == sorted(r.id for r in runs)
     pos = block.positions()
     run = next(
         r
         for r in runs
-        if r["settings"].get("vl.alpha") == 0.6
-        and r["settings"]["vl.hidden_layer"] == -2
-        and r["settings"]["vl.token_mode"] == "image_only"
+        if r.settings.get("vl.alpha") == 0.6
+        and r.settings["vl.hidden_layer"] == -2
+        and r.settings["vl.token_mode"] == "image_only"
     )
-    assert pos[run["id"]] == (1, 3)
+    assert pos[run.id] == (1, 3)
 
 
 def test_colliding_runs_fall_back_to_one_row_of_distinct_cells() -> None:
@@ -262,8 +261,8 @@ def test_colliding_runs_fall_back_to_one_row_of_distinct_cells() -> None:
     assert grid.keys == ["vl.alpha"]  # alpha varies, yet two runs would share the alpha=0.3 cell
     assert block.layout == "row"
     ids = [c.run_id for c in grid.run_cells()]
-    assert sorted(ids) == sorted(r["id"] for r in runs) and len(set(ids)) == len(runs)
-    assert cell_ids(block) == [[r["id"] for r in runs]]
+    assert sorted(ids) == sorted(r.id for r in runs) and len(set(ids)) == len(runs)
+    assert cell_ids(block) == [[r.id for r in runs]]
 
 
 def test_sparse_variant_list_falls_back_to_one_row() -> None:
@@ -271,12 +270,12 @@ def test_sparse_variant_list_falls_back_to_one_row() -> None:
     grid, block = only_block(runs)
     assert len(grid.keys) >= 2
     assert block.layout == "row"
-    assert cell_ids(block) == [["REF", baseline(runs)["id"], *(r["id"] for r in variants(runs))]]
+    assert cell_ids(block) == [["REF", baseline(runs).id, *(r.id for r in variants(runs))]]
 
 
 def test_blocks_per_prompt_image_seed_and_seed_is_not_an_axis(tmp_path: Path) -> None:
     runs = spec_runs(PRESETS["alpha"], prompts=["a fox", "a cat"], images=["r1.png", "r2.png"], seeds=[0, 7])
-    grid = grid_layout(runs)
+    grid = grid_layout(done(runs))
     assert len(grid.blocks) == 8
     assert grid.keys == ["vl.alpha"]
     assert {(b.prompt, b.image, b.seed) for b in grid.blocks} == {
@@ -288,23 +287,23 @@ def test_blocks_per_prompt_image_seed_and_seed_is_not_an_axis(tmp_path: Path) ->
     # every variant exactly once; a text-only baseline does not depend on the reference image, so the two image
     # blocks of one prompt and seed show the same baseline, the one their variants name
     ids = [c.run_id for c in grid.run_cells() if c.kind == "variant"]
-    assert sorted(ids) == sorted(r["id"] for r in variants(runs)) and len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(r.id for r in variants(runs)) and len(ids) == len(set(ids))
     shown = [c.run_id for c in grid.run_cells() if c.kind == "baseline"]
     assert len(shown) == 8 and len(set(shown)) == 4 and all(shown.count(b) == 2 for b in shown)
-    by_id = {r["id"]: r for r in runs}
+    by_id = {r.id: r for r in runs}
     for block in grid.blocks:
         base, *rest = [c.run_id for c in block.cells[0][1:]]
-        assert all(by_id[v]["baseline"] == base for v in rest)
+        assert all(by_id[v].baseline == base for v in rest)
 
 
 def test_failed_run_cell_carries_its_error(tmp_path: Path) -> None:
     runs = spec_runs(PRESETS["alpha"])
     bad = runs[2]
-    finish(tmp_path, runs, failed={bad["id"]: "CUDA out of memory <oops>"})
+    finish(tmp_path, runs, failed={bad.id: "CUDA out of memory <oops>"})
     grid, _ = only_block(SweepDir(tmp_path).runs())
-    cell = next(c for c in grid.run_cells() if c.run_id == bad["id"])
+    cell = next(c for c in grid.run_cells() if c.run_id == bad.id)
     assert cell.error == "CUDA out of memory <oops>" and cell.image is None
-    assert all(c.error is None for c in grid.run_cells() if c.run_id != bad["id"])
+    assert all(c.error is None for c in grid.run_cells() if c.run_id != bad.id)
 
 
 # ---------------------------------------------------------------------------------------------------- grid.png
@@ -357,17 +356,17 @@ def test_grid_png_shows_failed_run_and_headers(tmp_path: Path) -> None:
     runs = spec_runs(PRESETS["outlier"])
     failed = variants(runs)[1]
     sweep = tmp_path / "sweep"
-    colors = finish(sweep, runs, failed={failed["id"]: "boom"})
+    colors = finish(sweep, runs, failed={failed.id: "boom"})
     image = render_grid(sweep, SweepDir(sweep).runs(), thumb=THUMB)
     arr = np.asarray(image)
     for rid, color in colors.items():
-        if rid != failed["id"]:
+        if rid != failed.id:
             find_color(arr, color)
     with pytest.raises(AssertionError):
-        find_color(arr, colors[failed["id"]])
+        find_color(arr, colors[failed.id])
     pink = find_color(arr, (253, 226, 226), tol=0)  # the failure cell's fill
     assert pink[4] > THUMB * THUMB // 2
-    header_band = arr[: find_color(arr, colors[variants(runs)[0]["id"]])[1]]
+    header_band = arr[: find_color(arr, colors[variants(runs)[0].id])[1]]
     assert (header_band < 128).all(axis=2).sum() > 200  # dark text: title and column headers above the cells
 
 
@@ -397,15 +396,15 @@ def evil_sweep(tmp_path: Path) -> tuple[Path, list[dict[str, Any]], dict[str, An
     failed = variants(runs)[0]
     v = [r for r in variants(runs) if r is not failed]
     metrics = {
-        baseline(runs)["id"]: {"ssim_to_baseline": 1.0, "grid_artifact_score": -5.0, "color_hist_similarity": 0.99},
-        v[0]["id"]: {"ssim_to_baseline": 0.5, "grid_artifact_score": 2.0, "high_frequency_energy": 0.2},
-        v[1]["id"]: {"ssim_to_baseline": 0.9, "grid_artifact_score": 10.5, "high_frequency_energy": 0.9},
-        v[2]["id"]: {"ssim_to_baseline": 0.7, "grid_artifact_score": 0.15, "color_hist_similarity": 0.4},
-        v[3]["id"]: {"ssim_to_baseline": 0.2, "grid_artifact_score": 0.9, "color_hist_similarity": 0.6},
-        failed["id"]: {"ssim_to_baseline": 0.95},  # stale metric of a failed run: never "best"
+        baseline(runs).id: {"ssim_to_baseline": 1.0, "grid_artifact_score": -5.0, "color_hist_similarity": 0.99},
+        v[0].id: {"ssim_to_baseline": 0.5, "grid_artifact_score": 2.0, "high_frequency_energy": 0.2},
+        v[1].id: {"ssim_to_baseline": 0.9, "grid_artifact_score": 10.5, "high_frequency_energy": 0.9},
+        v[2].id: {"ssim_to_baseline": 0.7, "grid_artifact_score": 0.15, "color_hist_similarity": 0.4},
+        v[3].id: {"ssim_to_baseline": 0.2, "grid_artifact_score": 0.9, "color_hist_similarity": 0.6},
+        failed.id: {"ssim_to_baseline": 0.95},  # stale metric of a failed run: never "best"
     }
     sweep = tmp_path / "sweep"
-    finish(sweep, runs, failed={failed["id"]: "RuntimeError: <bad> & worse"}, metrics=metrics)
+    finish(sweep, runs, failed={failed.id: "RuntimeError: <bad> & worse"}, metrics=metrics)
     return sweep, runs, {"failed": failed, "v": v}
 
 
@@ -420,13 +419,13 @@ def test_report_is_offline_escaped_and_complete(tmp_path: Path) -> None:
     assert "ref&co.png" not in text and "ref&amp;co.png" in text
     assert "<bad>" not in text and html.escape("RuntimeError: <bad> & worse") in text
     for run in runs:
-        assert run["id"] in text
-        assert f'id="run-{run["id"]}"' in text  # a <details> per run
+        assert run.id in text
+        assert f'id="run-{run.id}"' in text  # a <details> per run
     assert text.count("<details") == len(runs)
     assert 'src="grid.png"' in text
     for run in runs:
         if run is not info["failed"]:
-            assert f'src="images/{run["id"]}.png"' in text  # run images by relative path
+            assert f'src="images/{run.id}.png"' in text  # run images by relative path
     assert "data:image/jpeg;base64," in text  # the reference, which lives outside the sweep dir, is embedded
     assert "test-sweep" in text and "wall_time_s" in text  # sweep.json summary
     # resolved settings (from record.settings) in the details
@@ -454,7 +453,7 @@ def test_report_best_run_per_metric_excludes_baselines_and_undirected(tmp_path: 
     best = dict(re.findall(r'<tr class="best" data-metric="([^"]+)" data-run="([^"]+)"', text))
     v = info["v"]
     # only the ranked kind (a defect): style and content trade off, so neither is ranked
-    assert best == {"grid_artifact_score": v[2]["id"]}  # lower is better: 0.15 (baseline -5.0 excluded)
+    assert best == {"grid_artifact_score": v[2].id}  # lower is better: 0.15 (baseline -5.0 excluded)
     assert re.search(r'data-metric="high_frequency_energy">[^<]*not ranked', text)
     assert re.search(r'data-metric="ssim_to_baseline">[^<]*not ranked \(content kept: doing nothing scores best', text)
     assert re.search(r'data-metric="color_hist_similarity">[^<]*not ranked \(style', text)
@@ -480,10 +479,10 @@ def planted_prompt_sweep(tmp_path: Path, failed: tuple[str, int] | None = None):
     ids: dict[tuple[str, str, int, float | None], str] = {}
     metrics = {}
     for r in runs:
-        steps, alpha = r["settings"]["generation.steps"], r["settings"].get("vl.alpha")
-        value = level[(r["prompt"], steps)] + (effect[(steps, alpha)] if r["kind"] == "variant" else 0.0)
-        metrics[r["id"]] = {"grid_artifact_score": value}
-        ids[(r["kind"], r["prompt"], steps, alpha)] = r["id"]
+        steps, alpha = r.settings["generation.steps"], r.settings.get("vl.alpha")
+        value = level[(r.prompt, steps)] + (effect[(steps, alpha)] if r.kind == "variant" else 0.0)
+        metrics[r.id] = {"grid_artifact_score": value}
+        ids[(r.kind, r.prompt, steps, alpha)] = r.id
     broken = {ids[("baseline", *failed, None)]: "RuntimeError: out of memory"} if failed else None
     sweep = tmp_path / "sweep"
     finish(sweep, runs, metrics=metrics, failed=broken)
@@ -492,13 +491,13 @@ def planted_prompt_sweep(tmp_path: Path, failed: tuple[str, int] | None = None):
 
 def test_best_run_is_ranked_within_its_block_by_effect_against_its_own_baseline(tmp_path: Path) -> None:
     sweep, runs, metrics, ids = planted_prompt_sweep(tmp_path)
-    raw_best = min((r for r in variants(runs)), key=lambda r: metrics[r["id"]]["grid_artifact_score"])
+    raw_best = min((r for r in variants(runs)), key=lambda r: metrics[r.id]["grid_artifact_score"])
     # the planted trap: the lowest raw value, from a run worse than its own baseline
-    assert raw_best["id"] == ids[("variant", EASY, 30, 0.7)]
+    assert raw_best.id == ids[("variant", EASY, 30, 0.7)]
     right = [ids[("variant", p, 8, 0.3)] for p in (EASY, HARD)]  # -0.30 against its own baseline, in each prompt
     text = write_report(sweep).read_text()
     named = re.findall(r'<tr class="best" data-metric="grid_artifact_score" data-run="([^"]+)"', text)
-    assert named == right and raw_best["id"] not in named  # one best per block, never the raw-value trap
+    assert named == right and raw_best.id not in named  # one best per block, never the raw-value trap
     best, skipped = best_runs(SweepDir(sweep).runs(), metrics)
     assert not skipped
     assert [(b.block.prompt, b.run_id, b.baseline_id, b.compared) for b in best] == [
@@ -529,14 +528,14 @@ def test_a_run_whose_baseline_failed_is_not_ranked_by_its_raw_value(tmp_path: Pa
 def test_report_last_record_per_id_wins(tmp_path: Path) -> None:
     runs = spec_runs(PRESETS["alpha"])
     sweep = tmp_path / "sweep"
-    finish(sweep, runs, failed={runs[0]["id"]: "first attempt died"})
-    retry = {**runs[0], "status": "ok", "output": f"images/{runs[0]['id']}.png"}
-    Image.new("RGB", IMAGE_SIZE, (1, 2, 3)).save(sweep / retry["output"])
+    finish(sweep, runs, failed={runs[0].id: "first attempt died"})
+    retry = RunResult.of(runs[0], status="ok", output=f"images/{runs[0].id}.png")
+    Image.new("RGB", IMAGE_SIZE, (1, 2, 3)).save(sweep / str(retry.output))
     with (sweep / "results.jsonl").open("a") as f:
-        f.write(json.dumps(retry) + "\n" + '{"id": "torn')  # and a torn last line
+        f.write(json.dumps(retry.as_record()) + "\n" + '{"id": "torn')  # and a torn last line
     loaded = SweepDir(sweep).runs()
-    assert [r["id"] for r in loaded] == [r["id"] for r in runs]
-    assert loaded[0]["status"] == "ok"
+    assert [r.id for r in loaded] == [r.id for r in runs]
+    assert loaded[0].status == "ok"
     text = write_report(sweep).read_text()
     assert "first attempt died" not in text
 
@@ -587,16 +586,14 @@ def hostile_sweep(tmp_path: Path) -> tuple[Path, list[dict[str, Any]], str]:
     ref = make_reference(tmp_path, name='ref"<img src=x onerror=alert(1)>&.png')
     runs = []
     for i, alpha in enumerate([0.3, 0.6, 0.9]):
-        run = manual_run({"vl.alpha": alpha, "vl.system_prompt": f"{HOSTILE} {i}"}, HOSTILE, salt="", image=str(ref))
-        run["prompt"] = HOSTILE
-        run["id"] = run_id(run)
-        runs.append(run)
+        settings = {"vl.alpha": alpha, "vl.system_prompt": f"{HOSTILE} {i}"}
+        runs.append(manual_run(settings, HOSTILE, salt="", image=str(ref), prompt=HOSTILE))
     metrics = {  # a style and a content metric: a trade-off plot whose point titles carry the label
-        runs[0]["id"]: {"ssim_to_baseline": 0.9, "color_hist_similarity": 0.2, "grid_artifact_score": 0.5},
-        runs[1]["id"]: {"ssim_to_baseline": 0.5, "color_hist_similarity": 0.7, "grid_artifact_score": 0.3},
+        runs[0].id: {"ssim_to_baseline": 0.9, "color_hist_similarity": 0.2, "grid_artifact_score": 0.5},
+        runs[1].id: {"ssim_to_baseline": 0.5, "color_hist_similarity": 0.7, "grid_artifact_score": 0.3},
     }
     sweep = tmp_path / "sweep"
-    finish(sweep, runs, failed={runs[2]["id"]: HOSTILE}, metrics=metrics, name=HOSTILE)
+    finish(sweep, runs, failed={runs[2].id: HOSTILE}, metrics=metrics, name=HOSTILE)
     return sweep, runs, ref.name
 
 
@@ -687,7 +684,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         if run is info["failed"]:
             assert on_screen == 0  # a failed run has no image
         else:
-            assert on_screen > 200, f"the image of run {run['label']} did not load in the browser"
+            assert on_screen > 200, f"the image of run {run.label} did not load in the browser"
 
 
 @pytest.mark.parametrize("clicks", [1, 2])
@@ -702,11 +699,11 @@ def test_report_table_sorts_numerically_in_headless_chromium(tmp_path: Path, cli
     assert tbody, f"no runs table in the DOM; chromium said: {proc.stderr[-2000:]}"
     order = re.findall(r'<tr data-run="([0-9a-f]+)"', tbody.group(1))
     v = info["v"]
-    base = next(r for r in SweepDir(sweep).runs() if r["kind"] == "baseline")["id"]
+    base = next(r for r in SweepDir(sweep).runs() if r.kind == "baseline").id
     # numeric ascending: -5.0 (baseline), 0.15, 0.9, 2.0, 10.5 (as text, even with numeric collation, "10.5" < "2.0"
     # and "0.9" < "0.15"); a second click reverses; the failed run (no value) sorts last either way
-    ascending = [base, v[2]["id"], v[3]["id"], v[0]["id"], v[1]["id"]]
-    assert order == (ascending if clicks == 1 else ascending[::-1]) + [info["failed"]["id"]]
+    ascending = [base, v[2].id, v[3].id, v[0].id, v[1].id]
+    assert order == (ascending if clicks == 1 else ascending[::-1]) + [info["failed"].id]
     assert re.search(r'aria-sort="(\w+)"', proc.stdout).group(1) == ("ascending" if clicks == 1 else "descending")
 
 

@@ -21,6 +21,7 @@ from llm_dit.core.files import load_tensors
 from llm_dit.generation.generate import Generator
 from llm_dit.maths.steer import direction_mean_difference, load_direction
 from llm_dit.sweep.dir import SweepDir
+from llm_dit.sweep.run import Run
 from llm_dit.sweep.spec import plan, run_config
 
 from .conftest import REPO
@@ -126,8 +127,8 @@ def test_sweep_layer_axis_cannot_reuse_an_adapter_trained_on_another_layer(cli, 
     assert r.code == 2 and "sweep run 'hidden_layer=-4'" in r.err, r.err
     r = cli("sweep", *SMALL, "-p", "a barn", "-i", REF, "--adapter", str(adapter), "--vl-layer", "-6", "-o", out)
     assert r.code == 0, r.err
-    runs = [x for x in SweepDir(out).lines() if x["kind"] != "baseline"]
-    assert runs[0]["status"] == "ok" and runs[0]["record"]["conditioning"]["adapter"]["path"] == str(adapter)
+    runs = [x for x in SweepDir(out).lines() if x.kind != "baseline"]
+    assert runs[0].status == "ok" and runs[0].record["conditioning"]["adapter"]["path"] == str(adapter)
 
 
 # --------------------------------------------------------------------------------------- steer, inspect, adapter
@@ -266,13 +267,14 @@ def test_layer_choice_follows_precedence_in_load_config(tmp_path):
 
 def test_layer_choice_follows_precedence_in_sweep_run_configs(zoo):
     base = tiny(zoo, **{"vl.layers": "-6:0.7,-3:0.3"})
-    run = {"id": "r1", "kind": "variant", "image": str(REF), "prompt": "p", "settings": {"vl.hidden_layer": -2}}
+    run = Run(image=str(REF), prompt="p", settings={"vl.hidden_layer": -2})
     cfg = run_config(base, run)
     assert (cfg.vl.hidden_layer, cfg.vl.layers) == (-2, None)
     assert plan(base, [run]).unique_extractions[0]["layers"] == [-2]
-    assert list(parse_layer_weights(run_config(base, {**run, "settings": {}}).vl.layers)) == [-6, -3]
-    with pytest.raises(ConfigError, match="both set in the settings of sweep run r1"):
-        run_config(base, {**run, "settings": {"vl.hidden_layer": -2, "vl.layers": "-4:1"}})
+    assert list(parse_layer_weights(run_config(base, Run(image=str(REF), prompt="p")).vl.layers)) == [-6, -3]
+    both = Run(image=str(REF), prompt="p", settings={"vl.hidden_layer": -2, "vl.layers": "-4:1"})
+    with pytest.raises(ConfigError, match=f"both set in the settings of sweep run {both.id}"):
+        run_config(base, both)
 
 
 def test_cli_vl_layer_and_sweep_layers_axis_beat_a_profile_vl_layers(cli, zoo, tmp_path):

@@ -113,8 +113,8 @@ def flaky(monkeypatch):
     real, failed = runner.prepare_run, []
 
     def prepare_run(gen, checked):
-        if checked.run["label"] == "alpha=0.6" and not failed:
-            failed.append(checked.run["id"])
+        if checked.run.label == "alpha=0.6" and not failed:
+            failed.append(checked.run.id)
             raise RuntimeError("simulated failure")
         return real(gen, checked)
 
@@ -130,13 +130,13 @@ def test_failed_runs_fail_the_command_and_resume_retries_them(cli, zoo, tmp_path
     assert r.code == 3, r.err
     assert "1 of 3 runs failed" in r.err and "--resume" in r.err
     runs = SweepDir(out).runs()
-    assert [x["status"] for x in runs].count("failed") == 1 and (out / "report.html").is_file()
-    assert "simulated failure" in next(x["error"] for x in runs if x["status"] == "failed")
+    assert [x.status for x in runs].count("failed") == 1 and (out / "report.html").is_file()
+    assert "simulated failure" in next(x.error for x in runs if x.status == "failed")
     r = cli("sweep", *args, "--resume")
     assert r.code == 0, r.err
     runs = SweepDir(out).runs()
-    assert len(runs) == 3 and all(x["status"] == "ok" for x in runs)
-    assert all((out / x["output"]).is_file() for x in runs)
+    assert len(runs) == 3 and all(x.status == "ok" for x in runs)
+    assert all((out / x.output).is_file() for x in runs)
 
 
 def test_resuming_with_a_different_plan_is_refused_naming_the_difference(cli, zoo, tmp_path):
@@ -204,7 +204,7 @@ def test_sigint_says_what_was_saved_and_how_to_resume(cli, zoo, tmp_path):
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
     err = proc.stderr
     assert proc.returncode == 130, err
-    done = sum(x["status"] == "ok" for x in SweepDir(out).runs())
+    done = sum(x.status == "ok" for x in SweepDir(out).runs())
     assert done == 1  # interrupted mid-sweep, right after its first result
     lines = [line for line in err.splitlines() if line.startswith("interrupted:")]
     assert len(lines) == 1 and f"interrupted: {done} of 6 runs saved in {out}; resume with: " in lines[0], err
@@ -212,7 +212,7 @@ def test_sigint_says_what_was_saved_and_how_to_resume(cli, zoo, tmp_path):
     assert resume[0] == "llm-dit" and resume[1:] == [*args, "--resume"]
     finished = cli(*resume[1:])  # the command it printed, run in this process
     assert finished.code == 0, finished.err
-    assert len(SweepDir(out).runs()) == 6 and all(x["status"] == "ok" for x in SweepDir(out).runs())
+    assert len(SweepDir(out).runs()) == 6 and all(x.status == "ok" for x in SweepDir(out).runs())
 
 
 def test_a_metric_device_this_machine_lacks_is_refused_before_the_sweep_runs(cli, zoo, tmp_path, monkeypatch):

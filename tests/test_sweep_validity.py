@@ -21,15 +21,8 @@ from llm_dit.report.sweep_report import METRICS as REPORT_METRICS
 from llm_dit.report.sweep_report import best_runs, build_report, grid_layout, render_grid, tradeoffs
 from llm_dit.scoring.image_metrics import METRICS, grid_artifact_score, pareto_optimal, ssim
 from llm_dit.sweep.dir import SweepDir
-from llm_dit.sweep.spec import (
-    PRESETS,
-    SweepSpec,
-    baseline_of,
-    expand,
-    is_conditioning,
-    resolve_spec,
-    run_config,
-)
+from llm_dit.sweep.run import RunResult, baseline_of, is_conditioning
+from llm_dit.sweep.spec import PRESETS, SweepSpec, expand, resolve_spec, run_config
 
 from .conftest import REPO
 from .test_metrics import noise_image, smooth_image, with_lines
@@ -40,7 +33,7 @@ OTHER = REPO / "examples" / "reference-images" / "sunset.png"
 TINY = ["--models", "tiny", "--width", "32", "--height", "32"]
 
 
-def results(d: Path) -> list[dict]:
+def results(d: Path) -> list[RunResult]:
     return SweepDir(d).lines()
 
 
@@ -56,30 +49,30 @@ def test_steps_by_alphas_gives_two_baselines_each_variant_names_its_own(cli, zoo
     r = cli("sweep", "--steps", "2,4", "--alphas", "0.3,0.6", "-i", REF, "-p", "a house", *TINY, "-o", out)
     assert r.code == 0, r.err
     rows = results(out)
-    by_id = {x["id"]: x for x in rows}
-    baselines = [x for x in rows if x["kind"] == "baseline"]
-    assert len(baselines) == 2 and all(x["status"] == "ok" for x in rows)
-    assert sorted(b["record"]["settings"]["generation.steps"] for b in baselines) == [2, 4]
-    for v in (x for x in rows if x["kind"] == "variant"):
-        base = by_id[v["baseline"]]  # the results line names its baseline ...
-        assert base["kind"] == "baseline"
-        assert base["record"]["settings"]["generation.steps"] == v["record"]["settings"]["generation.steps"]
+    by_id = {x.id: x for x in rows}
+    baselines = [x for x in rows if x.kind == "baseline"]
+    assert len(baselines) == 2 and all(x.status == "ok" for x in rows)
+    assert sorted(b.record["settings"]["generation.steps"] for b in baselines) == [2, 4]
+    for v in (x for x in rows if x.kind == "variant"):
+        base = by_id[v.baseline]  # the results line names its baseline ...
+        assert base.kind == "baseline"
+        assert base.record["settings"]["generation.steps"] == v.record["settings"]["generation.steps"]
     spec_runs_ = json.loads((out / "spec.json").read_text())["runs"]  # ... and so does its run entry
-    assert {x["id"]: x.get("baseline") for x in spec_runs_ if x["kind"] == "variant"} == {
-        x["id"]: x["baseline"] for x in rows if x["kind"] == "variant"
+    assert {x["id"]: x["baseline"] for x in spec_runs_ if x["kind"] == "variant"} == {
+        x.id: x.baseline for x in rows if x.kind == "variant"
     }
     # ssim_to_baseline is measured against the variant's own baseline, not another one
     metrics = json.loads((out / "metrics.json").read_text())
-    for v in (x for x in rows if x["kind"] == "variant"):
-        own = ssim(pixels(out / v["output"]), pixels(out / by_id[v["baseline"]]["output"]))
-        assert metrics[v["id"]]["ssim_to_baseline"] == pytest.approx(own, abs=1e-9)
+    for v in (x for x in rows if x.kind == "variant"):
+        own = ssim(pixels(out / v.output), pixels(out / by_id[v.baseline].output))
+        assert metrics[v.id]["ssim_to_baseline"] == pytest.approx(own, abs=1e-9)
     # the grid: one row per steps value, each starting with its own baseline
     (block,) = grid_layout(rows).blocks
     assert block.row_headers == ["steps=2", "steps=4"] and block.row_groups == [0, 1]
     for row in block.cells:
         base, *vs = [c for c in row if c is not None and c.kind != "reference"]
-        assert base.kind == "baseline" and all(by_id[c.run_id]["baseline"] == base.run_id for c in vs)
-        assert base.caption == f"text only · steps={by_id[base.run_id]['settings']['generation.steps']}"
+        assert base.kind == "baseline" and all(by_id[c.run_id].baseline == base.run_id for c in vs)
+        assert base.caption == f"text only · steps={by_id[base.run_id].settings['generation.steps']}"
 
 
 def test_every_non_conditioning_setting_reaches_the_baseline_and_nothing_else():
@@ -99,23 +92,23 @@ def test_every_non_conditioning_setting_reaches_the_baseline_and_nothing_else():
     }
     spec = SweepSpec(prompts=["a"], images=["x.png"], init_image="init.png", seeds=[0, 1], axes=axes)
     runs = expand(spec)
-    by_id = {r["id"]: r for r in runs}
-    vs = [r for r in runs if r["kind"] == "variant"]
-    bases = [r for r in runs if r["kind"] == "baseline"]
+    by_id = {r.id: r for r in runs}
+    vs = [r for r in runs if r.kind == "variant"]
+    bases = [r for r in runs if r.kind == "baseline"]
     assert len(vs) == 2 * 2**12 and len(bases) == 2 * 2**10  # the vl.* axes share baselines; ids are unique
-    assert len({r["id"] for r in runs}) == len(runs)
+    assert len({r.id for r in runs}) == len(runs)
     base_cfg = Config()
     for v in vs:
-        b = by_id[v["baseline"]]
+        b = by_id[v.baseline]
         assert b == baseline_of(v)
-        assert (b["prompt"], b["init_image"], b["image"], b["steer"], b["neutral_image"]) == (
+        assert (b.prompt, b.init_image, b.image, b.steer, b.neutral_image) == (
             "a",
             "init.png",
             None,
             None,
             None,
         )
-        assert b["settings"] == {k: x for k, x in v["settings"].items() if not is_conditioning(k)}
+        assert b.settings == {k: x for k, x in v.settings.items() if not is_conditioning(k)}
         vc, bc = run_config(base_cfg, v), run_config(base_cfg, b)
         assert vc.generation == bc.generation and vc.encoder == bc.encoder  # seed included
         assert bc.vl == base_cfg.vl  # no conditioning setting of the variant reaches its baseline
@@ -126,14 +119,14 @@ def test_strength_sweep_baseline_is_plain_img2img_at_the_same_strength_and_init_
     args = ["--preset", "strength_sweep", "--strengths", "0.5,1.0", "--steps", "2", "-i", REF, "-p", "a house"]
     assert cli("sweep", *args, *TINY, "-o", out).code == 0
     rows = results(out)
-    by_id = {x["id"]: x for x in rows}
-    assert [x["kind"] for x in rows].count("baseline") == 2
-    for v in (x for x in rows if x["kind"] == "variant"):
-        base = by_id[v["baseline"]]
-        assert base["init_image"] == v["init_image"] == str(REF) and base["image"] is None
-        assert base["record"]["img2img"] == v["record"]["img2img"]  # strength and skipped steps
-        assert base["record"]["conditioning"]["source"] == "text"
-        assert v["record"]["conditioning"]["source"] == "reference"
+    by_id = {x.id: x for x in rows}
+    assert [x.kind for x in rows].count("baseline") == 2
+    for v in (x for x in rows if x.kind == "variant"):
+        base = by_id[v.baseline]
+        assert base.init_image == v.init_image == str(REF) and base.image is None
+        assert base.record["img2img"] == v.record["img2img"]  # strength and skipped steps
+        assert base.record["conditioning"]["source"] == "text"
+        assert v.record["conditioning"]["source"] == "reference"
 
 
 def test_think_comparison_compares_each_variant_with_a_baseline_of_the_same_template(cli, zoo, tmp_path):
@@ -143,15 +136,15 @@ def test_think_comparison_compares_each_variant_with_a_baseline_of_the_same_temp
         == 0
     )
     rows = results(out)
-    by_id = {x["id"]: x for x in rows}
-    vs = [x for x in rows if x["kind"] == "variant"]
-    assert len(vs) == 2 and len({v["baseline"] for v in vs}) == 2
+    by_id = {x.id: x for x in rows}
+    vs = [x for x in rows if x.kind == "variant"]
+    assert len(vs) == 2 and len({v.baseline for v in vs}) == 2
     rendered = set()
     for v in vs:
-        base = by_id[v["baseline"]]
-        assert base["record"]["settings"]["encoder.think_block"] == v["record"]["settings"]["encoder.think_block"]
-        assert base["record"]["text"]["rendered"] == v["record"]["text"]["rendered"]  # same template, same T
-        rendered.add(v["record"]["text"]["rendered"])
+        base = by_id[v.baseline]
+        assert base.record["settings"]["encoder.think_block"] == v.record["settings"]["encoder.think_block"]
+        assert base.record["text"]["rendered"] == v.record["text"]["rendered"]  # same template, same T
+        rendered.add(v.record["text"]["rendered"])
     assert len(rendered) == 2  # the think block does change the template
 
 
@@ -251,26 +244,26 @@ def test_multilayer_and_injection_presets_run_on_the_tiny_zoo(cli, zoo, tmp_path
     r = cli("sweep", "--preset", preset, "-i", REF, "-p", "a house", *TINY, "--steps", "2", "-o", out)
     assert r.code == 0, r.err
     rows = results(out)
-    assert all(x["status"] == "ok" for x in rows) and [x["kind"] for x in rows].count("baseline") == 1
+    assert all(x.status == "ok" for x in rows) and [x.kind for x in rows].count("baseline") == 1
     key = {"multilayer": "vl.layers", "inject": "vl.inject_layers"}[preset]
-    vs = [x for x in rows if x["kind"] == "variant"]
-    assert [x["settings"][key] for x in vs] == PRESETS[preset]["axes"][key]
-    images = [pixels(out / x["output"]).astype(int) for x in rows]
+    vs = [x for x in rows if x.kind == "variant"]
+    assert [x.settings[key] for x in vs] == PRESETS[preset]["axes"][key]
+    images = [pixels(out / x.output).astype(int) for x in rows]
     assert all(np.abs(a - b).max() > 0 for i, a in enumerate(images) for b in images[i + 1 :])  # each value acted
     if preset == "multilayer":  # every weighted layer was extracted
         for x in vs:
-            layers = {part.split(":")[0] for part in x["settings"][key].split(",")}
-            assert set(x["record"]["conditioning"]["vl"]) == layers
+            layers = {part.split(":")[0] for part in x.settings[key].split(",")}
+            assert set(x.record["conditioning"]["vl"]) == layers
 
 
 def test_steps_preset_varies_steps_with_and_without_the_reference():
     runs = expand(resolve_spec(SweepSpec(prompts=["a"], images=["x.png"]), "steps", {}, {}))
-    by_id = {r["id"]: r for r in runs}
-    vs = [r for r in runs if r["kind"] == "variant"]
-    assert [r["settings"]["generation.steps"] for r in vs] == [2, 4, 9]
+    by_id = {r.id: r for r in runs}
+    vs = [r for r in runs if r.kind == "variant"]
+    assert [r.settings["generation.steps"] for r in vs] == [2, 4, 9]
     for v in vs:  # "without the reference": the matched baseline at the same steps
-        assert by_id[v["baseline"]]["settings"]["generation.steps"] == v["settings"]["generation.steps"]
-        assert not any(is_conditioning(k) for k in by_id[v["baseline"]]["settings"])
+        assert by_id[v.baseline].settings["generation.steps"] == v.settings["generation.steps"]
+        assert not any(is_conditioning(k) for k in by_id[v.baseline].settings)
 
 
 def test_style_delta_sweep_takes_a_neutral_image_and_gives_it_only_to_style_delta_runs(cli, zoo, tmp_path):
@@ -282,8 +275,8 @@ def test_style_delta_sweep_takes_a_neutral_image_and_gives_it_only_to_style_delt
     r = cli("sweep", *args, "-i", REF, "-p", "a house", *TINY, "--steps", "2", "-o", out)
     assert r.code == 0, r.err
     rows = results(out)
-    assert all(x["status"] == "ok" for x in rows), [x.get("error") for x in rows]
-    neutral = {x["settings"].get("vl.blend"): x["neutral_image"] for x in rows if x["kind"] == "variant"}
+    assert all(x.status == "ok" for x in rows), [x.error for x in rows]
+    neutral = {x.settings.get("vl.blend"): x.neutral_image for x in rows if x.kind == "variant"}
     assert neutral == {"style_delta": str(OTHER), "interpolate": None}
 
 
@@ -340,7 +333,7 @@ def test_sweep_fixed_outlier_threshold_and_reference_stats_reach_every_run(cli, 
 
 def test_normalization_preset_has_no_image_free_by_construction_run():
     runs = expand(resolve_spec(SweepSpec(prompts=["a"], images=["x.png"]), "normalization", {}, {}))
-    configs = [run_config(Config(), r).vl for r in runs if r["kind"] == "variant"]
+    configs = [run_config(Config(), r).vl for r in runs if r.kind == "variant"]
     assert {c.normalize for c in configs} == {"none", "global", "per_dim", "hybrid"}
     assert not any(c.normalize == "per_dim" and c.blend == "adain_per_dim" for c in configs)
 
@@ -384,8 +377,8 @@ def ranked_sweep(tmp_path: Path) -> tuple[Path, list[dict], dict[str, str]]:
     """An alpha sweep where doing little scores best on content, the strongest run on style, and an image-free run
     has the fewest grid artefacts: a ranking that rewarded any of these would mislead."""
     runs = spec_runs(PRESETS["alpha"], images=[str(make_reference(tmp_path))])
-    vs = {r["settings"]["vl.alpha"]: r["id"] for r in variants(runs)}
-    base = next(r["id"] for r in runs if r["kind"] == "baseline")
+    vs = {r.settings["vl.alpha"]: r.id for r in variants(runs)}
+    base = next(r.id for r in runs if r.kind == "baseline")
     metrics = {
         base: {"grid_artifact_score": -1.0, "color_hist_similarity": 0.9},
         vs[0.1]: {"ssim_to_baseline": 0.99, "color_hist_similarity": 0.10, "grid_artifact_score": 0.30},
@@ -403,7 +396,8 @@ def ranked_sweep(tmp_path: Path) -> tuple[Path, list[dict], dict[str, str]]:
 def set_image_dependence(sweep: Path, image_free: dict[str, bool]) -> None:
     """Give runs the `image_dependence` record engineer B's check writes (contract in issue 11)."""
     lines = []
-    for rec in SweepDir(sweep).lines():
+    for line in (sweep / "results.jsonl").read_text().splitlines():
+        rec = json.loads(line)  # the record on disk, as the check writes it
         if rec["id"] in image_free:
             rec["record"]["image_dependence"] = {
                 "checked": True,

@@ -34,7 +34,7 @@ from llm_dit.eval.statistics import (
 )
 from llm_dit.eval.suite import load_suite
 from llm_dit.report.eval_report import REPORT, style_label
-from llm_dit.sweep.spec import baseline_of, is_conditioning
+from llm_dit.sweep.run import Run, baseline_of, is_conditioning
 
 from .conftest import run_main
 from .test_eval import SMALL, TINY
@@ -268,11 +268,10 @@ def test_the_matching_rule_is_the_sweeps():
     `sweep.is_conditioning`); the one addition is an img2img method's strength, which acts only with its init image."""
     settings = {"vl.alpha": 0.3, "vl.blend": "adain", "encoder.think_block": True, "generation.steps": 4,
                 "encoder.system_prompt": "x", "models.low_memory": True}  # fmt: skip
-    run = {"prompt": "p", "image": "a.png", "init_image": None, "steer": None, "neutral_image": None,
-           "kind": "variant", "label": "x", "settings": settings}  # fmt: skip
+    run = Run(prompt="p", image="a.png", label="x", settings=settings)
     from llm_dit.eval.methods import Method
 
-    assert shared_settings(Method(name="m", kind="vl", settings=settings)) == baseline_of(run)["settings"]
+    assert shared_settings(Method(name="m", kind="vl", settings=settings)) == baseline_of(run).settings
     assert all(compared("vl", k) == is_conditioning(k) for k in settings)
     assert compared("img2img", "generation.strength") and not compared("vl", "generation.strength")
 
@@ -327,11 +326,11 @@ def test_matched_baselines_run_with_the_methods_settings_and_are_what_it_is_comp
     data = load_eval(matched_eval).data
     method = next(m for m in data["methods"] if m["name"] == "vl think_block=True")
     assert method["baselines"] == {"text": "text think_block=True", "caption": "caption think_block=True"}
-    records = {r["id"]: r for r in SweepDir(matched_eval / "runs").runs()}
+    records = {r.id: r for r in SweepDir(matched_eval / "runs").runs()}
     runs = {(r["method"], r["cell"]): r for r in data["runs"]}
     for name in ("text think_block=True", "caption think_block=True", "vl think_block=True"):
         for cell in data["cells"]:
-            assert records[runs[(name, cell["id"])]["run"]]["settings"]["encoder.think_block"] is True
+            assert records[runs[(name, cell["id"])]["run"]].settings["encoder.think_block"] is True
     for kind, against in method["baselines"].items():
         diffs = [runs[("vl think_block=True", c["id"])]["metrics"]["clip_t"] - runs[(against, c["id"])]["metrics"]
                  ["clip_t"] for c in data["cells"]]  # fmt: skip

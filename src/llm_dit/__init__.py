@@ -39,6 +39,8 @@ _EXPORTS = {
     "BLEND_MODES": "maths.blend",
     "ReferenceStats": "maths.refstats",
     "SweepSpec": "sweep.spec",
+    "Run": "sweep.run",
+    "RunResult": "sweep.run",
     "run_sweep": "experiment.run",
     "run_experiment": "experiment.run",
     "ExperimentResult": "experiment.run",

@@ -162,7 +162,7 @@ def sweep_figures(preset: str, work: Path, repeats: int) -> dict[str, Any]:
 
     def naive() -> None:
         for run in expand(spec):
-            naive_run(cfg, image, run["settings"]["vl.hidden_layer"], run["settings"]["vl.alpha"])
+            naive_run(cfg, image, run.settings["vl.hidden_layer"], run.settings["vl.alpha"])
 
     # interleaved, so a change in machine load between blocks cannot favour one side
     sweep(), floor_time(cfg, spec, image), naive()  # warm-up
@@ -204,7 +204,7 @@ def floor_time(cfg: Config, spec: SweepSpec, image: Image.Image) -> float:
 
     gen = Generator(cfg, cache=False)
     runs = expand(spec)
-    layers = sorted({r["settings"]["vl.hidden_layer"] for r in runs})
+    layers = sorted({r.settings["vl.hidden_layer"] for r in runs})
     total = load_time(gen)
     t0 = time.perf_counter()
     rows, _, _, _ = gen.components.vl.hidden_rows(image, PROMPT, layers)
@@ -213,7 +213,7 @@ def floor_time(cfg: Config, spec: SweepSpec, image: Image.Image) -> float:
     text = gen.encode(PROMPT).embeddings
     total += time.perf_counter() - t0
     g = cfg.generation
-    conds = [blend(text, rows[r["settings"]["vl.hidden_layer"]], cfg.vl.blend, r["settings"]["vl.alpha"]) for r in runs]
+    conds = [blend(text, rows[r.settings["vl.hidden_layer"]], cfg.vl.blend, r.settings["vl.alpha"]) for r in runs]
     for c in conds:
         t0 = time.perf_counter()
         denoise(gen.components.pipeline, [c], g, [g.seed])

@@ -56,7 +56,8 @@ def sweep(
     if dry_run:
         work = checked_plan(cfg, resolved).plan
         if as_json:
-            print(json.dumps(work.as_dict() | {"run_list": work.runs}, indent=2, default=str))
+            run_list = [run.as_record() for run in work.runs]
+            print(json.dumps(work.as_dict() | {"run_list": run_list}, indent=2, default=str))
         else:
             print(
                 f"{len(work.runs)} runs, {len(work.unique_extractions)} unique VL extractions "
@@ -95,7 +96,7 @@ def interrupted(out_dir: Path, command: str) -> NoReturn:
 
     sweep = SweepDir(out_dir)
     planned = len(sweep.plan())
-    done = sum(r.get("status") == "ok" for r in sweep.runs())
+    done = sum(r.ok for r in sweep.runs())
     saved = f"{done} of {planned} runs saved in {out_dir}" if planned else "nothing saved yet"
     console.print(f"interrupted: {saved}; resume with: {command}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(INTERRUPTED)

@@ -33,10 +33,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..config.settings import Config, load_toml_model
+from ..config.settings import Config, load_toml_model, with_overrides
 from ..core.errors import UserError, check_choice
 from ..generation.render import denoising_steps
-from ..sweep.spec import ListedRun, is_conditioning, preset_spec, run_config
+from ..sweep.run import is_conditioning
+from ..sweep.spec import ListedRun, preset_spec
 from .suite import Cell
 
 KINDS = ("text", "caption", "img2img", "vl", "steer", "omni")
@@ -107,13 +108,18 @@ def compared(kind: str, key: str) -> bool:
 
 def shared_settings(method: Method, base: Config | None = None) -> dict[str, Any]:
     """The settings of `method` its baselines must share (every one not `compared`), less those equal to the
-    eval's config `base` (resolved by `sweep.run_config`): already what the plain `text` and `caption` run at."""
+    eval's config `base` (applied as a run's settings are, `method_config`): already what the plain `text` and
+    `caption` run at."""
     shared = {k: v for k, v in method.settings.items() if not compared(method.kind, k)}
     if base is None or not shared:
         return shared
     flat = base.flat()
-    return {k: v for k, v in shared.items() if run_config(base, {"id": method.name, "settings": {k: v}}).flat()
-            .get(k, v) != flat.get(k)}  # fmt: skip
+    return {k: v for k, v in shared.items() if method_config(base, method, {k: v}).flat().get(k, v) != flat.get(k)}
+
+
+def method_config(base: Config, method: Method, settings: dict[str, Any]) -> Config:
+    """`base` with `settings` of `method` applied as its sweep runs' settings are (`sweep.run_config`)."""
+    return with_overrides(base, settings, f"the settings of sweep run {method.name}")
 
 
 def setting_value(text: str) -> Any:
@@ -304,7 +310,7 @@ def check_strengths(base: Config, methods: Sequence[Method]) -> None:
     for m in methods:
         if m.kind != "img2img":
             continue
-        g = run_config(base, {"id": m.name, "settings": m.settings}).generation
+        g = method_config(base, m, m.settings).generation
         if denoising_steps(g, True) == g.steps:
             raise UserError(
                 f"method '{m.name}': strength {g.strength} at {g.steps} steps skips no denoising step (diffusers "

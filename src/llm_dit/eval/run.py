@@ -171,7 +171,7 @@ def write_captions(config: Config, suite: Suite, path: Path, components: Compone
 
 def run_id_of(run: Any) -> str:
     """The sweep run id of one listed run (`sweep.expand` makes it)."""
-    return expand(SweepSpec(runs=[run]))[0]["id"]
+    return expand(SweepSpec(runs=[run]))[0].id
 
 
 def score_runs(
@@ -180,7 +180,7 @@ def score_runs(
     """Every finished (method, cell) run's metrics (`scorer.score`, one batched call): prompt adherence to the
     cell's prompt (not the caption-extended one), style and content leak against the cell's reference, content
     kept against the image of the method's `text` baseline (`Method.baseline`) on the same cell."""
-    done = {r["id"]: r for r in sweep.runs() if r.get("status") == "ok"}
+    done = {r.id: r for r in sweep.runs() if r.ok and r.output is not None}
     keys, items = [], []
     for cell in suite.cells():
         for m in methods:
@@ -188,9 +188,9 @@ def score_runs(
             if run is None:
                 continue
             text = done.get(ids.get((m.baseline("text"), cell.key), ""))
-            baseline = None if m.kind == "text" or text is None else sweep.path / text["output"]
+            baseline = None if m.kind == "text" or text is None else sweep.path / str(text.output)
             keys.append((m.name, cell.key))
-            items.append(ScoreItem(sweep.path / run["output"], cell.prompt, cell.reference.path, baseline))
+            items.append(ScoreItem(sweep.path / str(run.output), cell.prompt, cell.reference.path, baseline))
     return dict(zip(keys, scorer.score(items), strict=True))
 
 
@@ -488,8 +488,11 @@ def run_eval(
         scorer = scoring.scorer()
         scores = score_runs(suite, methods, ids, runs, scorer)
     primary = primary_metrics(scorer)
-    records = {r["id"]: r for r in runs.runs()}
-    free = {m.name: sum(image_free(records.get(ids[(m.name, c.key)], {})) for c in suite.cells()) for m in methods}
+    results = {r.id: r for r in runs.runs()}
+    free = {
+        m.name: sum(image_free(r) for c in suite.cells() if (r := results.get(ids[(m.name, c.key)])) is not None)
+        for m in methods
+    }
     with timed(times, "statistics"):
         stats, verdicts = compare_methods(suite, methods, scores, primary, tolerance=tolerance, image_free_runs=free)
     family = [k for k, v in verdicts.items() if v.family]
@@ -498,12 +501,12 @@ def run_eval(
     for i, cell in enumerate(suite.cells()):
         for m in methods:
             rid = ids[(m.name, cell.key)]
-            rec = records.get(rid, {})
-            row = {"method": m.name, "cell": i, "run": rid, "status": rec.get("status", "not run")}
-            row["prompt"] = rec.get("prompt")
-            row["image"] = f"{RUNS}/{rec['output']}" if rec.get("status") == "ok" else None
-            row["error"] = rec.get("error")
-            row["image_dependence"] = (rec.get("record") or {}).get("image_dependence")
+            result = results.get(rid)
+            row = {"method": m.name, "cell": i, "run": rid, "status": result.status if result else "not run"}
+            row["prompt"] = result.prompt if result else None
+            row["image"] = f"{RUNS}/{result.output}" if result and result.ok else None
+            row["error"] = result.error if result else None
+            row["image_dependence"] = ((result.record if result else None) or {}).get("image_dependence")
             row["metrics"] = scores.get((m.name, cell.key))
             run_rows.append(row)
     data = {

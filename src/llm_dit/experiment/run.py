@@ -97,8 +97,8 @@ def run_sweep(
         summary = {
             "name": work.spec.name,
             "runs": len(work.plan.runs),
-            "completed": sum(r["status"] == "ok" for r in finished),
-            "failed": sum(r["status"] == "failed" for r in finished),
+            "completed": sum(r.status == "ok" for r in finished),
+            "failed": sum(r.status == "failed" for r in finished),
             "ran_now": len(todo.plan.runs),
             "vl_forward_passes": stats.forward_passes["vl"],
             "text_forward_passes": stats.forward_passes["text"],

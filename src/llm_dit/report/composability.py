@@ -25,14 +25,17 @@ import torch
 from ..core.errors import UserError
 from ..core.files import load_image
 from ..maths.compose import equal_weights, linearity
+from ..sweep.run import RunResult
 from ..sweep.spec import reference_paths
 from .grid import fmt_value, reference_caption, value_key
 
 
-def _pixels(sweep_dir: Path, run: dict[str, Any]) -> torch.Tensor | None:
+def _pixels(sweep_dir: Path, run: RunResult) -> torch.Tensor | None:
+    if run.output is None:
+        return None
     try:
-        return torch.from_numpy(np.asarray(load_image(sweep_dir / str(run["output"])), dtype=np.float64) / 255.0)
-    except (UserError, KeyError):
+        return torch.from_numpy(np.asarray(load_image(sweep_dir / run.output), dtype=np.float64) / 255.0)
+    except UserError:
         return None
 
 
@@ -42,35 +45,35 @@ def _finite(v: Any) -> bool:
 
 def composability(
     sweep_dir: Path,
-    runs: list[dict[str, Any]],
+    runs: list[RunResult],
     metrics: dict[str, dict[str, float]],
     pairs: dict[str, str | None],
 ) -> list[dict[str, Any]]:
     """One entry per reference-set run with all its single-reference runs: `run`, `singles`, `weights`,
     `settings`, `conditioning` and `image` (`compose.linearity`, None when not measurable) and `metrics`
     ([(name, combination, weighted sum of singles)])."""
-    ok = [r for r in runs if r.get("status") == "ok" and r.get("kind") == "variant"]
+    ok = [r for r in runs if r.ok and r.kind == "variant"]
 
-    def key(run: dict[str, Any], image: str | None) -> str:
-        return value_key([run.get("prompt"), image, run.get("settings")])
+    def key(run: RunResult, image: str | None) -> str:
+        return value_key([run.prompt, image, run.settings])
 
-    by_key = {key(r, r.get("image")): r for r in ok if len(reference_paths(r.get("image"))) == 1}
-    by_id = {str(r.get("id")): r for r in runs}
+    by_key = {key(r, r.image): r for r in ok if len(reference_paths(r.image)) == 1}
+    by_id = {r.id: r for r in runs}
     out = []
     for run in ok:
-        paths = reference_paths(run.get("image"))
-        singles = [by_key.get(key(run, p)) for p in paths]
-        if len(paths) < 2 or any(s is None for s in singles):
+        paths = reference_paths(run.image)
+        singles = [s for p in paths if (s := by_key.get(key(run, p))) is not None]
+        if len(paths) < 2 or len(singles) < len(paths):
             continue
-        weights = run.get("reference_weights") or equal_weights(len(paths))
-        base = by_id.get(pairs.get(str(run.get("id"))) or "")
+        weights = run.reference_weights or equal_weights(len(paths))
+        base = by_id.get(pairs.get(run.id) or "")
         image = None
-        if base is not None and base.get("status") == "ok":
+        if base is not None and base.ok:
             pixels = [_pixels(sweep_dir, r) for r in (base, run, *singles)]
             if all(p is not None for p in pixels):
                 image = linearity(pixels[0], pixels[1], pixels[2:], weights)
-        own = metrics.get(str(run.get("id"))) or {}
-        values = [metrics.get(str(s.get("id"))) or {} for s in singles]
+        own = metrics.get(run.id) or {}
+        values = [metrics.get(s.id) or {} for s in singles]
         compared = [
             (name, v, sum(w * m[name] for w, m in zip(weights, values, strict=True)))
             for name, v in own.items()
@@ -82,10 +85,8 @@ def composability(
                 "singles": singles,
                 "weights": weights,
                 "caption": reference_caption(run),
-                "settings": ", ".join(
-                    f"{k.split('.')[-1]}={fmt_value(v)}" for k, v in (run.get("settings") or {}).items()
-                ),
-                "conditioning": ((run.get("record") or {}).get("conditioning") or {}).get("composition"),
+                "settings": ", ".join(f"{k.split('.')[-1]}={fmt_value(v)}" for k, v in run.settings.items()),
+                "conditioning": ((run.record or {}).get("conditioning") or {}).get("composition"),
                 "image": image,
                 "metrics": compared,
             }

@@ -21,7 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..core.errors import UserError
 from ..core.files import load_image
-from ..sweep.spec import baseline_pairs, is_conditioning, reference_paths, varying_keys
+from ..sweep.run import Run, RunResult, baseline_pairs, is_conditioning, varying_keys
+from ..sweep.spec import reference_paths
 
 __all__ = [
     "IMAGE_FREE_BADGE",
@@ -136,21 +137,20 @@ def is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def run_seed(run: dict[str, Any]) -> Any:
+def run_seed(run: RunResult) -> Any:
     """The run's seed: its own setting, else the one its record resolved."""
-    settings = run.get("settings") or {}
-    if SEED_KEY in settings:
-        return settings[SEED_KEY]
-    return ((run.get("record") or {}).get("settings") or {}).get(SEED_KEY)
+    if SEED_KEY in run.settings:
+        return run.settings[SEED_KEY]
+    return ((run.record or {}).get("settings") or {}).get(SEED_KEY)
 
 
-def _block_key(run: dict[str, Any]) -> str:
-    return value_key([run.get("prompt"), run.get("image"), run.get("reference_weights"), run_seed(run)])
+def _block_key(run: RunResult) -> str:
+    return value_key([run.prompt, run.image, run.reference_weights, run_seed(run)])
 
 
-def image_free(run: dict[str, Any]) -> bool:
+def image_free(run: RunResult) -> bool:
     """Whether the run's record says its output does not depend on its reference image (`image_dependence`)."""
-    dependence = (run.get("record") or {}).get("image_dependence")
+    dependence = (run.record or {}).get("image_dependence")
     return isinstance(dependence, dict) and dependence.get("image_free") is True
 
 
@@ -166,24 +166,23 @@ def _ordered_values(values: list[Any]) -> list[Any]:
     return list(distinct.values())
 
 
-def _cell(run: dict[str, Any], caption: str | None = None) -> Cell:
-    failed = run.get("status") != "ok"
-    error = str(run.get("error") or "failed (no error message)") if failed else None
+def _cell(run: RunResult, caption: str | None = None) -> Cell:
+    error = None if run.ok else run.error or "failed (no error message)"
     return Cell(
-        kind=str(run.get("kind") or "variant"),
-        caption=caption or str(run.get("label") or run.get("id")),
-        image=None if failed else run.get("output"),
-        run_id=str(run.get("id")),
+        kind=run.kind,
+        caption=caption or run.label or run.id,
+        image=run.output if run.ok else None,
+        run_id=run.id,
         error=error,
         badge=IMAGE_FREE_BADGE if image_free(run) else None,
     )
 
 
-Rows = list[list[dict[str, Any] | None]]
+Rows = list[list[RunResult | None]]
 
 
 def _arrange(
-    variants: list[dict[str, Any]],
+    variants: list[RunResult],
     base_keys: list[str],
     cond_keys: list[str],
     values: dict[str, list[Any]],
@@ -197,7 +196,7 @@ def _arrange(
     conditioning key. Falls back to one row per group in run order ("row") when two distinct runs would share a
     position, or when more than half of the rows would have an empty position (a sparse product, e.g. a list of
     variants)."""
-    setting = [{k: (r.get("settings") or {}).get(k) for k in base_keys + cond_keys} for r in variants]
+    setting = [{k: r.settings.get(k) for k in base_keys + cond_keys} for r in variants]
     groups = {value_key(c): i for i, c in enumerate(_row_combos(setting, base_keys, values))}
     group_of = [groups[value_key([s[k] for k in base_keys])] for s in setting]
 
@@ -219,7 +218,7 @@ def _arrange(
     cols = [v for v in values[col_key] if any(value_key(s[col_key]) == value_key(v) for s in setting)]
     col_index = {value_key(v): i for i, v in enumerate(cols)}
     row_index = {value_key(c): i for i, c in enumerate(_row_combos(setting, row_keys, values))}
-    placed: dict[tuple[int, int], dict[str, Any]] = {}
+    placed: dict[tuple[int, int], RunResult] = {}
     row_group: dict[int, int] = {}
     for run, s, g in zip(variants, setting, group_of, strict=True):
         pos = (row_index[value_key([s[k] for k in row_keys])], col_index[value_key(s[col_key])])
@@ -254,7 +253,7 @@ def _row_combos(setting: list[dict[str, Any]], row_keys: list[str], values: dict
     return sorted(seen.values(), key=lambda c: [rank[k][value_key(v)] for k, v in zip(row_keys, c, strict=True)])
 
 
-def grid_layout(runs: list[dict[str, Any]], planned: list[dict[str, Any]] | None = None) -> Grid:
+def grid_layout(runs: list[RunResult], planned: list[Run] | None = None) -> Grid:
     """Arrange sweep runs into blocks of cells (see `Block`), so a grid shows what changed along which axis, each
     variant beside the baseline it is compared with.
 
@@ -278,68 +277,65 @@ def grid_layout(runs: list[dict[str, Any]], planned: list[dict[str, Any]] | None
       with the short key (last dotted part).
     """
     pairs = baseline_pairs(runs)
-    by_id = {str(r.get("id")): r for r in runs}
+    by_id = {r.id: r for r in runs}
     named = {b for b in pairs.values() if b}
-    groups: dict[str, list[dict[str, Any]]] = {}
+    groups: dict[str, list[RunResult]] = {}
     for run in runs:
-        if run.get("kind") != "baseline":
+        if run.kind != "baseline":
             groups.setdefault(_block_key(run), []).append(run)
-        elif str(run.get("id")) not in named:  # a baseline no variant names: a block of baselines of its own
+        elif run.id not in named:  # a baseline no variant names: a block of baselines of its own
             groups.setdefault("baseline " + _block_key(run), []).append(run)
 
-    def variants_of(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [r for r in group if r.get("kind") != "baseline"]
+    def variants_of(group: list[RunResult]) -> list[RunResult]:
+        return [r for r in group if r.kind != "baseline"]
 
-    all_keys = varying_keys([{**r, "kind": "variant"} for g in groups.values() for r in variants_of(g)])
+    all_keys = varying_keys([r for g in groups.values() for r in variants_of(g)])
     within = [
         k
         for k in all_keys
-        if any(len({value_key((r.get("settings") or {}).get(k)) for r in variants_of(g)}) > 1 for g in groups.values())
+        if any(len({value_key(r.settings.get(k)) for r in variants_of(g)}) > 1 for g in groups.values())
     ]
     base_keys = [k for k in within if not is_conditioning(k)]
     cond_keys = [k for k in within if is_conditioning(k)]
     between = [k for k in all_keys if k not in within and k != SEED_KEY]
-    ordered = [r for r in (planned or []) if r.get("kind") != "baseline"] + [
-        r for g in groups.values() for r in variants_of(g)
-    ]
-    values = {k: _ordered_values([(r.get("settings") or {}).get(k) for r in ordered]) for k in within}
+    ordered: list[Run] = [r for r in (planned or []) if r.kind != "baseline"]
+    ordered += [r for g in groups.values() for r in variants_of(g)]
+    values = {k: _ordered_values([r.settings.get(k) for r in ordered]) for k in within}
     names = short_keys(all_keys)
     grid = Grid(keys=base_keys + cond_keys)
     for group in groups.values():
         first = group[0]
         vs = variants_of(group)
         layout, row_headers, col_headers, rows, row_groups = _arrange(vs, base_keys, cond_keys, values, names)
-        lead_headers = ["reference"] if first.get("image") else []
-        if any(pairs.get(str(r.get("id"))) for r in vs):
+        lead_headers = ["reference"] if first.image else []
+        if any(pairs.get(r.id) for r in vs):
             lead_headers.append("baseline")
         if not vs:  # baselines only
             col_headers, rows = ["baseline"] * len(group), [list(group)]
         cells: list[list[Cell | None]] = []
         for r, row in enumerate(rows):
             lead: list[Cell | None] = []
-            if first.get("image"):
+            if first.image:
                 lead.append(
-                    Cell(kind="reference", caption=reference_caption(first), image=str(first["image"]))
-                    if r == 0
-                    else None
+                    Cell(kind="reference", caption=reference_caption(first), image=first.image) if r == 0 else None
                 )
             starts_group = r == 0 or row_groups[r] != row_groups[r - 1]
             if "baseline" in lead_headers:
                 lead.append(_baseline_cell(row, pairs, by_id, base_keys, names) if starts_group else None)
             cells.append(lead + [None if run is None else _cell(run) for run in row])
         seed = run_seed(first)
-        meta = [f"image: {reference_caption(first)}" if first.get("image") else "no reference image"]
-        if first.get("init_image"):
-            meta.append(f"init: {Path(str(first['init_image'])).name}")
+        meta = [f"image: {reference_caption(first)}" if first.image else "no reference image"]
+        if first.init_image:
+            meta.append(f"init: {Path(first.init_image).name}")
         meta.append(f"seed={fmt_value(seed)}")
         example = vs[0] if vs else first
-        meta += [f"{names[k]}={fmt_value((example.get('settings') or {}).get(k))}" for k in between]
+        meta += [f"{names[k]}={fmt_value(example.settings.get(k))}" for k in between]
         grid.blocks.append(
             Block(
-                prompt=str(first.get("prompt") or ""),
-                image=first.get("image"),
+                prompt=first.prompt,
+                image=first.image,
                 seed=seed,
-                title=str(first.get("prompt") or "(no prompt)"),
+                title=first.prompt or "(no prompt)",
                 subtitle="  ·  ".join(meta),
                 layout=layout,
                 col_headers=lead_headers + col_headers,
@@ -352,19 +348,19 @@ def grid_layout(runs: list[dict[str, Any]], planned: list[dict[str, Any]] | None
 
 
 def _baseline_cell(
-    row: list[dict[str, Any] | None],
+    row: list[RunResult | None],
     pairs: dict[str, str | None],
-    by_id: dict[str, dict[str, Any]],
+    by_id: dict[str, RunResult],
     base_keys: list[str],
     names: dict[str, str],
 ) -> Cell | None:
     """The baseline cell of a row: the baseline its variants name, captioned with the row group's
     non-conditioning values; a named baseline without a result is a "missing" cell, never another run."""
     run = next((r for r in row if r is not None), None)
-    bid = pairs.get(str(run.get("id"))) if run is not None else None
-    if bid is None:
+    bid = pairs.get(run.id) if run is not None else None
+    if run is None or bid is None:
         return None
-    values = [f"{names[k]}={fmt_value((run.get('settings') or {}).get(k))}" for k in base_keys]
+    values = [f"{names[k]}={fmt_value(run.settings.get(k))}" for k in base_keys]
     caption = " · ".join(["text only", *values])
     if bid not in by_id:
         return Cell(kind="baseline", caption=f"{caption} (no result yet)")
@@ -422,13 +418,13 @@ def _wrap(font: Any, text: str, width: int, max_lines: int) -> list[str]:
     return lines
 
 
-def reference_caption(run: dict[str, Any]) -> str:
+def reference_caption(run: Run) -> str:
     """A run's reference as a header says it: the file name, or each file of a reference set with its weight
     (`a.png 0.5 + b.png 0.5`; default weights 1/n)."""
-    paths = reference_paths(run.get("image"))
-    if len(paths) == 1 and run.get("reference_weights") is None:
+    paths = reference_paths(run.image)
+    if len(paths) == 1 and run.reference_weights is None:
         return Path(paths[0]).name
-    weights = run.get("reference_weights") or [1 / len(paths)] * len(paths)
+    weights = run.reference_weights or [1 / len(paths)] * len(paths)
     return " + ".join(f"{Path(p).name} {fmt_value(w)}" for p, w in zip(paths, weights, strict=False))
 
 
@@ -517,7 +513,7 @@ def _block_size(block: Block, font: Any, g: _Metrics) -> tuple[int, int]:
 
 
 def render_grid(
-    sweep_dir: str | Path, runs: list[dict[str, Any]], thumb: int = 256, planned: list[dict[str, Any]] | None = None
+    sweep_dir: str | Path, runs: list[RunResult], thumb: int = 256, planned: list[Run] | None = None
 ) -> Image.Image:
     """Draw `grid_layout(runs, planned)` as one RGB image: per block a title (prompt; image, seed), column headers on
     top, row headers on the left, then thumbnails (longer side `thumb`, aspect kept) with a short caption each. Failed

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..scoring.image_metrics import CONTENT_KINDS, METRICS, STYLE_KINDS, pareto_optimal
-from ..sweep.spec import baseline_pairs
+from ..sweep.run import RunResult, baseline_pairs
 from .grid import Block, grid_layout, image_free, is_number
 
 __all__ = ["METRICS", "RANKING_RULE", "Best", "TradeOff", "best_runs", "metric_names", "tradeoffs"]
@@ -30,14 +30,14 @@ RANKING_RULE = (
 """What `best_runs` ranks by, as the report says it."""
 
 
-def _rankable(run: dict[str, Any]) -> bool:
+def _rankable(run: RunResult) -> bool:
     """A run a report may rank or put on a trade-off front: a successful variant whose output depends on its
     reference (baselines are the comparison, not a candidate; an image-free run shows no effect of the image)."""
-    return run.get("kind") != "baseline" and run.get("status") == "ok" and not image_free(run)
+    return run.kind != "baseline" and run.ok and not image_free(run)
 
 
-def _value(metrics: dict[str, dict[str, Any]], run: dict[str, Any], name: str) -> float | None:
-    v = metrics.get(str(run.get("id")), {}).get(name)
+def _value(metrics: dict[str, dict[str, Any]], run: RunResult, name: str) -> float | None:
+    v = metrics.get(run.id, {}).get(name)
     return float(v) if is_number(v) and math.isfinite(v) else None
 
 
@@ -67,7 +67,7 @@ class Best:
         return self.value - self.baseline_value
 
 
-def best_runs(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) -> tuple[list[Best], dict[str, str]]:
+def best_runs(runs: list[RunResult], metrics: dict[str, dict[str, float]]) -> tuple[list[Best], dict[str, str]]:
     """The best run per rankable metric and block, by effect against its own baseline: `([Best], {metric: why not
     ranked})`, metrics in registry order, blocks in grid order (`grid.grid_layout`).
 
@@ -85,7 +85,7 @@ def best_runs(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) 
     successful variant runs that are not image-free (never baselines) with a finite value whose baseline succeeded
     with a finite value; a run whose baseline is missing, failed or unmeasured is counted in `Best.unpaired`, not
     ranked. Ties go to the earlier run."""
-    by_id = {str(r.get("id")): r for r in runs}
+    by_id = {r.id: r for r in runs}
     order = {rid: i for i, rid in enumerate(by_id)}
     pairs = baseline_pairs(runs)
     blocks = grid_layout(runs).blocks
@@ -110,7 +110,7 @@ def best_runs(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) 
                     continue
                 bid = pairs.get(rid)
                 base = by_id.get(bid) if bid else None
-                b = _value(metrics, base, name) if base is not None and base.get("status") == "ok" else None
+                b = _value(metrics, base, name) if base is not None and base.ok else None
                 if bid is None or b is None:
                     unpaired += 1
                 else:
@@ -151,14 +151,14 @@ class TradeOff:
 _AXES = {"style": STYLE_KINDS, "content": CONTENT_KINDS}  # the two axes of a trade-off plane
 
 
-def tradeoffs(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) -> list[TradeOff]:
+def tradeoffs(runs: list[RunResult], metrics: dict[str, dict[str, float]]) -> list[TradeOff]:
     """For every (style metric, content metric) pair present and every block with two or more rankable runs
     (`_rankable`) measured on both: the runs' (content, style) values and which are Pareto-optimal within the
     block (`metrics.pareto_optimal`: no other run keeps at least as much content with at least as much style).
     A trade-off has no winner: the front is the set of settings worth choosing between."""
     present = metric_names(runs, metrics)
     kinds = {a: [n for n in present if n in METRICS and METRICS[n].kind in k] for a, k in _AXES.items()}
-    by_id = {str(r.get("id")): r for r in runs}
+    by_id = {r.id: r for r in runs}
     out: list[TradeOff] = []
     blocks = grid_layout(runs).blocks
     for style, content in itertools.product(kinds["style"], kinds["content"]):
@@ -178,8 +178,8 @@ def tradeoffs(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) 
     return out
 
 
-def metric_names(runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]]) -> list[str]:
+def metric_names(runs: list[RunResult], metrics: dict[str, dict[str, float]]) -> list[str]:
     """Metrics present for at least one run: registry order first, then any others alphabetically."""
-    ids = {str(r.get("id")) for r in runs}
+    ids = {r.id for r in runs}
     present = {name for rid, m in metrics.items() if rid in ids for name in m}
     return [n for n in METRICS if n in present] + sorted(present - set(METRICS))

@@ -34,7 +34,8 @@ from markupsafe import Markup
 from ..core.files import atomic_write_bytes, atomic_write_text, image_bytes
 from ..scoring.image_metrics import MetricInfo
 from ..sweep.dir import SweepDir
-from ..sweep.spec import baseline_pairs, reference_paths, varying_keys
+from ..sweep.run import RunResult, baseline_pairs, varying_keys
+from ..sweep.spec import reference_paths
 from .composability import composability, diagonal_plot
 from .grid import (
     IMAGE_FREE_BADGE,
@@ -123,10 +124,10 @@ def render_template(template: str, **data: Any) -> str:
     return _TEMPLATES.get_template(template).render(**data)
 
 
-def progress(runs: list[dict[str, Any]], planned: int) -> str:
+def progress(runs: list[RunResult], planned: int) -> str:
     """How far a sweep got: `3 of 8 runs done; 1 failed; 4 not run` (runs planned: `planned`, else the runs with
     a result)."""
-    done = sum(r.get("status") == "ok" for r in runs)
+    done = sum(r.ok for r in runs)
     failed = len(runs) - done
     total = max(planned, len(runs))
     missing = f"; {total - len(runs)} not run" if total > len(runs) else ""
@@ -139,7 +140,7 @@ def render_report(sweep_dir: str | os.PathLike[str]) -> str:
     sweep_dir = sweep.path
     runs, metrics, summary = sweep.runs(), sweep.metrics(), sweep.summary()
     best, skipped = best_runs(runs, metrics)
-    by_id = {str(r.get("id")): r for r in runs}
+    by_id = {r.id: r for r in runs}
     pairs = baseline_pairs(runs)
     return render_template(
         "report.html.j2",
@@ -216,19 +217,18 @@ def data_uri(path: Path | None, side: int = 160) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _references(sweep_dir: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _references(sweep_dir: Path, runs: list[RunResult]) -> list[dict[str, Any]]:
     """Each distinct reference image once: its file name and a data: URI thumbnail (None if unreadable)."""
-    paths = dict.fromkeys(p for r in runs for p in reference_paths(r.get("image")))
+    paths = dict.fromkeys(p for r in runs for p in reference_paths(r.image))
     return [{"name": Path(p).name, "uri": data_uri(resolve_image(sweep_dir, p))} for p in paths]
 
 
-def _run(run: dict[str, Any]) -> dict[str, str]:
+def _run(run: RunResult) -> dict[str, str]:
     """What a link to a run shows: its id and its label (the id when it has none)."""
-    rid = str(run.get("id"))
-    return {"id": rid, "label": fmt_value(run.get("label") or rid)}
+    return {"id": run.id, "label": fmt_value(run.label or run.id)}
 
 
-def _best_row(best: Best, by_id: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _best_row(best: Best, by_id: dict[str, RunResult]) -> dict[str, Any]:
     """One row of the best-run table: the metric, its block, the run, its effect against its own baseline (signed,
     and whether that is better or worse than the baseline), its value, the baseline's value and how many runs of the
     block were compared."""
@@ -252,7 +252,7 @@ def _best_row(best: Best, by_id: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _tradeoff(t: TradeOff, by_id: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _tradeoff(t: TradeOff, by_id: dict[str, RunResult]) -> dict[str, Any]:
     """One trade-off as the template shows it: a scatter (`_scatter`) and its table, most content first."""
     return {
         "style": t.style,
@@ -267,7 +267,7 @@ def _tradeoff(t: TradeOff, by_id: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _scatter(t: TradeOff, by_id: dict[str, dict[str, Any]], w: int = 360, h: int = 240, m: int = 36) -> dict[str, Any]:
+def _scatter(t: TradeOff, by_id: dict[str, RunResult], w: int = 360, h: int = 240, m: int = 36) -> dict[str, Any]:
     """Pixel positions of a trade-off's points in a `w` x `h` plot with margin `m` (the template draws the SVG):
     content on x, style on y (up), each axis scaled linearly from its minimum to its maximum, a single value in the
     middle; `front` is the Pareto-optimal points joined left to right."""
@@ -281,7 +281,7 @@ def _scatter(t: TradeOff, by_id: dict[str, dict[str, Any]], w: int = 360, h: int
 
     points = []
     for rid, c, s, optimal in t.points:
-        label = fmt_value(by_id[rid].get("label") or rid)
+        label = fmt_value(by_id[rid].label or rid)
         title = f"{label}: {t.content} {_fmt_metric(c)}, {t.style} {_fmt_metric(s)}"
         x, y = xy(c, s)
         points.append({"x": x, "y": y, "optimal": optimal, "title": title})
@@ -289,11 +289,11 @@ def _scatter(t: TradeOff, by_id: dict[str, dict[str, Any]], w: int = 360, h: int
     return {"w": w, "h": h, "m": m, "front": front, "points": points}
 
 
-def _table_columns(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def _table_columns(runs: list[RunResult]) -> list[tuple[str, str]]:
     """(header, what) for the group columns that vary across runs (prompt, image) and the varying settings."""
     cols: list[tuple[str, str]] = []
     for field_name in ("prompt", "image", "reference_weights"):
-        if len({value_key(r.get(field_name)) for r in runs}) > 1:
+        if len({value_key(getattr(r, field_name)) for r in runs}) > 1:
             cols.append((field_name, "field:" + field_name))
     keys = varying_keys(runs)
     if len({value_key(run_seed(r)) for r in runs}) > 1 and SEED_KEY not in keys:
@@ -304,7 +304,7 @@ def _table_columns(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def _table(
-    sweep_dir: Path, runs: list[dict[str, Any]], metrics: dict[str, dict[str, float]], pairs: dict[str, str | None]
+    sweep_dir: Path, runs: list[RunResult], metrics: dict[str, dict[str, float]], pairs: dict[str, str | None]
 ) -> dict[str, Any]:
     """The sortable runs table: header names, then per run its image, label, id, kind, status, baseline,
     image dependence and one cell per varying column and metric. A cell's `v` is the sort key the script reads
@@ -315,17 +315,16 @@ def _table(
     heads += [m + _metric_mark(METRICS.get(m)) for m in names]
     rows = []
     for run in runs:
-        rid = str(run.get("id"))
-        output = run.get("output")
-        shown = run.get("status") == "ok" and output and (sweep_dir / str(output)).is_file()
+        rid, output = run.id, run.output
+        shown = run.ok and output and (sweep_dir / output).is_file()
         cells = []
         for _, what in cols:
             kind, _, key = what.partition(":")
             if kind == "field":
-                value = run.get(key)
+                value = getattr(run, key)
                 text = reference_caption(run) if key == "image" and value else fmt_value(value or "")
             else:
-                value = run_seed(run) if key == SEED_KEY else (run.get("settings") or {}).get(key)
+                value = run_seed(run) if key == SEED_KEY else run.settings.get(key)
                 text = "" if value is None else fmt_value(value)
             number = is_number(value)
             cells.append({"text": text, "v": fmt_value(value) if number else None, "num": number})
@@ -339,10 +338,10 @@ def _table(
                 "run": _run(run),
                 "image": quote(str(output).replace("\\", "/"), safe="/") if shown else None,
                 "image_free": image_free(run),
-                "kind": fmt_value(run.get("kind") or ""),
-                "failed": run.get("status") != "ok",
-                "status": fmt_value(run.get("status") or "failed"),
-                "error": fmt_value(run.get("error") or ""),
+                "kind": fmt_value(run.kind),
+                "failed": not run.ok,
+                "status": fmt_value(run.status),
+                "error": fmt_value(run.error or ""),
                 "baseline": pairs.get(rid),
                 "dependence": _image_dependence(run),
                 "cells": cells,
@@ -360,34 +359,32 @@ def _metric_mark(info: MetricInfo | None) -> str:
     return f" ({info.kind})"
 
 
-def _image_dependence(run: dict[str, Any]) -> dict[str, Any] | None:
+def _image_dependence(run: RunResult) -> dict[str, Any] | None:
     """The image-free cell of a run: None if never checked, else whether it is image-free and the measured relative
     change ("" when there is none)."""
-    dependence = (run.get("record") or {}).get("image_dependence")
+    dependence = (run.record or {}).get("image_dependence")
     if not isinstance(dependence, dict) or not dependence.get("checked"):
         return None
     change = dependence.get("relative_change")
     return {"image_free": image_free(run), "change": _fmt_metric(change) if is_number(change) else ""}
 
 
-def _details(run: dict[str, Any], metrics: dict[str, dict[str, float]], pairs: dict[str, str | None]) -> dict[str, Any]:
+def _details(run: RunResult, metrics: dict[str, dict[str, float]], pairs: dict[str, str | None]) -> dict[str, Any]:
     """A run's folded details: where it came from, its full resolved settings (its own overrides marked) and its
     records (conditioning, image dependence, timings, metrics) as indented JSON."""
-    rid = str(run.get("id"))
-    record = run.get("record") or {}
-    own = run.get("settings") or {}
+    rid, record, own = run.id, run.record or {}, run.settings
     facts = [
-        ("prompt", run.get("prompt")),
-        ("reference image", run.get("image")),
-        ("reference weights", run.get("reference_weights")),
-        ("neutral image", run.get("neutral_image")),
-        ("negative image", run.get("negative_image")),
-        ("init image", run.get("init_image")),
+        ("prompt", run.prompt),
+        ("reference image", run.image),
+        ("reference weights", run.reference_weights),
+        ("neutral image", run.neutral_image),
+        ("negative image", run.negative_image),
+        ("init image", run.init_image),
         ("compared with baseline", pairs.get(rid)),
-        ("output", run.get("output")),
+        ("output", run.output),
     ]
-    if run.get("status") != "ok":
-        facts.append(("error", run.get("error")))
+    if not run.ok:
+        facts.append(("error", run.error))
     records = [
         ("Conditioning", record.get("conditioning")),
         ("Image dependence", record.get("image_dependence")),
@@ -396,8 +393,8 @@ def _details(run: dict[str, Any], metrics: dict[str, dict[str, float]], pairs: d
     ]
     return {
         **_run(run),
-        "kind": fmt_value(run.get("kind") or ""),
-        "status": fmt_value(run.get("status") or ""),
+        "kind": fmt_value(run.kind),
+        "status": fmt_value(run.status),
         "image_free": image_free(run),
         "facts": [(k, "" if v is None else fmt_value(v)) for k, v in facts],
         "resolved": bool(record.get("settings")),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 from ..sweep.dir import SweepDir
-from ..sweep.spec import Inputs, baseline_pairs, reference_paths
+from ..sweep.run import baseline_pairs
+from ..sweep.spec import Inputs, reference_paths
 from .scorer import ScoreItem, Scoring
 
 Metrics = dict[str, dict[str, float | None]]
@@ -32,19 +33,19 @@ def write_metrics(
     scorer = (scoring or Scoring()).scorer()
     runs = sweep.runs()
     pairs = baseline_pairs(runs)
-    done = {r["id"]: r for r in runs if r["status"] == "ok"}
+    done = {r.id: r for r in runs if r.ok and r.output is not None}
     inputs = inputs if inputs is not None else Inputs()
     items = []
     for r in done.values():
-        base = done.get(pairs.get(r["id"]) or "")
+        base = done.get(pairs.get(r.id) or "")
         # a reference set (a.png+b.png) has no one reference image: its reference metrics are not measured
-        reference = None if len(reference_paths(r["image"])) > 1 else inputs.image(r["image"], "reference image")
+        reference = None if len(reference_paths(r.image)) > 1 else inputs.image(r.image, "reference image")
         items.append(
             ScoreItem(
-                sweep.path / r["output"],
-                prompt=r["prompt"],
+                sweep.path / str(r.output),
+                prompt=r.prompt,
                 reference=reference,
-                baseline=sweep.path / base["output"] if base else None,
+                baseline=sweep.path / str(base.output) if base else None,
             )
         )
     metrics: Metrics = dict(zip(done, scorer.score(items), strict=True))

@@ -15,7 +15,8 @@ DIR/
 A line of `results.jsonl` on disk means a complete run: its image was written (atomically) before it. A sweep
 killed at any point leaves at most temp files of unfinished atomic writes and a torn last line; `repair` removes
 both, and readers skip a torn line. The last record of a run id wins (the runner writes each id once; a merged or
-hand-edited file may repeat one).
+hand-edited file may repeat one). Runs are written as `run.Run.as_record` makes them and read back as typed values
+(`run.Run`, `run.RunResult`, `run.read_results`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,7 @@ from PIL import Image
 
 from ..core.errors import UserError
 from ..core.files import atomic_write_bytes, image_bytes, write_json
-
-Record = dict[str, Any]
+from .run import Run, RunResult, read_results
 
 
 class SweepDir:
@@ -103,7 +103,7 @@ class SweepDir:
         if results.exists() and (data := results.read_bytes()) and not data.endswith(b"\n"):
             atomic_write_bytes(results, data[: data.rfind(b"\n") + 1])
 
-    def check_plan(self, config: dict[str, Any], runs: list[Record]) -> None:
+    def check_plan(self, config: dict[str, Any], runs: list[Run]) -> None:
         """Refuse to resume with a plan other than the one in `spec.json` (`UserError` naming the difference: runs
         planned now and not there, or there and not now, and base-config keys whose values differ): a resumed
         sweep must finish the sweep it started, not mix two. A directory without `spec.json` has nothing to
@@ -111,13 +111,13 @@ class SweepDir:
         before = _read_object(self.path / self.SPEC)
         if not before:
             return
-        then = {str(r["id"]): r for r in self.plan()}
-        now = {str(r["id"]): r for r in runs}
+        then = {r.id: r for r in self.plan()}
+        now = {r.id: r for r in runs}
         problems = []
         if then.keys() != now.keys():
 
             def names(ids: list[str]) -> str:
-                shown = [f"'{(now | then)[i].get('label')}' ({i})" for i in ids[:4]]
+                shown = [f"'{(now | then)[i].label}' ({i})" for i in ids[:4]]
                 return ", ".join(shown + ([f"{len(ids) - 4} more"] if len(ids) > 4 else [])) or "none"
 
             new, gone = [i for i in now if i not in then], [i for i in then if i not in now]
@@ -139,9 +139,10 @@ class SweepDir:
                 "command that started it"
             )
 
-    def write_spec(self, spec: dict[str, Any], config: dict[str, Any], runs: list[Record]) -> Path:
+    def write_spec(self, spec: dict[str, Any], config: dict[str, Any], runs: list[Run]) -> Path:
         """`spec.json`: the resolved spec, the base config and every run of the sweep."""
-        return write_json(self.path / self.SPEC, {"spec": spec, "config": config, "runs": runs})
+        records = [run.as_record() for run in runs]
+        return write_json(self.path / self.SPEC, {"spec": spec, "config": config, "runs": records})
 
     def write_image(self, run_id: str, image: Image.Image) -> str:
         """A run's image, written atomically; returns its path relative to the directory (a result's `output`)."""
@@ -149,9 +150,9 @@ class SweepDir:
         atomic_write_bytes(self.path / output, image_bytes(image))
         return output
 
-    def append_result(self, record: Record) -> None:
+    def append_result(self, result: RunResult) -> None:
         """Append one result line with a single write and fsync it: once this returns, the run is on disk."""
-        data = (json.dumps(record, default=str) + "\n").encode()
+        data = (json.dumps(result.as_record(), default=str) + "\n").encode()
         fd = os.open(self.path / self.RESULTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, data)
@@ -167,9 +168,9 @@ class SweepDir:
 
     # ------------------------------------------------------------------------------------------- reading
 
-    def lines(self) -> list[Record]:
-        """Every record of the results file in file order (repeats included); a torn line (a crash mid-write) is
-        skipped, and so is a line that is not a record with an `id`."""
+    def lines(self) -> list[RunResult]:
+        """Every result of the results file in file order (repeats included); a torn line (a crash mid-write) is
+        skipped, and so is a line that is not a result record (`run.read_results`)."""
         path = self.path / self.RESULTS
         if not path.exists():
             return []
@@ -179,27 +180,32 @@ class SweepDir:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if isinstance(record, dict) and "id" in record:
+            if isinstance(record, dict):
                 records.append(record)
-        return records
+        return read_results(records)
 
-    def runs(self) -> list[Record]:
+    def runs(self) -> list[RunResult]:
         """The finished runs, one per id: the last record of an id wins but keeps the position of its first."""
-        runs: dict[str, Record] = {}
-        for record in self.lines():
-            runs[str(record["id"])] = record
+        runs: dict[str, RunResult] = {}
+        for result in self.lines():
+            runs[result.id] = result
         return list(runs.values())
 
     def done(self) -> set[str]:
         """Ids of the runs whose last result is ok: a resumed sweep does not run them again (it retries failed
         ones; their new line wins, `runs`)."""
-        return {str(record["id"]) for record in self.runs() if record.get("status") == "ok"}
+        return {result.id for result in self.runs() if result.ok}
 
-    def plan(self) -> list[Record]:
-        """The planned runs of `spec.json`, in plan order (the order their settings were asked in); `[]` before a
-        sweep wrote it."""
-        runs = _read_object(self.path / self.SPEC).get("runs")
-        return [r for r in runs if isinstance(r, dict) and "id" in r] if isinstance(runs, list) else []
+    def plan(self) -> list[Run]:
+        """The planned runs of `spec.json`, in plan order (the order their settings were asked in), each with the
+        id it was written with; `[]` before a sweep wrote it. A record that is not a run is skipped."""
+        records = _read_object(self.path / self.SPEC).get("runs")
+        runs = []
+        for record in records if isinstance(records, list) else []:
+            if isinstance(record, dict):
+                with suppress(ValueError):  # not a run's record
+                    runs.append(Run.from_record(record))
+        return runs
 
     def summary(self) -> dict[str, Any]:
         """`sweep.json`; `{}` when absent or unreadable."""
@@ -220,17 +226,17 @@ def _read_object(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _differing_values(new: list[Record], gone: list[Record]) -> str:
+def _differing_values(new: list[Run], gone: list[Run]) -> str:
     """What tells new runs from gone ones: the run fields and settings whose values differ between the two sets,
     as ` (image 'a.png' now, 'b.png' there)`; empty when nothing tells them apart at a glance."""
 
-    def values(runs: list[Record], key: str) -> list[str]:
+    def values(runs: list[Run], key: str) -> list[str]:
         field = key.removeprefix("settings:")
-        got = [(r.get("settings") or {}).get(field) if key != field else r.get(field) for r in runs]
+        got = [r.settings.get(field) if key != field else getattr(r, field) for r in runs]
         return sorted({json.dumps(v, default=str) for v in got})
 
     keys = ["prompt", "image", "init_image", "steer", "neutral_image", "negative_image"]
-    keys += sorted({f"settings:{k}" for r in new + gone for k in (r.get("settings") or {})})
+    keys += sorted({f"settings:{k}" for r in new + gone for k in r.settings})
     differ = [
         f"{key.removeprefix('settings:')} {', '.join(values(new, key))} now, {', '.join(values(gone, key))} there"
         for key in keys

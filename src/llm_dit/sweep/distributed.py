@@ -92,9 +92,9 @@ class Worker:
         """The runner's batch step on checked runs (not checked again), returning what `finish` needs instead of
         writing it."""
         return [
-            (run["id"], image_bytes(result.image), result.record, None)
+            (run.id, image_bytes(result.image), result.record, None)
             if result is not None
-            else (run["id"], None, None, (type(error).__name__, str(error)))
+            else (run.id, None, None, (type(error).__name__, str(error)))
             for run, result, error in run_batch(self.gen, batch)
         ]
 
@@ -184,7 +184,7 @@ def _dispatch(
             actor, batch = pending.pop(ref)
             outcomes = ray.get(ref)
             submit(actor)
-            by_id = {c.run["id"]: c.run for c in batch}
+            by_id = {c.run.id: c.run for c in batch}
             for rid, png, record, error in outcomes:
                 if error is not None:
                     finish(sweep, by_id[rid], None, remote_error(*error), on_result)

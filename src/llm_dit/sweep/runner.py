@@ -17,7 +17,6 @@ import contextlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from ..adapter.model import check_use
 from ..conditioning.imagedep import probe_image
@@ -35,10 +34,10 @@ from ..generation.render import Prepared
 from ..maths.compose import load_styles
 from ..models.loading import resolve_device
 from .dir import SweepDir
-from .spec import Inputs, Plan, SweepSpec, expand, reference_paths, run_id
+from .run import Run, RunResult, run_id
+from .spec import Inputs, Plan, SweepSpec, expand, reference_paths
 
-Run = dict[str, Any]
-OnResult = Callable[[dict[str, Any]], None]
+OnResult = Callable[[RunResult], None]
 
 
 @dataclass
@@ -120,7 +119,7 @@ class CheckedPlan:
 
     def only(self, ids: Collection[str]) -> CheckedPlan:
         """The plan of the runs whose id is in `ids`, in the same order (checked already: not checked again)."""
-        checked = tuple(c for c in self.checked if c.run["id"] in ids)
+        checked = tuple(c for c in self.checked if c.run.id in ids)
         return replace(self, plan=self.plan.only(ids), checked=checked)
 
 
@@ -139,21 +138,21 @@ class Job:
 def run_source(run: Run, inputs: Inputs) -> Source:
     """What conditions a run: its steering direction, its style files, its reference image or reference set
     (`a.png+b.png`, with its weights and the neutral image), or nothing."""
-    if run["kind"] == "variant":
-        if run.get("steer"):
-            return Steering(inputs.direction(run["steer"]))
-        if run.get("style"):
-            return Styled(*load_styles(run["style"]))
-        if run["image"] is not None:
-            neutral = inputs.image(run.get("neutral_image") or None, "neutral image")
-            images = [inputs.image(path, "reference image") for path in reference_paths(run["image"])]
-            return Reference(images[0] if len(images) == 1 else images, neutral, run.get("reference_weights"))
+    if run.kind == "variant":
+        if run.steer:
+            return Steering(inputs.direction(run.steer))
+        if run.style:
+            return Styled(*load_styles(run.style))
+        if run.image is not None:
+            neutral = inputs.image(run.neutral_image or None, "neutral image")
+            images = [inputs.image(path, "reference image") for path in reference_paths(run.image)]
+            return Reference(images[0] if len(images) == 1 else images, neutral, run.reference_weights)
     return Text()
 
 
 def run_negative(run: Run, source: Source, inputs: Inputs) -> Reference | None:
     """CFG's negative reference of a run (`negative_image`, with the run's neutral image), or None."""
-    image = inputs.image(run.get("negative_image") or None, "negative image")
+    image = inputs.image(run.negative_image or None, "negative image")
     return None if image is None else Reference(image, neutral_of(source))
 
 
@@ -170,9 +169,9 @@ def check_run(run: Run, config: Config, inputs: Inputs) -> CheckedRun:
             if not Path(path).expanduser().is_file():
                 raise UserError(f"LoRA file not found: {path}")
         source = run_source(run, inputs)
-        init = inputs.image(run["init_image"], "init image")
+        init = inputs.image(run.init_image, "init image")
         negative = run_negative(run, source, inputs)
-        request = check_request(config, run["prompt"], source, init_image=init, negative=negative)
+        request = check_request(config, run.prompt, source, init_image=init, negative=negative)
         v = config.vl
         if isinstance(source, Reference):
             if v.adapter:
@@ -182,7 +181,7 @@ def check_run(run: Run, config: Config, inputs: Inputs) -> CheckedRun:
             if v.reference_stats:
                 inputs.stats(v.reference_stats)
     except UserError as e:
-        raise UserError(f"sweep run '{run['label']}': {e}") from None
+        raise UserError(f"sweep run '{run.label}': {e}") from None
     return CheckedRun(run, request)
 
 
@@ -199,15 +198,15 @@ def with_prompts(work: CheckedPlan, spec: SweepSpec) -> CheckedPlan:
     rule reads the prompt: nothing is resolved or checked again. `ValueError` for a run that differs otherwise."""
 
     def promptless(run: Run) -> str:
-        return run_id({**run, "prompt": None})
+        return run_id(run.model_copy(update={"prompt": ""}))
 
     requests = {promptless(c.run): c.request for c in work.checked}
     checked = []
     for run in expand(spec):
         if (request := requests.get(promptless(run))) is None:
-            raise ValueError(f"run '{run['label']}' differs from the checked plan's runs in more than its prompt")
-        checked.append(CheckedRun(run, replace(request, prompt=run["prompt"])))
-    configs = {c.run["id"]: c.request.config for c in checked}
+            raise ValueError(f"run '{run.label}' differs from the checked plan's runs in more than its prompt")
+        checked.append(CheckedRun(run, replace(request, prompt=run.prompt)))
+    configs = {c.run.id: c.request.config for c in checked}
     plan = Plan.of([c.run for c in checked], configs, work.inputs)
     return CheckedPlan(work.base, spec, plan, tuple(checked), work.inputs)
 
@@ -282,15 +281,11 @@ def finish(
     sweep: SweepDir, run: Run, result: Result | None, error: BaseException | None, on_result: OnResult | None
 ) -> None:
     """Write a run's image (atomically), then its result line: a line on disk means a complete run."""
-    fields = ("id", "kind", "label", "prompt", "image", "reference_weights", "init_image", "steer", "style")
-    fields += ("neutral_image", "negative_image")
-    fields += ("baseline", "settings")
-    line = {k: run[k] for k in fields if k in run}
     if result is not None:
-        line |= {"status": "ok", "output": sweep.write_image(run["id"], result.image), "record": result.record}
+        line = RunResult.of(run, status="ok", output=sweep.write_image(run.id, result.image), record=result.record)
     else:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        line |= {"status": "failed", "error": f"{type(error).__name__}: {message}"}
+        line = RunResult.of(run, status="failed", error=f"{type(error).__name__}: {message}")
     sweep.append_result(line)
     if on_result is not None:
         on_result(line)

@@ -2,16 +2,15 @@
 resolved once, the runs that could not do what they say refused, and the unique forward passes listed, so none is
 wasted. `experiment.run_sweep` runs a plan into a sweep directory (`sweepdir.SweepDir`).
 
-A run is a set of config overrides (`{"vl.alpha": 0.3, ...}`) plus a prompt, a reference image and a seed. Each
-conditioned run is compared with its own text-only baseline (`baseline_of`: the run minus its conditioning, see
-`is_conditioning`), one more run (`kind: baseline`) shared by every variant that differs from it only in
-conditioning, unless disabled; the variant names it (`baseline`).
+A run (`run.Run`) is a set of config overrides (`{"vl.alpha": 0.3, ...}`) plus a prompt, a reference image and a
+seed. Each conditioned run is compared with its own text-only baseline (`run.baseline_of`: the run minus its
+conditioning, see `run.is_conditioning`), one more run (`kind: baseline`) shared by every variant that differs from
+it only in conditioning, unless disabled; the variant names it (`baseline`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import json
 from collections.abc import Collection
@@ -36,24 +35,14 @@ from ..models.hooks import layer_position
 from ..models.inject import block_indices
 from ..models.loading import check_vl, read_model_json
 from ..models.vl import TOKEN_MODES
+from .run import Run, baseline_of, is_conditioning
 
-# A conditioning setting shapes only what the reference image (or steering direction) adds to the caption: every
-# `vl.*` key. The run fields below are the conditioning's sources. Everything else (generation.*, encoder.*, the
-# prompt, the init image) is shared by a run and its text-only baseline. The one definition of "conditioning".
-CONDITIONING_SECTION = "vl"
-CONDITIONING_FIELDS = ("image", "reference_weights", "steer", "style", "neutral_image", "negative_image")
-OPTIONAL_FIELDS = ("reference_weights", "style", "negative_image")  # in a run only when used (older run ids stay)
 SET_SEP = "+"  # `a.png+b.png`: one run conditioned on a reference set (the images combined by weight)
 
 
 def reference_paths(image: str | None) -> list[str]:
     """The image files of a run's `image`: one path, or the paths of a reference set `a.png+b.png`."""
     return [] if image is None else [p.strip() for p in image.split(SET_SEP)]
-
-
-def is_conditioning(key: str) -> bool:
-    """Whether the dotted setting `key` is a conditioning setting (a `vl.*` key; see CONDITIONING_SECTION)."""
-    return key.partition(".")[0] == CONDITIONING_SECTION
 
 
 class ListedRun(BaseModel):
@@ -213,28 +202,7 @@ def preset_spec(name: str) -> dict[str, Any]:
     return PRESETS[check_choice(name, PRESETS, "preset")]
 
 
-def run_id(run: dict[str, Any]) -> str:
-    """Stable id of a run: a hash of everything that determines its image (not its label, nor the id of the
-    baseline it is compared with, which follows from the rest)."""
-    keep = {k: v for k, v in run.items() if k not in ("id", "label", "baseline")}
-    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def baseline_of(run: dict[str, Any]) -> dict[str, Any]:
-    """The text-only baseline of a conditioned run: the run minus its conditioning. Same prompt, init image and
-    every non-conditioning setting (seed, steps, size, shift, guidance, strength, encoder.*: text layer, think
-    block, long-prompt mode, ...); no conditioning source (CONDITIONING_FIELDS) and no `vl.*` setting."""
-    base = {k: v for k, v in run.items() if k not in ("id", "baseline")}
-    base |= {field: None for field in CONDITIONING_FIELDS if field not in OPTIONAL_FIELDS}
-    for field in OPTIONAL_FIELDS:
-        base.pop(field, None)
-    base |= {"kind": "baseline", "label": "text only"}
-    base["settings"] = {k: v for k, v in run["settings"].items() if not is_conditioning(k)}
-    base["id"] = run_id(base)
-    return base
-
-
-def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+def expand(spec: SweepSpec) -> list[Run]:
     """All runs of `spec`, per prompt x image x seed; with baselines on, each conditioned variant names its
     baseline (`baseline_of`) in `baseline`, and that baseline precedes the first variant paired with it. Duplicates
     (e.g. a baseline shared by several variants) appear once. A variant with a reference image gets the spec's
@@ -248,13 +216,12 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     combos = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())] or [{}]
     variants = spec.variants or [{}]
     images: list[str | None] = list(spec.images) or [None]
-    runs: list[dict[str, Any]] = []
+    runs: list[Run] = []
     seen: set[str] = set()
 
-    def add(run: dict[str, Any]) -> None:
-        run["id"] = run_id(run)
-        if run["id"] not in seen:
-            seen.add(run["id"])
+    def add(run: Run) -> None:
+        if run.id not in seen:
+            seen.add(run.id)
             runs.append(run)
 
     if spec.compose:
@@ -269,13 +236,16 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
     ]
     for prompt, (image, weights), seed in itertools.product(spec.prompts, combos_of_image, spec.seeds):
         init = spec.init_image or (reference_paths(image)[0] if spec.img2img and image else None)
-        group = {"prompt": prompt, "image": image, "init_image": init, "steer": spec.steer}
-        if image is not None and weights is not None:
-            group["reference_weights"] = weights
-        if spec.style:
-            group["style"] = list(spec.style)
-        if spec.negative_image and image is not None and not spec.steer and not spec.style:
-            group["negative_image"] = spec.negative_image
+        negative = spec.negative_image if image is not None and not spec.steer and not spec.style else None
+        group = {
+            "prompt": prompt,
+            "image": image,
+            "reference_weights": weights,
+            "init_image": init,
+            "steer": spec.steer,
+            "style": list(spec.style) or None,
+            "negative_image": negative or None,
+        }
         settings_base = {**fixed, "generation.seed": seed}
         for variant, combo in itertools.product(variants, combos):
             settings = {**settings_base, **{k: v for k, v in variant.items() if k != "label"}, **combo}
@@ -286,52 +256,22 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
                 image is not None and not spec.steer and settings.get("vl.blend", "style_delta") == "style_delta"
             )
             neutral = spec.neutral_image if uses_neutral else None
-            run = {**group, "neutral_image": neutral, "kind": "variant", "label": label or "run", "settings": settings}
-            run["baseline"] = None
+            fields = {**group, "neutral_image": neutral, "label": label or "run", "settings": settings}
+            base = None
             if spec.baseline and (image is not None or spec.steer or spec.style):
-                base = baseline_of(run)
+                base = baseline_of(Run(**fields))
                 add(base)
-                run["baseline"] = base["id"]
-            add(run)
+            add(Run(**fields, baseline=base.id if base else None))
     for listed in spec.runs:
-        run = listed.model_dump(exclude={"settings"}) | {"neutral_image": None, "kind": "variant", "baseline": None}
-        add(run | {"settings": {**spec.fixed, **listed.settings}})
+        add(Run(**listed.model_dump(exclude={"settings"}), settings={**spec.fixed, **listed.settings}))
     return runs
 
 
-def baseline_pairs(runs: list[dict[str, Any]]) -> dict[str, str | None]:
-    """`{variant id: id of the baseline it is compared with, or None}`: the one its record names. A record written
-    before baselines were matched names none; it is paired with its (prompt, image, seed) group's baseline, as
-    it was then."""
-
-    def group(r: dict[str, Any]) -> str:
-        return json.dumps([r.get("prompt"), r.get("image"), (r.get("settings") or {}).get("generation.seed")])
-
-    legacy: dict[str, str] = {}
-    for r in runs:
-        if r.get("kind") == "baseline":
-            legacy.setdefault(group(r), str(r["id"]))
-    return {
-        str(r["id"]): r["baseline"] if "baseline" in r else legacy.get(group(r))
-        for r in runs
-        if r.get("kind") != "baseline"
-    }
-
-
-def varying_keys(runs: list[dict[str, Any]]) -> list[str]:
-    """Settings keys whose value differs between variant runs (the grid's axes), in first-seen order."""
-    variants = [r for r in runs if r["kind"] == "variant"]
-    keys: list[str] = []
-    for r in variants:
-        keys += [k for k in r["settings"] if k not in keys]
-    return [k for k in keys if len({json.dumps(r["settings"].get(k), default=str) for r in variants}) > 1]
-
-
-def run_config(base: Config, run: dict[str, Any]) -> Config:
+def run_config(base: Config, run: Run) -> Config:
     """The resolved config of one run: `base` with the run's settings applied by `config.with_overrides`, one
     precedence level above `base`: a run's `vl.hidden_layer` clears the profile's `vl.layers`, and a run setting
     both is an error."""
-    return with_overrides(base, run["settings"], f"the settings of sweep run {run.get('id')}")
+    return with_overrides(base, run.settings, f"the settings of sweep run {run.id}")
 
 
 def resolve_spec(
@@ -386,9 +326,9 @@ def resolve_spec(
     return SweepSpec.model_validate(data)
 
 
-def reference_conditioned(run: dict[str, Any]) -> bool:
+def reference_conditioned(run: Run) -> bool:
     """A run whose caption rows are made from its reference image."""
-    return run["kind"] == "variant" and run["image"] is not None and not run.get("steer")
+    return run.kind == "variant" and run.image is not None and not run.steer
 
 
 @dataclass(frozen=True)
@@ -398,7 +338,7 @@ class Plan:
     text in one pass), image-check probe extractions (`probe`: the noise image's size, instead of `image`) and text
     encodes (`prompt`, `encoder`: the text encoder's settings). Made by `plan`; `only` narrows it to some runs."""
 
-    runs: list[dict[str, Any]]
+    runs: list[Run]
     configs: dict[str, Config]  # run id -> the run's resolved config
     unique_extractions: list[dict[str, Any]]
     probe_extractions: list[dict[str, Any]]
@@ -407,7 +347,7 @@ class Plan:
     image_sizes: dict[str, tuple[int, int] | None]  # reference image path -> its decoded size (None: unreadable)
 
     @classmethod
-    def of(cls, runs: list[dict[str, Any]], configs: dict[str, Config], inputs: Inputs) -> Plan:
+    def of(cls, runs: list[Run], configs: dict[str, Config], inputs: Inputs) -> Plan:
         """The plan of `runs` whose configs are `configs`: the unique forward passes listed (see `plan`); image
         sizes (for the probes) come from `inputs`, which decodes each image once for the whole sweep."""
         extractions: dict[str, dict[str, Any]] = {}
@@ -415,41 +355,41 @@ class Plan:
         encodes: dict[str, dict[str, Any]] = {}
         sizes: dict[str, tuple[int, int] | None] = {}
         for run in runs:
-            cfg = configs[run["id"]]
+            cfg = configs[run.id]
             enc = cfg.encoder.model_dump(exclude={"device", "dtype"})  # the text encoder's own arguments
-            key = json.dumps([run["prompt"], enc], sort_keys=True)
-            encodes.setdefault(key, {"prompt": run["prompt"], "encoder": enc})
+            key = json.dumps([run.prompt, enc], sort_keys=True)
+            encodes.setdefault(key, {"prompt": run.prompt, "encoder": enc})
             if not reference_conditioned(run):
                 continue
             v = cfg.vl
             layers = list(parse_layer_weights(v.layers)) if v.layers else [v.hidden_layer]
-            extra = filter(None, [run.get("neutral_image"), run.get("negative_image")])
-            for image in [*reference_paths(run["image"]), *extra]:
-                key = json.dumps([image, run["prompt"], v.system_prompt, v.max_pixels])
+            extra = filter(None, [run.neutral_image, run.negative_image])
+            for image in [*reference_paths(run.image), *extra]:
+                key = json.dumps([image, run.prompt, v.system_prompt, v.max_pixels])
                 entry = extractions.setdefault(
-                    key, {"image": image, "text": run["prompt"], "layers": [], **_extraction_inputs(v)}
+                    key, {"image": image, "text": run.prompt, "layers": [], **_extraction_inputs(v)}
                 )
                 entry["layers"] = sorted(set(entry["layers"]) | set(layers))
-            for path in reference_paths(run["image"]) if v.image_check else []:
+            for path in reference_paths(run.image) if v.image_check else []:
                 if path not in sizes:
                     sizes[path] = inputs.size(path, "reference image")
                 if (size := sizes[path]) is None:
                     continue
-                key = json.dumps([size, run["prompt"], v.system_prompt, v.max_pixels])
+                key = json.dumps([size, run.prompt, v.system_prompt, v.max_pixels])
                 entry = probes.setdefault(
-                    key, {"probe": list(size), "text": run["prompt"], "layers": [], **_extraction_inputs(v)}
+                    key, {"probe": list(size), "text": run.prompt, "layers": [], **_extraction_inputs(v)}
                 )
                 entry["layers"] = sorted(set(entry["layers"]) | set(layers))
         return cls(runs, configs, list(extractions.values()), list(probes.values()), list(encodes.values()), sizes)
 
-    def config(self, run: dict[str, Any]) -> Config:
+    def config(self, run: Run) -> Config:
         """The resolved config of one of the plan's runs."""
-        return self.configs[run["id"]]
+        return self.configs[run.id]
 
     def only(self, ids: Collection[str]) -> Plan:
         """The plan of the runs whose id is in `ids`, in the same order (their configs are not resolved again)."""
-        runs = [run for run in self.runs if run["id"] in ids]
-        return Plan.of(runs, {run["id"]: self.configs[run["id"]] for run in runs}, Inputs(self.image_sizes))
+        runs = [run for run in self.runs if run.id in ids]
+        return Plan.of(runs, {run.id: self.configs[run.id] for run in runs}, Inputs(self.image_sizes))
 
     def passes(self) -> dict[str, int]:
         """How many forward passes of each kind the plan lists (a sweep summary's `plan`)."""
@@ -487,22 +427,22 @@ def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
     )
     beyond: dict[str, set[int]] = {}
     for run in plan.runs:
-        unconditioned = run["image"] is None and not run["steer"] and not run.get("style")
-        if run["kind"] == "variant" and unconditioned and (keys := sorted(filter(is_conditioning, run["settings"]))):
+        unconditioned = run.image is None and not run.steer and not run.style
+        if run.kind == "variant" and unconditioned and (keys := sorted(filter(is_conditioning, run.settings))):
             raise UserError(
-                f"sweep run '{run['label']}' sets {', '.join(keys)}, and has no reference image: conditioning "
+                f"sweep run '{run.label}' sets {', '.join(keys)}, and has no reference image: conditioning "
                 "settings act only on a reference image (or a steering direction or style files); give the run "
                 "an 'image' or leave them out"
             )
-        if run["kind"] != "variant" or (run["image"] is None and not run["steer"]):
+        if run.kind != "variant" or (run.image is None and not run.steer):
             continue
         v = plan.config(run).vl
         if v.inject_layers:
             try:
                 block_indices(v.inject_layers, dit_blocks())
             except UserError as e:
-                raise UserError(f"run '{run['label']}': vl.inject_layers: {e}") from None
-        if run["steer"]:
+                raise UserError(f"run '{run.label}': vl.inject_layers: {e}") from None
+        if run.steer:
             continue
         key, layers = (
             ("vl.layers", parse_layer_weights(v.layers)) if v.layers else ("vl.hidden_layer", [v.hidden_layer])
@@ -519,22 +459,22 @@ def check_runs(base: Config, spec: SweepSpec, plan: Plan) -> None:
             f"{what}: beyond the depth of the Qwen3-VL model {base.models.vl} ({depth} layers, valid layers "
             f"{-(depth + 1)}..{depth}); choose layers within it"
         )
-    if spec.neutral_image and not any(run.get("neutral_image") for run in plan.runs):
+    if spec.neutral_image and not any(run.neutral_image for run in plan.runs):
         raise UserError(
             "'neutral_image' is used only by runs with a reference image and blend style_delta: no run has one"
         )
-    if spec.negative_image and not any(run.get("negative_image") for run in plan.runs):
+    if spec.negative_image and not any(run.negative_image for run in plan.runs):
         raise UserError("'negative_image' is used only by runs conditioned on a reference image: no run has one")
 
 
-def plan(base: Config, runs: list[dict[str, Any]], inputs: Inputs | None = None) -> Plan:
+def plan(base: Config, runs: list[Run], inputs: Inputs | None = None) -> Plan:
     """The work `runs` need (`Plan`), deduplicated: each run's config resolved once (`run_config`); each unique
     (image, text, VL system prompt) extracted once with all its layers in one forward pass (a style_delta run's
     neutral image and a run's negative image too); so is each unique (probe size, text, VL system prompt) of the
     image-dependence check (`vl.image_check`: the probe is a noise image of the reference's size); each unique
     (prompt, encoder settings) encoded once. Refuses a run with a bad setting (naming the run). `inputs`: where
     the reference images are decoded (once each; the executor reuses them)."""
-    return Plan.of(runs, {run["id"]: run_config(base, run) for run in runs}, inputs or Inputs())
+    return Plan.of(runs, {run.id: run_config(base, run) for run in runs}, inputs or Inputs())
 
 
 def plan_sweep(base: Config, spec: SweepSpec, inputs: Inputs | None = None) -> Plan:
