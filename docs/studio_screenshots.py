@@ -1,5 +1,5 @@
 """Take the screenshots of docs/studio.md from the real page: `llm-dit studio --models tiny` in a subprocess, driven
-by Playwright in Debian's Chromium (the same setup as tests/test_studio_page.py).
+by Playwright in Debian's Chromium (the same setup as tests/studio/test_studio_page.py).
 
     .venv/bin/python docs/studio_screenshots.py            # writes docs/studio-*.png
 

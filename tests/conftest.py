@@ -13,6 +13,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def find_test_file(name: str) -> Path:
+    """The test module `name` (`test_x.py`) wherever it lives under tests/: the docs name tests by file and function,
+    and the tests mirror the packages (`tests/sweep/test_sweep.py`), so a file's name is unique."""
+    found = sorted((REPO / "tests").rglob(name))
+    assert len(found) == 1, f"{name}: {len(found)} files of that name under tests/"
+    return found[0]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every test session gets its own llm-dit cache, so nothing depends on (or pollutes) the user's."""

@@ -108,3 +108,24 @@ def test_the_check_sees_lazy_and_relative_imports():
     assert {"generation.tasks", "cli.common"} <= imports("cli.files", PACKAGE / "cli" / "files.py")
     assert {"cli.files", "cli.runs"} <= imports("cli.app", PACKAGE / "cli" / "app.py")  # `from . import files, runs`
     assert "generation.records" in imports("generation.generate", PACKAGE / "generation" / "generate.py")
+
+
+CROSS_CUTTING = {  # tests of promises that span the packages, kept at the top of tests/
+    "test_api.py",  # the public API and its imports
+    "test_architecture.py",  # this file
+    "test_docs.py",  # every documented command
+    "test_reliability.py",  # docs/reliability.md: bad input, row by row
+    "test_settings_honoured.py",  # docs/validity.md §4: every setting of every command acts or is refused
+    "test_validity.py",  # docs/validity.md names existing tests
+}
+
+
+def test_the_tests_mirror_the_packages():
+    """Each package's tests live in `tests/<package>/`, so the folder tree finds them; only the cross-cutting ones
+    sit at the top. Every test file's name is unique (the docs name tests by file)."""
+    tests = REPO / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert folders <= set(PACKAGES), folders - set(PACKAGES)
+    assert {p.name for p in tests.glob("test_*.py")} == CROSS_CUTTING
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert len(names) == len(set(names))

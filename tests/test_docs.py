@@ -11,7 +11,7 @@ no file of the repo is written. The rules (also in docs/cli.md, "Examples are te
   else is an error.
 - ```` ```bash server ```` blocks start a server that runs until stopped, or talk to one (`llm-dit studio`,
   `ssh`, `curl`): never run (a server would not return); they may hold only those commands. The studio's own tests
-  start it and drive it (tests/test_studio.py, tests/test_studio_page.py).
+  start it and drive it (tests/studio/test_studio.py, tests/studio/test_studio_page.py).
 - Commands run as bash would run them: bash expands each line (variables, quotes, the doc's state); a line that
   is one `llm-dit` command (no pipe, redirection, list or subshell) then runs in this process through the real entry
   point (`llm_dit.cli.app.main`) with that argv, environment and folder, its stdout and stderr caught in order;

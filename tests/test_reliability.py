@@ -16,7 +16,7 @@ from PIL import Image
 from llm_dit.core.errors import UserError
 from llm_dit.core.files import atomic_write_bytes, load_image, save_tensors
 
-from .conftest import REPO
+from .conftest import REPO, find_test_file
 
 REF = REPO / "examples" / "reference-images" / "test_scene.png"
 SMALL = ["--models", "tiny", "-p", "a house", "--steps", "2", "--width", "32", "--height", "32"]
@@ -271,7 +271,7 @@ def test_every_row_of_the_reliability_doc_names_an_existing_test():
         refs = re.findall(r"`(test_\w+\.py)::(test_\w+)", row)
         assert refs, f"row without a test: {row}"
         for file, name in refs:
-            assert f"def {name}(" in (REPO / "tests" / file).read_text(), (file, name)
+            assert f"def {name}(" in find_test_file(file).read_text(), (file, name)
 
 
 @pytest.mark.parametrize("command", ["extract", "inspect"])

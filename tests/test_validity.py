@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .conftest import REPO
+from .conftest import REPO, find_test_file
 
 
 def test_every_row_of_the_validity_doc_names_an_existing_test():
@@ -16,4 +16,4 @@ def test_every_row_of_the_validity_doc_names_an_existing_test():
         refs = re.findall(r"`(test_\w+\.py)::(test_\w+)", row)
         assert refs, f"row without a test: {row}"
         for file, name in refs:
-            assert f"def {name}(" in (REPO / "tests" / file).read_text(), (file, name)
+            assert f"def {name}(" in find_test_file(file).read_text(), (file, name)

@@ -1,7 +1,7 @@
 """The `llm-dit` command: a thin layer over the Python API. Each command parses its options (the settings ones from
 the one table in `config.options`), resolves the config, makes one API call and prints the result: paths and JSON
 on stdout, messages on stderr. A command resolves its settings before it imports the feature it calls, so help,
-flag and choice errors and bad settings never wait for torch (tests/test_cli_start.py).
+flag and choice errors and bad settings never wait for torch (tests/cli/test_cli_start.py).
 
 The commands live by group in `setup`, `files`, `runs`, `studio` and `bench` (each imports the feature it calls
 inside its body); this module makes the app of them, in the order `--help` lists them.

@@ -4,7 +4,7 @@ The config's types (`config.settings`), the option table (`config.options`) and 
 these, so `llm-dit --help`, a flag or choice error, `config show` and every refusal that needs no model import no
 torch, diffusers or transformers. Each feature that implements a mode imports its names from here; where a feature
 keeps a table keyed by mode (`maths.blend.BLEND_MODES`, `maths.steer.DIRECTIONS`, `models.zoo.PRESETS`), its keys
-are these names in this order (tests/test_cli_start.py checks it).
+are these names in this order (tests/cli/test_cli_start.py checks it).
 """
 
 from __future__ import annotations

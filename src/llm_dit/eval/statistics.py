@@ -5,7 +5,7 @@ An eval's cells cross references with prompts (and seeds). Cells that share a re
 works better on some references than on others), and so are cells that share a prompt, so treating cells as
 independent (a plain bootstrap over cells) gives intervals that are far too narrow: with 8 references x 24 prompts
 and a reference effect as large as the cell noise, a 95% interval over cells covers the true mean 46% of the time
-(`tests/test_comparison.py` measures it). The intervals here are two-way cluster-robust (Cameron, Gelbach &
+(`tests/eval/test_comparison.py` measures it). The intervals here are two-way cluster-robust (Cameron, Gelbach &
 Miller 2011, "Robust inference with multiway clustering", JBES 29(2)): for the mean theta of n values d_i, and a
 grouping g with G groups,
 

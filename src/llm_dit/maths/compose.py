@@ -6,7 +6,7 @@
     C     = apply_style(mode, T, style, alpha, options)
 
 `blend(T, V, mode, alpha)` is `apply_style(mode, T, extract_style(mode, V), alpha)`, bit for bit, for every mode
-(tests/test_compose.py). Weights are used as given, never renormalised (like `vl.layers`): weights summing to 1
+(tests/maths/test_compose.py). Weights are used as given, never renormalised (like `vl.layers`): weights summing to 1
 keep the scale of what is combined, and `1.5,-0.5` is a + 0.5·(a − b), an extrapolation away from b.
 
 Kinds, what a style of that kind holds, and how weights w_k combine (A(·) = `blend.align` to T's row count):

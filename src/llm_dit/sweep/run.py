@@ -40,7 +40,7 @@ def is_conditioning(key: str) -> bool:
 def run_id(run: Run) -> str:
     """The id of `run`: the first 12 hex digits of the SHA-256 of the JSON object (keys sorted, values not JSON
     written as `str`) of its HASHED_FIELDS and those of its HASHED_WHEN_SET that are set (not None). Not its label,
-    nor the id of the baseline it is compared with. Pinned by tests/test_runs.py to the ids runs had as dicts."""
+    nor the id of the baseline it is compared with. Pinned by tests/sweep/test_runs.py to the ids runs had as dicts."""
     fields = {name: getattr(run, name) for name in HASHED_FIELDS}
     fields |= {name: value for name in HASHED_WHEN_SET if (value := getattr(run, name)) is not None}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
