@@ -34,6 +34,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _own_tensor_cache(_isolated_cache: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Every test starts with an empty tensor cache (the zoo still shared): a test that counts forward passes or
+    cache misses must not depend on which tests ran before it in its worker (`pytest -n` orders them differently)."""
+    root = tmp_path_factory.mktemp("cache")
+    (root / "zoo").symlink_to(shared_zoo(), target_is_directory=True)
+    monkeypatch.setenv("LLM_DIT_CACHE", str(root))
+
+
 def shared_zoo() -> Path:
     """Where the sessions and xdist workers of this machine keep the built zoos (`$LLM_DIT_TEST_ZOO`, else a folder
     in the system's temp dir). Sharing is safe: each build is keyed by its recipe and the library versions

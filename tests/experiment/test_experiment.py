@@ -233,9 +233,9 @@ def test_an_eval_swaps_in_its_captions_without_checking_again(zoo, monkeypatch):
     )
     swapped = with_prompts(work, captioned)
     assert calls == [] and swapped.spec is captioned
-    assert [c.request.prompt for c in swapped.checked] == [r["prompt"] for r in swapped.plan.runs]
-    assert [r["prompt"] for r in swapped.plan.runs] == ["a fox. in ink", "a fox"]
-    assert swapped.plan.runs[0]["id"] != work.plan.runs[0]["id"] and swapped.plan.runs[1] == work.plan.runs[1]
+    assert [c.request.prompt for c in swapped.checked] == [r.prompt for r in swapped.plan.runs]
+    assert [r.prompt for r in swapped.plan.runs] == ["a fox. in ink", "a fox"]
+    assert swapped.plan.runs[0].id != work.plan.runs[0].id and swapped.plan.runs[1] == work.plan.runs[1]
     assert swapped.checked[0].request.source is work.checked[0].request.source
     assert {e["prompt"] for e in swapped.plan.unique_encodes} == {"a fox. in ink", "a fox"}
     other = placeholder.model_copy(update={"settings": {"vl.alpha": 0.9}})
