@@ -80,3 +80,17 @@ def test_bench_rejects_an_unknown_preset(cli):
 def test_bench_refuses_an_unknown_figure_group(cli):
     bad = cli("bench", "--preset", "tiny", "--only", "speed")
     assert bad.code == 2 and "unknown figure group 'speed'; valid: pipeline" in bad.err
+
+
+def test_the_typer_help_floor_is_shaped_like_llm_dit():
+    """`cli_help_vs_typer` reports llm-dit's `--help` against a bare typer app of the same shape
+    (`bench.typer_floor`): as many commands and groups, so the comparison measures only what llm-dit adds."""
+    import typer
+
+    from llm_dit.bench import typer_floor
+    from llm_dit.cli.app import app
+
+    ours, floor = typer.main.get_command(app), typer.main.get_command(typer_floor.bare_app())
+    groups = [name for name, c in ours.commands.items() if hasattr(c, "commands")]
+    assert (len(ours.commands) - len(groups), len(groups)) == (typer_floor.COMMANDS, typer_floor.GROUPS)
+    assert len(floor.commands) == len(ours.commands)
