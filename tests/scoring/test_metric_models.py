@@ -363,7 +363,7 @@ def test_a_checkpoint_with_an_unexpected_global_is_refused_and_nothing_runs(tmp_
     marker = tmp_path / "marker"
     ckpt = tmp_path / "evil.pth"
     torch.save({"model_state_dict": {"last_layer_style": torch.zeros(2, 2)}, "args": _Payload(marker)}, ckpt)
-    expected = re.escape("outside the allow-list: tests.test_metric_models._touch_marker")
+    expected = re.escape("outside the allow-list: tests.scoring.test_metric_models._touch_marker")
     with pytest.raises(UserError, match=expected) as info:
         load_csd_checkpoint(ckpt)
     assert "\n" not in str(info.value) and not marker.exists()

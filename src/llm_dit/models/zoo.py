@@ -266,13 +266,14 @@ def zoo_key(preset: str) -> str:
 
 
 def zoo_dir(preset: str = "tiny") -> Path:
-    """The cached build of `preset`, built on first use (atomically: a half-built zoo is never visible)."""
+    """The cached build of `preset`, built on first use (atomically: a half-built zoo is never visible), as a resolved
+    path: a zoo folder linked from elsewhere is named by where it is, as records name every file."""
     if preset not in PRESETS:
         raise ValueError(f"unknown zoo preset '{preset}' (valid: {', '.join(PRESETS)})")
     target = cache_root() / "zoo" / f"{preset}-{zoo_key(preset)}"
     if not target.exists():
         install_zoo(target, preset)
-    return target
+    return target.resolve()
 
 
 def model_settings(preset: str = "tiny") -> dict[str, str]:
@@ -288,7 +289,7 @@ def cached_build(name: str, payload: dict[str, Any], build: Callable[[Path], obj
     target = cache_root() / "zoo" / f"{name}-{key}"
     if not target.exists():
         install_built(target, build, {"name": name, "key": key})
-    return target
+    return target.resolve()
 
 
 def install_zoo(target: str | Path, preset: str = "tiny") -> Path:
