@@ -30,18 +30,21 @@ def no_blank_lines(text: str) -> bool:
     return all(line.strip() for line in text.splitlines())
 
 
-def test_sweep_stdout_is_the_report_path_or_the_json_and_nothing_else(zoo, tmp_path):
-    """Before: a transient progress bar wrote a blank line first (`--json` output began with "\\n{" in a log)."""
+def test_sweep_stdout_is_the_report_path_or_the_json_and_nothing_else(cli, zoo, tmp_path, monkeypatch):
+    """Before: a transient progress bar wrote a blank line first (`--json` output began with "\\n{" in a log). The
+    plain run in a fresh process (all a process prints), the JSON run in this one (the same pipes, not terminals)."""
     args = ["sweep", "-i", REF, "-p", "x", "--alphas", "0.3", *TINY]
     plain = run(*args, "-o", "a", cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout == "a/report.html\n"
     assert no_blank_lines(plain.stderr), repr(plain.stderr)
-    as_json = run(*args, "-o", "b", "--json", cwd=tmp_path)
-    assert as_json.returncode == 0, as_json.stderr
-    assert as_json.stdout.startswith("{")
-    assert json.loads(as_json.stdout)["completed"] == 2
-    assert no_blank_lines(as_json.stderr), repr(as_json.stderr)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLM_DIT_MODELS", "tiny")
+    as_json = cli(*args, "-o", "b", "--json")
+    assert as_json.code == 0, as_json.err
+    assert as_json.out.startswith("{")
+    assert json.loads(as_json.out)["completed"] == 2
+    assert no_blank_lines(as_json.err), repr(as_json.err)
 
 
 def test_demo_stdout_is_its_two_paths(zoo, tmp_path):
