@@ -42,7 +42,7 @@ def probe(overrides: dict[str, Any], what: str, threads: int) -> dict[str, Any]:
     what, _, touch = what.partition("+")
     torch.set_num_threads(threads)
     gen = Generator(load_config(overrides=overrides | {"models.low_memory": what == "staged"}), cache=False)
-    _ = gen.components.text_encoder, gen.components.vl  # loads the tokenizers and image processor (no weights)
+    gen.components.load("text_encoder", "vl")  # the tokenizers and image processor (no weights), before the base
     image = reference_image("")
     base = status_mb("VmRSS")
     t0 = time.perf_counter()

@@ -222,6 +222,15 @@ class Components:
         """The DiT's caption RMSNorm (`caption_norm`): one vector read from the checkpoint, once."""
         return caption_norm(self.settings["models.zimage"], self.settings["models.transformer"])
 
+    def load(self, *names: Name, weights: bool = False) -> None:
+        """Make these components now rather than on first use: the encoders' tokenizers and processors (with
+        `weights`, their weights too) and the pipeline whole. Nothing but `Components` holds them afterwards, so
+        `stage` can still release them (a caller that kept a reference would pin their memory)."""
+        for name in names:
+            component = getattr(self, name)
+            if weights and name != "pipeline":
+                component.load_weights()
+
     def loaded(self) -> list[Name]:
         """The components held now."""
         return [name for name in NAMES if name in self.__dict__]

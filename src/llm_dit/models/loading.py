@@ -400,6 +400,10 @@ class LazyEncoder:
         """The weights, loaded on first use."""
         return self._load()
 
+    def load_weights(self) -> torch.nn.Module:
+        """The weights, loaded now if they are not yet (`model` loads them on the first cache miss)."""
+        return self.model
+
     def cached_rows(
         self,
         kind: str,
