@@ -65,6 +65,7 @@ def generate_file(
     style: list[str] | None = None,
     generator: Generator | None = None,
     on_step: OnStep | None = None,
+    durable: bool = True,
 ) -> Path:
     """One image into `output` (PNG) and its sidecar, conditioned by at most one of `image` (a reference, or several
     combined by `reference_weights`: default 1/n each),
@@ -72,7 +73,8 @@ def generate_file(
     file); `neutral_image` or `neutral_embeddings` for style_delta; `init_image` for image-to-image;
     `negative_image` for CFG's negative rows (guidance > 0); `style`: style files `FILE[:SCALE]`
     (`style_extract_file`), combined. The record lists every input file with its SHA-256. `generator`: warm
-    components to use (`generator_for`); `on_step`: progress after each denoising step."""
+    components to use (`generator_for`); `on_step`: progress after each denoising step; `durable=False`: the PNG and
+    sidecar are written atomically but not fsynced (the studio's drafts, `files.save_image`)."""
     output = Path(output)
     if output.suffix.lower() != ".png":
         raise UserError(f"output must be a .png file: {output}")
@@ -116,7 +118,7 @@ def generate_file(
         used = result.record["conditioning"]["references"]
         files_used = input_files({str(i): Path(p) for i, p in enumerate(images)})
         inputs["reference_images"] = [files_used[str(i)] | {"weight": r["weight"]} for i, r in enumerate(used)]
-    return save_image(result.image, output, result.record | fields)
+    return save_image(result.image, output, result.record | fields, durable)
 
 
 def _style_output(output: str | Path) -> Path:
