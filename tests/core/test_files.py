@@ -51,6 +51,14 @@ def test_a_draft_is_complete_without_fsync_and_made_durable_later(tmp_path, fsyn
     assert fsynced == [tmp_path / "d.json", tmp_path / "d.png", tmp_path]  # each file, then their folder once
 
 
+def test_a_draft_png_is_encoded_fast_with_the_same_pixels(tmp_path):
+    noise = Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3))
+    saved = save_image(noise, tmp_path / "saved.png", {})
+    draft = save_image(noise, tmp_path / "draft.png", {}, durable=False)
+    assert saved.read_bytes() != draft.read_bytes()  # another zlib level
+    assert Image.open(saved).tobytes() == Image.open(draft).tobytes() == noise.tobytes()
+
+
 def test_making_a_missing_file_durable_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match=r"cannot make .*gone\.png durable"):
         make_durable(tmp_path / "gone.png")
