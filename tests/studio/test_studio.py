@@ -190,6 +190,10 @@ def test_a_draft_is_served_without_fsync_and_pinning_makes_it_durable(client, re
     entry = next(h for h in json.loads(history_file.read_text()) if h["id"] == draft["id"])
     assert entry["pinned"] and entry["result"]["image"] == f"outputs/{draft['id']}.png"
     assert client.get(f"/api/jobs/{draft['id']}").json()["pinned"]
+    saved = generate(client, reference)  # the same image, saved: the same pixels and record but for its path
+    saved_record = client.get(f"/api/jobs/{saved['id']}/record").json()
+    assert Image.open(workspace / saved["result"]["image"]).tobytes() == Image.open(png).tobytes()
+    assert json.loads(record.read_text())["settings"] == saved_record["settings"]
 
 
 def test_a_saved_image_and_a_sweep_are_fsynced_as_before(client, reference, workspace, fsynced):
@@ -208,6 +212,28 @@ def test_a_saved_image_and_a_sweep_are_fsynced_as_before(client, reference, work
     images = list((root / "sweeps" / "durable").rglob("*.png"))  # the runs' images and the grid
     assert len(images) >= 3 and set(images) <= set(fsynced)
     assert root / "sweeps" / "durable" / "results.jsonl" in fsynced
+
+
+def test_a_rerender_does_not_decode_its_reference_again(client, reference, workspace, monkeypatch):
+    import llm_dit.studio.jobs
+
+    decoded, real = [], llm_dit.studio.jobs.load_image
+    monkeypatch.setattr(llm_dit.studio.jobs, "load_image", lambda *a: decoded.append(a[0]) or real(*a))
+    assert generate(client, reference, **{"vl.alpha": 0.35})["status"] == "done"
+    decoded.clear()
+    rerender = generate(client, reference, **{"vl.alpha": 0.55})
+    assert rerender["status"] == "done" and rerender["forward_passes"] == {"vl": 0, "text": 0}
+    assert decoded == []  # the reference was kept decoded
+
+    studio, changed = client.app.state.studio, workspace / "uploads" / "changing.png"
+    Image.new("RGB", (16, 16), (1, 1, 1)).save(changed)
+    first = studio.read_image(changed, "image")
+    first.paste((9, 9, 9), (0, 0, 16, 16))  # a caller's change is its own copy
+    assert studio.read_image(changed, "image").getpixel((0, 0)) == (1, 1, 1)
+    Image.new("RGB", (16, 16), (2, 2, 2)).save(changed)
+    os.utime(changed, ns=(0, 10**9))  # another modification time: read again
+    assert studio.read_image(changed, "image").getpixel((0, 0)) == (2, 2, 2)
+    assert decoded.count(changed) == 2
 
 
 def test_pinning_only_a_finished_generate_job(client, reference):

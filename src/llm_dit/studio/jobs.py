@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -118,6 +119,7 @@ class Studio:
     """The warm generator, the workspace and the one worker thread that runs jobs in order."""
 
     KEEPALIVE_S = 15.0  # an event stream with nothing new sends a comment this often
+    IMAGES_KEPT_MB = 256  # decoded input images kept for re-renders (`read_image`), the oldest dropped first
 
     def __init__(self, config: Config, workspace: str | Path, cache: TensorCache | None = None) -> None:
         self.config = config
@@ -134,6 +136,7 @@ class Studio:
         self.history: list[dict[str, Any]] = self._read_history()
         self._history_lock = threading.Lock()
         self._history_unsaved = False  # entries of drafts not yet in the history file
+        self._images: OrderedDict[tuple, Image.Image] = OrderedDict()  # (path, stat) -> decoded, worker thread only
         self._worker = threading.Thread(target=self._work, name="llm-dit-studio-worker", daemon=True)
         self._worker.start()
 
@@ -193,6 +196,26 @@ class Studio:
     def config_for(self, settings: BaseModel) -> Config:
         """The studio's config with a request's settings as one precedence level (validated by the config)."""
         return with_overrides(self.config, self.settings_for(settings), "the request's settings")
+
+    def read_image(self, path: str | Path, label: str) -> Image.Image:
+        """`files.load_image` of a workspace file, kept decoded (`IMAGES_KEPT_MB`) while the file is unchanged (same
+        size, modification time and inode), so a re-render does not decode its reference again; each call gets a
+        copy, so a caller cannot change what the next one reads. Called on the worker thread only."""
+        try:
+            stat = os.stat(path)
+        except OSError:  # gone since the request was checked: load_image says so
+            return load_image(path, label)
+        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key].copy()
+        image = load_image(path, label)
+        self._images[key] = image.copy()
+        kept = sum(len(im.getbands()) * im.width * im.height for im in self._images.values())
+        while kept > self.IMAGES_KEPT_MB * 2**20:  # drops the new image too when it is over the budget alone
+            _, old = self._images.popitem(last=False)
+            kept -= len(old.getbands()) * old.width * old.height
+        return image
 
     # jobs -------------------------------------------------------------------------------------------------
 
@@ -364,7 +387,8 @@ class Studio:
         def run(job: Job) -> dict[str, Any]:
             out = self.root / "outputs" / f"{job.id}.png"
             step, durable = self.step(job), not req.draft  # a draft is fsynced when pinned (`pin`)
-            generate_file(cfg, req.prompt, out, **paths, generator=self.generator, on_step=step, durable=durable)
+            generate_file(cfg, req.prompt, out, **paths, generator=self.generator, on_step=step, durable=durable,
+                          read_image=self.read_image)  # fmt: skip
             record = json.loads(out.with_suffix(".json").read_text())
             return {"image": self.relative(out), "record": self.relative(out.with_suffix(".json")),
                     "settings": settings_of(record), "timings_s": record.get("timings_s")}  # fmt: skip
