@@ -214,8 +214,9 @@ def create_app(
         return studio.pin(job_id).as_dict()
 
     @app.get("/api/jobs/{job_id}/image", summary="The PNG a generate job made")
-    def job_image(job_id: str) -> FileResponse:
-        return FileResponse(studio.existing(output_of(studio.job(job_id), "image"), "image"), media_type="image/png")
+    def job_image(job_id: str) -> Response:
+        path = studio.existing(output_of(studio.job(job_id), "image"), "image")
+        return Response(path.read_bytes(), media_type="image/png")  # one read: FileResponse streams it in chunks
 
     @app.get("/api/jobs/{job_id}/record", summary="The record (JSON sidecar) of a generate job's image")
     def job_record(job_id: str) -> FileResponse:
