@@ -61,6 +61,7 @@ def test_bench_reports_each_figure_of_a_group(cli, zoo, tmp_path, group):
     if group == "studio":
         studio = result["studio_rerender_vs_dit"]
         assert studio["rerender_forward_passes"] == {"vl": 0, "text": 0} and studio["zero_passes"]
+        assert (studio["request"], result["studio_first_image_vs_generate"]["request"]) == ("draft", "saved")
         assert "studio_rerender_forward_passes     vl 0 text 0" in r.out
     if group == "memory":
         memory = result["peak_memory_ratio"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -135,6 +137,123 @@ def test_a_generate_job_streams_its_steps_and_serves_png_and_record(client, refe
     history = client.get("/api/history").json()
     assert job["id"] in [h["id"] for h in history]
     assert json.loads((workspace / ".studio" / "history.json").read_text()) == history
+
+
+def fsynced_path(fd: int) -> Path:
+    """The file or folder `fd` is open on, a temporary file (`.NAME.RANDOM.tmp`) named as the file it becomes."""
+    path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    return path.with_name(re.sub(r"^\.(.+)\.[^.]+\.tmp$", r"\1", path.name))
+
+
+@pytest.fixture
+def fsynced(monkeypatch) -> list[Path]:
+    """Every path fsynced while the test runs, on any thread (Linux's /proc names the descriptor's file)."""
+    paths: list[Path] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        paths.append(fsynced_path(fd))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    return paths
+
+
+def until(condition, timeout: float = 30) -> None:
+    t0 = time.monotonic()
+    while not condition():
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.01)
+
+
+def test_a_draft_is_served_without_fsync_and_pinning_makes_it_durable(client, reference, workspace, fsynced):
+    outputs, history_file = workspace.resolve() / "outputs", workspace.resolve() / ".studio" / "history.json"
+    r = client.post("/api/generate", json={"prompt": PROMPT, "image": reference, "draft": True})
+    draft = wait(client, r.json()["id"])
+    assert draft["status"] == "done" and draft["request"]["draft"] and not draft["pinned"]
+    png, record = outputs / f"{draft['id']}.png", outputs / f"{draft['id']}.json"
+    served = client.get(f"/api/jobs/{draft['id']}/image")
+    assert served.status_code == 200 and served.content == png.read_bytes()
+    Image.open(io.BytesIO(served.content)).load()  # a complete PNG, with its record
+    assert client.get(f"/api/jobs/{draft['id']}/record").json()["prompt"] == PROMPT
+    assert not list(outputs.glob(".*.tmp"))
+    assert draft["id"] in [h["id"] for h in client.get("/api/history").json()]  # listed, from memory
+    # the worker wrote the history of earlier jobs before it ran the draft; the draft fsynced nothing of its own
+    assert not {png, record, outputs} & set(fsynced)
+    written = history_file.read_text() if history_file.exists() else ""  # none yet if the draft was the first job
+    assert draft["id"] not in written  # its history entry waits in memory
+
+    fsynced.clear()
+    pinned = client.post(f"/api/jobs/{draft['id']}/pin")
+    assert pinned.status_code == 200 and pinned.json()["pinned"]
+    assert fsynced == [record, png, outputs, history_file, history_file.parent]  # made durable, history with it
+    entry = next(h for h in json.loads(history_file.read_text()) if h["id"] == draft["id"])
+    assert entry["pinned"] and entry["result"]["image"] == f"outputs/{draft['id']}.png"
+    assert client.get(f"/api/jobs/{draft['id']}").json()["pinned"]
+    saved = generate(client, reference)  # the same image, saved: the same pixels and record but for its path
+    saved_record = client.get(f"/api/jobs/{saved['id']}/record").json()
+    assert Image.open(workspace / saved["result"]["image"]).tobytes() == Image.open(png).tobytes()
+    assert json.loads(record.read_text())["settings"] == saved_record["settings"]
+
+
+def test_a_saved_image_and_a_sweep_are_fsynced_as_before(client, reference, workspace, fsynced):
+    root = workspace.resolve()
+    saved = generate(client, reference, **{"vl.alpha": 0.45})  # no draft: the API's default
+    assert saved["status"] == "done" and not saved["pinned"]
+    png, record = (root / saved["result"][k] for k in ("image", "record"))
+    assert {png, record, png.parent} <= set(fsynced)  # before the job was done
+    assert fsynced.index(record) < fsynced.index(png)  # the record first: an image on disk has its record
+    history_file = root / ".studio" / "history.json"
+    until(lambda: history_file in fsynced[fsynced.index(png) :])  # with its entry, after its event, as before
+
+    body = {"name": "durable", "prompts": [PROMPT], "images": [reference], "axes": {"vl.alpha": [0.5]}}
+    sweep = wait(client, client.post("/api/sweeps", json=body).json()["id"])
+    assert sweep["status"] == "done", sweep["error"]
+    images = list((root / "sweeps" / "durable").rglob("*.png"))  # the runs' images and the grid
+    assert len(images) >= 3 and set(images) <= set(fsynced)
+    assert root / "sweeps" / "durable" / "results.jsonl" in fsynced
+
+
+def test_a_rerender_does_not_decode_its_reference_again(client, reference, workspace, monkeypatch):
+    import llm_dit.studio.jobs
+
+    decoded, real = [], llm_dit.studio.jobs.load_image
+    monkeypatch.setattr(llm_dit.studio.jobs, "load_image", lambda *a: decoded.append(a[0]) or real(*a))
+    assert generate(client, reference, **{"vl.alpha": 0.35})["status"] == "done"
+    decoded.clear()
+    rerender = generate(client, reference, **{"vl.alpha": 0.55})
+    assert rerender["status"] == "done" and rerender["forward_passes"] == {"vl": 0, "text": 0}
+    assert decoded == []  # the reference was kept decoded
+
+    studio, changed = client.app.state.studio, workspace / "uploads" / "changing.png"
+    Image.new("RGB", (16, 16), (1, 1, 1)).save(changed)
+    first = studio.read_image(changed, "image")
+    first.paste((9, 9, 9), (0, 0, 16, 16))  # a caller's change is its own copy
+    assert studio.read_image(changed, "image").getpixel((0, 0)) == (1, 1, 1)
+    Image.new("RGB", (16, 16), (2, 2, 2)).save(changed)
+    os.utime(changed, ns=(0, 10**9))  # another modification time: read again
+    assert studio.read_image(changed, "image").getpixel((0, 0)) == (2, 2, 2)
+    assert decoded.count(changed) == 2
+
+
+def test_pinning_only_a_finished_generate_job(client, reference):
+    extract = wait(client, client.post("/api/extract", json={"image": reference}).json()["id"])
+    r = client.post(f"/api/jobs/{extract['id']}/pin")
+    assert r.status_code == 400 and "only a generate job" in error_of(r)
+    r = client.post("/api/jobs/no-such-job/pin")
+    assert r.status_code == 404
+
+
+def test_the_history_of_drafts_is_written_when_the_studio_closes(zoo, tmp_path):
+    from llm_dit.studio.app import create_app
+
+    history_file = tmp_path / ".studio" / "history.json"
+    with TestClient(create_app(tiny_config(zoo), tmp_path), base_url=LOCAL) as c:
+        r = c.post("/api/generate", json={"prompt": PROMPT, "draft": True})
+        draft = wait(c, r.json()["id"])
+        assert draft["status"] == "done"
+        assert not history_file.exists()  # a draft alone writes no history
+    assert [h["id"] for h in json.loads(history_file.read_text())] == [draft["id"]]  # closing wrote it
 
 
 def test_two_concurrent_generate_requests_queue_and_both_complete(client, reference, workspace):

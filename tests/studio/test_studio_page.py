@@ -1,12 +1,14 @@
 """The studio page end to end in a real Chromium (Playwright driving Debian's /usr/bin/chromium).
 
 `llm-dit studio --models tiny` runs as a subprocess on a free port (64 px, 2 steps); the test uploads a reference,
-generates, moves the alpha slider and sees a new image for which the server reports 0 VL and 0 text forward passes,
-pins two results (their settings diff shows alpha), runs a small sweep from the page and opens its report.
+generates, moves the alpha slider and sees a new image for which the server reports 0 VL and 0 text forward passes
+(a draft), pins two results (their settings diff shows alpha; the server marks both pinned), runs a small sweep from
+the page and opens its report.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -90,12 +92,16 @@ def test_upload_generate_live_rerender_pin_and_open_a_report(server, tmp_path):
             second = page.get_attribute("#result-img", "data-job")
             assert (page.get_attribute("#passes", "data-vl"), page.get_attribute("#passes", "data-text")) == ("0", "0")
             page.click("#pin")
+            page.wait_for_selector("#pinned .card:nth-child(2)")  # after the server pinned it
             cards = page.locator("#pinned .card")
             assert cards.count() == 2
             assert cards.nth(0).locator("dt").all_inner_texts() == ["vl.alpha"]  # the settings diff
             assert [c.locator("dd").inner_text() for c in cards.all()] == ["0.3", "0.8"]
             for job in (first, second):  # what the page showed is what the server made
                 assert (workspace / "outputs" / f"{job}.png").is_file()
+            jobs = {j: json.load(urllib.request.urlopen(f"{url}api/jobs/{j}", timeout=10)) for j in (first, second)}
+            assert [jobs[j]["request"].get("draft", False) for j in (first, second)] == [False, True]  # live: a draft
+            assert all(jobs[j]["pinned"] for j in (first, second))
             page.wait_for_selector("#history li[data-job]:nth-child(2)")
 
             page.fill("#sweep-values", "0.3,0.6")

@@ -8,9 +8,12 @@ functions' arguments (`'neutral_image'`), never command-line flags.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from ..adapter.train import read_captions, train_adapter
 from ..conditioning.imagedep import refuse_image_free
@@ -65,6 +68,8 @@ def generate_file(
     style: list[str] | None = None,
     generator: Generator | None = None,
     on_step: OnStep | None = None,
+    durable: bool = True,
+    read_image: Callable[[str | Path, str], Image.Image] = load_image,
 ) -> Path:
     """One image into `output` (PNG) and its sidecar, conditioned by at most one of `image` (a reference, or several
     combined by `reference_weights`: default 1/n each),
@@ -72,7 +77,9 @@ def generate_file(
     file); `neutral_image` or `neutral_embeddings` for style_delta; `init_image` for image-to-image;
     `negative_image` for CFG's negative rows (guidance > 0); `style`: style files `FILE[:SCALE]`
     (`style_extract_file`), combined. The record lists every input file with its SHA-256. `generator`: warm
-    components to use (`generator_for`); `on_step`: progress after each denoising step."""
+    components to use (`generator_for`); `on_step`: progress after each denoising step; `durable=False`: the PNG and
+    sidecar are written atomically but not fsynced (the studio's drafts, `files.save_image`); `read_image`: how the
+    input images are read (`files.load_image`; the studio's keeps the images it read last decoded)."""
     output = Path(output)
     if output.suffix.lower() != ".png":
         raise UserError(f"output must be a .png file: {output}")
@@ -84,17 +91,17 @@ def generate_file(
     neutral_rows = load_embeddings(neutral_embeddings, "neutral embeddings") if neutral_embeddings else None
     vl_rows, vl_meta = load_embeddings_file(vl_embeddings, "VL embeddings") if vl_embeddings else (None, None)
     source = source_of(
-        reference=[load_image(p, "reference image") for p in images] or None,
+        reference=[read_image(p, "reference image") for p in images] or None,
         weights=reference_weights,  # checked with the rest by `Generator.prepare`
         vl_rows=vl_rows,
         vl_extraction=vl_meta,
         caption_rows=load_embeddings(embeddings, "embeddings") if embeddings else None,
         direction=load_direction(steer)[0] if steer else None,
-        neutral=load_image(neutral_image, "neutral image") if neutral_image else neutral_rows,
+        neutral=read_image(neutral_image, "neutral image") if neutral_image else neutral_rows,
         styles=Styled(*load_styles(style)) if style else None,
     )
-    init = load_image(init_image, "init image") if init_image else None
-    negative = load_image(negative_image, "negative image") if negative_image else None
+    init = read_image(init_image, "init image") if init_image else None
+    negative = read_image(negative_image, "negative image") if negative_image else None
     result = generator_for(config, generator).generate(
         prompt, source, init_image=init, negative=negative, on_step=on_step
     )
@@ -116,7 +123,7 @@ def generate_file(
         used = result.record["conditioning"]["references"]
         files_used = input_files({str(i): Path(p) for i, p in enumerate(images)})
         inputs["reference_images"] = [files_used[str(i)] | {"weight": r["weight"]} for i, r in enumerate(used)]
-    return save_image(result.image, output, result.record | fields)
+    return save_image(result.image, output, result.record | fields, durable)
 
 
 def _style_output(output: str | Path) -> Path:

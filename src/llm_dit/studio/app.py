@@ -17,7 +17,8 @@ The request bodies are in `studio.requests`, the worker (`Studio`, `Job`, the st
 
 Every file the client names is a path inside the workspace (`Studio.inside`: absolute paths, `..`, and symlinks out
 are refused); uploads are size-limited and opened with the CLI's image guards (`files.load_image`); outputs and the
-history are written atomically (`files`). Errors are JSON `{"error": "one line"}` with a 4xx status.
+history are written atomically (`files`), and durably except drafts (the page's live re-renders) until they are
+pinned (`studio.jobs`). Errors are JSON `{"error": "one line"}` with a 4xx status.
 """
 
 from __future__ import annotations
@@ -208,9 +209,14 @@ def create_app(
     def cancel(job_id: str) -> dict[str, Any]:
         return studio.cancel(job_id).as_dict()
 
+    @app.post("/api/jobs/{job_id}/pin", summary="Pin a generate job's image: make it (a draft) durable")
+    def pin(job_id: str) -> dict[str, Any]:
+        return studio.pin(job_id).as_dict()
+
     @app.get("/api/jobs/{job_id}/image", summary="The PNG a generate job made")
-    def job_image(job_id: str) -> FileResponse:
-        return FileResponse(studio.existing(output_of(studio.job(job_id), "image"), "image"), media_type="image/png")
+    def job_image(job_id: str) -> Response:
+        path = studio.existing(output_of(studio.job(job_id), "image"), "image")
+        return Response(path.read_bytes(), media_type="image/png")  # one read: FileResponse streams it in chunks
 
     @app.get("/api/jobs/{job_id}/record", summary="The record (JSON sidecar) of a generate job's image")
     def job_record(job_id: str) -> FileResponse:

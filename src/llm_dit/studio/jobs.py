@@ -1,5 +1,12 @@
 """The studio's worker: the warm generator, the workspace (every path a client names stays inside it) and the one
 thread that runs model jobs in order; and the studio's errors, each an HTTP status (`app.STATUS`).
+
+Durability: every output is written atomically (a reader never sees a half file). A draft (a generate request with
+`draft`: the page's live re-render) is not fsynced, so it is shown without waiting for the disk, and its history
+entry is kept in memory until the next durable history write; pinning it (`Studio.pin`) fsyncs its PNG, record and
+the history. Everything else is durable as before: saved images (generate without `draft`), extractions and sweeps
+are fsynced before their job is done, the history after each of their jobs. A crash can lose only unpinned drafts:
+their files, and their history entries unless a later job wrote the history.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import threading
 import time
 import traceback
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,7 +36,7 @@ from ..config.options import OPTIONS
 from ..config.settings import Config, with_overrides
 from ..core.cache import TensorCache
 from ..core.errors import UserError
-from ..core.files import load_image, write_json
+from ..core.files import load_image, make_durable, write_json
 from ..core.modes import parse_lora
 from ..experiment.run import checked_plan, run_experiment
 from ..generation.generate import Generator
@@ -90,14 +98,20 @@ class Job:
     progress: dict[str, int] | None = None  # denoising steps done and total, of a generate job
     events: list[dict[str, Any]] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
+    pinned: bool = False  # a generate job's image the client pinned: made durable (`Studio.pin`)
 
     @property
     def finished(self) -> bool:
         return self.status in ("done", "failed", "cancelled")
 
+    @property
+    def draft(self) -> bool:
+        """A generate job asked for as a draft: its files are not fsynced unless it is pinned."""
+        return self.kind == "generate" and bool(self.request.get("draft"))
+
     def as_dict(self) -> dict[str, Any]:
         keys = ("id", "kind", "status", "created", "started", "ended", "seconds", "request", "result", "error")
-        keys += ("warnings", "progress")
+        keys += ("warnings", "progress", "pinned")
         return {k: getattr(self, k) for k in keys} | {"forward_passes": self.forward_passes}
 
 
@@ -105,6 +119,7 @@ class Studio:
     """The warm generator, the workspace and the one worker thread that runs jobs in order."""
 
     KEEPALIVE_S = 15.0  # an event stream with nothing new sends a comment this often
+    IMAGES_KEPT_MB = 256  # decoded input images kept for re-renders (`read_image`), the oldest dropped first
 
     def __init__(self, config: Config, workspace: str | Path, cache: TensorCache | None = None) -> None:
         self.config = config
@@ -120,6 +135,8 @@ class Studio:
         self.history_file = self.root / ".studio" / "history.json"
         self.history: list[dict[str, Any]] = self._read_history()
         self._history_lock = threading.Lock()
+        self._history_unsaved = False  # entries of drafts not yet in the history file
+        self._images: OrderedDict[tuple, Image.Image] = OrderedDict()  # (path, stat) -> decoded, worker thread only
         self._worker = threading.Thread(target=self._work, name="llm-dit-studio-worker", daemon=True)
         self._worker.start()
 
@@ -180,6 +197,26 @@ class Studio:
         """The studio's config with a request's settings as one precedence level (validated by the config)."""
         return with_overrides(self.config, self.settings_for(settings), "the request's settings")
 
+    def read_image(self, path: str | Path, label: str) -> Image.Image:
+        """`files.load_image` of a workspace file, kept decoded (`IMAGES_KEPT_MB`) while the file is unchanged (same
+        size, modification time and inode), so a re-render does not decode its reference again; each call gets a
+        copy, so a caller cannot change what the next one reads. Called on the worker thread only."""
+        try:
+            stat = os.stat(path)
+        except OSError:  # gone since the request was checked: load_image says so
+            return load_image(path, label)
+        key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key].copy()
+        image = load_image(path, label)
+        self._images[key] = image.copy()
+        kept = sum(len(im.getbands()) * im.width * im.height for im in self._images.values())
+        while kept > self.IMAGES_KEPT_MB * 2**20:  # drops the new image too when it is over the budget alone
+            _, old = self._images.popitem(last=False)
+            kept -= len(old.getbands()) * old.width * old.height
+        return image
+
     # jobs -------------------------------------------------------------------------------------------------
 
     def submit(self, kind: str, request: dict[str, Any], run: Callable[[Job], dict[str, Any]]) -> Job:
@@ -229,9 +266,12 @@ class Studio:
         return job
 
     def close(self) -> None:
-        """Stop the worker after the job it runs (queued jobs are dropped)."""
+        """Stop the worker after the job it runs (queued jobs are dropped); write the history of drafts."""
         self._queue.put(None)
         self._worker.join(timeout=60)
+        with self._history_lock:
+            if self._history_unsaved:
+                self._write_history()
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -285,13 +325,42 @@ class Studio:
         return []
 
     def _remember(self, job: Job) -> None:
-        """Add a finished job to the history file (atomically rewritten, one writer at a time)."""
-        entry = job.as_dict()
-        if job.kind == "inspect" and entry["result"]:  # a report is large: the job keeps it
-            entry["result"] = {"layers": list(entry["result"].get("layers", {}))}
-        with self._history_lock:
+        """Add a finished job to the history, and write the history file (atomically, fsynced, one writer at a
+        time) unless the job is a draft: a draft's entry waits in memory for the next write (another job, a pin,
+        `close`), so a draft costs no fsync; a crash loses it with the draft."""
+        with self._history_lock:  # a pin may come between the job's end and this: its entry is then durable
+            entry = job.as_dict()
+            if job.kind == "inspect" and entry["result"]:  # a report is large: the job keeps it
+                entry["result"] = {"layers": list(entry["result"].get("layers", {}))}
             self.history.append(entry)
-            write_json(self.history_file, self.history)
+            if job.draft and not job.pinned:
+                self._history_unsaved = True
+            else:
+                self._write_history()
+
+    def _write_history(self) -> None:
+        """Rewrite the history file, durably (call with `self._history_lock` held)."""
+        write_json(self.history_file, self.history)
+        self._history_unsaved = False
+
+    def pin(self, job_id: str) -> Job:
+        """Pin a generate job's image: fsync its PNG and record (a draft was written without) and write the history
+        with it, so the image and its entry survive a crash. Pinning an image again, or one that was durable
+        already, only marks it pinned."""
+        job = self.job(job_id)
+        if job.kind != "generate":
+            raise UserError(f"job '{job.id}' is a {job.kind} job: only a generate job's image can be pinned")
+        if job.status != "done" or not job.result:
+            raise Conflict(f"job '{job.id}' is {job.status}: it has no image to pin")
+        image = self.existing(job.result["image"], "image")
+        make_durable(self.existing(job.result["record"], "record"), image)
+        with self._history_lock:
+            job.pinned = True
+            for entry in self.history:
+                if entry["id"] == job.id:
+                    entry["pinned"] = True
+            self._write_history()
+        return job
 
     def events(self, job: Job) -> Iterator[str]:
         """The job's events as server-sent events, from the first, until it is finished."""
@@ -301,8 +370,8 @@ class Studio:
                 self.changed.wait_for(lambda n=sent: len(job.events) > n, timeout=self.KEEPALIVE_S)
                 new, done = job.events[sent:], job.finished
                 sent += len(new)
-            for e in new:
-                yield f"event: {e['type']}\ndata: {json.dumps(e, default=str)}\n\n"
+            if new:  # every pending event in one chunk: one hop through the server's thread pool, not one each
+                yield "".join(f"event: {e['type']}\ndata: {json.dumps(e, default=str)}\n\n" for e in new)
             if done:  # its last event is sent
                 return
             if not new:
@@ -317,7 +386,9 @@ class Studio:
 
         def run(job: Job) -> dict[str, Any]:
             out = self.root / "outputs" / f"{job.id}.png"
-            generate_file(cfg, req.prompt, out, **paths, generator=self.generator, on_step=self.step(job))
+            step, durable = self.step(job), not req.draft  # a draft is fsynced when pinned (`pin`)
+            generate_file(cfg, req.prompt, out, **paths, generator=self.generator, on_step=step, durable=durable,
+                          read_image=self.read_image)  # fmt: skip
             record = json.loads(out.with_suffix(".json").read_text())
             return {"image": self.relative(out), "record": self.relative(out.with_suffix(".json")),
                     "settings": settings_of(record), "timings_s": record.get("timings_s")}  # fmt: skip

@@ -62,10 +62,14 @@ InputFiles = create_model(
 
 
 class GenerateRequest(InputFiles):  # type: ignore[misc, valid-type]
-    """One image: the prompt, input files (workspace paths, as `llm-dit generate`'s) and settings."""
+    """One image: the prompt, input files (workspace paths, as `llm-dit generate`'s) and settings; `draft` for an
+    interactive draft (the page's live re-render), written without fsync until it is pinned."""
 
     prompt: str = Field(min_length=1)
     settings: Settings = Field(default_factory=Settings)  # type: ignore[valid-type]
+    draft: bool = Field(False, description="An interactive draft: its PNG and record are written atomically but "
+                        "not fsynced, so it is shown sooner; pinning it (POST /api/jobs/ID/pin) makes it durable. "
+                        "A crash can lose unpinned drafts.")  # fmt: skip
 
 
 class ExtractRequest(BaseModel):

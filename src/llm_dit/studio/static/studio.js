@@ -136,6 +136,7 @@ function follow(job, onStep) {
 async function generate(live) {
   const body = { prompt: $("prompt").value, settings: settings() };
   if (state.reference) body.image = state.reference;
+  if (live) body.draft = true; // shown without waiting for fsync; the Pin button makes it durable
   if (state.pending) post(`/api/jobs/${state.pending}/cancel`).catch(() => {}); // superseded if still queued
   let job;
   try {
@@ -354,9 +355,15 @@ async function start() {
   $("file").addEventListener("change", upload);
   $("pick").addEventListener("change", () => setReference($("pick").value));
   $("generate").addEventListener("click", () => generate(false));
-  $("pin").addEventListener("click", () => {
+  $("pin").addEventListener("click", async () => {
     const j = state.current;
     if (!j || state.pinned.some((p) => p.id === j.id)) return;
+    try {
+      await post(`/api/jobs/${j.id}/pin`); // a draft is made durable: kept if the machine crashes
+    } catch (e) {
+      setStatus(e.message, true);
+      return;
+    }
     state.pinned.push({ id: j.id, image: j.result.image, record: j.result.record, settings: j.result.settings });
     renderPins();
   });
