@@ -341,8 +341,8 @@ def freeze_loaded() -> None:
     """Collect garbage, then leave everything alive (the libraries, the model just loaded) out of later collections
     (`gc.freeze`), so that `release_memory`'s collection walks only what was made since: a full collection walks
     every tracked object, ~0.5M once torch, transformers and diffusers are imported, 0.1-0.3 s per release. The
-    collection here walks what was made since the last freeze (everything only at a process's first load), so no
-    garbage is frozen. A frozen object is still freed when its last reference goes, as a released model's weights
+    collection here walks what is not frozen yet (everything only at a process's first load, or after a fallback),
+    so no garbage is frozen. A frozen object is still freed when its last reference goes, as a released model's weights
     are; one held only by a reference cycle is found by the full collection `release_memory` falls back to."""
     gc.collect()
     gc.freeze()
