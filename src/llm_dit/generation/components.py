@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import weakref
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -30,12 +31,14 @@ from ..core.files import sha256_file
 from ..core.modes import parse_lora
 from ..maths.refstats import ReferenceStats
 from ..models.loading import (
+    LazyEncoder,
     check_lora,
     check_offload,
     load_pipeline,
     local_folder,
     read_model_json,
     release_memory,
+    weight_refs,
 )
 from ..models.text import TextEncoder
 from ..models.vl import VLEmbeddingExtractor
@@ -123,6 +126,14 @@ def check_adapter_width(path: str, adapter: Adapter, width: int) -> None:
     """Refuse an adapter whose width is not the DiT caption width `width`."""
     if adapter.dim != width:
         raise UserError(f"adapter {path} has width {adapter.dim}, the DiT caption width is {width}")
+
+
+def _modules(component: Any) -> list[torch.nn.Module]:
+    """The loaded torch modules of a component: an encoder's model once its weights have loaded, the pipeline's
+    modules (DiT, VAE)."""
+    if isinstance(component, LazyEncoder):
+        return [component.__dict__["model"]] if "model" in component.__dict__ else []
+    return [m for m in component.components.values() if isinstance(m, torch.nn.Module)]
 
 
 class Components:
@@ -236,14 +247,21 @@ class Components:
         return [name for name in NAMES if name in self.__dict__]
 
     def release(self, *names: Name) -> None:
-        """Drop these components (their forward passes still count) and return their memory."""
-        for name in names:
-            component = self.__dict__.pop(name, None)
-            if name == "pipeline":
-                self._loras.clear()  # the adapters went with it
-            if name in self._released_passes and component is not None:
-                self._released_passes[name] += component.forward_passes
-        release_memory()
+        """Drop these components (their forward passes still count) and return their memory (`release_memory`,
+        told which weights must now be freed)."""
+        weights = [ref for name in names for ref in self._drop(name)]
+        release_memory(weights)
+
+    def _drop(self, name: Name) -> list[weakref.ref]:
+        """Forget the component `name`; weak references to its weights (none when it was not loaded)."""
+        component = self.__dict__.pop(name, None)
+        if name == "pipeline":
+            self._loras.clear()  # the adapters went with it
+        if component is None:
+            return []
+        if name in self._released_passes:
+            self._released_passes[name] += component.forward_passes
+        return weight_refs(*_modules(component))
 
     def stage(self, next: Literal["vl", "pipeline"]) -> None:
         """The step before the stage that runs `next`: with `models.low_memory`, release the encoders of the stages

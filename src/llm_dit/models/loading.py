@@ -14,6 +14,7 @@ import gc
 import hashlib
 import importlib.util
 import json
+import weakref
 from collections.abc import Callable, Sequence
 from functools import cached_property, partial
 from pathlib import Path
@@ -259,6 +260,7 @@ def load_pipeline(
         pipe.to(dev)
     if compile:
         pipe.transformer.compile_repeated_blocks()
+    freeze_loaded()
     return pipe
 
 
@@ -330,13 +332,37 @@ def load_model(model_class, path_or_id: str, device: torch.device, dtype: torch.
         model = model_class.from_pretrained(path_or_id, dtype=dtype, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load {model_class.__name__} from {path_or_id}: {str(e).splitlines()[0]}") from None
-    return (model if "device_map" in kwargs else model.to(device)).eval()
+    model = (model if "device_map" in kwargs else model.to(device)).eval()
+    freeze_loaded()
+    return model
 
 
-def release_memory() -> None:
-    """Return freed tensors' memory to the system (call after dropping the last reference to a component):
-    collect garbage, trim glibc's heap (freed CPU tensors otherwise stay in the process) and empty CUDA's cache."""
+def freeze_loaded() -> None:
+    """Collect garbage, then leave everything alive (the libraries, the model just loaded) out of later collections
+    (`gc.freeze`), so that `release_memory`'s collection walks only what was made since: a full collection walks
+    every tracked object, ~0.5M once torch, transformers and diffusers are imported, 0.1-0.3 s per release. The
+    collection here walks what is not frozen yet (everything only at a process's first load, or after a fallback),
+    so no garbage is frozen. A frozen object is still freed when its last reference goes, as a released model's weights
+    are; one held only by a reference cycle is found by the full collection `release_memory` falls back to."""
     gc.collect()
+    gc.freeze()
+
+
+def weight_refs(*modules: torch.nn.Module) -> list[weakref.ref]:
+    """Weak references to every parameter and buffer of `modules`: what `release_memory` checks was freed."""
+    return [weakref.ref(t) for m in modules for t in (*m.parameters(), *m.buffers())]
+
+
+def release_memory(weights: Sequence[weakref.ref] = ()) -> None:
+    """Return freed tensors' memory to the system (call after dropping the last reference to a component):
+    collect garbage, trim glibc's heap (freed CPU tensors otherwise stay in the process) and empty CUDA's cache.
+    The collection leaves out what `freeze_loaded` froze; when one of `weights` (`weight_refs` of the released
+    components) is still alive after it, a frozen reference cycle may hold it, so everything is unfrozen and
+    collected, as every release did before the freeze."""
+    gc.collect()
+    if any(ref() is not None for ref in weights):
+        gc.unfreeze()
+        gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     if torch.cuda.is_available():
