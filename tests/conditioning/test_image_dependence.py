@@ -25,7 +25,7 @@ from llm_dit.conditioning.source import Reference, VLRows
 from llm_dit.config.settings import VLConfig, load_config
 from llm_dit.core.cache import TensorCache
 from llm_dit.core.errors import UserError
-from llm_dit.generation.assemble import build_conditioning
+from llm_dit.generation.assemble import build_conditioning, probe_key
 from llm_dit.generation.generate import Generator
 from llm_dit.maths.compose import Style, load_style
 from llm_dit.models.vl import image_sha256
@@ -575,3 +575,62 @@ def test_every_source_follows_the_one_rule(settings):
     assert source_image_free(run, Styled([(style, 1.0)], ["a.safetensors"])).endswith(reason)
     clipped = Style(style.mode, style.parts, style.settings | {"clip_sigma": 2.0})
     assert source_image_free(run, Styled([(clipped, 1.0)], ["a.safetensors"])) is None
+
+
+ROW_SHAPING = [
+    {"normalize": "global"},
+    {"normalize": "hybrid", "hybrid_weight": 0.3},
+    {"normalize": "per_dim", "clip_sigma": 3.0},
+    {"hidden_layer": -2},
+    {"layers": "-2:0.5,-6:0.5"},
+    {"token_mode": "image_only"},
+    {"max_pixels": 64 * 64},
+    {"outlier_masking": "zero"},
+    {"outlier_masking": "zero", "outlier_threshold": 3.0},
+    {"system_prompt": "You describe images."},
+    {"sink_ratio": 30.0},
+    {"sink_rows": "include"},
+]
+
+
+@pytest.mark.parametrize("change", ROW_SHAPING, ids=lambda c: ",".join(c))
+def test_a_setting_that_shapes_the_probe_rows_is_not_served_from_the_memo(gen, change):
+    g = gen.with_config(gen.config.model_copy())
+    g.components._probe_rows.clear()
+    g.prepare("a fox", rgb(REF))
+    changed = with_vl(g, **change)
+    before = probe_key(g.config.vl, probe_image((512, 512)), "a fox")
+    assert probe_key(changed.config.vl, probe_image((512, 512)), "a fox") != before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some of these settings make a run image-free
+        changed.prepare("a fox", rgb(REF))
+    assert len(g.components._probe_rows) == 2  # a miss: a second entry
+
+
+def test_the_probe_key_ignores_alpha_blend_and_adapter_but_not_the_image_or_text(gen):
+    vl, probe = gen.config.vl, probe_image((512, 512))
+    key = probe_key(vl, probe, "a fox")
+    for change in ({"alpha": 0.7}, {"alpha_schedule": "linear:0.1:0.9"}, {"blend": "adain"}, {"blend_options": {}}):
+        assert probe_key(vl.model_copy(update=change), probe, "a fox") == key
+    assert probe_key(vl, probe, "a cat") != key
+    assert probe_key(vl, probe_image((512, 256)), "a fox") != key
+
+
+def test_probe_rows_from_the_memo_give_the_same_record_and_image(zoo):
+    # two runs that differ only in alpha: the second one's probe rows come from the memo; a fresh generator
+    # (empty memo, no tensor cache) makes them anew
+    cfg = tiny_config(zoo)
+    at = {a: cfg.model_copy(update={"vl": cfg.vl.model_copy(update={"alpha": a})}) for a in (0.6, 0.3)}
+    warm = Generator(at[0.6], cache=False)
+    warm.prepare("a fox", rgb(REF))
+    passes = warm.components.forward_passes()["vl"]
+    served = warm.with_config(at[0.3])
+    fresh = Generator(at[0.3], cache=False)
+    a, b = served.prepare("a fox", rgb(REF)), fresh.prepare("a fox", rgb(REF))
+    assert warm.components.forward_passes()["vl"] - passes == 1  # the reference's pass only: the probe's was kept
+    assert fresh.components.forward_passes()["vl"] == 2
+    assert a.image_dependence == b.image_dependence and a.image_dependence["checked"] is True
+    assert torch.equal(a.first, b.first)
+    ra, rb = served.render([a])[0], fresh.render([b])[0]
+    assert np.array_equal(np.asarray(ra.image), np.asarray(rb.image))
+    assert ra.record["image_dependence"] == rb.record["image_dependence"]

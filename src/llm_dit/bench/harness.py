@@ -66,7 +66,7 @@ def figure(numerator: float, denominator: float, ratio_is: str, target: str | No
 def bench_overrides(preset: str) -> dict[str, Any]:
     """The zoo preset's models at its size, 4 steps. The image-dependence check (`vl.image_check`) is off: it is
     a second extraction the naive workflow and the floors do not do, so with it the figures would compare unequal
-    work."""
+    work. The sweep figures measure it on as well, their floor counting the probe's VL pass (`figures.floor_time`)."""
     size = SIZES[preset]
     return {
         **model_settings(preset),

@@ -12,6 +12,7 @@ settings and inputs that could not do what they say, before any model loads: the
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -189,6 +190,23 @@ def extract(
     return combine_layers({layer: e.embeddings for layer, e in extracted.items()}, weights), extracted
 
 
+def probe_key(vl: VLConfig, image: Image.Image, prompt: str | None) -> tuple[Any, ...]:
+    """What an extraction's output (`extract`) depends on besides the loaded models, as a memo key
+    (`Components.probe_rows`): the image's SHA-256 (pixels and size), the text, the layers and their weights,
+    `vl.normalize` and every `EXTRACTION_ARGUMENTS` setting, and where the statistics come from
+    (`vl.reference_stats`; else the text encoder's at these layers and `vl.sink_ratio`, a key member already).
+    Not in it, since they act after extraction: alpha, its schedule, the blend and its options, the adapter."""
+    settings = vl.model_dump(include=EXTRACTION_ARGUMENTS)
+    return (
+        image_sha256(image),
+        prompt,
+        tuple(sorted(layer_weights(vl).items())),
+        vl.normalize,
+        vl.reference_stats,
+        tuple(sorted((k, repr(value)) for k, value in settings.items())),
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class TextSide:
     """Everything the text encoder contributes to one image, done before the VL model runs (`encode_text`)."""
@@ -240,11 +258,19 @@ def build_conditioning(
 
 
 def blend_vl(
-    components: Components, config: Config, prompt: str, text: TextSide, source: Reference | VLRows
+    components: Components,
+    config: Config,
+    prompt: str,
+    text: TextSide,
+    source: Reference | VLRows,
+    *,
+    probe: bool = False,
 ) -> Conditioning:
     """T blended with V by `vl.blend`: V extracted from each reference image (or given, sink rows dropped), passed
     through `vl.adapter`, with the neutral extraction for `style_delta`; each reference's style (`compose`) combined
-    by its weight. The record says what each step did and lists every reference with its hash and weight."""
+    by its weight. The record says what each step did and lists every reference with its hash and weight.
+    `probe`: the images are the image-dependence probe's, their extractions served by `Components.probe_rows`
+    (`probe_key`): the same rows, made once per process instead of once per run."""
     t, v, width = text.encoded.embeddings, config.vl, components.caption_width
     sinks = dict(text.sinks_record)
     record: dict[str, Any] = {"blend": v.blend, "blend_options": v.blend_options, "sinks": sinks}
@@ -259,7 +285,11 @@ def blend_vl(
             )
         weights, rows, references = source.weighting, [], []
         for image, weight in zip(source.images, weights, strict=True):
-            vl, extracted = extract(components, v, image, prompt, text.stats)
+            if probe:
+                make = partial(extract, components, v, image, prompt, text.stats)
+                vl, extracted = components.probe_rows(probe_key(v, image, prompt), make)
+            else:
+                vl, extracted = extract(components, v, image, prompt, text.stats)
             rows.append(vl)
             meta = {str(layer): e.metadata() for layer, e in extracted.items()}
             references.append({"sha256": image_sha256(image), "weight": weight, "vl": meta})
@@ -389,9 +419,10 @@ def image_dependence(
 ) -> dict[str, Any]:
     """The `image_dependence` record (`conditioning.imagedep`): `cond` assembled once more with the probe image in place
     of the reference (same size, so the same token counts), compared at every alpha used after the DiT's caption
-    norm (`Components.caption_norm`). With several references the probe replaces every one of them (each by the
-    noise image of its own size, weights kept): the check asks whether the caption rows depend on the reference
-    images at all."""
+    norm (`Components.caption_norm`). The probe's extraction (VL pass, sinks, masking, normalisation) is made once
+    per `probe_key` in a process (`Components.probe_rows`); the rest (adapter, blend at each alpha) per run. With
+    several references the probe replaces every one of them (each by the noise image of its own size, weights
+    kept): the check asks whether the caption rows depend on the reference images at all."""
     if isinstance(source, VLRows | Styled):
         given = "style files" if isinstance(source, Styled) else "given VL rows"
         if isinstance(source, VLRows) and source.extraction is None:
@@ -407,7 +438,7 @@ def image_dependence(
         seed += 1  # a reference is the probe itself: use another noise image
     probes = tuple(probe_image(im.size, seed) for im in images)
     probed = replace(source, image=probes[0] if len(probes) == 1 else probes)
-    probe = build_conditioning(components, config, prompt, text, probed)
+    probe = blend_vl(components, config, prompt, text, probed, probe=True)
     described = describe_probe(images[0].size, seed)
     if len(images) > 1:
         described += f", in place of each of the {len(images)} references (at its own size)"

@@ -1,7 +1,8 @@
 """Components: the models of one models/devices choice, each loaded on first use, sharing one tensor cache.
 
 A `Components` holds Z-Image's text encoder, the Qwen3-VL extractor and the diffusers pipeline, plus what is
-computed from them once: reference statistics per layer, trained adapters per file. It depends only on the
+computed from them once: reference statistics per layer, trained adapters per file, the image-dependence probe's
+processed VL rows (`probe_rows`). It depends only on the
 config keys in `COMPONENT_KEYS` (model paths, `models.*`, devices and dtypes), so one `Components` serves every run
 of a sweep whatever the runs' other settings; what a call needs of those settings is passed to it.
 
@@ -16,9 +17,11 @@ from __future__ import annotations
 import re
 import warnings
 import weakref
+from collections import OrderedDict
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -57,6 +60,10 @@ COMPONENT_KEYS = (
     *sorted(PLACEMENT_KEYS),
 )
 """The config keys a `Components` depends on; every other key may differ between the runs it serves."""
+
+PROBE_MEMO = 32
+"""At most this many probe extractions are kept in process (`Components.probe_rows`)."""
+T = TypeVar("T")
 
 _EARLIER: dict[str, tuple[Name, ...]] = {"vl": ("text_encoder",), "pipeline": ("text_encoder", "vl")}
 
@@ -148,6 +155,7 @@ class Components:
         self._stats_files: dict[str, ReferenceStats] = {}
         self._adapters: dict[str, tuple[Adapter, dict[str, Any]]] = {}
         self._loras: dict[str, tuple[str, str]] = {}  # resolved LoRA path -> (adapter name, sha256)
+        self._probe_rows: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
     def differences(self, config: Config) -> list[str]:
         """The `COMPONENT_KEYS` whose value in `config` differs from these components' (none: they serve it)."""
@@ -302,6 +310,18 @@ class Components:
                 )
             self._stats_files[path] = stats
         return self._stats_files[path]
+
+    def probe_rows(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
+        """The probe's processed VL rows under `key` (`assemble.probe_key`), made by `make` on the first use and
+        kept for the other runs of this process (at most `PROBE_MEMO` keys, least recently used dropped first).
+        The caller owns the key: it must hold everything the rows depend on, so a hit is what `make` would give."""
+        if key in self._probe_rows:
+            self._probe_rows.move_to_end(key)
+        else:
+            self._probe_rows[key] = make()
+            while len(self._probe_rows) > PROBE_MEMO:
+                self._probe_rows.popitem(last=False)
+        return self._probe_rows[key]
 
     def adapter(self, path: str, config: Config) -> tuple[Adapter, dict[str, Any]]:
         """The trained adapter at `path` and its metadata (with the file's `sha256`), loaded once per path and
