@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -152,3 +153,24 @@ sys.argv = ["llm-dit", *sys.argv[1:]]
 main()
 """
     return [sys.executable, "-c", program]
+
+
+def fsynced_path(fd: int) -> Path:
+    """The file or folder `fd` is open on, a temporary file (`.NAME.RANDOM.tmp`) named as the file it becomes."""
+    path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    return path.with_name(re.sub(r"^\.(.+)\.[^.]+\.tmp$", r"\1", path.name))
+
+
+@pytest.fixture
+def fsynced(monkeypatch) -> list[Path]:
+    """Every path fsynced while the test runs, files and folders, on any thread (Linux's /proc names the
+    descriptor's file)."""
+    paths: list[Path] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        paths.append(fsynced_path(fd))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    return paths

@@ -5,34 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from llm_dit.core.errors import UserError
 from llm_dit.core.files import make_durable, save_image, sidecar_path
-
-
-def fsynced_path(fd: int) -> Path:
-    """The file or folder `fd` is open on, a temporary file (`.NAME.RANDOM.tmp`) named as the file it becomes."""
-    path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-    return path.with_name(re.sub(r"^\.(.+)\.[^.]+\.tmp$", r"\1", path.name))
-
-
-@pytest.fixture
-def fsynced(monkeypatch) -> list[Path]:
-    """Every path fsynced in this test (files and folders), read from the descriptor (Linux's /proc)."""
-    paths: list[Path] = []
-    real = os.fsync
-
-    def record(fd: int) -> None:
-        paths.append(fsynced_path(fd))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", record)
-    return paths
 
 
 def test_a_saved_image_is_fsynced_with_its_record_and_folder(tmp_path, fsynced):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -137,26 +136,6 @@ def test_a_generate_job_streams_its_steps_and_serves_png_and_record(client, refe
     history = client.get("/api/history").json()
     assert job["id"] in [h["id"] for h in history]
     assert json.loads((workspace / ".studio" / "history.json").read_text()) == history
-
-
-def fsynced_path(fd: int) -> Path:
-    """The file or folder `fd` is open on, a temporary file (`.NAME.RANDOM.tmp`) named as the file it becomes."""
-    path = Path(os.readlink(f"/proc/self/fd/{fd}"))
-    return path.with_name(re.sub(r"^\.(.+)\.[^.]+\.tmp$", r"\1", path.name))
-
-
-@pytest.fixture
-def fsynced(monkeypatch) -> list[Path]:
-    """Every path fsynced while the test runs, on any thread (Linux's /proc names the descriptor's file)."""
-    paths: list[Path] = []
-    real = os.fsync
-
-    def record(fd: int) -> None:
-        paths.append(fsynced_path(fd))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", record)
-    return paths
 
 
 def until(condition, timeout: float = 30) -> None:
