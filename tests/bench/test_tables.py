@@ -51,3 +51,16 @@ def test_a_block_is_rerendered_from_its_file(tmp_path):
     assert render_blocks(fresh, tmp_path) == fresh
     with pytest.raises(ValueError, match="unknown table kind 'nope'"):
         render_blocks("<!-- table nope r.json -->\nx\n<!-- /table -->", tmp_path)
+
+
+def test_a_table_that_cannot_be_rendered_is_one_line_exit_2_and_the_file_is_left_alone(tmp_path, capsys):
+    from llm_dit.bench.tables import main
+
+    doc = tmp_path / "B.md"
+    text = "<!-- table figures missing.json -->\n| old |\n<!-- /table -->\n"
+    doc.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        main([str(doc)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {doc}: cannot render") and err.count("\n") == 1
+    assert doc.read_text() == text

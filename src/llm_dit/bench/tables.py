@@ -141,8 +141,12 @@ def main(argv: list[str]) -> None:
     """`python -m llm_dit.bench.tables FILE.md...`: rewrite each file's table blocks from their JSON files."""
     for name in argv:
         path = Path(name)
-        text = path.read_text()
-        rendered = render_blocks(text, path.parent)
+        try:
+            text = path.read_text()
+            rendered = render_blocks(text, path.parent)
+        except (OSError, ValueError, KeyError) as e:  # a missing file, bad JSON, an unknown kind, a missing field
+            print(f"error: {path}: cannot render its tables: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         if rendered != text:
             atomic_write_text(path, rendered)
             print(path)

@@ -139,7 +139,7 @@ def _modules(component: Any) -> list[torch.nn.Module]:
     """The loaded torch modules of a component: an encoder's model once its weights have loaded, the pipeline's
     modules (DiT, VAE)."""
     if isinstance(component, LazyEncoder):
-        return [component.__dict__["model"]] if "model" in component.__dict__ else []
+        return component.loaded_weights()
     return [m for m in component.components.values() if isinstance(m, torch.nn.Module)]
 
 

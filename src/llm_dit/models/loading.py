@@ -426,6 +426,10 @@ class LazyEncoder:
         """The weights, loaded on first use."""
         return self._load()
 
+    def loaded_weights(self) -> list[torch.nn.Module]:
+        """The weights if they are loaded (none before the first cache miss): what a release must see freed."""
+        return [self.__dict__["model"]] if "model" in self.__dict__ else []
+
     def load_weights(self) -> torch.nn.Module:
         """The weights, loaded now if they are not yet (`model` loads them on the first cache miss)."""
         return self.model
